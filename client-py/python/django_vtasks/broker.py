@@ -1,0 +1,378 @@
+"""The broker interface both vtasks backends implement.
+
+A *broker* is the low-level queue of a task backend: the VT.* commands of the Valkey module
+(``ValkeyBroker``) or the same semantics on Postgres (``PostgresBroker``). The Django backend
+(enqueue/get_result), the worker, the management commands and the admin are written against this
+interface only. Every method exists in a sync form and an async form (same name prefixed with
+``a``); the async form must be awaited on the running event loop.
+
+Queue names given to and returned by a broker are *logical* names (``"default"``), never the
+Valkey keys: a broker adds/strips its own key prefix.
+
+Get the broker of a configured backend with :func:`get_broker`::
+
+    from django_vtasks.broker import get_broker
+    broker = get_broker("default")          # TASKS alias
+    broker.info("default")                  # {"ready": 3, "inflight": 1, ...}
+
+Payloads are the encoded task envelopes (bytes, possibly ``b"zstd:"``-compressed); use
+:mod:`django_vtasks.envelope` (``decode_envelope``) to read them, or the ``envelope`` property
+of :class:`TaskRecord`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+__all__ = [
+    "STATES",
+    "Broker",
+    "BrokerError",
+    "Delivery",
+    "EnqueueRequest",
+    "ScheduleRecord",
+    "TaskRecord",
+    "get_broker",
+]
+
+#: Task states a broker can list (``peek``).
+STATES = ("ready", "delayed", "inflight", "dead")
+
+#: Keys of the ``info()`` dict (same as VT.INFO).
+INFO_FIELDS = (
+    "ready",
+    "delayed",
+    "inflight",
+    "dead",
+    "dead_evicted",
+    "enqueued_total",
+    "acked_total",
+    "failed_total",
+    "retried_total",
+    "rescued_total",
+    "dead_total",
+    "schedules",
+    "unique_keys",
+)
+
+
+class BrokerError(Exception):
+    """The broker could not be reached or refused a command (wraps the client's error)."""
+
+
+class EnqueueRequest(NamedTuple):
+    """One task to enqueue. ``id`` is the client-chosen task id (= the TaskResult id)."""
+
+    queue: str
+    id: str
+    payload: bytes
+    priority: int = 0
+    #: absolute run time, unix milliseconds (None = now)
+    at_ms: int | None = None
+    #: (unique key, ttl ms): while held, further enqueues with the key on this queue are dropped
+    unique: tuple[str, int] | None = None
+    max_attempts: int | None = None
+
+
+class Delivery(NamedTuple):
+    """A fetched task, held under a lease until acked/failed (PROTOCOL.md VT.FETCHBATCH)."""
+
+    queue: str
+    id: str
+    token: str
+    attempt: int  # 1 on the first delivery
+    payload: bytes
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """A task as listed by ``peek``/``get`` (fields of a VT.PEEK record)."""
+
+    id: str
+    state: str  # ready | delayed | inflight | dead
+    priority: int = 0
+    attempt: int = 0
+    max_attempts: int = 0
+    enqueued_at: int = 0  # unix ms
+    run_at: int = 0  # unix ms (0 when not delayed)
+    worker: str = ""  # holder while inflight
+    deadline: int = 0  # lease deadline, unix ms (inflight)
+    error: str = ""  # dead-letter reason
+    failed_at: int = 0  # unix ms (dead)
+    payload: bytes = b""
+    queue: str = ""
+
+    @property
+    def envelope(self) -> dict[str, Any] | None:
+        """The decoded task envelope, or None when the payload cannot be decoded."""
+        from .envelope import decode_envelope
+
+        try:
+            return decode_envelope(self.payload)
+        except Exception:
+            return None
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], queue: str = "") -> TaskRecord:
+        def s(v):
+            if isinstance(v, bytes):
+                return v.decode("utf-8", "replace")
+            return "" if v is None else str(v)
+
+        def i(v):
+            if v in (None, b"", ""):
+                return 0
+            return int(v)
+
+        payload = fields.get("payload", b"")
+        if isinstance(payload, str):
+            payload = payload.encode()
+        return cls(
+            id=s(fields.get("id")),
+            state=s(fields.get("state")),
+            priority=i(fields.get("priority")),
+            attempt=i(fields.get("attempt")),
+            max_attempts=i(fields.get("max_attempts")),
+            enqueued_at=i(fields.get("enqueued_at")),
+            run_at=i(fields.get("run_at")),
+            worker=s(fields.get("worker")),
+            deadline=i(fields.get("deadline")),
+            error=s(fields.get("error")),
+            failed_at=i(fields.get("failed_at")),
+            payload=payload or b"",
+            queue=queue,
+        )
+
+
+@dataclass(slots=True)
+class ScheduleRecord:
+    name: str
+    kind: str  # "cron" | "every"
+    spec: str  # cron expression or interval ms
+    next_run_ms: int
+    payload: bytes = field(repr=False, default=b"")
+
+
+class Broker(ABC):
+    """Sync + async queue operations. See the module docstring and .notes/broker-api.md."""
+
+    #: "valkey" or "postgres"
+    kind: str = ""
+
+    # ---- producer -----------------------------------------------------------------------------
+    @abstractmethod
+    def enqueue(self, requests: list[EnqueueRequest]) -> list[str | None]:
+        """Enqueue tasks, one round trip per queue. Returns, in order, the id or None where a
+        task was not added (unique key held or id already present)."""
+
+    @abstractmethod
+    async def aenqueue(self, requests: list[EnqueueRequest]) -> list[str | None]: ...
+
+    # ---- consumer -----------------------------------------------------------------------------
+    @abstractmethod
+    def fetch(
+        self,
+        queues: list[str],
+        worker: str,
+        count: int,
+        lease_ms: int | None = None,
+        block_ms: int | None = None,
+    ) -> list[Delivery]:
+        """Take up to ``count`` ready tasks (queues served in order, then priority, FIFO).
+        ``block_ms``: wait server-side up to that long when nothing is ready (returns [])."""
+
+    @abstractmethod
+    async def afetch(
+        self,
+        queues: list[str],
+        worker: str,
+        count: int,
+        lease_ms: int | None = None,
+        block_ms: int | None = None,
+    ) -> list[Delivery]: ...
+
+    @abstractmethod
+    def ack(self, queue: str, pairs: list[tuple[str, str]]) -> int:
+        """Acknowledge (remove) tasks given as (id, token) pairs; stale tokens are no-ops."""
+
+    @abstractmethod
+    async def aack(self, queue: str, pairs: list[tuple[str, str]]) -> int: ...
+
+    def ack_with_results(
+        self, queue: str, pairs: list[tuple[str, str]], results: list[tuple[str, bytes, int]]
+    ) -> int:
+        """Store results [(id, json, ttl_ms)] then ack, in as few round trips as possible."""
+        for rid, data, ttl in results:
+            self.store_result(rid, data, ttl)
+        return self.ack(queue, pairs) if pairs else 0
+
+    async def aack_with_results(
+        self, queue: str, pairs: list[tuple[str, str]], results: list[tuple[str, bytes, int]]
+    ) -> int:
+        await self.astore_results(results)
+        return await self.aack(queue, pairs) if pairs else 0
+
+    @abstractmethod
+    def fail(
+        self, queue: str, id: str, token: str, error: str, retry_ms: int | None = None
+    ) -> str | None:
+        """Dead-letter the task with ``error`` (or retry it after ``retry_ms`` while it has
+        attempts left). Returns "retry", "dead", or None (unknown id / stale token)."""
+
+    @abstractmethod
+    async def afail(
+        self, queue: str, id: str, token: str, error: str, retry_ms: int | None = None
+    ) -> str | None: ...
+
+    @abstractmethod
+    def rescue(self, queue: str, worker: str | None = None) -> int:
+        """Return expired leases (or every lease of ``worker``) to ready."""
+
+    @abstractmethod
+    async def arescue(self, queue: str, worker: str | None = None) -> int: ...
+
+    @abstractmethod
+    def extend(self, queue: str, worker: str, lease_ms: int) -> int:
+        """Move every lease of ``worker`` on ``queue`` to now + lease_ms."""
+
+    @abstractmethod
+    async def aextend(self, queue: str, worker: str, lease_ms: int) -> int: ...
+
+    # ---- operator -----------------------------------------------------------------------------
+    @abstractmethod
+    def info(self, queue: str) -> dict[str, int]:
+        """Counters of a queue; keys = INFO_FIELDS (zeros for an unknown queue)."""
+
+    @abstractmethod
+    async def ainfo(self, queue: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    def queues(self) -> list[str]:
+        """Logical names of the queues that exist in the broker."""
+
+    @abstractmethod
+    async def aqueues(self) -> list[str]: ...
+
+    @abstractmethod
+    def peek(self, queue: str, state: str, offset: int = 0, count: int = 10) -> list[TaskRecord]:
+        """List tasks in a state (STATES), in fetch/due/deadline/newest-first order."""
+
+    @abstractmethod
+    async def apeek(
+        self, queue: str, state: str, offset: int = 0, count: int = 10
+    ) -> list[TaskRecord]: ...
+
+    @abstractmethod
+    def get(self, queue: str, id: str) -> TaskRecord | None: ...
+
+    @abstractmethod
+    async def aget(self, queue: str, id: str) -> TaskRecord | None: ...
+
+    @abstractmethod
+    def retry_dead(self, queue: str, ids: list[str] | None = None) -> int:
+        """Move dead tasks (all when ids is None) back to ready."""
+
+    @abstractmethod
+    async def aretry_dead(self, queue: str, ids: list[str] | None = None) -> int: ...
+
+    @abstractmethod
+    def delete(self, queue: str, ids: list[str]) -> int:
+        """Remove ready/delayed/dead tasks by id (in-flight ones are kept)."""
+
+    @abstractmethod
+    async def adelete(self, queue: str, ids: list[str]) -> int: ...
+
+    @abstractmethod
+    def clear(self, queue: str, what: str) -> int:
+        """what: "ready" (ready+delayed), "dead", or "all" (also in-flight). Schedules stay."""
+
+    @abstractmethod
+    async def aclear(self, queue: str, what: str) -> int: ...
+
+    # ---- schedules ----------------------------------------------------------------------------
+    @abstractmethod
+    def schedule_set(
+        self,
+        queue: str,
+        name: str,
+        payload: bytes,
+        cron: str | None = None,
+        every_ms: int | None = None,
+        priority: int = 0,
+    ) -> None: ...
+
+    @abstractmethod
+    async def aschedule_set(
+        self,
+        queue: str,
+        name: str,
+        payload: bytes,
+        cron: str | None = None,
+        every_ms: int | None = None,
+        priority: int = 0,
+    ) -> None: ...
+
+    @abstractmethod
+    def schedule_del(self, queue: str, name: str) -> bool: ...
+
+    @abstractmethod
+    async def aschedule_del(self, queue: str, name: str) -> bool: ...
+
+    @abstractmethod
+    def schedule_list(self, queue: str) -> list[ScheduleRecord]: ...
+
+    @abstractmethod
+    async def aschedule_list(self, queue: str) -> list[ScheduleRecord]: ...
+
+    def tick(self) -> int:
+        """Client-driven timer duties (Postgres: fire due schedules, rescue expired leases).
+        No-op on Valkey, where the server does it. Returns tasks enqueued by schedules."""
+        return 0
+
+    async def atick(self) -> int:
+        return 0
+
+    # ---- results ------------------------------------------------------------------------------
+    @abstractmethod
+    def store_result(self, id: str, data: bytes, ttl_ms: int) -> None:
+        """Store the JSON of a TaskResult (see django_vtasks.results) for ttl_ms."""
+
+    @abstractmethod
+    async def astore_result(self, id: str, data: bytes, ttl_ms: int) -> None: ...
+
+    async def astore_results(self, results: list[tuple[str, bytes, int]]) -> None:
+        for rid, data, ttl in results:
+            await self.astore_result(rid, data, ttl)
+
+    @abstractmethod
+    def get_result(self, id: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def aget_result(self, id: str) -> bytes | None: ...
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise BrokerError when the broker is unreachable or misconfigured."""
+
+    async def aping(self) -> None:
+        self.ping()
+
+    def close(self) -> None:
+        """Release connections (sync side)."""
+
+    async def aclose(self) -> None:
+        """Release connections of the async side bound to the running loop."""
+
+
+def get_broker(alias: str = "default") -> Broker:
+    """The broker of the TASKS backend ``alias`` (a vtasks backend)."""
+    from django.tasks import task_backends
+
+    backend = task_backends[alias]
+    broker = getattr(backend, "broker", None)
+    if broker is None:
+        raise TypeError(f"Task backend {alias!r} is not a django_vtasks backend.")
+    return broker
