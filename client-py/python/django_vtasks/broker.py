@@ -334,6 +334,12 @@ class Broker(ABC):
     async def atick(self) -> int:
         return 0
 
+    def maintain(self) -> None:
+        """Client-driven lease rescue on every queue (Postgres); no-op on Valkey."""
+
+    async def amaintain(self) -> None:
+        """See maintain()."""
+
     # ---- results ------------------------------------------------------------------------------
     @abstractmethod
     def store_result(self, id: str, data: bytes, ttl_ms: int) -> None:

@@ -1,0 +1,251 @@
+"""The Django task backend shared by the Valkey and Postgres brokers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+
+import orjson
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+from django.utils.inspect import func_accepts_kwargs, get_func_args
+
+from ..broker import Broker, EnqueueRequest, TaskRecord
+from ..conf import settings
+from ..envelope import build_envelope, encode_envelope
+from ..results import ms_to_dt, result_from_json, resolve_task
+from ..tasks import VTask, retry_policy
+
+logger = logging.getLogger("django_vtasks")
+
+# Brokers are shared by every backend instance with the same configuration: Django keeps one
+# backend instance per thread/context, and each must not open its own pool.
+_BROKERS: dict[tuple, Broker] = {}
+_BROKERS_LOCK = threading.Lock()
+
+#: extra attempts a retried task keeps for crash recovery (a worker killed mid-task)
+CRASH_ATTEMPTS = 2
+
+
+class VTasksBackend(BaseTaskBackend):
+    task_class = VTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias, params):
+        super().__init__(alias, params)
+        for queue in settings.VTASKS_BATCH_QUEUES or {}:
+            if self.queues:
+                self.queues.add(queue)
+        #: seconds results are kept (0 disables results)
+        self.result_ttl = float(self.options.get("RESULT_TTL", 86400))
+        #: Django database whose transactions enqueue follows
+        self.database = self.options.get("DATABASE", DEFAULT_DB_ALIAS)
+
+    # ---- broker -------------------------------------------------------------------------------
+    def _broker_key(self) -> tuple:
+        raise NotImplementedError
+
+    def _make_broker(self) -> Broker:
+        raise NotImplementedError
+
+    @property
+    def broker(self) -> Broker:
+        key = (type(self).__qualname__, *self._broker_key())
+        broker = _BROKERS.get(key)
+        if broker is None:
+            with _BROKERS_LOCK:
+                broker = _BROKERS.get(key)
+                if broker is None:
+                    broker = _BROKERS[key] = self._make_broker()
+        return broker
+
+    @property
+    def result_ttl_ms(self) -> int:
+        return int(self.result_ttl * 1000)
+
+    # ---- enqueue ------------------------------------------------------------------------------
+    def _prepare(self, task: Task, args, kwargs) -> tuple[TaskResult, EnqueueRequest]:
+        self.validate_task(task)
+        now = timezone.now()
+        result = TaskResult(
+            task=task,
+            id=str(uuid.uuid4()),
+            status=TaskResultStatus.READY,
+            enqueued_at=now,
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+        envelope = build_envelope(task, result.args, result.kwargs, result.id, self.alias)
+        envelope["ts"] = now.timestamp()
+        payload = encode_envelope(envelope)
+
+        at_ms = None
+        if task.run_after is not None:
+            at_ms = int(task.run_after.timestamp() * 1000)
+        unique = None
+        if getattr(task, "unique", False):
+            key = task.unique
+            if key is True:
+                digest = hashlib.sha1(
+                    orjson.dumps([task.module_path, result.args, result.kwargs],
+                                 option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS)
+                ).hexdigest()
+                key = f"{task.module_path}:{digest}"
+            unique = (str(key), int(getattr(task, "unique_ttl", 3600) * 1000))
+        retries, _ = retry_policy(task, task.queue_name)
+        max_attempts = retries + 1 + CRASH_ATTEMPTS if retries else None
+        request = EnqueueRequest(
+            queue=task.queue_name,
+            id=result.id,
+            payload=payload,
+            priority=int(task.priority),
+            at_ms=at_ms,
+            unique=unique,
+            max_attempts=max_attempts,
+        )
+        return result, request
+
+    def _split_options(self, task: Task, kwargs: dict) -> tuple[Task, dict]:
+        """enqueue_many compatibility with the original: a ``queue_name`` entry in kwargs routes
+        the task when the function does not take such an argument itself."""
+        if "queue_name" in kwargs:
+            func = task.func
+            if "queue_name" not in get_func_args(func) and not func_accepts_kwargs(func):
+                kwargs = dict(kwargs)
+                task = task.using(queue_name=kwargs.pop("queue_name"))
+        return task, kwargs
+
+    def _prepare_many(self, items: Iterable) -> tuple[list[TaskResult], list[EnqueueRequest]]:
+        results, requests = [], []
+        for item in items:
+            task, args, kwargs = item
+            task, kwargs = self._split_options(task, dict(kwargs or {}))
+            result, request = self._prepare(task, list(args or ()), kwargs)
+            results.append(result)
+            requests.append(request)
+        return results, requests
+
+    def _sent(self, results: list[TaskResult], ids: list[str | None]) -> None:
+        for result, added in zip(results, ids, strict=True):
+            if added is None:
+                logger.debug("task %s (%s) not enqueued: unique key held or duplicate id",
+                             result.id, result.task.module_path)
+                continue
+            task_enqueued.send(type(self), task_result=result)
+
+    def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
+        """Write the tasks (sync). Subclasses decide how transactions are honoured."""
+        raise NotImplementedError
+
+    def enqueue(self, task, args, kwargs):
+        result, request = self._prepare(task, args, kwargs)
+        self._write([result], [request])
+        return result
+
+    async def aenqueue(self, task, args, kwargs):
+        result, request = self._prepare(task, args, kwargs)
+        ids = await self.broker.aenqueue([request])
+        self._sent([result], ids)
+        return result
+
+    def enqueue_many(self, items) -> list[TaskResult]:
+        """Enqueue ``(task, args, kwargs)`` tuples; one round trip per queue."""
+        results, requests = self._prepare_many(items)
+        if requests:
+            self._write(results, requests)
+        return results
+
+    async def aenqueue_many(self, items) -> list[TaskResult]:
+        results, requests = self._prepare_many(items)
+        if requests:
+            ids = await self.broker.aenqueue(requests)
+            self._sent(results, ids)
+        return results
+
+    def _in_atomic_block(self) -> bool:
+        return transaction.get_connection(self.database).in_atomic_block
+
+    # ---- results ------------------------------------------------------------------------------
+    def _search_queues(self, broker_queues: list[str]) -> list[str]:
+        seen = []
+        for q in [*sorted(self.queues), *(settings.VTASKS_QUEUES or []), *broker_queues]:
+            if q not in seen:
+                seen.append(q)
+        return seen
+
+    def _from_record(self, record: TaskRecord) -> TaskResult:
+        env = record.envelope
+        if env is None:
+            raise TaskResultDoesNotExist(record.id)
+        run_after = None
+        if env.get("run_after"):
+            from datetime import datetime
+
+            run_after = datetime.fromisoformat(env["run_after"])
+        task = resolve_task(env["func"], queue=env.get("queue", record.queue),
+                            priority=record.priority, run_after=run_after, backend=self.alias,
+                            strict=False)
+        status = {
+            "ready": TaskResultStatus.READY,
+            "delayed": TaskResultStatus.READY,
+            "inflight": TaskResultStatus.RUNNING,
+            "dead": TaskResultStatus.FAILED,
+        }.get(record.state, TaskResultStatus.READY)
+        enqueued = ms_to_dt(record.enqueued_at)
+        if enqueued is None and env.get("ts"):
+            enqueued = ms_to_dt(int(env["ts"] * 1000))
+        errors = []
+        if record.state == "dead" and record.error:
+            errors.append(TaskError(exception_class_path="builtins.RuntimeError",
+                                    traceback=record.error))
+        worker_ids = [record.worker] * record.attempt if record.worker else []
+        result = TaskResult(
+            task=task, id=record.id, status=status, enqueued_at=enqueued,
+            started_at=None, finished_at=ms_to_dt(record.failed_at),
+            last_attempted_at=None, args=env.get("args") or [], kwargs=env.get("kwargs") or {},
+            backend=self.alias, errors=errors, worker_ids=worker_ids,
+        )
+        return result
+
+    def get_result(self, result_id):
+        broker = self.broker
+        raw = broker.get_result(str(result_id))
+        if raw is None:
+            for queue in self._search_queues(broker.queues()):
+                record = broker.get(queue, str(result_id))
+                if record is not None:
+                    return self._from_record(record)
+            # the task may have finished between the two lookups
+            raw = broker.get_result(str(result_id))
+            if raw is None:
+                raise TaskResultDoesNotExist(result_id)
+        return result_from_json(raw, self.alias)
+
+    async def aget_result(self, result_id):
+        broker = self.broker
+        raw = await broker.aget_result(str(result_id))
+        if raw is None:
+            for queue in self._search_queues(await broker.aqueues()):
+                record = await broker.aget(queue, str(result_id))
+                if record is not None:
+                    return self._from_record(record)
+            raw = await broker.aget_result(str(result_id))
+            if raw is None:
+                raise TaskResultDoesNotExist(result_id)
+        return result_from_json(raw, self.alias)

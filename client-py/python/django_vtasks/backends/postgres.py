@@ -1,0 +1,347 @@
+"""Postgres backend: the same queue semantics as the Valkey module, in Postgres (pg-adapter).
+
+    INSTALLED_APPS = [..., "django_vtasks", "django_vtasks.postgres"]
+    TASKS = {"default": {"BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend"}}
+
+The queue lives in the database of ``OPTIONS["DATABASE"]`` (default "default"), whose schema the
+``django_vtasks.postgres`` migration creates. ``enqueue()`` writes the task row on Django's own
+connection, inside the caller's transaction: a rolled-back ``atomic()`` never runs its task.
+Workers use the native pool (``OPTIONS["DSN"]``, default: built from the Django database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from django.core import checks
+from django.db import connections, transaction
+
+from .. import _native
+from ..broker import Broker, BrokerError, Delivery, ScheduleRecord, TaskRecord
+from ..conf import settings
+from .base import VTasksBackend
+
+
+def _dsn_from_django(settings_dict: dict) -> str:
+    def q(v) -> str:
+        v = str(v)
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    parts = []
+    for key, name in (("HOST", "host"), ("PORT", "port"), ("USER", "user"),
+                      ("PASSWORD", "password"), ("NAME", "dbname")):
+        value = settings_dict.get(key)
+        if value:
+            parts.append(f"{name}={q(value)}")
+    return " ".join(parts)
+
+
+def _delivery(t) -> Delivery:
+    q, i, tok, a, p = t
+    return Delivery(q, i, tok, int(a), bytes(p))
+
+
+class PostgresBroker(Broker):
+    kind = "postgres"
+
+    def __init__(self, dsn: str, pool_size: int = 10, dlq_cap: int = 1000, max_attempts: int = 3,
+                 default_lease_ms: int = 30000, notify: bool = True):
+        self.dsn = dsn
+        self._kwargs = dict(pool_size=pool_size, dlq_cap=dlq_cap, max_attempts=max_attempts,
+                            default_lease_ms=default_lease_ms, notify=notify)
+        self.max_attempts = max_attempts
+        self._q = None
+        self._aqs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @property
+    def q(self):
+        if self._q is None:
+            try:
+                self._q = _native.PgQueue(self.dsn, **self._kwargs)
+            except Exception as e:
+                raise BrokerError(f"cannot connect to Postgres: {e}") from e
+        return self._q
+
+    @property
+    def aq(self):
+        loop = asyncio.get_running_loop()
+        aq = self._aqs.get(loop)
+        if aq is None:
+            aq = self._aqs[loop] = _native.AsyncPgQueue(self.dsn, **self._kwargs)
+        return aq
+
+    # ---- producer -------------------------------------------------------------------------------
+    @staticmethod
+    def _groups(requests):
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (r.queue, r.priority, r.at_ms, r.max_attempts, r.unique,
+                   r.id if r.unique else None)
+            groups.setdefault(key, []).append(i)
+        return groups
+
+    def enqueue(self, requests):
+        out: list[str | None] = [None] * len(requests)
+        for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
+            ids = self.q.enqueue(queue, [requests[i].payload for i in idxs],
+                                 ids=[requests[i].id for i in idxs], priority=prio,
+                                 at_ms=at_ms, unique=unique, max_attempts=max_att)
+            for i, rid in zip(idxs, ids, strict=True):
+                out[i] = rid
+        return out
+
+    async def aenqueue(self, requests):
+        out: list[str | None] = [None] * len(requests)
+        groups = list(self._groups(requests).items())
+        aq = self.aq
+        replies = await asyncio.gather(*[
+            aq.enqueue(queue, [requests[i].payload for i in idxs],
+                       ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
+                       unique=unique, max_attempts=max_att)
+            for (queue, prio, at_ms, max_att, unique, _), idxs in groups])
+        for (_, idxs), ids in zip(groups, replies, strict=True):
+            for i, rid in zip(idxs, ids, strict=True):
+                out[i] = rid
+        return out
+
+    def enqueue_statements(self, requests):
+        """[(sql, params, idxs)] to run on Django's connection (caller's transaction)."""
+        out = []
+        for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
+            sql, params = _native.PgQueue.enqueue_sql(
+                queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
+                priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
+                max_attempts_default=self.max_attempts)
+            out.append((sql, params, idxs))
+        return out
+
+    # ---- consumer -------------------------------------------------------------------------------
+    def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
+        r = self.q.fetch(list(queues), worker, int(count), lease_ms=lease_ms, block_ms=block_ms)
+        return [_delivery(t) for t in r or []]
+
+    async def afetch(self, queues, worker, count, lease_ms=None, block_ms=None):
+        r = await self.aq.fetch(list(queues), worker, int(count), lease_ms=lease_ms,
+                                block_ms=block_ms)
+        return [_delivery(t) for t in r or []]
+
+    def ack(self, queue, pairs):
+        return self.q.ack(queue, list(pairs)) if pairs else 0
+
+    async def aack(self, queue, pairs):
+        return await self.aq.ack(queue, list(pairs)) if pairs else 0
+
+    async def astore_results(self, results):
+        aq = self.aq
+        await asyncio.gather(*[aq.store_result(rid, data, int(ttl))
+                               for rid, data, ttl in results if ttl > 0])
+
+    def fail(self, queue, id, token, error, retry_ms=None):
+        return self.q.fail(queue, id, token, error, retry_ms=retry_ms)
+
+    async def afail(self, queue, id, token, error, retry_ms=None):
+        return await self.aq.fail(queue, id, token, error, retry_ms=retry_ms)
+
+    def rescue(self, queue, worker=None):
+        return self.q.rescue(queue, worker)
+
+    async def arescue(self, queue, worker=None):
+        return await self.aq.rescue(queue, worker)
+
+    def extend(self, queue, worker, lease_ms):
+        return self.q.extend(queue, worker, int(lease_ms))
+
+    async def aextend(self, queue, worker, lease_ms):
+        return await self.aq.extend(queue, worker, int(lease_ms))
+
+    # ---- operator -------------------------------------------------------------------------------
+    def info(self, queue):
+        return dict(self.q.info(queue))
+
+    async def ainfo(self, queue):
+        return dict(await self.aq.info(queue))
+
+    def queues(self):
+        return sorted(self.q.queues())
+
+    async def aqueues(self):
+        return sorted(await self.aq.queues())
+
+    def peek(self, queue, state, offset=0, count=10):
+        return [TaskRecord.from_fields(d, queue) for d in
+                self.q.peek(queue, state.lower(), offset, count)]
+
+    async def apeek(self, queue, state, offset=0, count=10):
+        return [TaskRecord.from_fields(d, queue) for d in
+                await self.aq.peek(queue, state.lower(), offset, count)]
+
+    def get(self, queue, id):
+        d = self.q.get(queue, id)
+        return TaskRecord.from_fields(d, queue) if d else None
+
+    async def aget(self, queue, id):
+        d = await self.aq.get(queue, id)
+        return TaskRecord.from_fields(d, queue) if d else None
+
+    def retry_dead(self, queue, ids=None):
+        return self.q.retry_dead(queue, ids)
+
+    async def aretry_dead(self, queue, ids=None):
+        return await self.aq.retry_dead(queue, ids)
+
+    def delete(self, queue, ids):
+        return self.q.delete(queue, list(ids)) if ids else 0
+
+    async def adelete(self, queue, ids):
+        return await self.aq.delete(queue, list(ids)) if ids else 0
+
+    def clear(self, queue, what):
+        return self.q.clear(queue, what.lower())
+
+    async def aclear(self, queue, what):
+        return await self.aq.clear(queue, what.lower())
+
+    # ---- schedules ------------------------------------------------------------------------------
+    def schedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
+        self.q.schedule_set(queue, name, payload, cron=cron, every_ms=every_ms,
+                            priority=priority)
+
+    async def aschedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
+        await self.aq.schedule_set(queue, name, payload, cron=cron, every_ms=every_ms,
+                                   priority=priority)
+
+    def schedule_del(self, queue, name):
+        return bool(self.q.schedule_del(queue, name))
+
+    async def aschedule_del(self, queue, name):
+        return bool(await self.aq.schedule_del(queue, name))
+
+    @staticmethod
+    def _schedules(rows):
+        return [ScheduleRecord(n, k, s, int(nr or 0), bytes(p or b"")) for n, k, s, nr, p in rows]
+
+    def schedule_list(self, queue):
+        return self._schedules(self.q.schedule_list(queue))
+
+    async def aschedule_list(self, queue):
+        return self._schedules(await self.aq.schedule_list(queue))
+
+    def tick(self):
+        return int(self.q.schedule_tick() or 0)
+
+    async def atick(self):
+        return int(await self.aq.schedule_tick() or 0)
+
+    def maintain(self):
+        self.q.maintain()
+
+    async def amaintain(self):
+        await self.aq.maintain()
+
+    # ---- results --------------------------------------------------------------------------------
+    def store_result(self, id, data, ttl_ms):
+        if ttl_ms > 0:
+            self.q.store_result(id, data, int(ttl_ms))
+
+    async def astore_result(self, id, data, ttl_ms):
+        if ttl_ms > 0:
+            await self.aq.store_result(id, data, int(ttl_ms))
+
+    def get_result(self, id):
+        r = self.q.get_result(id)
+        return bytes(r) if r is not None else None
+
+    async def aget_result(self, id):
+        r = await self.aq.get_result(id)
+        return bytes(r) if r is not None else None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def ping(self):
+        try:
+            self.q.info("__vtasks_check__")
+        except BrokerError:
+            raise
+        except Exception as e:
+            raise BrokerError(f"Postgres queue not usable: {e}") from e
+
+    def close(self):
+        self._q = None
+
+    async def aclose(self):
+        try:
+            self._aqs.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:
+            pass
+
+
+class PostgresTaskBackend(VTasksBackend):
+    """Django task backend on Postgres (FOR UPDATE SKIP LOCKED), same semantics as Valkey."""
+
+    def __init__(self, alias, params):
+        super().__init__(alias, params)
+        self.pool_size = int(self.options.get("POOL_SIZE", 10))
+        self.notify = bool(self.options.get("NOTIFY", True))
+
+    @property
+    def dsn(self) -> str:
+        dsn = self.options.get("DSN")
+        if dsn:
+            return dsn
+        return _dsn_from_django(connections[self.database].settings_dict)
+
+    def _broker_key(self):
+        return (self.dsn, self.pool_size, self.notify, int(settings.VTASKS_DLQ_CAP))
+
+    def _make_broker(self):
+        return PostgresBroker(self.dsn, pool_size=self.pool_size,
+                              dlq_cap=int(settings.VTASKS_DLQ_CAP), notify=self.notify)
+
+    def _write(self, results, requests):
+        broker = self.broker
+        statements = broker.enqueue_statements(requests)
+        ids: list[str | None] = [None] * len(requests)
+        connection = connections[self.database]
+        with connection.cursor() as cursor:
+            for sql, params, idxs in statements:
+                cursor.execute(sql, params)
+                inserted = {row[0] for row in cursor.fetchall()}
+                for i in idxs:
+                    rid = requests[i].id
+                    ids[i] = rid if rid in inserted else None
+        if connection.in_atomic_block:
+            transaction.on_commit(lambda: self._sent(results, ids), using=self.database)
+        else:
+            self._sent(results, ids)
+
+    def check(self, **kwargs):
+        errors = list(super().check(**kwargs))
+        try:
+            connection = connections[self.database]
+        except Exception:
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r}: database {self.database!r} is not configured.",
+                obj=self, id="django_vtasks.E011"))
+            return errors
+        if connection.vendor != "postgresql":
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r} needs a PostgreSQL database; "
+                f"{self.database!r} is {connection.vendor}.",
+                hint="Point OPTIONS['DATABASE'] at a PostgreSQL database.",
+                obj=self, id="django_vtasks.E012"))
+            return errors
+        from django.apps import apps
+
+        if not apps.is_installed("django_vtasks.postgres"):
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r} needs 'django_vtasks.postgres' in INSTALLED_APPS "
+                "(its migration creates the queue tables).",
+                obj=self, id="django_vtasks.E013"))
+        try:
+            self.broker.ping()
+        except BrokerError as e:
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: {e}",
+                hint="Is Postgres running, and has `manage.py migrate` run?",
+                obj=self, id="django_vtasks.W012"))
+        return errors

@@ -1,0 +1,503 @@
+"""Valkey backend: the VT.* commands of the vtasks module (PROTOCOL.md).
+
+    TASKS = {"default": {
+        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+        "OPTIONS": {"BROKER_URL": "valkey://localhost:6379/0"},
+    }}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from pathlib import Path
+from typing import Any
+
+import valkey
+import valkey.asyncio as avalkey
+from django.core import checks
+from django.db import transaction
+
+from ..broker import (
+    INFO_FIELDS,
+    Broker,
+    BrokerError,
+    Delivery,
+    EnqueueRequest,
+    ScheduleRecord,
+    TaskRecord,
+)
+from ..conf import valkey_prefix
+from .base import VTasksBackend
+
+logger = logging.getLogger("django_vtasks")
+
+
+def _s(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return "" if v is None else str(v)
+
+
+def _pairs(reply) -> dict[str, Any]:
+    if isinstance(reply, dict):
+        return {_s(k): v for k, v in reply.items()}
+    it = iter(reply or [])
+    return {_s(k): v for k, v in zip(it, it, strict=False)}
+
+
+def _group_key(r: EnqueueRequest):
+    # tasks sharing these options go in one VT.ENQUEUE; a unique task goes alone (only the
+    # first payload of a command can take the key)
+    return (r.queue, r.priority, r.at_ms, r.max_attempts, r.unique, r.id if r.unique else None)
+
+
+class ValkeyBroker(Broker):
+    kind = "valkey"
+
+    def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:"):
+        self.url = url
+        self.prefix = prefix
+        self._shared_pool = connection_pool
+        if isinstance(connection_pool, valkey.ConnectionPool):
+            self._client = valkey.Valkey(connection_pool=connection_pool)
+        elif url:
+            self._client = valkey.Valkey.from_url(url)
+        else:
+            self._client = None
+        self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    # ---- keys -----------------------------------------------------------------------------------
+    def key(self, queue: str) -> str:
+        return f"{self.prefix}{{{queue}}}"
+
+    def queue_name(self, key) -> str:
+        key = _s(key)
+        inner = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        if inner.startswith("{") and inner.endswith("}"):
+            return inner[1:-1]
+        return inner
+
+    def result_key(self, id: str) -> str:
+        return f"{self.prefix}result:{id}"
+
+    # ---- clients --------------------------------------------------------------------------------
+    @property
+    def client(self) -> valkey.Valkey:
+        if self._client is None:
+            raise BrokerError("ValkeyTaskBackend needs OPTIONS['BROKER_URL'] or CONNECTION_POOL")
+        return self._client
+
+    @property
+    def aclient(self) -> avalkey.Valkey:
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            if isinstance(self._shared_pool, avalkey.ConnectionPool):
+                client = avalkey.Valkey(connection_pool=self._shared_pool)
+            elif self.url:
+                client = avalkey.Valkey.from_url(self.url)
+            else:
+                raise BrokerError(
+                    "ValkeyTaskBackend needs OPTIONS['BROKER_URL'] or CONNECTION_POOL")
+            self._aclients[loop] = client
+        return client
+
+    # ---- command builders / parsers -------------------------------------------------------------
+    def _enqueue_commands(self, requests: list[EnqueueRequest]):
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(_group_key(r), []).append(i)
+        commands = []
+        for (queue, priority, at_ms, max_attempts, unique, _), idxs in groups.items():
+            args: list[Any] = ["VT.ENQUEUE", self.key(queue)]
+            if priority:
+                args += ["PRIORITY", priority]
+            if at_ms is not None:
+                args += ["AT", at_ms]
+            if unique is not None:
+                args += ["UNIQUE", unique[0], max(1, int(unique[1]))]
+            if max_attempts:
+                args += ["MAXATTEMPTS", max_attempts]
+            args.append("ENTRIES")
+            for i in idxs:
+                args += [requests[i].id, requests[i].payload]
+            commands.append((args, idxs))
+        return commands
+
+    @staticmethod
+    def _map_enqueue(requests, commands, replies) -> list[str | None]:
+        out: list[str | None] = [None] * len(requests)
+        for (_, idxs), reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for i, rid in zip(idxs, reply or [], strict=False):
+                out[i] = _s(rid) if rid is not None else None
+        return out
+
+    def _fetch_args(self, queues, worker, count, lease_ms, block_ms):
+        args: list[Any] = ["VT.FETCHBATCH", len(queues), *[self.key(q) for q in queues],
+                           "WORKER", worker, "COUNT", max(1, int(count))]
+        if lease_ms is not None:
+            args += ["LEASE", int(lease_ms)]
+        if block_ms is not None:
+            args += ["BLOCK", int(block_ms)]
+        return args
+
+    def _deliveries(self, reply) -> list[Delivery]:
+        if not reply:
+            return []
+        return [Delivery(self.queue_name(q), _s(i), _s(t), int(a), bytes(p))
+                for q, i, t, a, p in reply]
+
+    @staticmethod
+    def _info(reply) -> dict[str, int]:
+        d = _pairs(reply)
+        return {f: int(d.get(f, 0) or 0) for f in INFO_FIELDS} | {
+            k: int(v) for k, v in d.items() if k not in INFO_FIELDS and _is_int(v)}
+
+    def _record(self, reply, queue) -> TaskRecord | None:
+        if reply is None:
+            return None
+        return TaskRecord.from_fields(_pairs(reply), queue=queue)
+
+    @staticmethod
+    def _schedules(reply) -> list[ScheduleRecord]:
+        return [ScheduleRecord(_s(n), _s(k), _s(s), int(nr or 0), bytes(p or b""))
+                for n, k, s, nr, p in reply or []]
+
+    @staticmethod
+    def _schedule_set_args(key, name, payload, cron, every_ms, priority):
+        args: list[Any] = ["VT.SCHEDULE", "SET", key, name]
+        if cron is not None:
+            args += ["CRON", cron]
+        elif every_ms is not None:
+            args += ["EVERY", int(every_ms)]
+        else:
+            raise ValueError("schedule_set needs cron or every_ms")
+        if priority:
+            args += ["PRIORITY", int(priority)]
+        args += ["PAYLOAD", payload]
+        return args
+
+    # ---- producer -------------------------------------------------------------------------------
+    def enqueue(self, requests):
+        commands = self._enqueue_commands(requests)
+        if len(commands) == 1:
+            replies = [self.client.execute_command(*commands[0][0])]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for args, _ in commands:
+                pipe.execute_command(*args)
+            replies = pipe.execute(raise_on_error=True)
+        return self._map_enqueue(requests, commands, replies)
+
+    async def aenqueue(self, requests):
+        commands = self._enqueue_commands(requests)
+        client = self.aclient
+        if len(commands) == 1:
+            replies = [await client.execute_command(*commands[0][0])]
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                for args, _ in commands:
+                    pipe.execute_command(*args)
+                replies = await pipe.execute(raise_on_error=True)
+        return self._map_enqueue(requests, commands, replies)
+
+    # ---- consumer -------------------------------------------------------------------------------
+    def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
+        return self._deliveries(self.client.execute_command(
+            *self._fetch_args(queues, worker, count, lease_ms, block_ms)))
+
+    async def afetch(self, queues, worker, count, lease_ms=None, block_ms=None):
+        return self._deliveries(await self.aclient.execute_command(
+            *self._fetch_args(queues, worker, count, lease_ms, block_ms)))
+
+    def ack(self, queue, pairs):
+        if not pairs:
+            return 0
+        return int(self.client.execute_command(
+            "VT.ACK", self.key(queue), *[x for p in pairs for x in p]))
+
+    async def aack(self, queue, pairs):
+        if not pairs:
+            return 0
+        return int(await self.aclient.execute_command(
+            "VT.ACK", self.key(queue), *[x for p in pairs for x in p]))
+
+    def _ack_results_pipe(self, pipe, queue, pairs, results):
+        for rid, data, ttl in results:
+            if ttl > 0:
+                pipe.set(self.result_key(rid), data, px=ttl)
+        if pairs:
+            pipe.execute_command("VT.ACK", self.key(queue), *[x for p in pairs for x in p])
+
+    def ack_with_results(self, queue, pairs, results):
+        pipe = self.client.pipeline(transaction=False)
+        self._ack_results_pipe(pipe, queue, pairs, results)
+        replies = pipe.execute(raise_on_error=True)
+        return int(replies[-1]) if pairs and replies else 0
+
+    async def aack_with_results(self, queue, pairs, results):
+        async with self.aclient.pipeline(transaction=False) as pipe:
+            self._ack_results_pipe(pipe, queue, pairs, results)
+            replies = await pipe.execute(raise_on_error=True)
+        return int(replies[-1]) if pairs and replies else 0
+
+    @staticmethod
+    def _fail_args(key, id, token, error, retry_ms):
+        args: list[Any] = ["VT.FAIL", key, id, token, error]
+        if retry_ms is not None:
+            args += ["RETRY", max(0, int(retry_ms))]
+        return args
+
+    def fail(self, queue, id, token, error, retry_ms=None):
+        r = self.client.execute_command(*self._fail_args(self.key(queue), id, token, error,
+                                                         retry_ms))
+        return _s(r) if r is not None else None
+
+    async def afail(self, queue, id, token, error, retry_ms=None):
+        r = await self.aclient.execute_command(*self._fail_args(self.key(queue), id, token,
+                                                                error, retry_ms))
+        return _s(r) if r is not None else None
+
+    def rescue(self, queue, worker=None):
+        args = ["VT.RESCUE", self.key(queue)] + (["WORKER", worker] if worker else [])
+        return int(self.client.execute_command(*args))
+
+    async def arescue(self, queue, worker=None):
+        args = ["VT.RESCUE", self.key(queue)] + (["WORKER", worker] if worker else [])
+        return int(await self.aclient.execute_command(*args))
+
+    def extend(self, queue, worker, lease_ms):
+        return int(self.client.execute_command("VT.EXTEND", self.key(queue), worker,
+                                               int(lease_ms)))
+
+    async def aextend(self, queue, worker, lease_ms):
+        return int(await self.aclient.execute_command("VT.EXTEND", self.key(queue), worker,
+                                                      int(lease_ms)))
+
+    # ---- operator -------------------------------------------------------------------------------
+    def info(self, queue):
+        return self._info(self.client.execute_command("VT.INFO", self.key(queue)))
+
+    async def ainfo(self, queue):
+        return self._info(await self.aclient.execute_command("VT.INFO", self.key(queue)))
+
+    def _queues(self, reply) -> list[str]:
+        out = []
+        for k in reply or []:
+            k = _s(k)
+            if k.startswith(self.prefix):
+                out.append(self.queue_name(k))
+        return sorted(out)
+
+    def queues(self):
+        return self._queues(self.client.execute_command("VT.QUEUES"))
+
+    async def aqueues(self):
+        return self._queues(await self.aclient.execute_command("VT.QUEUES"))
+
+    def peek(self, queue, state, offset=0, count=10):
+        reply = self.client.execute_command("VT.PEEK", self.key(queue), state.upper(),
+                                            "OFFSET", int(offset), "COUNT", int(count))
+        return [self._record(r, queue) for r in reply or []]
+
+    async def apeek(self, queue, state, offset=0, count=10):
+        reply = await self.aclient.execute_command("VT.PEEK", self.key(queue), state.upper(),
+                                                   "OFFSET", int(offset), "COUNT", int(count))
+        return [self._record(r, queue) for r in reply or []]
+
+    def get(self, queue, id):
+        return self._record(self.client.execute_command("VT.GET", self.key(queue), id), queue)
+
+    async def aget(self, queue, id):
+        return self._record(await self.aclient.execute_command("VT.GET", self.key(queue), id),
+                            queue)
+
+    def retry_dead(self, queue, ids=None):
+        return int(self.client.execute_command("VT.RETRYDEAD", self.key(queue),
+                                               *(ids if ids is not None else ["ALL"])))
+
+    async def aretry_dead(self, queue, ids=None):
+        return int(await self.aclient.execute_command("VT.RETRYDEAD", self.key(queue),
+                                                      *(ids if ids is not None else ["ALL"])))
+
+    def delete(self, queue, ids):
+        if not ids:
+            return 0
+        return int(self.client.execute_command("VT.DELETE", self.key(queue), *ids))
+
+    async def adelete(self, queue, ids):
+        if not ids:
+            return 0
+        return int(await self.aclient.execute_command("VT.DELETE", self.key(queue), *ids))
+
+    def clear(self, queue, what):
+        return int(self.client.execute_command("VT.CLEAR", self.key(queue), what.upper()))
+
+    async def aclear(self, queue, what):
+        return int(await self.aclient.execute_command("VT.CLEAR", self.key(queue),
+                                                      what.upper()))
+
+    # ---- schedules ------------------------------------------------------------------------------
+    def schedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
+        self.client.execute_command(*self._schedule_set_args(self.key(queue), name, payload,
+                                                             cron, every_ms, priority))
+
+    async def aschedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
+        await self.aclient.execute_command(*self._schedule_set_args(self.key(queue), name,
+                                                                    payload, cron, every_ms,
+                                                                    priority))
+
+    def schedule_del(self, queue, name):
+        return bool(self.client.execute_command("VT.SCHEDULE", "DEL", self.key(queue), name))
+
+    async def aschedule_del(self, queue, name):
+        return bool(await self.aclient.execute_command("VT.SCHEDULE", "DEL", self.key(queue),
+                                                       name))
+
+    def schedule_list(self, queue):
+        return self._schedules(self.client.execute_command("VT.SCHEDULE", "LIST",
+                                                           self.key(queue)))
+
+    async def aschedule_list(self, queue):
+        return self._schedules(await self.aclient.execute_command("VT.SCHEDULE", "LIST",
+                                                                  self.key(queue)))
+
+    # ---- results --------------------------------------------------------------------------------
+    def store_result(self, id, data, ttl_ms):
+        if ttl_ms > 0:
+            self.client.set(self.result_key(id), data, px=int(ttl_ms))
+
+    async def astore_result(self, id, data, ttl_ms):
+        if ttl_ms > 0:
+            await self.aclient.set(self.result_key(id), data, px=int(ttl_ms))
+
+    async def astore_results(self, results):
+        results = [r for r in results if r[2] > 0]
+        if not results:
+            return
+        async with self.aclient.pipeline(transaction=False) as pipe:
+            for rid, data, ttl in results:
+                pipe.set(self.result_key(rid), data, px=int(ttl))
+            await pipe.execute()
+
+    def get_result(self, id):
+        return self.client.get(self.result_key(id))
+
+    async def aget_result(self, id):
+        return await self.aclient.get(self.result_key(id))
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def ping(self):
+        try:
+            self.client.ping()
+        except BrokerError:
+            raise
+        except Exception as e:
+            raise BrokerError(f"cannot reach Valkey at {self.url or 'CONNECTION_POOL'}: {e}") from e
+        try:
+            self.client.execute_command("VT.INFO", self.key("__vtasks_check__"))
+        except valkey.ResponseError as e:
+            raise ModuleMissing(str(e)) from e
+
+    def close(self):
+        if self._client is not None and not isinstance(self._shared_pool, valkey.ConnectionPool):
+            self._client.connection_pool.disconnect()
+
+    async def aclose(self):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        client = self._aclients.pop(loop, None)
+        if client is not None:
+            if isinstance(self._shared_pool, avalkey.ConnectionPool):
+                await client.aclose(close_connection_pool=False)
+            else:
+                await client.aclose()
+
+
+def _is_int(v) -> bool:
+    try:
+        int(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+class ModuleMissing(BrokerError):
+    """The Valkey server answers but the vtasks module is not loaded."""
+
+
+def module_path_hint() -> str:
+    try:
+        import django_vtasks
+
+        root = Path(django_vtasks.__file__).resolve().parents[3]
+        candidate = root / "target" / "release" / "libvtasks.so"
+        if candidate.exists():
+            return str(candidate)
+    except Exception:
+        pass
+    return "/path/to/libvtasks.so"
+
+
+class ValkeyTaskBackend(VTasksBackend):
+    """Django task backend on Valkey with the vtasks module loaded."""
+
+    def __init__(self, alias, params):
+        super().__init__(alias, params)
+        self.broker_url = self.options.get("BROKER_URL")
+        pool = self.options.get("CONNECTION_POOL")
+        if isinstance(pool, str):
+            from django.utils.module_loading import import_string
+
+            pool = import_string(pool)
+        self.connection_pool = pool
+        self.prefix = valkey_prefix()
+
+    def _broker_key(self):
+        return (self.broker_url, id(self.connection_pool), self.prefix)
+
+    def _make_broker(self):
+        return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix)
+
+    def _write(self, results, requests):
+        def write():
+            ids = self.broker.enqueue(requests)
+            self._sent(results, ids)
+
+        if self._in_atomic_block():
+            # every side effect (unique keys included) happens after the commit
+            transaction.on_commit(write, using=self.database)
+        else:
+            write()
+
+    def check(self, **kwargs):
+        errors = list(super().check(**kwargs))
+        if not self.broker_url and self.connection_pool is None:
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r} has no OPTIONS['BROKER_URL'].",
+                hint="Set OPTIONS = {'BROKER_URL': 'valkey://localhost:6379/0'}.",
+                obj=self, id="django_vtasks.E001"))
+            return errors
+        if isinstance(self.connection_pool, avalkey.ConnectionPool) and not self.broker_url:
+            return errors  # an async-only pool cannot be probed from a sync check
+        try:
+            self.broker.ping()
+        except ModuleMissing as e:
+            errors.append(checks.Error(
+                f"Valkey for task backend {self.alias!r} does not have the vtasks module "
+                f"loaded ({e}).",
+                hint=f"Start valkey-server with --loadmodule {module_path_hint()} "
+                     f"(or MODULE LOAD it); `manage.py` dev command: see the README.",
+                obj=self, id="django_vtasks.E003"))
+        except BrokerError as e:
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: {e}",
+                hint="Start Valkey (with the vtasks module) or fix OPTIONS['BROKER_URL'].",
+                obj=self, id="django_vtasks.W002"))
+        return errors

@@ -1,0 +1,47 @@
+"""The task envelope: the JSON object stored as a task's payload.
+
+Compatible with the original django-vtasks wire format (``func, args, kwargs, queue, ts, id``,
+then ``priority, run_after``), compressed by the native codec (``b"zstd:"`` + zstd over
+VTASKS_COMPRESS_THRESHOLD bytes).
+"""
+
+import time
+from typing import Any
+
+import orjson
+
+from . import _native
+from .conf import settings
+
+
+def compress_threshold() -> int:
+    return int(settings.VTASKS_COMPRESS_THRESHOLD)
+
+
+def build_envelope(task, args: list, kwargs: dict, id: str, backend: str) -> dict[str, Any]:
+    return {
+        "func": task.module_path,
+        "args": args,
+        "kwargs": kwargs,
+        "queue": task.queue_name,
+        "ts": time.time(),
+        "id": id,
+        "priority": task.priority,
+        "run_after": task.run_after.isoformat() if task.run_after is not None else None,
+        "backend": backend,
+        "takes_context": task.takes_context,
+    }
+
+
+def encode_envelope(envelope: dict[str, Any], threshold: int | None = None) -> bytes:
+    data = orjson.dumps(envelope)
+    return _native.encode_payload(data, compress_threshold() if threshold is None else threshold)
+
+
+def decode_envelope(payload: bytes) -> dict[str, Any]:
+    """Decode a payload; raises ValueError when it is not a valid envelope."""
+    data = _native.decode_payload(bytes(payload))
+    obj = orjson.loads(data)
+    if not isinstance(obj, dict) or not isinstance(obj.get("func"), str):
+        raise ValueError("payload is not a task envelope (no 'func')")
+    return obj

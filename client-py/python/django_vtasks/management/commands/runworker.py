@@ -1,0 +1,49 @@
+import asyncio
+import logging
+
+from django.core.management.base import BaseCommand
+
+from django_vtasks.conf import settings
+
+
+class Command(BaseCommand):
+    help = "Run a vtasks worker (asyncio) for a vtasks task backend."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--concurrency", type=int, default=None,
+                            help="tasks run at once (default VTASKS_CONCURRENCY)")
+        parser.add_argument("--queue", action="append", dest="queues", default=None,
+                            help="queue to consume, in priority order; repeatable "
+                                 "(default VTASKS_QUEUES)")
+        parser.add_argument("--scheduler", action="store_true",
+                            help="register VTASKS_SCHEDULE (safe on any number of workers)")
+        parser.add_argument("--id", dest="worker_id", default=None,
+                            help="stable worker id: a restarted worker rescues its own tasks")
+        parser.add_argument("--backend", default=None,
+                            help="TASKS alias (default VTASKS_BACKEND or 'default')")
+        parser.add_argument("--health-check-file", default=None,
+                            help="file touched while the worker makes progress")
+        parser.add_argument("--lease", type=float, default=None,
+                            help="task lease in seconds (default VTASKS_LEASE)")
+
+    def handle(self, *args, **options):
+        from django_vtasks.worker import Worker
+
+        log = logging.getLogger("django_vtasks")
+        if not log.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.DEBUG if options["verbosity"] >= 3 else
+                         logging.INFO if options["verbosity"] >= 1 else logging.WARNING)
+        worker = Worker(
+            backend_alias=options["backend"] or settings.VTASKS_BACKEND,
+            queues=options["queues"],
+            concurrency=options["concurrency"],
+            worker_id=options["worker_id"],
+            scheduler=options["scheduler"],
+            health_check_file=options["health_check_file"],
+            lease=options["lease"],
+        )
+        asyncio.run(worker.run())

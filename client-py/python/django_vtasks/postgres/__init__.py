@@ -1,0 +1,1 @@
+"""App holding the migration of the Postgres queue schema (add it to INSTALLED_APPS)."""

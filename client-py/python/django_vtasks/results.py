@@ -1,0 +1,139 @@
+"""TaskResult <-> JSON (the stored result document) and Task reconstruction from a path."""
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from django.tasks import Task
+from django.tasks.base import TaskError, TaskResult, TaskResultStatus
+from django.utils.module_loading import import_string
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_dt(value) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value)
+
+
+def ms_to_dt(ms: int | None) -> datetime | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def result_to_dict(result: TaskResult) -> dict[str, Any]:
+    task = result.task
+    return {
+        "id": result.id,
+        "func": task.module_path,
+        "queue": task.queue_name,
+        "priority": task.priority,
+        "run_after": _dt(task.run_after),
+        "takes_context": task.takes_context,
+        "backend": result.backend,
+        "status": str(result.status),
+        "enqueued_at": _dt(result.enqueued_at),
+        "started_at": _dt(result.started_at),
+        "finished_at": _dt(result.finished_at),
+        "last_attempted_at": _dt(result.last_attempted_at),
+        "args": result.args,
+        "kwargs": result.kwargs,
+        "errors": [
+            {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
+            for e in result.errors
+        ],
+        "worker_ids": list(result.worker_ids),
+        "return_value": result._return_value,
+    }
+
+
+def result_to_json(result: TaskResult) -> bytes:
+    return orjson.dumps(result_to_dict(result), option=orjson.OPT_NON_STR_KEYS)
+
+
+def _unresolvable(*args, **kwargs):  # stands in for a task function that cannot be imported
+    raise RuntimeError("task function could not be imported")
+
+
+def resolve_task(func_path: str, queue: str | None = None, priority: int | None = None,
+                 run_after: datetime | None = None, backend: str | None = None,
+                 strict: bool = True) -> Task:
+    """The Task for a stored path, with the enqueue-time options applied.
+
+    strict=True raises ImportError/TypeError for a path that is not a Task; strict=False returns a
+    placeholder Task (for reading results of tasks that no longer exist)."""
+    try:
+        obj = import_string(func_path)
+    except (ImportError, AttributeError, ValueError) as e:
+        if strict:
+            raise ImportError(f"cannot import task {func_path!r}: {e}") from e
+        obj = None
+    if obj is not None and not isinstance(obj, Task):
+        if strict:
+            raise TypeError(f"{func_path!r} is not a Task (got {type(obj).__name__})")
+        obj = None
+    if obj is None:
+        task = object.__new__(Task)
+        module, _, name = func_path.rpartition(".")
+        func = _unresolvable
+        for k, v in {
+            "func": func, "priority": priority or 0, "backend": backend or "default",
+            "queue_name": queue or "default", "run_after": run_after, "takes_context": False,
+        }.items():
+            object.__setattr__(task, k, v)
+        return task
+    changes = {}
+    if queue is not None and queue != obj.queue_name:
+        changes["queue_name"] = queue
+    if priority is not None and priority != obj.priority:
+        changes["priority"] = priority
+    if run_after != obj.run_after:
+        changes["run_after"] = run_after
+    if backend is not None and backend != obj.backend:
+        changes["backend"] = backend
+    if not changes:
+        return obj
+    try:
+        return replace(obj, **changes)
+    except Exception:
+        # validation against the current TASKS settings failed: keep the options anyway
+        task = object.__new__(type(obj))
+        for f in obj.__dataclass_fields__:
+            object.__setattr__(task, f, changes.get(f, getattr(obj, f)))
+        return task
+
+
+def result_from_dict(data: dict[str, Any], backend_alias: str | None = None) -> TaskResult:
+    task = resolve_task(
+        data["func"],
+        queue=data.get("queue"),
+        priority=data.get("priority"),
+        run_after=_parse_dt(data.get("run_after")),
+        backend=backend_alias or data.get("backend"),
+        strict=False,
+    )
+    result = TaskResult(
+        task=task,
+        id=data["id"],
+        status=TaskResultStatus(data["status"]),
+        enqueued_at=_parse_dt(data.get("enqueued_at")),
+        started_at=_parse_dt(data.get("started_at")),
+        finished_at=_parse_dt(data.get("finished_at")),
+        last_attempted_at=_parse_dt(data.get("last_attempted_at")),
+        args=data.get("args") or [],
+        kwargs=data.get("kwargs") or {},
+        backend=backend_alias or data.get("backend") or "default",
+        errors=[TaskError(**e) for e in data.get("errors") or []],
+        worker_ids=list(data.get("worker_ids") or []),
+    )
+    object.__setattr__(result, "_return_value", data.get("return_value"))
+    return result
+
+
+def result_from_json(raw: bytes, backend_alias: str | None = None) -> TaskResult:
+    return result_from_dict(orjson.loads(raw), backend_alias)

@@ -1,0 +1,70 @@
+"""`VTask`: Django's Task with the vtasks options (unique, retries), and the `task` decorator.
+
+Django 6.1 forwards extra ``@task(...)`` kwargs to the backend's ``task_class``, so with a vtasks
+backend ``@django.tasks.task(retries=3)`` works too; on 6.0 use ``django_vtasks.task``.
+"""
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, DEFAULT_TASK_QUEUE_NAME, Task
+from django.tasks.base import DEFAULT_TASK_PRIORITY
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VTask(Task):
+    #: True: one pending run per (task, args, kwargs); a string: an explicit unique key
+    unique: bool | str = False
+    #: seconds the unique key is held at most (released early when the task finishes)
+    unique_ttl: int = 3600
+    #: failures retried this many times (None: the queue's VTASKS_RETRIES entry, else 0)
+    retries: int | None = None
+    #: first retry delay in seconds, doubled per attempt (None: queue setting, else 1.0)
+    retry_backoff: float | None = None
+
+    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None,
+              unique=_UNSET, unique_ttl=None, retries=_UNSET, retry_backoff=_UNSET):
+        new = Task.using(self, priority=priority, queue_name=queue_name, run_after=run_after,
+                         backend=backend)
+        changes = {}
+        if unique is not _UNSET:
+            changes["unique"] = unique
+        if unique_ttl is not None:
+            changes["unique_ttl"] = unique_ttl
+        if retries is not _UNSET:
+            changes["retries"] = retries
+        if retry_backoff is not _UNSET:
+            changes["retry_backoff"] = retry_backoff
+        return replace(new, **changes) if changes else new
+
+
+def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TASK_QUEUE_NAME,
+         backend=DEFAULT_TASK_BACKEND_ALIAS, takes_context=False, **kwargs):
+    """Like ``django.tasks.task`` but always builds a VTask (unique/retries options)."""
+    if "run_after" in kwargs:
+        raise TypeError(
+            "run_after cannot be defined statically with the @task decorator. "
+            "Use .using(run_after=...) to set it dynamically."
+        )
+
+    def wrapper(f):
+        return VTask(func=f, priority=priority, queue_name=queue_name, backend=backend,
+                     takes_context=takes_context, **kwargs)
+
+    return wrapper(function) if function else wrapper
+
+
+def retry_policy(task: Task, queue: str) -> tuple[int, float]:
+    """(retries, first backoff seconds) of a task on a queue: task option > VTASKS_RETRIES > 0."""
+    from .conf import settings
+
+    conf = (settings.VTASKS_RETRIES or {}).get(queue) or {}
+    retries = getattr(task, "retries", None)
+    if retries is None:
+        retries = conf.get("retries", 0)
+    backoff = getattr(task, "retry_backoff", None)
+    if backoff is None:
+        backoff = conf.get("backoff", 1.0)
+    return int(retries or 0), float(backoff)

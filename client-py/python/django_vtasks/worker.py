@@ -1,0 +1,743 @@
+"""The asyncio worker.
+
+    worker = Worker(backend_alias="default", queues=["default"], concurrency=20)
+    await worker.run()                  # until SIGTERM/SIGINT (or worker.request_stop())
+
+Embedded (ASGI lifespan): ``task = asyncio.create_task(worker.run(handle_signals=False))`` then
+``await worker.stop()`` on shutdown (drains in-flight tasks, flushes acks).
+
+How it works
+- One fetcher serves the non-batch queues in the given order with VT.FETCHBATCH (or the Postgres
+  equivalent) for exactly as many tasks as it has free slots, parked server-side while idle.
+- Sync tasks run on a bounded ThreadPoolExecutor of its own (VTASKS_SYNC_THREADS, default the
+  concurrency) with ``close_old_connections()`` around each; async tasks run on the loop.
+- Successes are acked in batches (with their results, one round trip per queue per flush).
+- Leases of running tasks are extended every lease/4 by a heartbeat *thread*, so a busy event loop
+  never makes a live worker's tasks look abandoned.
+- Failures: dead-lettered with the traceback (fail-fast), or retried with exponential backoff when
+  the task (``@task(retries=3, retry_backoff=1.0)``) or VTASKS_RETRIES[queue] asks for it.
+- SIGTERM/SIGINT: stop fetching, finish in-flight tasks, flush acks, exit. A second signal: return
+  this worker's tasks to the queue (best effort) and exit at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from inspect import iscoroutinefunction
+from traceback import format_exception
+
+import orjson
+from django.conf import settings as django_settings
+from django.db import close_old_connections
+from django.tasks import task_backends
+from django.tasks.base import TaskContext, TaskError, TaskResult, TaskResultStatus
+from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from .broker import Delivery
+from .conf import settings
+from .envelope import build_envelope, decode_envelope, encode_envelope
+from .results import result_to_json, resolve_task
+from .scheduler import schedule_spec
+from .tasks import retry_policy
+
+logger = logging.getLogger("django_vtasks.worker")
+
+MAX_ERROR_CHARS = 16_000
+
+
+def default_worker_id() -> str:
+    return settings.VTASKS_WORKER_ID or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _call_sync(func, args, kwargs):
+    close_old_connections()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        close_old_connections()
+
+
+def _exception_path(e: BaseException) -> str:
+    t = type(e)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+class _Job:
+    """A fetched task, decoded and ready to run."""
+
+    __slots__ = ("delivery", "envelope", "task", "result")
+
+    def __init__(self, delivery: Delivery, envelope, task, result):
+        self.delivery = delivery
+        self.envelope = envelope
+        self.task = task
+        self.result = result
+
+
+class Worker:
+    def __init__(self, backend_alias: str | None = None, queues: list[str] | None = None,
+                 concurrency: int | None = None, worker_id: str | None = None,
+                 scheduler: bool = False, health_check_file: str | None = None,
+                 batch_config: dict | None = None, lease: float | None = None,
+                 block_ms: int = 1000, flush_interval: float = 0.002):
+        self.alias = backend_alias or settings.VTASKS_BACKEND or "default"
+        self.backend = task_backends[self.alias]
+        self.broker = self.backend.broker
+        self.queues = list(queues or settings.VTASKS_QUEUES or ["default"])
+        self.concurrency = max(1, int(concurrency or settings.VTASKS_CONCURRENCY))
+        self.worker_id = worker_id or default_worker_id()
+        self.scheduler = scheduler
+        self.health_check_file = health_check_file or settings.VTASKS_HEALTH_CHECK_FILE
+        self.batch_config = dict(batch_config if batch_config is not None
+                                 else settings.VTASKS_BATCH_QUEUES or {})
+        self.lease = float(lease or settings.VTASKS_LEASE)
+        self.lease_ms = max(100, int(self.lease * 1000))
+        self.block_ms = block_ms
+        self.flush_interval = flush_interval
+        self.result_ttl_ms = self.backend.result_ttl_ms
+        threads = int(settings.VTASKS_SYNC_THREADS or self.concurrency)
+        self.executor = ThreadPoolExecutor(max_workers=max(1, threads),
+                                           thread_name_prefix="vtasks-sync")
+        self.batch_queues = [q for q in self.queues if q in self.batch_config]
+        self.plain_queues = [q for q in self.queues if q not in self.batch_config]
+
+        self._busy = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._inflight: dict[str, int] = defaultdict(int)  # read by the heartbeat thread
+        self._acks: list[tuple[str, str, str, bytes | None]] = []
+        self._stop_event: asyncio.Event | None = None
+        self._slot_event: asyncio.Event | None = None
+        self._ack_event: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        self._signals = 0
+        self._last_touch = 0.0
+        self._heartbeat_stop = threading.Event()
+        self.processed = 0
+        self.failed = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def run(self, handle_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._slot_event = asyncio.Event()
+        self._ack_event = asyncio.Event()
+        self._done = asyncio.Event()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        logger.info("worker %s starting: backend=%s (%s) queues=%s concurrency=%d lease=%.1fs%s",
+                    self.worker_id, self.alias, self.broker.kind, self.queues, self.concurrency,
+                    self.lease, " scheduler" if self.scheduler else "")
+        heartbeat = threading.Thread(target=self._heartbeat_thread, name="vtasks-heartbeat",
+                                     daemon=True)
+        heartbeat.start()
+        background = [asyncio.create_task(self._ack_flusher(), name="vtasks-acks")]
+        try:
+            await self._startup()
+            if self.broker.kind == "postgres":
+                background.append(asyncio.create_task(self._maintenance_loop()))
+            consumers = []
+            if self.plain_queues:
+                consumers.append(asyncio.create_task(self._fetch_loop(), name="vtasks-fetch"))
+            for queue in self.batch_queues:
+                consumers.append(asyncio.create_task(self._batch_loop(queue)))
+            await asyncio.gather(*consumers)
+            # drain: in-flight tasks, then their acks
+            if self._tasks:
+                logger.info("worker %s draining %d in-flight task(s)", self.worker_id,
+                            len(self._tasks))
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            flusher = background.pop(0)
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self._flush_acks(final=True)
+        finally:
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self._heartbeat_stop.set()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            try:
+                await self.broker.aclose()
+            except Exception:
+                logger.debug("closing the broker failed", exc_info=True)
+            self._done.set()
+            logger.info("worker %s stopped (%d processed, %d failed)", self.worker_id,
+                        self.processed, self.failed)
+
+    def request_stop(self) -> None:
+        """Stop fetching; run() returns once in-flight tasks finished and were acked."""
+        if self._stop_event is not None:
+            self._stop_event.set()
+            self._slot_event.set()
+
+    async def stop(self) -> None:
+        self.request_stop()
+        if self._done is not None:
+            await self._done.wait()
+
+    def _on_signal(self, sig) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("worker %s: %s received, finishing in-flight tasks (again to exit now)",
+                        self.worker_id, signal.Signals(sig).name)
+            self.request_stop()
+            return
+        logger.warning("worker %s: second signal, exiting now", self.worker_id)
+        self._abandon()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _abandon(self) -> None:
+        """Best effort: hand this worker's tasks back to the queue before exiting."""
+        def rescue():
+            for q in list(self._inflight):
+                try:
+                    self.broker.rescue(q, self.worker_id)
+                except Exception:
+                    pass
+
+        t = threading.Thread(target=rescue, daemon=True)
+        t.start()
+        t.join(2.0)
+
+    async def _startup(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                for q in self.queues:
+                    n = await self.broker.arescue(q, self.worker_id)
+                    if n:
+                        logger.info("rescued %d task(s) of %s on %s", n, self.worker_id, q)
+                if self.scheduler:
+                    await self.register_schedules()
+                self._progress()
+                return
+            except Exception:
+                if self._stop_event.is_set():
+                    return
+                logger.exception("worker start-up failed (retrying in %.1fs)", backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # ---- helpers --------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _progress(self) -> None:
+        if not self.health_check_file:
+            return
+        now = time.monotonic()
+        if now - self._last_touch < 1.0:
+            return
+        self._last_touch = now
+        try:
+            with open(self.health_check_file, "a"):
+                os.utime(self.health_check_file, None)
+        except OSError:
+            logger.warning("cannot touch health check file %s", self.health_check_file)
+
+    def _heartbeat_thread(self) -> None:
+        interval = max(0.05, self.lease / 4)
+        while not self._heartbeat_stop.wait(interval):
+            for queue, n in list(self._inflight.items()):
+                if n <= 0:
+                    continue
+                try:
+                    self.broker.extend(queue, self.worker_id, self.lease_ms)
+                except Exception:
+                    logger.warning("extending leases on %s failed", queue, exc_info=True)
+
+    def _take(self, queue: str, n: int = 1) -> None:
+        self._busy += n
+        self._inflight[queue] += n
+
+    def _release_slot(self, n: int = 1) -> None:
+        self._busy -= n
+        self._slot_event.set()
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    # ---- fetching -------------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        backoff = 0.1
+        while not self.stopping:
+            free = self.concurrency - self._busy
+            if free <= 0:
+                self._slot_event.clear()
+                if self.concurrency - self._busy <= 0:
+                    await self._slot_event.wait()
+                continue
+            try:
+                deliveries = await self.broker.afetch(self.plain_queues, self.worker_id, free,
+                                                      self.lease_ms, self.block_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.error("fetch from %s failed: %s (retrying in %.1fs)", self.plain_queues,
+                             e, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self._progress()
+            if deliveries:
+                for d in deliveries:
+                    self._take(d.queue)
+                try:
+                    await self._start_jobs(deliveries)
+                except Exception:
+                    logger.exception("starting fetched tasks failed")
+
+    async def _start_jobs(self, deliveries: list[Delivery]) -> None:
+        jobs = []
+        for d in deliveries:
+            job = await self._prepare(d)
+            if job is not None:
+                jobs.append(job)
+        if jobs and self.result_ttl_ms > 0:
+            try:
+                await self.broker.astore_results(
+                    [(j.delivery.id, result_to_json(j.result), self.result_ttl_ms) for j in jobs])
+            except Exception:
+                logger.warning("storing RUNNING results failed", exc_info=True)
+        for job in jobs:
+            self._spawn(self._run_job(job))
+
+    async def _prepare(self, d: Delivery) -> _Job | None:
+        """Decode and resolve a delivery; dead-letters it (and frees its slot) when impossible."""
+        try:
+            envelope = decode_envelope(d.payload)
+        except Exception as e:
+            await self._dead_letter(d, f"undecodable payload: {e}")
+            return None
+        func_path = envelope.get("func")
+        run_after = None
+        try:
+            if envelope.get("run_after"):
+                run_after = datetime.fromisoformat(envelope["run_after"])
+            task = resolve_task(func_path, queue=d.queue, priority=envelope.get("priority"),
+                                run_after=run_after, backend=self.alias, strict=True)
+        except Exception as e:
+            reason = f"unknown task path {func_path!r}: {e}"
+            placeholder = resolve_task(func_path, queue=d.queue, backend=self.alias,
+                                       strict=False)
+            result = self._new_result(d, envelope, placeholder, None)
+            result.errors.append(TaskError(exception_class_path=_exception_path(e),
+                                           traceback=reason))
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            object.__setattr__(result, "finished_at", timezone.now())
+            await self._dead_letter(d, reason, result)
+            return None
+        prior = None
+        if d.attempt > 1 and self.result_ttl_ms > 0:
+            try:
+                raw = await self.broker.aget_result(d.id)
+                prior = orjson.loads(raw) if raw else None
+            except Exception:
+                logger.warning("reading the previous result of %s failed", d.id, exc_info=True)
+        try:
+            result = self._new_result(d, envelope, task, prior)
+        except Exception as e:  # args that cannot be normalised (hand-made payload)
+            await self._dead_letter(d, f"invalid task arguments: {e}")
+            return None
+        return _Job(d, envelope, task, result)
+
+    def _new_result(self, d: Delivery, envelope: dict, task, prior: dict | None) -> TaskResult:
+        now = timezone.now()
+        enqueued_at = None
+        if envelope.get("ts"):
+            enqueued_at = datetime.fromtimestamp(float(envelope["ts"]), UTC)
+        started_at = now
+        errors = []
+        worker_ids = []
+        if prior:
+            if prior.get("started_at"):
+                started_at = datetime.fromisoformat(prior["started_at"])
+            errors = [TaskError(**e) for e in prior.get("errors") or []]
+            worker_ids = list(prior.get("worker_ids") or [])
+        # attempts == len(worker_ids): deliveries lost to a crash count too
+        while len(worker_ids) < d.attempt - 1:
+            worker_ids.append("unknown")
+        worker_ids.append(self.worker_id)
+        if enqueued_at is not None and not django_settings.USE_TZ:
+            enqueued_at = timezone.make_naive(enqueued_at)
+        return TaskResult(
+            task=task, id=d.id, status=TaskResultStatus.RUNNING,
+            enqueued_at=enqueued_at or now, started_at=started_at, last_attempted_at=now,
+            finished_at=None, args=envelope.get("args") or [],
+            kwargs=envelope.get("kwargs") or {}, backend=self.alias, errors=errors,
+            worker_ids=worker_ids,
+        )
+
+    # ---- running --------------------------------------------------------------------------------
+    async def _run_job(self, job: _Job) -> None:
+        d, task, result = job.delivery, job.task, job.result
+        released = False
+        try:
+            try:
+                task_started.send(type(self.backend), task_result=result)
+            except Exception:
+                logger.exception("a task_started receiver failed")
+            args = list(result.args)
+            if task.takes_context:
+                args.insert(0, TaskContext(task_result=result))
+            try:
+                if iscoroutinefunction(task.func):
+                    value = await task.func(*args, **result.kwargs)
+                else:
+                    value = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, _call_sync, task.func, args, result.kwargs)
+                value = normalize_json(value)
+            except KeyboardInterrupt:
+                raise
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                await self._task_failed(job, sys.exc_info()[1])
+            except BaseException as e:  # SystemExit included: a task failure
+                await self._task_failed(job, e)
+            else:
+                object.__setattr__(result, "_return_value", value)
+                object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+                object.__setattr__(result, "finished_at", timezone.now())
+                self.processed += 1
+                try:
+                    task_finished.send(type(self.backend), task_result=result)
+                except Exception:
+                    logger.exception("a task_finished receiver failed")
+                self._release_slot()
+                released = True
+                self._queue_ack(d, result_to_json(result) if self.result_ttl_ms > 0 else None)
+                self._progress()
+        finally:
+            if not released:
+                self._release_slot()
+
+    async def _task_failed(self, job: _Job, e: BaseException) -> None:
+        d, result = job.delivery, job.result
+        tb = "".join(format_exception(e))
+        result.errors.append(TaskError(exception_class_path=_exception_path(e), traceback=tb))
+        object.__setattr__(result, "finished_at", timezone.now())
+        retries, backoff = retry_policy(job.task, d.queue)
+        retry_ms = None
+        if d.attempt <= retries:
+            retry_ms = int(backoff * 1000 * (2 ** (d.attempt - 1)))
+            object.__setattr__(result, "status", TaskResultStatus.READY)
+            logger.warning("task %s %s failed (attempt %d), retrying in %dms: %s", d.id,
+                           job.task.module_path, d.attempt, retry_ms, e)
+        else:
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            self.failed += 1
+            try:
+                task_finished.send(type(self.backend), task_result=result)  # inside the except
+            except Exception:
+                logger.exception("a task_finished receiver failed")
+        error = f"{_exception_path(e)}: {e}\n{tb}"[:MAX_ERROR_CHARS]
+        outcome = await self._fail(d, error, retry_ms, result)
+        if retry_ms is not None and outcome == "dead":
+            # no attempts left in the broker (crash redeliveries used them)
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            self.failed += 1
+            await self._store(result)
+            try:
+                task_finished.send(type(self.backend), task_result=result)
+            except Exception:
+                logger.exception("a task_finished receiver failed")
+
+    async def _store(self, result: TaskResult) -> None:
+        if self.result_ttl_ms <= 0:
+            return
+        try:
+            await self.broker.astore_result(result.id, result_to_json(result), self.result_ttl_ms)
+        except Exception:
+            logger.warning("storing the result of %s failed", result.id, exc_info=True)
+
+    async def _fail(self, d: Delivery, error: str, retry_ms: int | None,
+                    result: TaskResult | None) -> str | None:
+        """Store the result, then VT.FAIL; retried until the broker answers."""
+        backoff = 0.1
+        while True:
+            try:
+                if result is not None and self.result_ttl_ms > 0:
+                    await self.broker.astore_result(result.id, result_to_json(result),
+                                                    self.result_ttl_ms)
+                outcome = await self.broker.afail(d.queue, d.id, d.token, error, retry_ms)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.error("failing task %s failed: %s (retrying in %.1fs)", d.id, e, backoff)
+                if backoff > 5 and self.stopping:
+                    outcome = None  # give up: the lease expires and the task comes back
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._inflight[d.queue] -= 1
+        return outcome
+
+    async def _dead_letter(self, d: Delivery, reason: str, result: TaskResult | None = None):
+        logger.error("task %s on %s dead-lettered: %s", d.id, d.queue, reason)
+        self.failed += 1
+        try:
+            await self._fail(d, reason[:MAX_ERROR_CHARS], None, result)
+        finally:
+            self._release_slot()
+
+    # ---- acks -----------------------------------------------------------------------------------
+    def _queue_ack(self, d: Delivery, result_json: bytes | None) -> None:
+        self._acks.append((d.queue, d.id, d.token, result_json))
+        self._ack_event.set()
+
+    async def _ack_flusher(self) -> None:
+        while True:
+            await self._ack_event.wait()
+            if len(self._acks) < self.concurrency:
+                await asyncio.sleep(self.flush_interval)
+            await self._flush_acks()
+
+    async def _flush_acks(self, final: bool = False) -> None:
+        backoff = 0.1
+        while self._acks:
+            self._ack_event.clear()
+            batch, self._acks = self._acks, []
+            by_queue: dict[str, list] = defaultdict(list)
+            for item in batch:
+                by_queue[item[0]].append(item)
+            try:
+                for queue, items in by_queue.items():
+                    pairs = [(i, t) for _, i, t, _ in items]
+                    results = [(i, r, self.result_ttl_ms) for _, i, _, r in items if r]
+                    await self.broker.aack_with_results(queue, pairs, results)
+                    self._inflight[queue] -= len(items)
+                    by_queue[queue] = []
+            except asyncio.CancelledError:
+                self._acks[:0] = [i for items in by_queue.values() for i in items]
+                raise
+            except Exception as e:
+                self._acks[:0] = [i for items in by_queue.values() for i in items]
+                logger.error("ack failed: %s (retrying in %.1fs)", e, backoff)
+                if final and backoff > 5:
+                    logger.error("giving up on %d ack(s); the tasks will be redelivered",
+                                 len(self._acks))
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._progress()
+
+    # ---- batch queues ---------------------------------------------------------------------------
+    async def _batch_loop(self, queue: str) -> None:
+        conf = self.batch_config.get(queue) or {}
+        count = max(1, int(conf.get("count", 100)))
+        timeout = float(conf.get("timeout", 1.0))
+        backoff = 0.1
+        while not self.stopping:
+            if self._busy >= self.concurrency:
+                self._slot_event.clear()
+                await self._slot_event.wait()
+                continue
+            deliveries: list[Delivery] = []
+            try:
+                got = await self.broker.afetch([queue], self.worker_id, count, self.lease_ms,
+                                               self.block_ms)
+                self._progress()
+                if not got:
+                    continue
+                deliveries.extend(got)
+                self._inflight[queue] += len(got)
+                deadline = time.monotonic() + timeout
+                while len(deliveries) < count and not self.stopping:
+                    remaining = int((deadline - time.monotonic()) * 1000)
+                    if remaining < 1:
+                        break
+                    more = await self.broker.afetch([queue], self.worker_id,
+                                                    count - len(deliveries), self.lease_ms,
+                                                    remaining)
+                    if more:
+                        deliveries.extend(more)
+                        self._inflight[queue] += len(more)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.error("batch fetch from %s failed: %s", queue, e)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                if not deliveries:
+                    continue
+            backoff = 0.1
+            self._busy += 1
+            self._spawn(self._run_batch(queue, deliveries))
+
+    async def _run_batch(self, queue: str, deliveries: list[Delivery]) -> None:
+        try:
+            groups: dict[str, list] = defaultdict(list)
+            for d in deliveries:
+                try:
+                    env = decode_envelope(d.payload)
+                except Exception as e:
+                    await self._batch_dead(d, f"undecodable payload: {e}")
+                    continue
+                env["id"] = d.id
+                groups[env["func"]].append((d, env))
+            for func_path, items in groups.items():
+                try:
+                    task = resolve_task(func_path, queue=queue, backend=self.alias, strict=True)
+                except Exception as e:
+                    for d, _ in items:
+                        await self._batch_dead(d, f"unknown task path {func_path!r}: {e}")
+                    continue
+                payloads = [env for _, env in items]
+                try:
+                    if iscoroutinefunction(task.func):
+                        await task.func(payloads)
+                    else:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self.executor, _call_sync, task.func, [payloads], {})
+                except KeyboardInterrupt:
+                    raise
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+                    await self._batch_failed(task, items, sys.exc_info()[1])
+                except BaseException as e:
+                    await self._batch_failed(task, items, e)
+                else:
+                    self.processed += len(items)
+                    for d, env in items:
+                        self._queue_ack(d, self._batch_result(task, d, env, None)
+                                        if self.result_ttl_ms > 0 else None)
+            self._progress()
+        finally:
+            self._release_slot()
+
+    def _batch_result(self, task, d, env, error: BaseException | None) -> bytes:
+        result = self._new_result(d, env, task, None)
+        object.__setattr__(result, "finished_at", timezone.now())
+        if error is None:
+            object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+        else:
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+            result.errors.append(TaskError(exception_class_path=_exception_path(error),
+                                           traceback="".join(format_exception(error))))
+        return result_to_json(result)
+
+    async def _batch_failed(self, task, items, e: BaseException) -> None:
+        logger.error("batch %s of %d task(s) failed: %s", task.module_path, len(items), e)
+        retries, backoff = retry_policy(task, items[0][0].queue)
+        error = f"{_exception_path(e)}: {e}\n{''.join(format_exception(e))}"[:MAX_ERROR_CHARS]
+        for d, env in items:
+            retry_ms = (int(backoff * 1000 * (2 ** (d.attempt - 1)))
+                        if d.attempt <= retries else None)
+            if retry_ms is None:
+                self.failed += 1
+            if self.result_ttl_ms > 0:
+                await self._store_raw(d.id, self._batch_result(task, d, env, e))
+            await self._fail(d, error, retry_ms, None)
+
+    async def _store_raw(self, rid: str, data: bytes) -> None:
+        try:
+            await self.broker.astore_result(rid, data, self.result_ttl_ms)
+        except Exception:
+            logger.warning("storing the result of %s failed", rid, exc_info=True)
+
+    async def _batch_dead(self, d: Delivery, reason: str) -> None:
+        logger.error("task %s on %s dead-lettered: %s", d.id, d.queue, reason)
+        self.failed += 1
+        await self._fail(d, reason, None, None)
+
+    # ---- scheduler / maintenance ----------------------------------------------------------------
+    def schedule_entries(self) -> dict[str, tuple[str, bytes, str | None, int | None, int]]:
+        """{name: (queue, payload, cron, every_ms, priority)} from VTASKS_SCHEDULE."""
+        out = {}
+        for name, entry in (settings.VTASKS_SCHEDULE or {}).items():
+            try:
+                task = resolve_task(entry["task"], backend=self.alias, strict=True)
+                queue = entry.get("queue") or task.queue_name
+                priority = int(entry.get("priority", task.priority))
+                args = normalize_json(list(entry.get("args") or []))
+                kwargs = normalize_json(dict(entry.get("kwargs") or {}))
+                env = build_envelope(task, args, kwargs, "", self.alias)
+                env["queue"] = queue
+                env["priority"] = priority
+                env["ts"] = None  # enqueued_at comes from the fired task
+                env["schedule"] = name
+                cron, every_ms = schedule_spec(entry["schedule"])
+                out[name] = (queue, encode_envelope(env), cron, every_ms, priority)
+            except Exception:
+                logger.exception("VTASKS_SCHEDULE entry %r is invalid; skipped", name)
+        return out
+
+    async def register_schedules(self) -> None:
+        entries = self.schedule_entries()
+        for name, (queue, payload, cron, every_ms, priority) in entries.items():
+            current = {s.name: s for s in await self.broker.aschedule_list(queue)}.get(name)
+            spec = cron if cron is not None else str(every_ms)
+            if (current is not None and current.payload == payload
+                    and current.spec == spec):
+                continue
+            await self.broker.aschedule_set(queue, name, payload, cron=cron, every_ms=every_ms,
+                                            priority=priority)
+            logger.info("schedule %s registered on %s (%s)", name, queue,
+                        f"cron {cron}" if cron else f"every {every_ms}ms")
+        # entries removed from settings (or moved to another queue) stop firing
+        queues = set(await self.broker.aqueues()) | set(self.queues) | {
+            e[0] for e in entries.values()}
+        for queue in sorted(queues):
+            for s in await self.broker.aschedule_list(queue):
+                if s.name not in entries or entries[s.name][0] != queue:
+                    await self.broker.aschedule_del(queue, s.name)
+                    logger.info("schedule %s removed from %s", s.name, queue)
+
+    async def _maintenance_loop(self) -> None:
+        """Postgres: client-driven timers (exactly-once schedule ticks, expired-lease rescue)."""
+        last_maintain = 0.0
+        while not self.stopping:
+            try:
+                if self.scheduler:
+                    n = await self.broker.atick()
+                    if n:
+                        logger.debug("schedules fired %d task(s)", n)
+                now = time.monotonic()
+                if now - last_maintain >= max(0.5, min(5.0, self.lease / 4)):
+                    last_maintain = now
+                    await self.broker.amaintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.warning("maintenance failed: %s", e)
+            await self._sleep(0.25 if self.scheduler else 1.0)
+
+
+def format_tb() -> str:
+    return traceback.format_exc()
