@@ -1,0 +1,90 @@
+"""Continuous producer: enqueues `record` tasks at a steady rate, with deterministic ids.
+
+A batch whose enqueue raised (the broker is restarting, connections were killed...) is retried
+with the *same* ids until it is confirmed (enqueue is idempotent by id), so `fed` is exactly the
+set of ids the broker acknowledged: conservation is checked against it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .hbroker import encode, envelope
+
+
+class Feeder(threading.Thread):
+    def __init__(self, hb, queue: str, run_id: str, rate: float = 200.0, batch: int = 10, ms: int = 0,
+                 func: str = "gauntlet_app.tasks.record", max_attempts: int | None = 10, limit: int | None = None):
+        super().__init__(daemon=True, name="gauntlet-feeder")
+        self.hb = hb
+        self.queue = queue
+        self.run_id = run_id
+        self.rate = rate
+        self.batch = batch
+        self.ms = ms
+        self.func = func
+        self.max_attempts = max_attempts
+        self.limit = limit
+        self.fed: dict[str, float] = {}
+        self.suppressed: list[str] = []
+        self.errors = 0
+        self.last_error = ""
+        self.n = 0
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self.exc: BaseException | None = None
+
+    def gid(self, n: int) -> str:
+        return f"{self.run_id}-{n:07d}"
+
+    def pause(self, on: bool = True):
+        (self._paused.set if on else self._paused.clear)()
+
+    def stop(self, timeout: float = 30.0):
+        self._stop.set()
+        self.join(timeout)
+
+    def run(self):
+        try:
+            period = self.batch / self.rate
+            next_t = time.monotonic()
+            while not self._stop.is_set():
+                if self.limit is not None and self.n >= self.limit:
+                    return
+                if self._paused.is_set():
+                    time.sleep(0.02)
+                    next_t = time.monotonic()
+                    continue
+                k = self.batch if self.limit is None else min(self.batch, self.limit - self.n)
+                gids = [self.gid(self.n + i) for i in range(k)]
+                items = [(g, encode(envelope(self.func, [g, self.ms], g, self.queue))) for g in gids]
+                while True:
+                    try:
+                        ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts)
+                        break
+                    except Exception as e:  # noqa: BLE001 - retried with the same ids
+                        self.errors += 1
+                        self.last_error = repr(e)[:300]
+                        if self._stop.is_set():
+                            return
+                        time.sleep(0.05)
+                t = time.time()
+                for g, rid in zip(gids, ids):
+                    if rid is None:
+                        # None after a retry = the first attempt landed (duplicate id): fed.
+                        if self.errors:
+                            self.fed[g] = t
+                        else:
+                            self.suppressed.append(g)
+                    else:
+                        self.fed[g] = t
+                self.n += k
+                next_t += period
+                d = next_t - time.monotonic()
+                if d > 0:
+                    self._stop.wait(d)
+                else:
+                    next_t = time.monotonic()
+        except BaseException as e:  # noqa: BLE001
+            self.exc = e

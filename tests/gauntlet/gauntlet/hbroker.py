@@ -1,0 +1,135 @@
+"""The harness' own view of a broker, without Django: raw VT.* commands (Valkey) or the native
+PgQueue (Postgres). Used to feed tasks, read counters and the DLQ at quiescence."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+PREFIX = "vt:"
+
+
+def envelope(func: str, args: list, id: str, queue: str, kwargs: dict | None = None) -> dict:
+    """The task envelope (.notes/broker-api.md), as the Django backend builds it."""
+    return {"func": func, "args": args, "kwargs": kwargs or {}, "queue": queue, "ts": time.time(), "id": id,
+            "priority": 0, "run_after": None, "backend": "default", "takes_context": False}
+
+
+def encode(env: dict) -> bytes:
+    try:
+        from django_vtasks import _native
+
+        return _native.encode_payload(orjson.dumps(env), 1024)
+    except ImportError:  # native codec not built yet: plain JSON is a valid uncompressed payload
+        return orjson.dumps(env)
+
+
+def _s(v):
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+def _pairs(reply) -> dict:
+    if isinstance(reply, dict):
+        return {_s(k): v for k, v in reply.items()}
+    it = iter(reply or [])
+    return {_s(k): v for k, v in zip(it, it)}
+
+
+class ValkeyHB:
+    kind = "valkey"
+
+    def __init__(self, port: int):
+        import valkey
+
+        self.port = port
+        self.c = valkey.Valkey(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
+
+    def retarget(self, port: int):
+        import valkey
+
+        self.c.close()
+        self.port = port
+        self.c = valkey.Valkey(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
+
+    def key(self, queue: str) -> str:
+        return f"{PREFIX}{{{queue}}}"
+
+    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None) -> list:
+        argv = ["VT.ENQUEUE", self.key(queue)]
+        if max_attempts:
+            argv += ["MAXATTEMPTS", max_attempts]
+        argv.append("ENTRIES")
+        for i, p in items:
+            argv += [i, p]
+        return [_s(x) if x is not None else None for x in self.c.execute_command(*argv)]
+
+    def info(self, queue: str) -> dict[str, int]:
+        return {k: int(v) for k, v in _pairs(self.c.execute_command("VT.INFO", self.key(queue))).items()}
+
+    def peek(self, queue: str, state: str, count: int = 1000) -> list[dict]:
+        out, off = [], 0
+        while True:
+            rows = self.c.execute_command("VT.PEEK", self.key(queue), state.upper(), "OFFSET", off, "COUNT", count)
+            for r in rows or []:
+                d = _pairs(r)
+                out.append({k: (v if k == "payload" else _s(v)) for k, v in d.items()})
+            if not rows or len(rows) < count:
+                return out
+            off += len(rows)
+
+    def schedule_list(self, queue: str) -> list:
+        return self.c.execute_command("VT.SCHEDULE", "LIST", self.key(queue)) or []
+
+    def close(self):
+        self.c.close()
+
+
+class PgHB:
+    kind = "postgres"
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self._q = None
+
+    @property
+    def q(self):
+        if self._q is None:
+            from django_vtasks import _native
+
+            self._q = _native.PgQueue(self.dsn, pool_size=2)
+        return self._q
+
+    def reset(self):
+        self._q = None
+
+    def migrate(self):
+        self.q.migrate()
+
+    def _call(self, name, *a, **kw):
+        try:
+            return getattr(self.q, name)(*a, **kw)
+        except Exception:
+            self.reset()  # the pool may hold killed connections: one retry on a fresh pool
+            return getattr(self.q, name)(*a, **kw)
+
+    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None) -> list:
+        return self.q.enqueue(queue, [p for _, p in items], ids=[i for i, _ in items], max_attempts=max_attempts)
+
+    def info(self, queue: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self._call("info", queue).items()}
+
+    def peek(self, queue: str, state: str, count: int = 1000) -> list[dict]:
+        out, off = [], 0
+        while True:
+            rows = self._call("peek", queue, state.lower(), off, count)
+            out += [{k: (v if k == "payload" else _s(v)) for k, v in r.items()} for r in rows]
+            if len(rows) < count:
+                return out
+            off += len(rows)
+
+    def schedule_list(self, queue: str) -> list:
+        return self._call("schedule_list", queue)
+
+    def close(self):
+        self._q = None
