@@ -1,0 +1,915 @@
+//! The VT.* commands: argument parsing, execution and replication.
+
+use crate::queue::*;
+use crate::server::*;
+use std::ffi::{c_int, c_void};
+use valkey_module::raw;
+
+pub const MAX_COUNT: i64 = 10_000;
+pub const MAX_PEEK: i64 = 1_000;
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_WORKER_LEN: usize = 256;
+pub const MAX_KEYLIKE_LEN: usize = 1024;
+pub const MAX_ITEMS: usize = 100_000;
+pub const MAX_QUEUES: i64 = 1_000;
+pub const MAX_ERROR_LEN: usize = 64 * 1024;
+
+type Res = Result<Reply, Reply>;
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn int(b: &[u8], what: &str) -> Result<i64, Reply> {
+    std::str::from_utf8(b)
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= 20 && !s.starts_with('+'))
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| Reply::Error(format!("ERR {what} is not an integer or out of range")))
+}
+
+fn int_in(b: &[u8], what: &str, lo: i64, hi: i64) -> Result<i64, Reply> {
+    let v = int(b, what)?;
+    if v < lo || v > hi {
+        return err(format!("ERR {what} must be between {lo} and {hi}"));
+    }
+    Ok(v)
+}
+
+fn check_id(id: &[u8]) -> Result<(), Reply> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return err(format!("ERR task id must be 1 to {MAX_ID_LEN} bytes"));
+    }
+    Ok(())
+}
+
+fn check_len(b: &[u8], what: &str, max: usize) -> Result<(), Reply> {
+    if b.is_empty() || b.len() > max {
+        return err(format!("ERR {what} must be 1 to {max} bytes"));
+    }
+    Ok(())
+}
+
+fn arity(a: &[&[u8]], min: usize) -> Result<(), Reply> {
+    if a.len() < min {
+        return err("ERR wrong number of arguments");
+    }
+    Ok(())
+}
+
+fn new_id() -> Vec<u8> {
+    uuid::Uuid::now_v7().to_string().into_bytes()
+}
+
+fn new_token() -> u64 {
+    rand::random::<u64>()
+}
+
+fn s(v: impl ToString) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+fn replicate_owned(ctx: Ctx, args: &[Vec<u8>]) {
+    let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+    replicate(ctx, "VT._FX", &refs);
+}
+
+// ============================================================ VT.ENQUEUE
+
+pub fn enqueue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    arity(a, 4)?;
+    let mut i = 2;
+    let (mut id, mut prio, mut delay, mut at, mut unique, mut maxatt) = (None, 0i64, None, None, None, None);
+    let mut items: Vec<(Option<&[u8]>, &[u8])> = Vec::new();
+    let mut body = false;
+    while i < a.len() {
+        let opt = a[i];
+        let need = |n: usize| -> Result<(), Reply> {
+            if i + n >= a.len() {
+                return err(format!("ERR {} needs {} argument(s)", String::from_utf8_lossy(opt), n));
+            }
+            Ok(())
+        };
+        if eq(opt, "ID") {
+            need(1)?;
+            check_id(a[i + 1])?;
+            id = Some(a[i + 1]);
+            i += 2;
+        } else if eq(opt, "PRIORITY") {
+            need(1)?;
+            prio = int_in(a[i + 1], "PRIORITY", -100, 100)?;
+            i += 2;
+        } else if eq(opt, "DELAY") {
+            need(1)?;
+            delay = Some(int_in(a[i + 1], "DELAY", 0, i64::MAX / 4)?);
+            i += 2;
+        } else if eq(opt, "AT") {
+            need(1)?;
+            at = Some(int_in(a[i + 1], "AT", 0, i64::MAX / 4)?);
+            i += 2;
+        } else if eq(opt, "UNIQUE") {
+            need(2)?;
+            check_len(a[i + 1], "UNIQUE key", MAX_KEYLIKE_LEN)?;
+            let ttl = int_in(a[i + 2], "UNIQUE ttl", 1, i64::MAX / 4)?;
+            unique = Some((a[i + 1], ttl));
+            i += 3;
+        } else if eq(opt, "MAXATTEMPTS") {
+            need(1)?;
+            maxatt = Some(int_in(a[i + 1], "MAXATTEMPTS", 1, 1_000_000)? as u32);
+            i += 2;
+        } else if eq(opt, "PAYLOAD") {
+            let rest = &a[i + 1..];
+            if rest.is_empty() {
+                return err("ERR PAYLOAD needs at least one payload");
+            }
+            items = rest.iter().map(|p| (None, *p)).collect();
+            body = true;
+            break;
+        } else if eq(opt, "ENTRIES") {
+            let rest = &a[i + 1..];
+            if rest.is_empty() || rest.len() % 2 != 0 {
+                return err("ERR ENTRIES needs <id> <payload> pairs");
+            }
+            for pair in rest.chunks(2) {
+                check_id(pair[0])?;
+                items.push((Some(pair[0]), pair[1]));
+            }
+            body = true;
+            break;
+        } else {
+            return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(opt)));
+        }
+    }
+    if !body {
+        return err("ERR PAYLOAD or ENTRIES is required (and must come last)");
+    }
+    if delay.is_some() && at.is_some() {
+        return err("ERR DELAY and AT are mutually exclusive");
+    }
+    if items.len() > MAX_ITEMS {
+        return err(format!("ERR at most {MAX_ITEMS} payloads per command"));
+    }
+    if id.is_some() {
+        if items.len() != 1 || items[0].0.is_some() {
+            return err("ERR ID needs exactly one PAYLOAD (use ENTRIES for several ids)");
+        }
+        items[0].0 = id;
+    }
+    let maxp = max_payload();
+    if items.iter().any(|(_, p)| p.len() > maxp) {
+        return err(format!("ERR payload larger than vtasks.max-payload ({maxp} bytes)"));
+    }
+    let now = now_ms();
+    let run_at = match (delay, at) {
+        (Some(d), _) => now.saturating_add(d),
+        (_, Some(t)) => t,
+        _ => now,
+    };
+    let maxatt = maxatt.unwrap_or_else(max_attempts);
+    let uexp = unique.map(|(k, ttl)| (k, now.saturating_add(ttl)));
+    let owned: Vec<(Vec<u8>, Vec<u8>)> =
+        items.iter().map(|(id, p)| (id.map(|x| x.to_vec()).unwrap_or_else(new_id), p.to_vec())).collect();
+    let ids: Vec<Vec<u8>> = owned.iter().map(|(id, _)| id.clone()).collect();
+    let o = EnqOpts { now, priority: prio as i32, run_at, max_attempts: maxatt, unique: uexp };
+    let added = with_queue(ctx, argv[1], true, |q| q.enqueue(&o, owned))?.unwrap_or_default();
+    // Replicate only what was added, with every clock/random value explicit.
+    let mut rep = vec![
+        a[1].to_vec(),
+        b"ENQ".to_vec(),
+        s(now),
+        s(prio),
+        s(run_at),
+        s(maxatt),
+    ];
+    let first_added = added.first().copied().unwrap_or(false);
+    match uexp {
+        Some((k, exp)) if first_added => {
+            rep.push(b"1".to_vec());
+            rep.push(k.to_vec());
+            rep.push(s(exp));
+        }
+        _ => {
+            rep.push(b"0".to_vec());
+            rep.push(Vec::new());
+            rep.push(b"0".to_vec());
+        }
+    }
+    for (k, ok) in added.iter().enumerate() {
+        if *ok {
+            rep.push(ids[k].clone());
+            rep.push(items[k].1.to_vec());
+        }
+    }
+    replicate_owned(ctx, &rep);
+    Ok(Reply::Array(
+        added.iter().enumerate().map(|(k, ok)| if *ok { Reply::Bulk(ids[k].clone()) } else { Reply::Nil }).collect(),
+    ))
+}
+
+// ============================================================ VT.FETCHBATCH
+
+pub struct FetchReq {
+    pub queues: Vec<Vec<u8>>,
+    pub worker: Vec<u8>,
+    pub count: usize,
+    pub lease: i64,
+}
+
+fn parse_fetch(a: &[&[u8]]) -> Result<(FetchReq, Option<i64>), Reply> {
+    arity(a, 7)?;
+    let n = int_in(a[1], "numqueues", 1, MAX_QUEUES)? as usize;
+    if a.len() < 2 + n {
+        return err("ERR fewer queues than numqueues");
+    }
+    let queues: Vec<Vec<u8>> = a[2..2 + n].iter().map(|q| q.to_vec()).collect();
+    let (mut worker, mut count, mut lease, mut block) = (None, None, None, None);
+    let mut i = 2 + n;
+    while i < a.len() {
+        if i + 1 >= a.len() {
+            return err(format!("ERR option '{}' needs a value", String::from_utf8_lossy(a[i])));
+        }
+        let (o, v) = (a[i], a[i + 1]);
+        if eq(o, "WORKER") {
+            check_len(v, "worker id", MAX_WORKER_LEN)?;
+            worker = Some(v.to_vec());
+        } else if eq(o, "COUNT") {
+            count = Some(int_in(v, "COUNT", 1, MAX_COUNT)? as usize);
+        } else if eq(o, "LEASE") {
+            lease = Some(int_in(v, "LEASE", 1, i64::MAX / 4)?);
+        } else if eq(o, "BLOCK") {
+            block = Some(int_in(v, "BLOCK", 0, i64::MAX / 4)?);
+        } else {
+            return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(o)));
+        }
+        i += 2;
+    }
+    let worker = worker.ok_or_else(|| Reply::Error("ERR WORKER is required".into()))?;
+    let count = count.ok_or_else(|| Reply::Error("ERR COUNT is required".into()))?;
+    Ok((FetchReq { queues, worker, count, lease: lease.unwrap_or_else(default_lease) }, block))
+}
+
+/// Fetches across the request's queues (in order). Checks every key's type first so an error
+/// never leaves tasks leased without a reply.
+fn do_fetch(ctx: Ctx, req: &FetchReq) -> Result<Vec<Reply>, Reply> {
+    let names: Vec<OwnedStr> = req.queues.iter().map(|q| OwnedStr::new(ctx, q)).collect();
+    for n in &names {
+        open(ctx, n.0, false)?;
+    }
+    let now = now_ms();
+    let deadline = now.saturating_add(req.lease);
+    let mut out = Vec::new();
+    for (qi, n) in names.iter().enumerate() {
+        let left = req.count - out.len();
+        if left == 0 {
+            break;
+        }
+        let r = with_queue(ctx, n.0, false, |q| {
+            let due = q.delayed.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false);
+            let got = q.fetch(now, &req.worker, left, deadline, &mut new_token);
+            (due, got)
+        })?;
+        let (due, got) = match r {
+            Some(x) => x,
+            None => continue,
+        };
+        if due || !got.is_empty() {
+            let mut rep = vec![req.queues[qi].clone(), b"FETCH".to_vec(), s(now), req.worker.clone(), s(deadline)];
+            for f in &got {
+                rep.push(f.id.clone());
+                rep.push(s(fmt_token(f.token)));
+            }
+            replicate_owned(ctx, &rep);
+        }
+        for f in got {
+            out.push(Reply::Array(vec![
+                Reply::Bulk(req.queues[qi].clone()),
+                Reply::Bulk(f.id),
+                Reply::Str(fmt_token(f.token)),
+                Reply::Int(f.attempt as i64),
+                Reply::Bulk(f.payload),
+            ]));
+        }
+    }
+    Ok(out)
+}
+
+pub fn fetchbatch(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Result<Option<Reply>, Reply> {
+    let (req, block) = parse_fetch(a)?;
+    let got = do_fetch(ctx, &req)?;
+    if !got.is_empty() {
+        return Ok(Some(Reply::Array(got)));
+    }
+    let block = match block {
+        None => return Ok(Some(Reply::Array(vec![]))),
+        Some(b) => b,
+    };
+    let f = ctx_flags(ctx);
+    let no_block = raw::REDISMODULE_CTX_FLAGS_MULTI
+        | raw::REDISMODULE_CTX_FLAGS_LUA
+        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING
+        | raw::REDISMODULE_CTX_FLAGS_REPLICATED
+        | raw::REDISMODULE_CTX_FLAGS_LOADING;
+    if f & no_block != 0 {
+        return Ok(Some(Reply::NilArray));
+    }
+    let n = req.queues.len();
+    let mut keys: Vec<RStr> = argv[2..2 + n].to_vec();
+    let priv_ = Box::into_raw(Box::new(req)) as *mut c_void;
+    unsafe {
+        raw::RedisModule_BlockClientOnKeys.unwrap()(
+            ctx,
+            Some(blocked_reply),
+            Some(blocked_timeout),
+            Some(blocked_free),
+            block as _,
+            keys.as_mut_ptr(),
+            n as c_int,
+            priv_,
+        );
+    }
+    Ok(None)
+}
+
+unsafe extern "C" fn blocked_reply(ctx: Ctx, _argv: *mut RStr, _argc: c_int) -> c_int {
+    let r = guard(ctx, "VT.FETCHBATCH wake-up", || {
+        let p = raw::RedisModule_GetBlockedClientPrivateData.unwrap()(ctx) as *const FetchReq;
+        if p.is_null() {
+            return Some(Reply::Error("ERR internal: no blocked request".into()));
+        }
+        match do_fetch(ctx, &*p) {
+            Ok(v) if v.is_empty() => None,
+            Ok(v) => Some(Reply::Array(v)),
+            Err(e) => Some(e),
+        }
+    });
+    match r {
+        Ok(None) => ERR, // nothing for us: stay blocked
+        Ok(Some(reply)) => {
+            emit(ctx, &reply);
+            OK
+        }
+        Err(m) => {
+            emit(ctx, &Reply::Error(format!("ERR {m}")));
+            OK
+        }
+    }
+}
+
+unsafe extern "C" fn blocked_timeout(ctx: Ctx, _argv: *mut RStr, _argc: c_int) -> c_int {
+    emit(ctx, &Reply::NilArray);
+    OK
+}
+
+unsafe extern "C" fn blocked_free(_ctx: Ctx, p: *mut c_void) {
+    if !p.is_null() {
+        let _ = std::panic::catch_unwind(|| drop(Box::from_raw(p as *mut FetchReq)));
+    }
+}
+
+// ============================================================ VT.ACK / FAIL / RESCUE / EXTEND
+
+pub fn ack(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    arity(a, 4)?;
+    if (a.len() - 2) % 2 != 0 {
+        return err("ERR wrong number of arguments: <id> <token> pairs expected");
+    }
+    let n = with_queue(ctx, argv[1], false, |q| {
+        a[2..].chunks(2).filter(|p| q.ack(p[0], parse_token(p[1]))).count()
+    })?
+    .unwrap_or(0);
+    if n > 0 {
+        replicate_verbatim(ctx);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+pub fn fail(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 5 && a.len() != 7 {
+        return err("ERR wrong number of arguments");
+    }
+    check_len(a[4], "error", MAX_ERROR_LEN).or_else(|e| if a[4].is_empty() { Ok(()) } else { Err(e) })?;
+    let retry = if a.len() == 7 {
+        if !eq(a[5], "RETRY") {
+            return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(a[5])));
+        }
+        Some(int_in(a[6], "RETRY", 0, i64::MAX / 4)?)
+    } else {
+        None
+    };
+    let now = now_ms();
+    let cap = dlq_cap();
+    let r = with_queue(ctx, argv[1], false, |q| q.fail(now, cap, a[2], parse_token(a[3]), a[4], retry))?.flatten();
+    match r {
+        None => Ok(Reply::Nil),
+        Some(what) => {
+            replicate_owned(
+                ctx,
+                &[a[1].to_vec(), b"FAIL".to_vec(), s(now), s(cap), a[2].to_vec(), a[3].to_vec(), a[4].to_vec(), s(retry.unwrap_or(-1))],
+            );
+            Ok(Reply::Simple(what))
+        }
+    }
+}
+
+pub fn rescue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let worker = match a.len() {
+        2 => None,
+        4 if eq(a[2], "WORKER") => {
+            check_len(a[3], "worker id", MAX_WORKER_LEN)?;
+            Some(a[3])
+        }
+        _ => return err("ERR syntax: VT.RESCUE <queue> [WORKER <worker-id>]"),
+    };
+    let now = now_ms();
+    let cap = dlq_cap();
+    let r = with_queue(ctx, argv[1], false, |q| {
+        let before = q.inflight.len();
+        let n = match worker {
+            Some(w) => q.rescue_worker(w, now, cap),
+            None => q.rescue_expired(now, cap),
+        };
+        (n, q.inflight.len() != before)
+    })?;
+    let (n, changed) = r.unwrap_or((0, false));
+    if changed {
+        let mut rep = vec![a[1].to_vec(), b"RESCUE".to_vec(), s(now), s(cap)];
+        if let Some(w) = worker {
+            rep.push(w.to_vec());
+        }
+        replicate_owned(ctx, &rep);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+pub fn extend(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 4 {
+        return err("ERR wrong number of arguments");
+    }
+    check_len(a[2], "worker id", MAX_WORKER_LEN)?;
+    let lease = int_in(a[3], "lease", 1, i64::MAX / 4)?;
+    let deadline = now_ms().saturating_add(lease);
+    let n = with_queue(ctx, argv[1], false, |q| q.extend(a[2], deadline))?.unwrap_or(0);
+    if n > 0 {
+        replicate_owned(ctx, &[a[1].to_vec(), b"EXTEND".to_vec(), a[2].to_vec(), s(deadline)]);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+// ============================================================ read-only / operator commands
+
+pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 2 {
+        return err("ERR wrong number of arguments");
+    }
+    let now = now_ms();
+    let v = read_queue(ctx, argv[1], |q| {
+        let live_uniques = q.unique_exp.iter().filter(|(e, _)| *e > now).count();
+        [
+            q.ready.len() as i64,
+            q.delayed.len() as i64,
+            q.inflight.len() as i64,
+            q.dead.len() as i64,
+            q.dead_evicted as i64,
+            q.enqueued_total as i64,
+            q.acked_total as i64,
+            q.failed_total as i64,
+            q.retried_total as i64,
+            q.rescued_total as i64,
+            q.dead_total as i64,
+            q.schedules.len() as i64,
+            live_uniques as i64,
+        ]
+    })?
+    .unwrap_or([0; 13]);
+    const NAMES: [&str; 13] = [
+        "ready",
+        "delayed",
+        "inflight",
+        "dead",
+        "dead_evicted",
+        "enqueued_total",
+        "acked_total",
+        "failed_total",
+        "retried_total",
+        "rescued_total",
+        "dead_total",
+        "schedules",
+        "unique_keys",
+    ];
+    Ok(Reply::Map(NAMES.iter().zip(v).map(|(k, v)| (*k, Reply::Int(v))).collect()))
+}
+
+pub fn queues(ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 1 {
+        return err("ERR wrong number of arguments");
+    }
+    let db = selected_db(ctx);
+    let mut out = Vec::new();
+    for k in crate::timers::keys_in_db(db) {
+        let name = OwnedStr::new(ctx, &k);
+        match open(ctx, name.0, false) {
+            Ok(Open::Queue(..)) => out.push(Reply::Bulk(k)),
+            _ => crate::timers::forget(db, &k),
+        }
+    }
+    Ok(Reply::Array(out))
+}
+
+fn record(id: &[u8], t: Option<&Task>, d: Option<&Dead>) -> Reply {
+    let mut f: Vec<Reply> = Vec::with_capacity(26);
+    let mut put = |k: &str, v: Reply| {
+        f.push(Reply::Str(k.to_string()));
+        f.push(v);
+    };
+    put("id", bulk(id));
+    if let Some(t) = t {
+        put("state", Reply::Str(t.state.name().into()));
+        put("priority", Reply::Int(t.priority as i64));
+        put("attempt", Reply::Int(t.attempt as i64));
+        put("max_attempts", Reply::Int(t.max_attempts as i64));
+        put("enqueued_at", Reply::Int(t.enqueued_at));
+        put("run_at", Reply::Int(t.run_at));
+        let inflight = t.state == State::Inflight;
+        put("worker", bulk(if inflight { &t.worker[..] } else { b"" }));
+        put("token", Reply::Str(if inflight { fmt_token(t.token) } else { String::new() }));
+        put("deadline", Reply::Int(if inflight { t.deadline } else { 0 }));
+        put("error", bulk(&t.error));
+        put("failed_at", Reply::Int(t.failed_at));
+        put("payload", bulk(&t.payload));
+    } else if let Some(d) = d {
+        put("state", Reply::Str("dead".into()));
+        put("priority", Reply::Int(d.priority as i64));
+        put("attempt", Reply::Int(d.attempt as i64));
+        put("max_attempts", Reply::Int(d.max_attempts as i64));
+        put("enqueued_at", Reply::Int(d.enqueued_at));
+        put("run_at", Reply::Int(0));
+        put("worker", bulk(b""));
+        put("token", Reply::Str(String::new()));
+        put("deadline", Reply::Int(0));
+        put("error", bulk(&d.error));
+        put("failed_at", Reply::Int(d.failed_at));
+        put("payload", bulk(&d.payload));
+    }
+    Reply::Array(f)
+}
+
+pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    arity(a, 3)?;
+    let st = a[2];
+    let which = if eq(st, "READY") {
+        0
+    } else if eq(st, "DELAYED") {
+        1
+    } else if eq(st, "INFLIGHT") {
+        2
+    } else if eq(st, "DEAD") {
+        3
+    } else {
+        return err("ERR state must be READY, DELAYED, INFLIGHT or DEAD");
+    };
+    let (mut offset, mut count) = (0usize, 10usize);
+    let mut i = 3;
+    while i < a.len() {
+        if i + 1 >= a.len() {
+            return err("ERR syntax error");
+        }
+        if eq(a[i], "OFFSET") {
+            offset = int_in(a[i + 1], "OFFSET", 0, i64::MAX / 4)? as usize;
+        } else if eq(a[i], "COUNT") {
+            count = int_in(a[i + 1], "COUNT", 0, MAX_PEEK)? as usize;
+        } else {
+            return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(a[i])));
+        }
+        i += 2;
+    }
+    let out = read_queue(ctx, argv[1], |q| {
+        let rec = |id: &Vec<u8>| record(id, q.tasks.get(id), None);
+        match which {
+            0 => q.ready.values().skip(offset).take(count).map(rec).collect(),
+            1 => q.delayed.values().skip(offset).take(count).map(rec).collect(),
+            2 => q.inflight.values().skip(offset).take(count).map(rec).collect(),
+            _ => q.dead.iter().rev().skip(offset).take(count).map(|d| record(&d.id, None, Some(d))).collect(),
+        }
+    })?
+    .unwrap_or_default();
+    Ok(Reply::Array(out))
+}
+
+pub fn get(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 3 {
+        return err("ERR wrong number of arguments");
+    }
+    let r = read_queue(ctx, argv[1], |q| {
+        if let Some(t) = q.tasks.get(a[2]) {
+            Some(record(a[2], Some(t), None))
+        } else {
+            q.dead.iter().rev().find(|d| &d.id[..] == a[2]).map(|d| record(&d.id, None, Some(d)))
+        }
+    })?
+    .flatten();
+    Ok(r.unwrap_or(Reply::Nil))
+}
+
+pub fn retrydead(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    arity(a, 3)?;
+    let all = a.len() == 3 && eq(a[2], "ALL");
+    let ids: Vec<&[u8]> = a[2..].to_vec();
+    let n = with_queue(ctx, argv[1], false, |q| q.retry_dead(if all { None } else { Some(&ids) }))?.unwrap_or(0);
+    if n > 0 {
+        replicate_verbatim(ctx);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+pub fn delete(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    arity(a, 3)?;
+    let ids: Vec<&[u8]> = a[2..].to_vec();
+    let n = with_queue(ctx, argv[1], false, |q| q.delete(&ids))?.unwrap_or(0);
+    if n > 0 {
+        replicate_verbatim(ctx);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+pub fn clear(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 3 {
+        return err("ERR wrong number of arguments");
+    }
+    let (r, d, f) = if eq(a[2], "READY") {
+        (true, false, false)
+    } else if eq(a[2], "DEAD") {
+        (false, true, false)
+    } else if eq(a[2], "ALL") {
+        (true, true, true)
+    } else {
+        return err("ERR what must be READY, DEAD or ALL");
+    };
+    let n = with_queue(ctx, argv[1], false, |q| q.clear(r, d, f))?.unwrap_or(0);
+    if n > 0 {
+        replicate_verbatim(ctx);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+// ============================================================ VT.SCHEDULE
+
+pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    // VT.SCHEDULE SET <queue> <name> (CRON <expr> | EVERY <ms>) [PRIORITY <p>] PAYLOAD <payload>
+    arity(a, 8)?;
+    check_len(a[3], "schedule name", MAX_KEYLIKE_LEN)?;
+    let now = now_ms();
+    let (kind, spec, every, cron) = if eq(a[4], "CRON") {
+        let expr = std::str::from_utf8(a[5]).map_err(|_| Reply::Error("ERR cron expression is not UTF-8".into()))?;
+        if expr.len() > 256 {
+            return err("ERR cron expression too long");
+        }
+        let c = parse_cron(expr).map_err(|e| Reply::Error(format!("ERR {e}")))?;
+        (SchedKind::Cron, a[5].to_vec(), 0, Some(c))
+    } else if eq(a[4], "EVERY") {
+        let ms = int_in(a[5], "EVERY", 1, i64::MAX / 4)?;
+        (SchedKind::Every, s(ms), ms, None)
+    } else {
+        return err("ERR expected CRON <expr> or EVERY <ms>");
+    };
+    let mut i = 6;
+    let mut prio = 0i64;
+    let mut payload = None;
+    while i < a.len() {
+        if eq(a[i], "PRIORITY") && i + 1 < a.len() {
+            prio = int_in(a[i + 1], "PRIORITY", -100, 100)?;
+            i += 2;
+        } else if eq(a[i], "PAYLOAD") && i + 2 == a.len() {
+            payload = Some(a[i + 1]);
+            i += 2;
+        } else {
+            return err("ERR syntax: ... [PRIORITY <p>] PAYLOAD <payload> (PAYLOAD last)");
+        }
+    }
+    let payload = payload.ok_or_else(|| Reply::Error("ERR PAYLOAD is required".into()))?;
+    if payload.len() > max_payload() {
+        return err("ERR payload larger than vtasks.max-payload");
+    }
+    let next = match &cron {
+        Some(c) => cron_next(c, now),
+        None => now.saturating_add(every),
+    };
+    if next == NEVER {
+        return err("ERR cron expression never fires");
+    }
+    let sched = Schedule { kind, spec: spec.clone(), every, priority: prio as i32, payload: payload.to_vec(), next_run: next, cron };
+    with_queue(ctx, argv[2], true, |q| q.schedule_set(a[3], sched))?;
+    replicate_owned(
+        ctx,
+        &[
+            a[2].to_vec(),
+            b"SCHEDSET".to_vec(),
+            a[3].to_vec(),
+            s(kind as u8),
+            spec,
+            s(prio),
+            s(next),
+            payload.to_vec(),
+        ],
+    );
+    Ok(Reply::Simple("OK"))
+}
+
+pub fn schedule_del(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 4 {
+        return err("ERR wrong number of arguments");
+    }
+    let n = with_queue(ctx, argv[2], false, |q| q.schedules.remove(a[3]).is_some())?.unwrap_or(false);
+    if n {
+        replicate_verbatim(ctx);
+    }
+    Ok(Reply::Int(n as i64))
+}
+
+pub fn schedule_list(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 3 {
+        return err("ERR wrong number of arguments");
+    }
+    let out = read_queue(ctx, argv[2], |q| {
+        q.schedules
+            .iter()
+            .map(|(name, s)| {
+                Reply::Array(vec![
+                    bulk(name),
+                    Reply::Str(if s.kind == SchedKind::Cron { "cron" } else { "every" }.into()),
+                    bulk(&s.spec),
+                    Reply::Int(s.next_run),
+                    bulk(&s.payload),
+                ])
+            })
+            .collect()
+    })?
+    .unwrap_or_default();
+    Ok(Reply::Array(out))
+}
+
+// ============================================================ internal: VT._FX / VT._LOAD
+
+fn internal_allowed(ctx: Ctx) -> Result<(), Reply> {
+    let f = ctx_flags(ctx);
+    if f & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) == 0 {
+        return err("ERR internal command (only accepted from the replication stream or the AOF)");
+    }
+    Ok(())
+}
+
+/// Applies an effect replicated by a primary (`VT._FX <queue> <op> ...`), deterministically.
+pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    internal_allowed(ctx)?;
+    arity(a, 3)?;
+    let op = a[2];
+    let r = &a[3..];
+    let bad = || Reply::Error("ERR malformed VT._FX".into());
+    let out: Result<(), Reply> = if eq(op, "ENQ") {
+        // now prio run_at maxatt uflag ukey uexp [id payload]...
+        if r.len() < 7 || (r.len() - 7) % 2 != 0 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        let prio = int(r[1], "prio")? as i32;
+        let run_at = int(r[2], "run_at")?;
+        let maxatt = int(r[3], "maxatt")? as u32;
+        let unique = if r[4] == b"1" { Some((r[5], int(r[6], "uexp")?)) } else { None };
+        let items: Vec<(Vec<u8>, Vec<u8>)> = r[7..].chunks(2).map(|p| (p[0].to_vec(), p[1].to_vec())).collect();
+        let o = EnqOpts { now, priority: prio, run_at, max_attempts: maxatt, unique };
+        with_queue(ctx, argv[1], true, |q| {
+            q.enqueue(&o, items);
+        })
+        .map(|_| ())
+    } else if eq(op, "FETCH") {
+        // now worker deadline [id token]...
+        if r.len() < 3 || (r.len() - 3) % 2 != 0 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        let deadline = int(r[2], "deadline")?;
+        let worker = r[1];
+        with_queue(ctx, argv[1], true, |q| {
+            q.promote(now);
+            for p in r[3..].chunks(2) {
+                q.lease(p[0], worker, parse_token(p[1]).unwrap_or(0), deadline);
+            }
+        })
+        .map(|_| ())
+    } else if eq(op, "FAIL") {
+        // now cap id token error retry
+        if r.len() != 6 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        let cap = int(r[1], "cap")?.max(0) as usize;
+        let retry = int(r[5], "retry")?;
+        with_queue(ctx, argv[1], true, |q| {
+            q.fail(now, cap, r[2], parse_token(r[3]), r[4], if retry < 0 { None } else { Some(retry) });
+        })
+        .map(|_| ())
+    } else if eq(op, "RESCUE") {
+        // now cap [worker]
+        if r.len() != 2 && r.len() != 3 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        let cap = int(r[1], "cap")?.max(0) as usize;
+        with_queue(ctx, argv[1], true, |q| {
+            if r.len() == 3 {
+                q.rescue_worker(r[2], now, cap);
+            } else {
+                q.rescue_expired(now, cap);
+            }
+        })
+        .map(|_| ())
+    } else if eq(op, "EXTEND") {
+        if r.len() != 2 {
+            return Err(bad());
+        }
+        let deadline = int(r[1], "deadline")?;
+        with_queue(ctx, argv[1], true, |q| {
+            q.extend(r[0], deadline);
+        })
+        .map(|_| ())
+    } else if eq(op, "PROMOTE") {
+        if r.len() != 1 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        with_queue(ctx, argv[1], true, |q| {
+            q.promote(now);
+        })
+        .map(|_| ())
+    } else if eq(op, "SCHEDSET") {
+        // name kind spec prio next payload
+        if r.len() != 6 {
+            return Err(bad());
+        }
+        let kind = if r[1] == b"1" { SchedKind::Cron } else { SchedKind::Every };
+        let (every, cron) = match kind {
+            SchedKind::Every => (int(r[2], "every")?, None),
+            SchedKind::Cron => {
+                let e = std::str::from_utf8(r[2]).map_err(|_| bad())?;
+                (0, Some(parse_cron(e).map_err(|e| Reply::Error(format!("ERR {e}")))?))
+            }
+        };
+        let sched = Schedule {
+            kind,
+            spec: r[2].to_vec(),
+            every,
+            priority: int(r[3], "prio")? as i32,
+            payload: r[5].to_vec(),
+            next_run: int(r[4], "next")?,
+            cron,
+        };
+        with_queue(ctx, argv[1], true, |q| q.schedule_set(r[0], sched)).map(|_| ())
+    } else if eq(op, "SCHEDFIRE") {
+        // now maxatt [name id]...
+        if r.len() < 2 || (r.len() - 2) % 2 != 0 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        let maxatt = int(r[1], "maxatt")? as u32;
+        with_queue(ctx, argv[1], true, |q| {
+            for p in r[2..].chunks(2) {
+                q.fire_schedule(p[0], p[1].to_vec(), now, maxatt);
+            }
+        })
+        .map(|_| ())
+    } else {
+        Err(bad())
+    };
+    out?;
+    replicate_verbatim(ctx);
+    Ok(Reply::Simple("OK"))
+}
+
+/// `VT._LOAD <queue> <record>`: rebuilds a queue from the AOF rewrite (an 'H' record resets it).
+pub fn load(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    internal_allowed(ctx)?;
+    if a.len() != 3 || a[2].is_empty() {
+        return err("ERR wrong number of arguments");
+    }
+    let rec = a[2];
+    let r = with_queue(ctx, argv[1], true, |q| {
+        if rec[0] == b'H' {
+            *q = Queue::default();
+        }
+        q.apply_record(rec)
+    })?;
+    match r {
+        Some(Err(e)) => err(format!("ERR bad queue record: {e}")),
+        _ => {
+            replicate_verbatim(ctx);
+            Ok(Reply::Simple("OK"))
+        }
+    }
+}
+
+pub fn aligncheck(_ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
+    let n = if a.len() > 1 { int_in(a[1], "rounds", 1, 100_000)? as usize } else { 1000 };
+    match crate::alloc::align_check(n) {
+        Ok(c) => Ok(Reply::Int(c as i64)),
+        Err(e) => err(format!("ERR {e}")),
+    }
+}

@@ -1,0 +1,377 @@
+//! vtasks: a reliable task queue as a native Valkey module.
+//!
+//! Every FFI entry point (commands, blocked-client callbacks, timers, events, RDB/AOF callbacks)
+//! runs inside `catch_unwind`; see `server::guard`.
+
+pub mod alloc;
+pub mod codec;
+pub mod commands;
+pub mod queue;
+pub mod server;
+pub mod timers;
+
+use server::*;
+use std::ffi::{c_char, c_int, c_void, CString};
+use valkey_module::raw;
+
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOC: alloc::VtAlloc = alloc::VtAlloc;
+
+pub const ENCVER: c_int = 1;
+pub const TYPE_NAME: &str = "vtasks-qu";
+
+// ---------------------------------------------------------------- command trampolines
+
+type Handler = fn(Ctx, &[RStr], &[&[u8]]) -> Result<Reply, Reply>;
+
+unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler) -> c_int {
+    let r = guard(ctx, name, || {
+        let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
+        let a = args(argv, argc);
+        f(ctx, av, &a)
+    });
+    match r {
+        Ok(Ok(rep)) | Ok(Err(rep)) => emit(ctx, &rep),
+        Err(m) => emit(ctx, &Reply::Error(format!("ERR {m}"))),
+    }
+    OK
+}
+
+macro_rules! trampoline {
+    ($tname:ident, $f:path, $label:expr) => {
+        unsafe extern "C" fn $tname(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_int {
+            run(ctx, argv, argc, $label, $f)
+        }
+    };
+}
+
+trampoline!(t_enqueue, commands::enqueue, "VT.ENQUEUE");
+trampoline!(t_ack, commands::ack, "VT.ACK");
+trampoline!(t_fail, commands::fail, "VT.FAIL");
+trampoline!(t_rescue, commands::rescue, "VT.RESCUE");
+trampoline!(t_extend, commands::extend, "VT.EXTEND");
+trampoline!(t_info, commands::info, "VT.INFO");
+trampoline!(t_queues, commands::queues, "VT.QUEUES");
+trampoline!(t_peek, commands::peek, "VT.PEEK");
+trampoline!(t_get, commands::get, "VT.GET");
+trampoline!(t_retrydead, commands::retrydead, "VT.RETRYDEAD");
+trampoline!(t_delete, commands::delete, "VT.DELETE");
+trampoline!(t_clear, commands::clear, "VT.CLEAR");
+trampoline!(t_sched_set, commands::schedule_set, "VT.SCHEDULE SET");
+trampoline!(t_sched_del, commands::schedule_del, "VT.SCHEDULE DEL");
+trampoline!(t_sched_list, commands::schedule_list, "VT.SCHEDULE LIST");
+trampoline!(t_fx, commands::fx, "VT._FX");
+trampoline!(t_load, commands::load, "VT._LOAD");
+trampoline!(t_align, commands::aligncheck, "VT._ALIGNCHECK");
+
+unsafe extern "C" fn t_fetchbatch(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_int {
+    let r = guard(ctx, "VT.FETCHBATCH", || {
+        let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
+        let a = args(argv, argc);
+        commands::fetchbatch(ctx, av, &a)
+    });
+    match r {
+        Ok(Ok(Some(rep))) | Ok(Err(rep)) => emit(ctx, &rep),
+        Ok(Ok(None)) => {} // blocked: the reply comes from a callback
+        Err(m) => emit(ctx, &Reply::Error(format!("ERR {m}"))),
+    }
+    OK
+}
+
+// ---------------------------------------------------------------- data type callbacks
+
+unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
+    let r = guard(std::ptr::null_mut(), "rdb_load", || -> Result<Box<QueueBox>, String> {
+        if encver != ENCVER {
+            return Err(format!("unsupported vtasks encoding version {encver}"));
+        }
+        let n = raw::load_unsigned(io).map_err(|e| e.to_string())?;
+        let mut q = queue::Queue::default();
+        for _ in 0..n {
+            let buf = raw::load_string_buffer(io).map_err(|e| e.to_string())?;
+            q.apply_record(buf.as_ref()).map_err(|e| e.to_string())?;
+        }
+        let due = q.next_due();
+        if let Some(f) = raw::RedisModule_GetKeyNameFromIO {
+            let k = f(io);
+            if !k.is_null() {
+                let db = raw::RedisModule_GetDbIdFromIO.map(|g| g(io)).unwrap_or(0);
+                timers::touch_noarm(db, bytes(k as RStr), Some(due.unwrap_or(now_ms())));
+            }
+        }
+        Ok(QueueBox::new(q))
+    });
+    match r {
+        Ok(Ok(b)) => Box::into_raw(b) as *mut c_void,
+        Ok(Err(m)) => {
+            log(std::ptr::null_mut(), "warning", &format!("vtasks: RDB load failed: {m}"));
+            std::ptr::null_mut()
+        }
+        Err(_) => std::ptr::null_mut(),
+    }
+}
+
+unsafe extern "C" fn rdb_save(io: *mut raw::RedisModuleIO, value: *mut c_void) {
+    let _ = guard(std::ptr::null_mut(), "rdb_save", || {
+        let q = &(*(value as *const QueueBox)).0;
+        raw::save_unsigned(io, q.record_count() as u64);
+        q.visit_records(&mut |rec| raw::save_slice(io, rec));
+    });
+}
+
+unsafe extern "C" fn aof_rewrite(io: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, value: *mut c_void) {
+    let _ = guard(std::ptr::null_mut(), "aof_rewrite", || {
+        let q = &(*(value as *const QueueBox)).0;
+        let emit_aof = raw::RedisModule_EmitAOF.unwrap();
+        q.visit_records(&mut |rec| {
+            emit_aof(io, c"VT._LOAD".as_ptr(), c"sb".as_ptr(), key, rec.as_ptr() as *const c_char, rec.len());
+        });
+    });
+}
+
+unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
+    guard(std::ptr::null_mut(), "mem_usage", || (*(value as *const QueueBox)).0.mem_usage()).unwrap_or(0)
+}
+
+unsafe extern "C" fn free_value(value: *mut c_void) {
+    if !value.is_null() {
+        let _ = std::panic::catch_unwind(|| drop(Box::from_raw(value as *mut QueueBox)));
+    }
+}
+
+unsafe extern "C" fn free_effort(_key: *mut raw::RedisModuleString, value: *const c_void) -> usize {
+    guard(std::ptr::null_mut(), "free_effort", || {
+        let q = &(*(value as *const QueueBox)).0;
+        q.tasks.len() + q.dead.len() + 1
+    })
+    .unwrap_or(1)
+}
+
+unsafe extern "C" fn copy_value(
+    _from: *mut raw::RedisModuleString,
+    _to: *mut raw::RedisModuleString,
+    value: *const c_void,
+) -> *mut c_void {
+    let r = guard(std::ptr::null_mut(), "copy", || -> Option<Box<QueueBox>> {
+        let src = &(*(value as *const QueueBox)).0;
+        let mut q = queue::Queue::default();
+        let mut ok = true;
+        src.visit_records(&mut |rec| ok &= q.apply_record(rec).is_ok());
+        ok.then(|| QueueBox::new(q))
+    });
+    match r {
+        Ok(Some(b)) => Box::into_raw(b) as *mut c_void,
+        _ => std::ptr::null_mut(),
+    }
+}
+
+// ---------------------------------------------------------------- INFO vtasks
+
+unsafe extern "C" fn info_func(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+    let _ = std::panic::catch_unwind(|| {
+        use std::sync::atomic::Ordering::Relaxed;
+        raw::RedisModule_InfoAddSection.unwrap()(ctx, std::ptr::null());
+        let add = |k: &str, v: i64| {
+            let c = CString::new(k).unwrap();
+            raw::RedisModule_InfoAddFieldLongLong.unwrap()(ctx, c.as_ptr(), v);
+        };
+        add("queues", ST_QUEUES.load(Relaxed));
+        add("tasks_ready", ST_READY.load(Relaxed));
+        add("tasks_delayed", ST_DELAYED.load(Relaxed));
+        add("tasks_inflight", ST_INFLIGHT.load(Relaxed));
+        add("tasks_dead", ST_DEAD.load(Relaxed));
+        add("registry_keys", timers::registry_len() as i64);
+        add("timer_runs", ST_TIMER_RUNS.load(Relaxed));
+        add("internal_errors", ST_PANICS.load(Relaxed));
+        add("config_dlq_cap", CFG_DLQ_CAP.load(Relaxed));
+        add("config_max_attempts", CFG_MAX_ATTEMPTS.load(Relaxed));
+        add("config_default_lease", CFG_DEFAULT_LEASE.load(Relaxed));
+        add("config_max_payload", CFG_MAX_PAYLOAD.load(Relaxed));
+    });
+}
+
+// ---------------------------------------------------------------- registration
+
+unsafe fn create_cmd(
+    ctx: Ctx,
+    name: &str,
+    f: unsafe extern "C" fn(Ctx, *mut RStr, c_int) -> c_int,
+    flags: &str,
+    first: c_int,
+    last: c_int,
+    step: c_int,
+) -> Result<(), String> {
+    let n = CString::new(name).unwrap();
+    let fl = CString::new(flags).unwrap();
+    if raw::RedisModule_CreateCommand.unwrap()(ctx, n.as_ptr(), Some(f), fl.as_ptr(), first, last, step) != OK {
+        return Err(format!("could not register {name}"));
+    }
+    Ok(())
+}
+
+/// FETCHBATCH takes a key count: describe its keys with a key spec (cluster routing, ACL).
+unsafe fn fetchbatch_keyspec(ctx: Ctx) -> Result<(), String> {
+    let cmd = raw::RedisModule_GetCommand.unwrap()(ctx, c"vt.fetchbatch".as_ptr());
+    if cmd.is_null() {
+        return Err("VT.FETCHBATCH not found".into());
+    }
+    let version = Box::leak(Box::new(raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    }));
+    let mut specs: Vec<raw::RedisModuleCommandKeySpec> = vec![std::mem::zeroed(), std::mem::zeroed()];
+    specs[0].flags = (raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE) as u64;
+    specs[0].begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    specs[0].bs.index.pos = 1;
+    specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM;
+    specs[0].fk.keynum.keynumidx = 0;
+    specs[0].fk.keynum.firstkey = 1;
+    specs[0].fk.keynum.keystep = 1;
+    let specs = Box::leak(specs.into_boxed_slice());
+    let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
+    info.version = version;
+    info.summary = c"Lease up to COUNT ready tasks from one or more queues, optionally blocking".as_ptr();
+    info.arity = -7;
+    info.key_specs = specs.as_mut_ptr();
+    if raw::RedisModule_SetCommandInfo.unwrap()(cmd, &mut info) != OK {
+        return Err("SetCommandInfo failed for VT.FETCHBATCH".into());
+    }
+    Ok(())
+}
+
+unsafe fn register(ctx: Ctx) -> Result<(), String> {
+    // Data type.
+    let mut tm: raw::RedisModuleTypeMethods = std::mem::zeroed();
+    tm.version = raw::REDISMODULE_TYPE_METHOD_VERSION as u64;
+    tm.rdb_load = Some(rdb_load);
+    tm.rdb_save = Some(rdb_save);
+    tm.aof_rewrite = Some(aof_rewrite);
+    tm.mem_usage = Some(mem_usage);
+    tm.free = Some(free_value);
+    tm.free_effort = Some(free_effort);
+    tm.copy = Some(copy_value);
+    let tn = CString::new(TYPE_NAME).unwrap();
+    let t = raw::RedisModule_CreateDataType.unwrap()(ctx, tn.as_ptr(), ENCVER, &mut tm);
+    if t.is_null() {
+        return Err("could not create the vtasks-qu data type".into());
+    }
+    QUEUE_TYPE = t;
+
+    create_cmd(ctx, "vt.enqueue", t_enqueue, "write deny-oom", 1, 1, 1)?;
+    create_cmd(ctx, "vt.fetchbatch", t_fetchbatch, "write blocking", 0, 0, 0)?;
+    fetchbatch_keyspec(ctx)?;
+    create_cmd(ctx, "vt.ack", t_ack, "write fast", 1, 1, 1)?;
+    create_cmd(ctx, "vt.fail", t_fail, "write fast", 1, 1, 1)?;
+    create_cmd(ctx, "vt.rescue", t_rescue, "write", 1, 1, 1)?;
+    create_cmd(ctx, "vt.extend", t_extend, "write fast", 1, 1, 1)?;
+    create_cmd(ctx, "vt.info", t_info, "readonly fast", 1, 1, 1)?;
+    create_cmd(ctx, "vt.queues", t_queues, "readonly", 0, 0, 0)?;
+    create_cmd(ctx, "vt.peek", t_peek, "readonly", 1, 1, 1)?;
+    create_cmd(ctx, "vt.get", t_get, "readonly fast", 1, 1, 1)?;
+    create_cmd(ctx, "vt.retrydead", t_retrydead, "write deny-oom", 1, 1, 1)?;
+    create_cmd(ctx, "vt.delete", t_delete, "write", 1, 1, 1)?;
+    create_cmd(ctx, "vt.clear", t_clear, "write", 1, 1, 1)?;
+    create_cmd(ctx, "vt._fx", t_fx, "write", 1, 1, 1)?;
+    create_cmd(ctx, "vt._load", t_load, "write", 1, 1, 1)?;
+    create_cmd(ctx, "vt._aligncheck", t_align, "readonly", 0, 0, 0)?;
+
+    // VT.SCHEDULE with SET / DEL / LIST subcommands (the queue is argv[2]).
+    let parent_name = CString::new("vt.schedule").unwrap();
+    let empty = CString::new("").unwrap();
+    if raw::RedisModule_CreateCommand.unwrap()(ctx, parent_name.as_ptr(), None, empty.as_ptr(), 0, 0, 0) != OK {
+        return Err("could not register VT.SCHEDULE".into());
+    }
+    let parent = raw::RedisModule_GetCommand.unwrap()(ctx, parent_name.as_ptr());
+    let subs: [(&str, unsafe extern "C" fn(Ctx, *mut RStr, c_int) -> c_int, &str); 3] = [
+        ("set", t_sched_set, "write deny-oom"),
+        ("del", t_sched_del, "write"),
+        ("list", t_sched_list, "readonly"),
+    ];
+    for (name, f, flags) in subs {
+        let n = CString::new(name).unwrap();
+        let fl = CString::new(flags).unwrap();
+        if raw::RedisModule_CreateSubcommand.unwrap()(parent, n.as_ptr(), Some(f), fl.as_ptr(), 2, 2, 1) != OK {
+            return Err(format!("could not register VT.SCHEDULE {name}"));
+        }
+    }
+
+    // Configs.
+    use valkey_module::configuration::{register_i64_configuration, ConfigurationFlags};
+    let c = valkey_module::Context::new(ctx);
+    register_i64_configuration(&c, "dlq-cap", &CFG_DLQ_CAP, 1000, 0, 10_000_000, ConfigurationFlags::DEFAULT, None, None);
+    register_i64_configuration(&c, "max-attempts", &CFG_MAX_ATTEMPTS, 3, 1, 1_000_000, ConfigurationFlags::DEFAULT, None, None);
+    register_i64_configuration(
+        &c,
+        "default-lease",
+        &CFG_DEFAULT_LEASE,
+        30_000,
+        1,
+        i64::MAX / 4,
+        ConfigurationFlags::DEFAULT,
+        None,
+        None,
+    );
+    register_i64_configuration(
+        &c,
+        "max-payload",
+        &CFG_MAX_PAYLOAD,
+        16 * 1024 * 1024,
+        1,
+        512 * 1024 * 1024,
+        ConfigurationFlags::MEMORY,
+        None,
+        None,
+    );
+    if raw::RedisModule_LoadConfigs.unwrap()(ctx) != OK {
+        return Err("could not load the vtasks configs".into());
+    }
+
+    raw::RedisModule_RegisterInfoFunc.unwrap()(ctx, Some(info_func));
+
+    let sub = raw::RedisModule_SubscribeToServerEvent.unwrap();
+    // (The RedisModuleEvent_* constants are header-only statics: build them here.)
+    let ev = |id: u64| raw::RedisModuleEvent { id, dataver: 1 };
+    sub(ctx, ev(raw::REDISMODULE_EVENT_LOADING), Some(timers::on_loading));
+    sub(ctx, ev(raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED), Some(timers::on_role));
+    sub(ctx, ev(raw::REDISMODULE_EVENT_FLUSHDB), Some(timers::on_flush));
+    sub(ctx, ev(raw::REDISMODULE_EVENT_SWAPDB), Some(timers::on_swapdb));
+    raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, raw::REDISMODULE_NOTIFY_GENERIC, Some(timers::on_keyspace));
+
+    if let Some(f) = raw::RedisModule_SetModuleOptions {
+        f(ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int);
+    }
+    timers::kick(ctx);
+    Ok(())
+}
+
+/// # Safety
+/// Called by the server when the module is loaded.
+#[no_mangle]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn RedisModule_OnLoad(ctx: Ctx, _argv: *mut RStr, _argc: c_int) -> c_int {
+    // No allocation may happen before the API (and thus the server allocator) is initialised.
+    let name = b"vtasks\0";
+    if !raw::use_redis_module_api()
+        && raw::Export_ValkeyModule_Init(ctx as *mut raw::ValkeyModuleCtx, name.as_ptr().cast(), 1, raw::VALKEYMODULE_APIVER_1 as c_int)
+            == ERR
+    {
+        return ERR;
+    }
+    if raw::Export_RedisModule_Init(ctx, name.as_ptr().cast(), 1, raw::REDISMODULE_APIVER_1 as c_int) == ERR {
+        return ERR;
+    }
+    match std::panic::catch_unwind(|| register(ctx)) {
+        Ok(Ok(())) => OK,
+        Ok(Err(m)) => {
+            log(ctx, "warning", &format!("vtasks: load failed: {m}"));
+            ERR
+        }
+        Err(e) => {
+            log(ctx, "warning", &format!("vtasks: load panicked: {}", panic_msg(&e)));
+            ERR
+        }
+    }
+}

@@ -1,0 +1,922 @@
+//! The queue value: tasks, indexes, dead letters, unique keys, schedules and counters.
+//!
+//! Everything here is deterministic: every operation takes the clock (`now`), ids, tokens and
+//! configs as arguments. The primary resolves those values once and replicates them, so a
+//! replica (or an AOF replay) running the same operation reaches the identical state.
+
+use crate::codec::{CResult, R, W};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::str::FromStr;
+
+pub type Id = Vec<u8>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    Ready = 0,
+    Delayed = 1,
+    Inflight = 2,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Delayed => "delayed",
+            State::Inflight => "inflight",
+        }
+    }
+    fn from_u8(v: u8) -> CResult<State> {
+        Ok(match v {
+            0 => State::Ready,
+            1 => State::Delayed,
+            2 => State::Inflight,
+            _ => return Err("bad task state"),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub payload: Vec<u8>,
+    pub priority: i32,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub seq: u64,
+    pub enqueued_at: i64,
+    pub run_at: i64,
+    pub state: State,
+    pub worker: Vec<u8>,
+    pub token: u64,
+    pub deadline: i64,
+    pub error: Vec<u8>,
+    pub failed_at: i64,
+    pub unique: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dead {
+    pub id: Id,
+    pub payload: Vec<u8>,
+    pub priority: i32,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub enqueued_at: i64,
+    pub error: Vec<u8>,
+    pub failed_at: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Unique {
+    pub expires_at: i64,
+    pub task: Option<Id>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SchedKind {
+    Every = 0,
+    Cron = 1,
+}
+
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub kind: SchedKind,
+    /// The cron expression as given, or the interval in ms (decimal) for EVERY.
+    pub spec: Vec<u8>,
+    pub every: i64,
+    pub priority: i32,
+    pub payload: Vec<u8>,
+    pub next_run: i64,
+    pub cron: Option<cron::Schedule>,
+}
+
+pub const NEVER: i64 = i64::MAX;
+
+/// Parses a cron expression (6 or 7 fields; 5 fields mean second 0).
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    let fields = expr.split_whitespace().count();
+    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_string() };
+    if !(6..=7).contains(&full.split_whitespace().count()) {
+        return Err("cron expression needs 5, 6 or 7 fields".into());
+    }
+    cron::Schedule::from_str(&full).map_err(|e| format!("bad cron expression: {e}"))
+}
+
+/// First cron tick strictly after `after_ms`.
+pub fn cron_next(s: &cron::Schedule, after_ms: i64) -> i64 {
+    use chrono::{TimeZone, Utc};
+    let after = match Utc.timestamp_millis_opt(after_ms).single() {
+        Some(t) => t,
+        None => return NEVER,
+    };
+    match s.after(&after).next() {
+        Some(t) => t.timestamp_millis(),
+        None => NEVER,
+    }
+}
+
+impl Schedule {
+    /// Next tick after a fire at `now` (coalescing missed ticks).
+    pub fn next_after_fire(&self, now: i64) -> i64 {
+        match self.kind {
+            SchedKind::Every => {
+                let n = self.next_run.saturating_add(self.every);
+                if n <= now {
+                    now.saturating_add(self.every)
+                } else {
+                    n
+                }
+            }
+            SchedKind::Cron => match &self.cron {
+                Some(c) => cron_next(c, now.max(self.next_run)),
+                None => NEVER,
+            },
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub ready: i64,
+    pub delayed: i64,
+    pub inflight: i64,
+    pub dead: i64,
+}
+
+#[derive(Default)]
+pub struct Queue {
+    pub tasks: HashMap<Id, Task>,
+    pub ready: BTreeMap<(i32, u64), Id>,
+    pub delayed: BTreeMap<(i64, u64), Id>,
+    pub inflight: BTreeMap<(i64, u64), Id>,
+    pub by_worker: HashMap<Vec<u8>, BTreeSet<Id>>,
+    pub dead: VecDeque<Dead>,
+    pub uniques: HashMap<Vec<u8>, Unique>,
+    pub unique_exp: BTreeSet<(i64, Vec<u8>)>,
+    pub schedules: BTreeMap<Vec<u8>, Schedule>,
+    pub next_seq: u64,
+    pub enqueued_total: u64,
+    pub acked_total: u64,
+    pub failed_total: u64,
+    pub retried_total: u64,
+    pub rescued_total: u64,
+    pub dead_total: u64,
+    pub dead_evicted: u64,
+    /// Set whenever a task became ready; the command layer signals blocked clients and clears it.
+    pub became_ready: bool,
+}
+
+pub struct EnqOpts<'a> {
+    pub now: i64,
+    pub priority: i32,
+    pub run_at: i64,
+    pub max_attempts: u32,
+    /// (key, expires_at)
+    pub unique: Option<(&'a [u8], i64)>,
+}
+
+pub struct Fetched {
+    pub id: Id,
+    pub token: u64,
+    pub attempt: u32,
+    pub payload: Vec<u8>,
+}
+
+pub fn fmt_token(t: u64) -> String {
+    format!("{t:016x}")
+}
+
+pub fn parse_token(b: &[u8]) -> Option<u64> {
+    if b.len() != 16 {
+        return None;
+    }
+    let s = std::str::from_utf8(b).ok()?;
+    u64::from_str_radix(s, 16).ok()
+}
+
+impl Queue {
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            ready: self.ready.len() as i64,
+            delayed: self.delayed.len() as i64,
+            inflight: self.inflight.len() as i64,
+            dead: self.dead.len() as i64,
+        }
+    }
+
+    /// Earliest time a timer has work on this queue.
+    pub fn next_due(&self) -> Option<i64> {
+        let mut due = NEVER;
+        if let Some(((t, _), _)) = self.delayed.first_key_value() {
+            due = due.min(*t);
+        }
+        if let Some(((t, _), _)) = self.inflight.first_key_value() {
+            due = due.min(*t);
+        }
+        for s in self.schedules.values() {
+            due = due.min(s.next_run);
+        }
+        if due == NEVER {
+            None
+        } else {
+            Some(due)
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Removes a task's index entries (not the task itself).
+    fn unindex(&mut self, id: &[u8], t: &Task) {
+        match t.state {
+            State::Ready => {
+                self.ready.remove(&(-t.priority, t.seq));
+            }
+            State::Delayed => {
+                self.delayed.remove(&(t.run_at, t.seq));
+            }
+            State::Inflight => {
+                self.inflight.remove(&(t.deadline, t.seq));
+                if let Some(set) = self.by_worker.get_mut(&t.worker) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_worker.remove(&t.worker);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Indexes a task according to its current fields.
+    fn index(&mut self, id: &[u8], t: &Task) {
+        match t.state {
+            State::Ready => {
+                self.ready.insert((-t.priority, t.seq), id.to_vec());
+            }
+            State::Delayed => {
+                self.delayed.insert((t.run_at, t.seq), id.to_vec());
+            }
+            State::Inflight => {
+                self.inflight.insert((t.deadline, t.seq), id.to_vec());
+                self.by_worker.entry(t.worker.clone()).or_default().insert(id.to_vec());
+            }
+        }
+    }
+
+    /// (Re)places a task as ready (run_at <= now) or delayed, with a fresh sequence number.
+    fn place(&mut self, id: Id, mut t: Task, now: i64) {
+        t.seq = self.take_seq();
+        t.worker.clear();
+        t.token = 0;
+        t.deadline = 0;
+        if t.run_at > now {
+            t.state = State::Delayed;
+        } else {
+            t.state = State::Ready;
+            self.became_ready = true;
+        }
+        self.index(&id, &t);
+        self.tasks.insert(id, t);
+    }
+
+    pub fn purge_uniques(&mut self, now: i64) {
+        while let Some((exp, _)) = self.unique_exp.first() {
+            if *exp > now {
+                break;
+            }
+            let (exp, key) = self.unique_exp.pop_first().unwrap();
+            if let Some(u) = self.uniques.get(&key) {
+                if u.expires_at == exp {
+                    let u = self.uniques.remove(&key).unwrap();
+                    if let Some(tid) = u.task {
+                        if let Some(t) = self.tasks.get_mut(&tid) {
+                            if t.unique.as_deref() == Some(&key[..]) {
+                                t.unique = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_unique(&mut self, id: &[u8], t: &mut Task) {
+        if let Some(k) = t.unique.take() {
+            let held = matches!(self.uniques.get(&k), Some(u) if u.task.as_deref() == Some(id));
+            if held {
+                let u = self.uniques.remove(&k).unwrap();
+                self.unique_exp.remove(&(u.expires_at, k));
+            }
+        }
+    }
+
+    /// Adds tasks; returns, per item, whether it was added.
+    pub fn enqueue(&mut self, o: &EnqOpts, items: Vec<(Id, Vec<u8>)>) -> Vec<bool> {
+        self.purge_uniques(o.now);
+        let mut out = vec![false; items.len()];
+        let unique_held = match o.unique {
+            Some((k, _)) => self.uniques.contains_key(k),
+            None => false,
+        };
+        for (i, (id, payload)) in items.into_iter().enumerate() {
+            if o.unique.is_some() && (i > 0 || unique_held) {
+                continue;
+            }
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            let mut t = Task {
+                payload,
+                priority: o.priority,
+                attempt: 0,
+                max_attempts: o.max_attempts,
+                seq: 0,
+                enqueued_at: o.now,
+                run_at: o.run_at,
+                state: State::Ready,
+                worker: Vec::new(),
+                token: 0,
+                deadline: 0,
+                error: Vec::new(),
+                failed_at: 0,
+                unique: None,
+            };
+            if let Some((k, exp)) = o.unique {
+                t.unique = Some(k.to_vec());
+                self.uniques.insert(k.to_vec(), Unique { expires_at: exp, task: Some(id.clone()) });
+                self.unique_exp.insert((exp, k.to_vec()));
+            }
+            self.place(id, t, o.now);
+            self.enqueued_total += 1;
+            out[i] = true;
+        }
+        out
+    }
+
+    /// Moves due delayed tasks to ready. Returns how many moved.
+    pub fn promote(&mut self, now: i64) -> usize {
+        let mut n = 0;
+        while let Some(((run_at, _), _)) = self.delayed.first_key_value() {
+            if *run_at > now {
+                break;
+            }
+            let (_, id) = self.delayed.pop_first().unwrap();
+            if let Some(t) = self.tasks.remove(&id) {
+                self.place(id, t, now);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Leases one specific task (ready, or delayed when replaying) to a worker.
+    pub fn lease(&mut self, id: &[u8], worker: &[u8], token: u64, deadline: i64) -> Option<&Task> {
+        let mut t = self.tasks.remove(id)?;
+        if t.state == State::Inflight {
+            self.tasks.insert(id.to_vec(), t);
+            return None;
+        }
+        self.unindex(id, &t);
+        t.state = State::Inflight;
+        t.attempt = t.attempt.saturating_add(1);
+        t.worker = worker.to_vec();
+        t.token = token;
+        t.deadline = deadline;
+        self.index(id, &t);
+        self.tasks.insert(id.to_vec(), t);
+        self.tasks.get(id)
+    }
+
+    /// Promotes due tasks, then leases up to `count` ready tasks in fetch order.
+    pub fn fetch(
+        &mut self,
+        now: i64,
+        worker: &[u8],
+        count: usize,
+        deadline: i64,
+        tok: &mut dyn FnMut() -> u64,
+    ) -> Vec<Fetched> {
+        self.promote(now);
+        let mut out = Vec::new();
+        while out.len() < count {
+            let id = match self.ready.first_key_value() {
+                Some((_, id)) => id.clone(),
+                None => break,
+            };
+            let token = tok();
+            match self.lease(&id, worker, token, deadline) {
+                Some(t) => out.push(Fetched {
+                    attempt: t.attempt,
+                    payload: t.payload.clone(),
+                    id,
+                    token,
+                }),
+                None => {
+                    // Index out of sync (should not happen): drop the stale entry.
+                    let k = *self.ready.first_key_value().unwrap().0;
+                    self.ready.remove(&k);
+                }
+            }
+        }
+        out
+    }
+
+    fn holds(&self, id: &[u8], token: u64) -> bool {
+        matches!(self.tasks.get(id), Some(t) if t.state == State::Inflight && t.token == token)
+    }
+
+    pub fn ack(&mut self, id: &[u8], token: Option<u64>) -> bool {
+        let token = match token {
+            Some(t) => t,
+            None => return false,
+        };
+        if !self.holds(id, token) {
+            return false;
+        }
+        let mut t = self.tasks.remove(id).unwrap();
+        self.unindex(id, &t);
+        self.release_unique(id, &mut t);
+        self.acked_total += 1;
+        true
+    }
+
+    fn push_dead(&mut self, d: Dead, cap: usize) {
+        self.dead.push_back(d);
+        self.dead_total += 1;
+        while self.dead.len() > cap {
+            self.dead.pop_front();
+            self.dead_evicted += 1;
+        }
+    }
+
+    /// Removes a live task and appends it to the dead-letter list.
+    fn dead_letter(&mut self, id: &[u8], error: Vec<u8>, now: i64, cap: usize) {
+        if let Some(mut t) = self.tasks.remove(id) {
+            self.unindex(id, &t);
+            self.release_unique(id, &mut t);
+            let d = Dead {
+                id: id.to_vec(),
+                payload: t.payload,
+                priority: t.priority,
+                attempt: t.attempt,
+                max_attempts: t.max_attempts,
+                enqueued_at: t.enqueued_at,
+                error,
+                failed_at: now,
+            };
+            self.push_dead(d, cap);
+        }
+    }
+
+    pub fn fail(
+        &mut self,
+        now: i64,
+        cap: usize,
+        id: &[u8],
+        token: Option<u64>,
+        error: &[u8],
+        retry: Option<i64>,
+    ) -> Option<&'static str> {
+        let token = token?;
+        if !self.holds(id, token) {
+            return None;
+        }
+        self.failed_total += 1;
+        let (attempt, max) = {
+            let t = &self.tasks[id];
+            (t.attempt, t.max_attempts)
+        };
+        match retry {
+            Some(ms) if attempt < max => {
+                let mut t = self.tasks.remove(id).unwrap();
+                self.unindex(id, &t);
+                t.error = error.to_vec();
+                t.failed_at = now;
+                t.run_at = now.saturating_add(ms);
+                self.place(id.to_vec(), t, now);
+                self.retried_total += 1;
+                Some("retry")
+            }
+            _ => {
+                self.dead_letter(id, error.to_vec(), now, cap);
+                Some("dead")
+            }
+        }
+    }
+
+    fn rescue_one(&mut self, id: &[u8], now: i64, cap: usize, by_worker: bool) -> bool {
+        let (attempt, max, worker) = match self.tasks.get(id) {
+            Some(t) if t.state == State::Inflight => (t.attempt, t.max_attempts, t.worker.clone()),
+            _ => return false,
+        };
+        if attempt >= max {
+            let err = if by_worker {
+                format!("rescued from worker {} after {} attempts", String::from_utf8_lossy(&worker), attempt)
+            } else {
+                format!("lease expired after {attempt} attempts")
+            };
+            self.dead_letter(id, err.into_bytes(), now, cap);
+            false
+        } else {
+            let mut t = self.tasks.remove(id).unwrap();
+            self.unindex(id, &t);
+            t.run_at = now;
+            self.place(id.to_vec(), t, now);
+            self.rescued_total += 1;
+            true
+        }
+    }
+
+    /// Rescues every lease whose deadline has passed. Returns tasks returned to ready.
+    pub fn rescue_expired(&mut self, now: i64, cap: usize) -> usize {
+        let ids: Vec<Id> = self.inflight.range(..(now.saturating_add(1), 0)).map(|(_, id)| id.clone()).collect();
+        ids.iter().filter(|id| self.rescue_one(id, now, cap, false)).count()
+    }
+
+    /// Rescues every task a worker holds.
+    pub fn rescue_worker(&mut self, worker: &[u8], now: i64, cap: usize) -> usize {
+        let ids: Vec<Id> = match self.by_worker.get(worker) {
+            Some(s) => s.iter().cloned().collect(),
+            None => return 0,
+        };
+        ids.iter().filter(|id| self.rescue_one(id, now, cap, true)).count()
+    }
+
+    pub fn extend(&mut self, worker: &[u8], deadline: i64) -> usize {
+        let ids: Vec<Id> = match self.by_worker.get(worker) {
+            Some(s) => s.iter().cloned().collect(),
+            None => return 0,
+        };
+        let mut n = 0;
+        for id in ids {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                if t.state == State::Inflight {
+                    let old = (t.deadline, t.seq);
+                    t.deadline = deadline;
+                    let new = (deadline, t.seq);
+                    self.inflight.remove(&old);
+                    self.inflight.insert(new, id.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn revive(&mut self, d: Dead) {
+        let t = Task {
+            payload: d.payload,
+            priority: d.priority,
+            attempt: 0,
+            max_attempts: d.max_attempts,
+            seq: 0,
+            enqueued_at: d.enqueued_at,
+            run_at: 0,
+            state: State::Ready,
+            worker: Vec::new(),
+            token: 0,
+            deadline: 0,
+            error: d.error,
+            failed_at: d.failed_at,
+            unique: None,
+        };
+        self.place(d.id, t, 0);
+    }
+
+    /// Moves dead entries back to ready (all, or the given ids). An entry whose id is live again
+    /// is left in place.
+    pub fn retry_dead(&mut self, ids: Option<&[&[u8]]>) -> usize {
+        let mut n = 0;
+        let mut keep = VecDeque::with_capacity(self.dead.len());
+        let dead = std::mem::take(&mut self.dead);
+        for d in dead {
+            let wanted = match ids {
+                None => true,
+                Some(list) => list.iter().any(|x| *x == &d.id[..]),
+            };
+            if wanted && !self.tasks.contains_key(&d.id) {
+                self.revive(d);
+                n += 1;
+            } else {
+                keep.push_back(d);
+            }
+        }
+        self.dead = keep;
+        n
+    }
+
+    /// Removes ready/delayed tasks and dead entries with these ids.
+    pub fn delete(&mut self, ids: &[&[u8]]) -> usize {
+        let mut n = 0;
+        for id in ids {
+            if let Some(t) = self.tasks.get(*id) {
+                if t.state != State::Inflight {
+                    let mut t = self.tasks.remove(*id).unwrap();
+                    self.unindex(id, &t);
+                    self.release_unique(id, &mut t);
+                    n += 1;
+                }
+            }
+            let before = self.dead.len();
+            self.dead.retain(|d| &d.id[..] != *id);
+            n += before - self.dead.len();
+        }
+        n
+    }
+
+    /// READY: ready+delayed tasks; DEAD: the dead list; ALL: every task and dead entry.
+    pub fn clear(&mut self, ready: bool, dead: bool, inflight: bool) -> usize {
+        let mut n = 0;
+        let mut ids: Vec<Id> = Vec::new();
+        if ready {
+            ids.extend(self.ready.values().cloned());
+            ids.extend(self.delayed.values().cloned());
+        }
+        if inflight {
+            ids.extend(self.inflight.values().cloned());
+        }
+        for id in ids {
+            if let Some(mut t) = self.tasks.remove(&id) {
+                self.unindex(&id, &t);
+                self.release_unique(&id, &mut t);
+                n += 1;
+            }
+        }
+        if dead {
+            n += self.dead.len();
+            self.dead.clear();
+        }
+        n
+    }
+
+    pub fn schedule_set(&mut self, name: &[u8], s: Schedule) {
+        self.schedules.insert(name.to_vec(), s);
+    }
+
+    /// Names of schedules due at `now`, in name order.
+    pub fn due_schedules(&self, now: i64) -> Vec<Vec<u8>> {
+        self.schedules.iter().filter(|(_, s)| s.next_run <= now).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Fires one schedule tick: enqueues its payload under `id` and computes the next tick.
+    pub fn fire_schedule(&mut self, name: &[u8], id: Id, now: i64, max_attempts: u32) -> bool {
+        let (prio, payload, next) = match self.schedules.get(name) {
+            Some(s) => (s.priority, s.payload.clone(), s.next_after_fire(now)),
+            None => return false,
+        };
+        let o = EnqOpts { now, priority: prio, run_at: now, max_attempts, unique: None };
+        let added = self.enqueue(&o, vec![(id, payload)]);
+        if let Some(s) = self.schedules.get_mut(name) {
+            s.next_run = next;
+        }
+        added[0]
+    }
+
+    // ---------- persistence: the queue as a sequence of self-describing records ----------
+
+    pub fn record_count(&self) -> usize {
+        1 + self.tasks.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len()
+    }
+
+    pub fn records(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.record_count());
+        self.visit_records(&mut |r| out.push(r.to_vec()));
+        out
+    }
+
+    /// Calls `out` with every record (header first); exactly `record_count()` calls.
+    pub fn visit_records(&self, out: &mut dyn FnMut(&[u8])) {
+        let mut h = W::new(b'H');
+        h.u64(1) // record-format version inside the encver
+            .u64(self.next_seq)
+            .u64(self.enqueued_total)
+            .u64(self.acked_total)
+            .u64(self.failed_total)
+            .u64(self.retried_total)
+            .u64(self.rescued_total)
+            .u64(self.dead_total)
+            .u64(self.dead_evicted);
+        out(&h.buf);
+        // Tasks in a stable order (by state index) so rewrites are reproducible.
+        let ordered = self
+            .ready
+            .values()
+            .chain(self.delayed.values())
+            .chain(self.inflight.values());
+        for id in ordered {
+            let t = &self.tasks[id];
+            let mut w = W::new(b'T');
+            w.bytes(id)
+                .bytes(&t.payload)
+                .i64(t.priority as i64)
+                .u64(t.attempt as u64)
+                .u64(t.max_attempts as u64)
+                .u64(t.seq)
+                .i64(t.enqueued_at)
+                .i64(t.run_at)
+                .u64(t.state as u64)
+                .bytes(&t.worker)
+                .u64(t.token)
+                .i64(t.deadline)
+                .bytes(&t.error)
+                .i64(t.failed_at)
+                .opt(t.unique.as_deref());
+            out(&w.buf);
+        }
+        for d in &self.dead {
+            let mut w = W::new(b'D');
+            w.bytes(&d.id)
+                .bytes(&d.payload)
+                .i64(d.priority as i64)
+                .u64(d.attempt as u64)
+                .u64(d.max_attempts as u64)
+                .i64(d.enqueued_at)
+                .bytes(&d.error)
+                .i64(d.failed_at);
+            out(&w.buf);
+        }
+        for (exp, k) in &self.unique_exp {
+            let task = self.uniques.get(k).and_then(|u| u.task.as_deref());
+            let mut w = W::new(b'U');
+            w.bytes(k).i64(*exp).opt(task);
+            out(&w.buf);
+        }
+        for (name, s) in &self.schedules {
+            let mut w = W::new(b'S');
+            w.bytes(name)
+                .u64(s.kind as u64)
+                .bytes(&s.spec)
+                .i64(s.every)
+                .i64(s.priority as i64)
+                .bytes(&s.payload)
+                .i64(s.next_run);
+            out(&w.buf);
+        }
+    }
+
+    /// Applies one record. A 'H' record must come first (it is applied to a fresh queue).
+    pub fn apply_record(&mut self, rec: &[u8]) -> CResult<()> {
+        let mut r = R::new(rec);
+        match r.u8()? {
+            b'H' => {
+                if r.u64()? != 1 {
+                    return Err("unknown queue record version");
+                }
+                self.next_seq = r.u64()?;
+                self.enqueued_total = r.u64()?;
+                self.acked_total = r.u64()?;
+                self.failed_total = r.u64()?;
+                self.retried_total = r.u64()?;
+                self.rescued_total = r.u64()?;
+                self.dead_total = r.u64()?;
+                self.dead_evicted = r.u64()?;
+            }
+            b'T' => {
+                let id = r.bytes()?;
+                let t = Task {
+                    payload: r.bytes()?,
+                    priority: r.i64()? as i32,
+                    attempt: r.u64()? as u32,
+                    max_attempts: r.u64()? as u32,
+                    seq: r.u64()?,
+                    enqueued_at: r.i64()?,
+                    run_at: r.i64()?,
+                    state: State::from_u8(r.u64()? as u8)?,
+                    worker: r.bytes()?,
+                    token: r.u64()?,
+                    deadline: r.i64()?,
+                    error: r.bytes()?,
+                    failed_at: r.i64()?,
+                    unique: r.opt()?,
+                };
+                if let Some(old) = self.tasks.remove(&id) {
+                    self.unindex(&id, &old);
+                }
+                self.next_seq = self.next_seq.max(t.seq + 1);
+                self.index(&id, &t);
+                self.tasks.insert(id, t);
+            }
+            b'D' => {
+                let d = Dead {
+                    id: r.bytes()?,
+                    payload: r.bytes()?,
+                    priority: r.i64()? as i32,
+                    attempt: r.u64()? as u32,
+                    max_attempts: r.u64()? as u32,
+                    enqueued_at: r.i64()?,
+                    error: r.bytes()?,
+                    failed_at: r.i64()?,
+                };
+                self.dead.push_back(d);
+            }
+            b'U' => {
+                let k = r.bytes()?;
+                let exp = r.i64()?;
+                let task = r.opt()?;
+                if let Some(old) = self.uniques.insert(k.clone(), Unique { expires_at: exp, task }) {
+                    self.unique_exp.remove(&(old.expires_at, k.clone()));
+                }
+                self.unique_exp.insert((exp, k));
+            }
+            b'S' => {
+                let name = r.bytes()?;
+                let kind = match r.u64()? {
+                    0 => SchedKind::Every,
+                    1 => SchedKind::Cron,
+                    _ => return Err("bad schedule kind"),
+                };
+                let spec = r.bytes()?;
+                let every = r.i64()?;
+                let priority = r.i64()? as i32;
+                let payload = r.bytes()?;
+                let next_run = r.i64()?;
+                let cron = if kind == SchedKind::Cron {
+                    let s = std::str::from_utf8(&spec).map_err(|_| "bad cron spec")?;
+                    Some(parse_cron(s).map_err(|_| "bad cron spec")?)
+                } else {
+                    None
+                };
+                self.schedules.insert(name, Schedule { kind, spec, every, priority, payload, next_run, cron });
+            }
+            _ => return Err("unknown record kind"),
+        }
+        r.done()
+    }
+
+    pub fn mem_usage(&self) -> usize {
+        let mut n = std::mem::size_of::<Queue>();
+        for (id, t) in &self.tasks {
+            n += 3 * id.len() + t.payload.len() + t.error.len() + t.worker.len() + 200;
+        }
+        for d in &self.dead {
+            n += d.id.len() + d.payload.len() + d.error.len() + 100;
+        }
+        for (k, _) in &self.uniques {
+            n += 2 * k.len() + 80;
+        }
+        for s in self.schedules.values() {
+            n += s.payload.len() + s.spec.len() + 200;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(now: i64) -> EnqOpts<'static> {
+        EnqOpts { now, priority: 0, run_at: now, max_attempts: 3, unique: None }
+    }
+
+    #[test]
+    fn fifo_priority_ack_and_stale_token() {
+        let mut q = Queue::default();
+        q.enqueue(&opts(1), vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+        let o = EnqOpts { priority: 5, ..opts(1) };
+        q.enqueue(&o, vec![(b"c".to_vec(), b"3".to_vec())]);
+        let mut t = 10u64;
+        let mut tok = || {
+            t += 1;
+            t
+        };
+        let got = q.fetch(2, b"w", 2, 100, &mut tok);
+        assert_eq!(got.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), vec![b"c".to_vec(), b"a".to_vec()]);
+        // rescue then stale ack
+        assert_eq!(q.rescue_expired(200, 10), 2);
+        assert!(!q.ack(b"c", Some(got[0].token)));
+        assert_eq!(q.tasks.len(), 3);
+        let again = q.fetch(201, b"w", 1, 300, &mut tok);
+        assert_eq!(again[0].id, b"c".to_vec());
+        assert_eq!(again[0].attempt, 2);
+        assert!(q.ack(b"c", Some(again[0].token)));
+        assert_eq!(q.tasks.len(), 2);
+    }
+
+    #[test]
+    fn records_roundtrip() {
+        let mut q = Queue::default();
+        let o = EnqOpts { unique: Some((b"u", 1000)), ..opts(1) };
+        q.enqueue(&o, vec![(b"a".to_vec(), b"1".to_vec())]);
+        q.enqueue(&EnqOpts { run_at: 50, ..opts(1) }, vec![(b"d".to_vec(), b"2".to_vec())]);
+        let mut tok = || 7u64;
+        q.fetch(2, b"w", 1, 100, &mut tok);
+        q.fail(3, 10, b"a", Some(7), b"boom", None);
+        let mut q2 = Queue::default();
+        for r in q.records() {
+            q2.apply_record(&r).unwrap();
+        }
+        assert_eq!(q.sizes(), q2.sizes());
+        assert_eq!(q.records(), q2.records());
+    }
+
+    #[test]
+    fn cron_parses_five_fields() {
+        let s = parse_cron("*/5 * * * *").unwrap();
+        let n = cron_next(&s, 0);
+        assert_eq!(n, 300_000);
+        assert!(parse_cron("nope").is_err());
+    }
+}

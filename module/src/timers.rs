@@ -1,0 +1,252 @@
+//! Server-side work without clients: promote delayed tasks, rescue expired leases, fire schedules.
+//!
+//! A registry maps every known queue key (db, name) to its next due time, so the timer never scans
+//! the keyspace. Entries are hints: the timer re-opens each key and checks its type, so deleted,
+//! renamed, moved or flushed keys are dropped safely. One module timer is armed at the earliest
+//! due time (and at least once a second). Timers act only on a primary; their effects are
+//! replicated as explicit `VT._FX` commands.
+
+use crate::queue::NEVER;
+use crate::server::*;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::c_void;
+use std::sync::Mutex;
+use valkey_module::raw;
+
+/// Longest sleep of the timer (a safety net: registry misses are picked up within this).
+const MAX_SLEEP_MS: i64 = 1000;
+/// Keys handled per timer run (bounds the time spent in one callback).
+const KEYS_PER_RUN: usize = 1000;
+
+#[derive(Default)]
+pub struct Registry {
+    pub keys: HashMap<(i32, Vec<u8>), Option<i64>>,
+    pub due: BTreeSet<(i64, i32, Vec<u8>)>,
+    pub timer: Option<(u64, i64)>,
+}
+
+pub static REG: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn with_reg<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Registry::default))
+}
+
+fn set_due(r: &mut Registry, db: i32, key: &[u8], due: Option<i64>) {
+    let k = (db, key.to_vec());
+    if let Some(Some(old)) = r.keys.get(&k) {
+        r.due.remove(&(*old, db, key.to_vec()));
+    }
+    if let Some(d) = due {
+        r.due.insert((d, db, key.to_vec()));
+    }
+    r.keys.insert(k, due);
+}
+
+/// Records a queue key and its next due time; re-arms the timer if it must fire earlier.
+pub fn touch(ctx: Ctx, db: i32, key: &[u8], due: Option<i64>) {
+    let rearm = with_reg(|r| {
+        set_due(r, db, key, due);
+        match (due, r.timer) {
+            (Some(d), Some((_, at))) => d < at,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    });
+    if rearm && !ctx.is_null() {
+        arm(ctx, due.unwrap());
+    }
+}
+
+/// Records a key without a context (RDB load): the timer picks it up on its next run.
+pub fn touch_noarm(db: i32, key: &[u8], due: Option<i64>) {
+    with_reg(|r| set_due(r, db, key, due));
+}
+
+pub fn forget(db: i32, key: &[u8]) {
+    with_reg(|r| {
+        if let Some(Some(d)) = r.keys.remove(&(db, key.to_vec())) {
+            r.due.remove(&(d, db, key.to_vec()));
+        }
+    });
+}
+
+/// Queue keys known in `db` (hints; the caller checks them).
+pub fn keys_in_db(db: i32) -> Vec<Vec<u8>> {
+    with_reg(|r| {
+        let mut v: Vec<Vec<u8>> = r.keys.keys().filter(|(d, _)| *d == db).map(|(_, k)| k.clone()).collect();
+        v.sort();
+        v
+    })
+}
+
+pub fn flush_db(db: i32) {
+    with_reg(|r| {
+        let gone: Vec<(i32, Vec<u8>)> = r.keys.keys().filter(|(d, _)| db < 0 || *d == db).cloned().collect();
+        for (d, k) in gone {
+            if let Some(Some(t)) = r.keys.remove(&(d, k.clone())) {
+                r.due.remove(&(t, d, k));
+            }
+        }
+    });
+}
+
+pub fn swap_db(a: i32, b: i32) {
+    with_reg(|r| {
+        let old = std::mem::take(&mut r.keys);
+        r.due.clear();
+        for ((d, k), due) in old {
+            let nd = if d == a {
+                b
+            } else if d == b {
+                a
+            } else {
+                d
+            };
+            if let Some(t) = due {
+                r.due.insert((t, nd, k.clone()));
+            }
+            r.keys.insert((nd, k), due);
+        }
+    });
+}
+
+pub fn registry_len() -> usize {
+    with_reg(|r| r.keys.len())
+}
+
+/// (Re)arms the single timer to fire at `at` (clamped to [now+1ms, now+MAX_SLEEP_MS]).
+pub fn arm(ctx: Ctx, at: i64) {
+    let now = now_ms();
+    let at = at.clamp(now + 1, now + MAX_SLEEP_MS);
+    let old = with_reg(|r| r.timer.take());
+    unsafe {
+        if let Some((id, old_at)) = old {
+            if old_at <= at {
+                with_reg(|r| r.timer = Some((id, old_at)));
+                return;
+            }
+            raw::RedisModule_StopTimer.unwrap()(ctx, id, std::ptr::null_mut());
+        }
+        let id = raw::RedisModule_CreateTimer.unwrap()(ctx, (at - now) as i64, Some(on_timer), std::ptr::null_mut());
+        with_reg(|r| r.timer = Some((id, at)));
+    }
+}
+
+/// Arms the timer to run as soon as possible (after load, on becoming primary).
+pub fn kick(ctx: Ctx) {
+    arm(ctx, 0);
+}
+
+extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
+    with_reg(|r| r.timer = None);
+    let primary = is_primary(ctx);
+    if primary {
+        let _ = guard(ctx, "timer", || run_timer(ctx));
+    }
+    // Always re-arm (also after a panic): on a primary at the earliest due time, else idle.
+    let next = if primary { with_reg(|r| r.due.first().map(|(t, _, _)| *t)).unwrap_or(NEVER) } else { NEVER };
+    let _ = guard(ctx, "timer re-arm", || arm(ctx, next));
+}
+
+fn run_timer(ctx: Ctx) {
+    crate::server::ST_TIMER_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = now_ms();
+    let due: Vec<(i64, i32, Vec<u8>)> =
+        with_reg(|r| r.due.iter().take_while(|(t, _, _)| *t <= now).take(KEYS_PER_RUN).cloned().collect());
+    for (_, db, key) in due {
+        if !select_db(ctx, db) {
+            forget(db, &key);
+            continue;
+        }
+        let name = OwnedStr::new(ctx, &key);
+        let r = with_queue(ctx, name.0, false, |q| work_queue(ctx, q, now, &key));
+        match r {
+            Ok(Some(())) => {}
+            // Missing or not a queue any more: drop the hint.
+            _ => forget(db, &key),
+        }
+    }
+}
+
+/// The timer's duties on one queue, each replicated with explicit values.
+fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
+    let now_s = now.to_string();
+    if q.delayed.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false) {
+        q.promote(now);
+        replicate(ctx, "VT._FX", &[key, b"PROMOTE", now_s.as_bytes()]);
+    }
+    if q.inflight.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false) {
+        let cap = dlq_cap();
+        q.rescue_expired(now, cap);
+        let cap_s = cap.to_string();
+        replicate(ctx, "VT._FX", &[key, b"RESCUE", now_s.as_bytes(), cap_s.as_bytes()]);
+    }
+    let names = q.due_schedules(now);
+    if !names.is_empty() {
+        let maxatt = max_attempts();
+        let ma = maxatt.to_string();
+        let mut args: Vec<Vec<u8>> = vec![key.to_vec(), b"SCHEDFIRE".to_vec(), now_s.clone().into_bytes(), ma.into_bytes()];
+        for name in names {
+            let id = uuid::Uuid::now_v7().to_string().into_bytes();
+            q.fire_schedule(&name, id.clone(), now, maxatt);
+            args.push(name);
+            args.push(id);
+        }
+        let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+        replicate(ctx, "VT._FX", &refs);
+    }
+}
+
+// ---------------------------------------------------------------- server events
+
+pub unsafe extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    let _ = guard(ctx, "loading event", || {
+        if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED {
+            kick(ctx);
+        }
+    });
+}
+
+pub unsafe extern "C" fn on_role(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, _sub: u64, _data: *mut c_void) {
+    let _ = guard(ctx, "role event", || kick(ctx));
+}
+
+pub unsafe extern "C" fn on_flush(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+    let _ = guard(ctx, "flush event", || {
+        if sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END && !data.is_null() {
+            let fi = &*(data as *const raw::RedisModuleFlushInfo);
+            flush_db(fi.dbnum);
+        }
+    });
+}
+
+pub unsafe extern "C" fn on_swapdb(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, _sub: u64, data: *mut c_void) {
+    let _ = guard(ctx, "swapdb event", || {
+        if !data.is_null() {
+            let si = &*(data as *const raw::RedisModuleSwapDbInfo);
+            swap_db(si.dbnum_first, si.dbnum_second);
+        }
+    });
+}
+
+/// Keyspace events: a queue that arrives under a new name (RENAME, MOVE, COPY, RESTORE) is
+/// registered so the timer looks at it.
+pub unsafe extern "C" fn on_keyspace(
+    ctx: *mut raw::RedisModuleCtx,
+    _type: std::ffi::c_int,
+    event: *const std::ffi::c_char,
+    key: *mut raw::RedisModuleString,
+) -> std::ffi::c_int {
+    let _ = guard(ctx, "keyspace event", || {
+        if event.is_null() || key.is_null() {
+            return;
+        }
+        let ev = std::ffi::CStr::from_ptr(event).to_bytes();
+        if matches!(ev, b"rename_to" | b"move_to" | b"copy_to" | b"restore") {
+            let db = selected_db(ctx);
+            touch_noarm(db, bytes(key), Some(now_ms()));
+        }
+    });
+    OK
+}
