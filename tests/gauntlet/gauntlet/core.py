@@ -182,11 +182,24 @@ class Ctx:
         self.result.recovery_s = None if worst == float("inf") else round(worst, 2)
         return worst
 
-    def wait_recovery_window(self, bound: float):
-        """Keep feeding until the recovery window after the last fault has passed (bounded)."""
-        if self.fault_times:
-            end = self.fault_times[-1] + bound + 1.5
-            wait_until(lambda: time.time() >= end, bound + 10, interval=0.05, what="recovery window")
+    def wait_recovery_window(self, bound: float, baseline: float | None = None, window: float = 1.0):
+        """Keep feeding until throughput after the last fault is back to 80 % of the baseline (or
+        the bound passed: recovery() then reports it), plus a short tail."""
+        if not self.fault_times:
+            return
+        tf = self.fault_times[-1]
+        b = baseline if baseline is not None else (self.result.baseline_per_s or 0)
+
+        def recovered():
+            now = time.time()
+            if now >= tf + bound + window:
+                return True
+            if now - window < tf:
+                return False
+            return self.rate(now - window, now) >= 0.8 * b
+        wait_until(recovered, bound + window + 10, interval=0.1, what="recovery window")
+        end = time.time() + 0.5
+        wait_until(lambda: time.time() >= end, 5, interval=0.05, what="tail")
 
     # ---- quiescence + invariants ----------------------------------------------------------------
     def stop_feeding(self):

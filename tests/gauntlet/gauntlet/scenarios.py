@@ -1,0 +1,542 @@
+"""The scenarios. Each takes a Ctx, drives traffic and faults, and fills ctx.result.
+
+Pacing between faults uses the seeded RNG (deterministic schedule); every *outcome* is awaited by
+bounded polling (util.wait_until), never by a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+import time
+
+from .core import QUEUE, Ctx, Skip, Vacuous
+from .hostile import run_hostile
+from .util import wait_until
+
+
+def pace(seconds: float):
+    """Deliberate spacing between injected faults (not a wait for an outcome)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+
+def _running_on(ctx: Ctx, pid: int) -> list[str]:
+    return [g for g, exs in ctx.ledger.read().items() for e in exs if e.pid == pid and not e.finished]
+
+
+def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
+    """A duplicate is explained when its previous execution ended around a server fault (the ack
+    was in flight when the connection/server died) or the fault hit while it ran."""
+    def explained(prev, nxt):
+        for tf in ctx.fault_times:
+            end = prev.end if prev.end is not None else nxt.start
+            if prev.start - margin <= tf <= end + margin:
+                return True
+        return False
+    return explained
+
+
+# ---------------------------------------------------------------------------------------------------
+def sigkill(ctx: Ctx):
+    """Worker SIGKILL mid-batch, repeatedly; a replacement (new id) is started after each kill."""
+    q = ctx.quick
+    lease = 3.0 if q else 5.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(3, lease=lease, concurrency=8)
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0 if q else 5.0)
+    kills = 3 if q else 10
+    mid = 0
+    for i in range(kills):
+        w = ctx.rng.choice(fleet.live())
+        running = _running_on(ctx, w.pid)
+        mid += bool(running)
+        fleet.sigkill(w)
+        ctx.fault(f"SIGKILL {w.tag} pid {w.pid} with {len(running)} task(s) running")
+        fleet.spawn()
+        pace(ctx.rng.uniform(1.0, 2.0))
+    bound = 10.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 3 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected)
+    redelivered = sum(1 for exs in ctx.ledger.read().values()
+                      if len(exs) > 1 and exs[0].pid in fleet.faulted)
+    ctx.result.notes.update(kills_mid_task=mid, redelivered_after_kill=redelivered)
+    if mid == 0 and redelivered == 0:
+        raise Vacuous("no kill hit a worker with tasks in flight")
+
+
+def sigterm(ctx: Ctx):
+    """SIGTERM drains: in-flight tasks finish and are acked once, the worker exits 0."""
+    lease = 5.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.feeder(rate=60, ms=400)
+    ctx.wait_flowing(n=10)
+    base = ctx.baseline(3.0)
+    drained = 0
+    for i in range(1 if ctx.quick else 3):
+        w = ctx.rng.choice(fleet.live())
+        running = _running_on(ctx, w.pid)
+        drained += len(running)
+        w.signal(signal.SIGTERM)
+        ctx.fault(f"SIGTERM {w.tag} pid {w.pid} with {len(running)} task(s) running")
+        rc = w.wait(lease + 15)
+        if rc is None:
+            ctx.result.violations.append(f"{w.tag} did not exit within {lease + 15:.0f}s of SIGTERM")
+            w.kill()
+        elif rc != 0:
+            ctx.result.violations.append(f"{w.tag} exited {rc} after SIGTERM (expected 0); log: {w.log_tail(5)}")
+        unfinished = [g for g in running if g not in ctx.ledger.finished_gids()]
+        if unfinished and rc == 0:
+            # its tasks must have finished (drained) by the time it exited
+            mine = {g for g, exs in ctx.ledger.read().items() for e in exs if e.pid == w.pid and e.finished}
+            left = [g for g in running if g not in mine]
+            if left:
+                ctx.result.violations.append(f"{len(left)} task(s) running at SIGTERM were not finished by the draining worker: {left[:3]}")
+        fleet.spawn()
+        pace(1.0)
+    bound = 10.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=40)
+    ctx.recovery(base, bound)
+    ctx.check(expected)  # a drained worker is not "faulted": any duplicate is a violation
+    ctx.result.notes["tasks_running_at_sigterm"] = drained
+    if drained == 0:
+        raise Vacuous("SIGTERM never hit a worker with tasks running")
+
+
+def rename(ctx: Ctx):
+    """A worker restarted under the same id rescues its tasks at once; one restarted under a
+    different id leaves them to lease expiry (the server's rescue): nothing leaks, nothing lost."""
+    lease = 3.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=8)
+    wa = fleet.spawn(args=["--id", f"{ctx.run_id}-A"], tag="A")
+    wb = fleet.spawn(args=["--id", f"{ctx.run_id}-B"], tag="B")
+    ctx.feeder(rate=120, ms=200)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    notes = ctx.result.notes
+    # same id: B killed, B restarted -> VT.RESCUE WORKER at start-up
+    running_b = _running_on(ctx, wb.pid)
+    fleet.sigkill(wb)
+    ctx.fault(f"SIGKILL B (pid {wb.pid}, {len(running_b)} running), restart as the same id")
+    t_b = time.time()
+    fleet.spawn(args=["--id", f"{ctx.run_id}-B"], tag="B2")
+    pace(2.0)
+    # different id: A killed, started again as A2
+    running_a = _running_on(ctx, wa.pid)
+    fleet.sigkill(wa)
+    ctx.fault(f"SIGKILL A (pid {wa.pid}, {len(running_a)} running), restart as a new id A2")
+    t_a = time.time()
+    fleet.spawn(args=["--id", f"{ctx.run_id}-A2"], tag="A2")
+    bound = lease + 10
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 3 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected)
+    led = ctx.ledger.read()
+
+    def redelivery_delay(gids, t):
+        ds = [exs[1].start - t for g in gids if len(exs := led.get(g, [])) > 1]
+        return (round(min(ds), 2), round(max(ds), 2), len(ds)) if ds else None
+    notes["same_id_redelivery_s(min,max,n)"] = redelivery_delay(running_b, t_b)
+    notes["new_id_redelivery_s(min,max,n)"] = redelivery_delay(running_a, t_a)
+    if not running_a and not running_b:
+        raise Vacuous("neither killed worker had tasks running")
+    d = redelivery_delay(running_a, t_a)
+    if d and d[0] < 0.7 * lease:
+        ctx.result.violations.append(f"tasks of the renamed worker came back after {d[0]}s, before their lease ({lease}s) could expire")
+
+
+def sigstop(ctx: Ctx):
+    """A worker SIGSTOPped past its lease, then SIGCONTinued: its tasks are redelivered only after
+    the lease expires; its late acks (stale tokens) must not delete the redelivered tasks; tasks
+    longer than the lease on live workers are never redelivered (the lease is extended)."""
+    lease = 2.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=lease, concurrency=16)
+    ctx.feeder(rate=80, ms=30)
+    ctx.feeder(rate=3, ms=int(lease * 1500), batch=1, tag="L")  # 1.5x the lease
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    w = ctx.rng.choice(fleet.live())
+    wait_until(lambda: len(_running_on(ctx, w.pid)) > 0, 10, what="the victim to run something")
+    held = _running_on(ctx, w.pid)
+    fleet.sigstop(w)
+    ctx.fault(f"SIGSTOP {w.tag} pid {w.pid} holding {len(held)} running task(s)")
+    t_stop = time.time()
+    pace(lease * 2.5)
+    fleet.sigcont(w)
+    ctx.result.notes["stopped_s"] = round(time.time() - t_stop, 2)
+    bound = lease * 2 + 8
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=40)
+    ctx.recovery(base, bound)
+    ctx.check(expected)
+    led = ctx.ledger.read()
+    redelivered = [g for g in held if any(e.pid != w.pid for e in led.get(g, []))]
+    ctx.result.notes.update(held_when_stopped=len(held), redelivered=len(redelivered))
+    if not w.alive():
+        ctx.result.violations.append(f"the stopped worker died after SIGCONT: {w.log_tail(5)}")
+    if not redelivered:
+        raise Vacuous("nothing the stopped worker held was redelivered")
+
+
+def poison(ctx: Ctx):
+    """Unknown task path, undecodable payload, raising task, sys.exit task, 10 MB payload: the four
+    failures land in the DLQ with their error, the big one runs once, normal traffic keeps flowing,
+    and no worker dies."""
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=10.0, concurrency=8)
+    ctx.feeder(rate=100, ms=10)
+    ctx.wait_flowing()
+    base = ctx.baseline(1.5)
+    rid = ctx.run_id
+    items, dead = [], {}
+    g = f"{rid}-p-unknown"
+    items.append((g, ctx.task_payload("gauntlet_app.tasks.does_not_exist", [g], g)))
+    dead[g] = "does_not_exist"
+    g = f"{rid}-p-undecodable"
+    items.append((g, b"zstd:\x00\x01garbage-not-zstd" + ctx.rng.randbytes(32)))
+    dead[g] = "undecodable"
+    g2 = f"{rid}-p-notjson"
+    items.append((g2, b"{not json" + ctx.rng.randbytes(16)))
+    dead[g2] = ""
+    g = f"{rid}-p-boom"
+    items.append((g, ctx.task_payload("gauntlet_app.tasks.boom", [g], g)))
+    dead[g] = "gauntlet boom"
+    g = f"{rid}-p-exit"
+    items.append((g, ctx.task_payload("gauntlet_app.tasks.exit_task", [g], g)))
+    dead[g] = "SystemExit"
+    ctx.hb.enqueue(QUEUE, items, max_attempts=3)
+    ctx.fault("poison batch enqueued (unknown path, undecodable x2, raises, sys.exit)")
+    big = f"{rid}-p-big"
+    blob = base64.b64encode(ctx.rng.randbytes(7_500_000)).decode()  # 10 MB of incompressible text
+    ctx.hb.enqueue(QUEUE, [(big, ctx.task_payload("gauntlet_app.tasks.big", [big, blob], big))], max_attempts=3)
+    ctx.fault("10 MB payload enqueued")
+    ctx.result.notes["fed_extra"] = len(items) + 1
+    bound = 10.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed()) | {big}
+    ctx.quiesce(expected, timeout=60, expect_dead=set(dead))
+    ctx.recovery(base, bound)
+    ctx.check(expected, expect_dead=dead)
+    led = ctx.ledger.read()
+    for g in (f"{rid}-p-boom", f"{rid}-p-exit"):
+        n = len(led.get(g, []))
+        if n != 1:
+            ctx.result.violations.append(f"{g} ran {n} times (fail-fast: once)")
+    dead_workers = [w.tag for w in fleet.workers if not w.alive()]
+    if dead_workers:
+        ctx.result.violations.append(f"worker(s) died on poison: {dead_workers}: {fleet.workers[0].log_tail(5)}")
+    size = (led.get(big) or [None])[0]
+    ctx.result.notes["big_payload_ran"] = bool(size and size.finished)
+
+
+def valkey_restart(ctx: Ctx):
+    """Valkey SIGKILLed under load with AOF (appendfsync always) and restarted on the same port:
+    nothing acknowledged is lost, workers reconnect, the health file goes stale while no consumer
+    can make progress and fresh again after."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    lease = 15.0
+    down = 4.0 if ctx.quick else 6.0
+    ctx.start_backend(aof=True)
+    hfile = ctx.dir / "health"
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=8)
+    fleet.spawn(args=["--health-check-file", str(hfile)])
+    fleet.spawn()
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    info = ctx.hb.info(QUEUE)
+    ctx.valkey.kill(signal.SIGKILL)
+    ctx.fault(f"valkey SIGKILL (inflight {info.get('inflight')}, acked {info.get('acked_total')})")
+    t_down = time.time()
+    pace(down)
+    age_down = time.time() - hfile.stat().st_mtime if hfile.exists() else None
+    ctx.valkey.start()
+    ctx.result.notes["downtime_s"] = round(time.time() - t_down, 2)
+    wait_until(lambda: time.time() - hfile.stat().st_mtime < 2.5, 20, what="health file fresh after restart")
+    ctx.result.notes["health_age_at_end_of_outage_s"] = round(age_down or -1, 2)
+    if age_down is None or age_down < down - 2.5:
+        ctx.result.violations.append(f"health check dishonest: file touched {age_down}s before the end of a {down}s outage")
+    bound = 10.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    if not info.get("inflight"):
+        ctx.result.notes["warning"] = "no task in flight at the crash"
+
+
+def debug_reload(ctx: Ctx):
+    """DEBUG RELOAD (save + reload the RDB in place) under load: state and counters survive, no
+    duplicate, no loss."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=10.0, concurrency=8)
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    c = ctx.valkey.client(timeout=30)
+    hit = 0
+    for i in range(3 if ctx.quick else 10):
+        before = ctx.hb.info(QUEUE)
+        c.execute_command("DEBUG", "RELOAD")
+        after = ctx.hb.info(QUEUE)
+        hit += bool(before.get("inflight"))
+        ctx.fault(f"DEBUG RELOAD (inflight {before.get('inflight')})")
+        for k in ("enqueued_total", "acked_total"):
+            if after.get(k, 0) < before.get(k, 0):
+                ctx.result.violations.append(f"counter {k} went back across DEBUG RELOAD: {before[k]} -> {after[k]}")
+        pace(ctx.rng.uniform(0.5, 1.0))
+    c.close()
+    bound = 5.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=40)
+    ctx.recovery(base, bound)
+    ctx.check(expected)
+    if not ctx.valkey.alive():
+        ctx.result.violations.append("server died")
+    if not hit:
+        raise Vacuous("no reload happened with tasks in flight")
+
+
+def pg_terminate(ctx: Ctx):
+    """pg_terminate_backend of every client connection, repeatedly, under load."""
+    if ctx.backend != "postgres":
+        raise Skip("Postgres only")
+    lease = 10.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    total = 0
+    for i in range(3 if ctx.quick else 8):
+        n = ctx.pg.terminate_clients()
+        total += n
+        ctx.fault(f"pg_terminate_backend x{n}")
+        pace(ctx.rng.uniform(1.0, 2.0))
+    ctx.hb.reset()
+    bound = 10.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    ctx.result.notes["connections_terminated"] = total
+    if total == 0:
+        raise Vacuous("no client connection was terminated")
+
+
+def pg_restart(ctx: Ctx):
+    """The database restarted (immediate mode: crash recovery) under load."""
+    if ctx.backend != "postgres":
+        raise Skip("Postgres only")
+    lease = 15.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    for i in range(1 if ctx.quick else 3):
+        ctx.fault("postgres restart -m immediate")
+        d = ctx.pg.restart("immediate")
+        ctx.result.notes.setdefault("downtime_s", []).append(round(d, 2))
+        ctx.hb.reset()
+        pace(2.0)
+    bound = 15.0
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected, explained_dup=_server_fault_explainer(ctx, margin=3.0))
+
+
+def pg_xmin(ctx: Ctx):
+    """A REPEATABLE READ transaction holds xmin (quick 10 s, full 60 s) under load: throughput must
+    stay >= 50 % of the baseline while it is held (stated bound) and recover after."""
+    if ctx.backend != "postgres":
+        raise Skip("Postgres only")
+    hold = 10.0 if ctx.quick else 60.0
+    ctx.start_backend()
+    fleet = ctx.start_fleet(2, lease=10.0, concurrency=16)
+    ctx.feeder(rate=300, ms=0, batch=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(3.0)
+    conn = ctx.pg.connect()
+    conn.autocommit = False
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    conn.execute("SELECT txid_current(), count(*) FROM pg_class").fetchone()
+    t0 = time.time()
+    ctx.fault(f"transaction holding xmin for {hold:.0f}s")
+    pace(hold)
+    conn.rollback()
+    conn.close()
+    t1 = time.time()
+    during = ctx.rate(t0 + 1, t1)
+    ctx.result.notes.update(held_s=round(t1 - t0, 1), rate_during_hold=round(during, 1),
+                            ratio_during_hold=round(during / max(base, 1e-6), 2))
+    if during < 0.5 * base:
+        ctx.result.violations.append(f"throughput {during:.0f}/s while xmin was held, below 50% of baseline {base:.0f}/s")
+    bound = 10.0
+    ctx.fault_times = [t1]
+    ctx.wait_recovery_window(bound)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=60)
+    ctx.recovery(base, bound)
+    ctx.check(expected)
+
+
+def scheduler(ctx: Ctx):
+    """Three workers with --scheduler and a 500 ms schedule; a scheduler worker is killed (on
+    Postgres the tick is client-driven). Every tick fires once: no double fire, no missing tick."""
+    every = 0.5
+    ctx.start_backend()
+    fleet = ctx.start_fleet(3, lease=5.0, concurrency=4, args=["--scheduler"],
+                            env={"GAUNTLET_SCHEDULE_EVERY": str(every)})
+
+    def ticks():
+        return sorted((exs[0].start, g, len(exs)) for g, exs in ctx.ledger.read().items() if g.startswith("tick-"))
+    wait_until(lambda: len(ticks()) >= 3, 60, what="the schedule to fire (workers --scheduler)")
+    t_first = time.time()
+    pace(3.0 if ctx.quick else 8.0)
+    for i in range(1 if ctx.quick else 3):
+        w = ctx.rng.choice(fleet.live())
+        fleet.sigkill(w)
+        ctx.fault(f"SIGKILL scheduler worker {w.tag}")
+        fleet.spawn()
+        pace(3.0 if ctx.quick else 8.0)
+    t_last = time.time()
+    stopped = fleet.stop_all(timeout=15)
+    ctx.result.notes["worker_exit"] = stopped
+    # ticks fired after the last stop may stay queued: only judge [t_first, t_last)
+    tk = [t for t in ticks() if t_first <= t[0] < t_last]
+    dup_exec = [g for (_, g, n) in ticks() if n > 1 and not any(
+        e.pid in fleet.faulted for e in ctx.ledger.read()[g][:-1])]
+    expected = (t_last - t_first) / every
+    gaps = [b[0] - a[0] for a, b in zip(tk, tk[1:])]
+    close = [round(gap, 3) for gap in gaps if gap < every * 0.3]
+    ctx.result.fed = len(tk)
+    ctx.result.executed = len(tk)
+    ctx.result.notes.update(ticks=len(tk), expected_ticks=round(expected, 1),
+                            min_gap_s=round(min(gaps), 3) if gaps else None,
+                            max_gap_s=round(max(gaps), 3) if gaps else None)
+    if dup_exec:
+        ctx.result.violations.append(f"tick(s) executed twice: {dup_exec[:3]}")
+    if len(tk) > expected + 3:
+        ctx.result.violations.append(f"{len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: double fire ({len(close)} gaps < {every * 0.3}s: {close[:5]})")
+    if len(tk) < expected * 0.8 - 2:
+        ctx.result.violations.append(f"only {len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: ticks missed")
+    big_gap = [g for g in gaps if g > every * 2 + 4.0]
+    if big_gap:
+        ctx.result.violations.append(f"schedule stalled for {max(big_gap):.1f}s after a scheduler worker died")
+    ctx.result.duplicated = len(dup_exec)
+
+
+def hostile(ctx: Ctx):
+    """Random/truncated VT.* argument vectors and RESP garbage for a bounded time."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    ctx.start_backend()
+    dur = 15.0 if ctx.quick else 120.0
+    stats = run_hostile(ctx.valkey, ctx.seed, dur, ctx.dir)
+    ctx.result.violations += stats.pop("violations")
+    ctx.result.notes.update(stats)
+    ctx.result.fed = stats["sends"]
+    ctx.fault(f"{stats['sends']} hostile sends")
+    if stats["sends"] < 100:
+        raise Vacuous("the hostile client sent almost nothing")
+
+
+def failover(ctx: Ctx):
+    """Failover to a replica: writes paused on the primary, the replica caught up, REPLICAOF NO
+    ONE, workers (through a proxy) moved to it, the old primary killed. Nothing acknowledged is
+    lost; the new primary's timers take over (expired leases, schedules)."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    from .proxy import Proxy
+    from .servers import ValkeyServer
+
+    lease = 10.0
+    ctx.start_backend()
+    prim = ctx.valkey
+    rep = ValkeyServer(ctx.dir / "replica", extra=["--replicaof", "127.0.0.1", str(prim.port)], name="replica").start()
+    ctx.replica = rep
+    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up", 20, what="replica link up")
+    px = Proxy(prim.port)
+    ctx.extra_closers.append(px.close)
+    ctx.hb.retarget(px.port)
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=8)
+    fleet.env["GAUNTLET_VALKEY_URL"] = f"valkey://127.0.0.1:{px.port}/0"
+    fleet.spawn()
+    fleet.spawn()
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    pc, rc = prim.client(), rep.client()
+    info = ctx.hb.info(QUEUE)
+    pc.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
+    ctx.fault(f"failover: primary paused (inflight {info.get('inflight')})")
+    target = int(pc.info("replication")["master_repl_offset"])
+    wait_until(lambda: int(rc.info("replication").get("master_repl_offset", 0)) >= target, 10,
+               what="the replica to catch up")
+    rc.execute_command("REPLICAOF", "NO", "ONE")
+    px.switch(rep.port)
+    prim.kill(signal.SIGKILL)
+    ctx.result.notes["replica_offset_at_failover"] = target
+    pc.close()
+    bound = 10.0
+    ctx.wait_recovery_window(bound, base)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    rc.close()
+    if not info.get("inflight"):
+        ctx.result.notes["warning"] = "no task in flight at the failover"
+
+
+# name -> (function, backends)
+SCENARIOS = {
+    "sigkill": (sigkill, ("valkey", "postgres")),
+    "sigterm": (sigterm, ("valkey", "postgres")),
+    "rename": (rename, ("valkey", "postgres")),
+    "sigstop": (sigstop, ("valkey", "postgres")),
+    "poison": (poison, ("valkey", "postgres")),
+    "valkey_restart": (valkey_restart, ("valkey",)),
+    "debug_reload": (debug_reload, ("valkey",)),
+    "failover": (failover, ("valkey",)),
+    "pg_terminate": (pg_terminate, ("postgres",)),
+    "pg_restart": (pg_restart, ("postgres",)),
+    "pg_xmin": (pg_xmin, ("postgres",)),
+    "scheduler": (scheduler, ("valkey", "postgres")),
+    "hostile": (hostile, ("valkey",)),
+}
