@@ -469,9 +469,9 @@ def test_command_flags_and_keys(r):
     assert {"write", "fast"} <= flags["vt.ack"]
     assert "denyoom" not in flags["vt.ack"]
     assert {"write", "blocking", "movablekeys"} <= flags["vt.fetchbatch"]
-    assert r.execute_command("COMMAND", "GETKEYS", "VT.FETCHBATCH", 2, "x", "y", "WORKER", "w", "COUNT", 1) == [b"x", b"y"]
-    assert r.execute_command("COMMAND", "GETKEYS", "VT.ENQUEUE", "q", "PAYLOAD", "p") == [b"q"]
-    assert r.execute_command("COMMAND", "GETKEYS", "VT.SCHEDULE", "SET", "q", "n", "EVERY", 1, "PAYLOAD", "p") == [b"q"]
+    assert r.command_getkeys("VT.FETCHBATCH", 2, "x", "y", "WORKER", "w", "COUNT", 1) == ["x", "y"]
+    assert r.command_getkeys("VT.ENQUEUE", "q", "PAYLOAD", "p") == ["q"]
+    assert r.command_getkeys("VT.SCHEDULE", "SET", "q", "n", "EVERY", 1, "PAYLOAD", "p") == ["q"]
 
 
 def test_deny_oom(server):
