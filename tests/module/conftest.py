@@ -74,6 +74,7 @@ class Server:
             "--dir", str(self.dir),
             "--save", "",
             "--enable-debug-command", "yes",
+            "--repl-diskless-sync-delay", "0",
             "--loadmodule", MODULE,
             *self.args,
         ]
