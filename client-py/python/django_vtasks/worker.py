@@ -209,11 +209,19 @@ class Worker:
     def _abandon(self) -> None:
         """Best effort: hand this worker's tasks back to the queue before exiting."""
         def rescue():
-            for q in list(self._inflight):
-                try:
-                    self.broker.rescue(q, self.worker_id)
-                except Exception:
-                    pass
+            # a fetch still parked in the broker may take a handed-back task again: repeat
+            # (the event loop is held by this handler, so no new fetch can start)
+            for _ in range(3):
+                total = 0
+                for q in list(self._inflight):
+                    try:
+                        total += self.broker.rescue(q, self.worker_id)
+                    except Exception as e:
+                        logger.warning("could not hand tasks back to %s: %s", q, e)
+                if total == 0:
+                    return
+                logger.warning("handed %d task(s) of %s back", total, self.worker_id)
+                time.sleep(0.05)
 
         t = threading.Thread(target=rescue, daemon=True)
         t.start()

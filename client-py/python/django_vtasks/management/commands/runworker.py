@@ -8,6 +8,8 @@ from django_vtasks.conf import settings
 
 class Command(BaseCommand):
     help = "Run a vtasks worker (asyncio) for a vtasks task backend."
+    # only the worker's own backend is checked (below), not every app/backend at each start
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("--concurrency", type=int, default=None,
@@ -37,8 +39,14 @@ class Command(BaseCommand):
             log.addHandler(handler)
             log.setLevel(logging.DEBUG if options["verbosity"] >= 3 else
                          logging.INFO if options["verbosity"] >= 1 else logging.WARNING)
+        from django.tasks import task_backends
+
+        alias = options["backend"] or settings.VTASKS_BACKEND
+        for problem in task_backends[alias].check():
+            self.stderr.write(f"{problem.id}: {problem.msg}" +
+                              (f" ({problem.hint})" if problem.hint else ""))
         worker = Worker(
-            backend_alias=options["backend"] or settings.VTASKS_BACKEND,
+            backend_alias=alias,
             queues=options["queues"],
             concurrency=options["concurrency"],
             worker_id=options["worker_id"],

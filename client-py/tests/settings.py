@@ -1,0 +1,76 @@
+"""Settings of the conformance suite and of the worker subprocesses it starts.
+
+Both backends are configured: alias "valkey" and alias "postgres" ("default" = $VTASKS_TEST_BACKEND,
+valkey if unset). Servers come from the environment (see vtasks_servers.py); per-worker knobs
+(schedule, batch queues, test database name) too, as JSON.
+"""
+
+import json
+import os
+from urllib.parse import unquote, urlparse
+
+SECRET_KEY = "vtasks-tests"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+INSTALLED_APPS = ["django_vtasks", "django_vtasks.postgres", "tests.testapp"]
+
+
+def _pg(dsn: str) -> dict:
+    u = urlparse(dsn)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": os.environ.get("VTASKS_TEST_DB_NAME") or (u.path.lstrip("/") or "postgres"),
+        "USER": unquote(u.username or "postgres"),
+        "PASSWORD": unquote(u.password or ""),
+        "HOST": u.hostname or "127.0.0.1",
+        "PORT": str(u.port or 5432),
+        "TEST": {"NAME": "vtasks_test"},
+    }
+
+
+DATABASES = {"default": _pg(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))}
+
+_VALKEY = {
+    "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+    "QUEUES": [],
+    "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
+                "RESULT_TTL": 600},
+}
+_POSTGRES = {
+    "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+    "QUEUES": [],
+    "OPTIONS": {"RESULT_TTL": 600, "POOL_SIZE": 4},
+}
+TASKS = {
+    "default": _POSTGRES if os.environ.get("VTASKS_TEST_BACKEND") == "postgres" else _VALKEY,
+    "valkey": _VALKEY,
+    "postgres": _POSTGRES,
+}
+
+VTASKS_VALKEY_PREFIX = os.environ.get("VTASKS_TEST_PREFIX", "vtt")  # normalised to "vtt:"
+VTASKS_LEASE = float(os.environ.get("VTASKS_TEST_LEASE", "30"))
+VTASKS_COMPRESS_THRESHOLD = 1024
+
+
+def _schedule():
+    from django_vtasks.scheduler import crontab
+
+    out = {}
+    for name, e in json.loads(os.environ.get("VTASKS_TEST_SCHEDULE", "{}")).items():
+        e = dict(e)
+        e["schedule"] = crontab(e.pop("cron")) if "cron" in e else e.pop("every")
+        out[name] = e
+    return out
+
+
+VTASKS_SCHEDULE = _schedule()
+VTASKS_BATCH_QUEUES = json.loads(os.environ.get("VTASKS_TEST_BATCH_QUEUES", "{}"))
+VTASKS_RETRIES = json.loads(os.environ.get("VTASKS_TEST_RETRIES", "{}"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_vtasks": {"handlers": ["console"], "level": "INFO"}},
+}

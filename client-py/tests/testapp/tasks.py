@@ -1,0 +1,89 @@
+import asyncio
+import os
+import time
+
+from django.tasks import task
+
+
+def _append(path, line):
+    with open(path, "a") as f:
+        f.write(f"{line}\n")
+        f.flush()
+
+
+@task
+def add(a, b):
+    return a + b
+
+
+@task
+async def aadd(a, b):
+    await asyncio.sleep(0)
+    return a + b
+
+
+@task
+def record(path, value):
+    _append(path, value)
+    return value
+
+
+@task
+def fail(message):
+    raise ValueError(message)
+
+
+@task
+def exit_task():
+    raise SystemExit(3)
+
+
+@task
+def non_json():
+    return {1, 2}
+
+
+@task(takes_context=True)
+def with_context(context, x):
+    return {"attempt": context.attempt, "id": context.task_result.id, "x": x}
+
+
+@task
+def sleep_record(path, value, seconds):
+    _append(path, f"start {value}")
+    time.sleep(seconds)
+    _append(path, f"done {value}")
+    return value
+
+
+@task(takes_context=True)
+def slow_first_attempt(context, path, seconds):
+    """Sleeps on its first attempt only (so a killed worker's task finishes when redelivered)."""
+    _append(path, f"start {context.attempt}")
+    if context.attempt == 1:
+        time.sleep(seconds)
+    _append(path, f"done {context.attempt}")
+    return context.attempt
+
+
+@task(takes_context=True, retries=2, retry_backoff=0.1)
+def flaky(context, fails):
+    if context.attempt <= fails:
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return context.attempt
+
+
+@task
+def size_of(data):
+    return len(data)
+
+
+@task
+def batch_sink(tasks):
+    path = tasks[0]["args"][0]
+    _append(path, "batch " + ",".join(str(t["args"][1]) for t in tasks))
+
+
+@task
+def pid():
+    return os.getpid()
