@@ -66,6 +66,20 @@ trampoline!(t_load, commands::load, "VT._LOAD");
 trampoline!(t_align, commands::aligncheck, "VT._ALIGNCHECK");
 
 unsafe extern "C" fn t_fetchbatch(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_int {
+    // getkeys-api: report the queue keys (argv[2 .. 2+numqueues]) for cluster routing and ACLs.
+    if raw::RedisModule_IsKeysPositionRequest.map(|f| f(ctx) != 0).unwrap_or(false) {
+        let _ = guard(ctx, "VT.FETCHBATCH getkeys", || {
+            let a = args(argv, argc);
+            if a.len() > 1 {
+                if let Ok(n) = std::str::from_utf8(a[1]).unwrap_or("").parse::<usize>() {
+                    for i in 2..(2 + n).min(a.len()) {
+                        raw::RedisModule_KeyAtPos.unwrap()(ctx, i as c_int);
+                    }
+                }
+            }
+        });
+        return OK;
+    }
     let r = guard(ctx, "VT.FETCHBATCH", || {
         let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
@@ -261,7 +275,7 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     QUEUE_TYPE = t;
 
     create_cmd(ctx, "vt.enqueue", t_enqueue, "write deny-oom", 1, 1, 1)?;
-    create_cmd(ctx, "vt.fetchbatch", t_fetchbatch, "write blocking", 0, 0, 0)?;
+    create_cmd(ctx, "vt.fetchbatch", t_fetchbatch, "write blocking getkeys-api", 0, 0, 0)?;
     fetchbatch_keyspec(ctx)?;
     create_cmd(ctx, "vt.ack", t_ack, "write fast", 1, 1, 1)?;
     create_cmd(ctx, "vt.fail", t_fail, "write fast", 1, 1, 1)?;
