@@ -56,5 +56,6 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("GAUNTLET_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": os.environ.get("GAUNTLET_LOG_LEVEL", "WARNING")},
+    "loggers": {"django_vtasks": {"level": "INFO"}},
 }

@@ -148,7 +148,12 @@ class Ctx:
         return k / max(1e-6, t_to - t_from)
 
     def baseline(self, seconds: float) -> float:
-        """Completion rate over the next ``seconds`` (steady state, before any fault)."""
+        """Completion rate over the next ``seconds`` (steady state, before any fault): first a
+        bounded wait until the workers caught up with the start-up backlog."""
+        def caught_up():
+            i = self.hb.info(QUEUE)
+            return i.get("ready", 0) + i.get("delayed", 0) <= 50
+        wait_until(caught_up, 60, interval=0.1, what="workers to catch up with the feed before the baseline")
         t0 = time.time()
         wait_until(lambda: time.time() >= t0 + seconds, seconds + 5, interval=0.05, what="baseline window")
         b = self.rate(t0, t0 + seconds)

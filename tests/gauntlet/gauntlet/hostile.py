@@ -15,7 +15,10 @@ from collections import deque
 from pathlib import Path
 
 COMMANDS = ["VT.ENQUEUE", "VT.FETCHBATCH", "VT.ACK", "VT.FAIL", "VT.RESCUE", "VT.EXTEND", "VT.INFO",
-            "VT.QUEUES", "VT.PEEK", "VT.GET", "VT.RETRYDEAD", "VT.DELETE", "VT.CLEAR", "VT.SCHEDULE"]
+            "VT.QUEUES", "VT.PEEK", "VT.GET", "VT.RETRYDEAD", "VT.DELETE", "VT.CLEAR", "VT.SCHEDULE",
+            # internal commands (replication stream / AOF only): must be refused to clients
+            "VT._FX", "VT._LOAD", "VT._ALIGNCHECK"]
+CONFIGS = [b"vtasks.dlq-cap", b"vtasks.max-attempts", b"vtasks.default-lease", b"vtasks.max-payload"]
 KEYWORDS = [b"ID", b"PRIORITY", b"DELAY", b"AT", b"UNIQUE", b"MAXATTEMPTS", b"PAYLOAD", b"ENTRIES",
             b"WORKER", b"COUNT", b"LEASE", b"BLOCK", b"READY", b"DELAYED", b"INFLIGHT", b"DEAD", b"ALL",
             b"OFFSET", b"SET", b"DEL", b"LIST", b"CRON", b"EVERY", b"RETRY", b"payload", b"worker", b"count"]
@@ -60,7 +63,7 @@ class Hostile:
         s = self.socks[i]
         if s is None:
             s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
-            s.settimeout(0.2)
+            s.settimeout(0.03)
             self.socks[i] = s
             self.reconnects += 1
         return s
@@ -236,6 +239,10 @@ class Hostile:
             data = encode(argv)
             self.recent.append(("argv", argv))
             self._send(i, data, drop_after=False)
+        elif k < 0.62:
+            argv = [b"CONFIG", b"SET", r.choice(CONFIGS), r.choice(NUMBERS)]
+            self.recent.append(("argv", argv))
+            self._send(i, encode(argv), drop_after=False)
         elif k < 0.85:
             argv = self._random_argv()
             self.recent.append(("argv", argv))
@@ -262,6 +269,10 @@ def run_hostile(server, seed: int, duration: float, workdir: Path, mem_limit: in
     ctl = server.client(timeout=3)
     violations: list[str] = []
     base_mem = server.used_memory()
+    saved_cfg = {}
+    for k in CONFIGS:
+        got = ctl.config_get(k.decode())
+        saved_cfg.update(got)
     peak_mem = base_mem
     peak_rss = server.rss()
     max_ping = 0.0
@@ -297,6 +308,11 @@ def run_hostile(server, seed: int, duration: float, workdir: Path, mem_limit: in
                 last_clear = time.monotonic()
     finally:
         h.close()
+    try:  # restore the module's configs the hostile client may have changed
+        for k, v in saved_cfg.items():
+            ctl.execute_command("CONFIG", "SET", k, v)
+    except Exception as e:  # noqa: BLE001
+        violations.append(f"could not restore configs: {e!r}")
     # memory returns near baseline once hostile keys are gone (a leak in the module would not)
     end_mem = None
     if not violations:
