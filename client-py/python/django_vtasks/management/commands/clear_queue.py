@@ -1,0 +1,89 @@
+"""``manage.py clear_queue``: delete waiting (or dead-lettered) tasks of a vtasks backend.
+
+    manage.py clear_queue                          # queued tasks of "default" (asks first)
+    manage.py clear_queue --queue emails --force   # no prompt
+    manage.py clear_queue --all-queues             # queued tasks of every queue
+    manage.py clear_queue --failed                 # the dead-letter queue of every queue
+    manage.py clear_queue --failed --queue emails  # ... of one queue
+
+"Queued" means ready and delayed tasks; tasks a worker is running are never touched (they finish,
+or return to the queue if their worker dies). Periodic schedules stay registered.
+"""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_vtasks.broker import BrokerError
+
+
+class Command(BaseCommand):
+    help = "Clear queued tasks (or failed tasks with --failed) from vtasks queues."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--backend-alias", default="default",
+                            help="TASKS alias of the backend (default: default)")
+        parser.add_argument("--queue", default=None,
+                            help="queue to clear (default: default; with --failed and no --queue: "
+                                 "every queue's dead-letter queue)")
+        parser.add_argument("--all-queues", action="store_true",
+                            help="clear every queue of the backend")
+        parser.add_argument("--failed", action="store_true",
+                            help="clear failed tasks (the dead-letter queue) instead of queued ones")
+        parser.add_argument("--force", action="store_true", help="skip the confirmation prompt")
+
+    def handle(self, *args, **options):
+        from django.tasks import task_backends
+        from django.tasks.exceptions import InvalidTaskBackend
+
+        alias = options["backend_alias"]
+        try:
+            backend = task_backends[alias]
+        except InvalidTaskBackend as e:
+            raise CommandError(f"Backend {alias!r} not found in TASKS: {e}") from e
+        broker = getattr(backend, "broker", None)
+        if broker is None:
+            raise CommandError(f"Backend {alias!r} ({type(backend).__name__}) is not a vtasks "
+                               f"backend.")
+        failed = options["failed"]
+        what = "dead" if failed else "ready"
+        label = "failed" if failed else "queued"
+        try:
+            if options["all_queues"] or (failed and options["queue"] is None):
+                queues = broker.queues()
+                scope = "every queue"
+            else:
+                queues = [options["queue"] or "default"]
+                scope = f"queue {queues[0]!r}"
+            counts = {q: self._count(broker.info(q), failed) for q in queues}
+        except BrokerError as e:
+            raise CommandError(f"Backend {alias!r}: {e}") from e
+        total = sum(counts.values())
+        where = f"on backend {alias!r} ({type(backend).__name__})"
+        if total == 0:
+            self.stdout.write(f"No {label} tasks in {scope} {where}: nothing to clear.")
+            return
+        if not options["force"]:
+            detail = ", ".join(f"{q}: {n}" for q, n in counts.items() if n)
+            self.stdout.write(self.style.WARNING(
+                f"This will delete {total} {label} task(s) from {scope} {where} ({detail})."))
+            try:
+                answer = input("Are you sure? Type 'yes' to continue: ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() != "yes":
+                self.stdout.write("Operation cancelled.")
+                return
+        cleared = 0
+        try:
+            for q in queues:
+                if counts[q]:
+                    cleared += broker.clear(q, what)
+        except BrokerError as e:
+            raise CommandError(f"Backend {alias!r}: {e} ({cleared} task(s) cleared so far)") from e
+        self.stdout.write(self.style.SUCCESS(
+            f"Cleared {cleared} {label} task(s) from {scope} {where}."))
+
+    @staticmethod
+    def _count(info: dict, failed: bool) -> int:
+        if failed:
+            return int(info.get("dead", 0))
+        return int(info.get("ready", 0)) + int(info.get("delayed", 0))
