@@ -1,0 +1,371 @@
+"""Django admin pages for the tasks held by the vtasks brokers (Valkey and Postgres alike).
+
+Three entries appear under "vtasks" in the admin index: *Queued tasks* (ready and delayed),
+*Running tasks* (in flight under a worker's lease) and *Failed tasks* (the dead-letter queue).
+Each page lists one backend + queue at a time (a summary table of every queue links to the
+others), with checkboxes and actions: *retry* (failed tasks go back to ready) and *delete*
+(queued or failed tasks; running tasks cannot be deleted, they finish or come back when their
+worker dies). A task's id opens its detail: the decoded envelope, attempts, lease, error.
+
+No database table is involved: the three models are unmanaged placeholders so the admin has
+something to register, and every page reads the broker through ``django_vtasks.broker``
+(peek/get/info/retry_dead/delete). Viewing needs the model's view permission, retry the change
+permission and delete the delete permission (superusers have all of them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from .broker import BrokerError, TaskRecord
+from .results import ms_to_dt
+
+logger = logging.getLogger("django_vtasks.admin")
+
+PER_PAGE = 50
+
+
+class _BrokerTask(models.Model):
+    """Placeholder: rows live in the broker, not in a table."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+
+    class Meta:
+        abstract = True
+        managed = False
+
+
+class QueuedTask(_BrokerTask):
+    class Meta:
+        managed = False
+        app_label = "django_vtasks"
+        verbose_name = "queued task"
+        verbose_name_plural = "queued tasks"
+
+
+class RunningTask(_BrokerTask):
+    class Meta:
+        managed = False
+        app_label = "django_vtasks"
+        verbose_name = "running task"
+        verbose_name_plural = "running tasks"
+
+
+class FailedTask(_BrokerTask):
+    class Meta:
+        managed = False
+        app_label = "django_vtasks"
+        verbose_name = "failed task"
+        verbose_name_plural = "failed tasks"
+
+
+def vtasks_backends() -> list[tuple[str, object]]:
+    """(alias, backend) of every configured TASKS backend that is a vtasks backend."""
+    from django.tasks import task_backends
+
+    out = []
+    for alias in getattr(settings, "TASKS", {}) or {}:
+        try:
+            backend = task_backends[alias]
+            if getattr(backend, "broker", None) is not None:
+                out.append((alias, backend))
+        except Exception:
+            logger.debug("TASKS[%r] skipped in the admin", alias, exc_info=True)
+    return out
+
+
+def _short(value, limit=80) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except Exception:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Row:
+    """A TaskRecord shaped for the templates."""
+
+    def __init__(self, record: TaskRecord):
+        self.record = record
+        env = record.envelope or {}
+        self.id = record.id
+        self.state = record.state
+        self.func = env.get("func", "(undecodable payload)")
+        self.args = _short({"args": env.get("args", []), "kwargs": env.get("kwargs", {})}
+                           if env.get("kwargs") else env.get("args", []))
+        self.priority = record.priority
+        self.attempt = record.attempt
+        self.max_attempts = record.max_attempts
+        self.enqueued_at = ms_to_dt(record.enqueued_at)
+        self.run_at = ms_to_dt(record.run_at)
+        self.worker = record.worker
+        self.deadline = ms_to_dt(record.deadline)
+        self.failed_at = ms_to_dt(record.failed_at)
+        self.error = record.error
+        self.error_line = (record.error.strip().splitlines() or [""])[0][:160]
+        self.envelope_json = json.dumps(env, indent=2, default=str, sort_keys=True) if env \
+            else repr(record.payload[:2000])
+
+
+class BrokerTaskAdmin(admin.ModelAdmin):
+    """Lists one state group of a broker's queue; subclasses set ``states``."""
+
+    #: broker states shown, in order (STATES)
+    states: tuple[str, ...] = ()
+    #: actions offered on this page: subset of ("retry", "delete")
+    task_actions: tuple[str, ...] = ()
+    change_list_template = "admin/django_vtasks/tasks_changelist.html"
+    detail_template = "admin/django_vtasks/task_detail.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("", self.admin_site.admin_view(self.changelist_view),
+                 name="%s_%s_changelist" % info),
+            path("<str:backend>/<str:queue>/<str:task_id>/",
+                 self.admin_site.admin_view(self.detail_view), name="%s_%s_detail" % info),
+        ]
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _url(self, **params) -> str:
+        base = reverse("admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name),
+                       current_app=self.admin_site.name)
+        params = {k: v for k, v in params.items() if v not in (None, "")}
+        return base + ("?" + urlencode(params) if params else "")
+
+    def _select(self, request, backends):
+        aliases = [a for a, _ in backends]
+        alias = request.GET.get("backend") or request.POST.get("backend") or aliases[0]
+        if alias not in aliases:
+            raise Http404(f"no vtasks backend {alias!r}")
+        backend = dict(backends)[alias]
+        queue = request.GET.get("queue") or request.POST.get("queue") or ""
+        return alias, backend, queue
+
+    @staticmethod
+    def _queue_names(backend) -> list[str]:
+        from .conf import settings as vsettings
+
+        names = set(backend.broker.queues())
+        names.update(backend.queues or ())
+        names.update(vsettings.VTASKS_QUEUES or ())
+        return sorted(names)
+
+    def _page(self, broker, queue, info, page) -> tuple[list[TaskRecord], int]:
+        """Records of this page across ``states`` (paged in order), and the total."""
+        total = sum(int(info.get(s, 0)) for s in self.states)
+        offset = (page - 1) * PER_PAGE
+        want = PER_PAGE
+        records: list[TaskRecord] = []
+        for state in self.states:
+            n = int(info.get(state, 0))
+            if want <= 0:
+                break
+            if offset >= n:
+                offset -= n
+                continue
+            got = broker.peek(queue, state, offset, min(want, 1000))
+            records.extend(got)
+            want -= len(got)
+            offset = 0
+        return records, total
+
+    # ---- views --------------------------------------------------------------------------------
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        backends = vtasks_backends()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": self.opts.verbose_name_plural.capitalize(),
+            "subtitle": None,
+            "has_view_permission": True,
+            "backends": [],
+            "states": self.states,
+        }
+        if not backends:
+            context["no_backend"] = True
+            return TemplateResponse(request, self.change_list_template, context)
+        alias, backend, queue = self._select(request, backends)
+        broker = backend.broker
+        if request.method == "POST":
+            return self._post(request, alias, broker, queue)
+        try:
+            page = max(1, int(request.GET.get("p", 1)))
+        except ValueError:
+            page = 1
+        summary, rows, total = [], [], 0
+        error = None
+        try:
+            names = self._queue_names(backend)
+            if not queue:
+                # the first queue with tasks in this page's states, else the first one
+                infos = {q: broker.info(q) for q in names}
+                queue = next((q for q in names if any(infos[q].get(s) for s in self.states)),
+                             names[0] if names else "default")
+            else:
+                infos = {q: broker.info(q) for q in names}
+            if queue not in infos:
+                infos[queue] = broker.info(queue)
+                names.append(queue)
+            for q in names:
+                i = infos[q]
+                summary.append({
+                    "queue": q, "url": self._url(backend=alias, queue=q), "selected": q == queue,
+                    "ready": i.get("ready", 0), "delayed": i.get("delayed", 0),
+                    "inflight": i.get("inflight", 0), "dead": i.get("dead", 0),
+                    "dead_evicted": i.get("dead_evicted", 0),
+                    "count": sum(int(i.get(s, 0)) for s in self.states),
+                })
+            records, total = self._page(broker, queue, infos[queue], page)
+            rows = [_Row(r) for r in records]
+        except BrokerError as e:
+            error = str(e)
+        except Exception as e:  # a broker down must not 500 the admin
+            logger.exception("reading the broker of %r failed", alias)
+            error = f"{type(e).__name__}: {e}"
+        pages = max(1, -(-total // PER_PAGE))
+        detail_name = "admin:%s_%s_detail" % (self.opts.app_label, self.opts.model_name)
+        for row in rows:
+            row.url = reverse(detail_name, args=[alias, queue, row.id],
+                              current_app=self.admin_site.name)
+        actions = [a for a in self.task_actions if self._allowed(request, a)]
+        context.update({
+            "backends": [{"alias": a, "kind": b.broker.kind, "selected": a == alias,
+                          "url": self._url(backend=a)} for a, b in backends],
+            "alias": alias,
+            "kind": broker.kind,
+            "queue": queue,
+            "summary": summary,
+            "rows": rows,
+            "total": total,
+            "page": page,
+            "pages": pages,
+            "prev_url": self._url(backend=alias, queue=queue, p=page - 1) if page > 1 else None,
+            "next_url": self._url(backend=alias, queue=queue, p=page + 1) if page < pages
+            else None,
+            "broker_error": error,
+            "task_actions": actions,
+            "show_run_at": "delayed" in self.states,
+            "show_worker": "inflight" in self.states,
+            "show_error": "dead" in self.states,
+            "form_url": self._url(backend=alias, queue=queue, p=page if page > 1 else None),
+        })
+        context.update(extra_context or {})
+        return TemplateResponse(request, self.change_list_template, context)
+
+    def _allowed(self, request, action: str) -> bool:
+        if action == "retry":
+            return self.has_change_permission(request)
+        if action == "delete":
+            return self.has_delete_permission(request)
+        return False
+
+    def _post(self, request, alias, broker, queue):
+        action = request.POST.get("action", "")
+        ids = request.POST.getlist("_selected_action")
+        everything = request.POST.get("select_across") == "1"
+        back = self._url(backend=alias, queue=queue, p=request.GET.get("p"))
+        if action not in self.task_actions:
+            messages.error(request, f"Unknown action {action!r}.")
+            return HttpResponseRedirect(back)
+        if not self._allowed(request, action):
+            raise PermissionDenied
+        if not queue:
+            messages.error(request, "No queue selected.")
+            return HttpResponseRedirect(back)
+        if not ids and not everything:
+            messages.warning(request, "Select tasks to act on (nothing was changed).")
+            return HttpResponseRedirect(back)
+        try:
+            if action == "retry":
+                n = broker.retry_dead(queue, None if everything else ids)
+                messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
+            else:
+                if everything:
+                    n = broker.clear(queue, "dead" if "dead" in self.states else "ready")
+                else:
+                    n = broker.delete(queue, ids)
+                messages.success(request, f"{n} task(s) deleted from {queue!r}.")
+        except BrokerError as e:
+            messages.error(request, f"{action} failed: {e}")
+        return HttpResponseRedirect(back)
+
+    def detail_view(self, request, backend, queue, task_id):
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        backends = dict(vtasks_backends())
+        if backend not in backends:
+            raise Http404(f"no vtasks backend {backend!r}")
+        broker = backends[backend].broker
+        try:
+            record = broker.get(queue, task_id)
+        except BrokerError as e:
+            messages.error(request, str(e))
+            return HttpResponseRedirect(self._url(backend=backend, queue=queue))
+        if record is None:
+            messages.warning(request, f"Task {task_id} is no longer in {queue!r} (it finished, "
+                                      f"or was deleted).")
+            return HttpResponseRedirect(self._url(backend=backend, queue=queue))
+        row = _Row(record)
+        result = None
+        try:
+            raw = broker.get_result(task_id)
+            if raw:
+                result = json.dumps(json.loads(raw), indent=2, sort_keys=True)
+        except Exception:
+            result = None
+        actions = []
+        if record.state == "dead" and self.has_change_permission(request):
+            actions.append("retry")
+        if record.state != "inflight" and self.has_delete_permission(request):
+            actions.append("delete")
+        owner = {"ready": QueuedTask, "delayed": QueuedTask, "inflight": RunningTask,
+                 "dead": FailedTask}.get(record.state, self.model)
+        owner_admin = self.admin_site._registry.get(owner, self)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Task {task_id}",
+            "subtitle": None,
+            "row": row,
+            "alias": backend,
+            "queue": queue,
+            "result_json": result,
+            "task_actions": actions,
+            "form_url": owner_admin._url(backend=backend, queue=queue),
+            "back_url": self._url(backend=backend, queue=queue),
+        }
+        return TemplateResponse(request, self.detail_template, context)
+
+
+@admin.register(QueuedTask)
+class QueuedTaskAdmin(BrokerTaskAdmin):
+    states = ("ready", "delayed")
+    task_actions = ("delete",)
+
+
+@admin.register(RunningTask)
+class RunningTaskAdmin(BrokerTaskAdmin):
+    states = ("inflight",)
+    task_actions = ()
+
+
+@admin.register(FailedTask)
+class FailedTaskAdmin(BrokerTaskAdmin):
+    states = ("dead",)
+    task_actions = ("retry", "delete")
