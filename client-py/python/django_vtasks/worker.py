@@ -116,6 +116,10 @@ class Worker:
         self.plain_queues = [q for q in self.queues if q not in self.batch_config]
 
         self._busy = 0
+        self._task_cache: dict[tuple, object] = {}
+        #: store a RUNNING result when a task starts (else get_result reads RUNNING from the
+        #: queue record; retried tasks always store one)
+        self.track_running = bool(self.backend.options.get("TRACK_RUNNING", False))
         self._tasks: set[asyncio.Task] = set()
         self._inflight: dict[str, int] = defaultdict(int)  # read by the heartbeat thread
         self._acks: list[tuple[str, str, str, bytes | None]] = []
@@ -331,10 +335,12 @@ class Worker:
             job = await self._prepare(d)
             if job is not None:
                 jobs.append(job)
-        if jobs and self.result_ttl_ms > 0:
+        running = [j for j in jobs if self.track_running or j.delivery.attempt > 1]
+        if running and self.result_ttl_ms > 0:
             try:
                 await self.broker.astore_results(
-                    [(j.delivery.id, result_to_json(j.result), self.result_ttl_ms) for j in jobs])
+                    [(j.delivery.id, result_to_json(j.result), self.result_ttl_ms)
+                     for j in running])
             except Exception:
                 logger.warning("storing RUNNING results failed", exc_info=True)
         for job in jobs:
@@ -352,8 +358,14 @@ class Worker:
         try:
             if envelope.get("run_after"):
                 run_after = datetime.fromisoformat(envelope["run_after"])
-            task = resolve_task(func_path, queue=d.queue, priority=envelope.get("priority"),
-                                run_after=run_after, backend=self.alias, strict=True)
+            key = (func_path, d.queue, envelope.get("priority"), envelope.get("run_after"))
+            task = self._task_cache.get(key)
+            if task is None:
+                task = resolve_task(func_path, queue=d.queue, priority=envelope.get("priority"),
+                                    run_after=run_after, backend=self.alias, strict=True)
+                if len(self._task_cache) > 10_000:
+                    self._task_cache.clear()
+                self._task_cache[key] = task
         except Exception as e:
             reason = f"unknown task path {func_path!r}: {e}"
             placeholder = resolve_task(func_path, queue=d.queue, backend=self.alias,

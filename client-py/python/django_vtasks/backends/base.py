@@ -223,6 +223,18 @@ class VTasksBackend(BaseTaskBackend):
         )
         return result
 
+    def _merge(self, record: TaskRecord, stored: TaskResult) -> TaskResult:
+        """A stored result, unless the broker dead-lettered the task since (a crash used up
+        its attempts): then FAILED with the broker's reason added."""
+        if record.state != "dead" or stored.is_finished:
+            return stored
+        result = self._from_record(record)
+        object.__setattr__(result, "errors", [*stored.errors, *result.errors])
+        object.__setattr__(result, "worker_ids", stored.worker_ids or result.worker_ids)
+        object.__setattr__(result, "started_at", stored.started_at)
+        object.__setattr__(result, "last_attempted_at", stored.last_attempted_at)
+        return result
+
     def get_result(self, result_id):
         broker = self.broker
         raw = broker.get_result(str(result_id))
@@ -230,6 +242,11 @@ class VTasksBackend(BaseTaskBackend):
             for queue in self._search_queues(broker.queues()):
                 record = broker.get(queue, str(result_id))
                 if record is not None:
+                    # a worker stores the result before it fails/retries the task: re-read
+                    if record.state == "dead" or record.attempt > 0:
+                        raw = broker.get_result(str(result_id))
+                        if raw is not None:
+                            return self._merge(record, result_from_json(raw, self.alias))
                     return self._from_record(record)
             # the task may have finished between the two lookups
             raw = broker.get_result(str(result_id))
@@ -244,6 +261,10 @@ class VTasksBackend(BaseTaskBackend):
             for queue in self._search_queues(await broker.aqueues()):
                 record = await broker.aget(queue, str(result_id))
                 if record is not None:
+                    if record.state == "dead" or record.attempt > 0:
+                        raw = await broker.aget_result(str(result_id))
+                        if raw is not None:
+                            return self._merge(record, result_from_json(raw, self.alias))
                     return self._from_record(record)
             raw = await broker.aget_result(str(result_id))
             if raw is None:

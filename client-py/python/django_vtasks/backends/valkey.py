@@ -56,8 +56,10 @@ def _group_key(r: EnqueueRequest):
 class ValkeyBroker(Broker):
     kind = "valkey"
 
-    def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:"):
+    def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:",
+                 max_connections: int = 50):
         self.url = url
+        self.max_connections = max_connections
         self.prefix = prefix
         self._shared_pool = connection_pool
         if isinstance(connection_pool, valkey.ConnectionPool):
@@ -97,7 +99,11 @@ class ValkeyBroker(Broker):
             if isinstance(self._shared_pool, avalkey.ConnectionPool):
                 client = avalkey.Valkey(connection_pool=self._shared_pool)
             elif self.url:
-                client = avalkey.Valkey.from_url(self.url)
+                # bounded: a burst of aenqueue() calls waits for a connection instead of
+                # opening one each
+                pool = avalkey.BlockingConnectionPool.from_url(
+                    self.url, max_connections=self.max_connections, timeout=None)
+                client = avalkey.Valkey(connection_pool=pool)
             else:
                 raise BrokerError(
                     "ValkeyTaskBackend needs OPTIONS['BROKER_URL'] or CONNECTION_POOL")
@@ -458,12 +464,15 @@ class ValkeyTaskBackend(VTasksBackend):
             pool = import_string(pool)
         self.connection_pool = pool
         self.prefix = valkey_prefix()
+        #: async connections per event loop (the worker's parked fetch holds one)
+        self.max_connections = int(self.options.get("MAX_CONNECTIONS", 50))
 
     def _broker_key(self):
-        return (self.broker_url, id(self.connection_pool), self.prefix)
+        return (self.broker_url, id(self.connection_pool), self.prefix, self.max_connections)
 
     def _make_broker(self):
-        return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix)
+        return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix,
+                            self.max_connections)
 
     def _write(self, results, requests):
         def write():
