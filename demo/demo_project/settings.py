@@ -87,5 +87,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"short": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "short"}},
-    "loggers": {"django_vtasks": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_vtasks": {"handlers": ["console"], "level": "INFO"},
+        # Django logs every task state change at INFO/DEBUG: too chatty for the demo
+        "django.tasks": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
 }

@@ -25,8 +25,8 @@ def place_order(order_id, amount):
 @task(priority=90)
 async def send_receipt(order_id):
     """An async, high-priority task: jumps ahead of the queued orders."""
-    await asyncio.sleep(0.005)
     record("receipt", order_id)
+    await asyncio.sleep(0.005)
     return f"receipt for order {order_id} sent"
 
 

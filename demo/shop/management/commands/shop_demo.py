@@ -70,6 +70,9 @@ class Command(BaseCommand):
                               f"{'every %ss' % entry['schedule'] if isinstance(entry['schedule'], int) else 'cron ' + str(entry['schedule'])}"
                               f" (registered by `runworker --scheduler`)")
         self.stdout.write(f"queue 'default' now: {self._short_info(broker.info('default'))}")
+        head = [f"{(r.envelope or {}).get('func', '?').rsplit('.', 1)[-1]}(p={r.priority})"
+                for r in broker.peek("default", "ready", 0, 12)]
+        self.stdout.write(f"head of 'default' in fetch order: {' '.join(head)} ...")
 
     # ------------------------------------------------------------------------------------------
     def watch(self, timeout):
@@ -107,7 +110,7 @@ class Command(BaseCommand):
         log = events()
         work = [e for e in log if e[1] in ("order", "receipt")]
         first = " ".join(f"{e[1]}#{e[2]}" for e in work[:12])
-        self.stdout.write(f"first to run (receipts have priority 90): {first} ...")
+        self.stdout.write(f"first to start (receipts have priority 90): {first} ...")
         delayed = [e for e in log if e[1] == "order" and int(e[2]) >= 1000]
         if delayed:
             lag = min(float(e[0]) for e in delayed) - enqueued_at
