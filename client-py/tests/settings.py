@@ -74,3 +74,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_vtasks": {"handlers": ["console"], "level": "INFO"}},
 }
+
+if os.environ.get("VTASKS_TEST_DLQ_CAP"):
+    VTASKS_DLQ_CAP = int(os.environ["VTASKS_TEST_DLQ_CAP"])

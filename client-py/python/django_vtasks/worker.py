@@ -241,6 +241,7 @@ class Worker:
                         logger.info("rescued %d task(s) of %s on %s", n, self.worker_id, q)
                 if self.scheduler:
                     await self.register_schedules()
+                await self._apply_dlq_cap()
                 self._progress()
                 return
             except Exception:
@@ -249,6 +250,15 @@ class Worker:
                 logger.exception("worker start-up failed (retrying in %.1fs)", backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _apply_dlq_cap(self) -> None:
+        if not hasattr(django_settings, "VTASKS_DLQ_CAP") or not hasattr(self.broker,
+                                                                         "aset_dlq_cap"):
+            return  # Postgres gets it at construction; unset: keep the server's config
+        try:
+            await self.broker.aset_dlq_cap(django_settings.VTASKS_DLQ_CAP)
+        except Exception as e:  # e.g. CONFIG disabled on a managed server
+            logger.warning("could not apply VTASKS_DLQ_CAP=%s: %s", django_settings.VTASKS_DLQ_CAP, e)
 
     # ---- helpers --------------------------------------------------------------------------------
     @property

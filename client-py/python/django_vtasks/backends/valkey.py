@@ -396,6 +396,10 @@ class ValkeyBroker(Broker):
     async def aget_result(self, id):
         return await self.aclient.get(self.result_key(id))
 
+    async def aset_dlq_cap(self, cap: int) -> None:
+        """VTASKS_DLQ_CAP → the module's `vtasks.dlq-cap` (server-wide)."""
+        await self.aclient.config_set("vtasks.dlq-cap", int(cap))
+
     # ---- lifecycle ------------------------------------------------------------------------------
     def ping(self):
         try:
