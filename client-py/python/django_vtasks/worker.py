@@ -342,7 +342,16 @@ class Worker:
     async def _start_jobs(self, deliveries: list[Delivery]) -> None:
         jobs = []
         for d in deliveries:
-            job = await self._prepare(d)
+            try:
+                job = await self._prepare(d)
+            except Exception as e:
+                # a worker-side error, not the task's: hand it back for a later attempt
+                logger.exception("could not start task %s on %s", d.id, d.queue)
+                try:
+                    await self._fail(d, f"worker error before start: {e!r}", self.lease_ms, None)
+                finally:
+                    self._release_slot()
+                continue
             if job is not None:
                 jobs.append(job)
         running = [j for j in jobs if self.track_running or j.delivery.attempt > 1]
