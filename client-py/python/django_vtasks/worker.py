@@ -123,10 +123,12 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._inflight: dict[str, int] = defaultdict(int)  # read by the heartbeat thread
         self._acks: list[tuple[str, str, str, bytes | None]] = []
-        self._stop_event: asyncio.Event | None = None
-        self._slot_event: asyncio.Event | None = None
-        self._ack_event: asyncio.Event | None = None
-        self._done: asyncio.Event | None = None
+        # asyncio.Event binds to a loop on first use only, so stop() is safe before run()
+        self._stop_event = asyncio.Event()
+        self._slot_event = asyncio.Event()
+        self._ack_event = asyncio.Event()
+        self._done = asyncio.Event()
+        self._started = False
         self._signals = 0
         self._last_touch = 0.0
         self._heartbeat_stop = threading.Event()
@@ -136,10 +138,12 @@ class Worker:
     # ---- lifecycle ------------------------------------------------------------------------------
     async def run(self, handle_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        self._slot_event = asyncio.Event()
-        self._ack_event = asyncio.Event()
-        self._done = asyncio.Event()
+        if self._started:
+            raise RuntimeError("Worker.run() can only be called once")
+        self._started = True
+        if self._stop_event.is_set():
+            self._done.set()
+            return
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
@@ -187,14 +191,15 @@ class Worker:
                         self.processed, self.failed)
 
     def request_stop(self) -> None:
-        """Stop fetching; run() returns once in-flight tasks finished and were acked."""
-        if self._stop_event is not None:
-            self._stop_event.set()
-            self._slot_event.set()
+        """Stop fetching; run() returns once in-flight tasks finished and were acked.
+        Safe at any time, also before run() started (run() then returns at once)."""
+        self._stop_event.set()
+        self._slot_event.set()
 
     async def stop(self) -> None:
+        """request_stop(), then wait for run() to return (if it was started)."""
         self.request_stop()
-        if self._done is not None:
+        if self._started:
             await self._done.wait()
 
     def _on_signal(self, sig) -> None:
