@@ -1,0 +1,58 @@
+"""Server-free checks: schedules, settings normalisation, the task class."""
+
+import pytest
+
+from django_vtasks.scheduler import crontab, schedule_spec
+
+
+def test_crontab_fields_and_expressions():
+    assert crontab(minute="*/5").to_cron() == "0 */5 * * * *"
+    assert crontab(minute=0, hour=3, day_of_week="1-5").to_cron() == "0 0 3 * * MON-FRI"
+    assert crontab("0 3 * * 0").to_cron() == "0 0 3 * * SUN"
+    assert crontab("*/10 * * * * *").to_cron() == "*/10 * * * * *"
+    assert crontab(day_of_week="0,6").to_cron() == "0 * * * * SUN,SAT"
+    assert crontab(day_of_week="*/2").to_cron() == "0 * * * * */2"
+    with pytest.raises(ValueError):
+        crontab("* * *").to_cron()
+
+
+def test_schedule_spec():
+    from datetime import timedelta
+
+    assert schedule_spec(30) == (None, 30000)
+    assert schedule_spec(0.5) == (None, 500)
+    assert schedule_spec(timedelta(minutes=1)) == (None, 60000)
+    assert schedule_spec(crontab(hour=1, minute=0)) == ("0 0 1 * * *", None)
+    with pytest.raises(ValueError):
+        schedule_spec(-1)
+
+
+def test_prefix_normalised(settings):
+    from django_vtasks.conf import valkey_prefix
+
+    settings.VTASKS_VALKEY_PREFIX = "myapp"
+    assert valkey_prefix() == "myapp:"
+    settings.VTASKS_VALKEY_PREFIX = "myapp:"
+    assert valkey_prefix() == "myapp:"
+
+
+def test_queue_keys_use_a_hash_tag():
+    from django_vtasks.backends.valkey import ValkeyBroker
+
+    b = ValkeyBroker("valkey://127.0.0.1:1/0", prefix="vt:")
+    assert b.key("default") == "vt:{default}"
+    assert b.queue_name(b"vt:{default}") == "default"
+
+
+def test_task_decorator_options():
+    from django_vtasks import task
+    from django_vtasks.tasks import VTask, retry_policy
+    from tests.testapp import tasks as t
+
+    assert isinstance(t.flaky, VTask) and t.flaky.retries == 2  # Django 6.1 forwards @task kwargs
+    u = t.add.using(unique=True, retries=4, priority=3)
+    assert u.unique is True and u.retries == 4 and u.priority == 3
+    assert retry_policy(u, "default") == (4, 1.0)
+    assert retry_policy(t.add, "default") == (0, 1.0)
+    with pytest.raises(TypeError):
+        task(run_after=1)(lambda: None)
