@@ -174,6 +174,17 @@ def versions() -> dict:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    if SYSTEM.startswith("vtasks"):
+        import subprocess
+
+        import django_vtasks
+
+        out["vtasks"] = getattr(django_vtasks, "__version__", "?")
+        try:
+            out["git"] = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+                                        capture_output=True, text=True).stdout.strip()
+        except OSError:
+            pass
     return out
 
 

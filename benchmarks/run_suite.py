@@ -304,6 +304,8 @@ class System:
             "DJANGO_SETTINGS_MODULE": "benchproj.settings",
             "PYTHONUNBUFFERED": "1",
         })
+        if self.key.startswith("vtasks") and self.args.vtasks_dev_stub:
+            env["PYTHONPATH"] = f"{BENCH / 'dev_stub'}:{ROOT / 'client-py' / 'python'}"
         return env
 
     def log(self, name: str):
@@ -335,7 +337,10 @@ class System:
         if self.key.startswith("vtasks"):
             probe = ("import django_vtasks._native, django_vtasks.worker, "
                      "django_vtasks.management.commands.runworker")
-            r = subprocess.run([str(self.python), "-c", probe], capture_output=True, text=True)
+            if self.key == "vtasks-pg":
+                probe += "; from django_vtasks._native import PgQueue"
+            r = subprocess.run([str(self.python), "-c", probe], capture_output=True, text=True,
+                               env=self.env())
             if r.returncode != 0:
                 return "django_vtasks (with its _native extension) does not import: " + \
                     (r.stderr.strip().splitlines() or ["?"])[-1]
@@ -702,6 +707,10 @@ def render_markdown(doc: dict) -> str:
               f"{doc['config']['reps']} repetition(s), medians; "
               f"{doc['config']['n']:,} tasks per processing run."
               + (" **Quick smoke run: numbers are not meaningful.**" if doc["config"]["quick"] else ""), ""]
+    if doc["config"].get("vtasks_dev_stub"):
+        lines += ["**vtasks ran from its source tree with a pure-Python stand-in for its `_native` "
+                  "payload codec** (the pyo3 extension was not built yet; payloads here are below "
+                  "the compression threshold, so the codec is the identity either way).", ""]
     lines += ["Cells are medians over the repetitions; for each peer, ×r is how many times better vtasks "
               "(on the same broker) did, median of the per-run ratios (> 1: vtasks ahead).", ""]
     head = "| metric | " + " | ".join(SYSTEMS[s]["label"] for s in systems) + " |"
@@ -877,6 +886,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-raw", action="store_true", help="no redis-benchmark runs")
     p.add_argument("--out", default=None, help="output basename under benchmarks/results/")
     p.add_argument("--no-install", action="store_true", help="do not create/update the peers' venvs")
+    p.add_argument("--vtasks-dev-stub", action="store_true",
+                   help="run vtasks from client-py/python with a pure-Python stand-in for its _native "
+                        "codec (while the extension is not built; the report says so)")
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (1 if q else 3)
@@ -913,7 +925,8 @@ def main(argv=None) -> int:
                     "machine": machine_info()},
            "config": {k: getattr(args, k) for k in ("quick", "reps", "n", "concurrency", "enqueue_n",
                                                     "bulk_n", "views", "latency_n", "rate", "raw_n",
-                                                    "dtdb_procs", "timeout", "tasks", "systems")},
+                                                    "dtdb_procs", "timeout", "tasks", "systems",
+                                                    "vtasks_dev_stub")},
            "runs": [], "skipped": {}, "errors": []}
     try:
         say(f"starting Valkey and Postgres (work dir {work})")
