@@ -49,7 +49,7 @@ class Command(BaseCommand):
         try:
             if options["all_queues"] or (failed and options["queue"] is None):
                 queues = broker.queues()
-                scope = "every queue"
+                scope = "all queues"
             else:
                 queues = [options["queue"] or "default"]
                 scope = f"queue {queues[0]!r}"
@@ -59,7 +59,8 @@ class Command(BaseCommand):
         total = sum(counts.values())
         where = f"on backend {alias!r} ({type(backend).__name__})"
         if total == 0:
-            self.stdout.write(f"No {label} tasks in {scope} {where}: nothing to clear.")
+            self.stdout.write(f"No {label} tasks in {'any queue' if scope == 'all queues' else scope} "
+                              f"{where}: nothing to clear.")
             return
         if not options["force"]:
             detail = ", ".join(f"{q}: {n}" for q, n in counts.items() if n)
