@@ -1,0 +1,158 @@
+//! vtasks on Postgres: the queue semantics of the `VT.*` Valkey commands (see PROTOCOL.md and
+//! PROTOCOL-postgres.md) on a Postgres schema, with a sync API ([`PgQueue`], r2d2 pool) and an
+//! async API ([`AsyncPgQueue`], tokio-postgres + deadpool).
+//!
+//! Every operation is one statement sent with `query_typed` (unnamed statements), so the crate
+//! works behind PgBouncer in transaction pooling mode (with `notify: false`, since LISTEN needs a
+//! session). LISTEN/NOTIFY only shortens waits; blocked fetches always poll as well.
+
+pub mod ops;
+mod sync;
+mod asynch;
+
+pub use asynch::AsyncPgQueue;
+pub use ops::{
+    ClearWhat, Config, Delivery, EnqueueOpts, PeekState, ScheduleEntry, TaskRecord, INFO_FIELDS, MAINTAIN_FIELDS,
+};
+pub use sync::PgQueue;
+
+/// Versioned schema migrations: (version, name, sql). The single source of truth of the schema;
+/// each script is idempotent, transactional and records itself in `vtasks_schema`.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+
+/// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.
+pub(crate) const MIGRATE_LOCK: i64 = 0x7674_6173_6b73; // "vtasks"
+
+pub(crate) const MIGRATE_PRELUDE: &str = "CREATE TABLE IF NOT EXISTS vtasks_schema (\
+    version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
+
+#[derive(Debug)]
+pub enum Error {
+    /// Bad arguments (nothing was sent to the server).
+    Invalid(String),
+    /// An error from Postgres or the connection.
+    Db(tokio_postgres::Error),
+    /// No connection could be had from the pool.
+    Pool(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Invalid(m) => write!(f, "{m}"),
+            Error::Db(e) => match e.as_db_error() {
+                Some(d) => write!(f, "postgres error {}: {}", d.code().code(), d.message()),
+                None => write!(f, "postgres: {e}"),
+            },
+            Error::Pool(m) => write!(f, "postgres pool: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl Error {
+    /// True when the error means the connection is gone (killed backend, server restart, I/O):
+    /// the statement did not run to completion and a fresh connection may succeed.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Db(e) => is_conn_error(e),
+            Error::Pool(_) => true,
+            Error::Invalid(_) => false,
+        }
+    }
+}
+
+pub(crate) fn is_conn_error(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::CONNECTION_FAILURE
+            || *code == SqlState::CONNECTION_EXCEPTION;
+    }
+    // No SQLSTATE: an I/O or protocol error on the socket.
+    e.as_db_error().is_none()
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The SQL of `enqueue` with psycopg `%s` placeholders and its parameters, to run on another
+/// driver's connection inside the caller's transaction (Django). Returns (sql, params, ids) where
+/// params are, in order: queue, ids, payloads, priority, delay_ms, at_ms, unique key, unique ttl
+/// ms, max_attempts, notify.
+pub fn enqueue_sql(
+    queue: &str,
+    payloads: Vec<Vec<u8>>,
+    opts: EnqueueOpts,
+    max_attempts_default: i32,
+) -> Result<(String, ops::EnqueueArgs)> {
+    let args = ops::EnqueueArgs::new(queue, payloads, opts, max_attempts_default)?;
+    Ok((ops::enqueue_sql_psycopg(), args))
+}
+
+/// Debounces producer NOTIFYs: at most one per queue per window per client.
+pub(crate) struct Debounce {
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+pub(crate) const NOTIFY_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(5);
+/// Longest sleep of a blocked fetch between polls when LISTEN is working.
+pub(crate) const POLL_WITH_NOTIFY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Sleep of a blocked fetch between polls when notifications are off or the listener is down.
+pub(crate) const POLL_WITHOUT_NOTIFY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Debounce {
+    pub fn new() -> Self {
+        Debounce { last: Default::default() }
+    }
+    pub fn should(&self, queue: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(queue) {
+            Some(t) if now.duration_since(*t) < NOTIFY_DEBOUNCE => false,
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => {
+                if m.len() > 10_000 {
+                    m.clear();
+                }
+                m.insert(queue.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+/// How long a blocked fetch sleeps before polling again.
+pub(crate) fn next_wait(
+    listening: bool,
+    due_ms: Option<i64>,
+    deadline: Option<std::time::Instant>,
+) -> Option<std::time::Duration> {
+    use std::time::{Duration, Instant};
+    let mut wait = if listening { POLL_WITH_NOTIFY } else { POLL_WITHOUT_NOTIFY };
+    if let Some(d) = due_ms {
+        wait = wait.min(Duration::from_millis(d.max(0) as u64 + 1));
+    }
+    if let Some(dl) = deadline {
+        let now = Instant::now();
+        if now >= dl {
+            return None;
+        }
+        wait = wait.min(dl - now);
+    }
+    Some(wait)
+}

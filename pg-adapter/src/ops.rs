@@ -1,0 +1,905 @@
+//! Every operation as one SQL statement (a `Stmt`: text + typed parameters) and a decoder of its
+//! rows. The sync and async front-ends only differ in how they run a `Stmt`.
+//!
+//! All statements go through `query_typed` (unnamed statements, parameter types given): nothing is
+//! prepared by name, so the crate works behind PgBouncer in transaction pooling mode.
+
+use std::str::FromStr;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::{Error, Result};
+
+/// Maximum tasks per fetch (as `VT.FETCHBATCH`).
+pub const MAX_FETCH: i32 = 10_000;
+/// Maximum payload size (as `vtasks.max-payload`).
+pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// Maximum id length in bytes.
+pub const MAX_ID: usize = 128;
+/// NOTIFY channel; the payload is the queue name.
+pub const CHANNEL: &str = "vtasks";
+
+pub type Param = (Box<dyn ToSql + Sync + Send>, Type);
+
+/// One statement and its parameters.
+pub struct Stmt {
+    pub sql: &'static str,
+    pub params: Vec<Param>,
+}
+
+impl Stmt {
+    pub fn new(sql: &'static str) -> Self {
+        Stmt { sql, params: Vec::new() }
+    }
+    pub fn p<T: ToSql + Sync + Send + 'static>(mut self, v: T, t: Type) -> Self {
+        self.params.push((Box::new(v), t));
+        self
+    }
+    pub fn refs(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.params.iter().map(|(v, t)| (&**v as &(dyn ToSql + Sync), t.clone())).collect()
+    }
+}
+
+/// Client configuration (mirrors the module's configs).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub pool_size: u32,
+    pub dlq_cap: i32,
+    pub max_attempts: i32,
+    pub default_lease_ms: i64,
+    /// Use LISTEN/NOTIFY for wake-ups (polling always stays on as the fallback).
+    pub notify: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { pool_size: 10, dlq_cap: 1000, max_attempts: 3, default_lease_ms: 30_000, notify: true }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.pool_size == 0 {
+            return invalid("pool_size must be at least 1");
+        }
+        if self.dlq_cap < 0 {
+            return invalid("dlq_cap must be >= 0");
+        }
+        if self.max_attempts < 1 {
+            return invalid("max_attempts must be >= 1");
+        }
+        if self.default_lease_ms < 1 {
+            return invalid("default_lease_ms must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+/// Options of an enqueue (all payloads of one call share them).
+#[derive(Clone, Debug, Default)]
+pub struct EnqueueOpts {
+    /// Client ids, one per payload (`None` entries get a UUIDv7). `None`: all generated.
+    pub ids: Option<Vec<Option<String>>>,
+    pub priority: i16,
+    pub delay_ms: Option<i64>,
+    pub at_ms: Option<i64>,
+    /// (key, ttl_ms): only the first payload can take the key; the others are not added.
+    pub unique: Option<(String, i64)>,
+    pub max_attempts: Option<i32>,
+}
+
+/// One fetched task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub queue: String,
+    pub id: String,
+    pub token: String,
+    pub attempt: i32,
+    pub payload: Vec<u8>,
+}
+
+/// A task record (`VT.PEEK` / `VT.GET` fields).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub state: String,
+    pub priority: i32,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub enqueued_at: i64,
+    pub run_at: i64,
+    pub worker: String,
+    pub token: String,
+    pub deadline: i64,
+    pub error: String,
+    pub failed_at: i64,
+    pub payload: Vec<u8>,
+}
+
+/// One schedule (`VT.SCHEDULE LIST` entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleEntry {
+    pub name: String,
+    pub kind: String,
+    pub spec: String,
+    pub next_run_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Peek states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeekState {
+    Ready,
+    Delayed,
+    Inflight,
+    Dead,
+}
+
+impl FromStr for PeekState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "ready" => Ok(PeekState::Ready),
+            "delayed" => Ok(PeekState::Delayed),
+            "inflight" => Ok(PeekState::Inflight),
+            "dead" => Ok(PeekState::Dead),
+            _ => invalid(format!("unknown state {s:?} (ready|delayed|inflight|dead)")),
+        }
+    }
+}
+
+/// `clear` targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClearWhat {
+    Ready,
+    Dead,
+    All,
+}
+
+impl FromStr for ClearWhat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "ready" => Ok(ClearWhat::Ready),
+            "dead" => Ok(ClearWhat::Dead),
+            "all" => Ok(ClearWhat::All),
+            _ => invalid(format!("unknown clear target {s:?} (ready|dead|all)")),
+        }
+    }
+}
+
+/// Field names of `info()`, in `VT.INFO` order.
+pub const INFO_FIELDS: [&str; 13] = [
+    "ready",
+    "delayed",
+    "inflight",
+    "dead",
+    "dead_evicted",
+    "enqueued_total",
+    "acked_total",
+    "failed_total",
+    "retried_total",
+    "rescued_total",
+    "dead_total",
+    "schedules",
+    "unique_keys",
+];
+
+/// Field names of `maintain()`.
+pub const MAINTAIN_FIELDS: [&str; 6] =
+    ["rescued", "expired_queues", "uniques_purged", "results_purged", "ticks_purged", "stats_folded"];
+
+pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::Invalid(msg.into()))
+}
+
+fn check_queue(q: &str) -> Result<()> {
+    if q.is_empty() {
+        return invalid("queue name must not be empty");
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return invalid(format!("task id must be 1..{MAX_ID} bytes"));
+    }
+    Ok(())
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+// ------------------------------------------------------------------------------------ enqueue
+
+/// The enqueue statement. Each parameter appears exactly once, in order, inside the `p` CTE, so
+/// the psycopg form is the same text with `$n` replaced by `%s` (see `enqueue_sql_psycopg`).
+/// Returns one row `(id)` per task actually inserted; NOTIFY is sent (once per statement) only
+/// when `notify` is true and some inserted task is ready now.
+pub const ENQUEUE_SQL: &str = r#"WITH p AS (
+  SELECT $1::text AS queue, $2::text[] AS ids, $3::bytea[] AS payloads, $4::int2 AS priority,
+         $5::int8 AS delay_ms, $6::int8 AS at_ms, $7::text AS ukey, $8::int8 AS uttl_ms,
+         $9::int4 AS max_attempts, $10::bool AS notify
+), v AS (
+  SELECT p.*, CASE WHEN p.at_ms IS NOT NULL THEN to_timestamp(p.at_ms / 1000.0)
+                   WHEN p.delay_ms IS NOT NULL AND p.delay_ms > 0
+                        THEN now() + p.delay_ms * interval '1 millisecond'
+                   ELSE now() END AS run_after
+    FROM p
+), lk AS (
+  INSERT INTO vtasks_unique AS u (queue, key, task_id, expires_at)
+  SELECT v.queue, v.ukey, v.ids[1], now() + v.uttl_ms * interval '1 millisecond'
+    FROM v WHERE v.ukey IS NOT NULL
+  ON CONFLICT (queue, key) DO UPDATE SET task_id = EXCLUDED.task_id, expires_at = EXCLUDED.expires_at
+   WHERE u.expires_at <= now()
+  RETURNING 1
+), ins AS (
+  INSERT INTO vtasks_task (queue, id, state, priority, run_after, max_attempts, unique_key, payload)
+  SELECT v.queue, x.id, (CASE WHEN v.run_after > now() THEN 'd' ELSE 'r' END)::"char", v.priority,
+         v.run_after, v.max_attempts, v.ukey, x.payload
+    FROM v, unnest(v.ids, v.payloads) WITH ORDINALITY AS x(id, payload, ord)
+   WHERE v.ukey IS NULL OR (x.ord = 1 AND EXISTS (SELECT 1 FROM lk))
+   ORDER BY x.ord
+  ON CONFLICT (queue, id) DO NOTHING
+  RETURNING id, state
+), st AS (
+  INSERT INTO vtasks_stats_delta (queue, enqueued)
+  SELECT (SELECT queue FROM p), count(*) FROM ins HAVING count(*) > 0
+), nt AS (
+  SELECT pg_notify('vtasks', p.queue) FROM p
+   WHERE p.notify AND EXISTS (SELECT 1 FROM ins WHERE ins.state = 'r')
+)
+SELECT ins.id FROM ins WHERE (SELECT count(*) FROM nt) >= 0"#;
+
+/// Validated enqueue arguments, ready to bind.
+pub struct EnqueueArgs {
+    pub queue: String,
+    pub ids: Vec<String>,
+    pub payloads: Vec<Vec<u8>>,
+    pub priority: i16,
+    pub delay_ms: Option<i64>,
+    pub at_ms: Option<i64>,
+    pub ukey: Option<String>,
+    pub uttl_ms: Option<i64>,
+    pub max_attempts: i32,
+}
+
+impl EnqueueArgs {
+    pub fn new(queue: &str, payloads: Vec<Vec<u8>>, o: EnqueueOpts, default_max: i32) -> Result<Self> {
+        check_queue(queue)?;
+        if payloads.is_empty() {
+            return invalid("at least one payload is required");
+        }
+        if !(-100..=100).contains(&o.priority) {
+            return invalid("priority must be in -100..100");
+        }
+        if o.delay_ms.is_some() && o.at_ms.is_some() {
+            return invalid("delay_ms and at_ms are exclusive");
+        }
+        if matches!(o.delay_ms, Some(d) if d < 0) {
+            return invalid("delay_ms must be >= 0");
+        }
+        if matches!(o.at_ms, Some(a) if a < 0) {
+            return invalid("at_ms must be >= 0");
+        }
+        let max_attempts = o.max_attempts.unwrap_or(default_max);
+        if max_attempts < 1 {
+            return invalid("max_attempts must be >= 1");
+        }
+        if let Some(p) = payloads.iter().find(|p| p.len() > MAX_PAYLOAD) {
+            return invalid(format!("payload of {} bytes exceeds {MAX_PAYLOAD}", p.len()));
+        }
+        let ids: Vec<String> = match o.ids {
+            None => payloads.iter().map(|_| new_id()).collect(),
+            Some(ids) => {
+                if ids.len() != payloads.len() {
+                    return invalid("ids and payloads must have the same length");
+                }
+                ids.into_iter().map(|i| i.unwrap_or_else(new_id)).collect()
+            }
+        };
+        for id in &ids {
+            check_id(id)?;
+        }
+        let (ukey, uttl_ms) = match o.unique {
+            None => (None, None),
+            Some((k, ttl)) => {
+                if ttl <= 0 {
+                    return invalid("unique ttl must be > 0 ms");
+                }
+                (Some(k), Some(ttl))
+            }
+        };
+        Ok(EnqueueArgs {
+            queue: queue.to_string(),
+            ids,
+            payloads,
+            priority: o.priority,
+            delay_ms: o.delay_ms,
+            at_ms: o.at_ms,
+            ukey,
+            uttl_ms,
+            max_attempts,
+        })
+    }
+
+    pub fn stmt(self, notify: bool) -> Stmt {
+        Stmt::new(ENQUEUE_SQL)
+            .p(self.queue, Type::TEXT)
+            .p(self.ids, Type::TEXT_ARRAY)
+            .p(self.payloads, Type::BYTEA_ARRAY)
+            .p(self.priority, Type::INT2)
+            .p(self.delay_ms, Type::INT8)
+            .p(self.at_ms, Type::INT8)
+            .p(self.ukey, Type::TEXT)
+            .p(self.uttl_ms, Type::INT8)
+            .p(self.max_attempts, Type::INT4)
+            .p(notify, Type::BOOL)
+    }
+}
+
+/// `ENQUEUE_SQL` with psycopg `%s` placeholders (each `$n` appears once, in order).
+pub fn enqueue_sql_psycopg() -> String {
+    let mut out = String::with_capacity(ENQUEUE_SQL.len());
+    let b = ENQUEUE_SQL.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() && b[i + 1].is_ascii_digit() {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push_str("%s");
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Maps the inserted ids back onto the requested ids (None = suppressed).
+pub fn enqueue_decode(ids: &[String], rows: &[Row]) -> Result<Vec<Option<String>>> {
+    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    for r in rows {
+        inserted.insert(r.try_get::<_, String>(0)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    Ok(ids
+        .iter()
+        .map(|id| if inserted.contains(id) && seen.insert(id.clone()) { Some(id.clone()) } else { None })
+        .collect())
+}
+
+// -------------------------------------------------------------------------------------- fetch
+
+pub const FETCH_SQL: &str = "SELECT queue, id, token, attempt, payload, ord, priority::int4, \
+     floor(extract(epoch FROM run_after) * 1000000)::int8, seq \
+     FROM vtasks_fetch($1::text[], $2::text, $3::int4, $4::int8)";
+
+pub struct FetchArgs {
+    pub queues: Vec<String>,
+    pub worker: String,
+    pub count: i32,
+    pub lease_ms: i64,
+}
+
+impl FetchArgs {
+    pub fn new(queues: &[String], worker: &str, count: i64, lease_ms: Option<i64>, cfg: &Config) -> Result<Self> {
+        if queues.is_empty() {
+            return invalid("at least one queue is required");
+        }
+        for q in queues {
+            check_queue(q)?;
+        }
+        if worker.is_empty() {
+            return invalid("worker id must not be empty");
+        }
+        if count < 1 || count > MAX_FETCH as i64 {
+            return invalid(format!("count must be in 1..{MAX_FETCH}"));
+        }
+        let lease_ms = lease_ms.unwrap_or(cfg.default_lease_ms);
+        if lease_ms < 1 {
+            return invalid("lease_ms must be >= 1");
+        }
+        Ok(FetchArgs { queues: queues.to_vec(), worker: worker.to_string(), count: count as i32, lease_ms })
+    }
+
+    pub fn stmt(&self) -> Stmt {
+        Stmt::new(FETCH_SQL)
+            .p(self.queues.clone(), Type::TEXT_ARRAY)
+            .p(self.worker.clone(), Type::TEXT)
+            .p(self.count, Type::INT4)
+            .p(self.lease_ms, Type::INT8)
+    }
+}
+
+/// Deliveries in fetch order, and (when nothing was fetched) ms until the next delayed task.
+pub fn fetch_decode(rows: Vec<Row>) -> Result<(Vec<Delivery>, Option<i64>)> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut due = None;
+    for r in rows {
+        let queue: Option<String> = r.try_get(0)?;
+        match queue {
+            None => due = r.try_get::<_, Option<i64>>(8)?,
+            Some(queue) => {
+                let key = (r.try_get::<_, i32>(5)?, -r.try_get::<_, i32>(6)?, r.try_get::<_, i64>(7)?, r.try_get::<_, i64>(8)?);
+                out.push((
+                    key,
+                    Delivery {
+                        queue,
+                        id: r.try_get(1)?,
+                        token: r.try_get(2)?,
+                        attempt: r.try_get(3)?,
+                        payload: r.try_get(4)?,
+                    },
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out.into_iter().map(|(_, d)| d).collect(), due))
+}
+
+// ------------------------------------------------------------------------ ack / fail / rescue
+
+pub const ACK_SQL: &str = r#"WITH a AS (
+  SELECT * FROM unnest($2::text[], $3::text[]) AS a(id, token)
+), d AS (
+  DELETE FROM vtasks_task t USING a
+   WHERE t.queue = $1::text AND t.id = a.id AND t.token = a.token AND t.state = 'i'
+  RETURNING t.id, t.unique_key
+), u AS (
+  DELETE FROM vtasks_unique x USING d
+   WHERE x.queue = $1::text AND d.unique_key IS NOT NULL AND x.key = d.unique_key AND x.task_id = d.id
+), st AS (
+  INSERT INTO vtasks_stats_delta (queue, acked) SELECT $1::text, count(*) FROM d HAVING count(*) > 0
+)
+SELECT count(*)::int8 FROM d"#;
+
+pub fn ack_stmt(queue: &str, pairs: &[(String, String)]) -> Result<Stmt> {
+    check_queue(queue)?;
+    let ids: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+    let toks: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
+    Ok(Stmt::new(ACK_SQL).p(queue.to_string(), Type::TEXT).p(ids, Type::TEXT_ARRAY).p(toks, Type::TEXT_ARRAY))
+}
+
+pub fn fail_stmt(queue: &str, id: &str, token: &str, error: &str, retry_ms: Option<i64>, cap: i32) -> Result<Stmt> {
+    check_queue(queue)?;
+    if matches!(retry_ms, Some(r) if r < 0) {
+        return invalid("retry_ms must be >= 0");
+    }
+    Ok(Stmt::new("SELECT vtasks_fail($1::text, $2::text, $3::text, $4::text, $5::int8, $6::int4)")
+        .p(queue.to_string(), Type::TEXT)
+        .p(id.to_string(), Type::TEXT)
+        .p(token.to_string(), Type::TEXT)
+        .p(error.to_string(), Type::TEXT)
+        .p(retry_ms, Type::INT8)
+        .p(cap, Type::INT4))
+}
+
+pub fn rescue_stmt(queue: &str, worker: Option<&str>, cap: i32) -> Result<Stmt> {
+    check_queue(queue)?;
+    Ok(Stmt::new("SELECT vtasks_rescue($1::text, $2::text, $3::int4)::int8")
+        .p(queue.to_string(), Type::TEXT)
+        .p(worker.map(str::to_string), Type::TEXT)
+        .p(cap, Type::INT4))
+}
+
+pub fn extend_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
+    check_queue(queue)?;
+    if lease_ms < 1 {
+        return invalid("lease_ms must be >= 1");
+    }
+    Ok(Stmt::new(
+        "WITH u AS (UPDATE vtasks_task SET deadline = now() + $3::int8 * interval '1 millisecond' \
+         WHERE queue = $1::text AND state = 'i' AND worker = $2::text RETURNING 1) \
+         SELECT count(*)::int8 FROM u",
+    )
+    .p(queue.to_string(), Type::TEXT)
+    .p(worker.to_string(), Type::TEXT)
+    .p(lease_ms, Type::INT8))
+}
+
+/// First column of the first row as i64 (0 when absent/NULL).
+pub fn one_i64(rows: &[Row]) -> Result<i64> {
+    match rows.first() {
+        Some(r) => Ok(r.try_get::<_, Option<i64>>(0)?.unwrap_or(0)),
+        None => Ok(0),
+    }
+}
+
+pub fn one_opt_string(rows: &[Row]) -> Result<Option<String>> {
+    match rows.first() {
+        Some(r) => Ok(r.try_get::<_, Option<String>>(0)?),
+        None => Ok(None),
+    }
+}
+
+// ------------------------------------------------------------------------------ info / operator
+
+pub const INFO_SQL: &str = r#"WITH t AS (
+  SELECT count(*) FILTER (WHERE state = 'r' OR (state = 'd' AND run_after <= now())) AS r,
+         count(*) FILTER (WHERE state = 'd' AND run_after > now()) AS d,
+         count(*) FILTER (WHERE state = 'i') AS i
+    FROM vtasks_task WHERE queue = $1::text
+), s AS (
+  SELECT coalesce(sum(e), 0)::int8 AS e, coalesce(sum(a), 0)::int8 AS a, coalesce(sum(f), 0)::int8 AS f,
+         coalesce(sum(r), 0)::int8 AS r, coalesce(sum(s), 0)::int8 AS s, coalesce(sum(x), 0)::int8 AS x
+    FROM (SELECT enqueued_total AS e, acked_total AS a, failed_total AS f, retried_total AS r,
+                 rescued_total AS s, dead_total AS x FROM vtasks_stats WHERE queue = $1::text
+          UNION ALL
+          SELECT enqueued, acked, failed, retried, rescued, dead FROM vtasks_stats_delta
+           WHERE queue = $1::text) z
+)
+SELECT t.r, t.d, t.i,
+       (SELECT count(*) FROM vtasks_dead WHERE queue = $1::text),
+       coalesce((SELECT evicted FROM vtasks_dlq WHERE queue = $1::text), 0)::int8,
+       s.e, s.a, s.f, s.r, s.s, s.x,
+       (SELECT count(*) FROM vtasks_schedule WHERE queue = $1::text),
+       (SELECT count(*) FROM vtasks_unique WHERE queue = $1::text AND expires_at > now())
+  FROM t, s"#;
+
+pub fn info_stmt(queue: &str) -> Stmt {
+    Stmt::new(INFO_SQL).p(queue.to_string(), Type::TEXT)
+}
+
+pub fn info_decode(rows: &[Row]) -> Result<Vec<(&'static str, i64)>> {
+    let r = rows.first().ok_or_else(|| Error::Invalid("info returned no row".into()))?;
+    let mut out = Vec::with_capacity(INFO_FIELDS.len());
+    for (i, f) in INFO_FIELDS.iter().enumerate() {
+        out.push((*f, r.try_get::<_, i64>(i)?));
+    }
+    Ok(out)
+}
+
+pub fn queues_stmt() -> Stmt {
+    Stmt::new(
+        "SELECT queue FROM vtasks_stats UNION SELECT queue FROM vtasks_stats_delta \
+         UNION SELECT queue FROM vtasks_schedule UNION SELECT queue FROM vtasks_dlq ORDER BY 1",
+    )
+}
+
+pub fn strings_decode(rows: &[Row]) -> Result<Vec<String>> {
+    rows.iter().map(|r| Ok(r.try_get::<_, String>(0)?)).collect()
+}
+
+macro_rules! live_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, CASE WHEN state = 'i' THEN 'inflight' \
+             WHEN state = 'd' AND run_after > now() THEN 'delayed' ELSE 'ready' END, \
+             priority::int4, attempt, max_attempts, vtasks_ms(enqueued_at), vtasks_ms(run_after), \
+             coalesce(worker, ''), CASE WHEN state = 'i' THEN coalesce(token, '') ELSE '' END, \
+             vtasks_ms(deadline), coalesce(error, ''), vtasks_ms(failed_at), payload \
+             FROM vtasks_task WHERE queue = $1::text ",
+            $tail
+        )
+    };
+}
+macro_rules! dead_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, 'dead', priority::int4, attempt, max_attempts, vtasks_ms(enqueued_at), 0::int8, \
+             '', '', 0::int8, error, vtasks_ms(failed_at), payload FROM vtasks_dead WHERE queue = $1::text ",
+            $tail
+        )
+    };
+}
+
+pub fn peek_stmt(queue: &str, state: PeekState, offset: i64, count: i64) -> Result<Stmt> {
+    check_queue(queue)?;
+    if offset < 0 {
+        return invalid("offset must be >= 0");
+    }
+    if !(1..=1000).contains(&count) {
+        return invalid("count must be in 1..1000");
+    }
+    let sql: &'static str = match state {
+        PeekState::Ready => live_sql!(
+            "AND (state = 'r' OR (state = 'd' AND run_after <= now())) \
+             ORDER BY priority DESC, run_after, seq OFFSET $2::int8 LIMIT $3::int8"
+        ),
+        PeekState::Delayed => {
+            live_sql!("AND state = 'd' AND run_after > now() ORDER BY run_after, seq OFFSET $2::int8 LIMIT $3::int8")
+        }
+        PeekState::Inflight => live_sql!("AND state = 'i' ORDER BY deadline, seq OFFSET $2::int8 LIMIT $3::int8"),
+        PeekState::Dead => dead_sql!("ORDER BY seq DESC OFFSET $2::int8 LIMIT $3::int8"),
+    };
+    Ok(Stmt::new(sql).p(queue.to_string(), Type::TEXT).p(offset, Type::INT8).p(count, Type::INT8))
+}
+
+pub fn get_stmt(queue: &str, id: &str) -> Result<Stmt> {
+    check_queue(queue)?;
+    const SQL: &str = concat!(
+        "(",
+        live_sql!("AND id = $2::text"),
+        ") UNION ALL (",
+        dead_sql!("AND id = $2::text ORDER BY seq DESC LIMIT 1"),
+        ") LIMIT 1"
+    );
+    Ok(Stmt::new(SQL).p(queue.to_string(), Type::TEXT).p(id.to_string(), Type::TEXT))
+}
+
+pub fn records_decode(rows: &[Row]) -> Result<Vec<TaskRecord>> {
+    rows.iter()
+        .map(|r| {
+            Ok(TaskRecord {
+                id: r.try_get(0)?,
+                state: r.try_get(1)?,
+                priority: r.try_get(2)?,
+                attempt: r.try_get(3)?,
+                max_attempts: r.try_get(4)?,
+                enqueued_at: r.try_get(5)?,
+                run_at: r.try_get(6)?,
+                worker: r.try_get(7)?,
+                token: r.try_get(8)?,
+                deadline: r.try_get(9)?,
+                error: r.try_get(10)?,
+                failed_at: r.try_get(11)?,
+                payload: r.try_get(12)?,
+            })
+        })
+        .collect()
+}
+
+pub fn retry_dead_stmt(queue: &str, ids: Option<Vec<String>>) -> Result<Stmt> {
+    check_queue(queue)?;
+    Ok(Stmt::new("SELECT vtasks_retry_dead($1::text, $2::text[])::int8")
+        .p(queue.to_string(), Type::TEXT)
+        .p(ids, Type::TEXT_ARRAY))
+}
+
+pub fn delete_stmt(queue: &str, ids: Vec<String>) -> Result<Stmt> {
+    check_queue(queue)?;
+    Ok(Stmt::new("SELECT vtasks_delete($1::text, $2::text[])::int8")
+        .p(queue.to_string(), Type::TEXT)
+        .p(ids, Type::TEXT_ARRAY))
+}
+
+pub fn clear_stmt(queue: &str, what: ClearWhat) -> Result<Stmt> {
+    check_queue(queue)?;
+    let w = match what {
+        ClearWhat::Ready => "ready",
+        ClearWhat::Dead => "dead",
+        ClearWhat::All => "all",
+    };
+    Ok(Stmt::new("SELECT vtasks_clear($1::text, $2::text)::int8")
+        .p(queue.to_string(), Type::TEXT)
+        .p(w.to_string(), Type::TEXT))
+}
+
+// ---------------------------------------------------------------------------------- schedules
+
+/// A parsed schedule spec.
+pub enum Spec {
+    Cron(Box<cron::Schedule>, String),
+    Every(i64),
+}
+
+/// Parses a cron expression (6 or 7 fields; 5 fields mean second 0), as the module does.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule> {
+    let fields = expr.split_whitespace().count();
+    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_string() };
+    if !(6..=7).contains(&full.split_whitespace().count()) {
+        return invalid("cron expression needs 5, 6 or 7 fields");
+    }
+    cron::Schedule::from_str(&full).map_err(|e| Error::Invalid(format!("bad cron expression: {e}")))
+}
+
+impl Spec {
+    pub fn new(cron: Option<&str>, every_ms: Option<i64>) -> Result<Self> {
+        match (cron, every_ms) {
+            (Some(c), None) => Ok(Spec::Cron(Box::new(parse_cron(c)?), c.to_string())),
+            (None, Some(e)) if e >= 1 => Ok(Spec::Every(e)),
+            (None, Some(_)) => invalid("every_ms must be >= 1"),
+            _ => invalid("exactly one of cron and every_ms is required"),
+        }
+    }
+
+    pub fn parse(kind: &str, spec: &str) -> Result<Self> {
+        match kind {
+            "cron" => Spec::new(Some(spec), None),
+            "every" => Spec::new(None, Some(spec.parse().map_err(|_| Error::Invalid(format!("bad every spec {spec:?}")))?)),
+            _ => invalid(format!("unknown schedule kind {kind:?}")),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Spec::Cron(..) => "cron",
+            Spec::Every(_) => "every",
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Spec::Cron(_, s) => s.clone(),
+            Spec::Every(e) => e.to_string(),
+        }
+    }
+
+    /// The tick after one that was due at `tick_ms` and fired at `now_ms`. Missed ticks coalesce:
+    /// the next tick is always in the future.
+    pub fn next(&self, tick_ms: i64, now_ms: i64) -> i64 {
+        match self {
+            Spec::Every(e) => {
+                let n = tick_ms.saturating_add(*e);
+                if n > now_ms {
+                    n
+                } else {
+                    now_ms.saturating_add(*e)
+                }
+            }
+            Spec::Cron(s, _) => cron_next(s, now_ms),
+        }
+    }
+
+    /// First tick of a schedule created at `now_ms`.
+    pub fn first(&self, now_ms: i64) -> i64 {
+        match self {
+            Spec::Every(e) => now_ms.saturating_add(*e),
+            Spec::Cron(s, _) => cron_next(s, now_ms),
+        }
+    }
+}
+
+/// First cron tick strictly after `after_ms` (i64::MAX when there is none).
+pub fn cron_next(s: &cron::Schedule, after_ms: i64) -> i64 {
+    use chrono::{TimeZone, Utc};
+    let after = match Utc.timestamp_millis_opt(after_ms).single() {
+        Some(t) => t,
+        None => return i64::MAX,
+    };
+    s.after(&after).next().map(|t| t.timestamp_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn now_stmt() -> Stmt {
+    Stmt::new("SELECT vtasks_ms(now())")
+}
+
+pub fn schedule_set_stmt(queue: &str, name: &str, spec: &Spec, payload: Vec<u8>, priority: i16, next_ms: i64) -> Result<Stmt> {
+    check_queue(queue)?;
+    if name.is_empty() {
+        return invalid("schedule name must not be empty");
+    }
+    if !(-100..=100).contains(&priority) {
+        return invalid("priority must be in -100..100");
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return invalid("payload too large");
+    }
+    Ok(Stmt::new(
+        "INSERT INTO vtasks_schedule (queue, name, kind, spec, priority, payload, next_run_ms) \
+         VALUES ($1::text, $2::text, $3::text, $4::text, $5::int2, $6::bytea, $7::int8) \
+         ON CONFLICT (queue, name) DO UPDATE SET kind = EXCLUDED.kind, spec = EXCLUDED.spec, \
+         priority = EXCLUDED.priority, payload = EXCLUDED.payload, next_run_ms = EXCLUDED.next_run_ms \
+         RETURNING 1::int8",
+    )
+    .p(queue.to_string(), Type::TEXT)
+    .p(name.to_string(), Type::TEXT)
+    .p(spec.kind().to_string(), Type::TEXT)
+    .p(spec.text(), Type::TEXT)
+    .p(priority, Type::INT2)
+    .p(payload, Type::BYTEA)
+    .p(next_ms, Type::INT8))
+}
+
+pub fn schedule_del_stmt(queue: &str, name: &str) -> Stmt {
+    Stmt::new(
+        "WITH d AS (DELETE FROM vtasks_schedule WHERE queue = $1::text AND name = $2::text RETURNING 1) \
+         SELECT count(*)::int8 FROM d",
+    )
+    .p(queue.to_string(), Type::TEXT)
+    .p(name.to_string(), Type::TEXT)
+}
+
+pub fn schedule_list_stmt(queue: &str) -> Stmt {
+    Stmt::new(
+        "SELECT name, kind, spec, next_run_ms, payload FROM vtasks_schedule WHERE queue = $1::text ORDER BY name",
+    )
+    .p(queue.to_string(), Type::TEXT)
+}
+
+pub fn schedule_list_decode(rows: &[Row]) -> Result<Vec<ScheduleEntry>> {
+    rows.iter()
+        .map(|r| {
+            Ok(ScheduleEntry {
+                name: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                spec: r.try_get(2)?,
+                next_run_ms: r.try_get(3)?,
+                payload: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Due schedules (read without locks; `vtasks_fire` is the compare-and-set).
+pub fn due_schedules_stmt() -> Stmt {
+    Stmt::new(
+        "SELECT queue, name, kind, spec, next_run_ms, vtasks_ms(now()) FROM vtasks_schedule \
+         WHERE next_run_ms <= vtasks_ms(now()) ORDER BY next_run_ms LIMIT 1000",
+    )
+}
+
+pub struct DueTick {
+    pub queue: String,
+    pub name: String,
+    pub tick_ms: i64,
+    pub next_ms: i64,
+}
+
+pub fn due_decode(rows: &[Row]) -> Result<Vec<DueTick>> {
+    let mut out = Vec::new();
+    for r in rows {
+        let kind: String = r.try_get(2)?;
+        let spec: String = r.try_get(3)?;
+        let tick_ms: i64 = r.try_get(4)?;
+        let now_ms: i64 = r.try_get(5)?;
+        // A row with a spec we cannot parse is skipped (never fired twice, never crashes).
+        let Ok(s) = Spec::parse(&kind, &spec) else { continue };
+        out.push(DueTick { queue: r.try_get(0)?, name: r.try_get(1)?, tick_ms, next_ms: s.next(tick_ms, now_ms) });
+    }
+    Ok(out)
+}
+
+pub fn fire_stmt(t: &DueTick, max_attempts: i32, notify: bool) -> Stmt {
+    Stmt::new(
+        "SELECT vtasks_fire($1::text, $2::text, $3::int8, $4::int8, $5::text, $6::int4, $7::bool)::int4::int8",
+    )
+    .p(t.queue.clone(), Type::TEXT)
+    .p(t.name.clone(), Type::TEXT)
+    .p(t.tick_ms, Type::INT8)
+    .p(t.next_ms, Type::INT8)
+    .p(new_id(), Type::TEXT)
+    .p(max_attempts, Type::INT4)
+    .p(notify, Type::BOOL)
+}
+
+// ------------------------------------------------------------------------- maintain / results
+
+pub fn maintain_stmt(cap: i32) -> Stmt {
+    Stmt::new(
+        "SELECT rescued::int8, expired_queues::int8, uniques_purged::int8, results_purged::int8, \
+         ticks_purged::int8, stats_folded::int8 FROM vtasks_maintain($1::int4)",
+    )
+    .p(cap, Type::INT4)
+}
+
+pub fn maintain_decode(rows: &[Row]) -> Result<Vec<(&'static str, i64)>> {
+    let r = rows.first().ok_or_else(|| Error::Invalid("maintain returned no row".into()))?;
+    let mut out = Vec::new();
+    for (i, f) in MAINTAIN_FIELDS.iter().enumerate() {
+        out.push((*f, r.try_get::<_, Option<i64>>(i)?.unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+pub fn store_result_stmt(id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<Stmt> {
+    check_id(id)?;
+    if ttl_ms < 1 {
+        return invalid("ttl_ms must be >= 1");
+    }
+    Ok(Stmt::new(
+        "INSERT INTO vtasks_result (id, data, expires_at) \
+         VALUES ($1::text, $2::bytea, now() + $3::int8 * interval '1 millisecond') \
+         ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at RETURNING 1::int8",
+    )
+    .p(id.to_string(), Type::TEXT)
+    .p(data, Type::BYTEA)
+    .p(ttl_ms, Type::INT8))
+}
+
+pub fn get_result_stmt(id: &str) -> Stmt {
+    Stmt::new("SELECT data FROM vtasks_result WHERE id = $1::text AND expires_at > now()").p(id.to_string(), Type::TEXT)
+}
+
+pub fn bytes_decode(rows: &[Row]) -> Result<Option<Vec<u8>>> {
+    match rows.first() {
+        Some(r) => Ok(Some(r.try_get(0)?)),
+        None => Ok(None),
+    }
+}

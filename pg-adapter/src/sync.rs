@@ -1,0 +1,334 @@
+//! Sync API: `postgres` + `r2d2_postgres`. Methods block the calling thread (the Python binding
+//! releases the GIL around them).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres::Row;
+
+use crate::ops::{self, Config, Delivery, EnqueueOpts, ScheduleEntry, Stmt, TaskRecord};
+use crate::{next_wait, Debounce, Error, Result};
+
+/// Wake-ups from the LISTEN thread to blocked fetches.
+struct Waker {
+    gen: Mutex<u64>,
+    cv: Condvar,
+    stop: AtomicBool,
+    listening: AtomicBool,
+}
+
+impl Waker {
+    fn gen(&self) -> u64 {
+        *self.gen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn bump(&self) {
+        *self.gen.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+    fn wait(&self, seen: u64, d: Duration) {
+        let g = self.gen.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.cv.wait_timeout_while(g, d, |g| *g == seen);
+    }
+}
+
+/// A queue client on a pool of blocking connections.
+pub struct PgQueue {
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pg: postgres::Config,
+    cfg: Config,
+    waker: Arc<Waker>,
+    listener: Mutex<bool>,
+    debounce: Debounce,
+}
+
+impl Drop for PgQueue {
+    fn drop(&mut self) {
+        self.waker.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub(crate) fn parse_dsn(dsn: &str) -> Result<postgres::Config> {
+    let mut pg = postgres::Config::from_str(dsn).map_err(|e| Error::Invalid(format!("bad dsn: {e}")))?;
+    if pg.get_application_name().is_none() {
+        pg.application_name("vtasks");
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(10));
+    }
+    Ok(pg)
+}
+
+impl PgQueue {
+    /// A client for `dsn` (URL or key=value form). Connections are opened lazily.
+    pub fn new(dsn: &str, cfg: Config) -> Result<Self> {
+        cfg.validate()?;
+        let pg = parse_dsn(dsn)?;
+        let manager = PostgresConnectionManager::new(pg.clone(), NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(cfg.pool_size)
+            .min_idle(Some(0))
+            // Broken connections are found by is_closed() on return and by the retry below;
+            // a per-checkout ping would double the round trips.
+            .test_on_check_out(false)
+            .connection_timeout(Duration::from_secs(15))
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .build_unchecked(manager);
+        Ok(PgQueue {
+            pool,
+            pg,
+            cfg,
+            waker: Arc::new(Waker {
+                gen: Mutex::new(0),
+                cv: Condvar::new(),
+                stop: AtomicBool::new(false),
+                listening: AtomicBool::new(false),
+            }),
+            listener: Mutex::new(false),
+            debounce: Debounce::new(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Runs one statement; a connection-level failure (killed backend, restart) is retried on a
+    /// fresh connection (the statement did not complete, so nothing happened).
+    fn run(&self, st: &Stmt) -> Result<Vec<Row>> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut c = match self.pool.get() {
+                Ok(c) => c,
+                Err(e) => return Err(Error::Pool(e.to_string())),
+            };
+            match c.query_typed(st.sql, &st.refs()) {
+                Ok(rows) => return Ok(rows),
+                Err(e) if crate::is_conn_error(&e) && tries <= 3 => {
+                    drop(c);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Applies pending migrations (idempotent; concurrent callers serialise on a transaction-level
+    /// advisory lock, so this is safe behind PgBouncer too).
+    pub fn migrate(&self) -> Result<()> {
+        let mut c = self.pool.get().map_err(|e| Error::Pool(e.to_string()))?;
+        let mut tx = c.transaction()?;
+        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({}); {}", crate::MIGRATE_LOCK, crate::MIGRATE_PRELUDE))?;
+        let mut applied = std::collections::HashSet::new();
+        for m in tx.simple_query("SELECT version FROM vtasks_schema")? {
+            if let postgres::SimpleQueryMessage::Row(r) = m {
+                if let Some(v) = r.get(0) {
+                    applied.insert(v.parse::<i32>().unwrap_or(-1));
+                }
+            }
+        }
+        for (v, _name, sql) in crate::MIGRATIONS {
+            if !applied.contains(v) {
+                tx.batch_execute(sql)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn enqueue(&self, queue: &str, payloads: Vec<Vec<u8>>, opts: EnqueueOpts) -> Result<Vec<Option<String>>> {
+        let args = ops::EnqueueArgs::new(queue, payloads, opts, self.cfg.max_attempts)?;
+        let ids = args.ids.clone();
+        let notify = self.cfg.notify && self.debounce.should(queue);
+        let rows = self.run(&args.stmt(notify))?;
+        ops::enqueue_decode(&ids, &rows)
+    }
+
+    /// Fetches up to `count` tasks from `queues` (in order). `block_ms`: None = never wait
+    /// (returns `Some(vec)`, maybe empty); `Some(0)` = wait forever; `Some(ms)` = wait at most
+    /// that long and return `None` when nothing came.
+    pub fn fetch(
+        &self,
+        queues: &[String],
+        worker: &str,
+        count: i64,
+        lease_ms: Option<i64>,
+        block_ms: Option<i64>,
+    ) -> Result<Option<Vec<Delivery>>> {
+        let args = ops::FetchArgs::new(queues, worker, count, lease_ms, &self.cfg)?;
+        let st = args.stmt();
+        let deadline = match block_ms {
+            Some(ms) if ms < 0 => return Err(Error::Invalid("block_ms must be >= 0".into())),
+            Some(0) | None => None,
+            Some(ms) => Some(Instant::now() + Duration::from_millis(ms as u64)),
+        };
+        if block_ms.is_some() && self.cfg.notify {
+            self.ensure_listener();
+        }
+        loop {
+            let seen = self.waker.gen();
+            let (got, due) = ops::fetch_decode(self.run(&st)?)?;
+            if !got.is_empty() || block_ms.is_none() {
+                return Ok(Some(got));
+            }
+            let listening = self.cfg.notify && self.waker.listening.load(Ordering::Relaxed);
+            match next_wait(listening, due, deadline) {
+                None => return Ok(None),
+                Some(w) => self.waker.wait(seen, w),
+            }
+        }
+    }
+
+    fn ensure_listener(&self) {
+        let mut started = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if *started {
+            return;
+        }
+        *started = true;
+        let pg = self.pg.clone();
+        let w = self.waker.clone();
+        let _ = std::thread::Builder::new().name("vtasks-listen".into()).spawn(move || listen_loop(pg, w));
+    }
+
+    pub fn ack(&self, queue: &str, pairs: &[(String, String)]) -> Result<i64> {
+        if pairs.is_empty() {
+            return Ok(0);
+        }
+        ops::one_i64(&self.run(&ops::ack_stmt(queue, pairs)?)?)
+    }
+
+    pub fn fail(&self, queue: &str, id: &str, token: &str, error: &str, retry_ms: Option<i64>) -> Result<Option<String>> {
+        ops::one_opt_string(&self.run(&ops::fail_stmt(queue, id, token, error, retry_ms, self.cfg.dlq_cap)?)?)
+    }
+
+    pub fn rescue(&self, queue: &str, worker: Option<&str>) -> Result<i64> {
+        ops::one_i64(&self.run(&ops::rescue_stmt(queue, worker, self.cfg.dlq_cap)?)?)
+    }
+
+    pub fn extend(&self, queue: &str, worker: &str, lease_ms: i64) -> Result<i64> {
+        ops::one_i64(&self.run(&ops::extend_stmt(queue, worker, lease_ms)?)?)
+    }
+
+    pub fn info(&self, queue: &str) -> Result<Vec<(&'static str, i64)>> {
+        ops::info_decode(&self.run(&ops::info_stmt(queue))?)
+    }
+
+    pub fn queues(&self) -> Result<Vec<String>> {
+        ops::strings_decode(&self.run(&ops::queues_stmt())?)
+    }
+
+    pub fn peek(&self, queue: &str, state: &str, offset: i64, count: i64) -> Result<Vec<TaskRecord>> {
+        let st = ops::peek_stmt(queue, state.parse()?, offset, count)?;
+        ops::records_decode(&self.run(&st)?)
+    }
+
+    pub fn get(&self, queue: &str, id: &str) -> Result<Option<TaskRecord>> {
+        Ok(ops::records_decode(&self.run(&ops::get_stmt(queue, id)?)?)?.into_iter().next())
+    }
+
+    pub fn retry_dead(&self, queue: &str, ids: Option<Vec<String>>) -> Result<i64> {
+        ops::one_i64(&self.run(&ops::retry_dead_stmt(queue, ids)?)?)
+    }
+
+    pub fn delete(&self, queue: &str, ids: Vec<String>) -> Result<i64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        ops::one_i64(&self.run(&ops::delete_stmt(queue, ids)?)?)
+    }
+
+    pub fn clear(&self, queue: &str, what: &str) -> Result<i64> {
+        ops::one_i64(&self.run(&ops::clear_stmt(queue, what.parse()?)?)?)
+    }
+
+    pub fn schedule_set(
+        &self,
+        queue: &str,
+        name: &str,
+        payload: Vec<u8>,
+        cron: Option<&str>,
+        every_ms: Option<i64>,
+        priority: i16,
+    ) -> Result<()> {
+        let spec = ops::Spec::new(cron, every_ms)?;
+        let now = ops::one_i64(&self.run(&ops::now_stmt())?)?;
+        self.run(&ops::schedule_set_stmt(queue, name, &spec, payload, priority, spec.first(now))?)?;
+        Ok(())
+    }
+
+    pub fn schedule_del(&self, queue: &str, name: &str) -> Result<bool> {
+        Ok(ops::one_i64(&self.run(&ops::schedule_del_stmt(queue, name))?)? > 0)
+    }
+
+    pub fn schedule_list(&self, queue: &str) -> Result<Vec<ScheduleEntry>> {
+        ops::schedule_list_decode(&self.run(&ops::schedule_list_stmt(queue))?)
+    }
+
+    /// Fires every due tick exactly once across all callers; returns the tasks enqueued.
+    pub fn schedule_tick(&self) -> Result<i64> {
+        let due = ops::due_decode(&self.run(&ops::due_schedules_stmt())?)?;
+        let mut n = 0;
+        for t in &due {
+            n += ops::one_i64(&self.run(&ops::fire_stmt(t, self.cfg.max_attempts, self.cfg.notify))?)?;
+        }
+        Ok(n)
+    }
+
+    /// Server-side "timer" duties (rescue expired leases everywhere, purge expired keys/results,
+    /// fold counters).
+    pub fn maintain(&self) -> Result<Vec<(&'static str, i64)>> {
+        ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap))?)
+    }
+
+    pub fn store_result(&self, id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<()> {
+        self.run(&ops::store_result_stmt(id, data, ttl_ms)?)?;
+        Ok(())
+    }
+
+    pub fn get_result(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        ops::bytes_decode(&self.run(&ops::get_result_stmt(id))?)
+    }
+}
+
+/// The LISTEN connection: bumps the waker on every notification and after each (re)connect.
+fn listen_loop(pg: postgres::Config, w: Arc<Waker>) {
+    let mut backoff = Duration::from_millis(100);
+    while !w.stop.load(Ordering::SeqCst) {
+        let mut c = match pg.connect(NoTls) {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if c.batch_execute(&format!("LISTEN {}", ops::CHANNEL)).is_err() {
+            std::thread::sleep(backoff);
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        w.listening.store(true, Ordering::SeqCst);
+        w.bump();
+        while !w.stop.load(Ordering::SeqCst) {
+            let next = {
+                let mut n = c.notifications();
+                let mut it = n.timeout_iter(Duration::from_millis(200));
+                fallible_iterator::FallibleIterator::next(&mut it).transpose()
+            };
+            match next {
+                Some(Ok(_)) => w.bump(),
+                Some(Err(_)) => break,
+                None => {
+                    if c.is_closed() {
+                        break;
+                    }
+                }
+            }
+        }
+        w.listening.store(false, Ordering::SeqCst);
+    }
+}
