@@ -81,7 +81,7 @@ def sigterm(ctx: Ctx):
     """SIGTERM drains: in-flight tasks finish and are acked once, the worker exits 0."""
     lease = 5.0
     ctx.start_backend()
-    fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
+    fleet = ctx.start_fleet(2, lease=lease, concurrency=32)
     ctx.feeder(rate=60, ms=400)
     ctx.wait_flowing(n=10)
     base = ctx.baseline(3.0)
@@ -124,10 +124,10 @@ def rename(ctx: Ctx):
     different id leaves them to lease expiry (the server's rescue): nothing leaks, nothing lost."""
     lease = 3.0
     ctx.start_backend()
-    fleet = ctx.start_fleet(0, lease=lease, concurrency=8)
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=64)
     wa = fleet.spawn(args=["--id", f"{ctx.run_id}-A"], tag="A")
     wb = fleet.spawn(args=["--id", f"{ctx.run_id}-B"], tag="B")
-    ctx.feeder(rate=120, ms=200)
+    ctx.feeder(rate=40, ms=1000, batch=4)
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
     notes = ctx.result.notes
@@ -263,10 +263,10 @@ def valkey_restart(ctx: Ctx):
     down = 4.0 if ctx.quick else 6.0
     ctx.start_backend(aof=True)
     hfile = ctx.dir / "health"
-    fleet = ctx.start_fleet(0, lease=lease, concurrency=8)
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=32)
     fleet.spawn(args=["--health-check-file", str(hfile)])
     fleet.spawn()
-    ctx.feeder(rate=150, ms=20)
+    ctx.feeder(rate=100, ms=200)
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
     info = ctx.hb.info(QUEUE)
