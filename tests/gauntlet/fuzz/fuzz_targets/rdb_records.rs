@@ -8,7 +8,16 @@
 //!   (fetch/ack/fail/rescue/extend/promote/uniques/schedule fires) on the loaded state.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
 use vtasks::queue::Queue;
+
+/// GAUNTLET_FUZZ_SKIP_KNOWN=1: drop inputs that hit the findings already reported in
+/// .notes/gauntlet-findings.md (colliding index keys / absurd header seq on load), so a run keeps
+/// exploring for new ones. Off by default: the gauntlet reports them until they are fixed.
+fn skip_known() -> bool {
+    static S: OnceLock<bool> = OnceLock::new();
+    *S.get_or_init(|| std::env::var("GAUNTLET_FUZZ_SKIP_KNOWN").map(|v| v == "1").unwrap_or(false))
+}
 
 fn check_roundtrip(q: &Queue, when: &str) {
     let recs = q.records();
@@ -24,6 +33,11 @@ fn check_roundtrip(q: &Queue, when: &str) {
     assert!(q2.records() == recs, "{when}: save/load round trip differs");
 }
 
+const OPS: [&str; 11] = [
+    "promote", "fetch", "ack", "fail", "rescue_expired", "rescue_worker", "extend", "purge_uniques",
+    "fire_schedules", "retry_dead", "advance_clock",
+];
+
 fuzz_target!(|data: &[u8]| {
     let mut q = Queue::default();
     let mut i = 0usize;
@@ -35,16 +49,27 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let end = (i + len).min(data.len());
-        let _ = q.apply_record(&data[i..end]);
+        // rdb_load applies the header record first and only once: keep that shape
+        if data.get(i) != Some(&b'H') || n == 0 {
+            let _ = q.apply_record(&data[i..end]);
+        }
         i = end;
         n += 1;
+    }
+    if skip_known() {
+        let mut seqs: Vec<u64> = q.tasks.values().map(|t| t.seq).collect();
+        seqs.sort_unstable();
+        let dup_seq = seqs.windows(2).any(|w| w[0] == w[1]);
+        if dup_seq || q.records().len() != q.record_count() || q.next_seq > 1 << 62 {
+            return;
+        }
     }
     check_roundtrip(&q, "after load");
     let ops = &data[i.min(data.len())..];
     let mut now: i64 = 1_764_000_000_000;
     let mut tok: u64 = 0x1000;
     let mut held: Vec<(Vec<u8>, u64)> = Vec::new();
-    for &op in ops.iter().take(64) {
+    for (k, &op) in ops.iter().take(64).enumerate() {
         match op % 11 {
             0 => {
                 q.promote(now);
@@ -96,6 +121,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = q.next_due();
         let _ = q.mem_usage();
         let _ = q.sizes();
+        check_roundtrip(&q, &format!("after op #{k} ({} = op {op})", OPS[(op % 11) as usize]));
     }
-    check_roundtrip(&q, "after operations");
 });
