@@ -112,7 +112,7 @@ class PostgresBroker(Broker):
             sql, params = _native.PgQueue.enqueue_sql(
                 queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
                 priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
-                max_attempts_default=self.max_attempts)
+                max_attempts_default=self.max_attempts, notify=self._kwargs["notify"])
             out.append((sql, params, idxs))
         return out
 
