@@ -705,7 +705,9 @@ def render_markdown(doc: dict) -> str:
               f"Servers: Valkey {meta['servers'].get('valkey', '?')}, PostgreSQL "
               f"{meta['servers'].get('postgres', '—')} (fsync off). "
               f"{doc['config']['reps']} repetition(s), medians; "
-              f"{doc['config']['n']:,} tasks per processing run."
+              f"{doc['config']['n']:,} tasks per processing run. "
+              f"Repo at {meta.get('repo', {}).get('commit', '?')}"
+              + (f", module built {meta['repo']['module_built']}." if meta.get("repo", {}).get("module_built") else ".")
               + (" **Quick smoke run: numbers are not meaningful.**" if doc["config"]["quick"] else ""), ""]
     if doc["config"].get("vtasks_dev_stub"):
         lines += ["**vtasks ran from its source tree with a pure-Python stand-in for its `_native` "
@@ -934,6 +936,13 @@ def main(argv=None) -> int:
         if not servers.module_loaded:
             say("the vtasks module is not loaded: " + (servers.module_error or f"{module_path()} missing")[-300:])
         doc["meta"]["servers"] = servers.versions()
+        doc["meta"]["repo"] = {
+            "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                     capture_output=True, text=True).stdout.strip(),
+            "module": str(module_path()) if servers.module_loaded else None,
+            "module_built": dt.datetime.fromtimestamp(module_path().stat().st_mtime, dt.UTC)
+            .strftime("%Y-%m-%d %H:%M UTC") if servers.module_loaded else None,
+        }
         systems = {}
         for s in args.systems:
             sysobj = System(s, servers, work, args)

@@ -23,12 +23,7 @@ TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "benchproj.urls"
 INSTALLED_APPS = ["benchproj"]
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-}
+# LOGGING: Django's defaults (what a deployment without a LOGGING setting gets)
 
 
 def _pg(dbname: str) -> dict:
@@ -40,6 +35,9 @@ def _pg(dbname: str) -> dict:
         "PASSWORD": unquote(u.password or ""),
         "HOST": u.hostname or "127.0.0.1",
         "PORT": str(u.port or 5432),
+        # persistent connections, as a tuned deployment has: with Django's default (0)
+        # django-tasks-db's worker reconnects for every task (close_old_connections per loop)
+        "CONN_MAX_AGE": 600,
     }
 
 
