@@ -53,6 +53,7 @@ def test_enqueue_returns_ready_result(backend, broker, alias, queue):
     got = backend.get_result(r.id)
     assert got.status == TaskResultStatus.READY and got.args == [[1, 2]]
     assert got.task.func is t.add.func
+    assert got.task == on(t.add, alias, queue)  # same queue, backend, priority, run_after
     assert t.add.get_result(r.id).id == r.id
 
 
