@@ -18,6 +18,11 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from gauntlet import paths  # noqa: E402
+
+try:  # the harness reads Postgres through the native PgQueue; an editable install is not required
+    import django_vtasks  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(paths.CLIENT_PY))
 from gauntlet.run import run_one  # noqa: E402
 
 SEED = int(os.environ.get("GAUNTLET_SEED") or random.SystemRandom().randrange(1, 10**9))

@@ -64,7 +64,14 @@ def run_one(name: str, backend: str, seed: int, quick: bool, keep: bool = False,
 
 def results_markdown(results: list[Result], seed: int, quick: bool, extra: str = "") -> str:
     lines = [
-        "# Gauntlet results",
+        "## Reliability: the gauntlet",
+        "",
+        "Tasks fed continuously through real `runworker` processes against real servers while faults",
+        "are injected; invariants checked at quiescence from an O_EXCL file ledger (see",
+        "tests/gauntlet/README.md). *duplicated* = tasks with more than one finished execution (legal",
+        "only after the holder died; anything else is a violation), *lost* = fed and never finished nor",
+        "dead-lettered, *recovery* = worst time from a fault until throughput is back to 80 % of the",
+        "pre-fault baseline (bound in parentheses).",
         "",
         f"Run: `scripts/gauntlet{' --quick' if quick else ''} --seed {seed}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Replay any row with its seed.",
