@@ -642,7 +642,7 @@ def targets(doc: dict) -> list[dict]:
 
     def ratio_line(name, peer, metric, need):
         v = R.get(peer, {}).get(metric, {}).get("median")
-        out.append({"target": name, "value": v, "need": need, "unit": "x",
+        out.append({"id": f"{metric}:{peer}", "target": name, "value": v, "need": need, "unit": "x",
                     "pass": None if v is None else v >= need})
 
     for c in doc["config"]["concurrency"]:
@@ -651,13 +651,13 @@ def targets(doc: dict) -> list[dict]:
         ratio_line(f"Postgres process no-op (c={c}) >= 5x django-tasks-db", "dtdb", f"process_noop_c{c}", 5)
     ratio_line("single async enqueue >= 2x django-vtasks 3.2.0", "dvt320", "enqueue_single", 2)
     v = S.get("vtasks", {}).get("enqueue_bulk")
-    out.append({"target": "bulk enqueue >= 100,000 tasks/s on Valkey", "value": v, "need": 100000,
+    out.append({"id": "bulk", "target": "bulk enqueue >= 100,000 tasks/s on Valkey", "value": v, "need": 100000,
                 "unit": "tasks/s", "pass": None if v is None else v >= 100000})
     v = doc["raw_ratio_enqueue_lpush_p16"]["median"]
-    out.append({"target": "VT.ENQUEUE pipelined >= 0.7x LPUSH", "value": v, "need": 0.7, "unit": "x",
+    out.append({"id": "vt_enqueue_vs_lpush", "target": "VT.ENQUEUE pipelined >= 0.7x LPUSH", "value": v, "need": 0.7, "unit": "x",
                 "pass": None if v is None else v >= 0.7})
     v = R.get("dvt320", {}).get("rss_peak_mb", {}).get("median")
-    out.append({"target": "worker RSS <= django-vtasks 3.2.0's", "value": v, "need": 1.0,
+    out.append({"id": "rss_peak_mb:dvt320", "target": "worker RSS <= django-vtasks 3.2.0's", "value": v, "need": 1.0,
                 "unit": "x (3.2.0 RSS / vtasks RSS)", "pass": None if v is None else v >= 1.0})
     return out
 
@@ -694,6 +694,56 @@ def fmt(v, metric: str = "") -> str:
     return f"{v:,.0f}"
 
 
+def render_table(doc: dict) -> list[str]:
+    S, R = doc["summary"], doc["ratios"]
+    systems = [s for s in ORDER if s in S]
+    head = "| metric | " + " | ".join(SYSTEMS[s]["label"] for s in systems) + " |"
+    lines = [head, "|" + " --- |" * (len(systems) + 1)]
+    for metric in doc["metric_order"]:
+        cells = []
+        for s in systems:
+            v = S[s].get(metric)
+            cell = fmt(v, metric)
+            if s in BASELINE and v is not None:
+                r = R.get(s, {}).get(metric, {}).get("median")
+                if r is not None:
+                    cell += f" (×{r:.2f})" if r < 10 else f" (×{r:.0f})"
+            cells.append(cell)
+        lines.append(f"| {metric_label(metric)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+TABLE_START, TABLE_END = "<!-- BENCH-TABLE:start -->", "<!-- BENCH-TABLE:end -->"
+
+
+def update_readmes(doc: dict) -> list[Path]:
+    """Replace the table between the BENCH-TABLE markers in the README (section) files."""
+    m = doc["meta"]
+    block = [TABLE_START, "",
+             f"Latest run: {m['date']}, {m['machine']['cores']} cores ({m['machine']['cpu']}), "
+             f"{doc['config']['reps']} repetitions, medians; (×r) = how many times better vtasks "
+             "did than that peer on the same broker (> 1: vtasks ahead).", "",
+             *render_table(doc), "",
+             *(["vtasks ran from source with a pure-Python stand-in for its `_native` codec "
+                "(extension not built at the time).", ""] if doc["config"].get("vtasks_dev_stub") else []),
+             *([f"Not measured: " + "; ".join(f"{SYSTEMS[k]['label']} ({v})" for k, v in doc["skipped"].items()), ""]
+               if doc.get("skipped") else []),
+             "Targets: " + "; ".join(
+                 f"{t['target']}: {'PASS' if t['pass'] else ('FAIL' if t['pass'] is False else 'n/a')}"
+                 for t in doc["targets"]) + ".", "", TABLE_END]
+    done = []
+    for path in (ROOT / "README.md", BENCH / "README-section.md"):
+        if not path.exists():
+            continue
+        text = path.read_text()
+        if TABLE_START in text and TABLE_END in text:
+            a = text.index(TABLE_START)
+            b = text.index(TABLE_END) + len(TABLE_END)
+            path.write_text(text[:a] + "\n".join(block) + text[b:])
+            done.append(path)
+    return done
+
+
 def render_markdown(doc: dict) -> str:
     S, R = doc["summary"], doc["ratios"]
     systems = [s for s in ORDER if s in S]
@@ -715,19 +765,7 @@ def render_markdown(doc: dict) -> str:
                   "the compression threshold, so the codec is the identity either way).", ""]
     lines += ["Cells are medians over the repetitions; for each peer, ×r is how many times better vtasks "
               "(on the same broker) did, median of the per-run ratios (> 1: vtasks ahead).", ""]
-    head = "| metric | " + " | ".join(SYSTEMS[s]["label"] for s in systems) + " |"
-    lines += [head, "|" + " --- |" * (len(systems) + 1)]
-    for metric in doc["metric_order"]:
-        cells = []
-        for s in systems:
-            v = S[s].get(metric)
-            cell = fmt(v, metric)
-            if s in BASELINE and v is not None:
-                r = R.get(s, {}).get(metric, {}).get("median")
-                if r is not None:
-                    cell += f" (×{r:.2f})" if r < 10 else f" (×{r:.0f})"
-            cells.append(cell)
-        lines.append(f"| {metric_label(metric)} | " + " | ".join(cells) + " |")
+    lines += render_table(doc)
     lines.append("")
     if doc.get("skipped"):
         lines += ["Not measured:", ""]
@@ -750,8 +788,15 @@ def render_markdown(doc: dict) -> str:
         res = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "**FAIL**")
         lines.append(f"| {t['target']} | {fmt(t['value'])} {t['unit']} | {fmt(t['need'])} | {res} |")
     lines.append("")
-    behind = []
     why = load_why()
+    failed = [t for t in doc["targets"] if t["pass"] is False]
+    if failed:
+        lines += ["Why the failing targets fail (profiles: see the README section):", ""]
+        for t in failed:
+            reason = why.get("target:" + t["id"]) or why.get(t["id"]) or "_why: not yet explained._"
+            lines.append(f"- {t['target']}: {reason}")
+        lines.append("")
+    behind = []
     for peer, per in R.items():
         for metric, r in per.items():
             if r["median"] is not None and r["median"] < 1:
@@ -1012,6 +1057,8 @@ def main(argv=None) -> int:
         hist.mkdir(exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         (hist / f"{stamp}.json").write_text(json.dumps(doc, indent=1, default=str))
+        for path in update_readmes(doc):
+            print(f"updated the table in {path}")
     print(md)
     print(f"\nwrote {RESULTS / base}.json, .md, .png (logs in {work}/logs)")
     if not os.environ.get("BENCH_KEEP_WORK"):
