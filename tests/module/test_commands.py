@@ -5,7 +5,7 @@ import time
 import pytest
 import valkey
 
-from conftest import fetch, info, rec
+from conftest import fetch, info, rec, wait_until
 
 Q = "vt:{t}"
 
@@ -514,3 +514,25 @@ def test_copy_and_rename_keep_queue(r):
     assert info(r, "vt:{t}copy")["inflight"] == 1 and info(r, "vt:{t}copy")["ready"] == 1
     r.rename("vt:{t}copy", "vt:{t}renamed")
     assert rec(r.execute_command("VT.GET", "vt:{t}renamed", "a"))["state"] == b"inflight"
+
+
+def test_dump_restore_move_unlink(server):
+    r = server.client()
+    r.execute_command("VT.ENQUEUE", Q, "ID", "a", "PAYLOAD", "x")
+    r.execute_command("VT.ENQUEUE", Q, "DELAY", 200, "ID", "d", "PAYLOAD", "y")
+    blob = r.dump(Q)
+    assert r.restore("vt:{t}restored", 0, blob)
+    assert info(r, "vt:{t}restored")["ready"] == 1
+    # the restored copy gets its timers too
+    wait_until(lambda: info(r, "vt:{t}restored")["ready"] == 2, timeout=3)
+    assert r.move("vt:{t}restored", 3)
+    c3 = server.client(db=3)
+    assert info(c3, "vt:{t}restored")["ready"] == 2
+    assert c3.execute_command("VT.QUEUES") == [b"vt:{t}restored"]
+    # a big queue freed lazily (in a background thread) keeps the global stats right
+    base = r.info("vtasks")["vtasks_tasks_ready"]
+    assert base == 4  # a, d in Q and in the moved copy
+    r.execute_command("VT.ENQUEUE", "vt:{big}", "PAYLOAD", *(["p"] * 5000))
+    assert r.info("vtasks")["vtasks_tasks_ready"] == base + 5000
+    assert r.unlink("vt:{big}") == 1
+    wait_until(lambda: r.info("vtasks")["vtasks_tasks_ready"] == base, timeout=3)
