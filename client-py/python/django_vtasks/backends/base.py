@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
-import uuid
 from collections.abc import Iterable
 
 import orjson
@@ -19,9 +19,9 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 
 from ..broker import Broker, EnqueueRequest, TaskRecord
 from ..conf import settings
-from ..envelope import build_envelope, encode_envelope
+from ..envelope import encode_envelope
 from ..results import ms_to_dt, result_from_json, resolve_task
-from ..tasks import VTask, retry_policy
+from ..tasks import VTask
 
 logger = logging.getLogger("django_vtasks")
 
@@ -74,30 +74,44 @@ class VTasksBackend(BaseTaskBackend):
         return int(self.result_ttl * 1000)
 
     # ---- enqueue ------------------------------------------------------------------------------
-    def _prepare(self, task: Task, args, kwargs) -> tuple[TaskResult, EnqueueRequest]:
-        self.validate_task(task)
-        now = timezone.now()
-        result = TaskResult(
-            task=task,
-            id=str(uuid.uuid4()),
-            status=TaskResultStatus.READY,
-            enqueued_at=now,
-            started_at=None,
-            last_attempted_at=None,
-            finished_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
-        envelope = build_envelope(task, result.args, result.kwargs, result.id, self.alias)
-        envelope["ts"] = now.timestamp()
-        payload = encode_envelope(envelope)
+    def _context(self) -> dict:
+        """Settings read once per enqueue call (not once per task)."""
+        return {
+            "threshold": int(settings.VTASKS_COMPRESS_THRESHOLD),
+            "retries": settings.VTASKS_RETRIES or {},
+            "validated": set(),
+        }
 
-        at_ms = None
-        if task.run_after is not None:
-            at_ms = int(task.run_after.timestamp() * 1000)
+    def _prepare(self, task: Task, args, kwargs, ctx: dict | None = None
+                 ) -> tuple[TaskResult, EnqueueRequest]:
+        ctx = ctx if ctx is not None else self._context()
+        validated = ctx["validated"]
+        if task not in validated:  # each distinct task once per call (TASKS may change between)
+            self.validate_task(task)
+            validated.add(task)
+        now = timezone.now()
+        rid = os.urandom(16).hex()
+        # builds (and normalises) args/kwargs like Django: bad arguments raise here, synchronously
+        result = TaskResult(
+            task=task, id=rid, status=TaskResultStatus.READY, enqueued_at=now,
+            started_at=None, last_attempted_at=None, finished_at=None, args=args,
+            kwargs=kwargs, backend=self.alias, errors=[], worker_ids=[],
+        )
+        run_after = task.run_after
+        envelope = {
+            "func": task.module_path,
+            "args": result.args,
+            "kwargs": result.kwargs,
+            "queue": task.queue_name,
+            "ts": now.timestamp(),
+            "id": rid,
+            "priority": task.priority,
+            "run_after": run_after.isoformat() if run_after is not None else None,
+            "backend": self.alias,
+            "takes_context": task.takes_context,
+        }
+        payload = encode_envelope(envelope, ctx["threshold"])
+
         unique = None
         if getattr(task, "unique", False):
             key = task.unique
@@ -108,16 +122,17 @@ class VTasksBackend(BaseTaskBackend):
                 ).hexdigest()
                 key = f"{task.module_path}:{digest}"
             unique = (str(key), int(getattr(task, "unique_ttl", 3600) * 1000))
-        retries, _ = retry_policy(task, task.queue_name)
-        max_attempts = retries + 1 + CRASH_ATTEMPTS if retries else None
+        retries = getattr(task, "retries", None)
+        if retries is None:
+            retries = (ctx["retries"].get(task.queue_name) or {}).get("retries", 0)
         request = EnqueueRequest(
             queue=task.queue_name,
-            id=result.id,
+            id=rid,
             payload=payload,
             priority=int(task.priority),
-            at_ms=at_ms,
+            at_ms=int(run_after.timestamp() * 1000) if run_after is not None else None,
             unique=unique,
-            max_attempts=max_attempts,
+            max_attempts=int(retries) + 1 + CRASH_ATTEMPTS if retries else None,
         )
         return result, request
 
@@ -133,10 +148,11 @@ class VTasksBackend(BaseTaskBackend):
 
     def _prepare_many(self, items: Iterable) -> tuple[list[TaskResult], list[EnqueueRequest]]:
         results, requests = [], []
+        ctx = self._context()
         for item in items:
             task, args, kwargs = item
             task, kwargs = self._split_options(task, dict(kwargs or {}))
-            result, request = self._prepare(task, list(args or ()), kwargs)
+            result, request = self._prepare(task, list(args or ()), kwargs, ctx)
             results.append(result)
             requests.append(request)
         return results, requests
