@@ -157,6 +157,10 @@ class Ctx:
         t0 = time.time()
         wait_until(lambda: time.time() >= t0 + seconds, seconds + 5, interval=0.05, what="baseline window")
         b = self.rate(t0, t0 + seconds)
+        feed = sum(f.rate for f in self.feeders if f.limit is None)
+        if feed:
+            # the steady state is the feed rate: a faster window is still draining start-up backlog
+            b = min(b, feed)
         self.result.baseline_per_s = round(b, 1)
         return b
 
