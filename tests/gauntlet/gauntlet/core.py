@@ -116,9 +116,9 @@ class Ctx:
         return self.fleet
 
     def feeder(self, rate: float, ms: int = 0, batch: int = 10, limit: int | None = None, max_attempts: int | None = 10,
-               func: str = "gauntlet_app.tasks.record", tag: str = "") -> Feeder:
+               func: str = "gauntlet_app.tasks.record", tag: str = "", unique: bool = False) -> Feeder:
         f = Feeder(self.hb, QUEUE, self.run_id + tag, rate=rate, batch=batch, ms=ms, func=func,
-                   max_attempts=max_attempts, limit=limit)
+                   max_attempts=max_attempts, limit=limit, unique=unique)
         self.feeders.append(f)
         f.start()
         return f

@@ -15,7 +15,7 @@ from .hbroker import encode, envelope
 
 class Feeder(threading.Thread):
     def __init__(self, hb, queue: str, run_id: str, rate: float = 200.0, batch: int = 10, ms: int = 0,
-                 func: str = "gauntlet_app.tasks.record", max_attempts: int | None = 10, limit: int | None = None):
+                 func: str = "gauntlet_app.tasks.record", max_attempts: int | None = 10, limit: int | None = None, unique: bool = False):
         super().__init__(daemon=True, name="gauntlet-feeder")
         self.hb = hb
         self.queue = queue
@@ -26,6 +26,9 @@ class Feeder(threading.Thread):
         self.func = func
         self.max_attempts = max_attempts
         self.limit = limit
+        #: enqueue each task alone under UNIQUE u:<gid> (held 10 min, released when acked): the
+        #: leak check then proves keys are released through crashes and redeliveries
+        self.unique = unique
         self.fed: dict[str, float] = {}
         self.suppressed: list[str] = []
         self.errors = 0
@@ -57,11 +60,17 @@ class Feeder(threading.Thread):
                     next_t = time.monotonic()
                     continue
                 k = self.batch if self.limit is None else min(self.batch, self.limit - self.n)
+                if self.unique:
+                    k = 1
                 gids = [self.gid(self.n + i) for i in range(k)]
                 items = [(g, encode(envelope(self.func, [g, self.ms], g, self.queue))) for g in gids]
                 while True:
                     try:
-                        ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts)
+                        if self.unique:
+                            ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts,
+                                                  unique=(f"u:{gids[0]}", 600_000))
+                        else:
+                            ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts)
                         break
                     except Exception as e:  # noqa: BLE001 - retried with the same ids
                         self.errors += 1

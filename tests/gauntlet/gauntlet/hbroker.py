@@ -55,8 +55,11 @@ class ValkeyHB:
     def key(self, queue: str) -> str:
         return f"{PREFIX}{{{queue}}}"
 
-    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None) -> list:
+    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None,
+                unique: tuple[str, int] | None = None) -> list:
         argv = ["VT.ENQUEUE", self.key(queue)]
+        if unique:
+            argv += ["UNIQUE", unique[0], unique[1]]
         if max_attempts:
             argv += ["MAXATTEMPTS", max_attempts]
         argv.append("ENTRIES")
@@ -113,8 +116,10 @@ class PgHB:
             self.reset()  # the pool may hold killed connections: one retry on a fresh pool
             return getattr(self.q, name)(*a, **kw)
 
-    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None) -> list:
-        return self.q.enqueue(queue, [p for _, p in items], ids=[i for i, _ in items], max_attempts=max_attempts)
+    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None,
+                unique: tuple[str, int] | None = None) -> list:
+        return self.q.enqueue(queue, [p for _, p in items], ids=[i for i, _ in items], max_attempts=max_attempts,
+                              unique=unique)
 
     def info(self, queue: str) -> dict[str, int]:
         return {k: int(v) for k, v in self._call("info", queue).items()}

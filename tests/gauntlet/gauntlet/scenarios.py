@@ -47,6 +47,7 @@ def sigkill(ctx: Ctx):
     ctx.start_backend()
     fleet = ctx.start_fleet(3, lease=lease, concurrency=16)
     ctx.feeder(rate=150, ms=100)
+    ctx.feeder(rate=10, ms=100, batch=1, unique=True, tag="U")  # unique keys must be released
     ctx.wait_flowing()
     base = ctx.baseline(2.0 if q else 5.0)
     kills = 3 if q else 10
