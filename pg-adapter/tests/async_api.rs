@@ -7,9 +7,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use vtasks_pg::{AsyncPgQueue, Config, EnqueueOpts};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_flow() {
+// The sync admin client (TestDb) cannot run inside a runtime: build the runtime by hand.
+#[test]
+fn async_flow() {
     let db = TestDb::new();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(flow(&db));
+}
+
+async fn flow(db: &TestDb) {
     let q = Arc::new(AsyncPgQueue::new(&db.dsn, Config::default()).unwrap());
     q.migrate().await.unwrap();
     let qs = vec!["aq".to_string()];
@@ -57,9 +63,11 @@ async fn async_flow() {
     assert!(q.queues().await.unwrap().contains(&"aq".to_string()));
 
     // Connections killed under the pool: the next operations succeed.
-    let mut admin = db.client();
+    let (admin, conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
     admin
         .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vtasks'")
+        .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(q.enqueue("aq", payloads(2, "b"), EnqueueOpts::default()).await.unwrap().len(), 2);

@@ -404,7 +404,7 @@ fn schedules_fire_exactly_once_with_three_schedulers_one_killed() {
     thread::sleep(Duration::from_millis(150));
     zombie.batch_execute("BEGIN").unwrap();
     let fired: bool = zombie
-        .query_one("SELECT vtasks_fire('sch', 'every100', $1, $1 + 100, 'zombie-task', 3, false)", &[&next])
+        .query_one("SELECT vtasks_fire('sch', 'every100', $1::int8, $1::int8 + 100, 'zombie-task', 3, false)", &[&next])
         .unwrap()
         .get(0);
     assert!(fired);
@@ -505,7 +505,7 @@ fn unique_keys_operator_ops_and_results() {
     let m: HashMap<_, _> = q.maintain().unwrap().into_iter().collect();
     assert_eq!(m["results_purged"], 1);
     // Counters survive folding.
-    assert_eq!(info(&q, "u")["enqueued_total"], 3);
+    assert_eq!(info(&q, "u")["enqueued_total"], 4);
 
     // The psycopg form of the enqueue SQL has %s placeholders only.
     let sql = vtasks_pg::ops::enqueue_sql_psycopg();
