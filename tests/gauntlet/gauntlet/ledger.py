@@ -38,7 +38,9 @@ def record_start(ledger_dir: str, gid: str, **extra) -> tuple[str, int]:
         except FileExistsError:
             n += 1
             continue
-        rec = {"gid": gid, "n": n, "pid": os.getpid(), "start": time.time(), **extra}
+        # "mono": CLOCK_MONOTONIC is system-wide, so it orders executions across processes even
+        # when a worker runs under a skewed wall clock (libfaketime, scheduler scenario)
+        rec = {"gid": gid, "n": n, "pid": os.getpid(), "start": time.time(), "mono": time.monotonic(), **extra}
         os.write(fd, (json.dumps(rec) + "\n").encode())
         os.fsync(fd) if os.environ.get("GAUNTLET_LEDGER_FSYNC") else None
         os.close(fd)

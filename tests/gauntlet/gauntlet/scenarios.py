@@ -419,32 +419,54 @@ def pg_xmin(ctx: Ctx):
     ctx.check(expected)
 
 
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
 def scheduler(ctx: Ctx):
-    """Three workers with --scheduler and a 500 ms schedule; a scheduler worker is killed (on
-    Postgres the tick is client-driven). Every tick fires once: no double fire, no missing tick."""
+    """Three workers with --scheduler and a 500 ms schedule; scheduler workers are killed (on
+    Postgres the tick is client-driven). Clocks are not trusted: when libfaketime is installed, two
+    of the three run with their wall clock skewed by +1 h and -30 min. Every tick fires once: no
+    double fire, no missing tick, no stall."""
+    import os
+
     every = 0.5
     ctx.start_backend()
-    fleet = ctx.start_fleet(3, lease=5.0, concurrency=4, args=["--scheduler"],
+    fleet = ctx.start_fleet(0, lease=5.0, concurrency=4, args=["--scheduler"],
                             env={"GAUNTLET_SCHEDULE_EVERY": str(every)})
+    skews = ["+3600", "-1800"] if os.path.exists(FAKETIME) else []
+    ctx.result.notes["clock_skews"] = skews or "libfaketime not installed: clocks not skewed"
+
+    def skewed_env(i):
+        if i >= len(skews):
+            return {}
+        return {"LD_PRELOAD": FAKETIME, "FAKETIME": skews[i], "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                "FAKETIME_NO_CACHE": "1"}
+    for i in range(3):
+        fleet.spawn(extra_env=skewed_env(i))
 
     def ticks():
-        return sorted((exs[0].start, g, len(exs)) for g, exs in ctx.ledger.read().items() if g.startswith("tick-"))
+        out = []
+        for g, exs in ctx.ledger.read().items():
+            if g.startswith("tick-"):
+                out.append((exs[0].extra.get("mono", exs[0].start), g, len(exs)))
+        return sorted(out)
     wait_until(lambda: len(ticks()) >= 3, 60, what="the schedule to fire (workers --scheduler)")
-    t_first = time.time()
+    t_first = time.monotonic()
     pace(3.0 if ctx.quick else 8.0)
     for i in range(1 if ctx.quick else 3):
         w = ctx.rng.choice(fleet.live())
         fleet.sigkill(w)
         ctx.fault(f"SIGKILL scheduler worker {w.tag}")
-        fleet.spawn()
+        fleet.spawn(extra_env=skewed_env(ctx.rng.randrange(3)))
         pace(3.0 if ctx.quick else 8.0)
-    t_last = time.time()
+    t_last = time.monotonic()
     stopped = fleet.stop_all(timeout=15)
     ctx.result.notes["worker_exit"] = stopped
     # ticks fired after the last stop may stay queued: only judge [t_first, t_last)
     tk = [t for t in ticks() if t_first <= t[0] < t_last]
+    led = ctx.ledger.read()
     dup_exec = [g for (_, g, n) in ticks() if n > 1 and not any(
-        e.pid in fleet.faulted for e in ctx.ledger.read()[g][:-1])]
+        e.pid in fleet.faulted for e in led[g][:-1])]
     expected = (t_last - t_first) / every
     gaps = [b[0] - a[0] for a, b in zip(tk, tk[1:])]
     close = [round(gap, 3) for gap in gaps if gap < every * 0.3]
