@@ -1,7 +1,7 @@
 -- vtasks Postgres schema, version 1.
 -- Idempotent (IF NOT EXISTS / CREATE OR REPLACE) and transactional: it may be applied by the
 -- crate's migrate() or by the Django migration, in any order, any number of times.
--- Contains no '%' character, so it can also go through DB-API drivers unchanged.
+-- Contains no percent sign, so it can also go through DB-API drivers unchanged.
 
 CREATE TABLE IF NOT EXISTS vtasks_schema (
     version     int PRIMARY KEY,
