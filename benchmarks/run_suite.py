@@ -984,7 +984,7 @@ def main(argv=None) -> int:
                                                     "vtasks_dev_stub")},
            "runs": [], "skipped": {}, "errors": []}
     try:
-        say(f"starting Valkey and Postgres (work dir {work})")
+        say(f"starting Valkey{' and Postgres' if want_pg else ''} (work dir {work})")
         servers.start()
         if not servers.module_loaded:
             say("the vtasks module is not loaded: " + (servers.module_error or f"{module_path()} missing")[-300:])
@@ -1068,9 +1068,12 @@ def main(argv=None) -> int:
         for path in update_readmes(doc):
             print(f"updated the table in {path}")
     print(md)
-    print(f"\nwrote {RESULTS / base}.json, .md, .png (logs in {work}/logs)")
-    if not os.environ.get("BENCH_KEEP_WORK"):
+    print(f"\nwrote {RESULTS / base}.json, .md, .png")
+    if os.environ.get("BENCH_KEEP_WORK") or doc["errors"]:
         shutil.rmtree(work / "pg", ignore_errors=True)
+        print(f"kept {work} (logs) — errors: {len(doc['errors'])}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
