@@ -93,6 +93,23 @@ class WorkerProc:
             self.proc.wait()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_brokers(django_db_setup):
+    """Close the brokers' pools before pytest-django drops the test database."""
+    yield
+    import gc
+
+    from django_vtasks.backends import base
+
+    for broker in list(base._BROKERS.values()):
+        try:
+            broker.close()
+        except Exception:  # noqa: BLE001
+            pass
+    base._BROKERS.clear()
+    gc.collect()
+
+
 @pytest.fixture(params=BACKENDS)
 def alias(request):
     if request.param == "valkey" and not os.environ.get("VTASKS_TEST_VALKEY_URL"):

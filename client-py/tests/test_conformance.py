@@ -54,7 +54,7 @@ def test_enqueue_returns_ready_result(backend, broker, alias, queue):
     assert got.status == TaskResultStatus.READY and got.args == [[1, 2]]
     assert got.task.func is t.add.func
     assert got.task == on(t.add, alias, queue)  # same queue, backend, priority, run_after
-    assert t.add.get_result(r.id).id == r.id
+    assert on(t.add, alias, queue).get_result(r.id).id == r.id
 
 
 def test_bad_arguments_raise_synchronously(broker, alias, queue):
@@ -215,13 +215,14 @@ def test_priority_order(alias, queue, workers, out):
 
 
 def test_run_after(backend, broker, alias, queue, workers, out):
+    workers([queue])
+    warm = on(t.add, alias, queue).enqueue(0, 0)
+    wait_for(finished(backend, warm.id))  # the worker is up and fetching
     when = timezone.now() + timedelta(seconds=1.5)
     r = on(t.record, alias, queue, run_after=when).enqueue(out, "late")
     now = on(t.record, alias, queue).enqueue(out, "now")
-    assert broker.info(queue)["delayed"] == 1
     assert [rec.id for rec in broker.peek(queue, "delayed")] == [r.id]
-    workers([queue])
-    wait_for(lambda: "now" in read_lines(out))
+    assert backend.get_result(r.id).status == TaskResultStatus.READY
     done = wait_for(finished(backend, r.id), timeout=10)
     assert read_lines(out) == ["now", "late"]
     assert done.started_at >= when
