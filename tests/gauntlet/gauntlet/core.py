@@ -256,11 +256,20 @@ class Ctx:
         unexplained = []
         overlap = []
         dups = 0
+        stale = []
         for g, exs in ledger.items():
             fin = [e for e in exs if e.finished]
             if len(fin) > 1:
                 dups += 1
+            exs = sorted(exs, key=lambda e: e.start)  # claim order (n) can differ from start order
             for prev, nxt in zip(exs, exs[1:]):
+                ntf, nkind = faulted.get(nxt.pid, (None, None))
+                if nkind == "stop" and nxt.start > ntf + 0.5 and prev.pid != nxt.pid:
+                    # a SIGSTOPped worker, once resumed, started a delivery it got before the stop:
+                    # its lease had expired meanwhile and the task was redelivered (and ran) elsewhere
+                    stale.append(f"{g}: started by the resumed worker (pid {nxt.pid}) {nxt.start - ntf:.1f}s after its stop, "
+                                 f"lease {self.lease}s; already run by pid {prev.pid}")
+                    continue
                 tf, kind = faulted.get(prev.pid, (None, None))
                 running = prev.end is None or nxt.start < prev.end
                 if kind == "kill" and tf >= prev.start - 0.5:
@@ -282,6 +291,10 @@ class Ctx:
             r.violations.append(f"{len(overlap)} second execution(s) while a lease was valid, e.g. {overlap[:3]}")
         if unexplained:
             r.violations.append(f"{len(unexplained)} unexplained duplicate(s), e.g. {unexplained[:3]}")
+        if stale:
+            r.notes["stale_starts_after_resume"] = len(stale)
+            r.violations.append(f"{len(stale)} duplicate(s) from a resumed worker starting deliveries whose lease had "
+                                f"expired while it was stopped (see .notes/gauntlet-findings.md F3), e.g. {stale[:2]}")
         # DLQ honesty
         try:
             dead = self.hb.peek(QUEUE, "dead")

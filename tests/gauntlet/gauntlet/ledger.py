@@ -30,6 +30,9 @@ def _safe(gid: str) -> str:
 
 def record_start(ledger_dir: str, gid: str, **extra) -> tuple[str, int]:
     """Claim the next execution number of ``gid``; returns (path, n)."""
+    # times are taken before the claim: a process stopped between claim and write must not look
+    # like it started when it resumed
+    start, mono = time.time(), time.monotonic()
     n = 1
     while True:
         path = os.path.join(ledger_dir, f"{_safe(gid)}{SEP}{n}")
@@ -40,7 +43,7 @@ def record_start(ledger_dir: str, gid: str, **extra) -> tuple[str, int]:
             continue
         # "mono": CLOCK_MONOTONIC is system-wide, so it orders executions across processes even
         # when a worker runs under a skewed wall clock (libfaketime, scheduler scenario)
-        rec = {"gid": gid, "n": n, "pid": os.getpid(), "start": time.time(), "mono": time.monotonic(), **extra}
+        rec = {"gid": gid, "n": n, "pid": os.getpid(), "start": start, "mono": mono, **extra}
         os.write(fd, (json.dumps(rec) + "\n").encode())
         os.fsync(fd) if os.environ.get("GAUNTLET_LEDGER_FSYNC") else None
         os.close(fd)

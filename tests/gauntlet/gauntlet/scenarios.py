@@ -155,7 +155,11 @@ def rename(ctx: Ctx):
     led = ctx.ledger.read()
 
     def redelivery_delay(gids, t):
-        ds = [exs[1].start - t for g in gids if len(exs := led.get(g, [])) > 1]
+        ds = []
+        for g in gids:
+            after = [e.start - t for e in led.get(g, []) if e.start > t]  # executions after the kill
+            if after:
+                ds.append(min(after))
         return (round(min(ds), 2), round(max(ds), 2), len(ds)) if ds else None
     notes["same_id_redelivery_s(min,max,n)"] = redelivery_delay(running_b, t_b)
     notes["new_id_redelivery_s(min,max,n)"] = redelivery_delay(running_a, t_a)
