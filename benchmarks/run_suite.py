@@ -110,9 +110,11 @@ SYSTEMS = {
     "vtasks": {"label": "vtasks (Valkey)", "broker": "valkey", "db": 0, "venv": None},
     "vtasks-pg": {"label": "vtasks (Postgres)", "broker": "pg", "dbname": "bench_vtasks", "venv": None},
     "dvt320": {"label": "django-vtasks 3.2.0", "broker": "valkey", "db": 1, "venv": "dvt320"},
-    "celery": {"label": "Celery 5 (threads)", "broker": "valkey", "db": 2, "venv": "celery"},
-    "dtdb": {"label": "django-tasks-db", "broker": "pg", "dbname": "bench_dtdb", "venv": "dtdb"},
+    "celery": {"label": "Celery 5 (threads)", "broker": "valkey", "db": 2, "venv": "celery", "scale": 0.4},
+    "dtdb": {"label": "django-tasks-db", "broker": "pg", "dbname": "bench_dtdb", "venv": "dtdb", "scale": 0.2},
 }
+#: the slow peers run a fraction of the task counts (their rates are steady over a run; the full
+#: counts took > 6 min per repetition for django-tasks-db on the 2-core machine): --no-scale
 ORDER = list(SYSTEMS)
 #: each peer is compared with the vtasks system on the same broker
 BASELINE = {"dvt320": "vtasks", "celery": "vtasks", "dtdb": "vtasks-pg"}
@@ -467,19 +469,23 @@ class System:
         return {"rss_mb": rss, "conns": conns[0], "timed_out": timed_out, "workers": len(procs)}
 
     # ---- scenarios ----
+    def count(self, n: int) -> int:
+        scale = 1.0 if self.args.no_scale else self.spec.get("scale", 1.0)
+        return max(min(n, 50), int(n * scale))
+
     def scenario_enqueue(self, kind: str) -> dict:
         self.reset()
         if kind == "single":
-            out = self.driver("enqueue-single", "--n", str(self.args.enqueue_n),
+            out = self.driver("enqueue-single", "--n", str(self.count(self.args.enqueue_n)),
                               "--views", str(self.args.views))
         else:
-            out = self.driver("enqueue-bulk", "--n", str(self.args.bulk_n), "--batch", "1000")
+            out = self.driver("enqueue-bulk", "--n", str(self.count(self.args.bulk_n)), "--batch", "1000")
         self.reset()
         return out
 
     def scenario_process(self, task: str, concurrency: int) -> dict:
         self.reset()
-        n = self.args.n
+        n = self.count(self.args.n)
         done = DoneCounter(self.work / f"done-{self.key}-{self.seq:03d}-{task}-{concurrency}")
         self.driver("prefill", "--task", task, "--n", str(n), "--batch", "1000")
         res = self.run_workers_until(concurrency, done, n, self.args.timeout)
@@ -832,6 +838,10 @@ def render_markdown(doc: dict) -> str:
         "worker (c=50); enqueue→start measured inside the task.",
         "- tasks: `async def` for the asyncio workers (vtasks, django-vtasks 3.2.0), `def` for Celery "
         "and django-tasks-db; each appends one line to a file (the side channel).",
+        ("- all systems run the same task counts." if cfg.get("no_scale") else
+         "- the slow peers run a fraction of the counts above (their rates are steady over a run): "
+         + ", ".join(f"{SYSTEMS[k]['label']} {int(v['scale'] * 100)}%" for k, v in SYSTEMS.items()
+                     if v.get("scale") and k in doc["summary"]) + " (`--no-scale` for equal counts)."),
         "- every system runs with its shipped defaults (vtasks keeps results, RESULT_TTL 1 day; "
         "django-tasks-db polls every second when idle; Celery prefetch ×4).",
     ]
@@ -934,12 +944,14 @@ def parse_args(argv=None):
     p.add_argument("--views", type=int, default=50, help="concurrent enqueuing coroutines")
     p.add_argument("--latency-n", type=int, default=None, help="tasks of the latency run (default 500)")
     p.add_argument("--rate", type=float, default=200.0, help="enqueues/s of the latency run")
-    p.add_argument("--raw-n", type=int, default=None, help="requests per redis-benchmark run (default 200000)")
+    p.add_argument("--raw-n", type=int, default=None, help="requests per redis-benchmark run (default 100000)")
     p.add_argument("--dtdb-procs", type=int, default=8, help="max db_worker processes for django-tasks-db")
     p.add_argument("--timeout", type=float, default=None, help="seconds per processing run (default 180)")
     p.add_argument("--tasks", default="noop,sleep10", help="tasks of the processing runs")
     p.add_argument("--skip-raw", action="store_true", help="no redis-benchmark runs")
     p.add_argument("--out", default=None, help="output basename under benchmarks/results/")
+    p.add_argument("--no-scale", action="store_true",
+                   help="the same task counts for every system (default: Celery 40%%, django-tasks-db 20%%)")
     p.add_argument("--no-install", action="store_true", help="do not create/update the peers' venvs")
     p.add_argument("--vtasks-dev-stub", action="store_true",
                    help="run vtasks from client-py/python with a pure-Python stand-in for its _native "
@@ -952,7 +964,7 @@ def parse_args(argv=None):
     a.enqueue_n = a.enqueue_n or (300 if q else 5000)
     a.bulk_n = a.bulk_n or (2000 if q else 20000)
     a.latency_n = a.latency_n or (40 if q else 500)
-    a.raw_n = a.raw_n or (20000 if q else 200000)
+    a.raw_n = a.raw_n or (20000 if q else 100000)
     a.timeout = a.timeout or (60 if q else 180)
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
     a.tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
@@ -981,7 +993,7 @@ def main(argv=None) -> int:
            "config": {k: getattr(args, k) for k in ("quick", "reps", "n", "concurrency", "enqueue_n",
                                                     "bulk_n", "views", "latency_n", "rate", "raw_n",
                                                     "dtdb_procs", "timeout", "tasks", "systems",
-                                                    "vtasks_dev_stub")},
+                                                    "vtasks_dev_stub", "no_scale")},
            "runs": [], "skipped": {}, "errors": []}
     try:
         say(f"starting Valkey{' and Postgres' if want_pg else ''} (work dir {work})")
