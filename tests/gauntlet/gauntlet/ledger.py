@@ -78,33 +78,46 @@ class Ledger:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> dict[str, list[Execution]]:
+        """Every execution, by gid. Finished executions are immutable, so they are parsed once and
+        cached: a poll re-reads only new and still-running files."""
+        cache = self.__dict__.setdefault("_done", {})
         out: dict[str, list[Execution]] = {}
         for name in os.listdir(self.dir):
             if SEP not in name:
                 continue
-            try:
-                lines = (self.dir / name).read_text().splitlines()
-            except OSError:
-                continue
-            if not lines:
-                continue  # claimed, start record not yet written (racing a live task)
-            try:
-                head = json.loads(lines[0])
-            except ValueError:
-                continue
-            ex = Execution(gid=head.pop("gid"), n=head.pop("n"), pid=head.pop("pid"), start=head.pop("start"), extra=head)
-            for line in lines[1:]:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
+            ex = cache.get(name)
+            if ex is None:
+                ex = self._parse(name)
+                if ex is None:
                     continue
-                if "end" in rec:
-                    ex.end = rec.pop("end")
-                    ex.extra.update(rec)
+                if ex.finished:
+                    cache[name] = ex
             out.setdefault(ex.gid, []).append(ex)
         for v in out.values():
             v.sort(key=lambda e: e.n)
         return out
+
+    def _parse(self, name: str) -> Execution | None:
+        try:
+            lines = (self.dir / name).read_text().splitlines()
+        except OSError:
+            return None
+        if not lines:
+            return None  # claimed, start record not yet written (racing a live task)
+        try:
+            head = json.loads(lines[0])
+        except ValueError:
+            return None
+        ex = Execution(gid=head.pop("gid"), n=head.pop("n"), pid=head.pop("pid"), start=head.pop("start"), extra=head)
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if "end" in rec:
+                ex.end = rec.pop("end")
+                ex.extra.update(rec)
+        return ex
 
     def finished_gids(self) -> set[str]:
         return {g for g, exs in self.read().items() if any(e.finished for e in exs)}
