@@ -181,6 +181,15 @@ def versions() -> dict:
 
         out["vtasks"] = getattr(django_vtasks, "__version__", "?")
         try:
+            from django_vtasks import _native
+
+            native = getattr(_native, "__file__", None)
+            out["_native"] = ("stub" if getattr(_native, "BENCH_DEV_STUB", False) else
+                              time.strftime("built %Y-%m-%d %H:%M UTC",
+                                            time.gmtime(os.path.getmtime(native))) if native else "?")
+        except ImportError:
+            pass
+        try:
             out["git"] = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
                                         capture_output=True, text=True).stdout.strip()
         except OSError:
