@@ -76,7 +76,17 @@ fn replicate_owned(ctx: Ctx, args: &[Vec<u8>]) {
 
 // ============================================================ VT.ENQUEUE
 
-pub fn enqueue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+pub struct EnqArgs<'a> {
+    pub prio: i64,
+    pub delay: Option<i64>,
+    pub at: Option<i64>,
+    pub unique: Option<(&'a [u8], i64)>,
+    pub maxatt: Option<u32>,
+    pub items: Vec<(Option<&'a [u8]>, &'a [u8])>,
+}
+
+/// Parses `VT.ENQUEUE` arguments (no key access).
+pub fn parse_enqueue<'a>(a: &[&'a [u8]]) -> Result<EnqArgs<'a>, Reply> {
     arity(a, 4)?;
     let mut i = 2;
     let (mut id, mut prio, mut delay, mut at, mut unique, mut maxatt) = (None, 0i64, None, None, None, None);
@@ -159,6 +169,11 @@ pub fn enqueue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     if items.iter().any(|(_, p)| p.len() > maxp) {
         return err(format!("ERR payload larger than vtasks.max-payload ({maxp} bytes)"));
     }
+    Ok(EnqArgs { prio, delay, at, unique, maxatt, items })
+}
+
+pub fn enqueue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let EnqArgs { prio, delay, at, unique, maxatt, items } = parse_enqueue(a)?;
     let now = now_ms();
     let run_at = match (delay, at) {
         (Some(d), _) => now.saturating_add(d),
@@ -383,19 +398,25 @@ pub fn ack(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     Ok(Reply::Int(n as i64))
 }
 
-pub fn fail(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+/// Parses `VT.FAIL`: returns the RETRY delay.
+pub fn parse_fail(a: &[&[u8]]) -> Result<Option<i64>, Reply> {
     if a.len() != 5 && a.len() != 7 {
         return err("ERR wrong number of arguments");
     }
-    check_len(a[4], "error", MAX_ERROR_LEN).or_else(|e| if a[4].is_empty() { Ok(()) } else { Err(e) })?;
-    let retry = if a.len() == 7 {
+    if a[4].len() > MAX_ERROR_LEN {
+        return err(format!("ERR error must be at most {MAX_ERROR_LEN} bytes"));
+    }
+    if a.len() == 7 {
         if !eq(a[5], "RETRY") {
             return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(a[5])));
         }
-        Some(int_in(a[6], "RETRY", 0, i64::MAX / 4)?)
-    } else {
-        None
-    };
+        return Ok(Some(int_in(a[6], "RETRY", 0, i64::MAX / 4)?));
+    }
+    Ok(None)
+}
+
+pub fn fail(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let retry = parse_fail(a)?;
     let now = now_ms();
     let cap = dlq_cap();
     let r = with_queue(ctx, argv[1], false, |q| q.fail(now, cap, a[2], parse_token(a[3]), a[4], retry))?.flatten();
@@ -411,15 +432,19 @@ pub fn fail(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     }
 }
 
-pub fn rescue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
-    let worker = match a.len() {
-        2 => None,
+pub fn parse_rescue<'a>(a: &[&'a [u8]]) -> Result<Option<&'a [u8]>, Reply> {
+    match a.len() {
+        2 => Ok(None),
         4 if eq(a[2], "WORKER") => {
             check_len(a[3], "worker id", MAX_WORKER_LEN)?;
-            Some(a[3])
+            Ok(Some(a[3]))
         }
-        _ => return err("ERR syntax: VT.RESCUE <queue> [WORKER <worker-id>]"),
-    };
+        _ => err("ERR syntax: VT.RESCUE <queue> [WORKER <worker-id>]"),
+    }
+}
+
+pub fn rescue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let worker = parse_rescue(a)?;
     let now = now_ms();
     let cap = dlq_cap();
     let r = with_queue(ctx, argv[1], false, |q| {
@@ -441,12 +466,16 @@ pub fn rescue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     Ok(Reply::Int(n as i64))
 }
 
-pub fn extend(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+pub fn parse_extend(a: &[&[u8]]) -> Result<i64, Reply> {
     if a.len() != 4 {
         return err("ERR wrong number of arguments");
     }
     check_len(a[2], "worker id", MAX_WORKER_LEN)?;
-    let lease = int_in(a[3], "lease", 1, i64::MAX / 4)?;
+    int_in(a[3], "lease", 1, i64::MAX / 4)
+}
+
+pub fn extend(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let lease = parse_extend(a)?;
     let deadline = now_ms().saturating_add(lease);
     let n = with_queue(ctx, argv[1], false, |q| q.extend(a[2], deadline))?.unwrap_or(0);
     if n > 0 {
@@ -553,7 +582,8 @@ fn record(id: &[u8], t: Option<&Task>, d: Option<&Dead>) -> Reply {
     Reply::Array(f)
 }
 
-pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+/// Parses `VT.PEEK`: (state 0..3, offset, count).
+pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
     arity(a, 3)?;
     let st = a[2];
     let which = if eq(st, "READY") {
@@ -582,6 +612,11 @@ pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         }
         i += 2;
     }
+    Ok((which, offset, count))
+}
+
+pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let (which, offset, count) = parse_peek(a)?;
     let out = read_queue(ctx, argv[1], |q| {
         let rec = |id: &Vec<u8>| record(id, q.tasks.get(id), None);
         match which {
@@ -631,19 +666,23 @@ pub fn delete(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     Ok(Reply::Int(n as i64))
 }
 
-pub fn clear(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+pub fn parse_clear(a: &[&[u8]]) -> Result<(bool, bool, bool), Reply> {
     if a.len() != 3 {
         return err("ERR wrong number of arguments");
     }
-    let (r, d, f) = if eq(a[2], "READY") {
-        (true, false, false)
+    if eq(a[2], "READY") {
+        Ok((true, false, false))
     } else if eq(a[2], "DEAD") {
-        (false, true, false)
+        Ok((false, true, false))
     } else if eq(a[2], "ALL") {
-        (true, true, true)
+        Ok((true, true, true))
     } else {
-        return err("ERR what must be READY, DEAD or ALL");
-    };
+        err("ERR what must be READY, DEAD or ALL")
+    }
+}
+
+pub fn clear(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let (r, d, f) = parse_clear(a)?;
     let n = with_queue(ctx, argv[1], false, |q| q.clear(r, d, f))?.unwrap_or(0);
     if n > 0 {
         replicate_verbatim(ctx);
@@ -653,11 +692,11 @@ pub fn clear(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
 
 // ============================================================ VT.SCHEDULE
 
-pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+/// Parses `VT.SCHEDULE SET` at `now`: the schedule (with its first tick).
+pub fn parse_schedule_set(a: &[&[u8]], now: i64) -> Result<Schedule, Reply> {
     // VT.SCHEDULE SET <queue> <name> (CRON <expr> | EVERY <ms>) [PRIORITY <p>] PAYLOAD <payload>
     arity(a, 8)?;
     check_len(a[3], "schedule name", MAX_KEYLIKE_LEN)?;
-    let now = now_ms();
     let (kind, spec, every, cron) = if eq(a[4], "CRON") {
         let expr = std::str::from_utf8(a[5]).map_err(|_| Reply::Error("ERR cron expression is not UTF-8".into()))?;
         if expr.len() > 256 {
@@ -696,7 +735,13 @@ pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     if next == NEVER {
         return err("ERR cron expression never fires");
     }
-    let sched = Schedule { kind, spec: spec.clone(), every, priority: prio as i32, payload: payload.to_vec(), next_run: next, cron };
+    Ok(Schedule { kind, spec, every, priority: prio as i32, payload: payload.to_vec(), next_run: next, cron })
+}
+
+pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    let sched = parse_schedule_set(a, now_ms())?;
+    let (kind, spec, prio, next, payload) =
+        (sched.kind, sched.spec.clone(), sched.priority, sched.next_run, sched.payload.clone());
     with_queue(ctx, argv[2], true, |q| q.schedule_set(a[3], sched))?;
     replicate_owned(
         ctx,
@@ -708,7 +753,7 @@ pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             spec,
             s(prio),
             s(next),
-            payload.to_vec(),
+            payload,
         ],
     );
     Ok(Reply::Simple("OK"))
@@ -912,4 +957,57 @@ pub fn aligncheck(_ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
         Ok(c) => Ok(Reply::Int(c as i64)),
         Err(e) => err(format!("ERR {e}")),
     }
+}
+
+/// Validates a full argument vector (argv[0] = command name) exactly as the handlers do before
+/// they touch a key. `Ok(())` when the handler would proceed.
+pub fn parse_command(a: &[&[u8]]) -> Result<(), String> {
+    let msg = |r: Reply| match r {
+        Reply::Error(e) => e,
+        _ => "ERR".to_string(),
+    };
+    if a.is_empty() {
+        return Err("ERR empty command".into());
+    }
+    let name = String::from_utf8_lossy(a[0]).to_ascii_uppercase();
+    let r: Result<(), Reply> = match name.as_str() {
+        "VT.ENQUEUE" => parse_enqueue(a).map(|_| ()),
+        "VT.FETCHBATCH" => parse_fetch(a).map(|_| ()),
+        "VT.ACK" => arity(a, 4).and_then(|_| {
+            if (a.len() - 2) % 2 != 0 {
+                err("ERR wrong number of arguments")
+            } else {
+                Ok(())
+            }
+        }),
+        "VT.FAIL" => parse_fail(a).map(|_| ()),
+        "VT.RESCUE" => parse_rescue(a).map(|_| ()),
+        "VT.EXTEND" => parse_extend(a).map(|_| ()),
+        "VT.INFO" | "VT.QUEUES" | "VT.GET" => {
+            let want = match name.as_str() {
+                "VT.INFO" => 2,
+                "VT.QUEUES" => 1,
+                _ => 3,
+            };
+            if a.len() == want {
+                Ok(())
+            } else {
+                err("ERR wrong number of arguments")
+            }
+        }
+        "VT.PEEK" => parse_peek(a).map(|_| ()),
+        "VT.RETRYDEAD" | "VT.DELETE" => arity(a, 3),
+        "VT.CLEAR" => parse_clear(a).map(|_| ()),
+        "VT.SCHEDULE" => {
+            let sub = a.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_uppercase()).unwrap_or_default();
+            match sub.as_str() {
+                "SET" => parse_schedule_set(a, 0).map(|_| ()),
+                "DEL" if a.len() == 4 => Ok(()),
+                "LIST" if a.len() == 3 => Ok(()),
+                _ => err("ERR unknown subcommand or wrong number of arguments"),
+            }
+        }
+        _ => err("ERR unknown command"),
+    };
+    r.map_err(msg)
 }

@@ -10,6 +10,152 @@ pub mod queue;
 pub mod server;
 pub mod timers;
 
+/// Pure entry points for fuzzing (tests/gauntlet/fuzz): no server needed, never panic.
+pub mod fuzzing {
+    use crate::codec::{R, W};
+    use crate::queue::{EnqOpts, Queue};
+
+    /// Validates one VT.* argument vector (argv[0] = command name) as the handler does before it
+    /// touches a key. `Err` carries the `ERR ...` reply.
+    pub fn parse_command(argv: &[&[u8]]) -> Result<(), String> {
+        crate::commands::parse_command(argv)
+    }
+
+    /// Decodes a queue value written by [`encode_queue`] (the byte-slice form of what `rdb_load`
+    /// reads: a record count, then length-prefixed records), for RDB encoding version `encver`.
+    pub fn decode_queue(encver: i32, data: &[u8]) -> Result<(), String> {
+        decode(encver, data).map(|_| ())
+    }
+
+    pub fn decode(encver: i32, data: &[u8]) -> Result<Queue, String> {
+        if encver != crate::ENCVER {
+            return Err(format!("unsupported encoding version {encver}"));
+        }
+        let mut r = R::new(data);
+        let n = r.u64()?;
+        let mut q = Queue::default();
+        for _ in 0..n {
+            let rec = r.bytes()?;
+            q.apply_record(&rec)?;
+        }
+        r.done()?;
+        Ok(q)
+    }
+
+    pub fn encode_queue(q: &Queue) -> Vec<u8> {
+        let mut w = W { buf: Vec::new() };
+        w.u64(q.record_count() as u64);
+        q.visit_records(&mut |rec| {
+            w.bytes(rec);
+        });
+        w.buf
+    }
+
+    /// A queue with tasks in every state, dead entries, unique keys and schedules, derived from
+    /// `seed`, encoded.
+    pub fn encode_sample_queue(seed: u64) -> Vec<u8> {
+        encode_queue(&sample_queue(seed))
+    }
+
+    pub fn sample_queue(seed: u64) -> Queue {
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut q = Queue::default();
+        let now = 1_700_000_000_000i64;
+        let n = 1 + (next() % 20) as usize;
+        for i in 0..n {
+            let o = EnqOpts {
+                now,
+                priority: (next() % 201) as i32 - 100,
+                run_at: if next() % 3 == 0 { now + (next() % 100_000) as i64 } else { now },
+                max_attempts: 1 + (next() % 4) as u32,
+                unique: None,
+            };
+            let payload: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
+            q.enqueue(&o, vec![(format!("t{i}").into_bytes(), payload)]);
+        }
+        let o = EnqOpts { now, priority: 0, run_at: now, max_attempts: 3, unique: Some((b"uk", now + 5000)) };
+        q.enqueue(&o, vec![(b"uniq".to_vec(), b"u".to_vec())]);
+        let take = (next() % 8) as usize;
+        let mut tok = || next();
+        let got = q.fetch(now + 1, b"worker", take, now + 30_000, &mut tok);
+        for (i, f) in got.iter().enumerate() {
+            if i % 2 == 0 {
+                q.fail(now + 2, 5, &f.id, Some(f.token), b"boom", if i % 4 == 0 { Some(10) } else { None });
+            }
+        }
+        let sched = crate::queue::Schedule {
+            kind: crate::queue::SchedKind::Cron,
+            spec: b"*/5 * * * * *".to_vec(),
+            every: 0,
+            priority: 1,
+            payload: b"cron".to_vec(),
+            next_run: now + 5000,
+            cron: crate::queue::parse_cron("*/5 * * * * *").ok(),
+        };
+        q.schedule_set(b"s1", sched);
+        q
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn roundtrip_and_corruption_never_panics() {
+            for seed in 0..50u64 {
+                let enc = encode_sample_queue(seed);
+                let q = decode(crate::ENCVER, &enc).unwrap();
+                assert_eq!(encode_queue(&q), enc);
+                // truncations and bit flips: errors or a value, never a panic
+                let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for cut in (0..enc.len()).step_by(7) {
+                    let _ = decode_queue(1, &enc[..cut]);
+                }
+                for _ in 0..300 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let mut m = enc.clone();
+                    let i = (x as usize) % m.len();
+                    m[i] ^= (x >> 32) as u8 | 1;
+                    let _ = decode_queue(1, &m);
+                }
+            }
+            assert!(decode_queue(2, &[]).is_err());
+        }
+
+        #[test]
+        fn parse_command_matches_handlers() {
+            let ok: &[&[&[u8]]] = &[
+                &[b"VT.ENQUEUE", b"q", b"PAYLOAD", b"x"],
+                &[b"vt.fetchbatch", b"1", b"q", b"WORKER", b"w", b"COUNT", b"5", b"BLOCK", b"0"],
+                &[b"VT.SCHEDULE", b"SET", b"q", b"n", b"EVERY", b"10", b"PAYLOAD", b"p"],
+                &[b"VT.SCHEDULE", b"LIST", b"q"],
+                &[b"VT.ACK", b"q", b"id", b"tok"],
+            ];
+            for a in ok {
+                assert_eq!(parse_command(a), Ok(()), "{a:?}");
+            }
+            let bad: &[&[&[u8]]] = &[
+                &[b"VT.ENQUEUE", b"q", b"PAYLOAD"],
+                &[b"VT.FETCHBATCH", b"1", b"q", b"WORKER", b"w", b"COUNT", b"10001"],
+                &[b"VT.SCHEDULE", b"SET", b"q", b"n", b"CRON", b"0 0 30 2 *", b"PAYLOAD", b"p"],
+                &[b"VT.NOPE"],
+                &[],
+            ];
+            for a in bad {
+                assert!(parse_command(a).is_err(), "{a:?}");
+            }
+        }
+    }
+}
+
 use server::*;
 use std::ffi::{c_char, c_int, c_void, CString};
 use valkey_module::raw;

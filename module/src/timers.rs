@@ -20,7 +20,8 @@ const KEYS_PER_RUN: usize = 1000;
 
 #[derive(Default)]
 pub struct Registry {
-    pub keys: HashMap<(i32, Vec<u8>), Option<i64>>,
+    /// db -> key -> next due time (None: nothing scheduled)
+    pub keys: HashMap<i32, HashMap<Vec<u8>, Option<i64>>>,
     pub due: BTreeSet<(i64, i32, Vec<u8>)>,
     pub timer: Option<(u64, i64)>,
 }
@@ -33,14 +34,26 @@ fn with_reg<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 }
 
 fn set_due(r: &mut Registry, db: i32, key: &[u8], due: Option<i64>) {
-    let k = (db, key.to_vec());
-    if let Some(Some(old)) = r.keys.get(&k) {
-        r.due.remove(&(*old, db, key.to_vec()));
+    let m = r.keys.entry(db).or_default();
+    match m.get_mut(key) {
+        // the common case (a command that did not change the next due time): no allocation
+        Some(old) if *old == due => {}
+        Some(old) => {
+            if let Some(t) = *old {
+                r.due.remove(&(t, db, key.to_vec()));
+            }
+            *old = due;
+            if let Some(d) = due {
+                r.due.insert((d, db, key.to_vec()));
+            }
+        }
+        None => {
+            m.insert(key.to_vec(), due);
+            if let Some(d) = due {
+                r.due.insert((d, db, key.to_vec()));
+            }
+        }
     }
-    if let Some(d) = due {
-        r.due.insert((d, db, key.to_vec()));
-    }
-    r.keys.insert(k, due);
 }
 
 /// Records a queue key and its next due time; re-arms the timer if it must fire earlier.
@@ -65,8 +78,10 @@ pub fn touch_noarm(db: i32, key: &[u8], due: Option<i64>) {
 
 pub fn forget(db: i32, key: &[u8]) {
     with_reg(|r| {
-        if let Some(Some(d)) = r.keys.remove(&(db, key.to_vec())) {
-            r.due.remove(&(d, db, key.to_vec()));
+        if let Some(m) = r.keys.get_mut(&db) {
+            if let Some(Some(d)) = m.remove(key) {
+                r.due.remove(&(d, db, key.to_vec()));
+            }
         }
     });
 }
@@ -74,7 +89,7 @@ pub fn forget(db: i32, key: &[u8]) {
 /// Queue keys known in `db` (hints; the caller checks them).
 pub fn keys_in_db(db: i32) -> Vec<Vec<u8>> {
     with_reg(|r| {
-        let mut v: Vec<Vec<u8>> = r.keys.keys().filter(|(d, _)| *d == db).map(|(_, k)| k.clone()).collect();
+        let mut v: Vec<Vec<u8>> = r.keys.get(&db).map(|m| m.keys().cloned().collect()).unwrap_or_default();
         v.sort();
         v
     })
@@ -82,37 +97,36 @@ pub fn keys_in_db(db: i32) -> Vec<Vec<u8>> {
 
 pub fn flush_db(db: i32) {
     with_reg(|r| {
-        let gone: Vec<(i32, Vec<u8>)> = r.keys.keys().filter(|(d, _)| db < 0 || *d == db).cloned().collect();
-        for (d, k) in gone {
-            if let Some(Some(t)) = r.keys.remove(&(d, k.clone())) {
-                r.due.remove(&(t, d, k));
-            }
+        if db < 0 {
+            r.keys.clear();
+            r.due.clear();
+        } else {
+            r.keys.remove(&db);
+            r.due.retain(|(_, d, _)| *d != db);
         }
     });
 }
 
 pub fn swap_db(a: i32, b: i32) {
     with_reg(|r| {
-        let old = std::mem::take(&mut r.keys);
-        r.due.clear();
-        for ((d, k), due) in old {
-            let nd = if d == a {
-                b
-            } else if d == b {
-                a
-            } else {
-                d
-            };
-            if let Some(t) = due {
-                r.due.insert((t, nd, k.clone()));
-            }
-            r.keys.insert((nd, k), due);
+        let ma = r.keys.remove(&a);
+        let mb = r.keys.remove(&b);
+        if let Some(m) = ma {
+            r.keys.insert(b, m);
         }
+        if let Some(m) = mb {
+            r.keys.insert(a, m);
+        }
+        let old = std::mem::take(&mut r.due);
+        r.due = old
+            .into_iter()
+            .map(|(t, d, k)| (t, if d == a { b } else if d == b { a } else { d }, k))
+            .collect();
     });
 }
 
 pub fn registry_len() -> usize {
-    with_reg(|r| r.keys.len())
+    with_reg(|r| r.keys.values().map(|m| m.len()).sum())
 }
 
 /// (Re)arms the single timer to fire at `at` (clamped to [now+1ms, now+MAX_SLEEP_MS]).
