@@ -249,7 +249,12 @@ class Ctx:
         ledger = self.ledger.read()
         fed = self.fed()
         r.fed = len(fed) + r.notes.get("fed_extra", 0)
-        r.executed = sum(1 for g, exs in ledger.items() if any(e.finished for e in exs))
+        judged = set(expected_done) | set(expect_dead)
+        finished_all = {g for g, exs in ledger.items() if any(e.finished for e in exs)}
+        r.executed = len(finished_all & judged)
+        if finished_all - judged:
+            # e.g. a batch whose enqueue was never confirmed (broker unreachable when feeding stopped)
+            r.notes["executed_unconfirmed"] = len(finished_all - judged)
         r.executions = sum(len(v) for v in ledger.values())
         faulted = self.fleet.faulted if self.fleet else {}
         # duplicates: more than one *finished* execution of one task

@@ -64,6 +64,7 @@ class Feeder(threading.Thread):
                     k = 1
                 gids = [self.gid(self.n + i) for i in range(k)]
                 items = [(g, encode(envelope(self.func, [g, self.ms], g, self.queue))) for g in gids]
+                t_fail = None
                 while True:
                     try:
                         if self.unique:
@@ -75,8 +76,9 @@ class Feeder(threading.Thread):
                     except Exception as e:  # noqa: BLE001 - retried with the same ids
                         self.errors += 1
                         self.last_error = repr(e)[:300]
-                        if self._stop.is_set():
-                            return
+                        t_fail = t_fail or time.monotonic()
+                        if self._stop.is_set() and time.monotonic() - t_fail > 15:
+                            return  # give up on confirming this batch (it may still run: "unconfirmed")
                         time.sleep(0.05)
                 t = time.time()
                 for g, rid in zip(gids, ids):
