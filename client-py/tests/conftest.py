@@ -13,7 +13,7 @@ CLIENT_DIR = Path(__file__).resolve().parents[1]
 BACKENDS = ["valkey", "postgres"]
 
 
-def wait_for(predicate, timeout=15.0, interval=0.02, message="condition"):
+def wait_for(predicate, timeout=30.0, interval=0.02, message="condition"):
     """Bounded polling: returns the first truthy value of predicate(), fails after timeout."""
     deadline = time.monotonic() + timeout
     last_exc = None

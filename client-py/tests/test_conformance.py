@@ -420,8 +420,8 @@ def test_schedule_fires_once_per_tick_with_two_schedulers(broker, alias, queue, 
                                  "queue": queue, "args": [out, "tick"]}})
     a = workers([queue], scheduler=True, env=env)
     b = workers([queue], scheduler=True, env=env)
-    wait_for(lambda: [s.name for s in broker.schedule_list(queue)] == ["tick"])
-    wait_for(lambda: len(read_lines(out)) >= 1, timeout=10, message="first tick")
+    wait_for(lambda: [s.name for s in broker.schedule_list(queue)] == ["tick"], timeout=30)
+    wait_for(lambda: len(read_lines(out)) >= 1, timeout=20, message="first tick")
     t0 = time.monotonic()
     start = len(read_lines(out))
     wait_for(lambda: time.monotonic() - t0 > 4.2, timeout=6)
@@ -429,10 +429,11 @@ def test_schedule_fires_once_per_tick_with_two_schedulers(broker, alias, queue, 
     assert 3 <= fired <= 5, fired  # once per 1 s tick, not once per scheduler
     assert broker.info(queue)["enqueued_total"] <= len(read_lines(out)) + 2
     # a scheduler whose settings no longer have the entry removes it
-    a.stop()
-    b.stop()
+    a.signal(signal.SIGTERM)
+    b.signal(signal.SIGTERM)
+    assert a.wait() == 0 and b.wait() == 0
     c = workers([queue], scheduler=True, env=schedule_env({}))
-    wait_for(lambda: broker.schedule_list(queue) == [], timeout=10)
+    wait_for(lambda: broker.schedule_list(queue) == [], timeout=30)
     c.stop()
 
 
@@ -440,7 +441,7 @@ def test_cron_schedule_registered(broker, alias, queue, workers, out):
     env = schedule_env({"nightly": {"task": "tests.testapp.tasks.record", "cron": "0 3 * * 1-5",
                                     "queue": queue, "args": [out, "n"]}})
     w = workers([queue], scheduler=True, env=env)
-    s = wait_for(lambda: broker.schedule_list(queue))
+    s = wait_for(lambda: broker.schedule_list(queue), timeout=30)
     assert s[0].name == "nightly" and s[0].next_run_ms > time.time() * 1000
     assert decode_envelope(s[0].payload)["func"] == t.record.module_path
     w.stop()

@@ -314,6 +314,17 @@ class PostgresTaskBackend(VTasksBackend):
         else:
             self._sent(results, ids)
 
+    def _probe(self) -> None:
+        """A quick connection attempt (the native pool waits for its connect timeout)."""
+        try:
+            import psycopg
+        except ImportError:
+            return
+        try:
+            psycopg.connect(self.dsn, connect_timeout=3).close()
+        except Exception as e:
+            raise BrokerError(f"cannot connect to Postgres: {e}") from e
+
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
         try:
@@ -338,6 +349,7 @@ class PostgresTaskBackend(VTasksBackend):
                 "(its migration creates the queue tables).",
                 obj=self, id="django_vtasks.E013"))
         try:
+            self._probe()
             self.broker.ping()
         except BrokerError as e:
             errors.append(checks.Warning(
