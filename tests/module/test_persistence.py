@@ -105,3 +105,20 @@ def test_aof_contains_explicit_effects_not_commands(server_factory, tmp_path):
     assert b"VT._LOAD" in text and b"VT._FX" in text
     low = text.lower()
     assert b"vt.enqueue" not in low and b"vt.fetchbatch" not in low  # never the original commands
+
+
+def test_missed_ticks_coalesce_after_downtime(server):
+    """Ticks missed while the server was down fire once after the load, then the cadence resumes."""
+    c = server.client()
+    c.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 1000, "PAYLOAD", "p")
+    c.save()
+    server.stop()
+    time.sleep(3.3)  # three ticks missed
+    server.start()
+    c = server.client()
+    wait_until(lambda: info(c, Q)["enqueued_total"] >= 1, timeout=2, msg="catch-up tick")
+    t_load = int(time.time() * 1000)
+    time.sleep(0.3)
+    assert info(c, Q)["enqueued_total"] == 1  # once, not three times
+    [[_, _, _, next_run, _]] = c.execute_command("VT.SCHEDULE", "LIST", Q)
+    assert t_load + 500 < next_run <= t_load + 1100  # next tick computed from now
