@@ -18,7 +18,10 @@ pub use sync::PgQueue;
 
 /// Versioned schema migrations: (version, name, sql). The single source of truth of the schema;
 /// each script is idempotent, transactional and records itself in `vtasks_schema`.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "enqueue_ack_functions", include_str!("../migrations/0002_enqueue_ack_functions.sql")),
+];
 
 /// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.
 pub(crate) const MIGRATE_LOCK: i64 = 0x7674_6173_6b73; // "vtasks"

@@ -214,44 +214,12 @@ pub fn new_id() -> String {
 
 // ------------------------------------------------------------------------------------ enqueue
 
-/// The enqueue statement. Each parameter appears exactly once, in order, inside the `p` CTE, so
-/// the psycopg form is the same text with `$n` replaced by `%s` (see `enqueue_sql_psycopg`).
+/// The enqueue statement (`vtasks_enqueue`, migration 2). Each parameter appears exactly once, in
+/// order, so the psycopg form is the same text with `$n` replaced by `%s` (`enqueue_sql_psycopg`).
 /// Returns one row `(id)` per task actually inserted; NOTIFY is sent (once per statement) only
-/// when `notify` is true and some inserted task is ready now.
-pub const ENQUEUE_SQL: &str = r#"WITH p AS (
-  SELECT $1::text AS queue, $2::text[] AS ids, $3::bytea[] AS payloads, $4::int2 AS priority,
-         $5::int8 AS delay_ms, $6::int8 AS at_ms, $7::text AS ukey, $8::int8 AS uttl_ms,
-         $9::int4 AS max_attempts, $10::bool AS notify
-), v AS (
-  SELECT p.*, CASE WHEN p.at_ms IS NOT NULL THEN to_timestamp(p.at_ms / 1000.0)
-                   WHEN p.delay_ms IS NOT NULL AND p.delay_ms > 0
-                        THEN now() + p.delay_ms * interval '1 millisecond'
-                   ELSE now() END AS run_after
-    FROM p
-), lk AS (
-  INSERT INTO vtasks_unique AS u (queue, key, task_id, expires_at)
-  SELECT v.queue, v.ukey, v.ids[1], now() + v.uttl_ms * interval '1 millisecond'
-    FROM v WHERE v.ukey IS NOT NULL
-  ON CONFLICT (queue, key) DO UPDATE SET task_id = EXCLUDED.task_id, expires_at = EXCLUDED.expires_at
-   WHERE u.expires_at <= now()
-  RETURNING 1
-), ins AS (
-  INSERT INTO vtasks_task (queue, id, state, priority, run_after, max_attempts, unique_key, payload)
-  SELECT v.queue, x.id, (CASE WHEN v.run_after > now() THEN 'd' ELSE 'r' END)::"char", v.priority,
-         v.run_after, v.max_attempts, v.ukey, x.payload
-    FROM v, unnest(v.ids, v.payloads) WITH ORDINALITY AS x(id, payload, ord)
-   WHERE v.ukey IS NULL OR (x.ord = 1 AND EXISTS (SELECT 1 FROM lk))
-   ORDER BY x.ord
-  ON CONFLICT (queue, id) DO NOTHING
-  RETURNING id, state
-), st AS (
-  INSERT INTO vtasks_stats_delta (queue, enqueued)
-  SELECT (SELECT queue FROM p), count(*) FROM ins HAVING count(*) > 0
-), nt AS (
-  SELECT pg_notify('vtasks', p.queue) FROM p
-   WHERE p.notify AND EXISTS (SELECT 1 FROM ins WHERE ins.state = 'r')
-)
-SELECT ins.id FROM ins WHERE (SELECT count(*) FROM nt) >= 0"#;
+/// when `notify` is true and the inserted tasks are ready now.
+pub const ENQUEUE_SQL: &str = "SELECT id FROM vtasks_enqueue($1::text, $2::text[], $3::bytea[], $4::int2, \
+     $5::int8, $6::int8, $7::text, $8::int8, $9::int4, $10::bool) AS id";
 
 /// Validated enqueue arguments, ready to bind.
 pub struct EnqueueArgs {
@@ -445,19 +413,7 @@ pub fn fetch_decode(rows: Vec<Row>) -> Result<(Vec<Delivery>, Option<i64>)> {
 
 // ------------------------------------------------------------------------ ack / fail / rescue
 
-pub const ACK_SQL: &str = r#"WITH a AS (
-  SELECT * FROM unnest($2::text[], $3::text[]) AS a(id, token)
-), d AS (
-  DELETE FROM vtasks_task t USING a
-   WHERE t.queue = $1::text AND t.id = a.id AND t.token = a.token AND t.state = 'i'
-  RETURNING t.id, t.unique_key
-), u AS (
-  DELETE FROM vtasks_unique x USING d
-   WHERE x.queue = $1::text AND d.unique_key IS NOT NULL AND x.key = d.unique_key AND x.task_id = d.id
-), st AS (
-  INSERT INTO vtasks_stats_delta (queue, acked) SELECT $1::text, count(*) FROM d HAVING count(*) > 0
-)
-SELECT count(*)::int8 FROM d"#;
+pub const ACK_SQL: &str = "SELECT vtasks_ack($1::text, $2::text[], $3::text[])";
 
 pub fn ack_stmt(queue: &str, pairs: &[(String, String)]) -> Result<Stmt> {
     check_queue(queue)?;
