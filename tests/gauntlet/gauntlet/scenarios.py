@@ -368,6 +368,8 @@ def pg_restart(ctx: Ctx):
         raise Skip("Postgres only")
     lease = 15.0
     ctx.start_backend()
+    ctx.pg.durable()
+    ctx.result.notes["synchronous_commit"] = "on"
     fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
     ctx.feeder(rate=150, ms=20)
     ctx.wait_flowing()

@@ -159,6 +159,18 @@ class PgServer:
         wait_until(self.ping, 30, what="postgres to accept connections after restart")
         return time.monotonic() - t0
 
+    def durable(self):
+        """scripts/pg-server runs with synchronous_commit=off (fast tests): a crash then loses the
+        last acknowledged commits, which would be blamed on vtasks. Crash scenarios turn it on."""
+        with self.connect() as c:
+            c.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
+            c.execute("SELECT pg_reload_conf()")
+        wait_until(lambda: self._setting("synchronous_commit") == "on", 10, what="synchronous_commit on")
+
+    def _setting(self, name: str) -> str:
+        with self.connect() as c:
+            return c.execute(f"SHOW {name}").fetchone()[0]
+
     def terminate_clients(self) -> int:
         """pg_terminate_backend every other client connection; returns how many."""
         with self.connect() as c:
