@@ -163,8 +163,9 @@ class PgServer:
         """scripts/pg-server runs with synchronous_commit=off (fast tests): a crash then loses the
         last acknowledged commits, which would be blamed on vtasks. Crash scenarios turn it on."""
         with self.connect() as c:
-            c.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
-            c.execute("SELECT pg_reload_conf()")
+            # a per-database setting beats the postmaster's command-line -c synchronous_commit=off
+            dbname = c.execute("SELECT current_database()").fetchone()[0]
+            c.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = on')
         wait_until(lambda: self._setting("synchronous_commit") == "on", 10, what="synchronous_commit on")
 
     def _setting(self, name: str) -> str:
