@@ -402,6 +402,38 @@ unsafe fn fetchbatch_keyspec(ctx: Ctx) -> Result<(), String> {
     Ok(())
 }
 
+/// A one-key key spec (`argv[pos]`) with the given access flags, so ACL read/write key
+/// permissions (`%R~` / `%W~`) apply precisely.
+unsafe fn simple_keyspec(ctx: Ctx, name: &str, pos: c_int, flags: u32) -> Result<(), String> {
+    let n = CString::new(name).unwrap();
+    let cmd = raw::RedisModule_GetCommand.unwrap()(ctx, n.as_ptr());
+    if cmd.is_null() {
+        return Err(format!("{name} not found"));
+    }
+    let version = Box::leak(Box::new(raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    }));
+    let mut specs: Vec<raw::RedisModuleCommandKeySpec> = vec![std::mem::zeroed(), std::mem::zeroed()];
+    specs[0].flags = flags as u64;
+    specs[0].begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    specs[0].bs.index.pos = pos;
+    specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+    specs[0].fk.range.lastkey = 0;
+    specs[0].fk.range.keystep = 1;
+    specs[0].fk.range.limit = 0;
+    let specs = Box::leak(specs.into_boxed_slice());
+    let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
+    info.version = version;
+    info.key_specs = specs.as_mut_ptr();
+    if raw::RedisModule_SetCommandInfo.unwrap()(cmd, &mut info) != OK {
+        return Err(format!("SetCommandInfo failed for {name}"));
+    }
+    Ok(())
+}
+
 unsafe fn register(ctx: Ctx) -> Result<(), String> {
     // Data type.
     let mut tm: raw::RedisModuleTypeMethods = std::mem::zeroed();
@@ -456,6 +488,31 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
         if raw::RedisModule_CreateSubcommand.unwrap()(parent, n.as_ptr(), Some(f), fl.as_ptr(), 2, 2, 1) != OK {
             return Err(format!("could not register VT.SCHEDULE {name}"));
         }
+    }
+
+    // Key specs: read-only vs read-write access (ACL %R~ / %W~ and COMMAND INFO).
+    let ro = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
+    let rw = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
+    let ins = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_INSERT;
+    // (INSERT, DELETE and UPDATE are mutually exclusive)
+    let del = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_DELETE;
+    for (name, pos, flags) in [
+        ("vt.enqueue", 1, ins),
+        ("vt.ack", 1, del),
+        ("vt.fail", 1, rw),
+        ("vt.rescue", 1, rw),
+        ("vt.extend", 1, rw),
+        ("vt.info", 1, ro),
+        ("vt.peek", 1, ro),
+        ("vt.get", 1, ro),
+        ("vt.retrydead", 1, rw),
+        ("vt.delete", 1, del),
+        ("vt.clear", 1, del),
+        ("vt.schedule|set", 2, ins),
+        ("vt.schedule|del", 2, del),
+        ("vt.schedule|list", 2, ro),
+    ] {
+        simple_keyspec(ctx, name, pos, flags)?;
     }
 
     // Configs.

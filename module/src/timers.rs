@@ -202,7 +202,7 @@ fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
         let ma = maxatt.to_string();
         let mut args: Vec<Vec<u8>> = vec![key.to_vec(), b"SCHEDFIRE".to_vec(), now_s.clone().into_bytes(), ma.into_bytes()];
         for name in names {
-            let id = uuid::Uuid::now_v7().to_string().into_bytes();
+            let id = crate::commands::new_id();
             q.fire_schedule(&name, id.clone(), now, maxatt);
             args.push(name);
             args.push(id);

@@ -536,3 +536,18 @@ def test_dump_restore_move_unlink(server):
     assert r.info("vtasks")["vtasks_tasks_ready"] == base + 5000
     assert r.unlink("vt:{big}") == 1
     wait_until(lambda: r.info("vtasks")["vtasks_tasks_ready"] == base, timeout=3)
+
+
+def test_acl_read_only_key_permissions(r):
+    """Key specs mark read commands RO: a user with read-only key access can inspect, not change."""
+    r.execute_command("VT.ENQUEUE", Q, "ID", "a", "PAYLOAD", "x")
+    r.execute_command("ACL", "SETUSER", "viewer", "on", ">pw", "%R~vt:*", "+@all")
+    c = valkey.Valkey(host="127.0.0.1", port=r.connection_pool.connection_kwargs["port"], username="viewer", password="pw")
+    assert info(c, Q)["ready"] == 1
+    assert rec(c.execute_command("VT.GET", Q, "a"))["id"] == b"a"
+    assert len(c.execute_command("VT.PEEK", Q, "READY")) == 1
+    assert c.execute_command("VT.SCHEDULE", "LIST", Q) == []
+    for cmd in (["VT.ENQUEUE", Q, "PAYLOAD", "x"], ["VT.ACK", Q, "a", "t"], ["VT.CLEAR", Q, "ALL"],
+                ["VT.SCHEDULE", "SET", Q, "n", "EVERY", 10, "PAYLOAD", "p"], ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1]):
+        with pytest.raises(valkey.exceptions.NoPermissionError):
+            c.execute_command(*cmd)
