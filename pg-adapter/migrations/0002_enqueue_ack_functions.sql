@@ -60,7 +60,8 @@ DECLARE
 BEGIN
     WITH d AS (
         DELETE FROM vtasks_task t USING unnest(p_ids, p_tokens) AS a(id, token)
-         WHERE t.queue = p_queue AND t.id = a.id AND t.token = a.token AND t.state = 'i'
+         WHERE t.queue = p_queue AND t.id = ANY (p_ids)   -- pins the primary-key path
+           AND t.id = a.id AND t.token = a.token AND t.state = 'i'
         RETURNING t.id, t.unique_key
     ), u AS (
         DELETE FROM vtasks_unique x USING d
