@@ -94,7 +94,7 @@ class WorkerProc:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_brokers(django_db_setup):
+def _close_brokers(django_db_setup, django_db_blocker):
     """Close the brokers' pools before pytest-django drops the test database."""
     yield
     import gc
@@ -108,6 +108,12 @@ def _close_brokers(django_db_setup):
             pass
     base._BROKERS.clear()
     gc.collect()
+    # pools may linger a moment (listener threads): end their sessions so the DB can be dropped
+    from django.db import connections
+
+    with django_db_blocker.unblock(), connections["default"].cursor() as c:
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -22,6 +22,8 @@ of :class:`TaskRecord`.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -371,6 +373,66 @@ class Broker(ABC):
 
     async def aclose(self) -> None:
         """Release connections of the async side bound to the running loop."""
+
+
+class _EnqueueBatcher:
+    """Collects the aenqueue() calls of one event-loop tick into one round trip."""
+
+    def __init__(self, broker: "Broker", loop: asyncio.AbstractEventLoop):
+        self.broker = broker
+        self.loop = loop
+        self.pending: list[tuple[list, asyncio.Future]] = []
+        self.scheduled = False
+        self.sending: set[asyncio.Task] = set()
+
+    def submit(self, requests: list) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self.pending.append((requests, fut))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        batch, self.pending = self.pending, []
+        if batch:
+            t = self.loop.create_task(self._send(batch))
+            self.sending.add(t)
+            t.add_done_callback(self.sending.discard)
+
+    async def _send(self, batch) -> None:
+        requests = [r for reqs, _ in batch for r in reqs]
+        try:
+            ids = await self.broker._aenqueue_now(requests)
+        except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                raise
+            return
+        i = 0
+        for reqs, fut in batch:
+            if not fut.done():
+                fut.set_result(ids[i:i + len(reqs)])
+            i += len(reqs)
+
+
+_BATCHERS: "weakref.WeakKeyDictionary" = None  # loop -> {id(broker): _EnqueueBatcher}
+
+
+async def coalesced_enqueue(broker: Broker, requests) -> list[str | None]:
+    """Run ``broker._aenqueue_now`` for the enqueues of one event-loop tick together."""
+    global _BATCHERS
+    if _BATCHERS is None:
+        _BATCHERS = weakref.WeakKeyDictionary()
+    loop = asyncio.get_running_loop()
+    per_loop = _BATCHERS.setdefault(loop, {})
+    batcher = per_loop.get(id(broker))
+    if batcher is None or batcher.broker is not broker:
+        batcher = per_loop[id(broker)] = _EnqueueBatcher(broker, loop)
+    return await batcher.submit(list(requests))
 
 
 def get_broker(alias: str = "default") -> Broker:

@@ -18,7 +18,14 @@ from django.core import checks
 from django.db import connections, transaction
 
 from .. import _native
-from ..broker import Broker, BrokerError, Delivery, ScheduleRecord, TaskRecord
+from ..broker import (
+    Broker,
+    BrokerError,
+    Delivery,
+    ScheduleRecord,
+    TaskRecord,
+    coalesced_enqueue,
+)
 from ..conf import settings
 from .base import VTasksBackend
 
@@ -92,6 +99,10 @@ class PostgresBroker(Broker):
         return out
 
     async def aenqueue(self, requests):
+        """Concurrent calls on one event loop are coalesced (one statement per queue/options)."""
+        return await coalesced_enqueue(self, requests)
+
+    async def _aenqueue_now(self, requests):
         out: list[str | None] = [None] * len(requests)
         groups = list(self._groups(requests).items())
         aq = self.aq
@@ -133,9 +144,14 @@ class PostgresBroker(Broker):
         return await self.aq.ack(queue, list(pairs)) if pairs else 0
 
     async def astore_results(self, results):
+        results = [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0]
+        if not results:
+            return
         aq = self.aq
-        await asyncio.gather(*[aq.store_result(rid, data, int(ttl))
-                               for rid, data, ttl in results if ttl > 0])
+        if hasattr(aq, "store_results"):  # one statement (see .notes/core-needs.md)
+            await aq.store_results(results)
+            return
+        await asyncio.gather(*[aq.store_result(rid, data, ttl) for rid, data, ttl in results])
 
     def fail(self, queue, id, token, error, retry_ms=None):
         return self.q.fail(queue, id, token, error, retry_ms=retry_ms)

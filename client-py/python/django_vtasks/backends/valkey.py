@@ -21,6 +21,7 @@ from django.db import transaction
 
 from ..broker import (
     INFO_FIELDS,
+    coalesced_enqueue,
     Broker,
     BrokerError,
     Delivery,
@@ -69,7 +70,6 @@ class ValkeyBroker(Broker):
         else:
             self._client = None
         self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._batchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # ---- keys -----------------------------------------------------------------------------------
     def key(self, queue: str) -> str:
@@ -203,11 +203,7 @@ class ValkeyBroker(Broker):
     async def aenqueue(self, requests):
         """Concurrent calls on one event loop are coalesced: the enqueues of one loop tick go
         out together (one pipeline, one VT.ENQUEUE ENTRIES per queue and options)."""
-        loop = asyncio.get_running_loop()
-        batcher = self._batchers.get(loop)
-        if batcher is None:
-            batcher = self._batchers[loop] = _EnqueueBatcher(self, loop)
-        return await batcher.submit(list(requests))
+        return await coalesced_enqueue(self, requests)
 
     async def _aenqueue_now(self, requests):
         commands = self._enqueue_commands(requests)
@@ -438,50 +434,6 @@ class ValkeyBroker(Broker):
                 await client.aclose(close_connection_pool=False)
             else:
                 await client.aclose()
-
-
-class _EnqueueBatcher:
-    """Collects the aenqueue() calls of one event-loop tick into one round trip."""
-
-    def __init__(self, broker: ValkeyBroker, loop: asyncio.AbstractEventLoop):
-        self.broker = broker
-        self.loop = loop
-        self.pending: list[tuple[list, asyncio.Future]] = []
-        self.scheduled = False
-        self.sending: set[asyncio.Task] = set()
-
-    def submit(self, requests: list) -> asyncio.Future:
-        fut = self.loop.create_future()
-        self.pending.append((requests, fut))
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._flush)
-        return fut
-
-    def _flush(self) -> None:
-        self.scheduled = False
-        batch, self.pending = self.pending, []
-        if batch:
-            t = self.loop.create_task(self._send(batch))
-            self.sending.add(t)
-            t.add_done_callback(self.sending.discard)
-
-    async def _send(self, batch) -> None:
-        requests = [r for reqs, _ in batch for r in reqs]
-        try:
-            ids = await self.broker._aenqueue_now(requests)
-        except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                raise
-            return
-        i = 0
-        for reqs, fut in batch:
-            if not fut.done():
-                fut.set_result(ids[i:i + len(reqs)])
-            i += len(reqs)
 
 
 def _is_int(v) -> bool:
