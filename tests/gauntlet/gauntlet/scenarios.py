@@ -88,7 +88,9 @@ def sigterm(ctx: Ctx):
     base = ctx.baseline(3.0)
     drained = 0
     for i in range(1 if ctx.quick else 3):
-        w = ctx.rng.choice(fleet.live())
+        # a drain test needs a worker that is up (signal handlers installed): one that ran tasks
+        ready = lambda: [x for x in fleet.live() if any(e.pid == x.pid for v in ctx.ledger.read().values() for e in v)]  # noqa: E731
+        w = ctx.rng.choice(wait_until(ready, 30, what="a booted worker"))
         running = _running_on(ctx, w.pid)
         drained += len(running)
         w.signal(signal.SIGTERM)
