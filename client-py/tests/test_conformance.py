@@ -525,3 +525,19 @@ def test_dlq_cap(backend, broker, alias, queue, workers):
     finally:
         if alias == "valkey":
             broker.client.config_set("vtasks.dlq-cap", 1000)
+
+
+def test_valkey_shared_connection_pool(queue):
+    import valkey
+
+    from django_vtasks.backends.valkey import ValkeyTaskBackend
+
+    url = os.environ.get("VTASKS_TEST_VALKEY_URL")
+    if not url:
+        pytest.skip("no Valkey")
+    pool = valkey.ConnectionPool.from_url(url)
+    backend = ValkeyTaskBackend("pooled", {"QUEUES": [], "OPTIONS": {"CONNECTION_POOL": pool}})
+    assert [e.id for e in backend.check()] == []
+    r = backend.enqueue(t.add.using(backend="valkey", queue_name=queue), (1, 2), {})
+    assert backend.broker.client.connection_pool is pool
+    assert backend.broker.info(queue)["ready"] == 1 and backend.get_result(r.id).args == [1, 2]
