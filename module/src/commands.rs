@@ -956,7 +956,7 @@ pub fn load(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         return err("ERR wrong number of arguments");
     }
     let rec = a[2];
-    let r = with_queue(ctx, argv[1], true, |q| {
+    let r = with_queue_ext(ctx, argv[1], true, true, |q| {
         if rec[0] == b'H' {
             *q = Queue::default();
         }

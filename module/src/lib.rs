@@ -39,6 +39,7 @@ pub mod fuzzing {
             q.apply_record(&rec)?;
         }
         r.done()?;
+        q.finish_load();
         Ok(q)
     }
 
@@ -252,6 +253,7 @@ unsafe extern "C" fn rdb_load(io: *mut raw::RedisModuleIO, encver: c_int) -> *mu
             let buf = raw::load_string_buffer(io).map_err(|e| e.to_string())?;
             q.apply_record(buf.as_ref()).map_err(|e| e.to_string())?;
         }
+        q.finish_load();
         let due = q.next_due();
         if let Some(f) = raw::RedisModule_GetKeyNameFromIO {
             let k = f(io);
@@ -318,6 +320,7 @@ unsafe extern "C" fn copy_value(
         let mut q = queue::Queue::default();
         let mut ok = true;
         src.visit_records(&mut |rec| ok &= q.apply_record(rec).is_ok());
+        q.finish_load();
         ok.then(|| QueueBox::new(q))
     });
     match r {

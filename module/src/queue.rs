@@ -163,6 +163,8 @@ pub struct Queue {
     pub dead_evicted: u64,
     /// Set whenever a task became ready; the command layer signals blocked clients and clears it.
     pub became_ready: bool,
+    /// Sequence numbers seen while loading records (duplicates are rejected); `None` outside a load.
+    pub load_seqs: Option<HashSet<u64>>,
 }
 
 pub struct EnqOpts<'a> {
@@ -772,8 +774,26 @@ impl Queue {
         }
     }
 
-    /// Applies one record. A 'H' record must come first (it is applied to a fresh queue).
+    /// Ends a load: drops the duplicate-detection set.
+    pub fn finish_load(&mut self) {
+        self.load_seqs = None;
+    }
+
+    /// Applies one record. A 'H' record must come first (it is applied to a fresh queue). Values
+    /// outside the protocol's ranges and colliding sequence numbers are rejected (a corrupt RDB/AOF
+    /// must fail to load rather than produce a queue whose next save is corrupt).
     pub fn apply_record(&mut self, rec: &[u8]) -> CResult<()> {
+        const MAX_SEQ: u64 = 1 << 62;
+        fn prio(v: i64) -> CResult<i32> {
+            if (-100..=100).contains(&v) {
+                Ok(v as i32)
+            } else {
+                Err("priority out of range")
+            }
+        }
+        fn u32v(v: u64) -> CResult<u32> {
+            u32::try_from(v).map_err(|_| "count out of range")
+        }
         let mut r = R::new(rec);
         match r.u8()? {
             b'H' => {
@@ -781,6 +801,10 @@ impl Queue {
                     return Err("unknown queue record version");
                 }
                 self.next_seq = r.u64()?;
+                if self.next_seq >= MAX_SEQ {
+                    return Err("sequence number out of range");
+                }
+                self.load_seqs = Some(HashSet::new());
                 self.enqueued_total = r.u64()?;
                 self.acked_total = r.u64()?;
                 self.failed_total = r.u64()?;
@@ -793,13 +817,13 @@ impl Queue {
                 let id = r.bytes()?;
                 let t = Task {
                     payload: r.bytes()?,
-                    priority: r.i64()? as i32,
-                    attempt: r.u64()? as u32,
-                    max_attempts: r.u64()? as u32,
+                    priority: prio(r.i64()?)?,
+                    attempt: u32v(r.u64()?)?,
+                    max_attempts: u32v(r.u64()?)?,
                     seq: r.u64()?,
                     enqueued_at: r.i64()?,
                     run_at: r.i64()?,
-                    state: State::from_u8(r.u64()? as u8)?,
+                    state: State::from_u8(u8::try_from(r.u64()?).map_err(|_| "bad task state")?)?,
                     worker: r.bytes()?,
                     token: r.u64()?,
                     deadline: r.i64()?,
@@ -807,8 +831,21 @@ impl Queue {
                     failed_at: r.i64()?,
                     unique: r.opt()?,
                 };
-                if let Some(old) = self.tasks.remove(&id) {
-                    self.unindex(&id, &old);
+                r.done()?;
+                if t.max_attempts == 0 || t.seq >= MAX_SEQ {
+                    return Err("task field out of range");
+                }
+                if self.tasks.contains_key(&id) {
+                    return Err("duplicate task id");
+                }
+                let taken = match t.state {
+                    State::Ready => self.ready.contains_key(&(-t.priority, t.seq)),
+                    State::Delayed => self.delayed.contains_key(&(t.run_at, t.seq)),
+                    State::Inflight => self.inflight.contains_key(&(t.deadline, t.seq)),
+                };
+                let seqs = self.load_seqs.as_mut().ok_or("task record outside a load (no header)")?;
+                if taken || !seqs.insert(t.seq) {
+                    return Err("duplicate task sequence number");
                 }
                 self.next_seq = self.next_seq.max(t.seq + 1);
                 self.index(&id, &t);
@@ -818,9 +855,9 @@ impl Queue {
                 let d = Dead {
                     id: r.bytes()?,
                     payload: r.bytes()?,
-                    priority: r.i64()? as i32,
-                    attempt: r.u64()? as u32,
-                    max_attempts: r.u64()? as u32,
+                    priority: prio(r.i64()?)?,
+                    attempt: u32v(r.u64()?)?,
+                    max_attempts: u32v(r.u64()?)?,
                     enqueued_at: r.i64()?,
                     error: r.bytes()?,
                     failed_at: r.i64()?,
@@ -845,7 +882,10 @@ impl Queue {
                 };
                 let spec = r.bytes()?;
                 let every = r.i64()?;
-                let priority = r.i64()? as i32;
+                let priority = prio(r.i64()?)?;
+                if kind == SchedKind::Every && every < 1 {
+                    return Err("schedule interval out of range");
+                }
                 let payload = r.bytes()?;
                 let next_run = r.i64()?;
                 let cron = if kind == SchedKind::Cron {
@@ -926,6 +966,38 @@ mod tests {
         }
         assert_eq!(q.sizes(), q2.sizes());
         assert_eq!(q.records(), q2.records());
+    }
+
+    #[test]
+    fn loader_rejects_colliding_seqs_and_out_of_range_fields() {
+        let mut q = Queue::default();
+        q.enqueue(&opts(1), vec![(b"a".to_vec(), b"1".to_vec()), (b"d".to_vec(), b"2".to_vec())]);
+        let recs = q.records();
+        // gauntlet F1: two tasks with the same seq
+        let mut dup = recs[2].clone();
+        let seq_at = 1 + 8 + 1 + 8 + 1 + 8 + 8 + 8; // kind, id(len+1), payload(len+1), prio, attempt, max
+        dup[seq_at..seq_at + 8].copy_from_slice(&recs[1][seq_at..seq_at + 8]);
+        let mut q2 = Queue::default();
+        q2.apply_record(&recs[0]).unwrap();
+        q2.apply_record(&recs[1]).unwrap();
+        assert!(q2.apply_record(&dup).is_err());
+        // gauntlet F2: priority i32::MIN, state 0xFA_0000_0000
+        let prio_at = 1 + 8 + 1 + 8 + 1;
+        let mut bad = recs[1].clone();
+        bad[prio_at..prio_at + 8].copy_from_slice(&(i32::MIN as i64).to_le_bytes());
+        let mut q3 = Queue::default();
+        q3.apply_record(&recs[0]).unwrap();
+        assert!(q3.apply_record(&bad).is_err());
+        let state_at = seq_at + 8 + 8 + 8;
+        let mut bad = recs[1].clone();
+        bad[state_at..state_at + 8].copy_from_slice(&0xFA_0000_0000u64.to_le_bytes());
+        assert!(q3.apply_record(&bad).is_err());
+        // a task record without a header is refused
+        assert!(Queue::default().apply_record(&recs[1]).is_err());
+        // header next_seq near u64::MAX
+        let mut h = recs[0].clone();
+        h[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Queue::default().apply_record(&h).is_err());
     }
 
     #[test]

@@ -307,6 +307,18 @@ pub fn create(k: &QKey, q: Queue) -> Result<*mut QueueBox, Reply> {
 /// blocked clients in step. With `create`, a missing key gets an empty queue first; without it
 /// `f` is not called and `Ok(None)` is returned.
 pub fn with_queue<T>(ctx: Ctx, name: RStr, create_missing: bool, f: impl FnOnce(&mut Queue) -> T) -> Result<Option<T>, Reply> {
+    with_queue_ext(ctx, name, create_missing, false, f)
+}
+
+/// `with_queue`, but `loading` keeps the record loader's duplicate-detection set (VT._LOAD);
+/// every other command ends a pending load.
+pub fn with_queue_ext<T>(
+    ctx: Ctx,
+    name: RStr,
+    create_missing: bool,
+    loading: bool,
+    f: impl FnOnce(&mut Queue) -> T,
+) -> Result<Option<T>, Reply> {
     let (k, v) = match open(ctx, name, true)? {
         Open::Queue(k, v) => (k, v),
         Open::Missing(k) => {
@@ -318,6 +330,9 @@ pub fn with_queue<T>(ctx: Ctx, name: RStr, create_missing: bool, f: impl FnOnce(
         }
     };
     let q = unsafe { &mut (*v).0 };
+    if !loading && q.load_seqs.is_some() {
+        q.finish_load();
+    }
     let before = q.sizes();
     let out = f(q);
     stats_diff(before, q.sizes());
