@@ -242,6 +242,23 @@ class Servers:
                            capture_output=True)
 
 
+SNAPSHOT: dict = {}
+
+
+def snapshot_vtasks(work: Path) -> str | None:
+    """Copy the importable django_vtasks (with its built extension) into the work dir."""
+    r = subprocess.run([str(vtasks_python()), "-c",
+                        "import django_vtasks, os; print(os.path.dirname(django_vtasks.__file__))"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    src = Path(r.stdout.strip())
+    dst = work / "vtasks-snapshot"
+    shutil.copytree(src, dst / "django_vtasks", ignore=shutil.ignore_patterns("__pycache__"))
+    SNAPSHOT["path"] = dst
+    return str(src)
+
+
 def pg_dsn_for(dsn: str, dbname: str) -> str:
     base, _, _ = dsn.rpartition("/")
     return f"{base}/{dbname}"
@@ -306,8 +323,13 @@ class System:
             "DJANGO_SETTINGS_MODULE": "benchproj.settings",
             "PYTHONUNBUFFERED": "1",
         })
-        if self.key.startswith("vtasks") and self.args.vtasks_dev_stub:
-            env["PYTHONPATH"] = f"{BENCH / 'dev_stub'}:{ROOT / 'client-py' / 'python'}"
+        if self.key.startswith("vtasks"):
+            if self.args.vtasks_dev_stub:
+                env["PYTHONPATH"] = f"{BENCH / 'dev_stub'}:{ROOT / 'client-py' / 'python'}"
+            elif SNAPSHOT.get("path"):
+                # the copy of django_vtasks taken at start-up: a rebuild of the extension or an
+                # edit of the package during the run does not change what is measured
+                env["PYTHONPATH"] = str(SNAPSHOT["path"])
         return env
 
     def log(self, name: str):
@@ -1008,6 +1030,8 @@ def main(argv=None) -> int:
             "module_built": dt.datetime.fromtimestamp(module_path().stat().st_mtime, dt.UTC)
             .strftime("%Y-%m-%d %H:%M UTC") if servers.module_loaded else None,
         }
+        if not args.vtasks_dev_stub and any(s.startswith("vtasks") for s in args.systems):
+            doc["meta"]["vtasks_snapshot_of"] = snapshot_vtasks(work)
         systems = {}
         for s in args.systems:
             sysobj = System(s, servers, work, args)
