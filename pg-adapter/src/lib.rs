@@ -1,5 +1,5 @@
-//! vtasks on Postgres: the queue semantics of the `VT.*` Valkey commands (see PROTOCOL.md and
-//! PROTOCOL.md, "Postgres schema") on a Postgres schema, with a sync API ([`PgQueue`], r2d2 pool) and an
+//! vtasks on Postgres: the queue semantics of the `VT.*` Valkey commands (see PROTOCOL.md, section
+//! "Postgres schema") on a Postgres schema, with a sync API ([`PgQueue`], r2d2 pool) and an
 //! async API ([`AsyncPgQueue`], tokio-postgres + deadpool).
 //!
 //! Every operation is one statement sent with `query_typed` (unnamed statements), so the crate
