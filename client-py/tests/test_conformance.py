@@ -327,6 +327,29 @@ def test_sigkill_tasks_come_back_after_lease(backend, broker, alias, queue, work
     assert "done 2" in read_lines(out)
 
 
+def test_resumed_worker_does_not_run_deliveries_whose_lease_lapsed(backend, alias, queue, workers,
+                                                                   out):
+    # F3: a worker stopped (SIGSTOP) with a fetch parked in the broker, longer than its lease.
+    # The task enqueued meanwhile is leased to the parked fetch, expires, is re-queued; on
+    # SIGCONT the worker reads the stale reply: it must drop it and run the task only once.
+    w = workers([queue], lease=3.0)  # blocked fetches of 1 s
+    warm = on(t.record, alias, queue).enqueue(out, "warm")
+    wait_for(finished(backend, warm.id), timeout=20)
+    time.sleep(0.3)  # idle: a fetch is parked
+    w.signal(signal.SIGSTOP)
+    try:
+        r = on(t.record, alias, queue).enqueue(out, "once")
+        time.sleep(4.5)  # > lease
+    finally:
+        w.signal(signal.SIGCONT)
+    done = wait_for(finished(backend, r.id), timeout=20)
+    time.sleep(1.0)  # a duplicate run would show by now
+    assert read_lines(out).count("once") == 1, w.output()
+    assert done.status == TaskResultStatus.SUCCESSFUL
+    if done.attempts > 1:  # the parked fetch took it (Valkey): the stale delivery was dropped
+        assert "dropping 1 fetched task(s)" in w.output()
+
+
 def test_restarted_worker_rescues_its_own_tasks(backend, broker, alias, queue, workers, out):
     r = on(t.slow_first_attempt, alias, queue).enqueue(out, 60)
     first = workers([queue], worker_id="stable-id")  # default 30 s lease
@@ -499,8 +522,15 @@ def test_get_broker_and_operator_api(broker, alias, queue):
     assert broker.retry_dead(queue) == 1
     (d,) = broker.fetch([queue], "manual", 10)
     assert broker.extend(queue, "manual", 5000) == 1
-    assert broker.ack(queue, [(d.id, d.token)]) == 1
+    # the batched ack stores the result with the ack (one statement on Postgres)
+    assert broker.ack_with_results(queue, [(d.id, d.token)], [(d.id, b'{"r": 3}', 60_000)]) == 1
+    assert broker.get_result(d.id) == b'{"r": 3}'
     assert broker.ack(queue, [(d.id, d.token)]) == 0
+    r = on(t.add, alias, queue).enqueue(1, 2)
+    (d,) = broker.fetch([queue], "manual", 10)
+    assert asyncio.run(broker.aack_with_results(queue, [(d.id, d.token)],
+                                                [(d.id, b'{"r": 4}', 60_000)])) == 1
+    assert broker.get_result(d.id) == b'{"r": 4}' and broker.info(queue)["inflight"] == 0
 
 
 def test_envelope_is_compatible(alias, queue, broker):

@@ -81,6 +81,9 @@ def test_pgqueue_flow(dsn):
     q.store_result("res-1", b'{"ok": true}', 60_000)
     assert q.get_result("res-1") == b'{"ok": true}'
     assert q.get_result("nope") is None
+    assert q.ack("nq", [], [("res-2", b"2", 60_000), ("res-3", b"3", 60_000)]) == 0
+    q.store_results([("res-4", b"4", 60_000)])
+    assert [q.get_result(f"res-{i}") for i in (2, 3, 4)] == [b"2", b"3", b"4"]
     assert set(q.maintain()) >= {"rescued", "uniques_purged", "results_purged"}
     assert q.clear("nq", "all") == 3
     with pytest.raises(ValueError):
@@ -98,7 +101,9 @@ def test_async_pgqueue_flow(dsn):
         ids = await q.enqueue("anq", [b"1", b"2"])
         got = await asyncio.wait_for(waiter, 6)
         assert [g[1] for g in got] == ids
-        assert await q.ack("anq", [(g[1], g[2]) for g in got]) == 2
+        assert await q.ack("anq", [(g[1], g[2]) for g in got],
+                           results=[(g[1], b"r" + g[4], 10_000) for g in got]) == 2
+        assert [await q.get_result(g[1]) for g in got] == [b"r1", b"r2"]
         assert (await q.info("anq"))["acked_total"] == 2
         assert await q.fetch(["anq"], "aw", 1, block_ms=20) is None
         # Cancelling a blocked fetch does not break the client.

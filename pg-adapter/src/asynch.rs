@@ -179,6 +179,24 @@ impl AsyncPgQueue {
         }
     }
 
+    /// Ack `pairs` and store `results` `(id, result_json, ttl_ms)` in one statement (one round
+    /// trip, one transaction). Returns the number acked; stale tokens count 0 (results are still stored).
+    pub async fn ack_with_results(&self, queue: &str, pairs: &[(String, String)], results: &[ops::ResultRow]) -> Result<i64> {
+        if results.is_empty() {
+            return self.ack(queue, pairs).await;
+        }
+        ops::one_i64(&self.run(&ops::ack_results_stmt(queue, pairs, results)?).await?)
+    }
+
+    /// Upsert many results in one statement.
+    pub async fn store_results(&self, results: &[ops::ResultRow]) -> Result<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        self.run(&ops::ack_results_stmt("_", &[], results)?).await?;
+        Ok(())
+    }
+
     pub async fn ack(&self, queue: &str, pairs: &[(String, String)]) -> Result<i64> {
         if pairs.is_empty() {
             return Ok(0);

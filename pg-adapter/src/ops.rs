@@ -422,6 +422,45 @@ pub fn ack_stmt(queue: &str, pairs: &[(String, String)]) -> Result<Stmt> {
     Ok(Stmt::new(ACK_SQL).p(queue.to_string(), Type::TEXT).p(ids, Type::TEXT_ARRAY).p(toks, Type::TEXT_ARRAY))
 }
 
+/// ACK plus result upserts in **one statement** (so one round trip and one transaction): the results
+/// CTE always runs (data-modifying CTEs do even when unreferenced), then `vtasks_ack`. Results are
+/// stored whether or not the ack's token still matches (the task did run), as `store_result` does.
+pub const ACK_RESULTS_SQL: &str = "WITH r AS (\
+     INSERT INTO vtasks_result (id, data, expires_at) \
+     SELECT x.id, x.data, now() + x.ttl * interval '1 millisecond' \
+       FROM unnest($4::text[], $5::bytea[], $6::int8[]) AS x(id, data, ttl) \
+     ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, expires_at = EXCLUDED.expires_at) \
+     SELECT vtasks_ack($1::text, $2::text[], $3::text[])";
+
+/// One result to store: `(id, result_json, ttl_ms)`.
+pub type ResultRow = (String, Vec<u8>, i64);
+
+/// `ack` and `store_result` for many tasks in one statement. Results with the same id keep the
+/// last one; they are upserted in id order (a stable lock order between concurrent workers).
+pub fn ack_results_stmt(queue: &str, pairs: &[(String, String)], results: &[ResultRow]) -> Result<Stmt> {
+    check_queue(queue)?;
+    let mut by_id: std::collections::BTreeMap<&str, (&[u8], i64)> = std::collections::BTreeMap::new();
+    for (id, data, ttl) in results {
+        check_id(id)?;
+        if *ttl < 1 {
+            return invalid("ttl_ms must be >= 1");
+        }
+        by_id.insert(id.as_str(), (data.as_slice(), *ttl));
+    }
+    let ids: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+    let toks: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
+    let rids: Vec<String> = by_id.keys().map(|k| k.to_string()).collect();
+    let rdata: Vec<Vec<u8>> = by_id.values().map(|v| v.0.to_vec()).collect();
+    let rttl: Vec<i64> = by_id.values().map(|v| v.1).collect();
+    Ok(Stmt::new(ACK_RESULTS_SQL)
+        .p(queue.to_string(), Type::TEXT)
+        .p(ids, Type::TEXT_ARRAY)
+        .p(toks, Type::TEXT_ARRAY)
+        .p(rids, Type::TEXT_ARRAY)
+        .p(rdata, Type::BYTEA_ARRAY)
+        .p(rttl, Type::INT8_ARRAY))
+}
+
 pub fn fail_stmt(queue: &str, id: &str, token: &str, error: &str, retry_ms: Option<i64>, cap: i32) -> Result<Stmt> {
     check_queue(queue)?;
     if matches!(retry_ms, Some(r) if r < 0) {

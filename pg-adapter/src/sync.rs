@@ -194,6 +194,24 @@ impl PgQueue {
         let _ = std::thread::Builder::new().name("vtasks-listen".into()).spawn(move || listen_loop(pg, w));
     }
 
+    /// Ack `pairs` and store `results` `(id, result_json, ttl_ms)` in one statement (one round
+    /// trip, one transaction). Returns the number acked; stale tokens count 0 (results are still stored).
+    pub fn ack_with_results(&self, queue: &str, pairs: &[(String, String)], results: &[ops::ResultRow]) -> Result<i64> {
+        if results.is_empty() {
+            return self.ack(queue, pairs);
+        }
+        ops::one_i64(&self.run(&ops::ack_results_stmt(queue, pairs, results)?)?)
+    }
+
+    /// Upsert many results in one statement.
+    pub fn store_results(&self, results: &[ops::ResultRow]) -> Result<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        self.run(&ops::ack_results_stmt("_", &[], results)?)?;
+        Ok(())
+    }
+
     pub fn ack(&self, queue: &str, pairs: &[(String, String)]) -> Result<i64> {
         if pairs.is_empty() {
             return Ok(0);

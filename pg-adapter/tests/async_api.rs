@@ -59,6 +59,13 @@ async fn flow(db: &TestDb) {
     assert!(q.schedule_del("aq", "s").await.unwrap());
     q.store_result("r", b"1".to_vec(), 10_000).await.unwrap();
     assert_eq!(q.get_result("r").await.unwrap().as_deref(), Some(&b"1"[..]));
+    q.enqueue("aq", vec![b"ar".to_vec()], EnqueueOpts::default()).await.unwrap();
+    let d = q.fetch(&qs, "w", 1, None, None).await.unwrap().unwrap().remove(0);
+    let res = vec![(d.id.clone(), b"{\"ok\":1}".to_vec(), 10_000)];
+    assert_eq!(q.ack_with_results("aq", &[(d.id.clone(), d.token.clone())], &res).await.unwrap(), 1);
+    assert_eq!(q.get_result(&d.id).await.unwrap().as_deref(), Some(&b"{\"ok\":1}"[..]));
+    q.store_results(&[("r2".to_string(), b"2".to_vec(), 10_000)]).await.unwrap();
+    assert_eq!(q.get_result("r2").await.unwrap().as_deref(), Some(&b"2"[..]));
     q.maintain().await.unwrap();
     assert!(q.queues().await.unwrap().contains(&"aq".to_string()));
 

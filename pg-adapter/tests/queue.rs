@@ -112,6 +112,33 @@ fn stale_ack_and_fail_are_noops() {
 }
 
 #[test]
+fn ack_with_results_stores_results_in_the_same_statement() {
+    let db = TestDb::new();
+    let q = db.queue(cfg());
+    q.enqueue("ar", payloads(3, "t"), EnqueueOpts::default()).unwrap();
+    let got = q.fetch(&qs("ar"), "w", 3, None, None).unwrap().unwrap();
+    let pairs: Vec<_> = got.iter().map(|d| (d.id.clone(), d.token.clone())).collect();
+    let mut results: Vec<_> = got.iter().map(|d| (d.id.clone(), format!("{{\"id\":\"{}\"}}", d.id).into_bytes(), 60_000)).collect();
+    results.push((got[0].id.clone(), b"{\"last\":1}".to_vec(), 60_000)); // same id twice: the last one wins
+    assert_eq!(q.ack_with_results("ar", &pairs, &results).unwrap(), 3);
+    assert_eq!(q.get_result(&got[0].id).unwrap().as_deref(), Some(&b"{\"last\":1}"[..]));
+    for d in &got[1..] {
+        assert_eq!(q.get_result(&d.id).unwrap().unwrap(), format!("{{\"id\":\"{}\"}}", d.id).into_bytes());
+    }
+    let i = info(&q, "ar");
+    assert_eq!((i["inflight"], i["acked_total"]), (0, 3));
+    // A stale ack counts 0 but still stores its result; results alone; bad input is rejected.
+    assert_eq!(q.ack_with_results("ar", &pairs, &[(got[1].id.clone(), b"2".to_vec(), 60_000)]).unwrap(), 0);
+    assert_eq!(q.get_result(&got[1].id).unwrap().as_deref(), Some(&b"2"[..]));
+    q.store_results(&[("only".to_string(), b"x".to_vec(), 60_000), ("short".to_string(), b"y".to_vec(), 20)]).unwrap();
+    assert_eq!(q.get_result("only").unwrap().as_deref(), Some(&b"x"[..]));
+    thread::sleep(Duration::from_millis(40));
+    assert_eq!(q.get_result("short").unwrap(), None, "ttl honoured");
+    assert!(q.ack_with_results("ar", &[], &[("z".to_string(), b"1".to_vec(), 0)]).is_err());
+    assert_eq!(q.ack_with_results("ar", &[], &[]).unwrap(), 0);
+}
+
+#[test]
 fn partial_batch_ack_then_lease_expiry() {
     let db = TestDb::new();
     let q = db.queue(cfg());

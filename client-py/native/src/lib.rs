@@ -103,6 +103,10 @@ fn bytes_vec(v: Vec<PyBackedBytes>) -> Vec<Vec<u8>> {
     v.iter().map(|b| b.to_vec()).collect()
 }
 
+fn result_rows(v: Vec<(String, PyBackedBytes, i64)>) -> Vec<vtasks_pg::ops::ResultRow> {
+    v.into_iter().map(|(id, data, ttl)| (id, data.to_vec(), ttl)).collect()
+}
+
 fn priority16(p: i64) -> PyResult<i16> {
     if !(-100..=100).contains(&p) {
         return Err(PyValueError::new_err("priority must be in -100..100"));
@@ -228,9 +232,19 @@ impl PgQueue {
         Ok(deliveries(r))
     }
 
-    fn ack(&self, py: Python<'_>, queue: &str, pairs: Vec<(String, String)>) -> PyResult<i64> {
+    /// `results`: optional `[(id, result_json, ttl_ms)]` stored in the same statement as the ack.
+    #[pyo3(signature = (queue, pairs, results = None))]
+    fn ack(&self, py: Python<'_>, queue: &str, pairs: Vec<(String, String)>, results: Option<Vec<(String, PyBackedBytes, i64)>>) -> PyResult<i64> {
+        let results = result_rows(results.unwrap_or_default());
         let q = &self.inner;
-        py.detach(|| q.ack(queue, &pairs)).map_err(to_py)
+        py.detach(|| q.ack_with_results(queue, &pairs, &results)).map_err(to_py)
+    }
+
+    /// Upserts many results `[(id, result_json, ttl_ms)]` in one statement.
+    fn store_results(&self, py: Python<'_>, results: Vec<(String, PyBackedBytes, i64)>) -> PyResult<()> {
+        let results = result_rows(results);
+        let q = &self.inner;
+        py.detach(|| q.store_results(&results)).map_err(to_py)
     }
 
     #[pyo3(signature = (queue, id, token, error, retry_ms = None))]
@@ -441,9 +455,23 @@ impl AsyncPgQueue {
         fut!(py, q, Ok(deliveries(q.fetch(&queues, &worker, count, lease_ms, block_ms).await.map_err(to_py)?)))
     }
 
-    fn ack<'py>(&self, py: Python<'py>, queue: String, pairs: Vec<(String, String)>) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (queue, pairs, results = None))]
+    fn ack<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        pairs: Vec<(String, String)>,
+        results: Option<Vec<(String, PyBackedBytes, i64)>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let results = result_rows(results.unwrap_or_default());
         let q = self;
-        fut!(py, q, q.ack(&queue, &pairs).await.map_err(to_py))
+        fut!(py, q, q.ack_with_results(&queue, &pairs, &results).await.map_err(to_py))
+    }
+
+    fn store_results<'py>(&self, py: Python<'py>, results: Vec<(String, PyBackedBytes, i64)>) -> PyResult<Bound<'py, PyAny>> {
+        let results = result_rows(results);
+        let q = self;
+        fut!(py, q, q.store_results(&results).await.map_err(to_py))
     }
 
     #[pyo3(signature = (queue, id, token, error, retry_ms = None))]

@@ -107,6 +107,16 @@ class Worker:
         self.lease = float(lease or settings.VTASKS_LEASE)
         self.lease_ms = max(100, int(self.lease * 1000))
         self.block_ms = block_ms
+        # Deliveries read later than lease - margin after their fetch was sent are dropped
+        # (their lease may have expired: see _lease_lapsed). A blocked fetch must return well
+        # before that, so the plain fetch loop blocks at most half of it.
+        lease_s = self.lease_ms / 1000
+        self.lease_margin = min(2.0, lease_s * 0.2)
+        self._fetch_block_ms = block_ms
+        cap = max(1, int((lease_s - self.lease_margin) * 500))
+        if block_ms is not None and (block_ms <= 0 or block_ms > cap):
+            self._fetch_block_ms = cap
+        self.dropped_stale = 0
         self.flush_interval = flush_interval
         self.result_ttl_ms = self.backend.result_ttl_ms
         threads = int(settings.VTASKS_SYNC_THREADS or self.concurrency)
@@ -323,9 +333,10 @@ class Worker:
                 if self.concurrency - self._busy <= 0:
                     await self._slot_event.wait()
                 continue
+            sent = time.monotonic()
             try:
                 deliveries = await self.broker.afetch(self.plain_queues, self.worker_id, free,
-                                                      self.lease_ms, self.block_ms)
+                                                      self.lease_ms, self._fetch_block_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -336,15 +347,34 @@ class Worker:
                 continue
             backoff = 0.1
             self._progress()
+            if deliveries and self._lease_lapsed(sent, deliveries, "fetched"):
+                continue
             if deliveries:
                 for d in deliveries:
                     self._take(d.queue)
                 try:
-                    await self._start_jobs(deliveries)
+                    await self._start_jobs(deliveries, sent)
                 except Exception:
                     logger.exception("starting fetched tasks failed")
 
-    async def _start_jobs(self, deliveries: list[Delivery]) -> None:
+    def _lease_lapsed(self, sent: float, deliveries: list[Delivery], what: str) -> bool:
+        """True when the leases of ``deliveries`` (granted no earlier than ``sent``, the
+        monotonic time their fetch was sent) may have expired: e.g. the process was stopped
+        (SIGSTOP, VM pause) with a fetch parked in the server, whose reply it reads only on
+        resume. The server re-queued (and maybe redelivered) them at expiry: running them would
+        duplicate work. They are dropped, neither run nor acked (a late ack would be a no-op)."""
+        elapsed = time.monotonic() - sent
+        if elapsed <= self.lease_ms / 1000 - self.lease_margin:
+            return False
+        logger.warning(
+            "dropping %d %s task(s) (%s): their fetch was sent %.1fs ago, longer than the lease "
+            "(%.1fs) minus %.1fs: the broker re-queues them on lease expiry",
+            len(deliveries), what, ", ".join(f"{d.queue}/{d.id}" for d in deliveries[:5])
+            + (" ..." if len(deliveries) > 5 else ""), elapsed, self.lease_ms / 1000, self.lease_margin)
+        self.dropped_stale += len(deliveries)
+        return True
+
+    async def _start_jobs(self, deliveries: list[Delivery], sent: float | None = None) -> None:
         jobs = []
         for d in deliveries:
             try:
@@ -359,6 +389,12 @@ class Worker:
                 continue
             if job is not None:
                 jobs.append(job)
+        if jobs and sent is not None and self._lease_lapsed(
+                sent, [j.delivery for j in jobs], "prepared"):
+            for j in jobs:
+                self._inflight[j.delivery.queue] -= 1
+            self._release_slot(len(jobs))
+            return
         running = [j for j in jobs if self.track_running or j.delivery.attempt > 1]
         if running and self.result_ttl_ms > 0:
             try:

@@ -143,15 +143,27 @@ class PostgresBroker(Broker):
     async def aack(self, queue, pairs):
         return await self.aq.ack(queue, list(pairs)) if pairs else 0
 
+    @staticmethod
+    def _results(results):
+        return [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0]
+
+    def ack_with_results(self, queue, pairs, results):
+        # one statement: the results and the ack commit together (one round trip)
+        results = self._results(results)
+        if not pairs and not results:
+            return 0
+        return self.q.ack(queue, list(pairs), results or None)
+
+    async def aack_with_results(self, queue, pairs, results):
+        results = self._results(results)
+        if not pairs and not results:
+            return 0
+        return await self.aq.ack(queue, list(pairs), results or None)
+
     async def astore_results(self, results):
-        results = [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0]
-        if not results:
-            return
-        aq = self.aq
-        if hasattr(aq, "store_results"):  # one statement (see .notes/core-needs.md)
-            await aq.store_results(results)
-            return
-        await asyncio.gather(*[aq.store_result(rid, data, ttl) for rid, data, ttl in results])
+        results = self._results(results)
+        if results:
+            await self.aq.store_results(results)  # one statement
 
     def fail(self, queue, id, token, error, retry_ms=None):
         return self.q.fail(queue, id, token, error, retry_ms=retry_ms)
