@@ -73,7 +73,7 @@ async fn flow(db: &TestDb) {
     let (admin, conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     admin
-        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vtasks'")
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vtasks' AND datname = current_database()")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

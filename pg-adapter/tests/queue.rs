@@ -350,7 +350,7 @@ fn killed_connections_are_replaced() {
             let n: i64 = admin
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE application_name = 'vtasks' AND wait_event_type = 'Lock'",
+                     WHERE application_name = 'vtasks' AND datname = current_database() AND wait_event_type = 'Lock'",
                     &[],
                 )
                 .unwrap()
@@ -404,7 +404,7 @@ fn killed_connections_are_replaced() {
     assert_eq!(n, pairs.len() as i64);
     // Idle pooled connections killed behind the pool's back: the next operation still works.
     admin
-        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vtasks'")
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vtasks' AND datname = current_database()")
         .unwrap();
     thread::sleep(Duration::from_millis(100));
     assert_eq!(info(&q, "k")["acked_total"], pairs.len() as i64);
