@@ -750,7 +750,7 @@ def render_table(doc: dict) -> list[str]:
 TABLE_START, TABLE_END = "<!-- BENCH-TABLE:start -->", "<!-- BENCH-TABLE:end -->"
 
 
-def update_readmes(doc: dict) -> list[Path]:
+def update_readmes(doc: dict, update_root: bool = False) -> list[Path]:
     """Replace the table between the BENCH-TABLE markers in the README (section) files."""
     m = doc["meta"]
     block = [TABLE_START, "",
@@ -766,7 +766,8 @@ def update_readmes(doc: dict) -> list[Path]:
                  f"{t['target']}: {'PASS' if t['pass'] else ('FAIL' if t['pass'] is False else 'n/a')}"
                  for t in doc["targets"]) + ".", "", TABLE_END]
     done = []
-    for path in (ROOT / "README.md", BENCH / "README-section.md"):
+    paths = [BENCH / "README-section.md"] + ([ROOT / "README.md"] if update_root else [])
+    for path in paths:
         if not path.exists():
             continue
         text = path.read_text()
@@ -972,6 +973,8 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="noop,sleep10", help="tasks of the processing runs")
     p.add_argument("--skip-raw", action="store_true", help="no redis-benchmark runs")
     p.add_argument("--out", default=None, help="output basename under benchmarks/results/")
+    p.add_argument("--update-readme", action="store_true",
+                   help="also refresh the table between the BENCH-TABLE markers of the top README.md")
     p.add_argument("--no-scale", action="store_true",
                    help="the same task counts for every system (default: Celery 40%%, django-tasks-db 20%%)")
     p.add_argument("--no-install", action="store_true", help="do not create/update the peers' venvs")
@@ -1101,7 +1104,7 @@ def main(argv=None) -> int:
         hist.mkdir(exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         (hist / f"{stamp}.json").write_text(json.dumps(doc, indent=1, default=str))
-        for path in update_readmes(doc):
+        for path in update_readmes(doc, update_root=args.update_readme):
             print(f"updated the table in {path}")
     print(md)
     print(f"\nwrote {RESULTS / base}.json, .md, .png")
