@@ -7,11 +7,72 @@ from typing import Any
 import orjson
 from django.tasks import Task
 from django.tasks.base import TaskError, TaskResult, TaskResultStatus
+from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _normalize_args(args) -> list:
+    """normalize_json(args), without the recursion when every argument is a plain scalar."""
+    if type(args) is list or type(args) is tuple:
+        for a in args:
+            if type(a) not in _PLAIN:
+                return normalize_json(args)
+        return list(args)
+    return normalize_json(args)
+
+
+def _normalize_kwargs(kwargs) -> dict:
+    """normalize_json(kwargs), without the recursion for str keys and plain scalar values."""
+    if type(kwargs) is dict:
+        for k, v in kwargs.items():
+            if type(k) is not str or type(v) not in _PLAIN:
+                return normalize_json(kwargs)
+        return dict(kwargs)
+    return normalize_json(kwargs)
+
+
+def make_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
+                args, kwargs, backend, errors, worker_ids) -> TaskResult:
+    """TaskResult(...) with the same fields and the same normalised args/kwargs as Django's
+    __post_init__ (unsupported arguments raise the same errors), built without the dataclass
+    __init__ + normalize_json recursion for plain scalar arguments."""
+    args = _normalize_args(args)
+    kwargs = _normalize_kwargs(kwargs)
+    r = _new(TaskResult)
+    _set(r, "task", task)
+    _set(r, "id", id)
+    _set(r, "status", status)
+    _set(r, "enqueued_at", enqueued_at)
+    _set(r, "started_at", started_at)
+    _set(r, "finished_at", finished_at)
+    _set(r, "last_attempted_at", last_attempted_at)
+    _set(r, "args", args)
+    _set(r, "kwargs", kwargs)
+    _set(r, "backend", backend)
+    _set(r, "errors", errors)
+    _set(r, "worker_ids", worker_ids)
+    _set(r, "_return_value", None)
+    return r
 
 
 def _dt(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _jdt(value: datetime | None):
+    """A datetime for orjson: UTC and naive ones are formatted natively by orjson (the same text
+    as isoformat()); any other zone goes through isoformat()."""
+    if value is None:
+        return None
+    if type(value) is datetime:
+        tz = value.tzinfo
+        if tz is None or tz is UTC:
+            return value
+    return value.isoformat()
 
 
 def _parse_dt(value) -> datetime | None:
@@ -53,7 +114,31 @@ def result_to_dict(result: TaskResult) -> dict[str, Any]:
 
 
 def result_to_json(result: TaskResult) -> bytes:
-    return orjson.dumps(result_to_dict(result), option=orjson.OPT_NON_STR_KEYS)
+    """orjson.dumps(result_to_dict(result)), with the timestamps formatted by orjson."""
+    task = result.task
+    errors = result.errors
+    return orjson.dumps({
+        "id": result.id,
+        "func": task.module_path,
+        "queue": task.queue_name,
+        "priority": task.priority,
+        "run_after": _jdt(task.run_after),
+        "takes_context": task.takes_context,
+        "backend": result.backend,
+        "status": str(result.status),
+        "enqueued_at": _jdt(result.enqueued_at),
+        "started_at": _jdt(result.started_at),
+        "finished_at": _jdt(result.finished_at),
+        "last_attempted_at": _jdt(result.last_attempted_at),
+        "args": result.args,
+        "kwargs": result.kwargs,
+        "errors": [
+            {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
+            for e in errors
+        ] if errors else [],
+        "worker_ids": list(result.worker_ids),
+        "return_value": result._return_value,
+    }, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _unresolvable(*args, **kwargs):  # stands in for a task function that cannot be imported

@@ -50,7 +50,7 @@ from django.utils.json import normalize_json
 from .broker import Delivery
 from .conf import settings
 from .envelope import build_envelope, decode_envelope, encode_envelope
-from .results import result_to_json, resolve_task
+from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
 from .tasks import retry_policy
 
@@ -470,13 +470,9 @@ class Worker:
         worker_ids.append(self.worker_id)
         if enqueued_at is not None and not django_settings.USE_TZ:
             enqueued_at = timezone.make_naive(enqueued_at)
-        return TaskResult(
-            task=task, id=d.id, status=TaskResultStatus.RUNNING,
-            enqueued_at=enqueued_at or now, started_at=started_at, last_attempted_at=now,
-            finished_at=None, args=envelope.get("args") or [],
-            kwargs=envelope.get("kwargs") or {}, backend=self.alias, errors=errors,
-            worker_ids=worker_ids,
-        )
+        return make_result(task, d.id, TaskResultStatus.RUNNING, enqueued_at or now, started_at,
+                           now, None, envelope.get("args") or [],
+                           envelope.get("kwargs") or {}, self.alias, errors, worker_ids)
 
     # ---- running --------------------------------------------------------------------------------
     async def _run_job(self, job: _Job) -> None:

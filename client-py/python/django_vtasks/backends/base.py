@@ -13,6 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
 from django.tasks.exceptions import TaskResultDoesNotExist
+from django.core.signals import setting_changed
 from django.tasks.signals import task_enqueued
 from django.utils import timezone
 from django.utils.inspect import func_accepts_kwargs, get_func_args
@@ -20,7 +21,7 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 from ..broker import Broker, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import encode_envelope
-from ..results import ms_to_dt, result_from_json, resolve_task
+from ..results import make_result, ms_to_dt, result_from_json, resolve_task
 from ..tasks import VTask
 
 logger = logging.getLogger("django_vtasks")
@@ -32,6 +33,27 @@ _BROKERS_LOCK = threading.Lock()
 
 #: extra attempts a retried task keeps for crash recovery (a worker killed mid-task)
 CRASH_ATTEMPTS = 2
+
+# The settings _context() needs, read once (LazySettings + defaults cost ~1 µs per read) and
+# dropped whenever Django reports a settings change (override_settings, the settings fixture).
+_CTX_SETTINGS: tuple | None = None
+
+
+def _ctx_settings() -> tuple:
+    global _CTX_SETTINGS
+    cached = _CTX_SETTINGS
+    if cached is None:
+        cached = _CTX_SETTINGS = (int(settings.VTASKS_COMPRESS_THRESHOLD),
+                                  settings.VTASKS_RETRIES or {})
+    return cached
+
+
+def _clear_ctx_settings(**kwargs) -> None:
+    global _CTX_SETTINGS
+    _CTX_SETTINGS = None
+
+
+setting_changed.connect(_clear_ctx_settings, dispatch_uid="django_vtasks.backends.ctx")
 
 
 class VTasksBackend(BaseTaskBackend):
@@ -76,11 +98,8 @@ class VTasksBackend(BaseTaskBackend):
     # ---- enqueue ------------------------------------------------------------------------------
     def _context(self) -> dict:
         """Settings read once per enqueue call (not once per task)."""
-        return {
-            "threshold": int(settings.VTASKS_COMPRESS_THRESHOLD),
-            "retries": settings.VTASKS_RETRIES or {},
-            "validated": set(),
-        }
+        threshold, retries = _ctx_settings()
+        return {"threshold": threshold, "retries": retries, "validated": set(), "now": None}
 
     def _prepare(self, task: Task, args, kwargs, ctx: dict | None = None
                  ) -> tuple[TaskResult, EnqueueRequest]:
@@ -89,14 +108,11 @@ class VTasksBackend(BaseTaskBackend):
         if task not in validated:  # each distinct task once per call (TASKS may change between)
             self.validate_task(task)
             validated.add(task)
-        now = timezone.now()
+        now = ctx.get("now") or timezone.now()
         rid = os.urandom(16).hex()
         # builds (and normalises) args/kwargs like Django: bad arguments raise here, synchronously
-        result = TaskResult(
-            task=task, id=rid, status=TaskResultStatus.READY, enqueued_at=now,
-            started_at=None, last_attempted_at=None, finished_at=None, args=args,
-            kwargs=kwargs, backend=self.alias, errors=[], worker_ids=[],
-        )
+        result = make_result(task, rid, TaskResultStatus.READY, now, None, None, None, args,
+                             kwargs, self.alias, [], [])
         run_after = task.run_after
         envelope = {
             "func": task.module_path,
@@ -149,6 +165,7 @@ class VTasksBackend(BaseTaskBackend):
     def _prepare_many(self, items: Iterable) -> tuple[list[TaskResult], list[EnqueueRequest]]:
         results, requests = [], []
         ctx = self._context()
+        ctx["now"] = timezone.now()  # one timestamp for the tasks of one enqueue_many call
         for item in items:
             task, args, kwargs = item
             task, kwargs = self._split_options(task, dict(kwargs or {}))

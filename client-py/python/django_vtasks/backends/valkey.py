@@ -239,9 +239,11 @@ class ValkeyBroker(Broker):
             "VT.ACK", self.key(queue), *[x for p in pairs for x in p]))
 
     def _ack_results_pipe(self, pipe, queue, pairs, results):
+        prefix = f"{self.prefix}result:"
+        command = pipe.execute_command
         for rid, data, ttl in results:
-            if ttl > 0:
-                pipe.set(self.result_key(rid), data, px=ttl)
+            if ttl > 0:  # what pipe.set(key, data, px=ttl) sends, without its option parsing
+                command("SET", prefix + rid, data, "PX", ttl)
         if pairs:
             pipe.execute_command("VT.ACK", self.key(queue), *[x for p in pairs for x in p])
 
