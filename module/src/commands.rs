@@ -958,7 +958,12 @@ pub fn load(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let rec = a[2];
     let r = with_queue_ext(ctx, argv[1], true, true, |q| {
         if rec[0] == b'H' {
-            *q = Queue::default();
+            // the header resets the queue, but only once it is known to be valid: a rejected
+            // record leaves the queue as it was
+            let mut fresh = Queue::default();
+            fresh.apply_record(rec)?;
+            *q = fresh;
+            return Ok(());
         }
         q.apply_record(rec)
     })?;

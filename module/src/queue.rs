@@ -90,6 +90,9 @@ pub struct Schedule {
 }
 
 pub const NEVER: i64 = i64::MAX;
+/// Bound of task sequence numbers (exclusive) and of a queue's `next_seq` (inclusive), enforced
+/// by the record loader and kept by `take_seq`.
+pub const MAX_SEQ: u64 = 1 << 62;
 
 /// Parses a cron expression (6 or 7 fields; 5 fields mean second 0).
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
@@ -224,10 +227,38 @@ impl Queue {
         }
     }
 
+    /// Next sequence number. Never reaches [`MAX_SEQ`] (the bound the record loader accepts): at
+    /// the bound the live tasks are renumbered 0..n first, so whatever a queue saves loads again.
     fn take_seq(&mut self) -> u64 {
+        if self.next_seq >= MAX_SEQ {
+            self.renumber();
+        }
         let s = self.next_seq;
         self.next_seq += 1;
         s
+    }
+
+    /// Reassigns the live tasks' sequence numbers to 0..n in their current order (every index is
+    /// ordered by `(key, seq)` and seqs are unique, so every index keeps its order) and rebuilds
+    /// the indexes. Only reachable after a load of a queue whose sequence numbers are near
+    /// [`MAX_SEQ`] (2^62 takes from an empty queue are out of reach).
+    fn renumber(&mut self) {
+        let mut order: Vec<(u64, Id)> = self.tasks.iter().map(|(id, t)| (t.seq, id.clone())).collect();
+        order.sort_unstable();
+        self.ready.clear();
+        self.delayed.clear();
+        self.inflight.clear();
+        let n = order.len() as u64;
+        for (i, (_, id)) in order.into_iter().enumerate() {
+            let t = self.tasks.get_mut(&id).expect("renumber: id from tasks");
+            t.seq = i as u64;
+            match t.state {
+                State::Ready => self.ready.insert((-t.priority, t.seq), id),
+                State::Delayed => self.delayed.insert((t.run_at, t.seq), id),
+                State::Inflight => self.inflight.insert((t.deadline, t.seq), id),
+            };
+        }
+        self.next_seq = n;
     }
 
     /// Removes a task's index entries (not the task itself).
@@ -783,7 +814,6 @@ impl Queue {
     /// outside the protocol's ranges and colliding sequence numbers are rejected (a corrupt RDB/AOF
     /// must fail to load rather than produce a queue whose next save is corrupt).
     pub fn apply_record(&mut self, rec: &[u8]) -> CResult<()> {
-        const MAX_SEQ: u64 = 1 << 62;
         fn prio(v: i64) -> CResult<i32> {
             if (-100..=100).contains(&v) {
                 Ok(v as i32)
@@ -797,21 +827,31 @@ impl Queue {
         let mut r = R::new(rec);
         match r.u8()? {
             b'H' => {
+                // validate the whole record into locals first: a rejected header changes nothing
                 if r.u64()? != 1 {
                     return Err("unknown queue record version");
                 }
-                self.next_seq = r.u64()?;
-                if self.next_seq >= MAX_SEQ {
+                let next_seq = r.u64()?;
+                // `take_seq` keeps next_seq <= MAX_SEQ and task seqs < MAX_SEQ (a task with seq
+                // MAX_SEQ - 1 makes next_seq MAX_SEQ): accept exactly what a save can write
+                if next_seq > MAX_SEQ {
                     return Err("sequence number out of range");
                 }
+                let mut totals = [0u64; 7];
+                for v in totals.iter_mut() {
+                    *v = r.u64()?;
+                }
+                r.done()?;
+                let [enq, acked, failed, retried, rescued, dead, evicted] = totals;
+                self.next_seq = next_seq;
                 self.load_seqs = Some(HashSet::new());
-                self.enqueued_total = r.u64()?;
-                self.acked_total = r.u64()?;
-                self.failed_total = r.u64()?;
-                self.retried_total = r.u64()?;
-                self.rescued_total = r.u64()?;
-                self.dead_total = r.u64()?;
-                self.dead_evicted = r.u64()?;
+                self.enqueued_total = enq;
+                self.acked_total = acked;
+                self.failed_total = failed;
+                self.retried_total = retried;
+                self.rescued_total = rescued;
+                self.dead_total = dead;
+                self.dead_evicted = evicted;
             }
             b'T' => {
                 let id = r.bytes()?;
@@ -862,12 +902,18 @@ impl Queue {
                     error: r.bytes()?,
                     failed_at: r.i64()?,
                 };
+                r.done()?;
+                // VT.RETRYDEAD turns the entry back into a task: it must pass the 'T' checks
+                if d.max_attempts == 0 {
+                    return Err("dead entry field out of range");
+                }
                 self.dead.push_back(d);
             }
             b'U' => {
                 let k = r.bytes()?;
                 let exp = r.i64()?;
                 let task = r.opt()?;
+                r.done()?;
                 if let Some(old) = self.uniques.insert(k.clone(), Unique { expires_at: exp, task }) {
                     self.unique_exp.remove(&(old.expires_at, k.clone()));
                 }
@@ -894,6 +940,7 @@ impl Queue {
                 } else {
                     None
                 };
+                r.done()?;
                 self.schedules.insert(name, Schedule { kind, spec, every, priority, payload, next_run, cron });
             }
             _ => return Err("unknown record kind"),
@@ -998,6 +1045,132 @@ mod tests {
         let mut h = recs[0].clone();
         h[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(Queue::default().apply_record(&h).is_err());
+    }
+
+    /// gauntlet F1b (fuzz `rdb_records`, artifact crash-1a5258647ff9965cf22a8f6abbd008a3745801f8):
+    /// a header with next_seq 18446744065119617034 was rejected *after* next_seq was stored, so the
+    /// queue then saved a header that does not load. A rejected record must change nothing.
+    #[test]
+    fn rejected_record_leaves_queue_unchanged() {
+        let mut q = Queue::default();
+        q.enqueue(&opts(1), vec![(b"a".to_vec(), b"1".to_vec())]);
+        let recs = q.records();
+        let mut bad_h = recs[0].clone();
+        bad_h[9..17].copy_from_slice(&18446744065119617034u64.to_le_bytes());
+        let mut fresh = Queue::default();
+        assert_eq!(fresh.apply_record(&bad_h), Err("sequence number out of range"));
+        assert_eq!(fresh.records(), Queue::default().records());
+        assert!(fresh.load_seqs.is_none(), "a rejected header must not start a load");
+        let mut q2 = Queue::default();
+        for r in &recs {
+            q2.apply_record(r).unwrap();
+        }
+        assert!(q2.apply_record(&bad_h).is_err());
+        assert_eq!(q2.records(), recs);
+        // every record kind with a trailing byte is rejected without a partial insert
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 1..40 {
+            let srecs = crate::fuzzing::sample_queue(seed).records();
+            let mut q3 = Queue::default();
+            for r in &srecs {
+                q3.apply_record(r).unwrap();
+            }
+            for r in &srecs {
+                kinds.insert(r[0]);
+                let mut long = r.clone();
+                long.push(0);
+                assert!(q3.apply_record(&long).is_err(), "record {} with a trailing byte loaded", r[0] as char);
+                assert_eq!(q3.records(), srecs, "rejected record {} changed the queue", r[0] as char);
+            }
+        }
+        assert_eq!(kinds.into_iter().collect::<Vec<u8>>(), b"DHSTU".to_vec());
+    }
+
+    /// Save and load agree on the sequence bound: a task with seq MAX_SEQ - 1 loads and makes
+    /// next_seq MAX_SEQ, so the header we then write (next_seq == MAX_SEQ) must load too (it was
+    /// rejected: "after load: a record we wrote does not load: sequence number out of range"), and
+    /// the next requeue renumbers instead of leaving the loader's range.
+    #[test]
+    fn seqs_at_the_bound_round_trip_and_renumber_in_order() {
+        let mut q = Queue::default();
+        let items = [b"a", b"b", b"c"].iter().map(|k| (k.to_vec(), b"1".to_vec())).collect();
+        q.enqueue(&opts(1), items);
+        let mut recs = q.records();
+        let seq_at = 1 + 8 + 1 + 8 + 1 + 8 + 8 + 8;
+        let ids: Vec<u8> = recs[1..].iter().map(|r| r[9]).collect();
+        for r in recs[1..].iter_mut() {
+            let off = match r[9] {
+                b'a' => 3,
+                b'b' => 2,
+                _ => 1,
+            };
+            r[seq_at..seq_at + 8].copy_from_slice(&(MAX_SEQ - off).to_le_bytes());
+        }
+        assert_eq!(ids.len(), 3);
+        let load = |recs: &[Vec<u8>]| {
+            let mut q = Queue::default();
+            for r in recs {
+                q.apply_record(r).unwrap_or_else(|e| panic!("record does not load: {e}"));
+            }
+            q
+        };
+        let mut q = load(&recs);
+        assert_eq!(q.next_seq, MAX_SEQ);
+        assert_eq!(load(&q.records()).records(), q.records());
+        // a header at the bound loads, one past it does not
+        let mut h = q.records()[0].clone();
+        h[9..17].copy_from_slice(&(MAX_SEQ + 1).to_le_bytes());
+        assert!(Queue::default().apply_record(&h).is_err());
+        // a requeue needs a fresh seq: renumbered, order kept, still loadable
+        let mut t = 0u64;
+        let mut tok = || {
+            t += 1;
+            t
+        };
+        let got = q.fetch(2, b"w", 1, 100, &mut tok);
+        assert_eq!(got[0].id, b"a".to_vec());
+        assert_eq!(q.fail(2, 10, b"a", Some(got[0].token), b"x", Some(0)), Some("retry"));
+        assert!(q.next_seq < MAX_SEQ && q.tasks.values().all(|t| t.seq < q.next_seq));
+        let back = load(&q.records());
+        assert_eq!(back.records(), q.records());
+        let order: Vec<Id> = q.fetch(3, b"w", 3, 100, &mut tok).into_iter().map(|f| f.id).collect();
+        assert_eq!(order, vec![b"b".to_vec(), b"c".to_vec(), b"a".to_vec()]);
+    }
+
+    /// Fuzz `rdb_records` (artifact crash-e4c7c7dca0fdba13e1fff2e351ba02a2f451acce): a dead entry
+    /// with max_attempts 0 loaded, VT.RETRYDEAD turned it into a task, and the task record written
+    /// next failed to load ("task field out of range"). The 'D' loader applies the 'T' bound.
+    #[test]
+    fn dead_entry_with_zero_max_attempts_is_rejected() {
+        let mut q = Queue::default();
+        q.enqueue(&EnqOpts { max_attempts: 1, ..opts(1) }, vec![(b"a".to_vec(), b"1".to_vec())]);
+        let mut t = 0u64;
+        let got = q.fetch(2, b"w", 1, 100, &mut || {
+            t += 1;
+            t
+        });
+        assert_eq!(q.fail(2, 10, b"a", Some(got[0].token), b"x", None), Some("dead"));
+        let recs = q.records();
+        let d = recs.iter().position(|r| r[0] == b'D').unwrap();
+        let max_at = 1 + 8 + 1 + 8 + 1 + 8 + 8; // kind, id, payload, priority, attempt
+        assert_eq!(recs[d][max_at..max_at + 8], 1u64.to_le_bytes());
+        let mut bad = recs.clone();
+        bad[d][max_at..max_at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let mut q2 = Queue::default();
+        q2.apply_record(&bad[0]).unwrap();
+        assert!(q2.apply_record(&bad[d]).is_err());
+        assert!(q2.dead.is_empty());
+        // the valid entry round-trips through VT.RETRYDEAD
+        let mut q3 = Queue::default();
+        for r in &recs {
+            q3.apply_record(r).unwrap();
+        }
+        assert_eq!(q3.retry_dead(None), 1);
+        let mut q4 = Queue::default();
+        for r in &q3.records() {
+            q4.apply_record(r).unwrap();
+        }
+        assert_eq!(q4.records(), q3.records());
     }
 
     #[test]
