@@ -9,11 +9,11 @@ import threading
 from collections.abc import Iterable
 
 import orjson
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
 from django.tasks.exceptions import TaskResultDoesNotExist
-from django.core.signals import setting_changed
 from django.tasks.signals import task_enqueued
 from django.utils import timezone
 from django.utils.inspect import func_accepts_kwargs, get_func_args
@@ -99,17 +99,27 @@ class VTasksBackend(BaseTaskBackend):
     def _context(self) -> dict:
         """Settings read once per enqueue call (not once per task)."""
         threshold, retries = _ctx_settings()
-        return {"threshold": threshold, "retries": retries, "validated": set(), "now": None}
+        return {"threshold": threshold, "retries": retries, "validated": set(), "now": None,
+                "ts": None, "ids": None}
 
     def _prepare(self, task: Task, args, kwargs, ctx: dict | None = None
                  ) -> tuple[TaskResult, EnqueueRequest]:
         ctx = ctx if ctx is not None else self._context()
         validated = ctx["validated"]
-        if task not in validated:  # each distinct task once per call (TASKS may change between)
+        # each distinct task object once per call (TASKS may change between); by identity, as
+        # hashing a Task dataclass hashes all its fields (each result holds its task, so no id is
+        # reused within one call)
+        if id(task) not in validated:
             self.validate_task(task)
-            validated.add(task)
-        now = ctx.get("now") or timezone.now()
-        rid = os.urandom(16).hex()
+            validated.add(id(task))
+        now = ctx["now"]
+        if now is None:
+            now = timezone.now()
+            ts = now.timestamp()
+        else:
+            ts = ctx["ts"]
+        ids = ctx["ids"]
+        rid = ids.pop() if ids else os.urandom(16).hex()
         # builds (and normalises) args/kwargs like Django: bad arguments raise here, synchronously
         result = make_result(task, rid, TaskResultStatus.READY, now, None, None, None, args,
                              kwargs, self.alias, [], [])
@@ -119,7 +129,7 @@ class VTasksBackend(BaseTaskBackend):
             "args": result.args,
             "kwargs": result.kwargs,
             "queue": task.queue_name,
-            "ts": now.timestamp(),
+            "ts": ts,
             "id": rid,
             "priority": task.priority,
             "run_after": run_after.isoformat() if run_after is not None else None,
@@ -164,8 +174,14 @@ class VTasksBackend(BaseTaskBackend):
 
     def _prepare_many(self, items: Iterable) -> tuple[list[TaskResult], list[EnqueueRequest]]:
         results, requests = [], []
+        items = list(items)
         ctx = self._context()
-        ctx["now"] = timezone.now()  # one timestamp for the tasks of one enqueue_many call
+        # one timestamp and one os.urandom() call for the tasks of one enqueue_many call
+        now = ctx["now"] = timezone.now()
+        ctx["ts"] = now.timestamp()
+        if len(items) > 1:
+            rand = os.urandom(16 * len(items)).hex()
+            ctx["ids"] = [rand[i:i + 32] for i in range(0, len(rand), 32)]
         for item in items:
             task, args, kwargs = item
             task, kwargs = self._split_options(task, dict(kwargs or {}))

@@ -254,10 +254,46 @@ class ValkeyBroker(Broker):
         return int(replies[-1]) if pairs and replies else 0
 
     async def aack_with_results(self, queue, pairs, results):
-        async with self.aclient.pipeline(transaction=False) as pipe:
-            self._ack_results_pipe(pipe, queue, pairs, results)
-            replies = await pipe.execute(raise_on_error=True)
-        return int(replies[-1]) if pairs and replies else 0
+        client = self.aclient
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        if (kwargs.get("encoding", "utf-8") not in ("utf-8", "utf8")
+                or kwargs.get("encoding_errors", "strict") != "strict"):
+            async with client.pipeline(transaction=False) as pipe:
+                self._ack_results_pipe(pipe, queue, pairs, results)
+                replies = await pipe.execute(raise_on_error=True)
+            return int(replies[-1]) if pairs and replies else 0
+        # The same commands as the pipeline above (SET key data PX ttl per result, then VT.ACK),
+        # packed here in one pass: valkey-py's pack_command per SET was most of the flush.
+        packed, n = _pack_ack_results(f"{self.prefix}result:", self.key(queue), pairs, results)
+        if not n:
+            return 0
+        conn = await pool.get_connection("VT.ACK")
+
+        async def send():
+            await conn.send_packed_command(packed, check_health=True)
+            error = reply = None
+            for _ in range(n):
+                try:
+                    reply = await conn.read_response()
+                except valkey.ResponseError as e:  # read the other replies, then raise
+                    error = error or e
+            if error is not None:
+                raise error
+            return reply
+
+        async def failed(error):
+            await conn.disconnect()
+
+        try:
+            # retried on connection errors like a pipeline (its Retry policy)
+            reply = await conn.retry.call_with_retry(send, failed)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+        return int(reply) if pairs else 0
 
     @staticmethod
     def _fail_args(key, id, token, error, retry_ms):
@@ -436,6 +472,33 @@ class ValkeyBroker(Broker):
                 await client.aclose(close_connection_pool=False)
             else:
                 await client.aclose()
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(b), b)
+
+
+def _pack_ack_results(result_prefix: str, key: str, pairs, results) -> tuple[bytes, int]:
+    """RESP for ``SET <result_prefix><id> <data> PX <ttl>`` per result with ttl > 0, then
+    ``VT.ACK <key> id token ...`` when there are pairs; and the number of commands."""
+    out = []
+    n = 0
+    prefix = result_prefix.encode()
+    for rid, data, ttl in results:
+        if ttl > 0:
+            k = prefix + rid.encode()
+            t = b"%d" % int(ttl)
+            out.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
+                       % (len(k), k, len(data), data, len(t), t))
+            n += 1
+    if pairs:
+        out.append(b"*%d\r\n$6\r\nVT.ACK\r\n" % (2 + 2 * len(pairs)))
+        out.append(_bulk(key.encode()))
+        for i, t in pairs:
+            out.append(_bulk(i.encode() if isinstance(i, str) else bytes(i)))
+            out.append(_bulk(t.encode() if isinstance(t, str) else bytes(t)))
+        n += 1
+    return b"".join(out), n
 
 
 def _is_int(v) -> bool:
