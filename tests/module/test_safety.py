@@ -9,7 +9,7 @@ import time
 import pytest
 import valkey
 
-from conftest import fetch, info, wait_until
+from conftest import fetch, free_port, info, wait_until
 
 COMMANDS = [
     "VT.ENQUEUE", "VT.FETCHBATCH", "VT.ACK", "VT.FAIL", "VT.RESCUE", "VT.EXTEND", "VT.INFO", "VT.QUEUES",
@@ -142,7 +142,9 @@ def test_alignment_regression(server):
 
 
 def test_crossslot_in_cluster_mode(server_factory):
-    s = server_factory("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    # The bus port defaults to port + 10000, which overflows for ephemeral ports above 55535.
+    s = server_factory("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                       "--cluster-port", str(free_port()))
     c = s.client()
     c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
     wait_until(lambda: c.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0, timeout=10)
