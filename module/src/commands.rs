@@ -61,6 +61,11 @@ fn arity(a: &[&[u8]], min: usize) -> Result<(), Reply> {
 /// value each millisecond), random bits from a userspace CSPRNG: `Uuid::now_v7()` makes a
 /// `getrandom` syscall per id, which showed up in profiles.
 pub fn new_id() -> Vec<u8> {
+    new_id_buf().to_vec()
+}
+
+/// [`new_id`] into a stack buffer (hyphenated, lower case; no heap allocation).
+pub fn new_id_buf() -> [u8; 36] {
     use std::sync::Mutex;
     static LAST: Mutex<(u64, u16)> = Mutex::new((0, 0));
     let now = now_ms().max(0) as u64;
@@ -78,7 +83,9 @@ pub fn new_id() -> Vec<u8> {
     let mut bytes: [u8; 10] = rand::random();
     bytes[0] = (ctr >> 8) as u8;
     bytes[1] = ctr as u8;
-    uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid().to_string().into_bytes()
+    let mut out = [0u8; 36];
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid().hyphenated().encode_lower(&mut out);
+    out
 }
 
 fn new_token() -> u64 {
@@ -103,6 +110,10 @@ pub struct EnqArgs<'a> {
     pub unique: Option<(&'a [u8], i64)>,
     pub maxatt: Option<u32>,
     pub items: Vec<(Option<&'a [u8]>, &'a [u8])>,
+    /// Argument index of the first PAYLOAD / ENTRIES value.
+    pub body_at: usize,
+    /// ENTRIES form (id, payload pairs) rather than PAYLOAD.
+    pub pairs: bool,
 }
 
 /// Parses `VT.ENQUEUE` arguments (no key access).
@@ -112,6 +123,7 @@ pub fn parse_enqueue<'a>(a: &[&'a [u8]]) -> Result<EnqArgs<'a>, Reply> {
     let (mut id, mut prio, mut delay, mut at, mut unique, mut maxatt) = (None, 0i64, None, None, None, None);
     let mut items: Vec<(Option<&[u8]>, &[u8])> = Vec::new();
     let mut body = false;
+    let mut pairs = false;
     while i < a.len() {
         let opt = a[i];
         let need = |n: usize| -> Result<(), Reply> {
@@ -165,6 +177,7 @@ pub fn parse_enqueue<'a>(a: &[&'a [u8]]) -> Result<EnqArgs<'a>, Reply> {
                 items.push((Some(pair[0]), pair[1]));
             }
             body = true;
+            pairs = true;
             break;
         } else {
             return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(opt)));
@@ -189,11 +202,11 @@ pub fn parse_enqueue<'a>(a: &[&'a [u8]]) -> Result<EnqArgs<'a>, Reply> {
     if items.iter().any(|(_, p)| p.len() > maxp) {
         return err(format!("ERR payload larger than vtasks.max-payload ({maxp} bytes)"));
     }
-    Ok(EnqArgs { prio, delay, at, unique, maxatt, items })
+    Ok(EnqArgs { prio, delay, at, unique, maxatt, items, body_at: i + 1, pairs })
 }
 
 pub fn enqueue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
-    let EnqArgs { prio, delay, at, unique, maxatt, items } = parse_enqueue(a)?;
+    let EnqArgs { prio, delay, at, unique, maxatt, items, body_at, pairs } = parse_enqueue(a)?;
     let now = now_ms();
     let run_at = match (delay, at) {
         (Some(d), _) => now.saturating_add(d),
@@ -202,43 +215,54 @@ pub fn enqueue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     };
     let maxatt = maxatt.unwrap_or_else(max_attempts);
     let uexp = unique.map(|(k, ttl)| (k, now.saturating_add(ttl)));
+    // All ids (given or generated) in one buffer; the queue gets its own copy of each id and
+    // payload, the reply and the replication read from here and from argv.
+    let mut idbuf: Vec<u8> = Vec::with_capacity(items.len() * 36);
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(items.len());
+    for (id, _) in &items {
+        let st = idbuf.len();
+        match id {
+            Some(x) => idbuf.extend_from_slice(x),
+            None => idbuf.extend_from_slice(&new_id_buf()),
+        }
+        spans.push((st, idbuf.len()));
+    }
     let owned: Vec<(Vec<u8>, Vec<u8>)> =
-        items.iter().map(|(id, p)| (id.map(|x| x.to_vec()).unwrap_or_else(new_id), p.to_vec())).collect();
-    let ids: Vec<Vec<u8>> = owned.iter().map(|(id, _)| id.clone()).collect();
+        items.iter().zip(&spans).map(|((_, p), &(x, y))| (idbuf[x..y].to_vec(), p.to_vec())).collect();
     let o = EnqOpts { now, priority: prio as i32, run_at, max_attempts: maxatt, unique: uexp };
     let added = with_queue(ctx, argv[1], true, |q| q.enqueue(&o, owned))?.unwrap_or_default();
     // Replicate only what was added, with every clock/random value explicit.
-    let mut rep = vec![
-        a[1].to_vec(),
-        b"ENQ".to_vec(),
-        s(now),
-        s(prio),
-        s(run_at),
-        s(maxatt),
-    ];
+    let n_added = added.iter().filter(|ok| **ok).count();
+    let mut rep = Rep::with_capacity(9 + 2 * n_added);
+    rep.arg(argv[1]).bytes(b"ENQ").int(now).int(prio).int(run_at).int(maxatt as i64);
     let first_added = added.first().copied().unwrap_or(false);
     match uexp {
         Some((k, exp)) if first_added => {
-            rep.push(b"1".to_vec());
-            rep.push(k.to_vec());
-            rep.push(s(exp));
+            rep.bytes(b"1").bytes(k).int(exp);
         }
         _ => {
-            rep.push(b"0".to_vec());
-            rep.push(Vec::new());
-            rep.push(b"0".to_vec());
+            rep.bytes(b"0").bytes(b"").bytes(b"0");
         }
     }
     for (k, ok) in added.iter().enumerate() {
         if *ok {
-            rep.push(ids[k].clone());
-            rep.push(items[k].1.to_vec());
+            let (x, y) = spans[k];
+            rep.bytes(&idbuf[x..y]);
+            // the payload is argument `body_at + k` (PAYLOAD) or `body_at + 2k + 1` (ENTRIES)
+            let j = if pairs { body_at + 2 * k + 1 } else { body_at + k };
+            match argv.get(j) {
+                Some(s) if bytes(*s).as_ptr() == items[k].1.as_ptr() => {
+                    rep.arg(*s);
+                }
+                _ => {
+                    rep.bytes(items[k].1);
+                }
+            }
         }
     }
-    replicate_owned(ctx, &rep);
-    Ok(Reply::Array(
-        added.iter().enumerate().map(|(k, ok)| if *ok { Reply::Bulk(ids[k].clone()) } else { Reply::Nil }).collect(),
-    ))
+    rep.send(ctx, c"VT._FX");
+    let slots = added.iter().enumerate().map(|(k, ok)| if *ok { Some(spans[k]) } else { None }).collect();
+    Ok(Reply::Bulks(idbuf, slots))
 }
 
 // ============================================================ VT.FETCHBATCH
@@ -308,18 +332,18 @@ fn do_fetch(ctx: Ctx, req: &FetchReq) -> Result<Vec<Reply>, Reply> {
             None => continue,
         };
         if due || !got.is_empty() {
-            let mut rep = vec![req.queues[qi].clone(), b"FETCH".to_vec(), s(now), req.worker.clone(), s(deadline)];
+            let mut rep = Rep::with_capacity(5 + 2 * got.len());
+            rep.arg(n.0).bytes(b"FETCH").int(now).bytes(&req.worker).int(deadline);
             for f in &got {
-                rep.push(f.id.clone());
-                rep.push(s(fmt_token(f.token)));
+                rep.bytes(&f.id).bytes(fmt_token_buf(f.token).as_slice());
             }
-            replicate_owned(ctx, &rep);
+            rep.send(ctx, c"VT._FX");
         }
         for f in got {
             out.push(Reply::Array(vec![
                 Reply::Bulk(req.queues[qi].clone()),
                 Reply::Bulk(f.id),
-                Reply::Str(fmt_token(f.token)),
+                Reply::Bulk(fmt_token_buf(f.token).to_vec()),
                 Reply::Int(f.attempt as i64),
                 Reply::Bulk(f.payload),
             ]));

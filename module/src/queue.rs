@@ -5,7 +5,11 @@
 //! replica (or an AOF replay) running the same operation reaches the identical state.
 
 use crate::codec::{CResult, R, W};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Seeded, fast hash maps/sets (foldhash instead of std's SipHash; see Cargo.toml).
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::str::FromStr;
 
 pub type Id = Vec<u8>;
@@ -188,6 +192,16 @@ pub struct Fetched {
 
 pub fn fmt_token(t: u64) -> String {
     format!("{t:016x}")
+}
+
+/// [`fmt_token`] into a stack buffer.
+pub fn fmt_token_buf(t: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((t >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 pub fn parse_token(b: &[u8]) -> Option<u64> {
@@ -426,7 +440,7 @@ impl Queue {
                 set.insert(owned_id.clone());
             }
             None => {
-                by_worker.insert(worker.to_vec(), HashSet::from([owned_id.clone()]));
+                by_worker.insert(worker.to_vec(), HashSet::from_iter([owned_id.clone()]));
             }
         }
         inflight.insert((deadline, t.seq), owned_id);
@@ -844,7 +858,7 @@ impl Queue {
                 r.done()?;
                 let [enq, acked, failed, retried, rescued, dead, evicted] = totals;
                 self.next_seq = next_seq;
-                self.load_seqs = Some(HashSet::new());
+                self.load_seqs = Some(HashSet::default());
                 self.enqueued_total = enq;
                 self.acked_total = acked;
                 self.failed_total = failed;

@@ -156,6 +156,44 @@ pub fn replicate(ctx: Ctx, cmd: &str, args: &[&[u8]]) {
     raw::replicate(ctx, cmd, args);
 }
 
+/// Replication arguments as module strings, sent with one `RedisModule_Replicate(.., "v", ..)`:
+/// numbers are created straight from integers and the command's own argv strings are shared
+/// (retained) instead of copied, so building the argv costs no intermediate Rust buffers.
+pub struct Rep(Vec<RStr>);
+
+impl Rep {
+    pub fn with_capacity(n: usize) -> Rep {
+        Rep(Vec::with_capacity(n))
+    }
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Rep {
+        self.0.push(unsafe { raw::RedisModule_CreateString.unwrap()(std::ptr::null_mut(), b.as_ptr().cast::<c_char>(), b.len()) });
+        self
+    }
+    pub fn int(&mut self, v: i64) -> &mut Rep {
+        self.0.push(unsafe { raw::RedisModule_CreateStringFromLongLong.unwrap()(std::ptr::null_mut(), v as c_longlong) });
+        self
+    }
+    /// Shares an argument string of the running command (its bytes are not copied).
+    pub fn arg(&mut self, s: RStr) -> &mut Rep {
+        unsafe { raw::RedisModule_RetainString.unwrap()(std::ptr::null_mut(), s) };
+        self.0.push(s);
+        self
+    }
+    pub fn send(&mut self, ctx: Ctx, cmd: &std::ffi::CStr) {
+        unsafe {
+            raw::RedisModule_Replicate.unwrap()(ctx, cmd.as_ptr(), c"v".as_ptr(), self.0.as_mut_ptr(), self.0.len());
+        }
+    }
+}
+
+impl Drop for Rep {
+    fn drop(&mut self) {
+        for s in self.0.drain(..) {
+            unsafe { raw::RedisModule_FreeString.unwrap()(std::ptr::null_mut(), s) }
+        }
+    }
+}
+
 pub fn replicate_verbatim(ctx: Ctx) {
     raw::replicate_verbatim(ctx);
 }
@@ -189,6 +227,8 @@ pub enum Reply {
     Simple(&'static str),
     Error(String),
     Array(Vec<Reply>),
+    /// An array of bulk strings (slices of one buffer) or nils: one allocation for many ids.
+    Bulks(Vec<u8>, Vec<Option<(usize, usize)>>),
     Map(Vec<(&'static str, Reply)>),
 }
 
@@ -226,6 +266,19 @@ pub fn emit(ctx: Ctx, r: &Reply) {
                 raw::RedisModule_ReplyWithArray.unwrap()(ctx, v.len() as _);
                 for x in v {
                     emit(ctx, x);
+                }
+            }
+            Reply::Bulks(buf, v) => {
+                raw::RedisModule_ReplyWithArray.unwrap()(ctx, v.len() as _);
+                for x in v {
+                    match x.and_then(|(a, b)| buf.get(a..b)) {
+                        Some(b) => {
+                            raw::RedisModule_ReplyWithStringBuffer.unwrap()(ctx, b.as_ptr().cast::<c_char>(), b.len());
+                        }
+                        None => {
+                            raw::RedisModule_ReplyWithNull.unwrap()(ctx);
+                        }
+                    }
                 }
             }
             Reply::Map(v) => {

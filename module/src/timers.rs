@@ -8,7 +8,8 @@
 
 use crate::queue::NEVER;
 use crate::server::*;
-use std::collections::{BTreeSet, HashMap};
+use crate::queue::HashMap;
+use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::Mutex;
 use valkey_module::raw;
