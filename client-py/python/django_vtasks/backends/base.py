@@ -21,7 +21,17 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 from ..broker import Broker, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import encode_envelope
-from ..results import make_result, ms_to_dt, result_from_json, resolve_task
+from .. import _native
+from ..results import (
+    _new,
+    _normalize_args,
+    _normalize_kwargs,
+    _set,
+    make_result,
+    ms_to_dt,
+    result_from_json,
+    resolve_task,
+)
 from ..tasks import VTask
 
 logger = logging.getLogger("django_vtasks")
@@ -33,6 +43,8 @@ _BROKERS_LOCK = threading.Lock()
 
 #: extra attempts a retried task keeps for crash recovery (a worker killed mid-task)
 CRASH_ATTEMPTS = 2
+
+_request = EnqueueRequest
 
 # The settings _context() needs, read once (LazySettings + defaults cost ~1 µs per read) and
 # dropped whenever Django reports a settings change (override_settings, the settings fixture).
@@ -178,25 +190,103 @@ class VTasksBackend(BaseTaskBackend):
         ctx = self._context()
         # one timestamp and one os.urandom() call for the tasks of one enqueue_many call
         now = ctx["now"] = timezone.now()
-        ctx["ts"] = now.timestamp()
+        ts = ctx["ts"] = now.timestamp()
         if len(items) > 1:
             rand = os.urandom(16 * len(items)).hex()
             ctx["ids"] = [rand[i:i + 32] for i in range(0, len(rand), 32)]
+        ids = ctx["ids"]
+        validated = ctx["validated"]
+        threshold = ctx["threshold"]
+        alias = self.alias
+        ready = TaskResultStatus.READY
+        dumps = orjson.dumps
+        encode = _native.encode_payload
+        new, set_ = _new, _set
+        append_result, append_request = results.append, requests.append
+        # per distinct task object of this call: the envelope around args/kwargs/id as one
+        # bytes template (byte-identical to orjson.dumps of the envelope dict) and the request
+        # fields; None for unique tasks (their key depends on the arguments: _prepare)
+        specs: dict[int, tuple | None] = {}
         for item in items:
             task, args, kwargs = item
-            task, kwargs = self._split_options(task, dict(kwargs or {}))
-            result, request = self._prepare(task, list(args or ()), kwargs, ctx)
-            results.append(result)
-            requests.append(request)
+            if type(kwargs) is not dict:
+                kwargs = dict(kwargs or {})
+            spec = None
+            if "queue_name" not in kwargs:  # else _split_options may route it elsewhere
+                spec = specs.get(id(task), False)
+                if spec is False:
+                    if id(task) not in validated:
+                        self.validate_task(task)
+                        validated.add(id(task))
+                    spec = specs[id(task)] = self._envelope_spec(task, ts, ctx["retries"])
+            if spec is None:
+                task, kwargs = self._split_options(task, dict(kwargs))
+                result, request = self._prepare(task, list(args or ()), kwargs, ctx)
+                append_result(result)
+                append_request(request)
+                continue
+            if type(args) is not tuple and type(args) is not list:
+                args = list(args or ())
+            rid = ids.pop() if ids else os.urandom(16).hex()
+            # the TaskResult make_result() builds (args normalised like Django's __post_init__,
+            # bad arguments raise here, synchronously), inlined
+            args = _normalize_args(args)
+            kwargs = _normalize_kwargs(kwargs)
+            r = new(TaskResult)
+            set_(r, "task", task)
+            set_(r, "id", rid)
+            set_(r, "status", ready)
+            set_(r, "enqueued_at", now)
+            set_(r, "started_at", None)
+            set_(r, "finished_at", None)
+            set_(r, "last_attempted_at", None)
+            set_(r, "args", args)
+            set_(r, "kwargs", kwargs)
+            set_(r, "backend", alias)
+            set_(r, "errors", [])
+            set_(r, "worker_ids", [])
+            set_(r, "_return_value", None)
+            template, queue, priority, at_ms, max_attempts = spec
+            data = template % (dumps(args), dumps(kwargs), rid.encode())
+            append_result(r)
+            append_request(_request(queue, rid, data if len(data) <= threshold
+                                    else encode(data, threshold),
+                                    priority, at_ms, None, max_attempts))
         return results, requests
 
+    def _envelope_spec(self, task: Task, ts: float, retries_cfg: dict) -> tuple | None:
+        """What _prepare puts around each task's args/kwargs/id, for a task without a unique
+        key: a ``%``-template of the JSON envelope and the EnqueueRequest fields."""
+        if getattr(task, "unique", False):
+            return None
+        dumps = orjson.dumps
+        run_after = task.run_after
+
+        def j(v) -> bytes:
+            return dumps(v).replace(b"%", b"%%")
+
+        template = b"".join((
+            b'{"func":', j(task.module_path), b',"args":%b,"kwargs":%b,"queue":',
+            j(task.queue_name), b',"ts":', j(ts), b',"id":"%b","priority":', j(task.priority),
+            b',"run_after":', j(run_after.isoformat() if run_after is not None else None),
+            b',"backend":', j(self.alias), b',"takes_context":', j(task.takes_context), b"}",
+        ))
+        retries = getattr(task, "retries", None)
+        if retries is None:
+            retries = (retries_cfg.get(task.queue_name) or {}).get("retries", 0)
+        return (template, task.queue_name, int(task.priority),
+                int(run_after.timestamp() * 1000) if run_after is not None else None,
+                int(retries) + 1 + CRASH_ATTEMPTS if retries else None)
+
     def _sent(self, results: list[TaskResult], ids: list[str | None]) -> None:
+        send = task_enqueued.send
+        sender = type(self)
         for result, added in zip(results, ids, strict=True):
             if added is None:
                 logger.debug("task %s (%s) not enqueued: unique key held or duplicate id",
                              result.id, result.task.module_path)
                 continue
-            task_enqueued.send(type(self), task_result=result)
+            send(sender, task_result=result)
 
     def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
         """Write the tasks (sync). Subclasses decide how transactions are honoured."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import valkey
 import valkey.asyncio as avalkey
+from valkey._parsers.encoders import Encoder
 from django.core import checks
 from django.db import transaction
 
@@ -112,7 +113,7 @@ class ValkeyBroker(Broker):
         return client
 
     # ---- command builders / parsers -------------------------------------------------------------
-    def _enqueue_commands(self, requests: list[EnqueueRequest]):
+    def _enqueue_commands(self, requests: list[EnqueueRequest], entries: bool = True):
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(_group_key(r), []).append(i)
@@ -128,8 +129,9 @@ class ValkeyBroker(Broker):
             if max_attempts:
                 args += ["MAXATTEMPTS", max_attempts]
             args.append("ENTRIES")
-            for i in idxs:
-                args += [requests[i].id, requests[i].payload]
+            if entries:
+                for i in idxs:
+                    args += [requests[i].id, requests[i].payload]
             commands.append((args, idxs))
         return commands
 
@@ -206,8 +208,15 @@ class ValkeyBroker(Broker):
         return await coalesced_enqueue(self, requests)
 
     async def _aenqueue_now(self, requests):
-        commands = self._enqueue_commands(requests)
         client = self.aclient
+        if _plain_utf8(client.connection_pool):
+            # the same VT.ENQUEUE commands as below, packed here in one pass (valkey-py's
+            # pack_command per argument was a third of the bulk enqueue time)
+            commands, packed = _pack_enqueue(self, requests)
+            replies = await _send_packed(client.connection_pool, packed, len(commands),
+                                         "VT.ENQUEUE")
+            return self._map_enqueue(requests, commands, replies)
+        commands = self._enqueue_commands(requests)
         if len(commands) == 1:
             replies = [await client.execute_command(*commands[0][0])]
         else:
@@ -256,9 +265,7 @@ class ValkeyBroker(Broker):
     async def aack_with_results(self, queue, pairs, results):
         client = self.aclient
         pool = client.connection_pool
-        kwargs = pool.connection_kwargs
-        if (kwargs.get("encoding", "utf-8") not in ("utf-8", "utf8")
-                or kwargs.get("encoding_errors", "strict") != "strict"):
+        if not _plain_utf8(pool):
             async with client.pipeline(transaction=False) as pipe:
                 self._ack_results_pipe(pipe, queue, pairs, results)
                 replies = await pipe.execute(raise_on_error=True)
@@ -268,32 +275,8 @@ class ValkeyBroker(Broker):
         packed, n = _pack_ack_results(f"{self.prefix}result:", self.key(queue), pairs, results)
         if not n:
             return 0
-        conn = await pool.get_connection("VT.ACK")
-
-        async def send():
-            await conn.send_packed_command(packed, check_health=True)
-            error = reply = None
-            for _ in range(n):
-                try:
-                    reply = await conn.read_response()
-                except valkey.ResponseError as e:  # read the other replies, then raise
-                    error = error or e
-            if error is not None:
-                raise error
-            return reply
-
-        async def failed(error):
-            await conn.disconnect()
-
-        try:
-            # retried on connection errors like a pipeline (its Retry policy)
-            reply = await conn.retry.call_with_retry(send, failed)
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
-        return int(reply) if pairs else 0
+        replies = await _send_packed(pool, packed, n, "VT.ACK")
+        return int(replies[-1]) if pairs else 0
 
     @staticmethod
     def _fail_args(key, id, token, error, retry_ms):
@@ -472,6 +455,77 @@ class ValkeyBroker(Broker):
                 await client.aclose(close_connection_pool=False)
             else:
                 await client.aclose()
+
+
+def _plain_utf8(pool) -> bool:
+    """The pool's connections encode str arguments as strict UTF-8 (what the packers assume)."""
+    kwargs = pool.connection_kwargs
+    return (kwargs.get("encoding", "utf-8") in ("utf-8", "utf8")
+            and kwargs.get("encoding_errors", "strict") == "strict")
+
+
+async def _send_packed(pool, packed: bytes, n: int, name: str) -> list:
+    """Send pre-packed commands on one pooled connection and read their ``n`` replies; an error
+    reply raises after all replies are read. Retried on connection errors like a pipeline (the
+    connection's Retry policy)."""
+    conn = await pool.get_connection(name)
+
+    async def send():
+        await conn.send_packed_command(packed, check_health=True)
+        error = None
+        replies = []
+        for _ in range(n):
+            try:
+                replies.append(await conn.read_response())
+            except valkey.ResponseError as e:  # read the other replies, then raise
+                error = error or e
+                replies.append(e)
+        if error is not None:
+            raise error
+        return replies
+
+    async def failed(error):
+        await conn.disconnect()
+
+    try:
+        return await conn.retry.call_with_retry(send, failed)
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+
+
+def _arg(v) -> bytes:
+    """One argument as valkey-py's Encoder sends it (bytes, str as UTF-8, int)."""
+    if type(v) is bytes:
+        return v
+    if type(v) is str:
+        return v.encode()
+    return _ENCODER.encode(v)
+
+
+_ENCODER = Encoder("utf-8", "strict", False)
+
+
+def _pack_enqueue(broker: ValkeyBroker, requests) -> tuple[list, bytes]:
+    """_enqueue_commands(requests) and the RESP of those commands, the entries packed with one
+    format per task."""
+    commands = broker._enqueue_commands(requests, entries=False)
+    out = []
+    for args, idxs in commands:
+        out.append(b"*%d\r\n" % (len(args) + 2 * len(idxs)))
+        for a in args:
+            out.append(_bulk(_arg(a)))
+        for i in idxs:
+            r = requests[i]
+            rid = r.id
+            rid = rid.encode() if type(rid) is str else _arg(rid)
+            payload = r.payload
+            if type(payload) is not bytes:
+                payload = _arg(payload)
+            out.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(rid), rid, len(payload), payload))
+    return commands, b"".join(out)
 
 
 def _bulk(b: bytes) -> bytes:
