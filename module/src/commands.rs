@@ -662,7 +662,7 @@ pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
 pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let (which, offset, count) = parse_peek(a)?;
     let out = read_queue(ctx, argv[1], |q| {
-        let rec = |id: &Vec<u8>| record(id, q.tasks.get(id), None);
+        let rec = |id: &Vec<u8>| record(id, q.tasks.get(id).map(|t| &**t), None);
         match which {
             0 => q.ready.values().skip(offset).take(count).map(rec).collect(),
             1 => q.delayed.values().skip(offset).take(count).map(rec).collect(),

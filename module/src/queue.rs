@@ -151,7 +151,9 @@ pub struct Sizes {
 
 #[derive(Default)]
 pub struct Queue {
-    pub tasks: HashMap<Id, Task>,
+    /// Boxed: a table slot is 32 bytes instead of ~190, so inserting into a large (cache-cold)
+    /// table writes one line, not three, and growing it moves 6x less memory.
+    pub tasks: HashMap<Id, Box<Task>>,
     pub ready: BTreeMap<(i32, u64), Id>,
     pub delayed: BTreeMap<(i64, u64), Id>,
     pub inflight: BTreeMap<(i64, u64), Id>,
@@ -313,7 +315,7 @@ impl Queue {
     }
 
     /// (Re)places a task as ready (run_at <= now) or delayed, with a fresh sequence number.
-    fn place(&mut self, id: Id, mut t: Task, now: i64) {
+    fn place(&mut self, id: Id, mut t: Box<Task>, now: i64) {
         t.seq = self.take_seq();
         t.worker.clear();
         t.token = 0;
@@ -374,7 +376,7 @@ impl Queue {
             if self.tasks.contains_key(&id) {
                 continue;
             }
-            let mut t = Task {
+            let mut t = Box::new(Task {
                 payload,
                 priority: o.priority,
                 attempt: 0,
@@ -389,7 +391,7 @@ impl Queue {
                 error: Vec::new(),
                 failed_at: 0,
                 unique: None,
-            };
+            });
             if let Some((k, exp)) = o.unique {
                 t.unique = Some(k.to_vec());
                 self.uniques.insert(k.to_vec(), Unique { expires_at: exp, task: Some(id.clone()) });
@@ -645,7 +647,7 @@ impl Queue {
             failed_at: d.failed_at,
             unique: None,
         };
-        self.place(d.id, t, 0);
+        self.place(d.id, Box::new(t), 0);
     }
 
     /// Moves dead entries back to ready (all, or the given ids). An entry whose id is live again
@@ -903,7 +905,7 @@ impl Queue {
                 }
                 self.next_seq = self.next_seq.max(t.seq + 1);
                 self.index(&id, &t);
-                self.tasks.insert(id, t);
+                self.tasks.insert(id, Box::new(t));
             }
             b'D' => {
                 let d = Dead {
