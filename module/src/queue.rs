@@ -373,18 +373,26 @@ impl Queue {
             if o.unique.is_some() && (i > 0 || unique_held) {
                 continue;
             }
-            if self.tasks.contains_key(&id) {
-                continue;
+            // What `place` does, through one hash-table probe (entry) instead of two.
+            if self.next_seq >= MAX_SEQ {
+                self.renumber();
             }
+            let slot = match self.tasks.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => continue,
+                std::collections::hash_map::Entry::Vacant(v) => v,
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let delayed = o.run_at > o.now;
             let mut t = Box::new(Task {
                 payload,
                 priority: o.priority,
                 attempt: 0,
                 max_attempts: o.max_attempts,
-                seq: 0,
+                seq,
                 enqueued_at: o.now,
                 run_at: o.run_at,
-                state: State::Ready,
+                state: if delayed { State::Delayed } else { State::Ready },
                 worker: Vec::new(),
                 token: 0,
                 deadline: 0,
@@ -394,10 +402,16 @@ impl Queue {
             });
             if let Some((k, exp)) = o.unique {
                 t.unique = Some(k.to_vec());
-                self.uniques.insert(k.to_vec(), Unique { expires_at: exp, task: Some(id.clone()) });
+                self.uniques.insert(k.to_vec(), Unique { expires_at: exp, task: Some(slot.key().clone()) });
                 self.unique_exp.insert((exp, k.to_vec()));
             }
-            self.place(id, t, o.now);
+            if delayed {
+                self.delayed.insert((t.run_at, seq), slot.key().clone());
+            } else {
+                self.ready.insert((-t.priority, seq), slot.key().clone());
+                self.became_ready = true;
+            }
+            slot.insert(t);
             self.enqueued_total += 1;
             out[i] = true;
         }
