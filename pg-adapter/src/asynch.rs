@@ -3,14 +3,14 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use crate::ops::{self, Config, Delivery, EnqueueOpts, ScheduleEntry, Stmt, TaskRecord};
-use crate::{next_wait, Debounce, Error, Result};
+use crate::{block_deadline, next_wait, Debounce, Error, Result};
 
 struct AWaker {
     gen: AtomicU64,
@@ -153,11 +153,7 @@ impl AsyncPgQueue {
     ) -> Result<Option<Vec<Delivery>>> {
         let args = ops::FetchArgs::new(queues, worker, count, lease_ms, &self.cfg)?;
         let st = args.stmt();
-        let deadline = match block_ms {
-            Some(ms) if ms < 0 => return Err(Error::Invalid("block_ms must be >= 0".into())),
-            Some(0) | None => None,
-            Some(ms) => Some(Instant::now() + Duration::from_millis(ms as u64)),
-        };
+        let deadline = block_deadline(block_ms)?;
         if block_ms.is_some() && self.cfg.notify && !self.waker.started.swap(true, Ordering::SeqCst) {
             tokio::spawn(listen_task(self.pg.clone(), Arc::downgrade(&self.waker)));
         }

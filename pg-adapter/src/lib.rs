@@ -139,6 +139,15 @@ impl Debounce {
     }
 }
 
+/// When a fetch with `block_ms` gives up: `None` = do not block (absent or 0).
+pub(crate) fn block_deadline(block_ms: Option<i64>) -> Result<Option<std::time::Instant>> {
+    match block_ms {
+        Some(ms) if ms < 0 => Err(Error::Invalid("block_ms must be >= 0".into())),
+        Some(0) | None => Ok(None),
+        Some(ms) => Ok(Some(std::time::Instant::now() + std::time::Duration::from_millis(ms as u64))),
+    }
+}
+
 /// How long a blocked fetch sleeps before polling again.
 pub(crate) fn next_wait(
     listening: bool,

@@ -4,14 +4,14 @@
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres::Row;
 
 use crate::ops::{self, Config, Delivery, EnqueueOpts, ScheduleEntry, Stmt, TaskRecord};
-use crate::{next_wait, Debounce, Error, Result};
+use crate::{block_deadline, next_wait, Debounce, Error, Result};
 
 /// Wake-ups from the LISTEN thread to blocked fetches.
 struct Waker {
@@ -161,11 +161,7 @@ impl PgQueue {
     ) -> Result<Option<Vec<Delivery>>> {
         let args = ops::FetchArgs::new(queues, worker, count, lease_ms, &self.cfg)?;
         let st = args.stmt();
-        let deadline = match block_ms {
-            Some(ms) if ms < 0 => return Err(Error::Invalid("block_ms must be >= 0".into())),
-            Some(0) | None => None,
-            Some(ms) => Some(Instant::now() + Duration::from_millis(ms as u64)),
-        };
+        let deadline = block_deadline(block_ms)?;
         if block_ms.is_some() && self.cfg.notify {
             self.ensure_listener();
         }
