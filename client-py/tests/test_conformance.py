@@ -109,6 +109,39 @@ def test_enqueued_signal(alias, queue):
     assert seen == [(type(task_backends[alias]), r.id, TaskResultStatus.READY)]
 
 
+def test_enqueued_signal_from_async_code_and_async_receivers(alias, queue):
+    from django.tasks.signals import task_enqueued
+
+    seen_sync, seen_async = [], []
+
+    def sync_receiver(sender, task_result, **kwargs):
+        with connections["default"].cursor() as cursor:  # not on the event loop: the ORM works
+            cursor.execute("SELECT 1")
+        connections["default"].close()
+        seen_sync.append(task_result.id)
+
+    async def async_receiver(sender, task_result, **kwargs):
+        await asyncio.sleep(0)
+        seen_async.append(task_result.id)
+
+    async def enqueue_async():
+        one = await on(t.add, alias, queue).aenqueue(1, 2)
+        many = await task_backends[alias].aenqueue_many(
+            [(on(t.add, alias, queue), (i, i), {}) for i in range(3)])
+        return [one, *many]
+
+    task_enqueued.connect(sync_receiver)
+    task_enqueued.connect(async_receiver)
+    try:
+        results = asyncio.run(enqueue_async())
+        results.append(on(t.add, alias, queue).enqueue(5, 6))  # sync caller, async receiver
+    finally:
+        task_enqueued.disconnect(sync_receiver)
+        task_enqueued.disconnect(async_receiver)
+    ids = [r.id for r in results]
+    assert seen_sync == ids and seen_async == ids
+
+
 # ---- running: results, statuses, signals ----------------------------------------------------------
 
 
@@ -425,14 +458,22 @@ def test_health_check_file(alias, queue, workers, tmp_path):
 # ---- batch queues -----------------------------------------------------------------------------------
 
 
-def test_batch_queue(backend, broker, alias, queue, workers, out):
+def test_batch_queue(backend, broker, alias, queue, workers, out, tmp_path):
+    log = str(tmp_path / "signals.txt")
     results = backend.enqueue_many([(on(t.batch_sink, alias, queue), (out, i), {})
                                     for i in range(10)])
-    workers([queue], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 10, "timeout": 1}}}}'})
+    w = workers([queue], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 10, "timeout": 1}}}}',
+                              "VTASKS_TEST_SIGNAL_LOG": log})
     wait_for(lambda: broker.info(queue)["acked_total"] == 10)
     lines = read_lines(out)
     assert len(lines) == 1 and sorted(int(x) for x in lines[0].split()[1].split(",")) == list(range(10))
     assert backend.get_result(results[0].id).status == TaskResultStatus.SUCCESSFUL
+    # each task of the batch sends task_started and task_finished, like any task
+    cls = type(backend).__name__
+    signals = read_lines(log)
+    for r in results:
+        assert f"started {r.id} RUNNING {w.worker_id} {cls} -" in signals
+        assert f"finished {r.id} SUCCESSFUL {w.worker_id} {cls} -" in signals
 
 
 # ---- schedules ----------------------------------------------------------------------------------------

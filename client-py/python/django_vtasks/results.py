@@ -35,28 +35,43 @@ def _normalize_kwargs(kwargs) -> dict:
     return normalize_json(kwargs)
 
 
+# TaskResult is a frozen dataclass with slots: writing through the slot descriptors directly is
+# about twice as fast as object.__setattr__, and results are built per task on the hot paths.
+(_task, _id, _status, _enqueued_at, _started_at, _finished_at, _last_attempted_at, _args, _kwargs,
+ _backend, _errors, _worker_ids, _return_value) = (
+    TaskResult.__dict__[f].__set__ for f in (
+        "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
+        "args", "kwargs", "backend", "errors", "worker_ids", "_return_value"))
+
+
+def build_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
+                 args: list, kwargs: dict, backend, errors, worker_ids) -> TaskResult:
+    """A TaskResult from fields already normalised (no dataclass __init__, no validation)."""
+    r = _new(TaskResult)
+    _task(r, task)
+    _id(r, id)
+    _status(r, status)
+    _enqueued_at(r, enqueued_at)
+    _started_at(r, started_at)
+    _finished_at(r, finished_at)
+    _last_attempted_at(r, last_attempted_at)
+    _args(r, args)
+    _kwargs(r, kwargs)
+    _backend(r, backend)
+    _errors(r, errors)
+    _worker_ids(r, worker_ids)
+    _return_value(r, None)
+    return r
+
+
 def make_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
                 args, kwargs, backend, errors, worker_ids) -> TaskResult:
     """TaskResult(...) with the same fields and the same normalised args/kwargs as Django's
     __post_init__ (unsupported arguments raise the same errors), built without the dataclass
     __init__ + normalize_json recursion for plain scalar arguments."""
-    args = _normalize_args(args)
-    kwargs = _normalize_kwargs(kwargs)
-    r = _new(TaskResult)
-    _set(r, "task", task)
-    _set(r, "id", id)
-    _set(r, "status", status)
-    _set(r, "enqueued_at", enqueued_at)
-    _set(r, "started_at", started_at)
-    _set(r, "finished_at", finished_at)
-    _set(r, "last_attempted_at", last_attempted_at)
-    _set(r, "args", args)
-    _set(r, "kwargs", kwargs)
-    _set(r, "backend", backend)
-    _set(r, "errors", errors)
-    _set(r, "worker_ids", worker_ids)
-    _set(r, "_return_value", None)
-    return r
+    return build_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
+                        _normalize_args(args), _normalize_kwargs(kwargs), backend, errors,
+                        worker_ids)
 
 
 def _dt(value: datetime | None) -> str | None:

@@ -52,6 +52,7 @@ from .conf import settings
 from .envelope import build_envelope, decode_envelope, encode_envelope
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
+from .signals import asend_many
 from .tasks import retry_policy
 
 logger = logging.getLogger("django_vtasks.worker")
@@ -475,12 +476,19 @@ class Worker:
                            envelope.get("kwargs") or {}, self.alias, errors, worker_ids)
 
     # ---- running --------------------------------------------------------------------------------
+    async def _send_task_signal(self, signal, *results: TaskResult) -> None:
+        """task_started / task_finished: user sync receivers run in the task threads (where the
+        ORM works), Django's log receivers and async receivers on the loop."""
+        loop = asyncio.get_running_loop()
+        await asend_many(signal, type(self.backend), results,
+                         lambda fn: loop.run_in_executor(self.executor, _call_sync, fn, (), {}))
+
     async def _run_job(self, job: _Job) -> None:
         d, task, result = job.delivery, job.task, job.result
         released = False
         try:
             try:
-                task_started.send(type(self.backend), task_result=result)
+                await self._send_task_signal(task_started, result)
             except Exception:
                 logger.exception("a task_started receiver failed")
             args = list(result.args)
@@ -508,7 +516,7 @@ class Worker:
                 object.__setattr__(result, "finished_at", timezone.now())
                 self.processed += 1
                 try:
-                    task_finished.send(type(self.backend), task_result=result)
+                    await self._send_task_signal(task_finished, result)
                 except Exception:
                     logger.exception("a task_finished receiver failed")
                 self._release_slot()
@@ -535,7 +543,7 @@ class Worker:
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
             self.failed += 1
             try:
-                task_finished.send(type(self.backend), task_result=result)  # inside the except
+                await self._send_task_signal(task_finished, result)  # inside the except
             except Exception:
                 logger.exception("a task_finished receiver failed")
         error = f"{_exception_path(e)}: {e}\n{tb}"[:MAX_ERROR_CHARS]
@@ -546,7 +554,7 @@ class Worker:
             self.failed += 1
             await self._store(result)
             try:
-                task_finished.send(type(self.backend), task_result=result)
+                await self._send_task_signal(task_finished, result)
             except Exception:
                 logger.exception("a task_finished receiver failed")
 
@@ -692,7 +700,21 @@ class Worker:
                     for d, _ in items:
                         await self._batch_dead(d, f"unknown task path {func_path!r}: {e}")
                     continue
+                results, valid = [], []
+                for d, env in items:
+                    try:
+                        results.append(self._new_result(d, env, task, None))
+                        valid.append((d, env))
+                    except Exception as e:  # args that cannot be normalised (hand-made payload)
+                        await self._batch_dead(d, f"invalid task arguments: {e}")
+                if not valid:
+                    continue
+                items = valid
                 payloads = [env for _, env in items]
+                try:
+                    await self._send_task_signal(task_started, *results)
+                except Exception:
+                    logger.exception("a task_started receiver failed")
                 try:
                     if iscoroutinefunction(task.func):
                         await task.func(payloads)
@@ -705,41 +727,55 @@ class Worker:
                     current = asyncio.current_task()
                     if current is not None and current.cancelling():
                         raise
-                    await self._batch_failed(task, items, sys.exc_info()[1])
+                    await self._batch_failed(task, items, results, sys.exc_info()[1])
                 except BaseException as e:
-                    await self._batch_failed(task, items, e)
+                    await self._batch_failed(task, items, results, e)
                 else:
                     self.processed += len(items)
-                    for d, env in items:
-                        self._queue_ack(d, self._batch_result(task, d, env, None)
-                                        if self.result_ttl_ms > 0 else None)
+                    now = timezone.now()
+                    for result in results:
+                        object.__setattr__(result, "finished_at", now)
+                        object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+                    try:
+                        await self._send_task_signal(task_finished, *results)
+                    except Exception:
+                        logger.exception("a task_finished receiver failed")
+                    for (d, _), result in zip(items, results):
+                        self._queue_ack(d, result_to_json(result) if self.result_ttl_ms > 0 else None)
             self._progress()
         finally:
             self._release_slot()
 
-    def _batch_result(self, task, d, env, error: BaseException | None) -> bytes:
-        result = self._new_result(d, env, task, None)
-        object.__setattr__(result, "finished_at", timezone.now())
-        if error is None:
-            object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-        else:
-            object.__setattr__(result, "status", TaskResultStatus.FAILED)
-            result.errors.append(TaskError(exception_class_path=_exception_path(error),
-                                           traceback="".join(format_exception(error))))
-        return result_to_json(result)
-
-    async def _batch_failed(self, task, items, e: BaseException) -> None:
+    async def _batch_failed(self, task, items, results: list[TaskResult], e: BaseException) -> None:
+        """Called inside the except: task_finished receivers see the exception."""
         logger.error("batch %s of %d task(s) failed: %s", task.module_path, len(items), e)
         retries, backoff = retry_policy(task, items[0][0].queue)
         error = f"{_exception_path(e)}: {e}\n{''.join(format_exception(e))}"[:MAX_ERROR_CHARS]
-        for d, env in items:
+        task_error = TaskError(exception_class_path=_exception_path(e),
+                               traceback="".join(format_exception(e)))
+        now = timezone.now()
+        dead = []
+        for (d, _), result in zip(items, results):
             retry_ms = (int(backoff * 1000 * (2 ** (d.attempt - 1)))
                         if d.attempt <= retries else None)
-            if retry_ms is None:
-                self.failed += 1
+            result.errors.append(task_error)
+            object.__setattr__(result, "finished_at", now)
+            object.__setattr__(result, "status", TaskResultStatus.READY if retry_ms is not None
+                               else TaskResultStatus.FAILED)
             if self.result_ttl_ms > 0:
-                await self._store_raw(d.id, self._batch_result(task, d, env, e))
-            await self._fail(d, error, retry_ms, None)
+                await self._store_raw(d.id, result_to_json(result))
+            outcome = await self._fail(d, error, retry_ms, None)
+            if retry_ms is None or outcome == "dead":
+                if retry_ms is not None and self.result_ttl_ms > 0:  # no attempts left after all
+                    object.__setattr__(result, "status", TaskResultStatus.FAILED)
+                    await self._store_raw(d.id, result_to_json(result))
+                object.__setattr__(result, "status", TaskResultStatus.FAILED)
+                self.failed += 1
+                dead.append(result)
+        try:
+            await self._send_task_signal(task_finished, *dead)
+        except Exception:
+            logger.exception("a task_finished receiver failed")
 
     async def _store_raw(self, rid: str, data: bytes) -> None:
         try:

@@ -18,7 +18,13 @@ class TestAppConfig(AppConfig):
             def receiver(sender, task_result, **kwargs):
                 import sys
 
+                from django.db import connection
+
                 exc = sys.exc_info()[0]
+                # a receiver may use the ORM (an event-loop caller would raise
+                # SynchronousOnlyOperation here)
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
                 with open(log, "a") as f:
                     f.write(f"{kind} {task_result.id} {task_result.status} "
                             f"{','.join(task_result.worker_ids)} {sender.__name__} "

@@ -21,12 +21,12 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 from ..broker import Broker, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import encode_envelope
+from ..signals import asend_many, send_many
 from .. import _native
 from ..results import (
-    _new,
+    build_result,
     _normalize_args,
     _normalize_kwargs,
-    _set,
     make_result,
     ms_to_dt,
     result_from_json,
@@ -201,7 +201,7 @@ class VTasksBackend(BaseTaskBackend):
         ready = TaskResultStatus.READY
         dumps = orjson.dumps
         encode = _native.encode_payload
-        new, set_ = _new, _set
+        build, normalize_args, normalize_kwargs = build_result, _normalize_args, _normalize_kwargs
         append_result, append_request = results.append, requests.append
         # per distinct task object of this call: the envelope around args/kwargs/id as one
         # bytes template (byte-identical to orjson.dumps of the envelope dict) and the request
@@ -230,24 +230,11 @@ class VTasksBackend(BaseTaskBackend):
             rid = ids.pop() if ids else os.urandom(16).hex()
             # the TaskResult make_result() builds (args normalised like Django's __post_init__,
             # bad arguments raise here, synchronously), inlined
-            args = _normalize_args(args)
-            kwargs = _normalize_kwargs(kwargs)
-            r = new(TaskResult)
-            set_(r, "task", task)
-            set_(r, "id", rid)
-            set_(r, "status", ready)
-            set_(r, "enqueued_at", now)
-            set_(r, "started_at", None)
-            set_(r, "finished_at", None)
-            set_(r, "last_attempted_at", None)
-            set_(r, "args", args)
-            set_(r, "kwargs", kwargs)
-            set_(r, "backend", alias)
-            set_(r, "errors", [])
-            set_(r, "worker_ids", [])
-            set_(r, "_return_value", None)
+            args = normalize_args(args)
+            kwargs = normalize_kwargs(kwargs) if kwargs else {}
+            r = build(task, rid, ready, now, None, None, None, args, kwargs, alias, [], [])
             template, queue, priority, at_ms, max_attempts = spec
-            data = template % (dumps(args), dumps(kwargs), rid.encode())
+            data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", rid.encode())
             append_result(r)
             append_request(_request(queue, rid, data if len(data) <= threshold
                                     else encode(data, threshold),
@@ -278,15 +265,22 @@ class VTasksBackend(BaseTaskBackend):
                 int(run_after.timestamp() * 1000) if run_after is not None else None,
                 int(retries) + 1 + CRASH_ATTEMPTS if retries else None)
 
-    def _sent(self, results: list[TaskResult], ids: list[str | None]) -> None:
-        send = task_enqueued.send
-        sender = type(self)
-        for result, added in zip(results, ids, strict=True):
-            if added is None:
+    def _added(self, results: list[TaskResult], ids: list[str | None]) -> list[TaskResult]:
+        """The results whose task the broker took (a nil id: unique key held or duplicate id)."""
+        added = []
+        for result, rid in zip(results, ids, strict=True):
+            if rid is None:
                 logger.debug("task %s (%s) not enqueued: unique key held or duplicate id",
                              result.id, result.task.module_path)
-                continue
-            send(sender, task_result=result)
+            else:
+                added.append(result)
+        return added
+
+    def _sent(self, results: list[TaskResult], ids: list[str | None]) -> None:
+        send_many(task_enqueued, type(self), self._added(results, ids))
+
+    async def _asent(self, results: list[TaskResult], ids: list[str | None]) -> None:
+        await asend_many(task_enqueued, type(self), self._added(results, ids))
 
     def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
         """Write the tasks (sync). Subclasses decide how transactions are honoured."""
@@ -300,7 +294,7 @@ class VTasksBackend(BaseTaskBackend):
     async def aenqueue(self, task, args, kwargs):
         result, request = self._prepare(task, args, kwargs)
         ids = await self.broker.aenqueue([request])
-        self._sent([result], ids)
+        await self._asent([result], ids)
         return result
 
     def enqueue_many(self, items) -> list[TaskResult]:
@@ -314,7 +308,7 @@ class VTasksBackend(BaseTaskBackend):
         results, requests = self._prepare_many(items)
         if requests:
             ids = await self.broker.aenqueue(requests)
-            self._sent(results, ids)
+            await self._asent(results, ids)
         return results
 
     def _in_atomic_block(self) -> bool:

@@ -142,7 +142,8 @@ class ValkeyBroker(Broker):
             if isinstance(reply, Exception):
                 raise reply
             for i, rid in zip(idxs, reply or [], strict=False):
-                out[i] = _s(rid) if rid is not None else None
+                if rid is not None:  # the id sent (ENTRIES): no need to decode the reply's copy
+                    out[i] = requests[i].id
         return out
 
     def _fetch_args(self, queues, worker, count, lease_ms, block_ms):

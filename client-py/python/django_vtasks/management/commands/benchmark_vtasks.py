@@ -12,7 +12,6 @@ A progress bar goes to stderr.
 """
 
 import asyncio
-import sys
 import time
 import uuid
 
