@@ -766,7 +766,7 @@ def update_readmes(doc: dict, update_root: bool = False) -> list[Path]:
                  f"{t['target']}: {'PASS' if t['pass'] else ('FAIL' if t['pass'] is False else 'n/a')}"
                  for t in doc["targets"]) + ".", "", TABLE_END]
     done = []
-    paths = [BENCH / "README-section.md"] + ([ROOT / "README.md"] if update_root else [])
+    paths = [BENCH / "README-section.md", BENCH / "README.md"] + ([ROOT / "README.md"] if update_root else [])
     for path in paths:
         if not path.exists():
             continue
