@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 CLIENT_DIR = Path(__file__).resolve().parents[1]
-BACKENDS = ["valkey", "postgres"]
+BACKENDS = ["valkey", "valkey_cluster", "postgres"]
 
 
 def wait_for(predicate, timeout=30.0, interval=0.02, message="condition"):
@@ -119,6 +119,8 @@ def _close_brokers(django_db_setup, django_db_blocker):
 @pytest.fixture(params=BACKENDS)
 def alias(request):
     if request.param == "valkey" and not os.environ.get("VTASKS_TEST_VALKEY_URL"):
+        pytest.skip("Valkey module not built (cargo build --release -p vtasks-module)")
+    if request.param == "valkey_cluster" and not os.environ.get("VTASKS_TEST_VALKEY_CLUSTER_URL"):
         pytest.skip("Valkey module not built (cargo build --release -p vtasks-module)")
     return request.param
 

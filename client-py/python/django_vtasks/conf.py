@@ -40,6 +40,6 @@ class VtasksSettings:
 settings = VtasksSettings()
 
 
-def valkey_prefix() -> str:
-    prefix = str(settings.VTASKS_VALKEY_PREFIX or "vt:")
+def valkey_prefix(override: str | None = None) -> str:
+    prefix = str(override or settings.VTASKS_VALKEY_PREFIX or "vt:")
     return prefix if prefix.endswith(":") else prefix + ":"

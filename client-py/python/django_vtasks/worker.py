@@ -125,6 +125,7 @@ class Worker:
                                            thread_name_prefix="vtasks-sync")
         self.batch_queues = [q for q in self.queues if q in self.batch_config]
         self.plain_queues = [q for q in self.queues if q not in self.batch_config]
+        self.broker.check_queues(self.plain_queues)  # one fetch reads them all
 
         self._busy = 0
         self._task_cache: dict[tuple, object] = {}

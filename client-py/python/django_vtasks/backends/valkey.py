@@ -30,7 +30,7 @@ from ..broker import (
     ScheduleRecord,
     TaskRecord,
 )
-from ..conf import valkey_prefix
+from ..conf import settings, valkey_prefix
 from .base import VTasksBackend
 
 logger = logging.getLogger("django_vtasks")
@@ -55,6 +55,12 @@ def _group_key(r: EnqueueRequest):
     return (r.queue, r.priority, r.at_ms, r.max_attempts, r.unique, r.id if r.unique else None)
 
 
+def queue_key(prefix: str, queue: str) -> str:
+    """A queue's key: the queue name is the hash tag (one queue, one cluster slot) unless the
+    prefix carries one (``vt:{app}:`` puts all queues in the slot of ``app``)."""
+    return f"{prefix}{{{queue}}}"
+
+
 class ValkeyBroker(Broker):
     kind = "valkey"
 
@@ -74,7 +80,7 @@ class ValkeyBroker(Broker):
 
     # ---- keys -----------------------------------------------------------------------------------
     def key(self, queue: str) -> str:
-        return f"{self.prefix}{{{queue}}}"
+        return queue_key(self.prefix, queue)
 
     def queue_name(self, key) -> str:
         key = _s(key)
@@ -593,14 +599,22 @@ class ValkeyTaskBackend(VTasksBackend):
 
             pool = import_string(pool)
         self.connection_pool = pool
-        self.prefix = valkey_prefix()
+        #: OPTIONS["CLUSTER"]: BROKER_URL names one node of a Valkey Cluster (valkey_cluster.py)
+        self.cluster = bool(self.options.get("CLUSTER", False))
+        #: OPTIONS["PREFIX"] overrides VTASKS_VALKEY_PREFIX for this backend (normalised to end in ':')
+        self.prefix = valkey_prefix(self.options.get("PREFIX"))
         #: async connections per event loop (the worker's parked fetch holds one)
         self.max_connections = int(self.options.get("MAX_CONNECTIONS", 50))
 
     def _broker_key(self):
-        return (self.broker_url, id(self.connection_pool), self.prefix, self.max_connections)
+        return (self.broker_url, id(self.connection_pool), self.prefix, self.max_connections,
+                self.cluster)
 
     def _make_broker(self):
+        if self.cluster:
+            from .valkey_cluster import ValkeyClusterBroker
+
+            return ValkeyClusterBroker(self.broker_url, self.prefix, self.max_connections)
         return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix,
                             self.max_connections)
 
@@ -623,6 +637,23 @@ class ValkeyTaskBackend(VTasksBackend):
                 hint="Set OPTIONS = {'BROKER_URL': 'valkey://localhost:6379/0'}.",
                 obj=self, id="django_vtasks.E001"))
             return errors
+        if self.cluster:
+            if self.connection_pool is not None or not self.broker_url:
+                errors.append(checks.Error(
+                    f"Task backend {self.alias!r}: CLUSTER takes BROKER_URL (any node of the "
+                    "cluster), not CONNECTION_POOL (the cluster client keeps a pool per node).",
+                    hint="Remove OPTIONS['CONNECTION_POOL'] and set OPTIONS['BROKER_URL'].",
+                    obj=self, id="django_vtasks.E005"))
+                return errors
+            queues = sorted(set(self.queues) | set(settings.VTASKS_QUEUES or []))
+            from .valkey_cluster import CROSSSLOT_HINT, ValkeyClusterBroker
+
+            slots = {ValkeyClusterBroker.slot_of(self.prefix, q) for q in queues}
+            if len(slots) > 1:
+                errors.append(checks.Error(
+                    f"Task backend {self.alias!r}: the queues {queues} fall in different "
+                    f"cluster slots with the prefix {self.prefix!r}.",
+                    hint=CROSSSLOT_HINT, obj=self, id="django_vtasks.E004"))
         if isinstance(self.connection_pool, avalkey.ConnectionPool) and not self.broker_url:
             return errors  # an async-only pool cannot be probed from a sync check
         try:

@@ -1,8 +1,9 @@
 import asyncio
 import logging
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
+from django_vtasks.broker import BrokerError
 from django_vtasks.conf import settings
 
 
@@ -45,13 +46,16 @@ class Command(BaseCommand):
         for problem in task_backends[alias].check():
             self.stderr.write(f"{problem.id}: {problem.msg}" +
                               (f" ({problem.hint})" if problem.hint else ""))
-        worker = Worker(
-            backend_alias=alias,
-            queues=options["queues"],
-            concurrency=options["concurrency"],
-            worker_id=options["worker_id"],
-            scheduler=options["scheduler"],
-            health_check_file=options["health_check_file"],
-            lease=options["lease"],
-        )
+        try:
+            worker = Worker(
+                backend_alias=alias,
+                queues=options["queues"],
+                concurrency=options["concurrency"],
+                worker_id=options["worker_id"],
+                scheduler=options["scheduler"],
+                health_check_file=options["health_check_file"],
+                lease=options["lease"],
+            )
+        except BrokerError as e:
+            raise CommandError(f"cannot start the worker: {e}") from e
         asyncio.run(worker.run())

@@ -1,0 +1,120 @@
+"""The Valkey backend on a Valkey Cluster (OPTIONS ``CLUSTER: True``).
+
+The VT.* commands are the same; valkey-py's cluster clients route each one by its key (the
+module declares key specs, so movable-key commands such as VT.FETCHBATCH route too). What
+differs from a single server:
+
+- one VT.FETCHBATCH reads queues of one hash slot only: a worker consuming several queues needs
+  a prefix with a hash tag (``VTASKS_VALKEY_PREFIX = "vt:{myapp}:"`` puts every queue key,
+  ``vt:{myapp}:{queue}``, in the slot of ``myapp``); ``check_queues`` says so before a worker starts;
+- commands without a key (VT.QUEUES, CONFIG SET vtasks.*) go to every primary;
+- the packed single-connection fast paths of ValkeyBroker need one connection pool: here the
+  same commands go through cluster pipelines, which split them per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import valkey
+import valkey.asyncio.cluster as acluster
+from valkey.cluster import ValkeyCluster
+from valkey.crc import key_slot
+
+from ..broker import BrokerError
+from .valkey import ValkeyBroker, queue_key
+
+CROSSSLOT_HINT = ("one VT.FETCHBATCH can only read queues in one hash slot: give the prefix a "
+                  "hash tag, e.g. VTASKS_VALKEY_PREFIX = 'vt:{myapp}:' (or OPTIONS['PREFIX']), "
+                  "or run one worker per queue")
+
+
+class ValkeyClusterBroker(ValkeyBroker):
+    kind = "valkey"
+
+    def __init__(self, url: str, prefix: str = "vt:", max_connections: int = 50):
+        super().__init__(None, None, prefix, max_connections)
+        self.url = url
+        try:
+            self._client = ValkeyCluster.from_url(url, max_connections=max_connections)
+        except valkey.ValkeyError as e:
+            raise BrokerError(f"cannot reach the Valkey cluster at {url}: {e}") from e
+
+    # ---- clients --------------------------------------------------------------------------------
+    @property
+    def aclient(self) -> acluster.ValkeyCluster:
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            client = acluster.ValkeyCluster.from_url(self.url, max_connections=self.max_connections)
+            self._aclients[loop] = client
+        return client
+
+    @staticmethod
+    def slot_of(prefix: str, queue: str) -> int:
+        return key_slot(queue_key(prefix, queue).encode())
+
+    def check_queues(self, queues):
+        slots = {q: self.slot_of(self.prefix, q) for q in queues}
+        if len(set(slots.values())) > 1:
+            raise BrokerError(f"queues {sorted(slots)} are in different cluster slots with the "
+                              f"prefix {self.prefix!r}: {CROSSSLOT_HINT}")
+
+    # ---- the single-server fast paths, as cluster pipelines -------------------------------------
+    async def _aenqueue_now(self, requests):
+        commands = self._enqueue_commands(requests)
+        async with self.aclient.pipeline() as pipe:
+            for args, _ in commands:
+                pipe.execute_command(*args)
+            replies = await pipe.execute(raise_on_error=True)
+        return self._map_enqueue(requests, commands, replies)
+
+    async def aack_with_results(self, queue, pairs, results):
+        async with self.aclient.pipeline() as pipe:
+            self._ack_results_pipe(pipe, queue, pairs, results)
+            if not len(pipe):
+                return 0
+            replies = await pipe.execute(raise_on_error=True)
+        return int(replies[-1]) if pairs and replies else 0
+
+    def ack_with_results(self, queue, pairs, results):
+        pipe = self.client.pipeline()
+        self._ack_results_pipe(pipe, queue, pairs, results)
+        if not len(pipe):
+            return 0
+        replies = pipe.execute(raise_on_error=True)
+        return int(replies[-1]) if pairs and replies else 0
+
+    def enqueue(self, requests):
+        commands = self._enqueue_commands(requests)
+        pipe = self.client.pipeline()
+        for args, _ in commands:
+            pipe.execute_command(*args)
+        return self._map_enqueue(requests, commands, pipe.execute(raise_on_error=True))
+
+    # ---- fetch: a clear error for queues across slots -------------------------------------------
+    def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
+        self.check_queues(queues)
+        return super().fetch(queues, worker, count, lease_ms, block_ms)
+
+    async def afetch(self, queues, worker, count, lease_ms=None, block_ms=None):
+        self.check_queues(queues)
+        return await super().afetch(queues, worker, count, lease_ms, block_ms)
+
+    # ---- keyless commands: every primary --------------------------------------------------------
+    def queues(self):
+        replies = self.client.execute_command("VT.QUEUES", target_nodes=ValkeyCluster.PRIMARIES)
+        return self._queues([k for keys in replies.values() for k in keys or []])
+
+    async def aqueues(self):
+        replies = await self.aclient.execute_command(
+            "VT.QUEUES", target_nodes=acluster.ValkeyCluster.PRIMARIES)
+        return self._queues([k for keys in replies.values() for k in keys or []])
+
+    async def aset_dlq_cap(self, cap: int) -> None:
+        await self.aclient.execute_command("CONFIG", "SET", "vtasks.dlq-cap", int(cap),
+                                           target_nodes=acluster.ValkeyCluster.PRIMARIES)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def close(self):  # (aclose: ValkeyBroker's closes this loop's cluster client)
+        self._client.close()
