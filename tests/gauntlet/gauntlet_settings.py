@@ -2,7 +2,8 @@
 
 Environment: GAUNTLET_BACKEND (valkey|postgres), GAUNTLET_VALKEY_URL, GAUNTLET_PG_DSN,
 GAUNTLET_LEDGER, GAUNTLET_QUEUE, GAUNTLET_LEASE (s), GAUNTLET_CONCURRENCY, GAUNTLET_HEALTH_FILE,
-GAUNTLET_SCHEDULE_EVERY (s; adds a `tick` schedule), GAUNTLET_WORKER_ID.
+GAUNTLET_SCHEDULE_EVERY (s; adds a `tick` schedule), GAUNTLET_WORKER_ID, GAUNTLET_VALKEY_CLUSTER (1:
+the URL is a node of a Valkey Cluster).
 """
 
 import os
@@ -35,7 +36,8 @@ else:
     TASKS = {"default": {
         "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
         "QUEUES": [],
-        "OPTIONS": {"BROKER_URL": os.environ.get("GAUNTLET_VALKEY_URL", "valkey://127.0.0.1:6379/0")},
+        "OPTIONS": {"BROKER_URL": os.environ.get("GAUNTLET_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
+                    "CLUSTER": os.environ.get("GAUNTLET_VALKEY_CLUSTER") == "1"},
     }}
 
 VTASKS_QUEUES = [QUEUE]

@@ -39,11 +39,13 @@ def _pairs(reply) -> dict:
 class ValkeyHB:
     kind = "valkey"
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, cluster: bool = False):
         import valkey
+        from valkey.cluster import ValkeyCluster
 
         self.port = port
-        self.c = valkey.Valkey(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
+        kind = ValkeyCluster if cluster else valkey.Valkey  # the cluster client follows MOVED
+        self.c = kind(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
 
     def retarget(self, port: int):
         import valkey
