@@ -31,6 +31,7 @@ QUICK = [
     ("sigkill", "valkey"),
     ("poison", "valkey"),
     ("hostile", "valkey"),
+    ("cluster_failover", "valkey"),
     ("sigkill", "postgres"),
 ]
 
