@@ -281,6 +281,23 @@ def test_transaction_rollback_and_commit(backend, broker, alias, queue, workers,
     assert broker.info(queue)["enqueued_total"] == 1
 
 
+def test_a_resent_enqueue_is_one_task_and_counts_as_enqueued(backend, broker, alias, queue):
+    # A client that lost the reply resends the same request (same id): the broker keeps one task
+    # and answers nil; the backend must still count that task as enqueued (task_enqueued).
+    result, request = backend._prepare(on(t.add, alias, queue), (1, 2), {})
+    assert broker.enqueue([request]) == [request.id]
+    resent = broker.enqueue([request])
+    assert resent == [None] and broker.info(queue)["ready"] == 1
+    assert backend._added([result], resent, [request]) == [result]
+    # with a unique key a nil means what it says: the key is held, nothing was enqueued
+    u_result, u_request = backend._prepare(on(t.add, alias, queue, unique=True), (1, 2), {})
+    assert broker.enqueue([u_request]) == [u_request.id]
+    u2_result, u2_request = backend._prepare(on(t.add, alias, queue, unique=True), (1, 2), {})
+    held = broker.enqueue([u2_request])
+    assert held == [None] and backend._added([u2_result], held, [u2_request]) == []
+    assert broker.info(queue)["ready"] == 2
+
+
 def test_unique_lock_taken_after_commit(broker, alias, queue):
     task = on(t.add, alias, queue, unique=True)
     with pytest.raises(ZeroDivisionError):

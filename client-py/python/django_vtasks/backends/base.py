@@ -265,22 +265,26 @@ class VTasksBackend(BaseTaskBackend):
                 int(run_after.timestamp() * 1000) if run_after is not None else None,
                 int(retries) + 1 + CRASH_ATTEMPTS if retries else None)
 
-    def _added(self, results: list[TaskResult], ids: list[str | None]) -> list[TaskResult]:
-        """The results whose task the broker took (a nil id: unique key held or duplicate id)."""
+    def _added(self, results: list[TaskResult], ids: list[str | None],
+               requests: list[EnqueueRequest]) -> list[TaskResult]:
+        """The results whose task is in the broker. A nil id means the id was already there or
+        the unique key held. Ids are fresh per call, so without a unique key the id can only
+        have been added by an earlier attempt of this same send (the client retried after a
+        lost reply): that task is enqueued, exactly once."""
         added = []
-        for result, rid in zip(results, ids, strict=True):
-            if rid is None:
-                logger.debug("task %s (%s) not enqueued: unique key held or duplicate id",
-                             result.id, result.task.module_path)
+        for result, rid, request in zip(results, ids, requests, strict=True):
+            if rid is None and request.unique is not None:
+                logger.debug("task %s (%s) not enqueued: unique key %r held",
+                             result.id, result.task.module_path, request.unique[0])
             else:
                 added.append(result)
         return added
 
-    def _sent(self, results: list[TaskResult], ids: list[str | None]) -> None:
-        send_many(task_enqueued, type(self), self._added(results, ids))
+    def _sent(self, results, ids, requests) -> None:
+        send_many(task_enqueued, type(self), self._added(results, ids, requests))
 
-    async def _asent(self, results: list[TaskResult], ids: list[str | None]) -> None:
-        await asend_many(task_enqueued, type(self), self._added(results, ids))
+    async def _asent(self, results, ids, requests) -> None:
+        await asend_many(task_enqueued, type(self), self._added(results, ids, requests))
 
     def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
         """Write the tasks (sync). Subclasses decide how transactions are honoured."""
@@ -294,7 +298,7 @@ class VTasksBackend(BaseTaskBackend):
     async def aenqueue(self, task, args, kwargs):
         result, request = self._prepare(task, args, kwargs)
         ids = await self.broker.aenqueue([request])
-        await self._asent([result], ids)
+        await self._asent([result], ids, [request])
         return result
 
     def enqueue_many(self, items) -> list[TaskResult]:
@@ -308,7 +312,7 @@ class VTasksBackend(BaseTaskBackend):
         results, requests = self._prepare_many(items)
         if requests:
             ids = await self.broker.aenqueue(requests)
-            await self._asent(results, ids)
+            await self._asent(results, ids, requests)
         return results
 
     def _in_atomic_block(self) -> bool:

@@ -338,9 +338,9 @@ class PostgresTaskBackend(VTasksBackend):
                     rid = requests[i].id
                     ids[i] = rid if rid in inserted else None
         if connection.in_atomic_block:
-            transaction.on_commit(lambda: self._sent(results, ids), using=self.database)
+            transaction.on_commit(lambda: self._sent(results, ids, requests), using=self.database)
         else:
-            self._sent(results, ids)
+            self._sent(results, ids, requests)
 
     def _probe(self) -> None:
         """A quick connection attempt (the native pool waits for its connect timeout)."""

@@ -621,7 +621,7 @@ class ValkeyTaskBackend(VTasksBackend):
     def _write(self, results, requests):
         def write():
             ids = self.broker.enqueue(requests)
-            self._sent(results, ids)
+            self._sent(results, ids, requests)
 
         if self._in_atomic_block():
             # every side effect (unique keys included) happens after the commit
