@@ -669,3 +669,27 @@ def test_cluster_worker_refuses_queues_across_slots(tmp_path):
         assert "different cluster slots" in w.output() and "hash tag" in w.output()
     finally:
         w.kill()
+
+
+def test_enqueue_to_a_dead_broker_is_a_clear_error(alias):
+    from django_vtasks.backends.postgres import PostgresTaskBackend
+    from django_vtasks.backends.valkey import ValkeyTaskBackend
+    from django_vtasks.broker import BrokerError
+    from tests.vtasks_servers import free_port
+
+    port = free_port()  # nothing listens there
+    if alias == "postgres":
+        backend = PostgresTaskBackend("dead", {"QUEUES": [], "OPTIONS": {
+            "DSN": f"host=127.0.0.1 port={port} user=postgres dbname=postgres"}})
+        hint = "is Postgres running"
+    else:
+        backend = ValkeyTaskBackend("dead", {"QUEUES": [], "OPTIONS": {
+            "BROKER_URL": f"valkey://127.0.0.1:{port}/0", "CLUSTER": alias == "valkey_cluster"}})
+        hint = "is valkey-server running"
+    task = t.add.using(backend=alias)
+    with pytest.raises(BrokerError) as info:
+        asyncio.run(backend.aenqueue(task, (1, 2), {}))
+    assert f"127.0.0.1:{port}" in str(info.value) and hint in str(info.value)
+    if alias == "valkey":  # (Postgres' sync enqueue writes through Django's own connection)
+        with pytest.raises(BrokerError, match=hint):
+            backend.enqueue(task, (1, 2), {})

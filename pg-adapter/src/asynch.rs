@@ -87,7 +87,7 @@ impl AsyncPgQueue {
                             }
                         }
                     }
-                    return Err(Error::Pool(e.to_string()));
+                    return Err(crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()));
                 }
             };
             match c.query_typed(st.sql, &st.refs()).await {
@@ -103,7 +103,7 @@ impl AsyncPgQueue {
 
     /// Applies pending migrations (idempotent, serialised by a transaction-level advisory lock).
     pub async fn migrate(&self) -> Result<()> {
-        let c = self.pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+        let c = self.pool.get().await.map_err(|e| crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()))?;
         let r: std::result::Result<(), tokio_postgres::Error> = async {
             c.batch_execute(&format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({}); {}",

@@ -60,6 +60,36 @@ impl From<tokio_postgres::Error> for Error {
     }
 }
 
+/// "No connection from the pool", with the causes the pools' own messages hide (deadpool says
+/// "error connecting to server" without the "Connection refused" under it) and where it tried to
+/// connect, so the message says what to fix.
+pub(crate) fn pool_error(
+    e: &(dyn std::error::Error + 'static),
+    hosts: &[tokio_postgres::config::Host],
+    ports: &[u16],
+) -> Error {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    let host = match hosts.first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = ports.first().copied().unwrap_or(5432);
+    Error::Pool(format!(
+        "no connection to {host}:{port} ({msg}); is Postgres running there, and are the DSN's host, port, user and database right?"
+    ))
+}
+
 impl Error {
     /// True when the error means the connection is gone (killed backend, server restart, I/O):
     /// the statement did not run to completion and a fresh connection may succeed.

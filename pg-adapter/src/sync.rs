@@ -104,7 +104,7 @@ impl PgQueue {
             tries += 1;
             let mut c = match self.pool.get() {
                 Ok(c) => c,
-                Err(e) => return Err(Error::Pool(e.to_string())),
+                Err(e) => return Err(crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports())),
             };
             match c.query_typed(st.sql, &st.refs()) {
                 Ok(rows) => return Ok(rows),
@@ -120,7 +120,7 @@ impl PgQueue {
     /// Applies pending migrations (idempotent; concurrent callers serialise on a transaction-level
     /// advisory lock, so this is safe behind PgBouncer too).
     pub fn migrate(&self) -> Result<()> {
-        let mut c = self.pool.get().map_err(|e| Error::Pool(e.to_string()))?;
+        let mut c = self.pool.get().map_err(|e| crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()))?;
         let mut tx = c.transaction()?;
         tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({}); {}", crate::MIGRATE_LOCK, crate::MIGRATE_PRELUDE))?;
         let mut applied = std::collections::HashSet::new();

@@ -80,3 +80,19 @@ async fn flow(db: &TestDb) {
     assert_eq!(q.enqueue("aq", payloads(2, "b"), EnqueueOpts::default()).await.unwrap().len(), 2);
     assert_eq!(q.fetch(&qs, "w", 5, None, Some(1000)).await.unwrap().unwrap().len(), 3);
 }
+
+#[test]
+fn a_dead_server_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let e = rt.block_on(async {
+        let q = AsyncPgQueue::new(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), Config::default()).unwrap();
+        q.enqueue("q", payloads(1, "x"), EnqueueOpts::default()).await.unwrap_err()
+    });
+    assert!(e.is_connection());
+    let msg = e.to_string();
+    // where it tried, why it failed, what to check
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(msg.to_lowercase().contains("refused"), "{msg}");
+    assert!(msg.contains("is Postgres running"), "{msg}");
+}

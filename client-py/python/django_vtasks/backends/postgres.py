@@ -91,9 +91,12 @@ class PostgresBroker(Broker):
     def enqueue(self, requests):
         out: list[str | None] = [None] * len(requests)
         for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
-            ids = self.q.enqueue(queue, [requests[i].payload for i in idxs],
-                                 ids=[requests[i].id for i in idxs], priority=prio,
-                                 at_ms=at_ms, unique=unique, max_attempts=max_att)
+            try:
+                ids = self.q.enqueue(queue, [requests[i].payload for i in idxs],
+                                     ids=[requests[i].id for i in idxs], priority=prio,
+                                     at_ms=at_ms, unique=unique, max_attempts=max_att)
+            except _native.PgError as e:  # its message says where it connected and what to check
+                raise BrokerError(f"enqueue failed: {e}") from e
             for i, rid in zip(idxs, ids, strict=True):
                 out[i] = rid
         return out
@@ -106,11 +109,14 @@ class PostgresBroker(Broker):
         out: list[str | None] = [None] * len(requests)
         groups = list(self._groups(requests).items())
         aq = self.aq
-        replies = await asyncio.gather(*[
-            aq.enqueue(queue, [requests[i].payload for i in idxs],
-                       ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
-                       unique=unique, max_attempts=max_att)
-            for (queue, prio, at_ms, max_att, unique, _), idxs in groups])
+        try:
+            replies = await asyncio.gather(*[
+                aq.enqueue(queue, [requests[i].payload for i in idxs],
+                           ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
+                           unique=unique, max_attempts=max_att)
+                for (queue, prio, at_ms, max_att, unique, _), idxs in groups])
+        except _native.PgError as e:
+            raise BrokerError(f"enqueue failed: {e}") from e
         for (_, idxs), ids in zip(groups, replies, strict=True):
             for i, rid in zip(idxs, ids, strict=True):
                 out[i] = rid

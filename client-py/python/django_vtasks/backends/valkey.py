@@ -17,6 +17,7 @@ from typing import Any
 import valkey
 import valkey.asyncio as avalkey
 from valkey._parsers.encoders import Encoder
+from valkey.exceptions import ValkeyClusterException
 from django.core import checks
 from django.db import transaction
 
@@ -198,7 +199,24 @@ class ValkeyBroker(Broker):
         return args
 
     # ---- producer -------------------------------------------------------------------------------
+    def _enqueue_error(self, e: Exception) -> BrokerError:
+        """What an enqueue's caller sees when Valkey is down or lacks the module."""
+        if isinstance(e, valkey.ResponseError) and "unknown command" in str(e).lower():
+            return ModuleMissing(f"Valkey at {self.url or 'CONNECTION_POOL'} does not have the vtasks "
+                                 f"module: start it with --loadmodule {module_path_hint()} ({e})")
+        if isinstance(e, valkey.ResponseError):  # e.g. OOM: the server's own words
+            return BrokerError(f"Valkey refused the enqueue: {e}")
+        return BrokerError(f"cannot enqueue: Valkey at {self.url or 'CONNECTION_POOL'} is "
+                           f"unreachable ({e}); is valkey-server running there (with "
+                           f"--loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?")
+
     def enqueue(self, requests):
+        try:
+            return self._enqueue_sync(requests)
+        except _ENQUEUE_ERRORS as e:
+            raise self._enqueue_error(e) from e
+
+    def _enqueue_sync(self, requests):
         commands = self._enqueue_commands(requests)
         if len(commands) == 1:
             replies = [self.client.execute_command(*commands[0][0])]
@@ -212,7 +230,10 @@ class ValkeyBroker(Broker):
     async def aenqueue(self, requests):
         """Concurrent calls on one event loop are coalesced: the enqueues of one loop tick go
         out together (one pipeline, one VT.ENQUEUE ENTRIES per queue and options)."""
-        return await coalesced_enqueue(self, requests)
+        try:
+            return await coalesced_enqueue(self, requests)
+        except _ENQUEUE_ERRORS as e:
+            raise self._enqueue_error(e) from e
 
     async def _aenqueue_now(self, requests):
         client = self.aclient
@@ -462,6 +483,11 @@ class ValkeyBroker(Broker):
                 await client.aclose(close_connection_pool=False)
             else:
                 await client.aclose()
+
+
+#: what a dead or module-less Valkey raises under an enqueue (cluster clients: their own type)
+_ENQUEUE_ERRORS = (valkey.ConnectionError, valkey.TimeoutError, valkey.ResponseError,
+                   ValkeyClusterException)
 
 
 def _plain_utf8(pool) -> bool:

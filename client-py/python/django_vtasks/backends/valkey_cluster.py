@@ -20,6 +20,7 @@ import valkey
 import valkey.asyncio.cluster as acluster
 from valkey.cluster import ValkeyCluster
 from valkey.crc import key_slot
+from valkey.exceptions import ValkeyClusterException
 
 from ..broker import BrokerError
 from .valkey import ValkeyBroker, queue_key
@@ -37,8 +38,10 @@ class ValkeyClusterBroker(ValkeyBroker):
         self.url = url
         try:
             self._client = ValkeyCluster.from_url(url, max_connections=max_connections)
-        except valkey.ValkeyError as e:
-            raise BrokerError(f"cannot reach the Valkey cluster at {url}: {e}") from e
+        except (valkey.ValkeyError, ValkeyClusterException) as e:
+            raise BrokerError(f"cannot reach the Valkey cluster at {url} ({e}); is valkey-server "
+                              "running there in cluster mode (with --loadmodule libvtasks.so), "
+                              "and is OPTIONS['BROKER_URL'] right?") from e
 
     # ---- clients --------------------------------------------------------------------------------
     @property
@@ -85,7 +88,7 @@ class ValkeyClusterBroker(ValkeyBroker):
         replies = pipe.execute(raise_on_error=True)
         return int(replies[-1]) if pairs and replies else 0
 
-    def enqueue(self, requests):
+    def _enqueue_sync(self, requests):
         commands = self._enqueue_commands(requests)
         pipe = self.client.pipeline()
         for args, _ in commands:
