@@ -693,3 +693,10 @@ def test_enqueue_to_a_dead_broker_is_a_clear_error(alias):
     if alias == "valkey":  # (Postgres' sync enqueue writes through Django's own connection)
         with pytest.raises(BrokerError, match=hint):
             backend.enqueue(task, (1, 2), {})
+        # inside atomic() the send runs at commit: the error comes out of the block's exit
+        entered = False
+        with pytest.raises(BrokerError, match=hint):
+            with transaction.atomic():
+                backend.enqueue(task, (1, 2), {})
+                entered = True
+        assert entered
