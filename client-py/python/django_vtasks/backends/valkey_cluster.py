@@ -7,7 +7,7 @@ differs from a single server:
 - one VT.FETCHBATCH reads queues of one hash slot only: a worker consuming several queues needs
   a prefix with a hash tag (``VTASKS_VALKEY_PREFIX = "vt:{myapp}:"`` puts every queue key,
   ``vt:{myapp}:{queue}``, in the slot of ``myapp``); ``check_queues`` says so before a worker starts;
-- commands without a key (VT.QUEUES, CONFIG SET vtasks.*) go to every primary;
+- commands without a key go to every primary (VT.QUEUES) or every node (CONFIG SET vtasks.*);
 - the packed single-connection fast paths of ValkeyBroker need one connection pool: here the
   same commands go through cluster pipelines, which split them per node.
 """
@@ -115,8 +115,9 @@ class ValkeyClusterBroker(ValkeyBroker):
         return self._queues([k for keys in replies.values() for k in keys or []])
 
     async def aset_dlq_cap(self, cap: int) -> None:
+        # replicas too: the cap must hold on whichever node a failover promotes
         await self.aclient.execute_command("CONFIG", "SET", "vtasks.dlq-cap", int(cap),
-                                           target_nodes=acluster.ValkeyCluster.PRIMARIES)
+                                           target_nodes=acluster.ValkeyCluster.ALL_NODES)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self):  # (aclose: ValkeyBroker's closes this loop's cluster client)
