@@ -380,6 +380,9 @@ def pg_restart(ctx: Ctx):
     lease = 15.0
     ctx.start_backend()
     ctx.pg.durable()
+    # the harness's own pool connected (migrate) before: those sessions still commit with
+    # synchronous_commit=off, and the feeder's last acknowledged enqueues would die with them
+    ctx.hb.reset()
     ctx.result.notes["synchronous_commit"] = "on"
     fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
     ctx.feeder(rate=150, ms=20)

@@ -161,7 +161,8 @@ class PgServer:
 
     def durable(self):
         """scripts/pg-server runs with synchronous_commit=off (fast tests): a crash then loses the
-        last acknowledged commits, which would be blamed on vtasks. Crash scenarios turn it on."""
+        last acknowledged commits, which would be blamed on vtasks. Crash scenarios turn it on
+        (for sessions opened from now on: reconnect the ones already open)."""
         with self.connect() as c:
             # a per-database setting beats the postmaster's command-line -c synchronous_commit=off
             dbname = c.execute("SELECT current_database()").fetchone()[0]
