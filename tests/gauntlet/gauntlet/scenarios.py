@@ -522,6 +522,18 @@ def hostile(ctx: Ctx):
         raise Vacuous("the hostile client sent almost nothing")
 
 
+def _check_after_failover(ctx: Ctx, base: float, lease: float, info_at_fault: dict, bound: float = 10.0):
+    """Throughput back within ``bound`` of a failover, then drain and every invariant."""
+    ctx.wait_recovery_window(bound, base)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    if not info_at_fault.get("inflight"):
+        ctx.result.notes["warning"] = "no task in flight at the failover"
+
+
 def failover(ctx: Ctx):
     """Failover to a replica: writes paused on the primary, the replica caught up, REPLICAOF NO
     ONE, workers (through a proxy) moved to it, the old primary killed. Nothing acknowledged is
@@ -559,16 +571,8 @@ def failover(ctx: Ctx):
     prim.kill(signal.SIGKILL)
     ctx.result.notes["replica_offset_at_failover"] = target
     pc.close()
-    bound = 10.0
-    ctx.wait_recovery_window(bound, base)
-    ctx.stop_feeding()
-    expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
-    ctx.recovery(base, bound)
-    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    _check_after_failover(ctx, base, lease, info)
     rc.close()
-    if not info.get("inflight"):
-        ctx.result.notes["warning"] = "no task in flight at the failover"
 
 
 def cluster_failover(ctx: Ctx):
@@ -627,17 +631,9 @@ def cluster_failover(ctx: Ctx):
                what="the replica to become primary")
     prim.kill(signal.SIGKILL)
     ctx.result.notes["failover"] = f"node{owner} -> node3, slot {slot}"
-    bound = 10.0
-    ctx.wait_recovery_window(bound, base)
-    ctx.stop_feeding()
-    expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
-    ctx.recovery(base, bound)
-    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    _check_after_failover(ctx, base, lease, info)
     for c in clients:
         c.close()
-    if not info.get("inflight"):
-        ctx.result.notes["warning"] = "no task in flight at the failover"
 
 
 # name -> (function, backends)
