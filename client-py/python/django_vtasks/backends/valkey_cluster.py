@@ -95,15 +95,6 @@ class ValkeyClusterBroker(ValkeyBroker):
             pipe.execute_command(*args)
         return self._map_enqueue(requests, commands, pipe.execute(raise_on_error=True))
 
-    # ---- fetch: a clear error for queues across slots -------------------------------------------
-    def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
-        self.check_queues(queues)
-        return super().fetch(queues, worker, count, lease_ms, block_ms)
-
-    async def afetch(self, queues, worker, count, lease_ms=None, block_ms=None):
-        self.check_queues(queues)
-        return await super().afetch(queues, worker, count, lease_ms, block_ms)
-
     # ---- keyless commands: every primary --------------------------------------------------------
     def queues(self):
         replies = self.client.execute_command("VT.QUEUES", target_nodes=ValkeyCluster.PRIMARIES)
