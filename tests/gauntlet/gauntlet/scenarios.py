@@ -40,6 +40,17 @@ def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
 
 
 # ---------------------------------------------------------------------------------------------------
+def _check_after_server_fault(ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0):
+    """After a server-side fault: throughput back within ``bound``, drain (two leases + slack for
+    redeliveries), then every invariant, re-executions near a fault being explained by it."""
+    ctx.wait_recovery_window(bound, base)
+    ctx.stop_feeding()
+    expected = set(ctx.fed())
+    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.recovery(base, bound)
+    ctx.check(expected, explained_dup=_server_fault_explainer(ctx, margin=margin))
+
+
 def sigkill(ctx: Ctx):
     """Worker SIGKILL mid-batch, repeatedly; a replacement (new id) is started after each kill."""
     q = ctx.quick
@@ -297,13 +308,7 @@ def valkey_restart(ctx: Ctx):
     ctx.result.notes["health_age_at_end_of_outage_s"] = round(age_down or -1, 2)
     if age_down is None or age_down < down - 2.5:
         ctx.result.violations.append(f"health check dishonest: file touched {age_down}s before the end of a {down}s outage")
-    bound = 10.0
-    ctx.wait_recovery_window(bound)
-    ctx.stop_feeding()
-    expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
-    ctx.recovery(base, bound)
-    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
     if not info.get("inflight"):
         ctx.result.notes["warning"] = "no task in flight at the crash"
 
@@ -361,13 +366,7 @@ def pg_terminate(ctx: Ctx):
         ctx.fault(f"pg_terminate_backend x{n}")
         pace(ctx.rng.uniform(1.0, 2.0))
     ctx.hb.reset()
-    bound = 10.0
-    ctx.wait_recovery_window(bound)
-    ctx.stop_feeding()
-    expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
-    ctx.recovery(base, bound)
-    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
     ctx.result.notes["connections_terminated"] = total
     if total == 0:
         raise Vacuous("no client connection was terminated")
@@ -394,13 +393,7 @@ def pg_restart(ctx: Ctx):
         ctx.result.notes.setdefault("downtime_s", []).append(round(d, 2))
         ctx.hb.reset()
         pace(2.0)
-    bound = 15.0
-    ctx.wait_recovery_window(bound)
-    ctx.stop_feeding()
-    expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
-    ctx.recovery(base, bound)
-    ctx.check(expected, explained_dup=_server_fault_explainer(ctx, margin=3.0))
+    _check_after_server_fault(ctx, base, lease, bound=15.0, margin=3.0)
 
 
 def pg_xmin(ctx: Ctx):
@@ -522,18 +515,6 @@ def hostile(ctx: Ctx):
         raise Vacuous("the hostile client sent almost nothing")
 
 
-def _check_after_failover(ctx: Ctx, base: float, lease: float, info_at_fault: dict, bound: float = 10.0):
-    """Throughput back within ``bound`` of a failover, then drain and every invariant."""
-    ctx.wait_recovery_window(bound, base)
-    ctx.stop_feeding()
-    expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
-    ctx.recovery(base, bound)
-    ctx.check(expected, explained_dup=_server_fault_explainer(ctx))
-    if not info_at_fault.get("inflight"):
-        ctx.result.notes["warning"] = "no task in flight at the failover"
-
-
 def failover(ctx: Ctx):
     """Failover to a replica: writes paused on the primary, the replica caught up, REPLICAOF NO
     ONE, workers (through a proxy) moved to it, the old primary killed. Nothing acknowledged is
@@ -571,7 +552,9 @@ def failover(ctx: Ctx):
     prim.kill(signal.SIGKILL)
     ctx.result.notes["replica_offset_at_failover"] = target
     pc.close()
-    _check_after_failover(ctx, base, lease, info)
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
+    if not info.get("inflight"):
+        ctx.result.notes["warning"] = "no task in flight at the failover"
     rc.close()
 
 
@@ -631,7 +614,9 @@ def cluster_failover(ctx: Ctx):
                what="the replica to become primary")
     prim.kill(signal.SIGKILL)
     ctx.result.notes["failover"] = f"node{owner} -> node3, slot {slot}"
-    _check_after_failover(ctx, base, lease, info)
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
+    if not info.get("inflight"):
+        ctx.result.notes["warning"] = "no task in flight at the failover"
     for c in clients:
         c.close()
 
