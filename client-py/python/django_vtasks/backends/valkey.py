@@ -672,10 +672,9 @@ class ValkeyTaskBackend(VTasksBackend):
                     obj=self, id="django_vtasks.E005"))
                 return errors
             queues = sorted(set(self.queues) | set(settings.VTASKS_QUEUES or []))
-            from .valkey_cluster import CROSSSLOT_HINT, ValkeyClusterBroker
+            from .valkey_cluster import CROSSSLOT_HINT, in_one_slot
 
-            slots = {ValkeyClusterBroker.slot_of(self.prefix, q) for q in queues}
-            if len(slots) > 1:
+            if not in_one_slot(self.prefix, queues):
                 errors.append(checks.Error(
                     f"Task backend {self.alias!r}: the queues {queues} fall in different "
                     f"cluster slots with the prefix {self.prefix!r}.",

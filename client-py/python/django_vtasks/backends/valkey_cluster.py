@@ -30,6 +30,11 @@ CROSSSLOT_HINT = ("one VT.FETCHBATCH can only read queues in one hash slot: give
                   "or run one worker per queue")
 
 
+def in_one_slot(prefix: str, queues) -> bool:
+    """Whether one VT.FETCHBATCH can read all ``queues`` (their keys share a hash slot)."""
+    return len({key_slot(queue_key(prefix, q).encode()) for q in queues}) <= 1
+
+
 class ValkeyClusterBroker(ValkeyBroker):
     kind = "valkey"
 
@@ -53,14 +58,9 @@ class ValkeyClusterBroker(ValkeyBroker):
             self._aclients[loop] = client
         return client
 
-    @staticmethod
-    def slot_of(prefix: str, queue: str) -> int:
-        return key_slot(queue_key(prefix, queue).encode())
-
     def check_queues(self, queues):
-        slots = {q: self.slot_of(self.prefix, q) for q in queues}
-        if len(set(slots.values())) > 1:
-            raise BrokerError(f"queues {sorted(slots)} are in different cluster slots with the "
+        if not in_one_slot(self.prefix, queues):
+            raise BrokerError(f"queues {sorted(queues)} are in different cluster slots with the "
                               f"prefix {self.prefix!r}: {CROSSSLOT_HINT}")
 
     # ---- the single-server fast paths, as cluster pipelines -------------------------------------
