@@ -255,6 +255,11 @@ def snapshot_vtasks(work: Path) -> str | None:
     src = Path(r.stdout.strip())
     dst = work / "vtasks-snapshot"
     shutil.copytree(src, dst / "django_vtasks", ignore=shutil.ignore_patterns("__pycache__"))
+    # byte-compiled, as a pip install leaves it (the peers' packages are): else, with
+    # PYTHONDONTWRITEBYTECODE set, every worker compiles the package at start-up and keeps the
+    # compiler's garbage in its RSS
+    subprocess.run([str(vtasks_python()), "-m", "compileall", "-q", str(dst / "django_vtasks")],
+                   check=True, capture_output=True)
     SNAPSHOT["path"] = dst
     return str(src)
 
