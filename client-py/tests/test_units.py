@@ -56,3 +56,28 @@ def test_task_decorator_options():
     assert retry_policy(t.add, "default") == (0, 1.0)
     with pytest.raises(TypeError):
         task(run_after=1)(lambda: None)
+
+
+def test_result_json_is_right_sized():
+    """The worker holds each finished task's result JSON until its ack is flushed: the bytes must
+    not carry orjson's working buffer (>= 4 KiB per call since orjson 3.12), which was most of
+    the worker's peak RSS at concurrency 200."""
+    import tracemalloc
+
+    from django.tasks.base import TaskResultStatus
+    from django.utils import timezone
+
+    from django_vtasks.results import make_result, result_to_json
+    from tests.testapp import tasks as t
+
+    now = timezone.now()
+    r = make_result(t.add, "a" * 32, TaskResultStatus.SUCCESSFUL, now, now, now, now, [1, 2], {},
+                    "default", [], ["worker-1"])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [result_to_json(r) for _ in range(200)]
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_item < 2 * len(kept[0]) + 200, (per_item, len(kept[0]))
