@@ -314,10 +314,10 @@ def test_unique_lock_taken_after_commit(broker, alias, queue):
 def test_enqueue_many(backend, broker, alias, queue, workers, out):
     q2 = queue + "b"
     if alias == "valkey_cluster":  # one worker fetch reads queues of one slot only
-        from valkey.crc import key_slot
+        from django_vtasks.backends.valkey_cluster import in_one_slot
 
         q2 = next(f"{queue}-{i}" for i in range(1_000_000)
-                  if key_slot(broker.key(f"{queue}-{i}").encode()) == key_slot(broker.key(queue).encode()))
+                  if in_one_slot(broker.prefix, [queue, f"{queue}-{i}"]))
     items = [(on(t.record, alias, queue), (out, i), {}) for i in range(5)]
     items += [(on(t.record, alias, q2), (out, 100 + i), {}) for i in range(3)]
     results = backend.enqueue_many(items)
