@@ -577,11 +577,14 @@ pub fn queues(ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
         return err("ERR wrong number of arguments");
     }
     let db = selected_db(ctx);
+    // only the queues the caller could VT.INFO: names outside its key patterns stay hidden
+    let caller = crate::acl::Caller::current(ctx);
     let mut out = Vec::new();
     for k in crate::timers::keys_in_db(db) {
         let name = OwnedStr::new(ctx, &k);
         match open(ctx, name.0, false) {
-            Ok(Open::Queue(..)) => out.push(Reply::Bulk(k)),
+            Ok(Open::Queue(..)) if caller.may_read(ctx, &k) => out.push(Reply::Bulk(k)),
+            Ok(Open::Queue(..)) => {}
             _ => crate::timers::forget(db, &k),
         }
     }
@@ -1000,7 +1003,10 @@ pub fn load(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     }
 }
 
-pub fn aligncheck(_ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
+pub fn aligncheck(ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
+    if !crate::acl::debug_commands_allowed(ctx) {
+        return err("ERR VT._ALIGNCHECK is a debugging command: allowed only when enable-debug-command permits DEBUG");
+    }
     let n = if a.len() > 1 { int_in(a[1], "rounds", 1, 100_000)? as usize } else { 1000 };
     match crate::alloc::align_check(n) {
         Ok(c) => Ok(Reply::Int(c as i64)),

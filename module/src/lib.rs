@@ -3,6 +3,7 @@
 //! Every FFI entry point (commands, blocked-client callbacks, timers, events, RDB/AOF callbacks)
 //! runs inside `catch_unwind`; see `server::guard`.
 
+pub mod acl;
 pub mod alloc;
 pub mod codec;
 pub mod commands;
@@ -356,77 +357,165 @@ unsafe extern "C" fn info_func(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_rep
 
 // ---------------------------------------------------------------- registration
 
-unsafe fn create_cmd(
-    ctx: Ctx,
+type CmdFn = unsafe extern "C" fn(Ctx, *mut RStr, c_int) -> c_int;
+
+// Key-spec access flags (ACL `%R~` / `%W~` and COMMAND INFO). INSERT, DELETE and UPDATE are
+// mutually exclusive.
+const KEY_RO: u32 = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
+const KEY_RW: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
+const KEY_INS: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_INSERT;
+const KEY_DEL: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_DELETE;
+
+/// Where a command's keys are (cluster routing, ACL key permissions, COMMAND INFO).
+#[derive(Clone, Copy)]
+enum Keys {
+    /// No key.
+    None,
+    /// One key, `argv[pos]`, accessed as `flags`.
+    At(c_int, u32),
+    /// `argv[1]` is a key count, the keys follow it (the handler answers getkeys-api too).
+    Counted(u32),
+}
+
+/// One VT.* command: everything the server must know about it, in one row.
+struct Command {
+    /// Lower case; `parent|sub` registers a subcommand of a container command.
+    name: &'static str,
+    handler: CmdFn,
+    /// Command flags (`write`, `readonly`, `deny-oom`, `blocking`, `fast`, ...).
+    flags: &'static str,
+    keys: Keys,
+    /// ACL categories besides the module's own `@vtasks` (which every command has).
+    acl: &'static str,
+}
+
+/// The module's ACL category: `ACL CAT vtasks` lists every command, `+@vtasks` grants them all.
+const ACL_CATEGORY: &str = "vtasks";
+
+/// Every command the module registers. ACL categories follow what the command does, like the core
+/// commands: `write`/`read`, `fast` (O(1)/O(log n) per argument) or `slow`, `blocking`;
+/// `dangerous` for commands that destroy tasks an operator cannot get back (CLEAR, DELETE) and
+/// for the internal ones, which are also `admin`.
+const COMMANDS: &[Command] = &[
+    Command { name: "vt.enqueue", handler: t_enqueue, flags: "write deny-oom", keys: Keys::At(1, KEY_INS), acl: "write fast" },
+    Command {
+        name: "vt.fetchbatch",
+        handler: t_fetchbatch,
+        flags: "write blocking getkeys-api",
+        keys: Keys::Counted(KEY_RW),
+        acl: "write slow blocking",
+    },
+    Command { name: "vt.ack", handler: t_ack, flags: "write fast", keys: Keys::At(1, KEY_DEL), acl: "write fast" },
+    Command { name: "vt.fail", handler: t_fail, flags: "write fast", keys: Keys::At(1, KEY_RW), acl: "write fast" },
+    Command { name: "vt.rescue", handler: t_rescue, flags: "write", keys: Keys::At(1, KEY_RW), acl: "write slow" },
+    Command { name: "vt.extend", handler: t_extend, flags: "write fast", keys: Keys::At(1, KEY_RW), acl: "write fast" },
+    Command { name: "vt.info", handler: t_info, flags: "readonly fast", keys: Keys::At(1, KEY_RO), acl: "read fast" },
+    // lists key names, like KEYS/SCAN (filtered by the caller's read permission)
+    Command { name: "vt.queues", handler: t_queues, flags: "readonly", keys: Keys::None, acl: "read slow keyspace" },
+    Command { name: "vt.peek", handler: t_peek, flags: "readonly", keys: Keys::At(1, KEY_RO), acl: "read slow" },
+    Command { name: "vt.get", handler: t_get, flags: "readonly fast", keys: Keys::At(1, KEY_RO), acl: "read fast" },
+    Command { name: "vt.retrydead", handler: t_retrydead, flags: "write deny-oom", keys: Keys::At(1, KEY_RW), acl: "write slow" },
+    Command { name: "vt.delete", handler: t_delete, flags: "write", keys: Keys::At(1, KEY_DEL), acl: "write slow dangerous" },
+    Command { name: "vt.clear", handler: t_clear, flags: "write", keys: Keys::At(1, KEY_DEL), acl: "write slow dangerous" },
+    Command {
+        name: "vt.schedule|set",
+        handler: t_sched_set,
+        flags: "write deny-oom",
+        keys: Keys::At(2, KEY_INS),
+        acl: "write fast",
+    },
+    Command { name: "vt.schedule|del", handler: t_sched_del, flags: "write", keys: Keys::At(2, KEY_DEL), acl: "write fast" },
+    Command { name: "vt.schedule|list", handler: t_sched_list, flags: "readonly", keys: Keys::At(2, KEY_RO), acl: "read slow" },
+    // Internal: refused to clients by the handlers too (replication stream / AOF only).
+    Command { name: "vt._fx", handler: t_fx, flags: "write", keys: Keys::At(1, KEY_RW), acl: "write slow admin dangerous" },
+    Command { name: "vt._load", handler: t_load, flags: "write", keys: Keys::At(1, KEY_RW), acl: "write slow admin dangerous" },
+    // Allocator self-test: refused unless `enable-debug-command` allows the caller (like DEBUG).
+    Command { name: "vt._aligncheck", handler: t_align, flags: "readonly admin", keys: Keys::None, acl: "slow admin dangerous" },
+];
+
+/// Registers one row of [`COMMANDS`]: the command (or subcommand, creating its container on first
+/// use), its key spec and its ACL categories.
+unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
+    let (first, last, step) = match c.keys {
+        Keys::At(pos, _) => (pos, pos, 1),
+        Keys::None | Keys::Counted(_) => (0, 0, 0),
+    };
+    let flags = CString::new(c.flags).unwrap();
+    let full = CString::new(c.name).unwrap();
+    let get = raw::RedisModule_GetCommand.unwrap();
+    let ok = match c.name.split_once('|') {
+        None => raw::RedisModule_CreateCommand.unwrap()(ctx, full.as_ptr(), Some(c.handler), flags.as_ptr(), first, last, step),
+        Some((parent, sub)) => {
+            let parent = CString::new(parent).unwrap();
+            let mut p = get(ctx, parent.as_ptr());
+            if p.is_null() {
+                // a container: no handler, no keys; only its subcommands run
+                if raw::RedisModule_CreateCommand.unwrap()(ctx, parent.as_ptr(), None, c"".as_ptr(), 0, 0, 0) != OK {
+                    return Err(format!("could not register {}", parent.to_string_lossy()));
+                }
+                p = get(ctx, parent.as_ptr());
+                set_acl(p, "", &parent.to_string_lossy())?;
+            }
+            let sub = CString::new(sub).unwrap();
+            raw::RedisModule_CreateSubcommand.unwrap()(p, sub.as_ptr(), Some(c.handler), flags.as_ptr(), first, last, step)
+        }
+    };
+    if ok != OK {
+        return Err(format!("could not register {}", c.name));
+    }
+    let cmd = get(ctx, full.as_ptr());
+    if cmd.is_null() {
+        return Err(format!("{} not found after registration", c.name));
+    }
+    match c.keys {
+        Keys::None => {}
+        Keys::At(pos, flags) => set_keyspec(cmd, c.name, flags, |s| {
+            s.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+            s.bs.index.pos = pos;
+            s.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+            s.fk.range.lastkey = 0;
+            s.fk.range.keystep = 1;
+            s.fk.range.limit = 0;
+        })?,
+        Keys::Counted(flags) => set_keyspec(cmd, c.name, flags, |s| {
+            s.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+            s.bs.index.pos = 1;
+            s.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM;
+            s.fk.keynum.keynumidx = 0;
+            s.fk.keynum.firstkey = 1;
+            s.fk.keynum.keystep = 1;
+        })?,
+    }
+    set_acl(cmd, c.acl, c.name)
+}
+
+/// Sets a command's ACL categories: `acl` plus the module's own category.
+unsafe fn set_acl(cmd: *mut raw::RedisModuleCommand, acl: &str, name: &str) -> Result<(), String> {
+    let cats = CString::new(format!("{acl} {ACL_CATEGORY}").trim()).unwrap();
+    if raw::RedisModule_SetCommandACLCategories.unwrap()(cmd, cats.as_ptr()) != OK {
+        return Err(format!("could not set the ACL categories of {name}"));
+    }
+    Ok(())
+}
+
+/// One key spec (built by `fill`) with the access `flags`. The structures are leaked: the server
+/// keeps pointers to them for the life of the process.
+unsafe fn set_keyspec(
+    cmd: *mut raw::RedisModuleCommand,
     name: &str,
-    f: unsafe extern "C" fn(Ctx, *mut RStr, c_int) -> c_int,
-    flags: &str,
-    first: c_int,
-    last: c_int,
-    step: c_int,
+    flags: u32,
+    fill: impl FnOnce(&mut raw::RedisModuleCommandKeySpec),
 ) -> Result<(), String> {
-    let n = CString::new(name).unwrap();
-    let fl = CString::new(flags).unwrap();
-    if raw::RedisModule_CreateCommand.unwrap()(ctx, n.as_ptr(), Some(f), fl.as_ptr(), first, last, step) != OK {
-        return Err(format!("could not register {name}"));
-    }
-    Ok(())
-}
-
-/// FETCHBATCH takes a key count: describe its keys with a key spec (cluster routing, ACL).
-unsafe fn fetchbatch_keyspec(ctx: Ctx) -> Result<(), String> {
-    let cmd = raw::RedisModule_GetCommand.unwrap()(ctx, c"vt.fetchbatch".as_ptr());
-    if cmd.is_null() {
-        return Err("VT.FETCHBATCH not found".into());
-    }
     let version = Box::leak(Box::new(raw::RedisModuleCommandInfoVersion {
         version: 1,
         sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
         sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
         sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
     }));
-    let mut specs: Vec<raw::RedisModuleCommandKeySpec> = vec![std::mem::zeroed(), std::mem::zeroed()];
-    specs[0].flags = (raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE) as u64;
-    specs[0].begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
-    specs[0].bs.index.pos = 1;
-    specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM;
-    specs[0].fk.keynum.keynumidx = 0;
-    specs[0].fk.keynum.firstkey = 1;
-    specs[0].fk.keynum.keystep = 1;
-    let specs = Box::leak(specs.into_boxed_slice());
-    let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
-    info.version = version;
-    info.summary = c"Lease up to COUNT ready tasks from one or more queues, optionally blocking".as_ptr();
-    info.arity = -7;
-    info.key_specs = specs.as_mut_ptr();
-    if raw::RedisModule_SetCommandInfo.unwrap()(cmd, &mut info) != OK {
-        return Err("SetCommandInfo failed for VT.FETCHBATCH".into());
-    }
-    Ok(())
-}
-
-/// A one-key key spec (`argv[pos]`) with the given access flags, so ACL read/write key
-/// permissions (`%R~` / `%W~`) apply precisely.
-unsafe fn simple_keyspec(ctx: Ctx, name: &str, pos: c_int, flags: u32) -> Result<(), String> {
-    let n = CString::new(name).unwrap();
-    let cmd = raw::RedisModule_GetCommand.unwrap()(ctx, n.as_ptr());
-    if cmd.is_null() {
-        return Err(format!("{name} not found"));
-    }
-    let version = Box::leak(Box::new(raw::RedisModuleCommandInfoVersion {
-        version: 1,
-        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
-        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
-        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
-    }));
+    // the list ends with a zeroed spec
     let mut specs: Vec<raw::RedisModuleCommandKeySpec> = vec![std::mem::zeroed(), std::mem::zeroed()];
     specs[0].flags = flags as u64;
-    specs[0].begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
-    specs[0].bs.index.pos = pos;
-    specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
-    specs[0].fk.range.lastkey = 0;
-    specs[0].fk.range.keystep = 1;
-    specs[0].fk.range.limit = 0;
+    fill(&mut specs[0]);
     let specs = Box::leak(specs.into_boxed_slice());
     let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
     info.version = version;
@@ -455,67 +544,12 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     }
     QUEUE_TYPE = t;
 
-    create_cmd(ctx, "vt.enqueue", t_enqueue, "write deny-oom", 1, 1, 1)?;
-    create_cmd(ctx, "vt.fetchbatch", t_fetchbatch, "write blocking getkeys-api", 0, 0, 0)?;
-    fetchbatch_keyspec(ctx)?;
-    create_cmd(ctx, "vt.ack", t_ack, "write fast", 1, 1, 1)?;
-    create_cmd(ctx, "vt.fail", t_fail, "write fast", 1, 1, 1)?;
-    create_cmd(ctx, "vt.rescue", t_rescue, "write", 1, 1, 1)?;
-    create_cmd(ctx, "vt.extend", t_extend, "write fast", 1, 1, 1)?;
-    create_cmd(ctx, "vt.info", t_info, "readonly fast", 1, 1, 1)?;
-    create_cmd(ctx, "vt.queues", t_queues, "readonly", 0, 0, 0)?;
-    create_cmd(ctx, "vt.peek", t_peek, "readonly", 1, 1, 1)?;
-    create_cmd(ctx, "vt.get", t_get, "readonly fast", 1, 1, 1)?;
-    create_cmd(ctx, "vt.retrydead", t_retrydead, "write deny-oom", 1, 1, 1)?;
-    create_cmd(ctx, "vt.delete", t_delete, "write", 1, 1, 1)?;
-    create_cmd(ctx, "vt.clear", t_clear, "write", 1, 1, 1)?;
-    create_cmd(ctx, "vt._fx", t_fx, "write", 1, 1, 1)?;
-    create_cmd(ctx, "vt._load", t_load, "write", 1, 1, 1)?;
-    create_cmd(ctx, "vt._aligncheck", t_align, "readonly", 0, 0, 0)?;
-
-    // VT.SCHEDULE with SET / DEL / LIST subcommands (the queue is argv[2]).
-    let parent_name = CString::new("vt.schedule").unwrap();
-    let empty = CString::new("").unwrap();
-    if raw::RedisModule_CreateCommand.unwrap()(ctx, parent_name.as_ptr(), None, empty.as_ptr(), 0, 0, 0) != OK {
-        return Err("could not register VT.SCHEDULE".into());
+    let cat = CString::new(ACL_CATEGORY).unwrap();
+    if raw::RedisModule_AddACLCategory.unwrap()(ctx, cat.as_ptr()) != OK {
+        return Err(format!("could not add the ACL category {ACL_CATEGORY}"));
     }
-    let parent = raw::RedisModule_GetCommand.unwrap()(ctx, parent_name.as_ptr());
-    let subs: [(&str, unsafe extern "C" fn(Ctx, *mut RStr, c_int) -> c_int, &str); 3] = [
-        ("set", t_sched_set, "write deny-oom"),
-        ("del", t_sched_del, "write"),
-        ("list", t_sched_list, "readonly"),
-    ];
-    for (name, f, flags) in subs {
-        let n = CString::new(name).unwrap();
-        let fl = CString::new(flags).unwrap();
-        if raw::RedisModule_CreateSubcommand.unwrap()(parent, n.as_ptr(), Some(f), fl.as_ptr(), 2, 2, 1) != OK {
-            return Err(format!("could not register VT.SCHEDULE {name}"));
-        }
-    }
-
-    // Key specs: read-only vs read-write access (ACL %R~ / %W~ and COMMAND INFO).
-    let ro = raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS;
-    let rw = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
-    let ins = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_INSERT;
-    // (INSERT, DELETE and UPDATE are mutually exclusive)
-    let del = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_DELETE;
-    for (name, pos, flags) in [
-        ("vt.enqueue", 1, ins),
-        ("vt.ack", 1, del),
-        ("vt.fail", 1, rw),
-        ("vt.rescue", 1, rw),
-        ("vt.extend", 1, rw),
-        ("vt.info", 1, ro),
-        ("vt.peek", 1, ro),
-        ("vt.get", 1, ro),
-        ("vt.retrydead", 1, rw),
-        ("vt.delete", 1, del),
-        ("vt.clear", 1, del),
-        ("vt.schedule|set", 2, ins),
-        ("vt.schedule|del", 2, del),
-        ("vt.schedule|list", 2, ro),
-    ] {
-        simple_keyspec(ctx, name, pos, flags)?;
+    for c in COMMANDS {
+        register_command(ctx, c)?;
     }
 
     // Configs.
