@@ -685,7 +685,7 @@ pub fn get(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         if let Some(t) = q.tasks.get(a[2]) {
             Some(record(a[2], Some(t), None))
         } else {
-            q.dead.iter().rev().find(|d| &d.id[..] == a[2]).map(|d| record(&d.id, None, Some(d)))
+            q.dead.newest(a[2]).map(|d| record(&d.id, None, Some(d)))
         }
     })?
     .flatten();

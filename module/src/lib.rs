@@ -7,6 +7,7 @@ pub mod acl;
 pub mod alloc;
 pub mod codec;
 pub mod commands;
+pub mod dead;
 pub mod queue;
 pub mod server;
 pub mod timers;

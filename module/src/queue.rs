@@ -5,7 +5,8 @@
 //! replica (or an AOF replay) running the same operation reaches the identical state.
 
 use crate::codec::{CResult, R, W};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+pub use crate::dead::{Dead, DeadList};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Seeded, fast hash maps/sets (foldhash instead of std's SipHash; see Cargo.toml).
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -55,18 +56,6 @@ pub struct Task {
     pub error: Vec<u8>,
     pub failed_at: i64,
     pub unique: Option<Vec<u8>>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Dead {
-    pub id: Id,
-    pub payload: Vec<u8>,
-    pub priority: i32,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    pub enqueued_at: i64,
-    pub error: Vec<u8>,
-    pub failed_at: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -158,7 +147,7 @@ pub struct Queue {
     pub delayed: BTreeMap<(i64, u64), Id>,
     pub inflight: BTreeMap<(i64, u64), Id>,
     pub by_worker: HashMap<Vec<u8>, HashSet<Id>>,
-    pub dead: VecDeque<Dead>,
+    pub dead: DeadList,
     pub uniques: HashMap<Vec<u8>, Unique>,
     pub unique_exp: BTreeSet<(i64, Vec<u8>)>,
     pub schedules: BTreeMap<Vec<u8>, Schedule>,
@@ -664,25 +653,30 @@ impl Queue {
         self.place(d.id, Box::new(t), 0);
     }
 
-    /// Moves dead entries back to ready (all, or the given ids). An entry whose id is live again
-    /// is left in place.
+    /// Moves dead entries back to ready (all, or the given ids), in the order they died: the
+    /// newest entry of each id; an id that is live again keeps its entries dead (as do the older
+    /// entries of a revived id). O(ids) with ids (the dead list is indexed by id).
     pub fn retry_dead(&mut self, ids: Option<&[&[u8]]>) -> usize {
-        let mut n = 0;
-        let mut keep = VecDeque::with_capacity(self.dead.len());
-        let dead = std::mem::take(&mut self.dead);
-        for d in dead {
-            let wanted = match ids {
-                None => true,
-                Some(list) => list.iter().any(|x| *x == &d.id[..]),
-            };
-            if wanted && !self.tasks.contains_key(&d.id) {
-                self.revive(d);
-                n += 1;
-            } else {
-                keep.push_back(d);
+        let revive: Vec<Dead> = match ids {
+            None => {
+                let tasks = &self.tasks;
+                self.dead.take_newest_where(|id| !tasks.contains_key(id))
             }
+            Some(list) => {
+                let mut picked: Vec<(u64, &[u8])> = list
+                    .iter()
+                    .filter(|id| !self.tasks.contains_key(**id))
+                    .filter_map(|id| self.dead.newest_seq(id).map(|s| (s, *id)))
+                    .collect();
+                picked.sort_unstable();
+                picked.dedup_by_key(|p| p.0);
+                picked.into_iter().filter_map(|(_, id)| self.dead.take_newest(id)).collect()
+            }
+        };
+        let n = revive.len();
+        for d in revive {
+            self.revive(d);
         }
-        self.dead = keep;
         n
     }
 
@@ -698,9 +692,7 @@ impl Queue {
                     n += 1;
                 }
             }
-            let before = self.dead.len();
-            self.dead.retain(|d| &d.id[..] != *id);
-            n += before - self.dead.len();
+            n += self.dead.remove_all(id);
         }
         n
     }
@@ -804,7 +796,7 @@ impl Queue {
                 .opt(t.unique.as_deref());
             out(&w.buf);
         }
-        for d in &self.dead {
+        for d in self.dead.iter() {
             let mut w = W::new(b'D');
             w.bytes(&d.id)
                 .bytes(&d.payload)
@@ -983,9 +975,7 @@ impl Queue {
         for (id, t) in &self.tasks {
             n += 3 * id.len() + t.payload.len() + t.error.len() + t.worker.len() + 200;
         }
-        for d in &self.dead {
-            n += d.id.len() + d.payload.len() + d.error.len() + 100;
-        }
+        n += self.dead.mem_usage();
         for (k, _) in &self.uniques {
             n += 2 * k.len() + 80;
         }
