@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Seeded, fast hash maps/sets (foldhash instead of std's SipHash; see Cargo.toml).
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-use std::str::FromStr;
+pub use vtasks_protocol::crontab::Cron;
 
 pub type Id = Vec<u8>;
 
@@ -79,7 +79,7 @@ pub struct Schedule {
     pub priority: i32,
     pub payload: Vec<u8>,
     pub next_run: i64,
-    pub cron: Option<cron::Schedule>,
+    pub cron: Option<Cron>,
 }
 
 pub const NEVER: i64 = i64::MAX;
@@ -87,27 +87,14 @@ pub const NEVER: i64 = i64::MAX;
 /// by the record loader and kept by `take_seq`.
 pub const MAX_SEQ: u64 = 1 << 62;
 
-/// Parses a cron expression (6 or 7 fields; 5 fields mean second 0).
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
-    let fields = expr.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_string() };
-    if !(6..=7).contains(&full.split_whitespace().count()) {
-        return Err("cron expression needs 5, 6 or 7 fields".into());
-    }
-    cron::Schedule::from_str(&full).map_err(|e| format!("bad cron expression: {e}"))
+/// Parses a cron expression (crontab's reading, see `vtasks_protocol::crontab`).
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    Cron::parse(expr)
 }
 
-/// First cron tick strictly after `after_ms`.
-pub fn cron_next(s: &cron::Schedule, after_ms: i64) -> i64 {
-    use chrono::{TimeZone, Utc};
-    let after = match Utc.timestamp_millis_opt(after_ms).single() {
-        Some(t) => t,
-        None => return NEVER,
-    };
-    match s.after(&after).next() {
-        Some(t) => t.timestamp_millis(),
-        None => NEVER,
-    }
+/// First cron tick strictly after `after_ms` ([`NEVER`] if none).
+pub fn cron_next(s: &Cron, after_ms: i64) -> i64 {
+    s.next_after(after_ms).unwrap_or(NEVER)
 }
 
 impl Schedule {
@@ -181,27 +168,7 @@ pub struct Fetched {
     pub payload: Vec<u8>,
 }
 
-pub fn fmt_token(t: u64) -> String {
-    format!("{t:016x}")
-}
-
-/// [`fmt_token`] into a stack buffer.
-pub fn fmt_token_buf(t: u64) -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = HEX[((t >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    out
-}
-
-pub fn parse_token(b: &[u8]) -> Option<u64> {
-    if b.len() != 16 {
-        return None;
-    }
-    let s = std::str::from_utf8(b).ok()?;
-    u64::from_str_radix(s, 16).ok()
-}
+pub use vtasks_protocol::token::{fmt_token, fmt_token_buf, parse_token};
 
 impl Queue {
     pub fn sizes(&self) -> Sizes {

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
+use vtasks_protocol::crontab::Cron;
 
 use crate::{Error, Result};
 
@@ -670,18 +671,13 @@ pub fn clear_stmt(queue: &str, what: ClearWhat) -> Result<Stmt> {
 
 /// A parsed schedule spec.
 pub enum Spec {
-    Cron(Box<cron::Schedule>, String),
+    Cron(Box<Cron>, String),
     Every(i64),
 }
 
-/// Parses a cron expression (6 or 7 fields; 5 fields mean second 0), as the module does.
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule> {
-    let fields = expr.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {expr}") } else { expr.to_string() };
-    if !(6..=7).contains(&full.split_whitespace().count()) {
-        return invalid("cron expression needs 5, 6 or 7 fields");
-    }
-    cron::Schedule::from_str(&full).map_err(|e| Error::Invalid(format!("bad cron expression: {e}")))
+/// Parses a cron expression the way the module does (crontab's reading: `vtasks_protocol`).
+pub fn parse_cron(expr: &str) -> Result<Cron> {
+    Cron::parse(expr).map_err(Error::Invalid)
 }
 
 impl Spec {
@@ -742,13 +738,8 @@ impl Spec {
 }
 
 /// First cron tick strictly after `after_ms` (i64::MAX when there is none).
-pub fn cron_next(s: &cron::Schedule, after_ms: i64) -> i64 {
-    use chrono::{TimeZone, Utc};
-    let after = match Utc.timestamp_millis_opt(after_ms).single() {
-        Some(t) => t,
-        None => return i64::MAX,
-    };
-    s.after(&after).next().map(|t| t.timestamp_millis()).unwrap_or(i64::MAX)
+pub fn cron_next(s: &Cron, after_ms: i64) -> i64 {
+    s.next_after(after_ms).unwrap_or(i64::MAX)
 }
 
 pub fn now_stmt() -> Stmt {

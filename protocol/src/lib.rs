@@ -1,0 +1,6 @@
+//! The rules of PROTOCOL.md that both backends implement in Rust — the Valkey module
+//! (`module/`) and the Postgres adapter (`pg-adapter/`, also behind the Python extension) — so
+//! each rule has one definition.
+
+pub mod crontab;
+pub mod token;
