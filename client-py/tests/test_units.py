@@ -7,13 +7,26 @@ from django_vtasks.scheduler import crontab, schedule_spec
 
 def test_crontab_fields_and_expressions():
     assert crontab(minute="*/5").to_cron() == "0 */5 * * * *"
-    assert crontab(minute=0, hour=3, day_of_week="1-5").to_cron() == "0 0 3 * * MON-FRI"
-    assert crontab("0 3 * * 0").to_cron() == "0 0 3 * * SUN"
+    # crontab's day-of-week numbers go to the broker as they are: it reads them as crontab does
+    assert crontab(minute=0, hour=3, day_of_week="1-5").to_cron() == "0 0 3 * * 1-5"
+    assert crontab("0 3 * * 0").to_cron() == "0 3 * * 0"
+    assert crontab(" 0  3 * * 7 ").to_cron() == "0 3 * * 7"
     assert crontab("*/10 * * * * *").to_cron() == "*/10 * * * * *"
-    assert crontab(day_of_week="0,6").to_cron() == "0 * * * * SUN,SAT"
-    assert crontab(day_of_week="*/2").to_cron() == "0 * * * * */2"
-    with pytest.raises(ValueError):
-        crontab("* * *").to_cron()
+    assert crontab("@weekly").to_cron() == "@weekly"
+    assert crontab(day_of_week="0,6").to_cron() == "0 * * * * 0,6"
+    for bad in ("* * *", "0 9 * * 8", "@reboot", "0 0 30 2 *"):
+        with pytest.raises(ValueError):
+            crontab(bad).to_cron()
+
+
+def test_crontab_monday_is_monday_in_both_backends_reading():
+    from datetime import datetime, timezone
+
+    from django_vtasks import _native
+
+    jan1 = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)  # a Thursday
+    nxt = _native.cron_next(crontab("0 9 * * 1").to_cron(), jan1)
+    assert datetime.fromtimestamp(nxt / 1000, timezone.utc) == datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
 
 
 def test_schedule_spec():

@@ -169,6 +169,21 @@ fn decode_payload<'py>(py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'
 }
 
 /// (version, name, sql) of every schema migration.
+/// Checks a cron expression as both backends read it (`vtasks-protocol`): ValueError with the
+/// reason if it does not parse or never fires.
+#[pyfunction]
+fn cron_check(expr: &str) -> PyResult<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    cron_next(expr, now).map(|_| ())
+}
+
+/// The first tick of `expr` strictly after `after_ms` (unix ms, UTC).
+#[pyfunction]
+fn cron_next(expr: &str, after_ms: i64) -> PyResult<i64> {
+    let c = vtasks_protocol::crontab::Cron::parse(expr).map_err(PyValueError::new_err)?;
+    c.next_after(after_ms).ok_or_else(|| PyValueError::new_err(format!("cron expression {expr:?} never fires")))
+}
+
 #[pyfunction]
 fn migrations() -> Vec<(i32, String, String)> {
     vtasks_pg::MIGRATIONS.iter().map(|(v, n, s)| (*v, n.to_string(), s.to_string())).collect()
@@ -623,6 +638,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_payload, m)?)?;
     m.add_function(wrap_pyfunction!(decode_payload, m)?)?;
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
+    m.add_function(wrap_pyfunction!(cron_check, m)?)?;
+    m.add_function(wrap_pyfunction!(cron_next, m)?)?;
     m.add_class::<PgQueue>()?;
     m.add_class::<AsyncPgQueue>()?;
     m.add("PgError", m.py().get_type::<PgError>())?;

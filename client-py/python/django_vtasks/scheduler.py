@@ -9,16 +9,20 @@ The broker fires the schedules (the Valkey module's timers, or Postgres' exactly
 any number of workers may run ``--scheduler``: each tick enqueues the task once.
 """
 
-import re
 from dataclasses import dataclass
 
-_DOW = {"0": "SUN", "1": "MON", "2": "TUE", "3": "WED", "4": "THU", "5": "FRI", "6": "SAT", "7": "SUN"}
+from . import _native
 
 
 @dataclass(frozen=True)
 class crontab:  # noqa: N801 - the original's public name
     """A cron schedule in UTC, Celery-style fields (minute, hour, day_of_week, day_of_month,
-    month_of_year) or one 5/6-field expression: ``crontab("*/5 * * * *")``."""
+    month_of_year) or one expression: ``crontab("*/5 * * * *")``, ``crontab("@daily")``.
+
+    Both backends read it as crontab does (day of week 0 or 7 = Sunday, 1 = Monday, names
+    MON..SUN; when day of month and day of week are both restricted, either matches; see
+    PROTOCOL.md, VT.SCHEDULE). The rule lives in the Rust crate both backends use; it is not
+    restated here: ``to_cron`` only assembles the fields and asks that crate whether they parse."""
 
     expression: str | None = None
     minute: str = "*"
@@ -29,26 +33,15 @@ class crontab:  # noqa: N801 - the original's public name
     second: str = "0"
 
     def to_cron(self) -> str:
-        """6-field expression (sec min hour dom mon dow) for the broker's cron syntax."""
+        """The expression sent to the broker; ValueError (with the reason) if it does not parse
+        or never fires, so a bad VTASKS_SCHEDULE entry fails when the worker starts."""
         if self.expression:
-            fields = self.expression.split()
-            if len(fields) == 5:
-                fields = ["0", *fields]
-            if len(fields) != 6:
-                raise ValueError(f"invalid cron expression {self.expression!r}")
-            sec, minute, hour, dom, mon, dow = fields
+            expr = " ".join(self.expression.split())
         else:
-            sec, minute, hour, dom, mon, dow = (
-                str(self.second),
-                str(self.minute),
-                str(self.hour),
-                str(self.day_of_month),
-                str(self.month_of_year),
-                str(self.day_of_week),
-            )
-        # standard cron numbers Sunday 0 (or 7); the broker's syntax is safest with names
-        dow = re.sub(r"(?<![/\w])[0-7](?!\w)", lambda m: _DOW[m.group(0)], dow)
-        return " ".join((sec, minute, hour, dom, mon, dow))
+            expr = " ".join(str(f) for f in (self.second, self.minute, self.hour, self.day_of_month,
+                                             self.month_of_year, self.day_of_week))
+        _native.cron_check(expr)
+        return expr
 
     def __str__(self):
         return self.to_cron()
