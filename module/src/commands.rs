@@ -810,7 +810,7 @@ pub fn schedule_del(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     if a.len() != 4 {
         return err("ERR wrong number of arguments");
     }
-    let n = with_queue(ctx, argv[2], false, |q| q.schedules.remove(a[3]).is_some())?.unwrap_or(false);
+    let n = with_queue(ctx, argv[2], false, |q| q.schedule_del(a[3]))?.unwrap_or(false);
     if n {
         replicate_verbatim(ctx);
     }

@@ -596,7 +596,8 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, raw::REDISMODULE_NOTIFY_GENERIC, Some(timers::on_keyspace));
 
     if let Some(f) = raw::RedisModule_SetModuleOptions {
-        f(ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int);
+        // keys are signalled as modified only when a queue really changed (server::key_modified)
+        f(ctx, (raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED) as c_int);
     }
     timers::kick(ctx);
     Ok(())

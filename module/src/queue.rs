@@ -148,6 +148,10 @@ pub struct Queue {
     pub dead_evicted: u64,
     /// Set whenever a task became ready; the command layer signals blocked clients and clears it.
     pub became_ready: bool,
+    /// Set by every operation that changed the queue; the keyspace layer then signals the key as
+    /// modified (WATCH, client tracking, keyspace notifications) and clears it. A command that
+    /// changed nothing (an empty fetch, an ack of an unknown id) leaves it unset.
+    pub modified: bool,
     /// Sequence numbers seen while loading records (duplicates are rejected); `None` outside a load.
     pub load_seqs: Option<HashSet<u64>>,
 }
@@ -235,6 +239,7 @@ impl Queue {
 
     /// Removes a task's index entries (not the task itself).
     fn unindex(&mut self, id: &[u8], t: &Task) {
+        self.modified = true;
         match t.state {
             State::Ready => {
                 self.ready.remove(&(-t.priority, t.seq));
@@ -256,6 +261,7 @@ impl Queue {
 
     /// Indexes a task according to its current fields.
     fn index(&mut self, id: &[u8], t: &Task) {
+        self.modified = true;
         match t.state {
             State::Ready => {
                 self.ready.insert((-t.priority, t.seq), id.to_vec());
@@ -370,6 +376,7 @@ impl Queue {
             slot.insert(t);
             self.enqueued_total += 1;
             out[i] = true;
+            self.modified = true;
         }
         out
     }
@@ -416,6 +423,7 @@ impl Queue {
             }
         }
         inflight.insert((deadline, t.seq), owned_id);
+        self.modified = true;
         Some(&*t)
     }
 
@@ -484,6 +492,7 @@ impl Queue {
     }
 
     fn push_dead(&mut self, d: Dead, cap: usize) {
+        self.modified = true;
         self.dead.push_back(d);
         self.dead_total += 1;
         while self.dead.len() > cap {
@@ -594,6 +603,7 @@ impl Queue {
                     self.inflight.remove(&old);
                     self.inflight.insert(new, id.clone());
                     n += 1;
+                    self.modified = true;
                 }
             }
         }
@@ -659,7 +669,9 @@ impl Queue {
                     n += 1;
                 }
             }
-            n += self.dead.remove_all(id);
+            let dead = self.dead.remove_all(id);
+            self.modified |= dead > 0;
+            n += dead;
         }
         n
     }
@@ -682,15 +694,24 @@ impl Queue {
                 n += 1;
             }
         }
-        if dead {
+        if dead && !self.dead.is_empty() {
             n += self.dead.len();
             self.dead.clear();
+            self.modified = true;
         }
         n
     }
 
     pub fn schedule_set(&mut self, name: &[u8], s: Schedule) {
         self.schedules.insert(name.to_vec(), s);
+        self.modified = true;
+    }
+
+    /// Removes a schedule; false if there was none.
+    pub fn schedule_del(&mut self, name: &[u8]) -> bool {
+        let gone = self.schedules.remove(name).is_some();
+        self.modified |= gone;
+        gone
     }
 
     /// Names of schedules due at `now`, in name order.
@@ -709,6 +730,7 @@ impl Queue {
         if let Some(s) = self.schedules.get_mut(name) {
             s.next_run = next;
         }
+        self.modified = true;
         added[0]
     }
 
@@ -797,12 +819,19 @@ impl Queue {
     /// Ends a load: drops the duplicate-detection set.
     pub fn finish_load(&mut self) {
         self.load_seqs = None;
+        self.modified = false; // a loaded value is not a change of the keyspace
     }
 
     /// Applies one record. A 'H' record must come first (it is applied to a fresh queue). Values
     /// outside the protocol's ranges and colliding sequence numbers are rejected (a corrupt RDB/AOF
     /// must fail to load rather than produce a queue whose next save is corrupt).
     pub fn apply_record(&mut self, rec: &[u8]) -> CResult<()> {
+        let r = self.apply_one_record(rec);
+        self.modified |= r.is_ok();
+        r
+    }
+
+    fn apply_one_record(&mut self, rec: &[u8]) -> CResult<()> {
         fn prio(v: i64) -> CResult<i32> {
             if (-100..=100).contains(&v) {
                 Ok(v as i32)

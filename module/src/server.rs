@@ -198,6 +198,28 @@ pub fn replicate_verbatim(ctx: Ctx) {
     raw::replicate_verbatim(ctx);
 }
 
+/// A queue changed: invalidate WATCH and client-side caches of the key (the module sets
+/// `NO_IMPLICIT_SIGNAL_MODIFIED`, so a command that changed nothing invalidates nothing) and send
+/// the keyspace notification (class `d`, module; event = the command, e.g. `vt.enqueue`,
+/// `vt.schedule.set`; `vt.timer` for the module's timers).
+pub fn key_modified(ctx: Ctx, key: RStr) {
+    unsafe {
+        if let Some(f) = raw::RedisModule_SignalModifiedKey {
+            f(ctx, key);
+        }
+        let cmd = raw::RedisModule_GetCurrentCommandName.map(|f| f(ctx)).unwrap_or(std::ptr::null());
+        let event = if cmd.is_null() {
+            CString::from(c"vt.timer")
+        } else {
+            let name = std::ffi::CStr::from_ptr(cmd).to_string_lossy().to_ascii_lowercase().replace('|', ".");
+            CString::new(name).unwrap_or_else(|_| CString::from(c"vt"))
+        };
+        if let Some(f) = raw::RedisModule_NotifyKeyspaceEvent {
+            f(ctx, raw::REDISMODULE_NOTIFY_MODULE, event.as_ptr(), key);
+        }
+    }
+}
+
 pub fn signal_ready(ctx: Ctx, key: RStr) {
     unsafe {
         if let Some(f) = raw::RedisModule_SignalKeyAsReady {
@@ -372,14 +394,14 @@ pub fn with_queue_ext<T>(
     loading: bool,
     f: impl FnOnce(&mut Queue) -> T,
 ) -> Result<Option<T>, Reply> {
-    let (k, v) = match open(ctx, name, true)? {
-        Open::Queue(k, v) => (k, v),
+    let (k, v, created) = match open(ctx, name, true)? {
+        Open::Queue(k, v) => (k, v, false),
         Open::Missing(k) => {
             if !create_missing {
                 return Ok(None);
             }
             let v = create(&k, Queue::default())?;
-            (k, v)
+            (k, v, true)
         }
     };
     let q = unsafe { &mut (*v).0 };
@@ -390,8 +412,12 @@ pub fn with_queue_ext<T>(
     let out = f(q);
     stats_diff(before, q.sizes());
     let ready = std::mem::replace(&mut q.became_ready, false);
+    let modified = std::mem::replace(&mut q.modified, false) || created;
     let due = q.next_due();
     drop(k);
+    if modified {
+        key_modified(ctx, name);
+    }
     crate::timers::touch(ctx, selected_db(ctx), bytes(name), due);
     if ready {
         signal_ready(ctx, name);
