@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(taken.iter().map(|e| e.failed_at).collect::<Vec<_>>(), vec![6]);
         l.check();
         assert_eq!(order(&l), vec![("a".into(), 2), ("c".into(), 3)]);
-        assert_eq!(l.iter().rev().next().unwrap().failed_at, 3);
+        assert_eq!(l.iter().next_back().unwrap().failed_at, 3);
         l.clear();
         l.check();
         assert!(l.is_empty() && l.newest(b"a").is_none());
@@ -244,7 +244,7 @@ mod tests {
         for step in 0..20_000i64 {
             let id = format!("t{}", next() % 40);
             match next() % 6 {
-                0 | 1 | 2 => {
+                0..=2 => {
                     l.push_back(d(&id, step));
                     model.push(d(&id, step));
                 }
