@@ -386,6 +386,8 @@ struct Command {
     /// Command flags (`write`, `readonly`, `deny-oom`, `blocking`, `fast`, ...).
     flags: &'static str,
     keys: Keys,
+    /// COMMAND INFO arity (negative: at least); 0 leaves the argument count to the handler.
+    arity: c_int,
     /// ACL categories besides the module's own `@vtasks` (which every command has).
     acl: &'static str,
 }
@@ -398,40 +400,42 @@ const ACL_CATEGORY: &str = "vtasks";
 /// `dangerous` for commands that destroy tasks an operator cannot get back (CLEAR, DELETE) and
 /// for the internal ones, which are also `admin`.
 const COMMANDS: &[Command] = &[
-    Command { name: "vt.enqueue", handler: t_enqueue, flags: "write deny-oom", keys: Keys::At(1, KEY_INS), acl: "write fast" },
+    Command { name: "vt.enqueue", handler: t_enqueue, flags: "write deny-oom", keys: Keys::At(1, KEY_INS), arity: 0, acl: "write fast" },
     Command {
         name: "vt.fetchbatch",
         handler: t_fetchbatch,
         flags: "write blocking getkeys-api",
         keys: Keys::Counted(KEY_RW),
+        arity: -7,
         acl: "write slow blocking",
     },
-    Command { name: "vt.ack", handler: t_ack, flags: "write fast", keys: Keys::At(1, KEY_DEL), acl: "write fast" },
-    Command { name: "vt.fail", handler: t_fail, flags: "write fast", keys: Keys::At(1, KEY_RW), acl: "write fast" },
-    Command { name: "vt.rescue", handler: t_rescue, flags: "write", keys: Keys::At(1, KEY_RW), acl: "write slow" },
-    Command { name: "vt.extend", handler: t_extend, flags: "write fast", keys: Keys::At(1, KEY_RW), acl: "write fast" },
-    Command { name: "vt.info", handler: t_info, flags: "readonly fast", keys: Keys::At(1, KEY_RO), acl: "read fast" },
+    Command { name: "vt.ack", handler: t_ack, flags: "write fast", keys: Keys::At(1, KEY_DEL), arity: 0, acl: "write fast" },
+    Command { name: "vt.fail", handler: t_fail, flags: "write fast", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write fast" },
+    Command { name: "vt.rescue", handler: t_rescue, flags: "write", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow" },
+    Command { name: "vt.extend", handler: t_extend, flags: "write fast", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write fast" },
+    Command { name: "vt.info", handler: t_info, flags: "readonly fast", keys: Keys::At(1, KEY_RO), arity: 0, acl: "read fast" },
     // lists key names, like KEYS/SCAN (filtered by the caller's read permission)
-    Command { name: "vt.queues", handler: t_queues, flags: "readonly", keys: Keys::None, acl: "read slow keyspace" },
-    Command { name: "vt.peek", handler: t_peek, flags: "readonly", keys: Keys::At(1, KEY_RO), acl: "read slow" },
-    Command { name: "vt.get", handler: t_get, flags: "readonly fast", keys: Keys::At(1, KEY_RO), acl: "read fast" },
-    Command { name: "vt.retrydead", handler: t_retrydead, flags: "write deny-oom", keys: Keys::At(1, KEY_RW), acl: "write slow" },
-    Command { name: "vt.delete", handler: t_delete, flags: "write", keys: Keys::At(1, KEY_DEL), acl: "write slow dangerous" },
-    Command { name: "vt.clear", handler: t_clear, flags: "write", keys: Keys::At(1, KEY_DEL), acl: "write slow dangerous" },
+    Command { name: "vt.queues", handler: t_queues, flags: "readonly", keys: Keys::None, arity: 0, acl: "read slow keyspace" },
+    Command { name: "vt.peek", handler: t_peek, flags: "readonly", keys: Keys::At(1, KEY_RO), arity: 0, acl: "read slow" },
+    Command { name: "vt.get", handler: t_get, flags: "readonly fast", keys: Keys::At(1, KEY_RO), arity: 0, acl: "read fast" },
+    Command { name: "vt.retrydead", handler: t_retrydead, flags: "write deny-oom", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow" },
+    Command { name: "vt.delete", handler: t_delete, flags: "write", keys: Keys::At(1, KEY_DEL), arity: 0, acl: "write slow dangerous" },
+    Command { name: "vt.clear", handler: t_clear, flags: "write", keys: Keys::At(1, KEY_DEL), arity: 0, acl: "write slow dangerous" },
     Command {
         name: "vt.schedule|set",
         handler: t_sched_set,
         flags: "write deny-oom",
         keys: Keys::At(2, KEY_INS),
+        arity: 0,
         acl: "write fast",
     },
-    Command { name: "vt.schedule|del", handler: t_sched_del, flags: "write", keys: Keys::At(2, KEY_DEL), acl: "write fast" },
-    Command { name: "vt.schedule|list", handler: t_sched_list, flags: "readonly", keys: Keys::At(2, KEY_RO), acl: "read slow" },
+    Command { name: "vt.schedule|del", handler: t_sched_del, flags: "write", keys: Keys::At(2, KEY_DEL), arity: 0, acl: "write fast" },
+    Command { name: "vt.schedule|list", handler: t_sched_list, flags: "readonly", keys: Keys::At(2, KEY_RO), arity: 0, acl: "read slow" },
     // Internal: refused to clients by the handlers too (replication stream / AOF only).
-    Command { name: "vt._fx", handler: t_fx, flags: "write", keys: Keys::At(1, KEY_RW), acl: "write slow admin dangerous" },
-    Command { name: "vt._load", handler: t_load, flags: "write", keys: Keys::At(1, KEY_RW), acl: "write slow admin dangerous" },
+    Command { name: "vt._fx", handler: t_fx, flags: "write", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow admin dangerous" },
+    Command { name: "vt._load", handler: t_load, flags: "write", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow admin dangerous" },
     // Allocator self-test: refused unless `enable-debug-command` allows the caller (like DEBUG).
-    Command { name: "vt._aligncheck", handler: t_align, flags: "readonly admin", keys: Keys::None, acl: "slow admin dangerous" },
+    Command { name: "vt._aligncheck", handler: t_align, flags: "readonly admin", keys: Keys::None, arity: 0, acl: "slow admin dangerous" },
 ];
 
 /// Registers one row of [`COMMANDS`]: the command (or subcommand, creating its container on first
@@ -470,7 +474,7 @@ unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
     }
     match c.keys {
         Keys::None => {}
-        Keys::At(pos, flags) => set_keyspec(cmd, c.name, flags, |s| {
+        Keys::At(pos, flags) => set_keyspec(cmd, c.name, flags, c.arity, |s| {
             s.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
             s.bs.index.pos = pos;
             s.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
@@ -478,7 +482,7 @@ unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
             s.fk.range.keystep = 1;
             s.fk.range.limit = 0;
         })?,
-        Keys::Counted(flags) => set_keyspec(cmd, c.name, flags, |s| {
+        Keys::Counted(flags) => set_keyspec(cmd, c.name, flags, c.arity, |s| {
             s.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
             s.bs.index.pos = 1;
             s.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM;
@@ -499,12 +503,13 @@ unsafe fn set_acl(cmd: *mut raw::RedisModuleCommand, acl: &str, name: &str) -> R
     Ok(())
 }
 
-/// One key spec (built by `fill`) with the access `flags`. The structures are leaked: the server
+/// One key spec (built by `fill`) with the access `flags`, and the arity. The structures are leaked: the server
 /// keeps pointers to them for the life of the process.
 unsafe fn set_keyspec(
     cmd: *mut raw::RedisModuleCommand,
     name: &str,
     flags: u32,
+    arity: c_int,
     fill: impl FnOnce(&mut raw::RedisModuleCommandKeySpec),
 ) -> Result<(), String> {
     let version = Box::leak(Box::new(raw::RedisModuleCommandInfoVersion {
@@ -520,6 +525,7 @@ unsafe fn set_keyspec(
     let specs = Box::leak(specs.into_boxed_slice());
     let mut info: raw::RedisModuleCommandInfo = std::mem::zeroed();
     info.version = version;
+    info.arity = arity;
     info.key_specs = specs.as_mut_ptr();
     if raw::RedisModule_SetCommandInfo.unwrap()(cmd, &mut info) != OK {
         return Err(format!("SetCommandInfo failed for {name}"));

@@ -73,7 +73,11 @@ fn expand_macro(expr: &str) -> Result<String, String> {
         "@weekly" => "0 0 * * 0",
         "@daily" | "@midnight" => "0 0 * * *",
         "@hourly" => "0 * * * *",
-        _ => return Err(format!("unknown cron macro {expr:?} (@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly)")),
+        _ => {
+            return Err(format!(
+                "unknown cron macro {expr:?} (@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly)"
+            ))
+        }
     }
     .to_string())
 }
@@ -216,10 +220,22 @@ mod tests {
 
     #[test]
     fn seconds_year_and_errors() {
-        assert_eq!(ticks("*/15 * * * * *", 2), vec![at(ms(2026, 1, 1, 0, 0) + 15_000), at(ms(2026, 1, 1, 0, 0) + 30_000)]);
+        assert_eq!(
+            ticks("*/15 * * * * *", 2),
+            vec![at(ms(2026, 1, 1, 0, 0) + 15_000), at(ms(2026, 1, 1, 0, 0) + 30_000)]
+        );
         assert_eq!(ticks("0 0 0 1 1 * 2030", 1), vec![at(ms(2030, 1, 1, 0, 0))]);
-        for bad in ["", "* * * *", "* * * * * * * *", "0 9 * * 8", "0 9 * * FUNDAY", "0 9 * * 5-1", "0 9 * * */0",
-                    "61 * * * *", "nope"] {
+        for bad in [
+            "",
+            "* * * *",
+            "* * * * * * * *",
+            "0 9 * * 8",
+            "0 9 * * FUNDAY",
+            "0 9 * * 5-1",
+            "0 9 * * */0",
+            "61 * * * *",
+            "nope",
+        ] {
             assert!(Cron::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
