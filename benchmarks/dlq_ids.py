@@ -6,7 +6,8 @@ over a large dead-letter list. Not a test: numbers depend on the machine.
 Starts a throwaway valkey-server with the module on a free loopback port (stopped by PID), fills one
 queue's dead-letter list with `--dead` entries (MAXATTEMPTS 1 + VT.FAIL), then times, server side
 (INFO commandstats usec), one VT.DELETE with `--ids` ids, one VT.RETRYDEAD with `--ids` other ids and
-`--ids` VT.GET calls on dead ids. Ids are spread over the whole list.
+`--ids` VT.GET calls on dead ids. Ids are spread over the whole list. Also prints the memory a
+dead entry costs (used_memory delta) next to what MEMORY USAGE reports.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def main() -> None:
                 except valkey.ConnectionError:
                     time.sleep(0.05)
             q = "vt:{dlq}"
+            c.execute_command("VT.ENQUEUE", q, "PAYLOAD", "x")  # the queue itself, then empty it
+            c.execute_command("VT.CLEAR", q, "ALL")
+            base = c.info("memory")["used_memory"]
             ids = [f"task-{i:07d}" for i in range(a.dead)]
             for start in range(0, a.dead, 10_000):
                 chunk = ids[start:start + 10_000]
@@ -75,6 +79,8 @@ def main() -> None:
                 p.execute()
             flat = c.execute_command("VT.INFO", q)
             dead = dict(zip(flat[::2], flat[1::2]))[b"dead"]
+            real = (c.info("memory")["used_memory"] - base) / dead
+            reported = c.memory_usage(q) / dead
             rng = random.Random(1)
             picked = rng.sample(ids, 3 * a.ids)
             del_ids, retry_ids, get_ids = picked[:a.ids], picked[a.ids:2 * a.ids], picked[2 * a.ids:]
@@ -86,6 +92,8 @@ def main() -> None:
                 p.execute_command("VT.GET", q, i)
             found = sum(1 for r in p.execute() if r)
             print(f"dead entries: {dead}, ids per operation: {a.ids}")
+            print(f"memory per dead entry (ids {len(ids[0])} B, payload 7 B, error 4 B): "
+                  f"{real:.0f} B (used_memory), MEMORY USAGE says {reported:.0f} B")
             print(f"VT.DELETE {a.ids} ids: {usec(c, 'vt.delete') / 1000:.1f} ms (removed {n_del})")
             print(f"VT.RETRYDEAD {a.ids} ids: {usec(c, 'vt.retrydead') / 1000:.1f} ms (revived {n_retry})")
             print(f"VT.GET x {a.ids}: {usec(c, 'vt.get') / 1000:.1f} ms total (found {found})")

@@ -2,11 +2,16 @@
 //! cap is reached), with an index from task id to its entries, so the id operations (VT.GET,
 //! VT.DELETE, VT.RETRYDEAD with ids) cost O(ids) instead of a scan of the whole list per id.
 //!
-//! Several entries may share an id (a task re-enqueued under the same id died again); the index
-//! points at the newest, and the entries of one id are chained newest → oldest.
+//! Entries sit in a ring in death order; an entry removed from the middle leaves an empty slot
+//! (compacted once empty slots outnumber entries), so an entry's place never moves and the index
+//! can hold it. The index maps a seeded 64-bit hash of the id (not a copy of the id: ~20 bytes an
+//! entry instead of ~90) to the newest entry with that hash; the entries of one hash are chained
+//! newest → oldest and compared by id, so several entries may share an id (a task re-enqueued
+//! under the same id died again) and a hash collision costs a step, never a wrong answer.
 
 use crate::queue::{HashMap, Id};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
 #[derive(Clone, Debug)]
 pub struct Dead {
@@ -26,153 +31,232 @@ const NONE: u64 = u64::MAX;
 #[derive(Debug)]
 struct Entry {
     dead: Dead,
-    /// The next older / newer entry with the same id (or NONE).
+    /// The next older / newer entry whose id has the same hash (sequence numbers, or NONE).
     older: u64,
     newer: u64,
 }
 
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct DeadList {
-    /// By death order (a sequence number local to this list; never persisted).
-    entries: BTreeMap<u64, Entry>,
-    /// id → sequence number of its newest entry.
-    newest: HashMap<Id, u64>,
-    next_seq: u64,
+    /// `slots[i]` holds the entry with sequence number `base + i` (death order), `None` where one
+    /// was removed. The first and last slots are never `None`.
+    slots: VecDeque<Option<Entry>>,
+    base: u64,
+    live: usize,
+    /// id hash → sequence number of the newest entry whose id has that hash.
+    heads: HashMap<u64, u64>,
+    hasher: foldhash::fast::RandomState,
+    /// Tests: every id hashes to 0 (one chain), to show collisions only cost steps.
+    #[cfg(test)]
+    collide: bool,
 }
 
 impl DeadList {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live == 0
     }
 
     /// Oldest first (`.rev()`: newest first).
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Dead> + '_ {
-        self.entries.values().map(|e| &e.dead)
+        self.slots.iter().filter_map(|s| s.as_ref().map(|e| &e.dead))
     }
 
     /// Appends the newest entry.
     pub fn push_back(&mut self, d: Dead) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let older = match self.newest.get_mut(&d.id) {
-            Some(s) => std::mem::replace(s, seq),
-            None => {
-                self.newest.insert(d.id.clone(), seq);
-                NONE
-            }
-        };
-        if let Some(o) = self.entries.get_mut(&older) {
+        let seq = self.base + self.slots.len() as u64;
+        let older = self.heads.insert(self.hash_id(&d.id), seq).unwrap_or(NONE);
+        if let Some(o) = self.get_mut(older) {
             o.newer = seq;
         }
-        self.entries.insert(seq, Entry { dead: d, older, newer: NONE });
+        self.slots.push_back(Some(Entry { dead: d, older, newer: NONE }));
+        self.live += 1;
     }
 
     /// Removes the oldest entry (eviction at the cap).
     pub fn pop_front(&mut self) -> Option<Dead> {
-        let seq = *self.entries.first_key_value()?.0;
-        self.remove(seq)
+        self.remove(self.base)
     }
 
     /// The newest entry with this id.
     pub fn newest(&self, id: &[u8]) -> Option<&Dead> {
-        self.newest.get(id).and_then(|s| self.entries.get(s)).map(|e| &e.dead)
+        self.newest_seq(id).and_then(|s| self.get(s)).map(|e| &e.dead)
     }
 
     /// Removes the newest entry with this id.
     pub fn take_newest(&mut self, id: &[u8]) -> Option<Dead> {
-        let seq = *self.newest.get(id)?;
+        let seq = self.newest_seq(id)?;
         self.remove(seq)
     }
 
     /// Sequence number of the newest entry with this id (its place in death order).
     pub fn newest_seq(&self, id: &[u8]) -> Option<u64> {
-        self.newest.get(id).copied()
+        self.seqs_of(id).next()
     }
 
     /// Removes every entry with this id; returns how many.
     pub fn remove_all(&mut self, id: &[u8]) -> usize {
-        let mut seq = match self.newest.remove(id) {
-            Some(s) => s,
-            None => return 0,
-        };
-        let mut n = 0;
-        while let Some(e) = self.entries.remove(&seq) {
-            n += 1;
-            seq = e.older;
-        }
+        let seqs: Vec<u64> = self.seqs_of(id).collect();
+        let n = seqs.into_iter().filter(|s| self.unlink(*s).is_some()).count();
+        self.compact_if_sparse();
         n
     }
 
     /// Removes, in death order, the newest entry of every id for which `take(id)` is true; the
     /// entries of an id that is not taken, and the older entries of a taken id, stay.
     pub fn take_newest_where(&mut self, mut take: impl FnMut(&[u8]) -> bool) -> Vec<Dead> {
-        let seqs: Vec<u64> =
-            self.entries.iter().filter(|(_, e)| e.newer == NONE && take(&e.dead.id)).map(|(s, _)| *s).collect();
-        seqs.into_iter().filter_map(|s| self.remove(s)).collect()
+        let base = self.base;
+        let seqs: Vec<u64> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|e| (base + i as u64, e)))
+            .filter(|(_, e)| self.is_newest_of_its_id(e) && take(&e.dead.id))
+            .map(|(s, _)| s)
+            .collect();
+        let out = seqs.into_iter().filter_map(|s| self.unlink(s)).collect();
+        self.compact_if_sparse();
+        out
     }
 
     pub fn clear(&mut self) {
-        self.entries.clear();
-        self.newest.clear();
+        *self = DeadList::default();
     }
 
-    /// Approximate heap bytes (entries, index, allocator headers), for MEMORY USAGE.
+    /// Approximate bytes (ring, index, the entries' buffers with allocator headers), for MEMORY
+    /// USAGE.
     pub fn mem_usage(&self) -> usize {
-        // a BTreeMap slot (key + Entry) with node slack, plus an index slot (id header + seq +
-        // control byte + load-factor slack)
-        const PER_ENTRY: usize = 200;
-        const PER_ID: usize = 56;
-        let mut n = self.entries.len() * PER_ENTRY + self.newest.len() * PER_ID;
-        for e in self.entries.values() {
-            n += e.dead.id.len() + e.dead.payload.len() + e.dead.error.len();
-        }
-        for id in self.newest.keys() {
-            n += id.len();
+        const ALLOC_HEADER: usize = 16;
+        let mut n = self.slots.capacity() * std::mem::size_of::<Option<Entry>>()
+            + self.heads.capacity() * (std::mem::size_of::<(u64, u64)>() + 1);
+        for e in self.iter() {
+            n += e.id.capacity() + e.payload.capacity() + e.error.capacity() + 3 * ALLOC_HEADER;
         }
         n
     }
 
-    /// Removes one entry, keeping its id chain and the index consistent.
-    fn remove(&mut self, seq: u64) -> Option<Dead> {
-        let e = self.entries.remove(&seq)?;
-        if let Some(o) = self.entries.get_mut(&e.older) {
-            o.newer = e.newer;
+    fn hash_id(&self, id: &[u8]) -> u64 {
+        #[cfg(test)]
+        if self.collide {
+            return 0;
         }
-        match self.entries.get_mut(&e.newer) {
-            Some(n) => n.older = e.older,
-            None => {
-                // it was the newest of its id
-                if e.older == NONE {
-                    self.newest.remove(&e.dead.id);
-                } else if let Some(s) = self.newest.get_mut(&e.dead.id) {
-                    *s = e.older;
+        self.hasher.hash_one(id)
+    }
+
+    /// Sequence numbers of the entries with this id, newest first.
+    fn seqs_of<'a>(&'a self, id: &'a [u8]) -> impl Iterator<Item = u64> + 'a {
+        let mut next = self.heads.get(&self.hash_id(id)).copied().unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            while let Some(e) = self.get(next) {
+                let seq = next;
+                next = e.older;
+                if e.dead.id == id {
+                    return Some(seq);
                 }
             }
+            None
+        })
+    }
+
+    /// No newer entry has the same id (usually: no newer entry has the same hash).
+    fn is_newest_of_its_id(&self, e: &Entry) -> bool {
+        let mut next = e.newer;
+        while let Some(n) = self.get(next) {
+            if n.dead.id == e.dead.id {
+                return false;
+            }
+            next = n.newer;
+        }
+        true
+    }
+
+    fn get(&self, seq: u64) -> Option<&Entry> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get(i)?.as_ref()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(i)?.as_mut()
+    }
+
+    /// Removes one entry, keeping its hash chain, the index and the ring's invariants.
+    fn remove(&mut self, seq: u64) -> Option<Dead> {
+        let d = self.unlink(seq);
+        self.compact_if_sparse();
+        d
+    }
+
+    /// [`remove`](Self::remove) without the compaction, which renumbers entries: for removing
+    /// several sequence numbers collected beforehand.
+    fn unlink(&mut self, seq: u64) -> Option<Dead> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        let e = self.slots.get_mut(i)?.take()?;
+        self.live -= 1;
+        if let Some(o) = self.get_mut(e.older) {
+            o.newer = e.newer;
+        }
+        match self.get_mut(e.newer) {
+            Some(n) => n.older = e.older,
+            None => {
+                // it was the newest of its hash chain
+                let h = self.hash_id(&e.dead.id);
+                if e.older == NONE {
+                    self.heads.remove(&h);
+                } else {
+                    self.heads.insert(h, e.older);
+                }
+            }
+        }
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        while matches!(self.slots.back(), Some(None)) {
+            self.slots.pop_back();
         }
         Some(e.dead)
     }
 
-    /// Checks the index against the entries (tests).
+    fn compact_if_sparse(&mut self) {
+        if self.slots.len() > 2 * self.live + 64 {
+            self.compact();
+        }
+    }
+
+    /// Drops the empty slots: renumbers the entries from `base` in death order and rebuilds the
+    /// links and the index (amortised: runs once empty slots outnumber entries).
+    fn compact(&mut self) {
+        let entries: Vec<Dead> = std::mem::take(&mut self.slots).into_iter().flatten().map(|e| e.dead).collect();
+        self.heads.clear();
+        self.live = 0;
+        for d in entries {
+            self.push_back(d);
+        }
+    }
+
+    /// Checks the index and the ring against the entries (tests).
     #[cfg(test)]
     fn check(&self) {
         let mut chains = 0;
-        for (id, &seq) in &self.newest {
+        for (&h, &seq) in &self.heads {
             let mut s = seq;
             let mut newer = NONE;
             while s != NONE {
-                let e = &self.entries[&s];
-                assert_eq!(&e.dead.id, id);
+                let e = self.get(s).expect("a chained entry exists");
+                assert_eq!(self.hash_id(&e.dead.id), h);
                 assert_eq!(e.newer, newer);
                 chains += 1;
                 newer = s;
                 s = e.older;
             }
         }
-        assert_eq!(chains, self.entries.len(), "every entry is in exactly one id chain");
+        assert_eq!(chains, self.live, "every entry is in exactly one id chain");
+        assert_eq!(self.slots.iter().flatten().count(), self.live);
+        assert!(self.slots.front().is_none_or(|s| s.is_some()) && self.slots.back().is_none_or(|s| s.is_some()));
     }
 }
 
@@ -229,9 +313,42 @@ mod tests {
         assert!(l.is_empty() && l.newest(b"a").is_none());
     }
 
-    /// Random operations against a plain Vec model.
+    #[test]
+    fn removals_from_the_middle_are_compacted_in_order() {
+        let mut l = DeadList::default();
+        let mut model = Vec::new();
+        for i in 0..1000i64 {
+            let id = format!("t{}", i % 300);
+            l.push_back(d(&id, i));
+            model.push((id, i));
+        }
+        for k in (1..300).filter(|k| k % 50 != 0) {
+            let id = format!("t{k}");
+            assert_eq!(l.remove_all(id.as_bytes()), model.iter().filter(|(m, _)| *m == id).count());
+            model.retain(|(m, _)| *m != id);
+            l.check();
+        }
+        assert!(l.slots.len() <= 2 * l.live + 64, "empty slots were compacted");
+        assert_eq!(order(&l), model);
+        assert_eq!(l.newest(b"t50").unwrap().failed_at, 950);
+        assert_eq!(l.take_newest(b"t0").unwrap().failed_at, 900);
+        l.push_back(d("t0", 1000));
+        l.check();
+        assert_eq!(l.newest(b"t0").unwrap().failed_at, 1000);
+    }
+
     #[test]
     fn matches_a_plain_list() {
+        matches_a_plain_list_with(false);
+    }
+
+    #[test]
+    fn matches_a_plain_list_when_every_id_hash_collides() {
+        matches_a_plain_list_with(true);
+    }
+
+    /// Random operations against a plain Vec model.
+    fn matches_a_plain_list_with(collide: bool) {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
             x ^= x << 13;
@@ -239,11 +356,11 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let mut l = DeadList::default();
+        let mut l = DeadList { collide, ..DeadList::default() };
         let mut model: Vec<Dead> = Vec::new();
         for step in 0..20_000i64 {
             let id = format!("t{}", next() % 40);
-            match next() % 6 {
+            match next() % 7 {
                 0..=2 => {
                     l.push_back(d(&id, step));
                     model.push(d(&id, step));
@@ -257,6 +374,20 @@ mod tests {
                     let got = l.take_newest(id.as_bytes()).map(|e| e.failed_at);
                     let want = model.iter().rposition(|e| e.id == id.as_bytes()).map(|i| model.remove(i).failed_at);
                     assert_eq!(got, want);
+                }
+                5 => {
+                    // the newest entry of every id t<n> with n % 4 == k, in death order
+                    let k = next() % 4;
+                    let pick = |id: &[u8]| std::str::from_utf8(&id[1..]).unwrap().parse::<u64>().unwrap() % 4 == k;
+                    let got: Vec<i64> = l.take_newest_where(pick).iter().map(|e| e.failed_at).collect();
+                    let mut newest: Vec<usize> = (0..model.len())
+                        .filter(|&i| pick(&model[i].id) && !model[i + 1..].iter().any(|e| e.id == model[i].id))
+                        .collect();
+                    assert_eq!(got, newest.iter().map(|&i| model[i].failed_at).collect::<Vec<_>>());
+                    newest.reverse();
+                    for i in newest {
+                        model.remove(i);
+                    }
                 }
                 _ => {
                     let before = model.len();
