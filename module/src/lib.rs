@@ -394,6 +394,7 @@ struct Command {
 
 /// The module's ACL category: `ACL CAT vtasks` lists every command, `+@vtasks` grants them all.
 const ACL_CATEGORY: &str = "vtasks";
+const NO_ACL_API: &str = "this server has no module ACL categories API (Valkey 8.0 or later is needed)";
 
 /// Every command the module registers. ACL categories follow what the command does, like the core
 /// commands: `write`/`read`, `fast` (O(1)/O(log n) per argument) or `slow`, `blocking`;
@@ -497,7 +498,8 @@ unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
 /// Sets a command's ACL categories: `acl` plus the module's own category.
 unsafe fn set_acl(cmd: *mut raw::RedisModuleCommand, acl: &str, name: &str) -> Result<(), String> {
     let cats = CString::new(format!("{acl} {ACL_CATEGORY}").trim()).unwrap();
-    if raw::RedisModule_SetCommandACLCategories.unwrap()(cmd, cats.as_ptr()) != OK {
+    let set = raw::RedisModule_SetCommandACLCategories.ok_or(NO_ACL_API)?;
+    if set(cmd, cats.as_ptr()) != OK {
         return Err(format!("could not set the ACL categories of {name}"));
     }
     Ok(())
@@ -552,7 +554,7 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     QUEUE_TYPE = t;
 
     let cat = CString::new(ACL_CATEGORY).unwrap();
-    if raw::RedisModule_AddACLCategory.unwrap()(ctx, cat.as_ptr()) != OK {
+    if raw::RedisModule_AddACLCategory.ok_or(NO_ACL_API)?(ctx, cat.as_ptr()) != OK {
         return Err(format!("could not add the ACL category {ACL_CATEGORY}"));
     }
     for c in COMMANDS {
