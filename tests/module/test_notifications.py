@@ -134,3 +134,26 @@ def test_replica_notifies_the_applied_effects(replica_pair):
     got = [d for _, d in messages(ps, time.monotonic() + 3)]
     assert got == ["vt._fx", "vt._fx"], got
     ps.close()
+
+
+def test_blocked_fetch_wakeup_notifies_as_fetchbatch(server):
+    import threading
+
+    c = server.client()
+    c.config_set("notify-keyspace-events", "Kd")
+    ps = server.client().pubsub()
+    ps.subscribe(f"__keyspace@0__:{Q}")
+    assert ps.get_message(timeout=5)["type"] == "subscribe"
+    c.execute_command("VT.ENQUEUE", Q, "ID", "seed", "PAYLOAD", "x")
+    c.execute_command("VT.CLEAR", Q, "ALL")  # the key exists, empty
+    got = []
+    t = threading.Thread(target=lambda: got.append(fetch(server.client(), Q, count=1, block=20000)))
+    t.start()
+    wait_until(lambda: c.info("clients")["blocked_clients"] == 1, timeout=10)
+    c.execute_command("VT.ENQUEUE", Q, "ID", "t1", "PAYLOAD", "x")
+    t.join(20)
+    assert got and got[0][0][1] == b"t1"
+    c.publish(f"__keyspace@0__:{Q}", "end")
+    events = [d for _, d in messages(ps, time.monotonic() + 20)]
+    assert events == ["vt.enqueue", "vt.clear", "vt.enqueue", "vt.fetchbatch", "end"], events
+    ps.close()
