@@ -89,12 +89,19 @@ fn day(s: &str) -> Result<u32, String> {
     if let Ok(n) = s.parse::<u32>() {
         return if n <= 7 { Ok(n) } else { Err(format!("day of week {n} out of range (0-7, 0 and 7 = Sunday)")) };
     }
-    let l = s.to_ascii_lowercase();
-    const FULL: [&str; 7] = ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"];
-    FULL.iter()
-        .position(|f| l.len() >= 3 && (l == *f || l == f[..3]))
-        .map(|i| i as u32)
-        .ok_or_else(|| format!("{s:?} is not a day of the week (0-7 or SUN..SAT)"))
+    // 3-letter names, full names, and the `tues`/`thurs` the `cron` crate also took (schedules
+    // saved before this rule must still load)
+    let n = match s.to_ascii_lowercase().as_str() {
+        "sun" | "sunday" => 0,
+        "mon" | "monday" => 1,
+        "tue" | "tues" | "tuesday" => 2,
+        "wed" | "wednesday" => 3,
+        "thu" | "thurs" | "thursday" => 4,
+        "fri" | "friday" => 5,
+        "sat" | "saturday" => 6,
+        _ => return Err(format!("{s:?} is not a day of the week (0-7 or SUN..SAT)")),
+    };
+    Ok(n)
 }
 
 /// The day-of-week field as the `cron` crate reads it: `*` or a list of day names.
@@ -166,6 +173,7 @@ mod tests {
         assert_eq!(ticks("0 9 * * 1", 2), vec![at(ms(2026, 1, 5, 9, 0)), at(ms(2026, 1, 12, 9, 0))]);
         assert_eq!(ticks("0 9 * * MON", 1), vec![at(ms(2026, 1, 5, 9, 0))]);
         assert_eq!(ticks("0 9 * * monday", 1), vec![at(ms(2026, 1, 5, 9, 0))]);
+        assert_eq!(ticks("0 9 * * Tues,THURS", 2), vec![at(ms(2026, 1, 1, 9, 0)), at(ms(2026, 1, 6, 9, 0))]);
         assert_eq!(ticks("0 0 9 * * 1", 1), vec![at(ms(2026, 1, 5, 9, 0))]); // with seconds
         assert!(ticks("30 9 * * 1", 20).iter().all(|t| t.weekday() == Weekday::Mon));
     }
