@@ -344,7 +344,10 @@ class PostgresTaskBackend(VTasksBackend):
                     rid = requests[i].id
                     ids[i] = rid if rid in inserted else None
         if connection.in_atomic_block:
-            transaction.on_commit(lambda: self._sent(results, ids, requests), using=self.database)
+            # (the rows are written but only this connection sees them before the commit: the
+            # callback carries the results for get_result() inside the block)
+            transaction.on_commit(self._after_commit(lambda: self._sent(results, ids, requests),
+                                                     results), using=self.database)
         else:
             self._sent(results, ids, requests)
 

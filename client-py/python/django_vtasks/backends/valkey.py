@@ -651,7 +651,7 @@ class ValkeyTaskBackend(VTasksBackend):
 
         if self._in_atomic_block():
             # every side effect (unique keys included) happens after the commit
-            transaction.on_commit(write, using=self.database)
+            transaction.on_commit(self._after_commit(write, results), using=self.database)
         else:
             write()
 
