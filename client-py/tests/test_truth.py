@@ -274,3 +274,25 @@ def test_scheduler_registers_again_what_the_broker_lost(broker, alias, queue, wo
     assert "registered again" in w.output()
     w.signal(signal.SIGTERM)
     assert w.wait() == 0
+
+
+def test_a_suppressed_unique_enqueue_returns_the_task_holding_the_key(backend, broker, alias,
+                                                                     queue):
+    task = on(t.add, alias, queue, unique=True)
+    first = task.enqueue(1, 2)
+    again = task.enqueue(1, 2)
+    assert again.id == first.id and again == backend.get_result(first.id) == first
+    assert asyncio.run(task.aenqueue(1, 2)).id == first.id
+    assert backend.enqueue_many([(task, (1, 2), {})])[0].id == first.id
+    other = task.enqueue(1, 3)  # other arguments, another key: a task of its own
+    assert other.id != first.id
+    # the holder's current state, whatever it is
+    (d,) = [d for d in broker.fetch([queue], "manual", 2) if d.id == first.id] or [None]
+    if d is not None:
+        running = task.enqueue(1, 2)
+        assert running.id == first.id and running.status == TaskResultStatus.RUNNING
+    # inside atomic() (Valkey sends at commit): the result is the holder's after the commit
+    with transaction.atomic():
+        late = task.enqueue(1, 2)
+    assert late.id == first.id
+    assert broker.info(queue)["enqueued_total"] == 2

@@ -292,6 +292,44 @@ class VTasksBackend(BaseTaskBackend):
     async def _asent(self, results, ids, requests) -> None:
         await asend_many(task_enqueued, type(self), self._added(results, ids, requests))
 
+    # A unique enqueue the broker suppressed (its key is held) returns the result of the task
+    # that holds the key: its id exists, get_result()/refresh() read that task. When no live
+    # holder can be found (its key expired meanwhile) the result keeps its own id, which no
+    # task has (get_result raises TaskResultDoesNotExist). Inside atomic() on Valkey the send
+    # happens at commit, so the result changes at commit.
+    def _unique_holder(self, request: EnqueueRequest) -> str | None:
+        record = self.broker.unique_holder(request.queue, request.unique[0])
+        return record.id if record is not None else None
+
+    async def _aunique_holder(self, request: EnqueueRequest) -> str | None:
+        record = await self.broker.aunique_holder(request.queue, request.unique[0])
+        return record.id if record is not None else None
+
+    @staticmethod
+    def _suppressed(results, ids, requests):
+        return [(result, request) for result, rid, request in zip(results, ids, requests)
+                if rid is None and request.unique is not None]
+
+    def _adopt_holders(self, results, ids, requests) -> None:
+        for result, request in self._suppressed(results, ids, requests):
+            try:
+                holder = self._unique_holder(request)
+                if holder is not None:
+                    _adopt(result, self.get_result(holder))
+            except Exception as e:  # the enqueue itself went through: report, do not raise
+                logger.warning("task %s not enqueued (unique key %r held); its holder could "
+                               "not be read: %s", result.id, request.unique[0], e)
+
+    async def _aadopt_holders(self, results, ids, requests) -> None:
+        for result, request in self._suppressed(results, ids, requests):
+            try:
+                holder = await self._aunique_holder(request)
+                if holder is not None:
+                    _adopt(result, await self.aget_result(holder))
+            except Exception as e:
+                logger.warning("task %s not enqueued (unique key %r held); its holder could "
+                               "not be read: %s", result.id, request.unique[0], e)
+
     def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
         """Write the tasks (sync). Subclasses decide how transactions are honoured."""
         raise NotImplementedError
@@ -305,6 +343,7 @@ class VTasksBackend(BaseTaskBackend):
         result, request = self._prepare(task, args, kwargs)
         ids = await self.broker.aenqueue([request])
         await self._asent([result], ids, [request])
+        await self._aadopt_holders([result], ids, [request])
         return result
 
     def enqueue_many(self, items) -> list[TaskResult]:
@@ -319,6 +358,7 @@ class VTasksBackend(BaseTaskBackend):
         if requests:
             ids = await self.broker.aenqueue(requests)
             await self._asent(results, ids, requests)
+            await self._aadopt_holders(results, ids, requests)
         return results
 
     def _in_atomic_block(self) -> bool:
@@ -490,6 +530,14 @@ def _copy(result: TaskResult) -> TaskResult:
                         list(result.worker_ids))
     _set(copy, "_return_value", result._return_value)
     return copy
+
+
+def _adopt(result: TaskResult, holder: TaskResult) -> None:
+    """Make ``result`` (a suppressed enqueue's) the result of the task that holds its key."""
+    for name in ("task", "id", "status", "enqueued_at", "started_at", "finished_at",
+                 "last_attempted_at", "args", "kwargs", "backend", "errors", "worker_ids",
+                 "_return_value"):
+        _set(result, name, getattr(holder, name))
 
 
 def _local(value: datetime | None) -> datetime | None:
