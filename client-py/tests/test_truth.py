@@ -103,17 +103,7 @@ def test_get_result_inside_the_enqueuing_atomic_block(backend, broker, alias, qu
 
 
 def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, workers, out):
-    r = on(t.slow_first_attempt, alias, queue).enqueue(out, 60)
-    w = workers([queue], lease=1.0)
-    wait_for(lambda: "start 1" in read_lines(out), message="first attempt started")
-    # RUNNING, with its start times (recorded by the worker while the task runs)
-    wait_for(lambda: broker.get_result(r.id) is not None, message="RUNNING recorded")
-    running = backend.get_result(r.id)
-    assert running.status == TaskResultStatus.RUNNING
-    assert running.started_at and running.last_attempted_at
-    assert running.enqueued_at == r.enqueued_at <= running.started_at
-    assert running.worker_ids == [w.worker_id]
-    w.kill()  # SIGKILL mid-task: it neither acks nor fails
+    r = on(t.sleep_record, alias, queue).enqueue(out, "x", 60)
 
     def state(status):
         def check():
@@ -122,24 +112,36 @@ def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, work
             return got if got.status == status else None
         return check
 
+    # attempt 1: its holder dies at once (fetched by hand under a short lease)
+    (d,) = broker.fetch([queue], "doomed-1", 1, lease_ms=300)
+    held = backend.get_result(r.id)
+    assert held.status == TaskResultStatus.RUNNING and held.worker_ids == ["doomed-1"]
+    assert held.started_at and held.last_attempted_at  # a RUNNING result has both
+    assert held.enqueued_at == r.enqueued_at
+    ready = wait_for(state(TaskResultStatus.READY), timeout=20, message="READY after a crash")
+    assert ready.attempts == 1
+    # attempt 2: a real worker runs it (and stores a RUNNING result), then is killed mid-task
+    w = workers([queue], lease=1.0)
+    wait_for(lambda: "start x" in read_lines(out), message="second attempt started")
+    running = wait_for(lambda: (x := backend.get_result(r.id)).worker_ids[-1:] == [w.worker_id]
+                       and x, message="RUNNING stored by the worker")
+    assert running.status == TaskResultStatus.RUNNING and running.attempts == 2
+    assert running.enqueued_at == r.enqueued_at <= running.started_at <= running.last_attempted_at
+    w.kill()  # SIGKILL: it neither acks nor fails
     # its lease expires: READY for its next attempt, not RUNNING
-    ready = wait_for(state(TaskResultStatus.READY), timeout=20, message="READY after the crash")
-    assert ready.attempts == 1 and ready.started_at == running.started_at
-    # two more deliveries whose holders die too (fetched by hand under a short lease)
-    for attempt in (2, 3):
-        (d,) = wait_for(lambda: broker.fetch([queue], f"doomed-{attempt}", 1, lease_ms=300))
-        assert d.attempt == attempt
-        held = backend.get_result(r.id)
-        assert held.status == TaskResultStatus.RUNNING and held.worker_ids[-1] == f"doomed-{attempt}"
-        assert held.started_at and held.last_attempted_at and held.attempts == attempt
-        if attempt == 2:
-            wait_for(state(TaskResultStatus.READY), timeout=20)
+    ready = wait_for(state(TaskResultStatus.READY), timeout=20, message="READY after the kill")
+    assert ready.attempts == 2 and ready.started_at == running.started_at
+    # attempt 3: its holder dies too; the broker dead-letters it
+    (d,) = wait_for(lambda: broker.fetch([queue], "doomed-3", 1, lease_ms=300))
+    assert d.attempt == 3
+    held = backend.get_result(r.id)
+    assert held.status == TaskResultStatus.RUNNING and held.worker_ids[-1] == "doomed-3"
     failed = wait_for(state(TaskResultStatus.FAILED), timeout=20, message="FAILED once dead")
     assert "lease expired after 3 attempts" in failed.errors[-1].traceback
     assert failed.finished_at is not None and failed.attempts == 3
     assert asyncio.run(backend.aget_result(r.id)).status == TaskResultStatus.FAILED
     r.refresh()
-    assert r.status == TaskResultStatus.FAILED
+    assert r.status == TaskResultStatus.FAILED and r.errors == failed.errors
 
 
 # ---- tasks that used to take workers down or get stuck ------------------------------------------------

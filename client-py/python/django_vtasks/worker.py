@@ -598,8 +598,11 @@ class Worker:
                 "surrogates), or convert them (e.g. str(value))") from e
 
     def _unfinish(self, job: _Job) -> None:
+        """The task failed after all (or raised): no return value, and no RUNNING record may be
+        written from now on (it would overwrite the failure's result)."""
         object.__setattr__(job.result, "_return_value", None)
         object.__setattr__(job.result, "status", TaskResultStatus.RUNNING)
+        self._finish(job)
 
     @staticmethod
     def _finish(job: _Job) -> None:
@@ -826,6 +829,7 @@ class Worker:
         """Ack ``items`` one by one after their batch failed with ``error``. One that fails
         while the broker answers is failed (dead-lettered) with the broker's refusal; when the
         broker does not answer, the error propagates and the rest are retried later."""
+        await self.broker.ainfo(queue)  # raises when the broker is unreachable: retry later
         logger.warning("acking %d task(s) of %s together failed (%s): acking them one by one",
                        len(items), queue, error)
         while items:
