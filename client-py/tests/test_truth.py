@@ -49,7 +49,6 @@ def fields(result):
 
 def test_enqueue_result_reads_the_same_everywhere(backend, broker, alias, queue):
     r = on(t.add, alias, queue).enqueue(1, b=2)
-    assert r.enqueued_at.microsecond % 1000 or True  # (any precision: it must round-trip)
     got = backend.get_result(r.id)
     assert got == r  # every field, the task (and its options) included
     assert asyncio.run(backend.aget_result(r.id)) == r
@@ -197,7 +196,8 @@ def test_dead_letter_reasons_are_cut_the_same_on_batch_and_single_queues(backend
                "id": f"long-{q}", "priority": 0, "run_after": None}
         requests.append(EnqueueRequest(q, f"long-{q}", encode_envelope(env)))
     broker.enqueue(requests)
-    workers([queue, bq], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{bq}": {{"count": 5, "timeout": 0.2}}}}'})
+    batch = f'{{"{bq}": {{"count": 5, "timeout": 0.2}}}}'
+    workers([queue, bq], env={"VTASKS_TEST_BATCH_QUEUES": batch})
     for q in (queue, bq):
         (dead,) = wait_for(lambda q=q: broker.peek(q, "dead"), timeout=30, message=f"dead on {q}")
         assert dead.id == f"long-{q}" and len(dead.error) <= 16_000

@@ -1,8 +1,9 @@
 """The task envelope: the JSON object stored as a task's payload.
 
 Compatible with the original django-vtasks wire format (``func, args, kwargs, queue, ts, id``,
-then ``priority, run_after``), compressed by the native codec (``b"zstd:"`` + zstd over
-VTASKS_COMPRESS_THRESHOLD bytes).
+then ``priority, run_after``; vtasks adds ``backend, takes_context`` and ``options``, the VTask
+options given at enqueue, see tasks.task_options), compressed by the native codec (``b"zstd:"``
++ zstd over VTASKS_COMPRESS_THRESHOLD bytes).
 """
 
 import time

@@ -109,7 +109,7 @@ def _exception_path(e: BaseException) -> str:
 class _Job:
     """A fetched task, decoded and ready to run."""
 
-    __slots__ = ("delivery", "envelope", "task", "result", "done", "timer")
+    __slots__ = ("delivery", "envelope", "task", "result", "done")
 
     def __init__(self, delivery: Delivery, envelope, task, result):
         self.delivery = delivery
@@ -117,7 +117,6 @@ class _Job:
         self.task = task
         self.result = result
         self.done = False  # finished (its final or retry result is on its way)
-        self.timer: asyncio.TimerHandle | None = None  # records it as RUNNING (see _run_job)
 
 
 class Worker:
@@ -439,7 +438,13 @@ class Worker:
                 self._inflight[j.delivery.queue] -= 1
             self._release_slot(len(jobs))
             return
-        running = [j for j in jobs if self.track_running or j.delivery.attempt > 1]
+        running, lazy = [], []
+        for j in jobs:
+            (running if self.track_running or j.delivery.attempt > 1 else lazy).append(j)
+        if lazy and self.result_ttl_ms > 0:
+            # one timer per fetch (not per task): those still running then are recorded RUNNING
+            asyncio.get_running_loop().call_later(RUNNING_RECORD_AFTER, self._running_is_due,
+                                                  lazy)
         if running and self.result_ttl_ms > 0:
             try:
                 await self.broker.astore_results(
@@ -536,10 +541,6 @@ class Worker:
     async def _run_job(self, job: _Job) -> None:
         d, task, result = job.delivery, job.task, job.result
         released = False
-        if d.attempt == 1 and not self.track_running and self.result_ttl_ms > 0:
-            # (retried attempts and TRACK_RUNNING were recorded before the start)
-            job.timer = asyncio.get_running_loop().call_later(RUNNING_RECORD_AFTER,
-                                                              self._running_is_due, job)
         try:
             try:
                 await self._send_task_signal(task_started, result)
@@ -607,14 +608,11 @@ class Worker:
     @staticmethod
     def _finish(job: _Job) -> None:
         job.done = True
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
 
-    def _running_is_due(self, job: _Job) -> None:
-        job.timer = None
-        if not job.done:
-            self._running_due.append(job)
+    def _running_is_due(self, jobs: list[_Job]) -> None:
+        due = [j for j in jobs if not j.done]
+        if due:
+            self._running_due.extend(due)
             self._ack_event.set()
 
     async def _record_running(self) -> None:
