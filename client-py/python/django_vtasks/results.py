@@ -113,7 +113,7 @@ def result_to_dict(result: TaskResult) -> dict[str, Any]:
         "priority": task.priority,
         "run_after": _dt(task.run_after),
         "takes_context": task.takes_context,
-        "options": task_options(task),
+        **({"options": options} if (options := task_options(task)) else {}),
         "backend": result.backend,
         "status": str(result.status),
         "enqueued_at": _dt(result.enqueued_at),
@@ -139,14 +139,13 @@ def result_to_json(result: TaskResult) -> bytes:
     worker holds every finished task's result until its ack is flushed."""
     task = result.task
     errors = result.errors
-    return bytes(memoryview(orjson.dumps({
+    doc = {
         "id": result.id,
         "func": task.module_path,
         "queue": task.queue_name,
         "priority": task.priority,
         "run_after": _jdt(task.run_after),
         "takes_context": task.takes_context,
-        "options": task_options(task),
         "backend": result.backend,
         "status": str(result.status),
         "enqueued_at": _jdt(result.enqueued_at),
@@ -161,7 +160,11 @@ def result_to_json(result: TaskResult) -> bytes:
         ] if errors else [],
         "worker_ids": list(result.worker_ids),
         "return_value": result._return_value,
-    }, option=orjson.OPT_NON_STR_KEYS)))
+    }
+    options = task_options(task)
+    if options:
+        doc["options"] = options
+    return bytes(memoryview(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)))
 
 
 def _unresolvable(*args, **kwargs):  # stands in for a task function that cannot be imported

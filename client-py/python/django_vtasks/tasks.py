@@ -40,20 +40,19 @@ class VTask(Task):
         return replace(new, **changes) if changes else new
 
 
-#: the VTask options an enqueue records in its envelope ("options"): what ``.using(retries=0)``
-#: asked for travels with the task (the worker re-imports the task by path, whose module-level
-#: options may differ)
-OPTION_FIELDS = ("unique", "unique_ttl", "retries", "retry_backoff")
-_OPTION_DEFAULTS = {"unique": False, "unique_ttl": 3600, "retries": None, "retry_backoff": None}
-
-
 def task_options(task: Task) -> dict[str, Any] | None:
-    """The options of ``task`` for its envelope, or None when they are all VTask's defaults
-    (an envelope without options runs with the module-level task's own)."""
-    if not isinstance(task, VTask):
+    """The VTask options (unique, unique_ttl, retries, retry_backoff) an enqueue records in its
+    envelope ("options"), or None when they are all VTask's defaults (an envelope without options
+    runs with the module-level task's own). What ``.using(retries=0)`` asked for travels with the
+    task: the worker re-imports the task by path, whose module-level options may differ."""
+    try:  # (per task on the enqueue and result paths: no dict unless an option is set)
+        unique, ttl, retries, backoff = (task.unique, task.unique_ttl, task.retries,
+                                         task.retry_backoff)
+    except AttributeError:  # a plain django.tasks Task
         return None
-    values = {f: getattr(task, f) for f in OPTION_FIELDS}
-    return None if values == _OPTION_DEFAULTS else values
+    if unique is False and ttl == 3600 and retries is None and backoff is None:
+        return None
+    return {"unique": unique, "unique_ttl": ttl, "retries": retries, "retry_backoff": backoff}
 
 
 def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TASK_QUEUE_NAME,
