@@ -158,6 +158,11 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
         # module-level retries=2 would run it again and succeed: .using(retries=0) must win
         "no_retry": on(t.flaky, alias, queue, retries=0).enqueue(1),
     }
+    # a task as a schedule fires it (no client time in its envelope): read the same before/after
+    env = {"func": t.add.module_path, "args": [2, 2], "kwargs": {}, "queue": queue, "ts": None,
+           "id": "fired", "priority": 0, "run_after": None, "schedule": "s"}
+    broker.enqueue([EnqueueRequest(queue, "fired", encode_envelope(env))])
+    fired = backend.get_result("fired")
     w = workers([queue], concurrency=4)
     done = {k: wait_for(finished(backend, r.id), timeout=30, message=k) for k, r in rs.items()}
     assert all(d.status == TaskResultStatus.FAILED for d in done.values()), {
@@ -171,6 +176,8 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
         assert "cannot be stored as JSON" in err.traceback
     assert "caf\\udce9" in done["raise_surrogate"].errors[0].traceback
     assert done["no_retry"].attempts == 1 and len(done["no_retry"].errors) == 1
+    ran = wait_for(finished(backend, "fired"))
+    assert ran.return_value == 4 and ran.enqueued_at == fired.enqueued_at is not None
     # the worker is still running and serving; nothing is left in flight
     assert wait_for(finished(backend, on(t.add, alias, queue).enqueue(1, 1).id)).return_value == 2
     assert w.proc.poll() is None

@@ -493,6 +493,7 @@ class Worker:
             object.__setattr__(result, "finished_at", timezone.now())
             await self._dead_letter(d, reason, result)
             return None
+        await self._fill_enqueued_at(d, envelope)
         prior = None
         if d.attempt > 1 and self.result_ttl_ms > 0:
             try:
@@ -506,6 +507,19 @@ class Worker:
             await self._dead_letter(d, f"invalid task arguments: {e}")
             return None
         return _Job(d, envelope, task, result)
+
+    async def _fill_enqueued_at(self, d: Delivery, envelope: dict) -> None:
+        """A task fired by a schedule has no client time ("ts"): its enqueued_at is the broker's
+        (what get_result() reads before it runs), one VT.GET per scheduled task."""
+        if envelope.get("ts"):
+            return
+        try:
+            record = await self.broker.aget(d.queue, d.id)
+        except Exception as e:
+            logger.warning("reading task %s failed: %s", d.id, e)
+            return
+        if record is not None and record.enqueued_at:
+            envelope["ts"] = record.enqueued_at / 1000
 
     def _new_result(self, d: Delivery, envelope: dict, task, prior: dict | None) -> TaskResult:
         now = timezone.now()
@@ -907,6 +921,7 @@ class Worker:
                     await self._batch_dead(d, f"undecodable payload: {e}")
                     continue
                 env["id"] = d.id
+                await self._fill_enqueued_at(d, env)
                 groups[env["func"]].append((d, env))
             for func_path, items in groups.items():
                 try:
