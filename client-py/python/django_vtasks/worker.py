@@ -860,8 +860,12 @@ class Worker:
                     raise
                 except Exception as again:
                     e = again
-                _, rid, token, _ = item
-                reason = fail_reason(f"the result of task {rid} could not be stored: {e}")
+                _, rid, token, data = item
+                reason = fail_reason(
+                    f"the result of task {rid} ({len(data or b''):,} bytes) could not be stored "
+                    f"while the broker took the others ({e}): a result larger than the broker "
+                    "accepts (Valkey's proto-max-bulk-len, say)? Return less (e.g. store large "
+                    "data elsewhere and return its key)")
                 logger.error("task %s on %s failed: %s", rid, queue, reason)
                 self.failed += 1
                 await self.broker.afail(queue, rid, token, reason, None)
