@@ -5,7 +5,9 @@ Each test checks what a user reads (get_result, refresh, the broker's records) w
 """
 
 import asyncio
+import dataclasses
 import os
+import pickle
 import signal
 import sys
 import time
@@ -38,12 +40,6 @@ def finished(backend, rid):
     return check
 
 
-def fields(result):
-    return {f: getattr(result, f) for f in (
-        "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at", "args",
-        "kwargs", "backend", "errors", "worker_ids")}
-
-
 # ---- what enqueue() returns is what everyone reads --------------------------------------------------
 
 
@@ -52,9 +48,12 @@ def test_enqueue_result_reads_the_same_everywhere(backend, broker, alias, queue)
     got = backend.get_result(r.id)
     assert got == r  # every field, the task (and its options) included
     assert asyncio.run(backend.aget_result(r.id)) == r
-    before = fields(r)
+    before = dataclasses.asdict(r)
     r.refresh()
-    assert fields(r) == before  # nothing touched it: refresh() changes nothing
+    assert dataclasses.asdict(r) == before  # nothing touched it: refresh() changes nothing
+    asyncio.run(r.arefresh())
+    assert dataclasses.asdict(r) == before
+    assert pickle.loads(pickle.dumps(got)) == got == r
     # options given at enqueue travel with the task, and read back the same
     o = on(t.flaky, alias, queue, retries=0, retry_backoff=0.25).enqueue(1)
     got = backend.get_result(o.id)
@@ -170,6 +169,7 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
     assert done["interrupt"].errors[0].exception_class_path == "builtins.KeyboardInterrupt"
     assert done["ainterrupt"].errors[0].exception_class_path == "builtins.KeyboardInterrupt"
     assert done["exit"].errors[0].exception_class_path == "builtins.SystemExit"
+    assert done["exit"].errors[0].traceback.endswith("SystemExit: 3\n")  # as Django formats it
     for k in ("big_int", "surrogate"):
         err = done[k].errors[0]
         assert err.exception_class_path == "django_vtasks.worker.ResultNotStorable"
