@@ -437,6 +437,7 @@ class VTasksBackend(BaseTaskBackend):
         state = record.state
         if state == "inflight":
             _set(result, "status", TaskResultStatus.RUNNING)
+            _set(result, "finished_at", None)  # (a stored READY keeps its failed attempt's)
             if result.started_at is None or result.last_attempted_at is None:
                 # read in the first moments of an attempt, before its worker recorded the start
                 # (see Worker.RUNNING_RECORD_AFTER): the best bound the reader has is now
