@@ -146,7 +146,8 @@ def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, work
 
 
 def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broker, alias, queue,
-                                                                 workers):
+                                                                 workers, out):
+    long = on(t.sleep_record, alias, queue).enqueue(out, "long", 3.0)
     rs = {
         "interrupt": on(t.interrupt, alias, queue).enqueue(),
         "ainterrupt": on(t.ainterrupt, alias, queue).enqueue(),
@@ -163,6 +164,14 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
     broker.enqueue([EnqueueRequest(queue, "fired", encode_envelope(env))])
     fired = backend.get_result("fired")
     w = workers([queue], concurrency=4)
+    # a first attempt that runs a while is recorded RUNNING by its worker (with its start times)
+    wait_for(lambda: b'"RUNNING"' in (broker.get_result(long.id) or b""), timeout=30,
+             message="RUNNING recorded (the task runs 3 s, recorded after 0.2 s)")
+    running = backend.get_result(long.id)
+    assert running.status == TaskResultStatus.RUNNING and running.worker_ids == [w.worker_id]
+    assert running.enqueued_at == long.enqueued_at <= running.started_at <= timezone.now()
+    # ... and its final result is not overwritten by that record
+    assert wait_for(finished(backend, long.id)).status == TaskResultStatus.SUCCESSFUL
     done = {k: wait_for(finished(backend, r.id), timeout=30, message=k) for k, r in rs.items()}
     assert all(d.status == TaskResultStatus.FAILED for d in done.values()), {
         k: d.status for k, d in done.items()}
