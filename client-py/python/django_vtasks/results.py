@@ -10,7 +10,7 @@ from django.tasks.base import TaskError, TaskResult, TaskResultStatus
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
-from .tasks import task_options
+from .tasks import VTask, task_options
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 _new = object.__new__
@@ -209,8 +209,6 @@ def resolve_task(func_path: str, queue: str | None = None, priority: int | None 
     if backend is not None and backend != obj.backend:
         changes["backend"] = backend
     if options:
-        from .tasks import VTask
-
         if not isinstance(obj, VTask):  # e.g. decorated while another backend was the default
             obj = _as_vtask(obj)
         for name, value in options.items():
@@ -229,8 +227,6 @@ def resolve_task(func_path: str, queue: str | None = None, priority: int | None 
 
 
 def _as_vtask(obj: Task) -> Task:
-    from .tasks import VTask
-
     task = object.__new__(VTask)
     for f in VTask.__dataclass_fields__.values():
         object.__setattr__(task, f.name, getattr(obj, f.name, f.default))
