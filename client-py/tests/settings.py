@@ -76,6 +76,9 @@ def _schedule():
 VTASKS_SCHEDULE = _schedule()
 VTASKS_BATCH_QUEUES = json.loads(os.environ.get("VTASKS_TEST_BATCH_QUEUES", "{}"))
 VTASKS_RETRIES = json.loads(os.environ.get("VTASKS_TEST_RETRIES", "{}"))
+# tests see an unknown task path dead-lettered at once unless they ask for a grace
+VTASKS_UNKNOWN_TASK_GRACE = float(os.environ.get("VTASKS_TEST_UNKNOWN_TASK_GRACE", "0"))
+VTASKS_SCHEDULE_RECONCILE = float(os.environ.get("VTASKS_TEST_SCHEDULE_RECONCILE", "30"))
 
 LOGGING = {
     "version": 1,

@@ -678,6 +678,17 @@ pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
 }
 
 pub fn get(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() == 4 && eq(a[2], "UNIQUE") {
+        // the live task that holds a unique key: what a suppressed UNIQUE enqueue deferred to
+        let now = now_ms();
+        let r = read_queue(ctx, argv[1], |q| {
+            let u = q.uniques.get(a[3]).filter(|u| u.expires_at > now)?;
+            let id = u.task.as_deref()?;
+            q.tasks.get(id).map(|t| record(id, Some(t), None))
+        })?
+        .flatten();
+        return Ok(r.unwrap_or(Reply::Nil));
+    }
     if a.len() != 3 {
         return err("ERR wrong number of arguments");
     }
@@ -1044,7 +1055,7 @@ pub fn parse_command(a: &[&[u8]]) -> Result<(), String> {
                 "VT.QUEUES" => 1,
                 _ => 3,
             };
-            if a.len() == want {
+            if a.len() == want || (name == "VT.GET" && a.len() == 4 && eq(a[2], "UNIQUE")) {
                 Ok(())
             } else {
                 err("ERR wrong number of arguments")

@@ -141,6 +141,8 @@ pub mod fuzzing {
                 &[b"VT.SCHEDULE", b"SET", b"q", b"n", b"EVERY", b"10", b"PAYLOAD", b"p"],
                 &[b"VT.SCHEDULE", b"LIST", b"q"],
                 &[b"VT.ACK", b"q", b"id", b"tok"],
+                &[b"VT.GET", b"q", b"id"],
+                &[b"VT.GET", b"q", b"unique", b"key"],
             ];
             for a in ok {
                 assert_eq!(parse_command(a), Ok(()), "{a:?}");
@@ -150,6 +152,7 @@ pub mod fuzzing {
                 &[b"VT.FETCHBATCH", b"1", b"q", b"WORKER", b"w", b"COUNT", b"10001"],
                 &[b"VT.SCHEDULE", b"SET", b"q", b"n", b"CRON", b"0 0 30 2 *", b"PAYLOAD", b"p"],
                 &[b"VT.NOPE"],
+                &[b"VT.GET", b"q", b"a", b"b"],
                 &[],
             ];
             for a in bad {

@@ -89,6 +89,24 @@ def test_unique_released_on_dead_letter(r):
     assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k", 60000, "ID", "t2", "PAYLOAD", "x")) == ["t2"]
 
 
+def test_get_unique_names_the_holder(r):
+    assert r.execute_command("VT.GET", Q, "UNIQUE", "k") is None  # no queue yet
+    r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k", 60000, "ID", "holder", "PAYLOAD", "x")
+    assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k", 60000, "PAYLOAD", "y")) == [None]
+    got = rec(r.execute_command("VT.GET", Q, "UNIQUE", "k"))
+    assert got["id"] == b"holder" and got["state"] == b"ready" and got["payload"] == b"x"
+    e = fetch(r, Q)[0]
+    assert rec(r.execute_command("VT.GET", Q, "UNIQUE", "k"))["state"] == b"inflight"
+    assert r.execute_command("VT.GET", Q, "UNIQUE", "other") is None
+    assert r.execute_command("VT.ACK", Q, e[1], e[2]) == 1  # released with the task
+    assert r.execute_command("VT.GET", Q, "UNIQUE", "k") is None
+    r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "short", 30, "ID", "s", "PAYLOAD", "x")
+    time.sleep(0.06)  # expired: free, whatever the task does
+    assert r.execute_command("VT.GET", Q, "UNIQUE", "short") is None
+    with pytest.raises(valkey.ResponseError, match="wrong number"):
+        r.execute_command("VT.GET", Q, "a", "b")
+
+
 def test_maxattempts_option_and_config(r):
     r.execute_command("VT.ENQUEUE", Q, "MAXATTEMPTS", 7, "ID", "m", "PAYLOAD", "x")
     assert rec(r.execute_command("VT.GET", Q, "m"))["max_attempts"] == 7

@@ -276,6 +276,14 @@ class Broker(ABC):
     @abstractmethod
     async def aget(self, queue: str, id: str) -> TaskRecord | None: ...
 
+    def unique_holder(self, queue: str, key: str) -> TaskRecord | None:
+        """The live task holding unique ``key`` on ``queue`` (None when the key is free or
+        the broker cannot tell)."""
+        return None
+
+    async def aunique_holder(self, queue: str, key: str) -> TaskRecord | None:
+        return None
+
     @abstractmethod
     def retry_dead(self, queue: str, ids: list[str] | None = None) -> int:
         """Move dead tasks (all when ids is None) back to ready."""

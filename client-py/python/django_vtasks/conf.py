@@ -27,6 +27,12 @@ DEFAULTS = {
     "VTASKS_LEASE": 30.0,
     # threads for sync tasks (default: VTASKS_CONCURRENCY)
     "VTASKS_SYNC_THREADS": None,
+    # seconds a task whose path the worker cannot import is retried (spread over its attempts)
+    # before it is dead-lettered: in a rolling deploy, old workers see tasks only new code has
+    "VTASKS_UNKNOWN_TASK_GRACE": 300.0,
+    # seconds between a --scheduler worker's checks that the broker still has its schedules
+    # (re-registered when the broker lost its data); 0 turns the check off
+    "VTASKS_SCHEDULE_RECONCILE": 30.0,
 }
 
 

@@ -1,17 +1,23 @@
 """The task envelope: the JSON object stored as a task's payload.
 
 Compatible with the original django-vtasks wire format (``func, args, kwargs, queue, ts, id``,
-then ``priority, run_after``), compressed by the native codec (``b"zstd:"`` + zstd over
-VTASKS_COMPRESS_THRESHOLD bytes).
+then ``priority, run_after``; vtasks adds ``backend, takes_context`` and ``options``, the VTask
+options given at enqueue, see tasks.task_options), compressed by the native codec (``b"zstd:"``
++ zstd over VTASKS_COMPRESS_THRESHOLD bytes).
 """
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from . import _native
 from .conf import settings
+from .tasks import task_options
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 def compress_threshold() -> int:
@@ -30,7 +36,15 @@ def build_envelope(task, args: list, kwargs: dict, id: str, backend: str) -> dic
         "run_after": task.run_after.isoformat() if task.run_after is not None else None,
         "backend": backend,
         "takes_context": task.takes_context,
+        **({"options": options} if (options := task_options(task)) else {}),
     }
+
+
+def run_at_ms(run_after: datetime) -> int:
+    """``run_after`` as the broker's unix milliseconds, rounded up: a deferred task never
+    starts early (a naive datetime is local time, like datetime.timestamp())."""
+    aware = run_after if run_after.tzinfo is not None else run_after.astimezone()
+    return -(-((aware - _EPOCH) // _US) // 1000)
 
 
 def encode_envelope(envelope: dict[str, Any], threshold: int | None = None) -> bytes:

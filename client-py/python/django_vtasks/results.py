@@ -10,6 +10,8 @@ from django.tasks.base import TaskError, TaskResult, TaskResultStatus
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
+from .tasks import VTask, task_options
+
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 _new = object.__new__
 _set = object.__setattr__
@@ -111,6 +113,7 @@ def result_to_dict(result: TaskResult) -> dict[str, Any]:
         "priority": task.priority,
         "run_after": _dt(task.run_after),
         "takes_context": task.takes_context,
+        **({"options": options} if (options := task_options(task)) else {}),
         "backend": result.backend,
         "status": str(result.status),
         "enqueued_at": _dt(result.enqueued_at),
@@ -136,7 +139,7 @@ def result_to_json(result: TaskResult) -> bytes:
     worker holds every finished task's result until its ack is flushed."""
     task = result.task
     errors = result.errors
-    return bytes(memoryview(orjson.dumps({
+    doc = {
         "id": result.id,
         "func": task.module_path,
         "queue": task.queue_name,
@@ -157,7 +160,11 @@ def result_to_json(result: TaskResult) -> bytes:
         ] if errors else [],
         "worker_ids": list(result.worker_ids),
         "return_value": result._return_value,
-    }, option=orjson.OPT_NON_STR_KEYS)))
+    }
+    options = task_options(task)
+    if options:
+        doc["options"] = options
+    return bytes(memoryview(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)))
 
 
 def _unresolvable(*args, **kwargs):  # stands in for a task function that cannot be imported
@@ -166,8 +173,9 @@ def _unresolvable(*args, **kwargs):  # stands in for a task function that cannot
 
 def resolve_task(func_path: str, queue: str | None = None, priority: int | None = None,
                  run_after: datetime | None = None, backend: str | None = None,
-                 strict: bool = True) -> Task:
-    """The Task for a stored path, with the enqueue-time options applied.
+                 strict: bool = True, options: dict | None = None) -> Task:
+    """The Task for a stored path, with the enqueue-time options applied (``options``: the
+    envelope's VTask options, see tasks.task_options).
 
     strict=True raises ImportError/TypeError for a path that is not a Task; strict=False returns a
     placeholder Task (for reading results of tasks that no longer exist)."""
@@ -200,6 +208,12 @@ def resolve_task(func_path: str, queue: str | None = None, priority: int | None 
         changes["run_after"] = run_after
     if backend is not None and backend != obj.backend:
         changes["backend"] = backend
+    if options:
+        if not isinstance(obj, VTask):  # e.g. decorated while another backend was the default
+            obj = _as_vtask(obj)
+        for name, value in options.items():
+            if name in VTask.__dataclass_fields__ and getattr(obj, name) != value:
+                changes[name] = value
     if not changes:
         return obj
     try:
@@ -212,6 +226,13 @@ def resolve_task(func_path: str, queue: str | None = None, priority: int | None 
         return task
 
 
+def _as_vtask(obj: Task) -> Task:
+    task = object.__new__(VTask)
+    for f in VTask.__dataclass_fields__.values():
+        object.__setattr__(task, f.name, getattr(obj, f.name, f.default))
+    return task
+
+
 def result_from_dict(data: dict[str, Any], backend_alias: str | None = None) -> TaskResult:
     task = resolve_task(
         data["func"],
@@ -220,6 +241,7 @@ def result_from_dict(data: dict[str, Any], backend_alias: str | None = None) -> 
         run_after=_parse_dt(data.get("run_after")),
         backend=backend_alias or data.get("backend"),
         strict=False,
+        options=data.get("options"),
     )
     result = TaskResult(
         task=task,

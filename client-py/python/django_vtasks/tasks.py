@@ -40,6 +40,21 @@ class VTask(Task):
         return replace(new, **changes) if changes else new
 
 
+def task_options(task: Task) -> dict[str, Any] | None:
+    """The VTask options (unique, unique_ttl, retries, retry_backoff) an enqueue records in its
+    envelope ("options"), or None when they are all VTask's defaults (an envelope without options
+    runs with the module-level task's own). What ``.using(retries=0)`` asked for travels with the
+    task: the worker re-imports the task by path, whose module-level options may differ."""
+    try:  # (per task on the enqueue and result paths: no dict unless an option is set)
+        unique, ttl, retries, backoff = (task.unique, task.unique_ttl, task.retries,
+                                         task.retry_backoff)
+    except AttributeError:  # a plain django.tasks Task
+        return None
+    if unique is False and ttl == 3600 and retries is None and backoff is None:
+        return None
+    return {"unique": unique, "unique_ttl": ttl, "retries": retries, "retry_backoff": backoff}
+
+
 def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TASK_QUEUE_NAME,
          backend=DEFAULT_TASK_BACKEND_ALIAS, takes_context=False, **kwargs):
     """Like ``django.tasks.task`` but always builds a VTask (unique/retries options)."""

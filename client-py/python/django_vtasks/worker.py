@@ -57,7 +57,36 @@ from .tasks import retry_policy
 
 logger = logging.getLogger("django_vtasks.worker")
 
+#: a VT.FAIL reason is at most this many characters: at most 64,000 bytes of UTF-8, under the
+#: broker's 64 KiB limit (PROTOCOL.md), whatever the characters
 MAX_ERROR_CHARS = 16_000
+#: seconds a task runs before its worker records it as RUNNING (a result with started_at): tasks
+#: that finish sooner cost no extra write (TRACK_RUNNING records every task before it starts)
+RUNNING_RECORD_AFTER = 0.2
+
+
+def clean_text(text: str) -> str:
+    """``text`` that encodes as UTF-8: lone surrogates (an undecodable file name in an exception
+    message, say) become ``\\udcxx`` escapes instead of making every write of it fail."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
+def fail_reason(text: str) -> str:
+    """The one rule for every reason sent with VT.FAIL (dead-letter or retry, single or batch
+    tasks): valid UTF-8, at most MAX_ERROR_CHARS characters (the rest cut, and said so)."""
+    text = clean_text(text)
+    if len(text) > MAX_ERROR_CHARS:
+        keep = MAX_ERROR_CHARS - 48
+        text = f"{text[:keep]}\n... [{len(text) - keep} characters cut]"
+    return text
+
+
+class ResultNotStorable(TypeError):
+    """A task's return value cannot be stored as its JSON result."""
 
 
 def default_worker_id() -> str:
@@ -80,13 +109,14 @@ def _exception_path(e: BaseException) -> str:
 class _Job:
     """A fetched task, decoded and ready to run."""
 
-    __slots__ = ("delivery", "envelope", "task", "result")
+    __slots__ = ("delivery", "envelope", "task", "result", "done")
 
     def __init__(self, delivery: Delivery, envelope, task, result):
         self.delivery = delivery
         self.envelope = envelope
         self.task = task
         self.result = result
+        self.done = False  # finished (its final or retry result is on its way)
 
 
 class Worker:
@@ -135,6 +165,15 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._inflight: dict[str, int] = defaultdict(int)  # read by the heartbeat thread
         self._acks: list[tuple[str, str, str, bytes | None]] = []
+        #: jobs running for RUNNING_RECORD_AFTER, whose RUNNING result the flusher writes
+        self._running_due: list[_Job] = []
+        #: the flusher's RUNNING write in progress: a failure's result waits for it (else the
+        #: RUNNING write could land after, and overwrite, the newer result)
+        self._running_write: asyncio.Future | None = None
+        #: seconds a task whose path this code does not know is retried before dead-lettering
+        self.unknown_task_grace = float(settings.VTASKS_UNKNOWN_TASK_GRACE or 0)
+        #: seconds between two checks that the broker still has this scheduler's schedules
+        self.schedule_reconcile = float(settings.VTASKS_SCHEDULE_RECONCILE or 0)
         # asyncio.Event binds to a loop on first use only, so stop() is safe before run()
         self._stop_event = asyncio.Event()
         self._slot_event = asyncio.Event()
@@ -170,6 +209,8 @@ class Worker:
             await self._startup()
             if self.broker.kind == "postgres":
                 background.append(asyncio.create_task(self._maintenance_loop()))
+            if self.scheduler and self.schedule_reconcile > 0:
+                background.append(asyncio.create_task(self._reconcile_loop()))
             consumers = []
             if self.plain_queues:
                 consumers.append(asyncio.create_task(self._fetch_loop(), name="vtasks-fetch"))
@@ -397,7 +438,13 @@ class Worker:
                 self._inflight[j.delivery.queue] -= 1
             self._release_slot(len(jobs))
             return
-        running = [j for j in jobs if self.track_running or j.delivery.attempt > 1]
+        running, lazy = [], []
+        for j in jobs:
+            (running if self.track_running or j.delivery.attempt > 1 else lazy).append(j)
+        if lazy and self.result_ttl_ms > 0:
+            # one timer per fetch (not per task): those still running then are recorded RUNNING
+            asyncio.get_running_loop().call_later(RUNNING_RECORD_AFTER, self._running_is_due,
+                                                  lazy)
         if running and self.result_ttl_ms > 0:
             try:
                 await self.broker.astore_results(
@@ -420,25 +467,33 @@ class Worker:
         try:
             if envelope.get("run_after"):
                 run_after = datetime.fromisoformat(envelope["run_after"])
-            key = (func_path, d.queue, envelope.get("priority"), envelope.get("run_after"))
+            options = envelope.get("options")
+            key = (func_path, d.queue, envelope.get("priority"), envelope.get("run_after"),
+                   tuple(sorted(options.items())) if options else None)
             task = self._task_cache.get(key)
             if task is None:
                 task = resolve_task(func_path, queue=d.queue, priority=envelope.get("priority"),
-                                    run_after=run_after, backend=self.alias, strict=True)
+                                    run_after=run_after, backend=self.alias, strict=True,
+                                    options=options)
                 if len(self._task_cache) > 10_000:
                     self._task_cache.clear()
                 self._task_cache[key] = task
         except Exception as e:
             reason = f"unknown task path {func_path!r}: {e}"
+            if isinstance(e, ImportError) and await self._retry_unknown(d, envelope, reason):
+                self._release_slot()
+                return None
+            reason = self._unknown_reason(reason, e)
             placeholder = resolve_task(func_path, queue=d.queue, backend=self.alias,
                                        strict=False)
             result = self._new_result(d, envelope, placeholder, None)
             result.errors.append(TaskError(exception_class_path=_exception_path(e),
-                                           traceback=reason))
+                                           traceback=clean_text(reason)))
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
             object.__setattr__(result, "finished_at", timezone.now())
             await self._dead_letter(d, reason, result)
             return None
+        await self._fill_enqueued_at(d, envelope)
         prior = None
         if d.attempt > 1 and self.result_ttl_ms > 0:
             try:
@@ -452,6 +507,19 @@ class Worker:
             await self._dead_letter(d, f"invalid task arguments: {e}")
             return None
         return _Job(d, envelope, task, result)
+
+    async def _fill_enqueued_at(self, d: Delivery, envelope: dict) -> None:
+        """A task fired by a schedule has no client time ("ts"): its enqueued_at is the broker's
+        (what get_result() reads before it runs), one VT.GET per scheduled task."""
+        if envelope.get("ts"):
+            return
+        try:
+            record = await self.broker.aget(d.queue, d.id)
+        except Exception as e:
+            logger.warning("reading task %s failed: %s", d.id, e)
+            return
+        if record is not None and record.enqueued_at:
+            envelope["ts"] = record.enqueued_at / 1000
 
     def _new_result(self, d: Delivery, envelope: dict, task, prior: dict | None) -> TaskResult:
         now = timezone.now()
@@ -502,19 +570,24 @@ class Worker:
                     value = await asyncio.get_running_loop().run_in_executor(
                         self.executor, _call_sync, task.func, args, result.kwargs)
                 value = normalize_json(value)
-            except KeyboardInterrupt:
-                raise
+                object.__setattr__(result, "_return_value", value)
+                object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+                object.__setattr__(result, "finished_at", timezone.now())
+                data = self._success_json(result) if self.result_ttl_ms > 0 else None
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+                self._unfinish(job)
                 await self._task_failed(job, sys.exc_info()[1])
-            except BaseException as e:  # SystemExit included: a task failure
+            except BaseException as e:
+                # any exception of the task is its failure: SystemExit (like Django's immediate
+                # backend) and KeyboardInterrupt too, which would otherwise take down this
+                # worker, then the next one that runs the task again
+                self._unfinish(job)
                 await self._task_failed(job, e)
             else:
-                object.__setattr__(result, "_return_value", value)
-                object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-                object.__setattr__(result, "finished_at", timezone.now())
+                self._finish(job)
                 self.processed += 1
                 try:
                     await self._send_task_signal(task_finished, result)
@@ -522,15 +595,68 @@ class Worker:
                     logger.exception("a task_finished receiver failed")
                 self._release_slot()
                 released = True
-                self._queue_ack(d, result_to_json(result) if self.result_ttl_ms > 0 else None)
+                self._queue_ack(d, data)
                 self._progress()
         finally:
+            self._finish(job)
             if not released:
                 self._release_slot()
 
+    @staticmethod
+    def _success_json(result: TaskResult) -> bytes:
+        try:
+            return result_to_json(result)
+        except (TypeError, ValueError) as e:  # orjson: ints over 64 bits, lone surrogates
+            raise ResultNotStorable(
+                f"the return value of {result.task.module_path} cannot be stored as JSON ({e}): "
+                "return integers within 64 bits and strings that are valid Unicode (no lone "
+                "surrogates), or convert them (e.g. str(value))") from e
+
+    def _unfinish(self, job: _Job) -> None:
+        """The task failed after all (or raised): no return value, and no RUNNING record may be
+        written from now on (it would overwrite the failure's result)."""
+        object.__setattr__(job.result, "_return_value", None)
+        object.__setattr__(job.result, "status", TaskResultStatus.RUNNING)
+        self._finish(job)
+
+    @staticmethod
+    def _finish(job: _Job) -> None:
+        job.done = True
+
+    def _running_is_due(self, jobs: list[_Job]) -> None:
+        due = [j for j in jobs if not j.done]
+        if due:
+            self._running_due.extend(due)
+            self._ack_event.set()
+
+    async def _record_running(self) -> None:
+        """Write the RUNNING results of the jobs that have run for RUNNING_RECORD_AFTER (best
+        effort: a failed write is logged, get_result() then reads RUNNING from the broker)."""
+        due, self._running_due = self._running_due, []
+        items = []
+        for job in due:
+            if job.done:
+                continue
+            try:
+                items.append((job.delivery.id, result_to_json(job.result), self.result_ttl_ms))
+            except (TypeError, ValueError):
+                logger.warning("the RUNNING result of %s cannot be encoded", job.delivery.id,
+                               exc_info=True)
+        if not items:
+            return
+        write = self._running_write = asyncio.ensure_future(self.broker.astore_results(items))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.warning("recording %d running task(s) failed: %s", len(items), e)
+        finally:
+            self._running_write = None
+
     async def _task_failed(self, job: _Job, e: BaseException) -> None:
         d, result = job.delivery, job.result
-        tb = "".join(format_exception(e))
+        tb = clean_text("".join(format_exception(e)))
         result.errors.append(TaskError(exception_class_path=_exception_path(e), traceback=tb))
         object.__setattr__(result, "finished_at", timezone.now())
         retries, backoff = retry_policy(job.task, d.queue)
@@ -547,8 +673,7 @@ class Worker:
                 await self._send_task_signal(task_finished, result)  # inside the except
             except Exception:
                 logger.exception("a task_finished receiver failed")
-        error = f"{_exception_path(e)}: {e}\n{tb}"[:MAX_ERROR_CHARS]
-        outcome = await self._fail(d, error, retry_ms, result)
+        outcome = await self._fail(d, f"{_exception_path(e)}: {e}\n{tb}", retry_ms, result)
         if retry_ms is not None and outcome == "dead":
             # no attempts left in the broker (crash redeliveries used them)
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
@@ -562,20 +687,43 @@ class Worker:
     async def _store(self, result: TaskResult) -> None:
         if self.result_ttl_ms <= 0:
             return
+        data = self._result_json(result)
+        if data is not None:
+            await self._store_raw(result.id, data)
+
+    def _result_json(self, result: TaskResult) -> bytes | None:
+        """A failure's result as JSON; None (logged) when it cannot be encoded."""
         try:
-            await self.broker.astore_result(result.id, result_to_json(result), self.result_ttl_ms)
-        except Exception:
-            logger.warning("storing the result of %s failed", result.id, exc_info=True)
+            return result_to_json(result)
+        except (TypeError, ValueError) as e:
+            logger.error("the result of %s cannot be encoded, not stored: %s", result.id, e)
+            return None
+
+    async def _store_raw(self, rid: str, data: bytes) -> bool:
+        """Store one result once (best effort, logged); whether it was stored."""
+        write = self._running_write
+        if write is not None:  # let a RUNNING write in flight land first
+            await asyncio.wait([write])
+        try:
+            await self.broker.astore_result(rid, data, self.result_ttl_ms)
+        except Exception as e:
+            logger.warning("storing the result of %s failed: %s", rid, e)
+            return False
+        return True
 
     async def _fail(self, d: Delivery, error: str, retry_ms: int | None,
                     result: TaskResult | None) -> str | None:
-        """Store the result, then VT.FAIL; retried until the broker answers."""
+        """Store the result, then VT.FAIL (the reason under fail_reason's rule); retried until
+        the broker answers. A result that cannot be stored does not hold the task: its failure
+        still reaches the broker (get_result then reads the broker's record)."""
+        error = fail_reason(error)
+        data = (self._result_json(result)
+                if result is not None and self.result_ttl_ms > 0 else None)
         backoff = 0.1
         while True:
+            if data is not None and await self._store_raw(d.id, data):
+                data = None
             try:
-                if result is not None and self.result_ttl_ms > 0:
-                    await self.broker.astore_result(result.id, result_to_json(result),
-                                                    self.result_ttl_ms)
                 outcome = await self.broker.afail(d.queue, d.id, d.token, error, retry_ms)
                 break
             except asyncio.CancelledError:
@@ -591,12 +739,47 @@ class Worker:
         return outcome
 
     async def _dead_letter(self, d: Delivery, reason: str, result: TaskResult | None = None):
+        reason = fail_reason(reason)
         logger.error("task %s on %s dead-lettered: %s", d.id, d.queue, reason)
         self.failed += 1
         try:
-            await self._fail(d, reason[:MAX_ERROR_CHARS], None, result)
+            await self._fail(d, reason, None, result)
         finally:
             self._release_slot()
+
+    def _unknown_reason(self, reason: str, e: Exception) -> str:
+        if isinstance(e, ImportError) and self.unknown_task_grace > 0:
+            return (f"{reason} (still unknown after VTASKS_UNKNOWN_TASK_GRACE="
+                    f"{self.unknown_task_grace:g}s)")
+        return reason
+
+    async def _retry_unknown(self, d: Delivery, envelope: dict, reason: str) -> bool:
+        """A task path this code cannot import, within VTASKS_UNKNOWN_TASK_GRACE of the enqueue:
+        in a rolling deploy an old worker sees a task only the new code has. Hand it back for a
+        later attempt (spread so the last attempt falls at the end of the grace) and return True;
+        False once the grace or the attempts are used up (the caller dead-letters it)."""
+        grace = self.unknown_task_grace
+        if grace <= 0:
+            return False
+        try:
+            record = await self.broker.aget(d.queue, d.id)
+        except Exception as e:
+            logger.warning("reading task %s failed: %s", d.id, e)
+            record = None
+        if record is None:
+            return False
+        enqueued = float(envelope.get("ts") or record.enqueued_at / 1000)
+        left = grace - (time.time() - enqueued)
+        attempts_left = record.max_attempts - d.attempt
+        if left <= 0 or attempts_left <= 0:
+            return False
+        retry_ms = max(1, int(left * 1000 / attempts_left))
+        logger.warning("task %s on %s: %s; retrying in %.1fs (a deploy in progress? "
+                       "VTASKS_UNKNOWN_TASK_GRACE leaves %.0fs)", d.id, d.queue, reason,
+                       retry_ms / 1000, left)
+        await self._fail(d, f"{reason} (retried for VTASKS_UNKNOWN_TASK_GRACE={grace:g}s)",
+                         retry_ms, None)
+        return True
 
     # ---- acks -----------------------------------------------------------------------------------
     def _queue_ack(self, d: Delivery, result_json: bytes | None) -> None:
@@ -612,19 +795,27 @@ class Worker:
 
     async def _flush_acks(self, final: bool = False) -> None:
         backoff = 0.1
-        while self._acks:
+        while self._acks or self._running_due:
             self._ack_event.clear()
+            if self._running_due:
+                await self._record_running()
+            if not self._acks:
+                break
             batch, self._acks = self._acks, []
             by_queue: dict[str, list] = defaultdict(list)
             for item in batch:
                 by_queue[item[0]].append(item)
             try:
                 for queue, items in by_queue.items():
-                    pairs = [(i, t) for _, i, t, _ in items]
-                    results = [(i, r, self.result_ttl_ms) for _, i, _, r in items if r]
-                    await self.broker.aack_with_results(queue, pairs, results)
-                    self._inflight[queue] -= len(items)
-                    by_queue[queue] = []
+                    try:
+                        await self._ack(queue, items)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:
+                        # one task's result the broker refuses (too large, say) must not hold
+                        # the others: ack them one by one (items shrinks as they go)
+                        await self._ack_each(queue, items, e)
+                    items.clear()
             except asyncio.CancelledError:
                 self._acks[:0] = [i for items in by_queue.values() for i in items]
                 raise
@@ -639,6 +830,47 @@ class Worker:
                 backoff = min(backoff * 2, 10.0)
                 continue
             self._progress()
+
+    async def _ack(self, queue: str, items: list) -> None:
+        pairs = [(i, t) for _, i, t, _ in items]
+        results = [(i, r, self.result_ttl_ms) for _, i, _, r in items if r]
+        await self.broker.aack_with_results(queue, pairs, results)
+        self._inflight[queue] -= len(items)
+
+    async def _ack_each(self, queue: str, items: list, error: Exception) -> None:
+        """Ack ``items`` one by one after their batch failed with ``error``. One that fails
+        while the broker answers is failed (dead-lettered) with the broker's refusal; when the
+        broker does not answer, the error propagates and the rest are retried later."""
+        await self.broker.ainfo(queue)  # raises when the broker is unreachable: retry later
+        logger.warning("acking %d task(s) of %s together failed (%s): acking them one by one",
+                       len(items), queue, error)
+        while items:
+            item = items[0]
+            try:
+                await self._ack(queue, [item])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                await self.broker.ainfo(queue)  # raises when the broker is unreachable
+                try:  # the broker answers: once more, in case that was a passing failure
+                    await self._ack(queue, [item])
+                    items.pop(0)
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as again:
+                    e = again
+                _, rid, token, data = item
+                reason = fail_reason(
+                    f"the result of task {rid} ({len(data or b''):,} bytes) could not be stored "
+                    f"while the broker took the others ({e}): a result larger than the broker "
+                    "accepts (Valkey's proto-max-bulk-len, say)? Return less (e.g. store large "
+                    "data elsewhere and return its key)")
+                logger.error("task %s on %s failed: %s", rid, queue, reason)
+                self.failed += 1
+                await self.broker.afail(queue, rid, token, reason, None)
+                self._inflight[queue] -= 1
+            items.pop(0)
 
     # ---- batch queues ---------------------------------------------------------------------------
     async def _batch_loop(self, queue: str) -> None:
@@ -693,13 +925,17 @@ class Worker:
                     await self._batch_dead(d, f"undecodable payload: {e}")
                     continue
                 env["id"] = d.id
+                await self._fill_enqueued_at(d, env)
                 groups[env["func"]].append((d, env))
             for func_path, items in groups.items():
                 try:
                     task = resolve_task(func_path, queue=queue, backend=self.alias, strict=True)
                 except Exception as e:
-                    for d, _ in items:
-                        await self._batch_dead(d, f"unknown task path {func_path!r}: {e}")
+                    reason = f"unknown task path {func_path!r}: {e}"
+                    for d, env in items:
+                        if not (isinstance(e, ImportError)
+                                and await self._retry_unknown(d, env, reason)):
+                            await self._batch_dead(d, self._unknown_reason(reason, e))
                     continue
                 results, valid = [], []
                 for d, env in items:
@@ -722,14 +958,12 @@ class Worker:
                     else:
                         await asyncio.get_running_loop().run_in_executor(
                             self.executor, _call_sync, task.func, [payloads], {})
-                except KeyboardInterrupt:
-                    raise
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
                     if current is not None and current.cancelling():
                         raise
                     await self._batch_failed(task, items, results, sys.exc_info()[1])
-                except BaseException as e:
+                except BaseException as e:  # KeyboardInterrupt/SystemExit too: see _run_job
                     await self._batch_failed(task, items, results, e)
                 else:
                     self.processed += len(items)
@@ -742,7 +976,8 @@ class Worker:
                     except Exception:
                         logger.exception("a task_finished receiver failed")
                     for (d, _), result in zip(items, results):
-                        self._queue_ack(d, result_to_json(result) if self.result_ttl_ms > 0 else None)
+                        self._queue_ack(d, self._result_json(result)
+                                        if self.result_ttl_ms > 0 else None)
             self._progress()
         finally:
             self._release_slot()
@@ -751,9 +986,9 @@ class Worker:
         """Called inside the except: task_finished receivers see the exception."""
         logger.error("batch %s of %d task(s) failed: %s", task.module_path, len(items), e)
         retries, backoff = retry_policy(task, items[0][0].queue)
-        error = f"{_exception_path(e)}: {e}\n{''.join(format_exception(e))}"[:MAX_ERROR_CHARS]
-        task_error = TaskError(exception_class_path=_exception_path(e),
-                               traceback="".join(format_exception(e)))
+        tb = clean_text("".join(format_exception(e)))
+        error = f"{_exception_path(e)}: {e}\n{tb}"
+        task_error = TaskError(exception_class_path=_exception_path(e), traceback=tb)
         now = timezone.now()
         dead = []
         for (d, _), result in zip(items, results):
@@ -763,13 +998,11 @@ class Worker:
             object.__setattr__(result, "finished_at", now)
             object.__setattr__(result, "status", TaskResultStatus.READY if retry_ms is not None
                                else TaskResultStatus.FAILED)
-            if self.result_ttl_ms > 0:
-                await self._store_raw(d.id, result_to_json(result))
-            outcome = await self._fail(d, error, retry_ms, None)
+            outcome = await self._fail(d, error, retry_ms, result)
             if retry_ms is None or outcome == "dead":
-                if retry_ms is not None and self.result_ttl_ms > 0:  # no attempts left after all
+                if retry_ms is not None:  # no attempts left after all
                     object.__setattr__(result, "status", TaskResultStatus.FAILED)
-                    await self._store_raw(d.id, result_to_json(result))
+                    await self._store(result)
                 object.__setattr__(result, "status", TaskResultStatus.FAILED)
                 self.failed += 1
                 dead.append(result)
@@ -778,13 +1011,8 @@ class Worker:
         except Exception:
             logger.exception("a task_finished receiver failed")
 
-    async def _store_raw(self, rid: str, data: bytes) -> None:
-        try:
-            await self.broker.astore_result(rid, data, self.result_ttl_ms)
-        except Exception:
-            logger.warning("storing the result of %s failed", rid, exc_info=True)
-
     async def _batch_dead(self, d: Delivery, reason: str) -> None:
+        reason = fail_reason(reason)
         logger.error("task %s on %s dead-lettered: %s", d.id, d.queue, reason)
         self.failed += 1
         await self._fail(d, reason, None, None)
@@ -813,16 +1041,7 @@ class Worker:
 
     async def register_schedules(self) -> None:
         entries = self.schedule_entries()
-        for name, (queue, payload, cron, every_ms, priority) in entries.items():
-            current = {s.name: s for s in await self.broker.aschedule_list(queue)}.get(name)
-            spec = cron if cron is not None else str(every_ms)
-            if (current is not None and current.payload == payload
-                    and current.spec == spec):
-                continue
-            await self.broker.aschedule_set(queue, name, payload, cron=cron, every_ms=every_ms,
-                                            priority=priority)
-            logger.info("schedule %s registered on %s (%s)", name, queue,
-                        f"cron {cron}" if cron else f"every {every_ms}ms")
+        await self._set_schedules(entries)
         # entries removed from settings (or moved to another queue) stop firing
         queues = set(await self.broker.aqueues()) | set(self.queues) | {
             e[0] for e in entries.values()}
@@ -831,6 +1050,49 @@ class Worker:
                 if s.name not in entries or entries[s.name][0] != queue:
                     await self.broker.aschedule_del(queue, s.name)
                     logger.info("schedule %s removed from %s", s.name, queue)
+
+    async def _set_schedules(self, entries: dict, reconcile: bool = False) -> int:
+        """SET the entries the broker lacks or has with another spec/payload: one LIST per
+        queue, a SET only where something differs. Returns the number set."""
+        by_queue: dict[str, list] = defaultdict(list)
+        for name, entry in entries.items():
+            by_queue[entry[0]].append((name, entry))
+        n = 0
+        for queue, named in by_queue.items():
+            current = {s.name: s for s in await self.broker.aschedule_list(queue)}
+            for name, (_, payload, cron, every_ms, priority) in named:
+                have = current.get(name)
+                spec = cron if cron is not None else str(every_ms)
+                if have is not None and have.payload == payload and have.spec == spec:
+                    continue
+                await self.broker.aschedule_set(queue, name, payload, cron=cron,
+                                                every_ms=every_ms, priority=priority)
+                n += 1
+                what = f"cron {cron}" if cron else f"every {every_ms}ms"
+                if reconcile:
+                    logger.warning("schedule %s was %s on %s (the broker lost its data, or "
+                                   "another scheduler has other settings): registered again "
+                                   "(%s)", name, "missing" if have is None else "different",
+                                   queue, what)
+                else:
+                    logger.info("schedule %s registered on %s (%s)", name, queue, what)
+        return n
+
+    async def _reconcile_loop(self) -> None:
+        """Schedules live in the broker: one that restarted without persistence (or was
+        flushed) has none, and nothing would fire. Check every VTASKS_SCHEDULE_RECONCILE seconds
+        (one SCHEDULE LIST per queue) and register again what is missing."""
+        entries = self.schedule_entries()
+        while not self.stopping:
+            await self._sleep(self.schedule_reconcile)
+            if self.stopping:
+                return
+            try:
+                await self._set_schedules(entries, reconcile=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.warning("checking the schedules failed: %s", e)
 
     async def _maintenance_loop(self) -> None:
         """Postgres: client-driven timers (exactly-once schedule ticks, expired-lease rescue)."""

@@ -87,3 +87,33 @@ def batch_sink(tasks):
 @task
 def pid():
     return os.getpid()
+
+
+@task
+def interrupt():
+    raise KeyboardInterrupt
+
+
+@task
+async def ainterrupt():
+    raise KeyboardInterrupt
+
+
+@task
+def big_int():
+    return 2**70
+
+
+@task
+def lone_surrogate():
+    return "caf\udce9"  # os.fsdecode(b"caf\xe9") on a UTF-8 system
+
+
+@task
+def raise_lone_surrogate():
+    raise FileNotFoundError(f"no such file: {'caf' + chr(0xDCE9)}")
+
+
+@task
+def big_string(n):
+    return "x" * n

@@ -7,8 +7,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import orjson
+from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.tasks.backends.base import BaseTaskBackend
@@ -20,7 +22,7 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 
 from ..broker import Broker, EnqueueRequest, TaskRecord
 from ..conf import settings
-from ..envelope import encode_envelope
+from ..envelope import encode_envelope, run_at_ms
 from ..signals import asend_many, send_many
 from .. import _native
 from ..results import (
@@ -32,7 +34,7 @@ from ..results import (
     result_from_json,
     resolve_task,
 )
-from ..tasks import VTask
+from ..tasks import VTask, task_options
 
 logger = logging.getLogger("django_vtasks")
 
@@ -148,6 +150,9 @@ class VTasksBackend(BaseTaskBackend):
             "backend": self.alias,
             "takes_context": task.takes_context,
         }
+        options = task_options(task)
+        if options:
+            envelope["options"] = options
         payload = encode_envelope(envelope, ctx["threshold"])
 
         unique = None
@@ -168,7 +173,7 @@ class VTasksBackend(BaseTaskBackend):
             id=rid,
             payload=payload,
             priority=int(task.priority),
-            at_ms=int(run_after.timestamp() * 1000) if run_after is not None else None,
+            at_ms=run_at_ms(run_after) if run_after is not None else None,
             unique=unique,
             max_attempts=int(retries) + 1 + CRASH_ATTEMPTS if retries else None,
         )
@@ -256,13 +261,14 @@ class VTasksBackend(BaseTaskBackend):
             b'{"func":', j(task.module_path), b',"args":%b,"kwargs":%b,"queue":',
             j(task.queue_name), b',"ts":', j(ts), b',"id":"%b","priority":', j(task.priority),
             b',"run_after":', j(run_after.isoformat() if run_after is not None else None),
-            b',"backend":', j(self.alias), b',"takes_context":', j(task.takes_context), b"}",
+            b',"backend":', j(self.alias), b',"takes_context":', j(task.takes_context),
+            b',"options":' + j(options) if (options := task_options(task)) else b"", b"}",
         ))
         retries = getattr(task, "retries", None)
         if retries is None:
             retries = (retries_cfg.get(task.queue_name) or {}).get("retries", 0)
         return (template, task.queue_name, int(task.priority),
-                int(run_after.timestamp() * 1000) if run_after is not None else None,
+                run_at_ms(run_after) if run_after is not None else None,
                 int(retries) + 1 + CRASH_ATTEMPTS if retries else None)
 
     def _added(self, results: list[TaskResult], ids: list[str | None],
@@ -286,6 +292,44 @@ class VTasksBackend(BaseTaskBackend):
     async def _asent(self, results, ids, requests) -> None:
         await asend_many(task_enqueued, type(self), self._added(results, ids, requests))
 
+    # A unique enqueue the broker suppressed (its key is held) returns the result of the task
+    # that holds the key: its id exists, get_result()/refresh() read that task. When no live
+    # holder can be found (its key expired meanwhile) the result keeps its own id, which no
+    # task has (get_result raises TaskResultDoesNotExist). Inside atomic() on Valkey the send
+    # happens at commit, so the result changes at commit.
+    def _unique_holder(self, request: EnqueueRequest) -> str | None:
+        record = self.broker.unique_holder(request.queue, request.unique[0])
+        return record.id if record is not None else None
+
+    async def _aunique_holder(self, request: EnqueueRequest) -> str | None:
+        record = await self.broker.aunique_holder(request.queue, request.unique[0])
+        return record.id if record is not None else None
+
+    @staticmethod
+    def _suppressed(results, ids, requests):
+        return [(result, request) for result, rid, request in zip(results, ids, requests)
+                if rid is None and request.unique is not None]
+
+    def _adopt_holders(self, results, ids, requests) -> None:
+        for result, request in self._suppressed(results, ids, requests):
+            try:
+                holder = self._unique_holder(request)
+                if holder is not None:
+                    _adopt(result, self.get_result(holder))
+            except Exception as e:  # the enqueue itself went through: report, do not raise
+                logger.warning("task %s not enqueued (unique key %r held); its holder could "
+                               "not be read: %s", result.id, request.unique[0], e)
+
+    async def _aadopt_holders(self, results, ids, requests) -> None:
+        for result, request in self._suppressed(results, ids, requests):
+            try:
+                holder = await self._aunique_holder(request)
+                if holder is not None:
+                    _adopt(result, await self.aget_result(holder))
+            except Exception as e:
+                logger.warning("task %s not enqueued (unique key %r held); its holder could "
+                               "not be read: %s", result.id, request.unique[0], e)
+
     def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
         """Write the tasks (sync). Subclasses decide how transactions are honoured."""
         raise NotImplementedError
@@ -299,6 +343,7 @@ class VTasksBackend(BaseTaskBackend):
         result, request = self._prepare(task, args, kwargs)
         ids = await self.broker.aenqueue([request])
         await self._asent([result], ids, [request])
+        await self._aadopt_holders([result], ids, [request])
         return result
 
     def enqueue_many(self, items) -> list[TaskResult]:
@@ -313,12 +358,20 @@ class VTasksBackend(BaseTaskBackend):
         if requests:
             ids = await self.broker.aenqueue(requests)
             await self._asent(results, ids, requests)
+            await self._aadopt_holders(results, ids, requests)
         return results
 
     def _in_atomic_block(self) -> bool:
         return transaction.get_connection(self.database).in_atomic_block
 
     # ---- results ------------------------------------------------------------------------------
+    #
+    # A result is read from two places: the result a worker stored (started_at, errors,
+    # worker_ids, the return value) and the broker's record of the task (its live state). A
+    # stored result that is final (SUCCESSFUL/FAILED) is the truth; any other is brought to the
+    # broker's state: READY while the task waits for an attempt, RUNNING while a worker holds it,
+    # FAILED with the broker's reason once dead-lettered (e.g. its worker died on every attempt).
+
     def _search_queues(self, broker_queues: list[str]) -> list[str]:
         seen = []
         for q in [*sorted(self.queues), *(settings.VTASKS_QUEUES or []), *broker_queues]:
@@ -326,84 +379,170 @@ class VTasksBackend(BaseTaskBackend):
                 seen.append(q)
         return seen
 
+    def _pending(self, result_id: str) -> TaskResult | None:
+        """The READY result of a task enqueued earlier in the caller's open atomic() block.
+
+        Valkey sends such a task at commit and Postgres wrote it on Django's connection, which the
+        broker's own pool cannot see yet; the block's on-commit callbacks carry the results
+        (Django drops the callbacks of a rolled-back savepoint, so these are exactly the tasks the
+        block still holds)."""
+        try:
+            connection = transaction.get_connection(self.database)
+        except Exception:
+            return None
+        if not connection.in_atomic_block:
+            return None
+        for entry in connection.run_on_commit:
+            for result in getattr(entry[1], "vtasks_results", ()):
+                if result.id == result_id:
+                    return _copy(result)
+        return None
+
+    def _after_commit(self, func, results: list[TaskResult]) -> AfterCommit:
+        return AfterCommit(func, results)
+
     def _from_record(self, record: TaskRecord) -> TaskResult:
+        """The result of a task nothing was stored for, from the broker's record alone."""
         env = record.envelope
         if env is None:
             raise TaskResultDoesNotExist(record.id)
         run_after = None
         if env.get("run_after"):
-            from datetime import datetime
-
             run_after = datetime.fromisoformat(env["run_after"])
         task = resolve_task(env["func"], queue=env.get("queue", record.queue),
                             priority=record.priority, run_after=run_after, backend=self.alias,
-                            strict=False)
-        status = {
-            "ready": TaskResultStatus.READY,
-            "delayed": TaskResultStatus.READY,
-            "inflight": TaskResultStatus.RUNNING,
-            "dead": TaskResultStatus.FAILED,
-        }.get(record.state, TaskResultStatus.READY)
-        enqueued = ms_to_dt(record.enqueued_at)
-        if enqueued is None and env.get("ts"):
-            enqueued = ms_to_dt(int(env["ts"] * 1000))
-        errors = []
-        if record.state == "dead" and record.error:
-            errors.append(TaskError(exception_class_path="builtins.RuntimeError",
-                                    traceback=record.error))
-        worker_ids = [record.worker] * record.attempt if record.worker else []
+                            strict=False, options=env.get("options"))
+        # the enqueuing client's own time (what enqueue() returned), not the broker's
+        enqueued = (_local(datetime.fromtimestamp(float(env["ts"]), UTC)) if env.get("ts")
+                    else _local(ms_to_dt(record.enqueued_at)))
         result = TaskResult(
-            task=task, id=record.id, status=status, enqueued_at=enqueued,
-            started_at=None, finished_at=ms_to_dt(record.failed_at),
-            last_attempted_at=None, args=env.get("args") or [], kwargs=env.get("kwargs") or {},
-            backend=self.alias, errors=errors, worker_ids=worker_ids,
+            task=task, id=record.id, status=TaskResultStatus.READY, enqueued_at=enqueued,
+            started_at=None, finished_at=None, last_attempted_at=None,
+            args=env.get("args") or [], kwargs=env.get("kwargs") or {},
+            backend=self.alias, errors=[], worker_ids=[],
         )
+        return self._live(record, result)
+
+    def _live(self, record: TaskRecord, stored: TaskResult) -> TaskResult:
+        """``stored`` (not final) in the state the broker's ``record`` reports."""
+        if stored.is_finished:
+            return stored
+        result = _copy(stored)
+        worker_ids = result.worker_ids
+        # attempts == deliveries so far; those lost to a crash before any store count too
+        while len(worker_ids) < record.attempt - 1:
+            worker_ids.append("unknown")
+        if len(worker_ids) < record.attempt:
+            worker_ids.append(record.worker or "unknown")
+        state = record.state
+        if state == "inflight":
+            _set(result, "status", TaskResultStatus.RUNNING)
+            _set(result, "finished_at", None)  # (a stored READY keeps its failed attempt's)
+            if result.started_at is None or result.last_attempted_at is None:
+                # read in the first moments of an attempt, before its worker recorded the start
+                # (see Worker.RUNNING_RECORD_AFTER): the best bound the reader has is now
+                now = timezone.now()
+                _set(result, "started_at", result.started_at or now)
+                _set(result, "last_attempted_at", result.last_attempted_at or now)
+        elif state == "dead":
+            _set(result, "status", TaskResultStatus.FAILED)
+            _set(result, "finished_at", _local(ms_to_dt(record.failed_at)) or timezone.now())
+            result.errors.append(TaskError(exception_class_path="builtins.RuntimeError",
+                                           traceback=record.error or "dead-lettered"))
+        else:  # ready / delayed: waits for its next attempt
+            _set(result, "status", TaskResultStatus.READY)
         return result
 
-    def _merge(self, record: TaskRecord, stored: TaskResult) -> TaskResult:
-        """A stored result, unless the broker dead-lettered the task since (a crash used up
-        its attempts): then FAILED with the broker's reason added."""
-        if record.state != "dead" or stored.is_finished:
-            return stored
-        result = self._from_record(record)
-        object.__setattr__(result, "errors", [*stored.errors, *result.errors])
-        object.__setattr__(result, "worker_ids", stored.worker_ids or result.worker_ids)
-        object.__setattr__(result, "started_at", stored.started_at)
-        object.__setattr__(result, "last_attempted_at", stored.last_attempted_at)
-        return result
+    def _stored_or_live(self, raw: bytes | None, record: TaskRecord | None) -> TaskResult | None:
+        if raw is not None:
+            stored = result_from_json(raw, self.alias)
+            return stored if record is None else self._live(record, stored)
+        return self._from_record(record) if record is not None else None
 
     def get_result(self, result_id):
+        rid = str(result_id)
+        pending = self._pending(rid)
+        if pending is not None:
+            return pending
         broker = self.broker
-        raw = broker.get_result(str(result_id))
+        raw = broker.get_result(rid)
+        if raw is not None:
+            stored = result_from_json(raw, self.alias)
+            if stored.is_finished:
+                return stored
+            record = broker.get(stored.task.queue_name, rid)
+            if record is None:  # acked (or removed) since: its final result is stored by now
+                return self._stored_or_live(broker.get_result(rid), None) or stored
+            return self._live(record, stored)
+        for queue in self._search_queues(broker.queues()):
+            record = broker.get(queue, rid)
+            if record is not None:
+                # a worker may have stored a result since the first read
+                return self._stored_or_live(broker.get_result(rid), record)
+        # the task may have finished between the two lookups
+        raw = broker.get_result(rid)
         if raw is None:
-            for queue in self._search_queues(broker.queues()):
-                record = broker.get(queue, str(result_id))
-                if record is not None:
-                    # a worker stores the result before it fails/retries the task: re-read
-                    if record.state == "dead" or record.attempt > 0:
-                        raw = broker.get_result(str(result_id))
-                        if raw is not None:
-                            return self._merge(record, result_from_json(raw, self.alias))
-                    return self._from_record(record)
-            # the task may have finished between the two lookups
-            raw = broker.get_result(str(result_id))
-            if raw is None:
-                raise TaskResultDoesNotExist(result_id)
+            raise TaskResultDoesNotExist(result_id)
         return result_from_json(raw, self.alias)
 
     async def aget_result(self, result_id):
+        rid = str(result_id)
         broker = self.broker
-        raw = await broker.aget_result(str(result_id))
+        raw = await broker.aget_result(rid)
+        if raw is not None:
+            stored = result_from_json(raw, self.alias)
+            if stored.is_finished:
+                return stored
+            record = await broker.aget(stored.task.queue_name, rid)
+            if record is None:
+                return self._stored_or_live(await broker.aget_result(rid), None) or stored
+            return self._live(record, stored)
+        for queue in self._search_queues(await broker.aqueues()):
+            record = await broker.aget(queue, rid)
+            if record is not None:
+                return self._stored_or_live(await broker.aget_result(rid), record)
+        raw = await broker.aget_result(rid)
         if raw is None:
-            for queue in self._search_queues(await broker.aqueues()):
-                record = await broker.aget(queue, str(result_id))
-                if record is not None:
-                    if record.state == "dead" or record.attempt > 0:
-                        raw = await broker.aget_result(str(result_id))
-                        if raw is not None:
-                            return self._merge(record, result_from_json(raw, self.alias))
-                    return self._from_record(record)
-            raw = await broker.aget_result(str(result_id))
-            if raw is None:
-                raise TaskResultDoesNotExist(result_id)
+            raise TaskResultDoesNotExist(result_id)
         return result_from_json(raw, self.alias)
+
+
+class AfterCommit:
+    """An on-commit callback that carries the results of the tasks it sends (see _pending)."""
+
+    __slots__ = ("func", "vtasks_results")
+
+    def __init__(self, func, results: list[TaskResult]):
+        self.func = func
+        self.vtasks_results = results
+
+    def __call__(self):
+        self.func()
+
+
+_set = object.__setattr__
+
+
+def _copy(result: TaskResult) -> TaskResult:
+    """A copy with its own errors/worker_ids lists."""
+    copy = build_result(result.task, result.id, result.status, result.enqueued_at,
+                        result.started_at, result.last_attempted_at, result.finished_at,
+                        result.args, result.kwargs, result.backend, list(result.errors),
+                        list(result.worker_ids))
+    _set(copy, "_return_value", result._return_value)
+    return copy
+
+
+def _adopt(result: TaskResult, holder: TaskResult) -> None:
+    """Make ``result`` (a suppressed enqueue's) the result of the task that holds its key."""
+    for name in ("task", "id", "status", "enqueued_at", "started_at", "finished_at",
+                 "last_attempted_at", "args", "kwargs", "backend", "errors", "worker_ids",
+                 "_return_value"):
+        _set(result, name, getattr(holder, name))
+
+
+def _local(value: datetime | None) -> datetime | None:
+    """An aware UTC datetime as the project's datetimes are (naive when USE_TZ is False)."""
+    if value is not None and not django_settings.USE_TZ:
+        return timezone.make_naive(value)
+    return value

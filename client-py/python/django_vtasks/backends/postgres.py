@@ -343,10 +343,28 @@ class PostgresTaskBackend(VTasksBackend):
                 for i in idxs:
                     rid = requests[i].id
                     ids[i] = rid if rid in inserted else None
+        self._adopt_holders(results, ids, requests)
         if connection.in_atomic_block:
-            transaction.on_commit(lambda: self._sent(results, ids, requests), using=self.database)
+            # (the rows are written but only this connection sees them before the commit: the
+            # callback carries the results for get_result() inside the block)
+            transaction.on_commit(self._after_commit(lambda: self._sent(results, ids, requests),
+                                                     results), using=self.database)
         else:
             self._sent(results, ids, requests)
+
+    def _unique_holder(self, request) -> str | None:
+        # on Django's connection: it also sees a holder enqueued earlier in the caller's
+        # transaction
+        with connections[self.database].cursor() as cursor:
+            cursor.execute("SELECT task_id FROM vtasks_unique WHERE queue = %s AND key = %s "
+                           "AND expires_at > now()", [request.queue, request.unique[0]])
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    async def _aunique_holder(self, request) -> str | None:
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self._unique_holder)(request)
 
     def _probe(self) -> None:
         """A quick connection attempt (the native pool waits for its connect timeout)."""

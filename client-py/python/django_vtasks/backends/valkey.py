@@ -377,6 +377,14 @@ class ValkeyBroker(Broker):
         return self._record(await self.aclient.execute_command("VT.GET", self.key(queue), id),
                             queue)
 
+    def unique_holder(self, queue, key):
+        return self._record(self.client.execute_command("VT.GET", self.key(queue), "UNIQUE", key),
+                            queue)
+
+    async def aunique_holder(self, queue, key):
+        return self._record(await self.aclient.execute_command("VT.GET", self.key(queue),
+                                                               "UNIQUE", key), queue)
+
     def retry_dead(self, queue, ids=None):
         return int(self.client.execute_command("VT.RETRYDEAD", self.key(queue),
                                                *(ids if ids is not None else ["ALL"])))
@@ -648,10 +656,11 @@ class ValkeyTaskBackend(VTasksBackend):
         def write():
             ids = self.broker.enqueue(requests)
             self._sent(results, ids, requests)
+            self._adopt_holders(results, ids, requests)
 
         if self._in_atomic_block():
             # every side effect (unique keys included) happens after the commit
-            transaction.on_commit(write, using=self.database)
+            transaction.on_commit(self._after_commit(write, results), using=self.database)
         else:
             write()
 
