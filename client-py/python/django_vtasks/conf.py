@@ -3,7 +3,8 @@
 from django.conf import settings as django_settings
 
 DEFAULTS = {
-    # queues a worker consumes when no --queue is given, in priority order
+    # queues a worker consumes when no --queue is given, in priority order; unset: the backend's
+    # TASKS[alias]["QUEUES"] (see default_queues)
     "VTASKS_QUEUES": ["default"],
     # tasks a worker runs at once (async slots; the sync thread pool has the same size)
     "VTASKS_CONCURRENCY": 20,
@@ -43,3 +44,14 @@ settings = VtasksSettings()
 def valkey_prefix(override: str | None = None) -> str:
     prefix = str(override or settings.VTASKS_VALKEY_PREFIX or "vt:")
     return prefix if prefix.endswith(":") else prefix + ":"
+
+
+def default_queues(alias: str) -> list[str]:
+    """The queues a worker of backend ``alias`` serves when none are given (no ``--queue``), in
+    priority order: ``VTASKS_QUEUES`` when the project sets it, else the backend's
+    ``TASKS[alias]["QUEUES"]`` (the queues its tasks may use), else ``["default"]``."""
+    explicit = getattr(django_settings, "VTASKS_QUEUES", None)
+    if explicit:
+        return list(explicit)
+    configured = list((getattr(django_settings, "TASKS", {}).get(alias) or {}).get("QUEUES") or [])
+    return configured or list(DEFAULTS["VTASKS_QUEUES"])

@@ -48,7 +48,8 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from .broker import Delivery
-from .conf import settings
+from .conf import default_queues, settings
+from .diagnostics import RetryLog
 from .envelope import build_envelope, decode_envelope, encode_envelope
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
@@ -98,7 +99,7 @@ class Worker:
         self.alias = backend_alias or settings.VTASKS_BACKEND or "default"
         self.backend = task_backends[self.alias]
         self.broker = self.backend.broker
-        self.queues = list(queues or settings.VTASKS_QUEUES or ["default"])
+        self.queues = list(queues or default_queues(self.alias))
         self.concurrency = max(1, int(concurrency or settings.VTASKS_CONCURRENCY))
         self.worker_id = worker_id or default_worker_id()
         self.scheduler = scheduler
@@ -250,6 +251,7 @@ class Worker:
 
     async def _startup(self) -> None:
         backoff = 0.2
+        log = RetryLog(logger, f"worker {self.worker_id} start-up")
         while True:
             try:
                 for q in self.queues:
@@ -260,13 +262,14 @@ class Worker:
                     await self.register_schedules()
                 await self._apply_dlq_cap()
                 self._progress()
+                log.ok()
                 return
-            except Exception:
+            except Exception as e:
                 if self._stop_event.is_set():
                     return
-                logger.exception("worker start-up failed (retrying in %.1fs)", backoff)
+                log.failed(e, backoff)
                 await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 30.0)
 
     async def _apply_dlq_cap(self) -> None:
         if not hasattr(django_settings, "VTASKS_DLQ_CAP") or not hasattr(self.broker,
@@ -328,6 +331,7 @@ class Worker:
     # ---- fetching -------------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
         backoff = 0.1
+        log = RetryLog(logger, f"fetch from {self.plain_queues}")
         while not self.stopping:
             free = self.concurrency - self._busy
             if free <= 0:
@@ -342,11 +346,11 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                logger.error("fetch from %s failed: %s (retrying in %.1fs)", self.plain_queues,
-                             e, backoff)
+                log.failed(e, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            log.ok()
             backoff = 0.1
             self._progress()
             if deliveries and self._lease_lapsed(sent, deliveries, "fetched"):
@@ -835,6 +839,8 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         """Postgres: client-driven timers (exactly-once schedule ticks, expired-lease rescue)."""
         last_maintain = 0.0
+        log = RetryLog(logger, "Postgres maintenance (lease rescue, schedules)")
+        backoff = 0.0
         while not self.stopping:
             try:
                 if self.scheduler:
@@ -845,11 +851,14 @@ class Worker:
                 if now - last_maintain >= max(0.5, min(5.0, self.lease / 4)):
                     last_maintain = now
                     await self.broker.amaintain()
+                log.ok()
+                backoff = 0.0
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                logger.warning("maintenance failed: %s", e)
-            await self._sleep(0.25 if self.scheduler else 1.0)
+                backoff = min(max(1.0, backoff * 2), 30.0)
+                log.failed(e, backoff)
+            await self._sleep(backoff or (0.25 if self.scheduler else 1.0))
 
 
 def format_tb() -> str:
