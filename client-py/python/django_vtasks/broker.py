@@ -367,8 +367,10 @@ class Broker(ABC):
 
     # ---- results ------------------------------------------------------------------------------
     @abstractmethod
-    def store_result(self, id: str, data: bytes, ttl_ms: int) -> None:
-        """Store the JSON of a TaskResult (see django_vtasks.results) for ttl_ms."""
+    def store_result(self, id: str, data: bytes | None, ttl_ms: int) -> None:
+        """Store a TaskResult's stored form (results.result_to_json: JSON, maybe zstd) for
+        ttl_ms; ``data`` None (the task/queue stores no result) or ttl_ms <= 0: a no-op. The
+        same holds for the results given to ack_with_results/store_results."""
 
     @abstractmethod
     async def astore_result(self, id: str, data: bytes, ttl_ms: int) -> None: ...

@@ -15,12 +15,22 @@ DEFAULTS = {
     "VTASKS_SCHEDULE": {},
     "VTASKS_RUN_SCHEDULER": True,
     "VTASKS_COMPRESS_THRESHOLD": 1024,
+    # bytes a task envelope (its JSON: arguments included) may take *decoded*: enqueue refuses
+    # larger ones and workers/the admin never inflate more than this (the server's
+    # vtasks.max-payload, same default, bounds the bytes on the wire, compressed or not)
+    "VTASKS_MAX_PAYLOAD": 16 * 1024 * 1024,
     "VTASKS_DLQ_CAP": 1000,
     "VTASKS_VALKEY_PREFIX": "vt:",
     "VTASKS_HEALTH_CHECK_FILE": None,
     "VTASKS_WORKER_ID": None,
     "VTASKS_BACKEND": "default",
     # vtasks additions
+    # module prefixes, besides the installed apps' packages, whose tasks a worker may run
+    # (allowlist.py): e.g. ["myproject.jobs"]
+    "VTASKS_TASK_MODULES": [],
+    # decoded bytes a stored result may take (result_store.py), and characters per traceback
+    "VTASKS_RESULT_MAX_BYTES": 1024 * 1024,
+    "VTASKS_MAX_TRACEBACK": 16_000,
     # per-queue retry policy: {"queue": {"retries": 3, "backoff": 1.0}} (a task's own
     # @task(retries=..., retry_backoff=...) wins); default fail-fast like the original
     "VTASKS_RETRIES": {},

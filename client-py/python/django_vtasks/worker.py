@@ -48,9 +48,12 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from .broker import Delivery
+from .allowlist import TaskRefused
 from .conf import default_queues, settings
 from .diagnostics import RetryLog
 from .envelope import build_envelope, decode_envelope, encode_envelope
+from .result_store import count_not_stored
+from .result_store import read as read_stored
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
 from .signals import asend_many
@@ -407,8 +410,8 @@ class Worker:
                 await self.broker.astore_results(
                     [(j.delivery.id, result_to_json(j.result), self.result_ttl_ms)
                      for j in running])
-            except Exception:
-                logger.warning("storing RUNNING results failed", exc_info=True)
+            except Exception as e:
+                count_not_stored(len(running), f"RUNNING results: {e}")
         for job in jobs:
             self._spawn(self._run_job(job))
 
@@ -433,7 +436,8 @@ class Worker:
                     self._task_cache.clear()
                 self._task_cache[key] = task
         except Exception as e:
-            reason = f"unknown task path {func_path!r}: {e}"
+            reason = str(e) if isinstance(e, TaskRefused) else (
+                f"unknown task path {func_path!r}: {e}")
             placeholder = resolve_task(func_path, queue=d.queue, backend=self.alias,
                                        strict=False)
             result = self._new_result(d, envelope, placeholder, None)
@@ -447,7 +451,7 @@ class Worker:
         if d.attempt > 1 and self.result_ttl_ms > 0:
             try:
                 raw = await self.broker.aget_result(d.id)
-                prior = orjson.loads(raw) if raw else None
+                prior = orjson.loads(read_stored(raw)) if raw else None
             except Exception:
                 logger.warning("reading the previous result of %s failed", d.id, exc_info=True)
         try:
@@ -568,8 +572,8 @@ class Worker:
             return
         try:
             await self.broker.astore_result(result.id, result_to_json(result), self.result_ttl_ms)
-        except Exception:
-            logger.warning("storing the result of %s failed", result.id, exc_info=True)
+        except Exception as e:
+            count_not_stored(1, f"task {result.id}: {e}")
 
     async def _fail(self, d: Delivery, error: str, retry_ms: int | None,
                     result: TaskResult | None) -> str | None:
@@ -785,8 +789,8 @@ class Worker:
     async def _store_raw(self, rid: str, data: bytes) -> None:
         try:
             await self.broker.astore_result(rid, data, self.result_ttl_ms)
-        except Exception:
-            logger.warning("storing the result of %s failed", rid, exc_info=True)
+        except Exception as e:
+            count_not_stored(1, f"task {rid}: {e}")
 
     async def _batch_dead(self, d: Delivery, reason: str) -> None:
         logger.error("task %s on %s dead-lettered: %s", d.id, d.queue, reason)

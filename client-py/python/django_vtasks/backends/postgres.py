@@ -177,7 +177,7 @@ class PostgresBroker(Broker):
 
     @staticmethod
     def _results(results):
-        return [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0]
+        return [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0 and data is not None]
 
     def ack_with_results(self, queue, pairs, results):
         # one statement: the results and the ack commit together (one round trip)
@@ -301,11 +301,11 @@ class PostgresBroker(Broker):
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             self.q.store_result(id, data, int(ttl_ms))
 
     async def astore_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             await self.aq.store_result(id, data, int(ttl_ms))
 
     def get_result(self, id):

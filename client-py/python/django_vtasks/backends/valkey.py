@@ -318,7 +318,7 @@ class ValkeyBroker(Broker):
         prefix = f"{self.prefix}result:"
         command = pipe.execute_command
         for rid, data, ttl in results:
-            if ttl > 0:  # what pipe.set(key, data, px=ttl) sends, without its option parsing
+            if ttl > 0 and data is not None:  # what pipe.set(key, data, px=ttl) sends
                 command("SET", prefix + rid, data, "PX", ttl)
         if pairs:
             pipe.execute_command("VT.ACK", self.key(queue), *[x for p in pairs for x in p])
@@ -468,15 +468,15 @@ class ValkeyBroker(Broker):
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             self.client.set(self.result_key(id), data, px=int(ttl_ms))
 
     async def astore_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             await self.aclient.set(self.result_key(id), data, px=int(ttl_ms))
 
     async def astore_results(self, results):
-        results = [r for r in results if r[2] > 0]
+        results = [r for r in results if r[2] > 0 and r[1] is not None]
         if not results:
             return
         async with self.aclient.pipeline(transaction=False) as pipe:
@@ -673,7 +673,7 @@ def _pack_ack_results(result_prefix: str, key: str, pairs, results) -> tuple[byt
     n = 0
     prefix = result_prefix.encode()
     for rid, data, ttl in results:
-        if ttl > 0:
+        if ttl > 0 and data is not None:
             k = prefix + rid.encode()
             t = b"%d" % int(ttl)
             out.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
