@@ -233,6 +233,34 @@ def test_clear_queue_without_a_terminal_exits_non_zero():
 
 
 # ---- enqueue_many across queues ---------------------------------------------------------------
+def test_enqueue_many_partial_failure_on_a_cluster():
+    """The same on Valkey Cluster (queues on different nodes, a cluster pipeline)."""
+    from django.tasks import task_backends
+    from valkey.cluster import ValkeyCluster
+
+    from django_vtasks.broker import EnqueueFailed
+
+    backend = task_backends["valkey_cluster"]
+    client = ValkeyCluster.from_url(os.environ["VTASKS_TEST_VALKEY_CLUSTER_URL"])
+    nodes = ValkeyCluster.ALL_NODES
+    client.config_set("vtasks.max-payload", 4096, target_nodes=nodes)
+    try:
+        small, big = f"s{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
+        arg = CARD + os.urandom(20_000).hex()
+        items = ([(add.using(queue_name=small, backend="valkey_cluster"), (1, 2), {})] * 2
+                 + [(add.using(queue_name=big, backend="valkey_cluster"), (arg, "x"), {})])
+        for run in (lambda: backend.enqueue_many(items),
+                    lambda: asyncio.run(backend.aenqueue_many(items))):
+            with pytest.raises(EnqueueFailed) as e:
+                run()
+            assert CARD not in str(e.value) and len(str(e.value)) < 3000
+            assert len(e.value.results) == 2 and len(e.value.refused) == 1
+        assert backend.broker.info(small)["ready"] == 4 and backend.broker.info(big)["ready"] == 0
+    finally:  # the session's cluster runs with the default
+        client.config_set("vtasks.max-payload", 16 * 1024 * 1024, target_nodes=nodes)
+        client.close()
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_enqueue_many_partial_failure_reports_per_task_outcomes(mode, valkey_server, add_backend):
     """One queue's VT.ENQUEUE refused (payload over the server's vtasks.max-payload), the
@@ -445,12 +473,9 @@ def test_decoded_size_is_capped():
         task_backends["valkey"].enqueue_many([(add, ("a" * (20 << 20), "b"), {})])
 
 
-def test_worker_refuses_hostile_and_invalid_payloads(tmp_path):
+def test_worker_refuses_hostile_and_invalid_payloads(alias, broker, tmp_path):
     """Dead-lettered with a reason that says what is wrong: an envelope that inflates past the
     cap, ``"args": "abc"``, a bad run_after, a module outside the project (never imported)."""
-    from django.tasks import task_backends
-
-    broker = task_backends["valkey"].broker
     queue = f"q{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "imported.txt"
     ids = {
@@ -466,7 +491,7 @@ def test_worker_refuses_hostile_and_invalid_payloads(tmp_path):
         "not_task": raw_enqueue(broker, queue, {"func": "os.system",
                                                 "args": [f"touch {marker}"], "kwargs": {}}),
     }
-    w = WorkerProc("valkey", [queue], tmp_path, env={"VTASKS_TEST_MARKER": str(marker)})
+    w = WorkerProc(alias, [queue], tmp_path, env={"VTASKS_TEST_MARKER": str(marker)})
     try:
         wait_for(lambda: broker.info(queue)["dead"] == len(ids), timeout=90,
                  message="all dead-lettered")
@@ -538,26 +563,24 @@ def test_results_are_bounded_compressed_and_optional(settings):
     assert orjson.loads(result_to_json(_result(other, args=[7, 8])[0]))["args"] == []
 
 
-def test_results_end_to_end_with_a_worker(workers):
+def test_results_end_to_end_with_a_worker(alias, backend, workers):
     """Through a real worker: an oversized return value reads FAILED with the reason; a task
     with ignore_result leaves no result; a normal result is stored compressed when large."""
-    from django.tasks import task_backends
     from django.tasks.exceptions import TaskResultDoesNotExist
 
     from tests.testapp.tasks import add_no_result
 
-    backend = task_backends["valkey"]
     queue = f"q{uuid.uuid4().hex[:8]}"
-    big = add.using(backend="valkey", queue_name=queue).enqueue("v" * 1_200_000, "w")
-    mid = add.using(backend="valkey", queue_name=queue).enqueue("m" * 50_000, "n")
-    quiet = add_no_result.using(backend="valkey", queue_name=queue).enqueue(1, 2)
-    workers([queue], alias="valkey")
+    big = add.using(backend=alias, queue_name=queue).enqueue("v" * 1_200_000, "w")
+    mid = add.using(backend=alias, queue_name=queue).enqueue("m" * 50_000, "n")
+    quiet = add_no_result.using(backend=alias, queue_name=queue).enqueue(1, 2)
+    workers([queue])
     wait_for(lambda: backend.get_result(big.id).is_finished, timeout=60, message="big finished")
     wait_for(lambda: backend.get_result(mid.id).is_finished, timeout=60, message="mid finished")
     r = backend.get_result(big.id)
     assert str(r.status) == "FAILED" and "VTASKS_RESULT_MAX_BYTES" in r.errors[-1].traceback
     assert backend.get_result(mid.id).return_value == "m" * 50_000 + "n"
-    assert backend.broker.get_result(mid.id).startswith(b"zstd:")
+    assert bytes(backend.broker.get_result(mid.id)).startswith(b"zstd:")
     wait_for(lambda: backend.broker.info(queue)["ready"] + backend.broker.info(queue)["inflight"]
              == 0, timeout=60, message="drained")
     with pytest.raises(TaskResultDoesNotExist):
@@ -610,3 +633,41 @@ def test_worker_against_a_dead_postgres_logs_one_line(add_backend, caplog):
     assert errors and all(r.exc_info is None for r in errors)
     assert len(errors) <= 2, [r.getMessage() for r in errors]
     assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+# ---- durable enqueue ------------------------------------------------------------------------------
+def test_durable_enqueue_waits_for_a_replica_and_the_aof(valkey_server, add_backend):
+    """OPTIONS["DURABLE"]: enqueue returns once the replica (WAIT) and the primary's AOF fsync
+    (WAITAOF) confirmed it; asking for more replicas than there are raises NotDurable naming the
+    ids that did go in."""
+    import valkey
+
+    from django_vtasks.backends.valkey import NotDurable
+
+    url, port = valkey_server(extra=["--appendonly", "yes", "--appendfsync", "always"])
+    replica_url, _ = valkey_server(extra=["--replicaof", "127.0.0.1", str(port)])
+    primary = valkey.Valkey.from_url(url)
+    wait_for(lambda: int(primary.info("replication")["connected_slaves"]) == 1
+             and valkey.Valkey.from_url(replica_url).info("replication")["master_link_status"]
+             == "up", timeout=60, message="replica in sync")
+    ok = add_backend("edges_durable", {"BROKER_URL": url, "DURABLE": {
+        "replicas": 1, "aof": True, "timeout": 30}})
+    queue = "durable"
+    r = add.using(backend="edges_durable", queue_name=queue).enqueue(1, 2)
+    results = ok.enqueue_many([(add.using(queue_name=queue), (i, 1), {}) for i in range(5)]
+                              + [(add.using(queue_name=queue + "2"), (0, 1), {})])
+    assert len(results) == 6
+    asyncio.run(ok.aenqueue_many([(add.using(queue_name=queue), (9, 9), {})]))
+    replica = add_backend("edges_replica", {"BROKER_URL": replica_url}).broker
+    assert replica.get(queue, r.id) is not None  # it was on the replica when enqueue returned
+    assert replica.info(queue)["ready"] == 7 and replica.info(queue + "2")["ready"] == 1
+    # two replicas asked, one exists: not confirmed, but enqueued (the error says which)
+    strict = add_backend("edges_durable2", {"BROKER_URL": url, "DURABLE": {
+        "replicas": 2, "timeout": 0.2}})
+    with pytest.raises(NotDurable) as e:
+        add.using(backend="edges_durable2", queue_name=queue).enqueue(3, 4)
+    assert "1 of 2 replica(s)" in str(e.value) and len(e.value.ids) == 1
+    assert strict.broker.get(queue, e.value.ids[0]) is not None
+    with pytest.raises(NotDurable):
+        asyncio.run(add.using(backend="edges_durable2", queue_name=queue).aenqueue(3, 4))
+    primary.close()

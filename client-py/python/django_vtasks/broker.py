@@ -77,8 +77,10 @@ class EnqueueFailed(BrokerError):
         self.results: list = []
         reasons = sorted(set(refused.values()))
         queues = sorted({requests[i].queue for i in refused})
+        some = [requests[i].id for i in sorted(refused)[:3]]
         super().__init__(
-            f"{len(refused)} of {len(requests)} task(s) were not enqueued (queues {queues}): "
+            f"{len(refused)} of {len(requests)} task(s) were not enqueued (queues {queues}, "
+            f"ids {some}{' ...' if len(refused) > 3 else ''}): "
             f"{'; '.join(reasons)[:2000]}. {sum(1 for i in ids if i)} other(s) were enqueued; "
             "this error's .results holds them (retry only the others).")
 

@@ -89,8 +89,11 @@ class ValkeyBroker(Broker):
     kind = "valkey"
 
     def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:",
-                 max_connections: int = 50, connect_options: dict | None = None):
+                 max_connections: int = 50, connect_options: dict | None = None,
+                 durable: tuple[int, bool, int] | None = None):
         self.url = url
+        #: (replicas, aof, timeout ms): what enqueue waits for (OPTIONS["DURABLE"])
+        self.durable = durable
         #: the URL as messages show it (password masked)
         self.safe_url = redact_url(url) if url else "CONNECTION_POOL"
         self.connect_options = dict(connect_options or {})
@@ -257,14 +260,53 @@ class ValkeyBroker(Broker):
 
     def _enqueue_sync(self, requests):
         commands = self._enqueue_commands(requests)
-        if len(commands) == 1:
+        waits = self._durable_commands()
+        if len(commands) == 1 and not waits:
             replies = [self.client.execute_command(*commands[0][0])]
         else:
+            # one pipeline, one connection: WAIT/WAITAOF count the writes of their connection
             pipe = self.client.pipeline(transaction=False)
-            for args, _ in commands:
+            for args in [a for a, _ in commands] + waits:
                 pipe.execute_command(*args)
             replies = pipe.execute(raise_on_error=False)
-        return self._map_enqueue(requests, commands, replies)
+        ids = self._map_enqueue(requests, commands, replies[:len(commands)])
+        if waits:
+            self._check_durable(replies[len(commands):], ids)
+        return ids
+
+    # ---- durable enqueue (OPTIONS["DURABLE"]) ---------------------------------------------------
+    def _durable_commands(self) -> list[list]:
+        """WAIT <replicas> <ms> and/or WAITAOF 1 0 <ms>, sent after the VT.ENQUEUEs on their
+        connection, when OPTIONS["DURABLE"] asks for it."""
+        if not self.durable:
+            return []
+        replicas, aof, timeout_ms = self.durable
+        out = []
+        if replicas:
+            out.append(["WAIT", replicas, timeout_ms])
+        if aof:
+            out.append(["WAITAOF", 1, 0, timeout_ms])
+        return out
+
+    def _check_durable(self, replies, ids) -> None:
+        replicas, aof, timeout_ms = self.durable
+        enqueued = [i for i in ids if i]
+        problems = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                problems.append(str(self.error(reply, "confirm durability")))
+            elif isinstance(reply, list):  # WAITAOF: [local fsyncs, replica fsyncs]
+                if int(reply[0]) < 1:
+                    problems.append("the primary did not fsync its AOF")
+            elif int(reply) < replicas:
+                problems.append(f"{int(reply)} of {replicas} replica(s) acknowledged")
+        if problems:
+            raise NotDurable(
+                f"{len(enqueued)} task(s) were enqueued on the primary at {self.safe_url} but "
+                f"not confirmed durable within {timeout_ms} ms ({'; '.join(problems)}): they "
+                "may run, or be lost if the primary fails now; check the replicas "
+                "(INFO replication) and appendonly, or raise OPTIONS['DURABLE']['timeout']",
+                enqueued)
 
     async def aenqueue(self, requests):
         """Concurrent calls on one event loop are coalesced: the enqueues of one loop tick go
@@ -280,18 +322,27 @@ class ValkeyBroker(Broker):
             # the same VT.ENQUEUE commands as below, packed here in one pass (valkey-py's
             # pack_command per argument was a third of the bulk enqueue time)
             commands, packed = _pack_enqueue(self, requests)
-            replies = await _send_packed(client.connection_pool, packed, len(commands),
-                                         "VT.ENQUEUE", raise_on_error=False)
-            return self._map_enqueue(requests, commands, replies)
-        commands = self._enqueue_commands(requests)
-        if len(commands) == 1:
-            replies = [await client.execute_command(*commands[0][0])]
+            waits = self._durable_commands()
+            if waits:
+                packed += b"".join(b"*%d\r\n" % len(w) + b"".join(_bulk(_arg(a)) for a in w)
+                                   for w in waits)
+            replies = await _send_packed(client.connection_pool, packed,
+                                         len(commands) + len(waits), "VT.ENQUEUE",
+                                         raise_on_error=False)
         else:
-            async with client.pipeline(transaction=False) as pipe:
-                for args, _ in commands:
-                    pipe.execute_command(*args)
-                replies = await pipe.execute(raise_on_error=False)
-        return self._map_enqueue(requests, commands, replies)
+            commands = self._enqueue_commands(requests)
+            waits = self._durable_commands()
+            if len(commands) == 1 and not waits:
+                replies = [await client.execute_command(*commands[0][0])]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for args in [a for a, _ in commands] + waits:
+                        pipe.execute_command(*args)
+                    replies = await pipe.execute(raise_on_error=False)
+        ids = self._map_enqueue(requests, commands, replies[:len(commands)])
+        if waits:
+            self._check_durable(replies[len(commands):], ids)
+        return ids
 
     # ---- consumer -------------------------------------------------------------------------------
     def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
@@ -701,6 +752,30 @@ class ModuleMissing(BrokerError):
     """The Valkey server answers but the vtasks module is not loaded."""
 
 
+class NotDurable(BrokerError):
+    """OPTIONS["DURABLE"]: the tasks went into the primary but the replicas / AOF fsync did not
+    confirm them in time. ``ids``: the ids enqueued (they may run; a retry would duplicate)."""
+
+    def __init__(self, message: str, ids: list[str]):
+        super().__init__(message)
+        self.ids = ids
+
+
+def durable_option(value) -> tuple[int, bool, int] | None:
+    """OPTIONS["DURABLE"] = {"replicas": N, "aof": bool, "timeout": seconds} as
+    (replicas, aof, timeout ms); None when absent or asking for nothing."""
+    if not value:
+        return None
+    if not isinstance(value, dict) or set(value) - {"replicas", "aof", "timeout"}:
+        raise ValueError("OPTIONS['DURABLE'] must be a dict with keys replicas, aof, timeout")
+    replicas = int(value.get("replicas", 0) or 0)
+    aof = bool(value.get("aof", False))
+    timeout_ms = max(1, int(float(value.get("timeout", 1.0)) * 1000))
+    if replicas < 0:
+        raise ValueError("OPTIONS['DURABLE']['replicas'] must be >= 0")
+    return (replicas, aof, timeout_ms) if (replicas or aof) else None
+
+
 class AccessDenied(BrokerError):
     """Valkey refused the credentials (WRONGPASS/NOAUTH) or the user's ACL (NOPERM): a
     configuration error, not an outage."""
@@ -782,10 +857,13 @@ class ValkeyTaskBackend(VTasksBackend):
         self.max_connections = int(self.options.get("MAX_CONNECTIONS", 50))
         #: OPTIONS["PASSWORD"]/["USERNAME"]/["SSL_CHECK_HOSTNAME"] (see connection_options)
         self.connect_options = connection_options(self.broker_url, self.options)
+        #: OPTIONS["DURABLE"]: enqueue() returns once N replicas / the AOF fsync confirmed the
+        #: tasks (WAIT / WAITAOF on the enqueue's connection), else raises NotDurable
+        self.durable = durable_option(self.options.get("DURABLE"))
 
     def _broker_key(self):
         return (self.broker_url, id(self.connection_pool), self.prefix, self.max_connections,
-                self.cluster, tuple(sorted(self.connect_options.items())))
+                self.cluster, tuple(sorted(self.connect_options.items())), self.durable)
 
     def _make_broker(self):
         if self.cluster:
@@ -794,7 +872,7 @@ class ValkeyTaskBackend(VTasksBackend):
             return ValkeyClusterBroker(self.broker_url, self.prefix, self.max_connections,
                                        self.connect_options)
         return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix,
-                            self.max_connections, self.connect_options)
+                            self.max_connections, self.connect_options, self.durable)
 
     def _write(self, results, requests):
         try:
@@ -822,6 +900,12 @@ class ValkeyTaskBackend(VTasksBackend):
                 hint="Set OPTIONS = {'BROKER_URL': 'valkey://localhost:6379/0'}.",
                 obj=self, id="django_vtasks.E001"))
             return errors
+        if self.cluster and self.durable:
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r}: OPTIONS['DURABLE'] is not supported with CLUSTER "
+                "(WAIT must follow the enqueue on the shard's own connection).",
+                hint="Remove OPTIONS['DURABLE'], or use a primary with replicas (no cluster).",
+                obj=self, id="django_vtasks.E007"))
         if self.cluster:
             if self.connection_pool is not None or not self.broker_url:
                 errors.append(checks.Error(
