@@ -553,6 +553,10 @@ def test_results_are_bounded_compressed_and_optional(settings):
     assert str(back.status) == "FAILED"
     assert back.errors[-1].exception_class_path == RESULT_TOO_LARGE
     assert "ran to completion" in back.errors[-1].traceback
+    # 2 MB of arguments and a small return value: the argument copies go, the value stays
+    r, _ = _result(add, args=["a" * 2_000_000, "b"], value="ab")
+    back = result_from_json(result_to_json(r), "valkey")
+    assert str(back.status) == "SUCCESSFUL" and back.return_value == "ab" and back.args == []
     # opt-outs: per task (ignore_result) and per queue; compact: no argument copy
     assert result_to_json(_result(add_no_result)[0]) is None
     settings.TASKS = {**settings.TASKS, "valkey": {**settings.TASKS["valkey"], "OPTIONS": {

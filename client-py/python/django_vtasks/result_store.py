@@ -3,9 +3,10 @@
 Results share the broker's memory with the queues, so they must never starve them:
 
 - **bounded**: each traceback is clipped to ``VTASKS_MAX_TRACEBACK`` characters (head and tail
-  kept) and the whole document to ``VTASKS_RESULT_MAX_BYTES`` (decoded). A result over it is
-  stored FAILED with a ``django_vtasks.result_store.ResultTooLarge`` error saying the task ran
-  to completion but its return value was not kept (then the argument copies go too, if needed);
+  kept) and the whole document to ``VTASKS_RESULT_MAX_BYTES`` (decoded). A result over it loses
+  its argument copies first (``args_omitted``); if still too large it is stored FAILED with a
+  ``django_vtasks.result_store.ResultTooLarge`` error saying the task ran to completion but its
+  return value was not kept;
 - **compressed** like payloads (``b"zstd:"`` + zstd over ``VTASKS_COMPRESS_THRESHOLD`` bytes);
 - **compact on request**: ``OPTIONS["RESULT_ARGS"] = False`` stores no copy of the arguments
   (``get_result()`` of a finished task then has empty ``args``/``kwargs``);
@@ -90,33 +91,36 @@ def stored_form(result, encode: Callable[[Any, bool, int], bytes]) -> bytes | No
 
 
 def _shrink(doc: bytes, max_bytes: int) -> bytes:
-    """An oversized result as FAILED without its return value (then without argument copies,
-    then with its errors clipped further) until it fits."""
+    """An oversized result made to fit: first without its argument copies (the caller has the
+    arguments; ``args_omitted`` says so), then, if still too large, FAILED without its return
+    value (a ResultTooLarge error says the task ran), then with its tracebacks clipped further."""
     data = orjson.loads(doc)
     size = len(doc)
-    ran = data.get("status") == "SUCCESSFUL"
-    data["status"] = "FAILED"
-    data["return_value"] = None
-    note = (f"the stored result would take {size} bytes, over VTASKS_RESULT_MAX_BYTES "
-            f"({max_bytes})" + ("; the task ran to completion, its return value was not kept: "
-                                "return a reference (an id, a path) to large data instead"
-                                if ran else ""))
-    data["errors"] = list(data.get("errors") or []) + [
-        {"exception_class_path": RESULT_TOO_LARGE, "traceback": note}]
-    out = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    if len(out) > max_bytes:
-        data["args"], data["kwargs"] = [], {}
-        data["errors"][-1]["traceback"] = note + " (argument copies dropped too)"
-        out = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    limit = max(256, max_bytes // (4 * max(1, len(data["errors"]))))
-    while len(out) > max_bytes and limit > 64:
-        for e in data["errors"][:-1]:
-            e["traceback"] = clip(e.get("traceback") or "", limit)
-        out = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-        limit //= 2
-    logger.warning("result of task %s (%s) was %d bytes, over VTASKS_RESULT_MAX_BYTES=%d: "
-                   "stored as FAILED without its return value", data.get("id"),
-                   data.get("func"), size, max_bytes)
+    dumps = orjson.dumps
+    data["args"], data["kwargs"], data["args_omitted"] = [], {}, True
+    out = dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    too_large = len(out) > max_bytes
+    if too_large:
+        ran = data.get("status") == "SUCCESSFUL"
+        data["status"] = "FAILED"
+        data["return_value"] = None
+        note = (f"the stored result would take {size} bytes, over VTASKS_RESULT_MAX_BYTES "
+                f"({max_bytes})" + ("; the task ran to completion but its return value was not "
+                                    "kept: return a reference (an id, a path) to large data"
+                                    if ran else ""))
+        data["errors"] = list(data.get("errors") or []) + [
+            {"exception_class_path": RESULT_TOO_LARGE, "traceback": note}]
+        out = dumps(data, option=orjson.OPT_NON_STR_KEYS)
+        limit = max(256, max_bytes // (4 * len(data["errors"])))
+        while len(out) > max_bytes and limit > 64:
+            for e in data["errors"][:-1]:
+                e["traceback"] = clip(e.get("traceback") or "", limit)
+            out = dumps(data, option=orjson.OPT_NON_STR_KEYS)
+            limit //= 2
+    logger.warning("result of task %s (%s) took %d bytes, over VTASKS_RESULT_MAX_BYTES=%d: "
+                   "stored %s", data.get("id"), data.get("func"), size, max_bytes,
+                   "as FAILED without its return value" if too_large
+                   else "without its argument copies")
     return out
 
 
