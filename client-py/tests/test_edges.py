@@ -170,6 +170,18 @@ def test_debug_page_does_not_show_the_broker_password(settings, rf, valkey_serve
     html = page()
     assert "edges_debug" in html and "boom" in html
     assert SECRET not in html
+    # the same for the Postgres backend's own DSN
+    settings.TASKS = {**settings.TASKS, "edges_debug_pg": {
+        "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+        "OPTIONS": {"DSN": "host=127.0.0.1 user=app dbname=app", "PASSWORD": SECRET}}}
+    assert "edges_debug_pg" in page() and SECRET not in page()
+    from django.tasks import task_backends
+
+    assert f"password='{SECRET}'" in task_backends["edges_debug_pg"].dsn
+    settings.TASKS = {**settings.TASKS, "edges_debug_pg": {
+        "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+        "OPTIONS": {"DSN": f"postgres://app:{SECRET}@127.0.0.1:1/app"}}}
+    assert "django_vtasks.W014" in {c.id for c in task_backends["edges_debug_pg"].check()}
     # the contrast that makes the test meaningful: in the URL, Django shows it
     settings.TASKS = {**settings.TASKS, "edges_debug": {
         "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
@@ -621,7 +633,7 @@ def test_worker_against_a_dead_postgres_logs_one_line(add_backend, caplog):
     from django_vtasks.worker import Worker
 
     add_backend("edges_pg_down", {"DSN": f"host=127.0.0.1 port={closed_port()} user=x "
-                                         f"password='{SECRET}' dbname=x connect_timeout=1"},
+                                         "dbname=x connect_timeout=1", "PASSWORD": SECRET},
                 backend="django_vtasks.backends.postgres.PostgresTaskBackend")
     worker = Worker(backend_alias="edges_pg_down", queues=["default"], concurrency=1)
 

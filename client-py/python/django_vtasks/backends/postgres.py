@@ -345,8 +345,18 @@ class PostgresTaskBackend(VTasksBackend):
 
     @property
     def dsn(self) -> str:
+        """OPTIONS["DSN"] (plus OPTIONS["PASSWORD"], kept apart so Django's error pages hide
+        it), else the Django database's settings."""
         dsn = self.options.get("DSN")
         if dsn:
+            password = self.options.get("PASSWORD")
+            if password and "://" in dsn:
+                from urllib.parse import quote
+
+                dsn += ("&" if "?" in dsn else "?") + "password=" + quote(str(password), safe="")
+            elif password:
+                dsn = f"{dsn} password='" + str(password).replace("\\", "\\\\").replace(
+                    "'", "\\'") + "'"
             return dsn
         return _dsn_from_django(connections[self.database].settings_dict)
 
@@ -406,6 +416,16 @@ class PostgresTaskBackend(VTasksBackend):
             return errors
         from django.apps import apps
 
+        from ..redact import redact_url
+
+        dsn_option = self.options.get("DSN")
+        if dsn_option and redact_url(dsn_option) != dsn_option:
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: OPTIONS['DSN'] contains a password, which "
+                "Django's DEBUG error page and any settings dump show in clear.",
+                hint="Move it to OPTIONS['PASSWORD'] (key/value DSNs) or to the PGPASSWORD "
+                     "environment variable / a .pgpass file.",
+                obj=self, id="django_vtasks.W014"))
         if not apps.is_installed("django_vtasks.postgres"):
             errors.append(checks.Error(
                 f"Task backend {self.alias!r} needs 'django_vtasks.postgres' in INSTALLED_APPS "
