@@ -687,3 +687,56 @@ def test_durable_enqueue_waits_for_a_replica_and_the_aof(valkey_server, add_back
     with pytest.raises(NotDurable):
         asyncio.run(add.using(backend="edges_durable2", queue_name=queue).aenqueue(3, 4))
     primary.close()
+
+
+def test_postgres_going_down_under_a_worker_logs_one_line_per_failure(add_backend, caplog):
+    """The maintenance loop (and the fetch) against a Postgres database that stops taking
+    connections mid-run: one ERROR line per loop when it starts failing, with backoff (it used
+    to log "maintenance failed" twice a second), and a line when it works again."""
+    from django.db import connections
+
+    from django_vtasks import _native
+    from django_vtasks.worker import Worker
+
+    db = f"edges_{uuid.uuid4().hex[:8]}"
+    base = os.environ["VTASKS_PG_DSN"].rsplit("/", 1)[0]
+    dsn = f"{base}/{db}"
+    with connections["default"].cursor() as c:
+        c.execute(f"CREATE DATABASE {db}")
+    try:
+        _native.PgQueue(dsn, 2, 1000, 3, 30000, True).migrate()
+        add_backend("edges_pg_flaky", {"DSN": dsn, "POOL_SIZE": 2},
+                    backend="django_vtasks.backends.postgres.PostgresTaskBackend")
+        worker = Worker(backend_alias="edges_pg_flaky", queues=["default"], concurrency=1,
+                        lease=2.0)
+
+        def cut(allow: bool):
+            with connections["default"].cursor() as c:
+                c.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS {str(allow).lower()}")
+                if not allow:
+                    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s", [db])
+
+        async def run():
+            task = asyncio.create_task(worker.run(handle_signals=False))
+            await asyncio.sleep(2)  # started, maintenance running
+            await asyncio.to_thread(cut, False)
+            await asyncio.sleep(6)
+            await asyncio.to_thread(cut, True)
+            await asyncio.sleep(4)
+            await worker.stop()
+            await task
+
+        with caplog.at_level(logging.INFO, logger="django_vtasks"):
+            asyncio.run(run())
+        maintenance = [r for r in caplog.records if "maintenance" in r.getMessage()
+                       and "failed" in r.getMessage() and r.levelno >= logging.WARNING]
+        assert 1 <= len(maintenance) <= 3, [r.getMessage() for r in maintenance]
+        assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.ERROR)
+        assert any("works again" in r.getMessage() for r in caplog.records)
+    finally:
+        with connections["default"].cursor() as c:
+            c.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                      [db])
+            c.execute(f"DROP DATABASE IF EXISTS {db}")
