@@ -375,6 +375,10 @@ def test_eviction_policy_check(valkey_server, add_backend):
     url, _ = valkey_server(extra=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"])
     assert "django_vtasks.W003" not in {c.id for c in add_backend(
         "edges_vlru", {"BROKER_URL": url}).check()}
+    from django.tasks import task_backends
+
+    # the cluster client reads it from its nodes (the test cluster runs the default)
+    assert task_backends["valkey_cluster"].broker.eviction_policy() == "noeviction"
 
 
 def test_volatile_policy_evicts_results_never_queues(valkey_server, add_backend):
@@ -613,8 +617,8 @@ def test_admin_attempt_column_and_bounded_previews(superuser_client):
     queue = f"q{uuid.uuid4().hex[:8]}"
     add.using(backend="valkey", queue_name=queue).enqueue(1, 2)
     flaky.using(backend="valkey", queue_name=queue).enqueue(0)
-    raw_enqueue(broker, queue, {"func": "tests.testapp.tasks.add",
-                                "args": ["a" * (20 << 20), "b"], "kwargs": {}})
+    bomb = raw_enqueue(broker, queue, {"func": "tests.testapp.tasks.add",
+                                       "args": ["a" * (20 << 20), "b"], "kwargs": {}})
     got = broker.fetch([queue], "admin-test", 3, 60_000)
     assert len(got) == 3
     r = superuser_client.get("/admin/django_vtasks/runningtask/",
@@ -624,6 +628,10 @@ def test_admin_attempt_column_and_bounded_previews(superuser_client):
     assert "<td>1/1</td>" in html  # fail-fast: one run (the broker's 3 counts crash recovery)
     assert "<td>1/3</td>" in html  # retries=2: three runs (the broker says 5)
     assert "tests.testapp.tasks.add" in html and len(html) < 200_000
+    # the detail page shows a bounded preview of the 20 MiB envelope, saying it is cut
+    r = superuser_client.get(f"/admin/django_vtasks/runningtask/valkey/{queue}/{bomb}/")
+    html = r.content.decode()
+    assert r.status_code == 200 and "cut: only the first" in html and len(html) < 1_000_000
 
 
 # ---- diagnostics (Postgres) -----------------------------------------------------------------------
