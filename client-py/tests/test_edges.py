@@ -139,6 +139,9 @@ def test_module_missing_and_unreachable_errors_hide_the_password(valkey_server):
     with pytest.raises(ModuleMissing) as e:  # what a worker's fetch says, not "unknown command"
         plain.fetch(["default"], "w", 1)
     assert "does not have the vtasks module" in str(e.value)
+    with pytest.raises(ModuleMissing) as e:  # the server's echo of the arguments is cut
+        plain.enqueue([EnqueueRequest("q", "i1", CARD.encode())])
+    assert CARD not in str(e.value) and "args beginning" not in str(e.value)
     down = ValkeyBroker(f"valkey://:{SECRET}@127.0.0.1:{closed_port()}/0")
     for call in (down.ping, lambda: down.enqueue([EnqueueRequest("q", "i1", b"{}")]),
                  lambda: down.info("q")):

@@ -789,6 +789,8 @@ def server_words(e: BaseException) -> str:
     head, sep, tail = text.rpartition(" of pipeline caused error: ")
     if sep and head.startswith("Command # "):
         text = tail
+    # "unknown command 'X', with args beginning with: <the first arguments>"
+    text = text.split(", with args beginning with:", 1)[0]
     return text if len(text) <= 500 else text[:500] + "..."
 
 
@@ -808,7 +810,7 @@ def describe_error(e: BaseException, doing: str, where: str, redact_text=redact)
     if upper.startswith("NOPERM") or isinstance(e, valkey.exceptions.NoPermissionError):
         return AccessDenied(
             f"cannot {doing}: the Valkey user of {where} lacks an ACL permission ({words}); grant "
-            "it the vtasks commands and the queue keys (README, 'ACL users')")
+            "it the VT.* commands it needs and the queue and result keys of the prefix")
     if isinstance(e, valkey.ResponseError) and "unknown command" in words.lower() \
             and "'vt." in words.lower():
         return ModuleMissing(
@@ -944,7 +946,8 @@ class ValkeyTaskBackend(VTasksBackend):
         except AccessDenied as e:
             errors.append(checks.Error(
                 f"Task backend {self.alias!r}: {e}",
-                hint="Fix the credentials or the ACL of the Valkey user (README, 'ACL users').",
+                hint="Fix the credentials, or grant the Valkey user the VT.* commands and the keys "
+                     "of the prefix (ACL SETUSER).",
                 obj=self, id="django_vtasks.E006"))
             return errors
         except BrokerError as e:
