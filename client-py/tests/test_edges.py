@@ -306,6 +306,13 @@ def test_enqueue_many_partial_failure_reports_per_task_outcomes(mode, valkey_ser
     assert backend.broker.info(small)["ready"] == 3
     assert backend.broker.info(big)["ready"] == 0
     assert {r.id for r in err.results} == {p.id for p in backend.broker.peek(small, "ready")}
+    if mode == "sync":  # inside atomic() the send happens at commit: the same error there
+        from django.db import transaction
+
+        with pytest.raises(EnqueueFailed) as e:
+            with transaction.atomic():
+                backend.enqueue_many(items)
+        assert len(e.value.results) == 3 and backend.broker.info(small)["ready"] == 6
     client.close()
 
 
@@ -694,6 +701,7 @@ def test_durable_enqueue_waits_for_a_replica_and_the_aof(valkey_server, add_back
     with pytest.raises(NotDurable) as e:
         add.using(backend="edges_durable2", queue_name=queue).enqueue(3, 4)
     assert "1 of 2 replica(s)" in str(e.value) and len(e.value.ids) == 1
+    assert [r.id for r in e.value.results] == e.value.ids
     assert strict.broker.get(queue, e.value.ids[0]) is not None
     with pytest.raises(NotDurable):
         asyncio.run(add.using(backend="edges_durable2", queue_name=queue).aenqueue(3, 4))

@@ -754,11 +754,13 @@ class ModuleMissing(BrokerError):
 
 class NotDurable(BrokerError):
     """OPTIONS["DURABLE"]: the tasks went into the primary but the replicas / AOF fsync did not
-    confirm them in time. ``ids``: the ids enqueued (they may run; a retry would duplicate)."""
+    confirm them in time. ``ids``: the ids enqueued (they may run; a retry would duplicate);
+    ``results``: their TaskResults (sync enqueue/enqueue_many)."""
 
     def __init__(self, message: str, ids: list[str]):
         super().__init__(message)
         self.ids = ids
+        self.results: list = []
 
 
 def durable_option(value) -> tuple[int, bool, int] | None:
@@ -877,15 +879,15 @@ class ValkeyTaskBackend(VTasksBackend):
                             self.max_connections, self.connect_options, self.durable)
 
     def _write(self, results, requests):
-        try:
-            self._write_now(results, requests)
-        except EnqueueFailed as e:
-            e.results = [r for r, rid in zip(results, e.ids, strict=True) if rid is not None]
-            raise
-
-    def _write_now(self, results, requests):
         def write():
-            ids = self.broker.enqueue(requests)
+            try:
+                ids = self.broker.enqueue(requests)
+            except EnqueueFailed as e:  # some queues refused: say which results went in
+                e.results = [r for r, rid in zip(results, e.ids, strict=True) if rid is not None]
+                raise
+            except NotDurable as e:
+                e.results = [r for r in results if r.id in set(e.ids)]
+                raise
             self._sent(results, ids, requests)
 
         if self._in_atomic_block():
