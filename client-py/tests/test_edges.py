@@ -422,8 +422,16 @@ def test_worker_serves_the_backend_queues_by_default(add_backend, settings):
                 queues=["emails", "default"])
     assert Worker(backend_alias="edges_queues").queues == ["emails", "default"]
     assert Worker(backend_alias="edges_queues", queues=["x"]).queues == ["x"]
-    settings.VTASKS_QUEUES = ["only"]  # an explicit project setting still wins
+    assert "django_vtasks.W005" not in {c.id for c in add_backend(
+        "edges_queues", {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]},
+        queues=["emails", "default"]).check()}
+    settings.VTASKS_QUEUES = ["only"]  # an explicit project setting still wins...
     assert Worker(backend_alias="edges_queues").queues == ["only"]
+    from django.tasks import task_backends
+
+    # ... and the check says which of the backend's queues no default worker serves
+    w005 = [c for c in task_backends["edges_queues"].check() if c.id == "django_vtasks.W005"]
+    assert w005 and "['emails', 'default']" in w005[0].msg
     del settings.VTASKS_QUEUES
     add_backend("edges_any", {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]})
     assert Worker(backend_alias="edges_any").queues == ["default"]

@@ -65,3 +65,26 @@ def default_queues(alias: str) -> list[str]:
         return list(explicit)
     configured = list((getattr(django_settings, "TASKS", {}).get(alias) or {}).get("QUEUES") or [])
     return configured or list(DEFAULTS["VTASKS_QUEUES"])
+
+
+def unserved_queues(alias: str) -> list[str]:
+    """Queues of ``TASKS[alias]["QUEUES"]`` that a worker started without ``--queue`` would not
+    serve (VTASKS_QUEUES set and missing them): tasks sent there would wait forever."""
+    configured = list((getattr(django_settings, "TASKS", {}).get(alias) or {}).get("QUEUES") or [])
+    served = set(default_queues(alias))
+    return [q for q in configured if q not in served]
+
+
+def queue_checks(backend) -> list:
+    """System-check messages about the queues a default worker serves (both backends)."""
+    from django.core import checks
+
+    missing = unserved_queues(backend.alias)
+    if not missing:
+        return []
+    return [checks.Warning(
+        f"Task backend {backend.alias!r}: its QUEUES {missing} are not in VTASKS_QUEUES, so a "
+        "worker started without --queue does not serve them: their tasks would never run.",
+        hint="Add them to VTASKS_QUEUES (or remove the setting: workers then serve the backend's "
+             "QUEUES), or start a worker with --queue for them.",
+        obj=backend, id="django_vtasks.W005")]

@@ -28,7 +28,7 @@ from ..broker import (
     TaskRecord,
     coalesced_enqueue,
 )
-from ..conf import settings
+from ..conf import queue_checks, settings
 from ..redact import redact
 from .base import VTasksBackend
 
@@ -400,6 +400,7 @@ class PostgresTaskBackend(VTasksBackend):
 
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
+        errors += queue_checks(self)
         try:
             connection = connections[self.database]
         except Exception:

@@ -32,7 +32,7 @@ from ..broker import (
     ScheduleRecord,
     TaskRecord,
 )
-from ..conf import settings, valkey_prefix
+from ..conf import queue_checks, settings, valkey_prefix
 from ..redact import redact, redact_url
 from .base import VTasksBackend
 
@@ -898,6 +898,7 @@ class ValkeyTaskBackend(VTasksBackend):
 
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
+        errors += queue_checks(self)
         if not self.broker_url and self.connection_pool is None:
             errors.append(checks.Error(
                 f"Task backend {self.alias!r} has no OPTIONS['BROKER_URL'].",
