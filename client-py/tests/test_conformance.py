@@ -349,7 +349,8 @@ def test_unknown_task_path_and_garbage_payload(backend, broker, alias, queue, wo
     env = {"func": "tests.testapp.tasks.does_not_exist", "args": [], "kwargs": {},
            "queue": queue, "ts": time.time(), "id": "unknown-1", "priority": 0,
            "run_after": None}
-    not_a_task = dict(env, func="os.getpid", id="not-a-task")
+    # a plain function of the project (a path outside it is refused before import: test_edges)
+    not_a_task = dict(env, func="tests.testapp.tasks._append", id="not-a-task")
     broker.enqueue([EnqueueRequest(queue, "unknown-1", encode_envelope(env)),
                     EnqueueRequest(queue, "not-a-task", encode_envelope(not_a_task)),
                     EnqueueRequest(queue, "garbage-1", b"zstd:\x00\x01garbage")])

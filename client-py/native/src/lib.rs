@@ -17,7 +17,8 @@ use vtasks_pg::{Config, Delivery, EnqueueOpts, ScheduleEntry, TaskRecord};
 create_exception!(_native, PgError, PyRuntimeError, "An error from Postgres or its connection pool.");
 
 const ZSTD_PREFIX: &[u8] = b"zstd:";
-/// Refuse to inflate a payload beyond this (a corrupt or hostile frame).
+/// Refuse to inflate a payload beyond this whatever the caller asks (a corrupt or hostile frame);
+/// callers pass their own, smaller limit (VTASKS_MAX_PAYLOAD).
 const MAX_DECODED: u64 = 1 << 30;
 
 fn to_py(e: vtasks_pg::Error) -> PyErr {
@@ -148,24 +149,57 @@ fn encode_payload<'py>(py: Python<'py>, data: PyBackedBytes, threshold: usize) -
     Ok(PyBytes::new(py, &out))
 }
 
-/// Inverse of `encode_payload`; ValueError on a corrupt frame.
+/// Inverse of `encode_payload`; ValueError on a corrupt frame or when the decoded bytes would
+/// exceed `max_size`. Decompression streams into a buffer that never grows past `max_size` + 1
+/// bytes: a small hostile frame cannot inflate to gigabytes first.
 #[pyfunction]
-fn decode_payload<'py>(py: Python<'py>, data: PyBackedBytes) -> PyResult<Bound<'py, PyBytes>> {
+#[pyo3(signature = (data, max_size = MAX_DECODED))]
+fn decode_payload<'py>(py: Python<'py>, data: PyBackedBytes, max_size: u64) -> PyResult<Bound<'py, PyBytes>> {
+    let max_size = max_size.min(MAX_DECODED);
     if !data.starts_with(ZSTD_PREFIX) {
+        if data.len() as u64 > max_size {
+            return Err(PyValueError::new_err(format!(
+                "payload of {} bytes exceeds the limit of {max_size} bytes",
+                data.len()
+            )));
+        }
         return Ok(PyBytes::new(py, &data));
     }
     let out = py
-        .detach(|| -> std::io::Result<Vec<u8>> {
-            let mut d = zstd::stream::read::Decoder::new(&data[ZSTD_PREFIX.len()..])?;
-            let mut out = Vec::new();
-            (&mut d).take(MAX_DECODED + 1).read_to_end(&mut out)?;
-            if out.len() as u64 > MAX_DECODED {
-                return Err(std::io::Error::other("decoded payload too large"));
-            }
-            Ok(out)
-        })
+        .detach(|| inflate(&data[ZSTD_PREFIX.len()..], max_size + 1))
         .map_err(|e| PyValueError::new_err(format!("corrupt zstd payload: {e}")))?;
+    if out.len() as u64 > max_size {
+        return Err(PyValueError::new_err(format!(
+            "payload decodes to more than the limit of {max_size} bytes"
+        )));
+    }
     Ok(PyBytes::new(py, &out))
+}
+
+/// The first `limit` bytes `decode_payload` would return (previews: the admin lists tasks
+/// without inflating whole payloads). Never errors on size; a corrupt frame gives what decoded.
+#[pyfunction]
+fn decode_payload_prefix<'py>(py: Python<'py>, data: PyBackedBytes, limit: u64) -> Bound<'py, PyBytes> {
+    if !data.starts_with(ZSTD_PREFIX) {
+        let n = (limit as usize).min(data.len());
+        return PyBytes::new(py, &data[..n]);
+    }
+    let out = py.detach(|| {
+        let mut out = Vec::new();
+        if let Ok(mut d) = zstd::stream::read::Decoder::new(&data[ZSTD_PREFIX.len()..]) {
+            let _ = (&mut d).take(limit).read_to_end(&mut out);
+        }
+        out
+    });
+    PyBytes::new(py, &out)
+}
+
+/// Stream-decompress a zstd frame, reading at most `cap` bytes of output.
+fn inflate(frame: &[u8], cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut d = zstd::stream::read::Decoder::new(frame)?;
+    let mut out = Vec::new();
+    (&mut d).take(cap).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// (version, name, sql) of every schema migration.
@@ -637,6 +671,7 @@ impl AsyncPgQueue {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_payload, m)?)?;
     m.add_function(wrap_pyfunction!(decode_payload, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_payload_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
     m.add_function(wrap_pyfunction!(cron_check, m)?)?;
     m.add_function(wrap_pyfunction!(cron_next, m)?)?;

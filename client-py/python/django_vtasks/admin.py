@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -28,6 +29,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from .broker import BrokerError, TaskRecord
+from .envelope import preview
+from .result_store import document as result_document
 from .results import ms_to_dt
 
 logger = logging.getLogger("django_vtasks.admin")
@@ -92,20 +95,59 @@ def _short(value, limit=80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class _Row:
-    """A TaskRecord shaped for the templates."""
+#: decoded bytes read from a payload for a list row / for the detail page (never the whole of a
+#: large payload: the web process must not inflate what a worker would refuse)
+LIST_PREVIEW_BYTES = 2048
+DETAIL_PREVIEW_BYTES = 256 * 1024
 
-    def __init__(self, record: TaskRecord):
+_FUNC = re.compile(r'^\{"func":("(?:[^"\\]|\\.)*")')
+
+
+def _runs_allowed(func: str, queue: str, cache: dict) -> int | None:
+    """Runs the task's retry policy allows (retries + 1), what the attempt column counts
+    against; None when the task cannot be resolved here."""
+    if func not in cache:
+        from .results import resolve_task
+        from .tasks import retry_policy
+
+        try:
+            task = resolve_task(func, queue=queue, strict=True)
+            cache[func] = retry_policy(task, queue)[0] + 1
+        except Exception:
+            cache[func] = None
+    return cache[func]
+
+
+class _Row:
+    """A TaskRecord shaped for the templates, from a bounded preview of its payload."""
+
+    def __init__(self, record: TaskRecord, detail: bool = False, runs_cache: dict | None = None):
         self.record = record
-        env = record.envelope or {}
+        text, cut = preview(record.payload, DETAIL_PREVIEW_BYTES if detail
+                            else LIST_PREVIEW_BYTES)
+        env = None
+        if not cut:
+            try:
+                env = json.loads(text)
+            except ValueError:
+                env = None
+        m = _FUNC.match(text)
+        func = env.get("func") if isinstance(env, dict) else (json.loads(m[1]) if m else None)
         self.id = record.id
         self.state = record.state
-        self.func = env.get("func", "(undecodable payload)")
-        self.args = _short({"args": env.get("args", []), "kwargs": env.get("kwargs", {})}
-                           if env.get("kwargs") else env.get("args", []))
+        self.func = func or "(undecodable payload)"
+        if isinstance(env, dict):
+            self.args = _short({"args": env.get("args", []), "kwargs": env.get("kwargs", {})}
+                               if env.get("kwargs") else env.get("args", []))
+        else:
+            start = text.find('"args":')
+            self.args = _short_text(text[start + 7:] if start >= 0 else text)
         self.priority = record.priority
         self.attempt = record.attempt
-        self.max_attempts = record.max_attempts
+        #: runs the task's retry policy allows (the broker's max_attempts adds crash
+        #: redeliveries, so it is not what a user set)
+        self.max_attempts = (_runs_allowed(func, record.queue, runs_cache if runs_cache
+                                           is not None else {}) if func else None)
         self.enqueued_at = ms_to_dt(record.enqueued_at)
         self.run_at = ms_to_dt(record.run_at)
         self.worker = record.worker
@@ -113,8 +155,15 @@ class _Row:
         self.failed_at = ms_to_dt(record.failed_at)
         self.error = record.error
         self.error_line = (record.error.strip().splitlines() or [""])[0][:160]
-        self.envelope_json = json.dumps(env, indent=2, default=str, sort_keys=True) if env \
-            else repr(record.payload[:2000])
+        if isinstance(env, dict):
+            self.envelope_json = json.dumps(env, indent=2, default=str, sort_keys=True)
+        else:
+            self.envelope_json = text + (f"\n… (cut: only the first {len(text)} characters of a "
+                                         "larger payload are shown)" if cut else "")
+
+
+def _short_text(text: str, limit=80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class BrokerTaskAdmin(admin.ModelAdmin):
@@ -232,7 +281,8 @@ class BrokerTaskAdmin(admin.ModelAdmin):
                     "count": sum(int(i.get(s, 0)) for s in self.states),
                 })
             records, total = self._page(broker, queue, infos[queue], page)
-            rows = [_Row(r) for r in records]
+            runs: dict = {}
+            rows = [_Row(r, runs_cache=runs) for r in records]
         except BrokerError as e:
             error = str(e)
         except Exception as e:  # a broker down must not 500 the admin
@@ -321,12 +371,12 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             messages.warning(request, f"Task {task_id} is no longer in {queue!r} (it finished, "
                                       f"or was deleted).")
             return HttpResponseRedirect(self._url(backend=backend, queue=queue))
-        row = _Row(record)
+        row = _Row(record, detail=True)
         result = None
         try:
             raw = broker.get_result(task_id)
             if raw:
-                result = json.dumps(json.loads(raw), indent=2, sort_keys=True)
+                result = json.dumps(result_document(raw), indent=2, sort_keys=True)
         except Exception:
             result = None
         actions = []

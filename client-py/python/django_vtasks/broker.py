@@ -33,6 +33,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "Delivery",
+    "EnqueueFailed",
     "EnqueueRequest",
     "ScheduleRecord",
     "TaskRecord",
@@ -62,6 +63,26 @@ INFO_FIELDS = (
 
 class BrokerError(Exception):
     """The broker could not be reached or refused a command (wraps the client's error)."""
+
+
+class EnqueueFailed(BrokerError):
+    """Valkey refused some of the tasks of one enqueue_many (each queue's VT.ENQUEUE is atomic,
+    queues are not atomic together): the others are enqueued. Per request, in order:
+    ``ids[i]`` is the id when the task is in the broker (else None), ``refused[i]`` the reason
+    when it was refused. The backend adds ``results``: the TaskResults that went in."""
+
+    def __init__(self, requests, ids: list[str | None], refused: dict[int, str]):
+        self.ids = ids
+        self.refused = refused
+        self.results: list = []
+        reasons = sorted(set(refused.values()))
+        queues = sorted({requests[i].queue for i in refused})
+        some = [requests[i].id for i in sorted(refused)[:3]]
+        super().__init__(
+            f"{len(refused)} of {len(requests)} task(s) were not enqueued (queues {queues}, "
+            f"ids {some}{' ...' if len(refused) > 3 else ''}): "
+            f"{'; '.join(reasons)[:2000]}. {sum(1 for i in ids if i)} other(s) were enqueued; "
+            "this error's .results holds them (retry only the others).")
 
 
 class EnqueueRequest(NamedTuple):
@@ -356,8 +377,10 @@ class Broker(ABC):
 
     # ---- results ------------------------------------------------------------------------------
     @abstractmethod
-    def store_result(self, id: str, data: bytes, ttl_ms: int) -> None:
-        """Store the JSON of a TaskResult (see django_vtasks.results) for ttl_ms."""
+    def store_result(self, id: str, data: bytes | None, ttl_ms: int) -> None:
+        """Store a TaskResult's stored form (results.result_to_json: JSON, maybe zstd) for
+        ttl_ms; ``data`` None (the task/queue stores no result) or ttl_ms <= 0: a no-op. The
+        same holds for the results given to ack_with_results/store_results."""
 
     @abstractmethod
     async def astore_result(self, id: str, data: bytes, ttl_ms: int) -> None: ...
@@ -417,6 +440,18 @@ class _EnqueueBatcher:
         requests = [r for reqs, _ in batch for r in reqs]
         try:
             ids = await self.broker._aenqueue_now(requests)
+        except EnqueueFailed as e:  # each caller gets the outcome of its own tasks
+            i = 0
+            for reqs, fut in batch:
+                n = len(reqs)
+                refused = {j - i: r for j, r in e.refused.items() if i <= j < i + n}
+                if not fut.done():
+                    if refused:
+                        fut.set_exception(EnqueueFailed(reqs, e.ids[i:i + n], refused))
+                    else:
+                        fut.set_result(e.ids[i:i + n])
+                i += n
+            return
         except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
             for _, fut in batch:
                 if not fut.done():

@@ -47,15 +47,62 @@ def run_at_ms(run_after: datetime) -> int:
     return -(-((aware - _EPOCH) // _US) // 1000)
 
 
+def max_payload() -> int:
+    return int(settings.VTASKS_MAX_PAYLOAD)
+
+
+class PayloadTooLarge(ValueError):
+    """A task's encoded arguments exceed VTASKS_MAX_PAYLOAD (decoded bytes)."""
+
+
+def check_size(data: bytes, func: str) -> None:
+    """Refuse, at enqueue, an envelope no worker would decode (it names the task, not the
+    arguments)."""
+    limit = max_payload()
+    if len(data) > limit:
+        raise PayloadTooLarge(
+            f"task {func}: its arguments encode to {len(data)} bytes, over VTASKS_MAX_PAYLOAD "
+            f"({limit} bytes); pass a reference (a database id, a file name) instead of the data")
+
+
 def encode_envelope(envelope: dict[str, Any], threshold: int | None = None) -> bytes:
     data = orjson.dumps(envelope)
+    check_size(data, str(envelope.get("func")))
     return _native.encode_payload(data, compress_threshold() if threshold is None else threshold)
 
 
 def decode_envelope(payload: bytes) -> dict[str, Any]:
-    """Decode a payload; raises ValueError when it is not a valid envelope."""
-    data = _native.decode_payload(bytes(payload))
+    """Decode a payload (inflating at most VTASKS_MAX_PAYLOAD bytes) and check its shape;
+    raises ValueError saying what is wrong."""
+    data = _native.decode_payload(bytes(payload), max_payload())
     obj = orjson.loads(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("func"), str):
         raise ValueError("payload is not a task envelope (no 'func')")
+    validate_envelope(obj)
     return obj
+
+
+def validate_envelope(env: dict[str, Any]) -> None:
+    """The fields a worker reads have the types it needs (a hand-made or foreign payload):
+    "args" a list, "kwargs" an object, "run_after" null or an ISO 8601 date-time."""
+    args = env.get("args")
+    if args is not None and not isinstance(args, list):
+        raise ValueError(f"envelope 'args' must be a JSON array, not {type(args).__name__}")
+    kwargs = env.get("kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"envelope 'kwargs' must be a JSON object, not {type(kwargs).__name__}")
+    run_after = env.get("run_after")
+    if run_after is not None:
+        try:
+            datetime.fromisoformat(run_after)
+        except (TypeError, ValueError):
+            raise ValueError(f"envelope 'run_after' must be null or an ISO 8601 date-time, not "
+                             f"{str(run_after)[:64]!r}") from None
+
+
+def preview(payload: bytes, limit: int = 2048) -> tuple[str, bool]:
+    """The start of a payload's JSON text, decoding at most ``limit`` bytes (listings never
+    inflate whole payloads), and whether it was cut."""
+    data = _native.decode_payload_prefix(bytes(payload), limit + 1)
+    cut = len(data) > limit
+    return data[:limit].decode("utf-8", "replace"), cut

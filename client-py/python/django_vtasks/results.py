@@ -10,6 +10,9 @@ from django.tasks.base import TaskError, TaskResult, TaskResultStatus
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
+from .allowlist import TaskRefused, check_task_path
+from .result_store import clip, stored_form
+from .result_store import read as read_stored
 from .tasks import VTask, task_options
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -131,8 +134,16 @@ def result_to_dict(result: TaskResult) -> dict[str, Any]:
     }
 
 
-def result_to_json(result: TaskResult) -> bytes:
-    """orjson.dumps(result_to_dict(result)), with the timestamps formatted by orjson.
+def result_to_json(result: TaskResult) -> bytes | None:
+    """The bytes a broker stores for ``result``: its JSON, bounded and compressed, or None when
+    its task/queue stores no result (result_store.py). Read back with result_from_json."""
+    return stored_form(result, _result_json)
+
+
+def _result_json(result: TaskResult, keep_args: bool = True, max_traceback: int = 16_000
+                 ) -> bytes:
+    """orjson.dumps(result_to_dict(result)), with the timestamps formatted by orjson, tracebacks
+    clipped to ``max_traceback`` characters, and without argument copies unless ``keep_args``.
 
     Returned as a right-sized copy: orjson >= 3.12 hands back bytes that keep its whole working
     buffer (4 KiB at least, 8 KiB for a typical result; ijl/orjson does not trim it), and the
@@ -152,10 +163,11 @@ def result_to_json(result: TaskResult) -> bytes:
         "started_at": _jdt(result.started_at),
         "finished_at": _jdt(result.finished_at),
         "last_attempted_at": _jdt(result.last_attempted_at),
-        "args": result.args,
-        "kwargs": result.kwargs,
+        "args": result.args if keep_args else [],
+        "kwargs": result.kwargs if keep_args else {},
         "errors": [
-            {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
+            {"exception_class_path": e.exception_class_path,
+             "traceback": clip(e.traceback, max_traceback)}
             for e in errors
         ] if errors else [],
         "worker_ids": list(result.worker_ids),
@@ -180,7 +192,12 @@ def resolve_task(func_path: str, queue: str | None = None, priority: int | None 
     strict=True raises ImportError/TypeError for a path that is not a Task; strict=False returns a
     placeholder Task (for reading results of tasks that no longer exist)."""
     try:
+        check_task_path(func_path)  # only the project's code is imported (and run)
         obj = import_string(func_path)
+    except TaskRefused:
+        if strict:
+            raise
+        obj = None
     except (ImportError, AttributeError, ValueError) as e:
         if strict:
             raise ImportError(f"cannot import task {func_path!r}: {e}") from e
@@ -262,4 +279,4 @@ def result_from_dict(data: dict[str, Any], backend_alias: str | None = None) -> 
 
 
 def result_from_json(raw: bytes, backend_alias: str | None = None) -> TaskResult:
-    return result_from_dict(orjson.loads(raw), backend_alias)
+    return result_from_dict(orjson.loads(read_stored(raw)), backend_alias)

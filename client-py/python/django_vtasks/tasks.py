@@ -23,6 +23,8 @@ class VTask(Task):
     retries: int | None = None
     #: first retry delay in seconds, doubled per attempt (None: queue setting, else 1.0)
     retry_backoff: float | None = None
+    #: store no result for this task (like Celery's ignore_result; result_store.py)
+    ignore_result: bool = False
 
     def using(self, *, priority=None, queue_name=None, run_after=None, backend=None,
               unique=_UNSET, unique_ttl=None, retries=_UNSET, retry_backoff=_UNSET):
@@ -65,8 +67,9 @@ def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TA
         )
 
     def wrapper(f):
+        # run_after given explicitly: Django 6.0's Task declares it without a default
         return VTask(func=f, priority=priority, queue_name=queue_name, backend=backend,
-                     takes_context=takes_context, **kwargs)
+                     takes_context=takes_context, run_after=None, **kwargs)
 
     return wrapper(function) if function else wrapper
 

@@ -48,8 +48,12 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from .broker import Delivery
-from .conf import settings
+from .allowlist import TaskRefused
+from .conf import default_queues, settings
+from .diagnostics import RetryLog
 from .envelope import build_envelope, decode_envelope, encode_envelope
+from .result_store import count_not_stored
+from .result_store import read as read_stored
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
 from .signals import asend_many
@@ -128,7 +132,7 @@ class Worker:
         self.alias = backend_alias or settings.VTASKS_BACKEND or "default"
         self.backend = task_backends[self.alias]
         self.broker = self.backend.broker
-        self.queues = list(queues or settings.VTASKS_QUEUES or ["default"])
+        self.queues = list(queues or default_queues(self.alias))
         self.concurrency = max(1, int(concurrency or settings.VTASKS_CONCURRENCY))
         self.worker_id = worker_id or default_worker_id()
         self.scheduler = scheduler
@@ -291,6 +295,7 @@ class Worker:
 
     async def _startup(self) -> None:
         backoff = 0.2
+        log = RetryLog(logger, f"worker {self.worker_id} start-up")
         while True:
             try:
                 for q in self.queues:
@@ -301,13 +306,14 @@ class Worker:
                     await self.register_schedules()
                 await self._apply_dlq_cap()
                 self._progress()
+                log.ok()
                 return
-            except Exception:
+            except Exception as e:
                 if self._stop_event.is_set():
                     return
-                logger.exception("worker start-up failed (retrying in %.1fs)", backoff)
+                log.failed(e, backoff)
                 await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 30.0)
 
     async def _apply_dlq_cap(self) -> None:
         if not hasattr(django_settings, "VTASKS_DLQ_CAP") or not hasattr(self.broker,
@@ -369,6 +375,7 @@ class Worker:
     # ---- fetching -------------------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
         backoff = 0.1
+        log = RetryLog(logger, f"fetch from {self.plain_queues}")
         while not self.stopping:
             free = self.concurrency - self._busy
             if free <= 0:
@@ -383,11 +390,11 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                logger.error("fetch from %s failed: %s (retrying in %.1fs)", self.plain_queues,
-                             e, backoff)
+                log.failed(e, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            log.ok()
             backoff = 0.1
             self._progress()
             if deliveries and self._lease_lapsed(sent, deliveries, "fetched"):
@@ -450,8 +457,8 @@ class Worker:
                 await self.broker.astore_results(
                     [(j.delivery.id, result_to_json(j.result), self.result_ttl_ms)
                      for j in running])
-            except Exception:
-                logger.warning("storing RUNNING results failed", exc_info=True)
+            except Exception as e:
+                count_not_stored(len(running), f"RUNNING results: {e}")
         for job in jobs:
             self._spawn(self._run_job(job))
 
@@ -479,11 +486,14 @@ class Worker:
                     self._task_cache.clear()
                 self._task_cache[key] = task
         except Exception as e:
-            reason = f"unknown task path {func_path!r}: {e}"
-            if isinstance(e, ImportError) and await self._retry_unknown(d, envelope, reason):
-                self._release_slot()
-                return None
-            reason = self._unknown_reason(reason, e)
+            if isinstance(e, TaskRefused):
+                reason = str(e)
+            else:
+                reason = f"unknown task path {func_path!r}: {e}"
+                if isinstance(e, ImportError) and await self._retry_unknown(d, envelope, reason):
+                    self._release_slot()
+                    return None
+                reason = self._unknown_reason(reason, e)
             placeholder = resolve_task(func_path, queue=d.queue, backend=self.alias,
                                        strict=False)
             result = self._new_result(d, envelope, placeholder, None)
@@ -498,7 +508,7 @@ class Worker:
         if d.attempt > 1 and self.result_ttl_ms > 0:
             try:
                 raw = await self.broker.aget_result(d.id)
-                prior = orjson.loads(raw) if raw else None
+                prior = orjson.loads(read_stored(raw)) if raw else None
             except Exception:
                 logger.warning("reading the previous result of %s failed", d.id, exc_info=True)
         try:
@@ -707,7 +717,7 @@ class Worker:
         try:
             await self.broker.astore_result(rid, data, self.result_ttl_ms)
         except Exception as e:
-            logger.warning("storing the result of %s failed: %s", rid, e)
+            count_not_stored(1, f"task {rid}: {e}")
             return False
         return True
 
@@ -1097,6 +1107,8 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         """Postgres: client-driven timers (exactly-once schedule ticks, expired-lease rescue)."""
         last_maintain = 0.0
+        log = RetryLog(logger, "Postgres maintenance (lease rescue, schedules)")
+        backoff = 0.0
         while not self.stopping:
             try:
                 if self.scheduler:
@@ -1107,11 +1119,14 @@ class Worker:
                 if now - last_maintain >= max(0.5, min(5.0, self.lease / 4)):
                     last_maintain = now
                     await self.broker.amaintain()
+                log.ok()
+                backoff = 0.0
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                logger.warning("maintenance failed: %s", e)
-            await self._sleep(0.25 if self.scheduler else 1.0)
+                backoff = min(max(1.0, backoff * 2), 30.0)
+                log.failed(e, backoff)
+            await self._sleep(backoff or (0.25 if self.scheduler else 1.0))
 
 
 def format_tb() -> str:

@@ -4,6 +4,8 @@ import time
 
 from django.tasks import task
 
+import django_vtasks
+
 
 def _append(path, line):
     with open(path, "a") as f:
@@ -66,11 +68,18 @@ def slow_first_attempt(context, path, seconds):
     return context.attempt
 
 
-@task(takes_context=True, retries=2, retry_backoff=0.1)
+# django_vtasks.task: vtasks options on every supported Django (6.1's django.tasks.task forwards
+# them too, 6.0's does not)
+@django_vtasks.task(takes_context=True, retries=2, retry_backoff=0.1)
 def flaky(context, fails):
     if context.attempt <= fails:
         raise RuntimeError(f"attempt {context.attempt} fails")
     return context.attempt
+
+
+@django_vtasks.task(ignore_result=True)
+def add_no_result(a, b):
+    return a + b
 
 
 @task

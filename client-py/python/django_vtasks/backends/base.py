@@ -20,9 +20,9 @@ from django.tasks.signals import task_enqueued
 from django.utils import timezone
 from django.utils.inspect import func_accepts_kwargs, get_func_args
 
-from ..broker import Broker, EnqueueRequest, TaskRecord
+from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
-from ..envelope import encode_envelope, run_at_ms
+from ..envelope import check_size, encode_envelope, max_payload, run_at_ms
 from ..signals import asend_many, send_many
 from .. import _native
 from ..results import (
@@ -202,6 +202,7 @@ class VTasksBackend(BaseTaskBackend):
         ids = ctx["ids"]
         validated = ctx["validated"]
         threshold = ctx["threshold"]
+        limit = max_payload()
         alias = self.alias
         ready = TaskResultStatus.READY
         dumps = orjson.dumps
@@ -240,6 +241,8 @@ class VTasksBackend(BaseTaskBackend):
             r = build(task, rid, ready, now, None, None, None, args, kwargs, alias, [], [])
             template, queue, priority, at_ms, max_attempts = spec
             data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", rid.encode())
+            if len(data) > limit:
+                check_size(data, task.module_path)
             append_result(r)
             append_request(_request(queue, rid, data if len(data) <= threshold
                                     else encode(data, threshold),
@@ -356,7 +359,11 @@ class VTasksBackend(BaseTaskBackend):
     async def aenqueue_many(self, items) -> list[TaskResult]:
         results, requests = self._prepare_many(items)
         if requests:
-            ids = await self.broker.aenqueue(requests)
+            try:
+                ids = await self.broker.aenqueue(requests)
+            except EnqueueFailed as e:  # some queues refused: say which results went in
+                e.results = [r for r, rid in zip(results, e.ids, strict=True) if rid is not None]
+                raise
             await self._asent(results, ids, requests)
             await self._aadopt_holders(results, ids, requests)
         return results

@@ -12,6 +12,7 @@ Workers use the native pool (``OPTIONS["DSN"]``, default: built from the Django 
 from __future__ import annotations
 
 import asyncio
+import re
 import weakref
 
 from django.core import checks
@@ -22,11 +23,13 @@ from ..broker import (
     Broker,
     BrokerError,
     Delivery,
+    EnqueueFailed,
     ScheduleRecord,
     TaskRecord,
     coalesced_enqueue,
 )
-from ..conf import settings
+from ..conf import queue_checks, settings
+from ..redact import redact
 from .base import VTasksBackend
 
 
@@ -42,6 +45,9 @@ def _dsn_from_django(settings_dict: dict) -> str:
         if value:
             parts.append(f"{name}={q(value)}")
     return " ".join(parts)
+
+
+_DSN_PASSWORD = re.compile(r"password='((?:[^'\\]|\\.)*)'")
 
 
 def _delivery(t) -> Delivery:
@@ -67,8 +73,15 @@ class PostgresBroker(Broker):
             try:
                 self._q = _native.PgQueue(self.dsn, **self._kwargs)
             except Exception as e:
-                raise BrokerError(f"cannot connect to Postgres: {e}") from e
+                raise BrokerError(
+                    f"cannot connect to Postgres: {redact(e, self._password)}") from e
         return self._q
+
+    @property
+    def _password(self) -> str | None:
+        """The DSN's password (key/value form, as _dsn_from_django writes it), for masking."""
+        m = _DSN_PASSWORD.search(self.dsn or "")
+        return m.group(1).replace("\\'", "'").replace("\\\\", "\\") if m else None
 
     @property
     def aq(self):
@@ -109,17 +122,30 @@ class PostgresBroker(Broker):
         out: list[str | None] = [None] * len(requests)
         groups = list(self._groups(requests).items())
         aq = self.aq
-        try:
-            replies = await asyncio.gather(*[
-                aq.enqueue(queue, [requests[i].payload for i in idxs],
-                           ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
-                           unique=unique, max_attempts=max_att)
-                for (queue, prio, at_ms, max_att, unique, _), idxs in groups])
-        except _native.PgError as e:
-            raise BrokerError(f"enqueue failed: {e}") from e
+        # one statement per queue/options, each atomic, not atomic together: a refused group
+        # leaves the others enqueued, which EnqueueFailed reports per task
+        replies = await asyncio.gather(*[
+            aq.enqueue(queue, [requests[i].payload for i in idxs],
+                       ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
+                       unique=unique, max_attempts=max_att)
+            for (queue, prio, at_ms, max_att, unique, _), idxs in groups],
+            return_exceptions=True)
+        refused: dict[int, str] = {}
+        first_error = None
         for (_, idxs), ids in zip(groups, replies, strict=True):
+            if isinstance(ids, BaseException):
+                if not isinstance(ids, (_native.PgError, ValueError)):
+                    raise ids
+                first_error = first_error or ids
+                for i in idxs:
+                    refused[i] = f"enqueue failed: {redact(ids, self._password)}"
+                continue
             for i, rid in zip(idxs, ids, strict=True):
                 out[i] = rid
+        if refused:
+            if len(refused) == len(requests):
+                raise BrokerError(refused[0]) from first_error
+            raise EnqueueFailed(requests, out, refused) from first_error
         return out
 
     def enqueue_statements(self, requests):
@@ -151,7 +177,7 @@ class PostgresBroker(Broker):
 
     @staticmethod
     def _results(results):
-        return [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0]
+        return [(rid, data, int(ttl)) for rid, data, ttl in results if ttl > 0 and data is not None]
 
     def ack_with_results(self, queue, pairs, results):
         # one statement: the results and the ack commit together (one round trip)
@@ -275,11 +301,11 @@ class PostgresBroker(Broker):
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             self.q.store_result(id, data, int(ttl_ms))
 
     async def astore_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             await self.aq.store_result(id, data, int(ttl_ms))
 
     def get_result(self, id):
@@ -319,8 +345,18 @@ class PostgresTaskBackend(VTasksBackend):
 
     @property
     def dsn(self) -> str:
+        """OPTIONS["DSN"] (plus OPTIONS["PASSWORD"], kept apart so Django's error pages hide
+        it), else the Django database's settings."""
         dsn = self.options.get("DSN")
         if dsn:
+            password = self.options.get("PASSWORD")
+            if password and "://" in dsn:
+                from urllib.parse import quote
+
+                dsn += ("&" if "?" in dsn else "?") + "password=" + quote(str(password), safe="")
+            elif password:
+                dsn = f"{dsn} password='" + str(password).replace("\\", "\\\\").replace(
+                    "'", "\\'") + "'"
             return dsn
         return _dsn_from_django(connections[self.database].settings_dict)
 
@@ -336,7 +372,9 @@ class PostgresTaskBackend(VTasksBackend):
         statements = broker.enqueue_statements(requests)
         ids: list[str | None] = [None] * len(requests)
         connection = connections[self.database]
-        with connection.cursor() as cursor:
+        # several statements (queues) commit together or not at all
+        with transaction.atomic(using=self.database, savepoint=False), \
+                connection.cursor() as cursor:
             for sql, params, idxs in statements:
                 cursor.execute(sql, params)
                 inserted = {row[0] for row in cursor.fetchall()}
@@ -375,10 +413,12 @@ class PostgresTaskBackend(VTasksBackend):
         try:
             psycopg.connect(self.dsn, connect_timeout=3).close()
         except Exception as e:
-            raise BrokerError(f"cannot connect to Postgres: {e}") from e
+            raise BrokerError(f"cannot connect to Postgres: {redact(e, self.broker._password)}"
+                              ) from e
 
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
+        errors += queue_checks(self)
         try:
             connection = connections[self.database]
         except Exception:
@@ -395,6 +435,16 @@ class PostgresTaskBackend(VTasksBackend):
             return errors
         from django.apps import apps
 
+        from ..redact import redact_url
+
+        dsn_option = self.options.get("DSN")
+        if dsn_option and redact_url(dsn_option) != dsn_option:
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: OPTIONS['DSN'] contains a password, which "
+                "Django's DEBUG error page and any settings dump show in clear.",
+                hint="Move it to OPTIONS['PASSWORD'] (key/value DSNs) or to the PGPASSWORD "
+                     "environment variable / a .pgpass file.",
+                obj=self, id="django_vtasks.W014"))
         if not apps.is_installed("django_vtasks.postgres"):
             errors.append(checks.Error(
                 f"Task backend {self.alias!r} needs 'django_vtasks.postgres' in INSTALLED_APPS "

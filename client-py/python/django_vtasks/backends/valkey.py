@@ -27,11 +27,13 @@ from ..broker import (
     Broker,
     BrokerError,
     Delivery,
+    EnqueueFailed,
     EnqueueRequest,
     ScheduleRecord,
     TaskRecord,
 )
-from ..conf import settings, valkey_prefix
+from ..conf import queue_checks, settings, valkey_prefix
+from ..redact import redact, redact_url
 from .base import VTasksBackend
 
 logger = logging.getLogger("django_vtasks")
@@ -62,22 +64,61 @@ def queue_key(prefix: str, queue: str) -> str:
     return f"{prefix}{{{queue}}}"
 
 
+def connection_options(url: str | None, options: dict | None = None) -> dict[str, Any]:
+    """Keyword arguments for valkey-py's ``from_url`` besides the URL, from a backend's OPTIONS:
+
+    - ``PASSWORD`` (and ``USERNAME``): credentials kept out of BROKER_URL, so Django's error
+      pages (which hide settings named like ``*PASS*``) never show them; a password in the URL
+      wins, as valkey-py lets URL parts win over keyword arguments;
+    - TLS (``valkeys://``, ``rediss://``): the certificate's host name is checked by default;
+      ``OPTIONS["SSL_CHECK_HOSTNAME"] = False`` (or ``?ssl_check_hostname=false`` in the URL)
+      turns it off, e.g. for a server reached by IP address.
+    """
+    options = options or {}
+    kwargs: dict[str, Any] = {}
+    if options.get("PASSWORD"):
+        kwargs["password"] = str(options["PASSWORD"])
+    if options.get("USERNAME"):
+        kwargs["username"] = str(options["USERNAME"])
+    if url and url.split("://", 1)[0].lower() in ("valkeys", "rediss"):
+        kwargs["ssl_check_hostname"] = bool(options.get("SSL_CHECK_HOSTNAME", True))
+    return kwargs
+
+
 class ValkeyBroker(Broker):
     kind = "valkey"
 
     def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:",
-                 max_connections: int = 50):
+                 max_connections: int = 50, connect_options: dict | None = None,
+                 durable: tuple[int, bool, int] | None = None):
         self.url = url
+        #: (replicas, aof, timeout ms): what enqueue waits for (OPTIONS["DURABLE"])
+        self.durable = durable
+        #: the URL as messages show it (password masked)
+        self.safe_url = redact_url(url) if url else "CONNECTION_POOL"
+        self.connect_options = dict(connect_options or {})
         self.max_connections = max_connections
         self.prefix = prefix
         self._shared_pool = connection_pool
         if isinstance(connection_pool, valkey.ConnectionPool):
             self._client = valkey.Valkey(connection_pool=connection_pool)
         elif url:
-            self._client = valkey.Valkey.from_url(url)
+            self._client = valkey.Valkey.from_url(url, **self.connect_options)
         else:
             self._client = None
         self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _translate_errors(cls)
+
+    def _redact(self, text) -> str:
+        return redact(str(text), self.connect_options.get("password"))
+
+    def error(self, e: BaseException, doing: str) -> BrokerError:
+        """The BrokerError that says what went wrong with ``e`` (a client error raised while
+        ``doing`` something) and what to do, without secrets or command arguments."""
+        return describe_error(e, doing, self.safe_url, self._redact)
 
     # ---- keys -----------------------------------------------------------------------------------
     def key(self, queue: str) -> str:
@@ -111,7 +152,8 @@ class ValkeyBroker(Broker):
                 # bounded: a burst of aenqueue() calls waits for a connection instead of
                 # opening one each
                 pool = avalkey.BlockingConnectionPool.from_url(
-                    self.url, max_connections=self.max_connections, timeout=None)
+                    self.url, max_connections=self.max_connections, timeout=None,
+                    **self.connect_options)
                 client = avalkey.Valkey(connection_pool=pool)
             else:
                 raise BrokerError(
@@ -142,15 +184,22 @@ class ValkeyBroker(Broker):
             commands.append((args, idxs))
         return commands
 
-    @staticmethod
-    def _map_enqueue(requests, commands, replies) -> list[str | None]:
+    def _map_enqueue(self, requests, commands, replies) -> list[str | None]:
+        """Ids per request. Each VT.ENQUEUE is atomic; when some of several were refused, raise
+        EnqueueFailed with the outcome of every request (see EnqueueFailed)."""
         out: list[str | None] = [None] * len(requests)
+        refused: dict[int, str] = {}
         for (_, idxs), reply in zip(commands, replies, strict=True):
             if isinstance(reply, Exception):
-                raise reply
+                reason = str(self.error(reply, "enqueue"))
+                for i in idxs:
+                    refused[i] = reason
+                continue
             for i, rid in zip(idxs, reply or [], strict=False):
                 if rid is not None:  # the id sent (ENTRIES): no need to decode the reply's copy
                     out[i] = requests[i].id
+        if refused:
+            raise EnqueueFailed(requests, out, refused)
         return out
 
     def _fetch_args(self, queues, worker, count, lease_ms, block_ms):
@@ -200,15 +249,8 @@ class ValkeyBroker(Broker):
 
     # ---- producer -------------------------------------------------------------------------------
     def _enqueue_error(self, e: Exception) -> BrokerError:
-        """What an enqueue's caller sees when Valkey is down or lacks the module."""
-        if isinstance(e, valkey.ResponseError) and "unknown command" in str(e).lower():
-            return ModuleMissing(f"Valkey at {self.url or 'CONNECTION_POOL'} does not have the vtasks "
-                                 f"module: start it with --loadmodule {module_path_hint()} ({e})")
-        if isinstance(e, valkey.ResponseError):  # e.g. OOM: the server's own words
-            return BrokerError(f"Valkey refused the enqueue: {e}")
-        return BrokerError(f"cannot enqueue: Valkey at {self.url or 'CONNECTION_POOL'} is "
-                           f"unreachable ({e}); is valkey-server running there (with "
-                           f"--loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?")
+        """What an enqueue's caller sees when Valkey is down, refuses, or lacks the module."""
+        return self.error(e, "enqueue")
 
     def enqueue(self, requests):
         try:
@@ -218,14 +260,53 @@ class ValkeyBroker(Broker):
 
     def _enqueue_sync(self, requests):
         commands = self._enqueue_commands(requests)
-        if len(commands) == 1:
+        waits = self._durable_commands()
+        if len(commands) == 1 and not waits:
             replies = [self.client.execute_command(*commands[0][0])]
         else:
+            # one pipeline, one connection: WAIT/WAITAOF count the writes of their connection
             pipe = self.client.pipeline(transaction=False)
-            for args, _ in commands:
+            for args in [a for a, _ in commands] + waits:
                 pipe.execute_command(*args)
-            replies = pipe.execute(raise_on_error=True)
-        return self._map_enqueue(requests, commands, replies)
+            replies = pipe.execute(raise_on_error=False)
+        ids = self._map_enqueue(requests, commands, replies[:len(commands)])
+        if waits:
+            self._check_durable(replies[len(commands):], ids)
+        return ids
+
+    # ---- durable enqueue (OPTIONS["DURABLE"]) ---------------------------------------------------
+    def _durable_commands(self) -> list[list]:
+        """WAIT <replicas> <ms> and/or WAITAOF 1 0 <ms>, sent after the VT.ENQUEUEs on their
+        connection, when OPTIONS["DURABLE"] asks for it."""
+        if not self.durable:
+            return []
+        replicas, aof, timeout_ms = self.durable
+        out = []
+        if replicas:
+            out.append(["WAIT", replicas, timeout_ms])
+        if aof:
+            out.append(["WAITAOF", 1, 0, timeout_ms])
+        return out
+
+    def _check_durable(self, replies, ids) -> None:
+        replicas, aof, timeout_ms = self.durable
+        enqueued = [i for i in ids if i]
+        problems = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                problems.append(str(self.error(reply, "confirm durability")))
+            elif isinstance(reply, list):  # WAITAOF: [local fsyncs, replica fsyncs]
+                if int(reply[0]) < 1:
+                    problems.append("the primary did not fsync its AOF")
+            elif int(reply) < replicas:
+                problems.append(f"{int(reply)} of {replicas} replica(s) acknowledged")
+        if problems:
+            raise NotDurable(
+                f"{len(enqueued)} task(s) were enqueued on the primary at {self.safe_url} but "
+                f"not confirmed durable within {timeout_ms} ms ({'; '.join(problems)}): they "
+                "may run, or be lost if the primary fails now; check the replicas "
+                "(INFO replication) and appendonly, or raise OPTIONS['DURABLE']['timeout']",
+                enqueued)
 
     async def aenqueue(self, requests):
         """Concurrent calls on one event loop are coalesced: the enqueues of one loop tick go
@@ -241,18 +322,27 @@ class ValkeyBroker(Broker):
             # the same VT.ENQUEUE commands as below, packed here in one pass (valkey-py's
             # pack_command per argument was a third of the bulk enqueue time)
             commands, packed = _pack_enqueue(self, requests)
-            replies = await _send_packed(client.connection_pool, packed, len(commands),
-                                         "VT.ENQUEUE")
-            return self._map_enqueue(requests, commands, replies)
-        commands = self._enqueue_commands(requests)
-        if len(commands) == 1:
-            replies = [await client.execute_command(*commands[0][0])]
+            waits = self._durable_commands()
+            if waits:
+                packed += b"".join(b"*%d\r\n" % len(w) + b"".join(_bulk(_arg(a)) for a in w)
+                                   for w in waits)
+            replies = await _send_packed(client.connection_pool, packed,
+                                         len(commands) + len(waits), "VT.ENQUEUE",
+                                         raise_on_error=False)
         else:
-            async with client.pipeline(transaction=False) as pipe:
-                for args, _ in commands:
-                    pipe.execute_command(*args)
-                replies = await pipe.execute(raise_on_error=True)
-        return self._map_enqueue(requests, commands, replies)
+            commands = self._enqueue_commands(requests)
+            waits = self._durable_commands()
+            if len(commands) == 1 and not waits:
+                replies = [await client.execute_command(*commands[0][0])]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for args in [a for a, _ in commands] + waits:
+                        pipe.execute_command(*args)
+                    replies = await pipe.execute(raise_on_error=False)
+        ids = self._map_enqueue(requests, commands, replies[:len(commands)])
+        if waits:
+            self._check_durable(replies[len(commands):], ids)
+        return ids
 
     # ---- consumer -------------------------------------------------------------------------------
     def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
@@ -279,7 +369,7 @@ class ValkeyBroker(Broker):
         prefix = f"{self.prefix}result:"
         command = pipe.execute_command
         for rid, data, ttl in results:
-            if ttl > 0:  # what pipe.set(key, data, px=ttl) sends, without its option parsing
+            if ttl > 0 and data is not None:  # what pipe.set(key, data, px=ttl) sends
                 command("SET", prefix + rid, data, "PX", ttl)
         if pairs:
             pipe.execute_command("VT.ACK", self.key(queue), *[x for p in pairs for x in p])
@@ -437,15 +527,15 @@ class ValkeyBroker(Broker):
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             self.client.set(self.result_key(id), data, px=int(ttl_ms))
 
     async def astore_result(self, id, data, ttl_ms):
-        if ttl_ms > 0:
+        if ttl_ms > 0 and data is not None:
             await self.aclient.set(self.result_key(id), data, px=int(ttl_ms))
 
     async def astore_results(self, results):
-        results = [r for r in results if r[2] > 0]
+        results = [r for r in results if r[2] > 0 and r[1] is not None]
         if not results:
             return
         async with self.aclient.pipeline(transaction=False) as pipe:
@@ -467,14 +557,24 @@ class ValkeyBroker(Broker):
     def ping(self):
         try:
             self.client.ping()
+            self.client.execute_command("VT.INFO", self.key("__vtasks_check__"))
         except BrokerError:
             raise
         except Exception as e:
-            raise BrokerError(f"cannot reach Valkey at {self.url or 'CONNECTION_POOL'}: {e}") from e
+            raise self.error(e, "connect") from e
+
+    def eviction_policy(self) -> str | None:
+        """The server's maxmemory-policy (INFO memory; CONFIG may be disabled), None if unknown."""
         try:
-            self.client.execute_command("VT.INFO", self.key("__vtasks_check__"))
-        except valkey.ResponseError as e:
-            raise ModuleMissing(str(e)) from e
+            info = self.client.info("memory")
+        except Exception:
+            return None
+        if isinstance(info, dict) and "maxmemory_policy" in info:  # cluster: {node: info}
+            return _s(info["maxmemory_policy"])
+        for node in (info or {}).values():
+            if isinstance(node, dict) and "maxmemory_policy" in node:
+                return _s(node["maxmemory_policy"])
+        return None
 
     def close(self):
         if self._client is not None and not isinstance(self._shared_pool, valkey.ConnectionPool):
@@ -498,6 +598,57 @@ _ENQUEUE_ERRORS = (valkey.ConnectionError, valkey.TimeoutError, valkey.ResponseE
                    ValkeyClusterException)
 
 
+#: broker methods whose client errors become BrokerErrors that say what is wrong (describe_error):
+#: name -> what the message says was being done
+_TRANSLATED = {
+    "fetch": "fetch", "ack": "ack", "ack_with_results": "ack", "fail": "fail a task",
+    "rescue": "rescue", "extend": "extend leases", "info": "read queue info",
+    "queues": "list queues", "peek": "list tasks", "get": "read a task",
+    "retry_dead": "retry dead tasks", "delete": "delete tasks", "clear": "clear a queue",
+    "schedule_set": "set a schedule", "schedule_del": "delete a schedule",
+    "schedule_list": "list schedules", "store_result": "store a result",
+    "store_results": "store results", "get_result": "read a result",
+    "set_dlq_cap": "set the DLQ cap",
+}
+
+
+def _translate_errors(cls) -> None:
+    """Wrap the sync and async forms of the _TRANSLATED methods defined on ``cls``: valkey-py
+    errors (whose pipeline messages quote whole payloads) become describe_error()'s BrokerError,
+    the original chained as __cause__."""
+    import functools
+    import inspect
+
+    for name, doing in _TRANSLATED.items():
+        for attr in (name, "a" + name):
+            fn = cls.__dict__.get(attr)
+            if fn is None or getattr(fn, "_translated", False):
+                continue
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
+                    try:
+                        return await _fn(self, *args, **kwargs)
+                    except BrokerError:
+                        raise
+                    except _ENQUEUE_ERRORS as e:
+                        raise self.error(e, _doing) from e
+            else:
+                @functools.wraps(fn)
+                def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
+                    try:
+                        return _fn(self, *args, **kwargs)
+                    except BrokerError:
+                        raise
+                    except _ENQUEUE_ERRORS as e:
+                        raise self.error(e, _doing) from e
+            wrapper._translated = True
+            setattr(cls, attr, wrapper)
+
+
+_translate_errors(ValkeyBroker)
+
+
 def _plain_utf8(pool) -> bool:
     """The pool's connections encode str arguments as strict UTF-8 (what the packers assume)."""
     kwargs = pool.connection_kwargs
@@ -505,10 +656,11 @@ def _plain_utf8(pool) -> bool:
             and kwargs.get("encoding_errors", "strict") == "strict")
 
 
-async def _send_packed(pool, packed: bytes, n: int, name: str) -> list:
+async def _send_packed(pool, packed: bytes, n: int, name: str, raise_on_error: bool = True
+                       ) -> list:
     """Send pre-packed commands on one pooled connection and read their ``n`` replies; an error
-    reply raises after all replies are read. Retried on connection errors like a pipeline (the
-    connection's Retry policy)."""
+    reply raises after all replies are read (or, with raise_on_error=False, is returned in its
+    place). Retried on connection errors like a pipeline (the connection's Retry policy)."""
     conn = await pool.get_connection(name)
 
     async def send():
@@ -521,7 +673,7 @@ async def _send_packed(pool, packed: bytes, n: int, name: str) -> list:
             except valkey.ResponseError as e:  # read the other replies, then raise
                 error = error or e
                 replies.append(e)
-        if error is not None:
+        if error is not None and raise_on_error:
             raise error
         return replies
 
@@ -580,7 +732,7 @@ def _pack_ack_results(result_prefix: str, key: str, pairs, results) -> tuple[byt
     n = 0
     prefix = result_prefix.encode()
     for rid, data, ttl in results:
-        if ttl > 0:
+        if ttl > 0 and data is not None:
             k = prefix + rid.encode()
             t = b"%d" % int(ttl)
             out.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
@@ -606,6 +758,82 @@ def _is_int(v) -> bool:
 
 class ModuleMissing(BrokerError):
     """The Valkey server answers but the vtasks module is not loaded."""
+
+
+class NotDurable(BrokerError):
+    """OPTIONS["DURABLE"]: the tasks went into the primary but the replicas / AOF fsync did not
+    confirm them in time. ``ids``: the ids enqueued (they may run; a retry would duplicate);
+    ``results``: their TaskResults (sync enqueue/enqueue_many)."""
+
+    def __init__(self, message: str, ids: list[str]):
+        super().__init__(message)
+        self.ids = ids
+        self.results: list = []
+
+
+def durable_option(value) -> tuple[int, bool, int] | None:
+    """OPTIONS["DURABLE"] = {"replicas": N, "aof": bool, "timeout": seconds} as
+    (replicas, aof, timeout ms); None when absent or asking for nothing."""
+    if not value:
+        return None
+    if not isinstance(value, dict) or set(value) - {"replicas", "aof", "timeout"}:
+        raise ValueError("OPTIONS['DURABLE'] must be a dict with keys replicas, aof, timeout")
+    replicas = int(value.get("replicas", 0) or 0)
+    aof = bool(value.get("aof", False))
+    timeout_ms = max(1, int(float(value.get("timeout", 1.0)) * 1000))
+    if replicas < 0:
+        raise ValueError("OPTIONS['DURABLE']['replicas'] must be >= 0")
+    return (replicas, aof, timeout_ms) if (replicas or aof) else None
+
+
+class AccessDenied(BrokerError):
+    """Valkey refused the credentials (WRONGPASS/NOAUTH) or the user's ACL (NOPERM): a
+    configuration error, not an outage."""
+
+
+def server_words(e: BaseException) -> str:
+    """A client error's message without the command valkey-py quotes for pipelines
+    ("Command # 2 (VT.ENQUEUE ... <payloads>) of pipeline caused error: ..."): the server's own
+    words, never the arguments (task payloads, results)."""
+    text = str(e.args[0]) if getattr(e, "args", None) else str(e)
+    head, sep, tail = text.rpartition(" of pipeline caused error: ")
+    if sep and head.startswith("Command # "):
+        text = tail
+    # "unknown command 'X', with args beginning with: <the first arguments>"
+    text = text.split(", with args beginning with:", 1)[0]
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def describe_error(e: BaseException, doing: str, where: str, redact_text=redact) -> BrokerError:
+    """The BrokerError for a valkey-py error ``e`` raised while ``doing`` (a verb: "enqueue",
+    "fetch", "connect"...) against the server at ``where`` (a redacted URL): what is wrong and
+    what to do, in one line, with no secret and no command argument."""
+    if isinstance(e, BrokerError):
+        return e
+    words = redact_text(server_words(e))
+    upper = words.upper()
+    if isinstance(e, valkey.AuthenticationError) or upper.startswith(("WRONGPASS", "NOAUTH")) \
+            or "INVALID PASSWORD" in upper or "INVALID USERNAME-PASSWORD" in upper:
+        return AccessDenied(
+            f"cannot {doing}: Valkey at {where} refused the credentials ({words}); check the user "
+            "and password (OPTIONS['PASSWORD'] / OPTIONS['USERNAME'] or BROKER_URL)")
+    if upper.startswith("NOPERM") or isinstance(e, valkey.exceptions.NoPermissionError):
+        return AccessDenied(
+            f"cannot {doing}: the Valkey user of {where} lacks an ACL permission ({words}); grant "
+            "it the VT.* commands it needs and the queue and result keys of the prefix")
+    if isinstance(e, valkey.ResponseError) and "unknown command" in words.lower() \
+            and "'vt." in words.lower():
+        return ModuleMissing(
+            f"cannot {doing}: Valkey at {where} does not have the vtasks module ({words}); start "
+            f"it with --loadmodule {module_path_hint()} (or MODULE LOAD it)")
+    if isinstance(e, valkey.ResponseError):  # e.g. OOM: the server's own words
+        return BrokerError(f"Valkey at {where} refused the {doing}: {words}")
+    if isinstance(e, (valkey.ConnectionError, valkey.TimeoutError, ValkeyClusterException,
+                      OSError)):
+        return BrokerError(
+            f"cannot {doing}: Valkey at {where} is unreachable ({words}); is valkey-server "
+            "running there (with --loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?")
+    return BrokerError(f"cannot {doing} on Valkey at {where}: {type(e).__name__}: {words}")
 
 
 def module_path_hint() -> str:
@@ -639,22 +867,35 @@ class ValkeyTaskBackend(VTasksBackend):
         self.prefix = valkey_prefix(self.options.get("PREFIX"))
         #: async connections per event loop (the worker's parked fetch holds one)
         self.max_connections = int(self.options.get("MAX_CONNECTIONS", 50))
+        #: OPTIONS["PASSWORD"]/["USERNAME"]/["SSL_CHECK_HOSTNAME"] (see connection_options)
+        self.connect_options = connection_options(self.broker_url, self.options)
+        #: OPTIONS["DURABLE"]: enqueue() returns once N replicas / the AOF fsync confirmed the
+        #: tasks (WAIT / WAITAOF on the enqueue's connection), else raises NotDurable
+        self.durable = durable_option(self.options.get("DURABLE"))
 
     def _broker_key(self):
         return (self.broker_url, id(self.connection_pool), self.prefix, self.max_connections,
-                self.cluster)
+                self.cluster, tuple(sorted(self.connect_options.items())), self.durable)
 
     def _make_broker(self):
         if self.cluster:
             from .valkey_cluster import ValkeyClusterBroker
 
-            return ValkeyClusterBroker(self.broker_url, self.prefix, self.max_connections)
+            return ValkeyClusterBroker(self.broker_url, self.prefix, self.max_connections,
+                                       self.connect_options)
         return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix,
-                            self.max_connections)
+                            self.max_connections, self.connect_options, self.durable)
 
     def _write(self, results, requests):
         def write():
-            ids = self.broker.enqueue(requests)
+            try:
+                ids = self.broker.enqueue(requests)
+            except EnqueueFailed as e:  # some queues refused: say which results went in
+                e.results = [r for r, rid in zip(results, e.ids, strict=True) if rid is not None]
+                raise
+            except NotDurable as e:
+                e.results = [r for r in results if r.id in set(e.ids)]
+                raise
             self._sent(results, ids, requests)
             self._adopt_holders(results, ids, requests)
 
@@ -666,12 +907,19 @@ class ValkeyTaskBackend(VTasksBackend):
 
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
+        errors += queue_checks(self)
         if not self.broker_url and self.connection_pool is None:
             errors.append(checks.Error(
                 f"Task backend {self.alias!r} has no OPTIONS['BROKER_URL'].",
                 hint="Set OPTIONS = {'BROKER_URL': 'valkey://localhost:6379/0'}.",
                 obj=self, id="django_vtasks.E001"))
             return errors
+        if self.cluster and self.durable:
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r}: OPTIONS['DURABLE'] is not supported with CLUSTER "
+                "(WAIT must follow the enqueue on the shard's own connection).",
+                hint="Remove OPTIONS['DURABLE'], or use a primary with replicas (no cluster).",
+                obj=self, id="django_vtasks.E007"))
         if self.cluster:
             if self.connection_pool is not None or not self.broker_url:
                 errors.append(checks.Error(
@@ -688,6 +936,13 @@ class ValkeyTaskBackend(VTasksBackend):
                     f"Task backend {self.alias!r}: the queues {queues} fall in different "
                     f"cluster slots with the prefix {self.prefix!r}.",
                     hint=CROSSSLOT_HINT, obj=self, id="django_vtasks.E004"))
+        if self.broker_url and redact_url(self.broker_url) != self.broker_url:
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: OPTIONS['BROKER_URL'] contains a password, which "
+                "Django's DEBUG error page and any settings dump show in clear.",
+                hint="Move it to OPTIONS['PASSWORD'] (and OPTIONS['USERNAME']): Django hides "
+                     "settings named like *PASS*; read it from the environment.",
+                obj=self, id="django_vtasks.W004"))
         if isinstance(self.connection_pool, avalkey.ConnectionPool) and not self.broker_url:
             return errors  # an async-only pool cannot be probed from a sync check
         try:
@@ -699,9 +954,27 @@ class ValkeyTaskBackend(VTasksBackend):
                 hint=f"Start valkey-server with --loadmodule {module_path_hint()} "
                      f"(or MODULE LOAD it); `manage.py` dev command: see the README.",
                 obj=self, id="django_vtasks.E003"))
+            return errors
+        except AccessDenied as e:
+            errors.append(checks.Error(
+                f"Task backend {self.alias!r}: {e}",
+                hint="Fix the credentials, or grant the Valkey user the VT.* commands and the keys "
+                     "of the prefix (ACL SETUSER).",
+                obj=self, id="django_vtasks.E006"))
+            return errors
         except BrokerError as e:
             errors.append(checks.Warning(
                 f"Task backend {self.alias!r}: {e}",
                 hint="Start Valkey (with the vtasks module) or fix OPTIONS['BROKER_URL'].",
                 obj=self, id="django_vtasks.W002"))
+            return errors
+        policy = self.broker.eviction_policy()
+        if policy and policy.startswith("allkeys-"):
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: Valkey's maxmemory-policy is {policy!r}: under "
+                "memory pressure it evicts whole queue keys (every task of a queue at once).",
+                hint="Use noeviction, or a volatile-* policy (volatile-lru, volatile-ttl...): "
+                     "queue keys carry no TTL so only results (which do) are evicted. "
+                     "README, 'Memory policy'.",
+                obj=self, id="django_vtasks.W003"))
         return errors

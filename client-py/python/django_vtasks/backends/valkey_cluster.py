@@ -23,6 +23,7 @@ from valkey.crc import key_slot
 from valkey.exceptions import ValkeyClusterException
 
 from ..broker import BrokerError
+from ..redact import redact_url
 from .valkey import ValkeyBroker, queue_key
 
 CROSSSLOT_HINT = ("one VT.FETCHBATCH can only read queues in one hash slot: give the prefix a "
@@ -38,15 +39,22 @@ def in_one_slot(prefix: str, queues) -> bool:
 class ValkeyClusterBroker(ValkeyBroker):
     kind = "valkey"
 
-    def __init__(self, url: str, prefix: str = "vt:", max_connections: int = 50):
-        super().__init__(None, None, prefix, max_connections)
+    def __init__(self, url: str, prefix: str = "vt:", max_connections: int = 50,
+                 connect_options: dict | None = None):
+        super().__init__(None, None, prefix, max_connections, connect_options)
         self.url = url
+        self.safe_url = redact_url(url)
         try:
-            self._client = ValkeyCluster.from_url(url, max_connections=max_connections)
+            self._client = ValkeyCluster.from_url(url, max_connections=max_connections,
+                                                  **self.connect_options)
         except (valkey.ValkeyError, ValkeyClusterException) as e:
-            raise BrokerError(f"cannot reach the Valkey cluster at {url} ({e}); is valkey-server "
-                              "running there in cluster mode (with --loadmodule libvtasks.so), "
-                              "and is OPTIONS['BROKER_URL'] right?") from e
+            error = self.error(e, "connect")
+            if type(error) is BrokerError and "unreachable" in str(error):
+                error = BrokerError(
+                    f"cannot reach the Valkey cluster at {self.safe_url} "
+                    f"({self._redact(e)}); is valkey-server running there in cluster mode "
+                    "(with --loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?")
+            raise error from e
 
     # ---- clients --------------------------------------------------------------------------------
     @property
@@ -54,7 +62,8 @@ class ValkeyClusterBroker(ValkeyBroker):
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
-            client = acluster.ValkeyCluster.from_url(self.url, max_connections=self.max_connections)
+            client = acluster.ValkeyCluster.from_url(self.url, max_connections=self.max_connections,
+                                                     **self.connect_options)
             self._aclients[loop] = client
         return client
 
@@ -69,7 +78,7 @@ class ValkeyClusterBroker(ValkeyBroker):
         async with self.aclient.pipeline() as pipe:
             for args, _ in commands:
                 pipe.execute_command(*args)
-            replies = await pipe.execute(raise_on_error=True)
+            replies = await pipe.execute(raise_on_error=False)
         return self._map_enqueue(requests, commands, replies)
 
     async def aack_with_results(self, queue, pairs, results):
@@ -93,7 +102,7 @@ class ValkeyClusterBroker(ValkeyBroker):
         pipe = self.client.pipeline()
         for args, _ in commands:
             pipe.execute_command(*args)
-        return self._map_enqueue(requests, commands, pipe.execute(raise_on_error=True))
+        return self._map_enqueue(requests, commands, pipe.execute(raise_on_error=False))
 
     # ---- keyless commands: every primary --------------------------------------------------------
     def queues(self):

@@ -69,10 +69,14 @@ class Command(BaseCommand):
             try:
                 answer = input("Are you sure? Type 'yes' to continue: ")
             except EOFError:
-                answer = ""
+                # no terminal (cron, CI, a pipe without an answer): a script must not read
+                # "nothing happened" as success
+                raise CommandError(
+                    f"Not clearing {total} {label} task(s): no confirmation could be read "
+                    "(stdin is not a terminal); pass --force to clear without asking.") from None
             if answer.strip().lower() != "yes":
-                self.stdout.write("Operation cancelled.")
-                return
+                raise CommandError("Operation cancelled: nothing was cleared (pass --force to "
+                                   "clear without asking).")
         cleared = 0
         try:
             for q in queues:

@@ -17,7 +17,8 @@ class Command(BaseCommand):
                             help="tasks run at once (default VTASKS_CONCURRENCY)")
         parser.add_argument("--queue", action="append", dest="queues", default=None,
                             help="queue to consume, in priority order; repeatable "
-                                 "(default VTASKS_QUEUES)")
+                                 "(default: VTASKS_QUEUES if set, else the backend's "
+                                 "TASKS[...]['QUEUES'], else 'default')")
         parser.add_argument("--scheduler", action="store_true",
                             help="register VTASKS_SCHEDULE (safe on any number of workers)")
         parser.add_argument("--id", dest="worker_id", default=None,
@@ -42,10 +43,21 @@ class Command(BaseCommand):
                          logging.INFO if options["verbosity"] >= 1 else logging.WARNING)
         from django.tasks import task_backends
 
+        from django.core import checks
+
         alias = options["backend"] or settings.VTASKS_BACKEND
-        for problem in task_backends[alias].check():
+        problems = task_backends[alias].check()
+        for problem in problems:
             self.stderr.write(f"{problem.id}: {problem.msg}" +
                               (f" ({problem.hint})" if problem.hint else ""))
+        errors = [p for p in problems if p.level >= checks.ERROR]
+        if errors:
+            # a worker that cannot work (no module, refused credentials, misconfiguration)
+            # must not look alive to its supervisor
+            raise CommandError(
+                f"refusing to start the worker: task backend {alias!r} failed "
+                f"{len(errors)} system check(s) ({', '.join(p.id for p in errors)}); fix the "
+                "error(s) above and start it again.")
         try:
             worker = Worker(
                 backend_alias=alias,
