@@ -6,7 +6,9 @@
 The queue lives in the database of ``OPTIONS["DATABASE"]`` (default "default"), whose schema the
 ``django_vtasks.postgres`` migration creates. ``enqueue()`` writes the task row on Django's own
 connection, inside the caller's transaction: a rolled-back ``atomic()`` never runs its task.
-Workers use the native pool (``OPTIONS["DSN"]``, default: built from the Django database).
+Workers use the native pool (``OPTIONS["DSN"]``, default: built from the Django database's
+HOST, PORT, NAME, USER, PASSWORD and its OPTIONS, so ``sslmode``, ``sslrootcert``, ``sslcert``,
+``sslkey``, ``connect_timeout``, ``options`` ... apply to the workers as to Django itself).
 """
 
 from __future__ import annotations
@@ -30,18 +32,36 @@ from ..conf import settings
 from .base import VTasksBackend
 
 
+# Keys of DATABASES[...]["OPTIONS"] that are Django's or psycopg's own, not libpq connection
+# settings (Django pops or passes them to psycopg.connect() as Python arguments). client_encoding:
+# the native pool always speaks UTF-8, as Django does.
+_NOT_CONNINFO = frozenset({
+    "assume_role", "isolation_level", "pool", "server_side_binding", "cursor_factory", "context",
+    "prepare_threshold", "autocommit", "row_factory", "client_encoding",
+})
+
+
 def _dsn_from_django(settings_dict: dict) -> str:
+    """A key=value DSN with the same connection settings as Django's own connection.
+
+    Like Django's PostgreSQL backend: the libpq keys of OPTIONS (sslmode, sslrootcert, sslcert,
+    sslkey, connect_timeout, options, application_name, ...), then NAME (None: "postgres"), USER,
+    PASSWORD, HOST and PORT over them. A key the native pool does not support is refused with a
+    clear error when the pool is made, rather than dropped.
+    """
     def q(v) -> str:
         v = str(v)
         return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    parts = []
-    for key, name in (("HOST", "host"), ("PORT", "port"), ("USER", "user"),
-                      ("PASSWORD", "password"), ("NAME", "dbname")):
-        value = settings_dict.get(key)
-        if value:
-            parts.append(f"{name}={q(value)}")
-    return " ".join(parts)
+    params = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items()
+              if k not in _NOT_CONNINFO and v is not None}
+    name = settings_dict.get("NAME")
+    params["dbname"] = "postgres" if name is None else name
+    for key, param in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"),
+                       ("PORT", "port")):
+        if settings_dict.get(key):
+            params[param] = settings_dict[key]
+    return " ".join(f"{k}={q(v)}" for k, v in params.items() if v != "")
 
 
 def _delivery(t) -> Delivery:
@@ -348,17 +368,6 @@ class PostgresTaskBackend(VTasksBackend):
         else:
             self._sent(results, ids, requests)
 
-    def _probe(self) -> None:
-        """A quick connection attempt (the native pool waits for its connect timeout)."""
-        try:
-            import psycopg
-        except ImportError:
-            return
-        try:
-            psycopg.connect(self.dsn, connect_timeout=3).close()
-        except Exception as e:
-            raise BrokerError(f"cannot connect to Postgres: {e}") from e
-
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
         try:
@@ -383,7 +392,7 @@ class PostgresTaskBackend(VTasksBackend):
                 "(its migration creates the queue tables).",
                 obj=self, id="django_vtasks.E013"))
         try:
-            self._probe()
+            # the workers' own pool and settings; it reports a dead server within connect_timeout
             self.broker.ping()
         except BrokerError as e:
             errors.append(checks.Warning(
