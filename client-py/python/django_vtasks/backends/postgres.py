@@ -111,11 +111,14 @@ class PostgresBroker(Broker):
     def enqueue(self, requests):
         out: list[str | None] = [None] * len(requests)
         for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
+            # PgError: its message says where it connected and what to check. ValueError: the
+            # arguments were refused (payload too large, name too long ...): Valkey's module
+            # refuses the same ones, and the Broker contract raises BrokerError for both.
             try:
                 ids = self.q.enqueue(queue, [requests[i].payload for i in idxs],
                                      ids=[requests[i].id for i in idxs], priority=prio,
                                      at_ms=at_ms, unique=unique, max_attempts=max_att)
-            except _native.PgError as e:  # its message says where it connected and what to check
+            except (_native.PgError, ValueError) as e:
                 raise BrokerError(f"enqueue failed: {e}") from e
             for i, rid in zip(idxs, ids, strict=True):
                 out[i] = rid
@@ -135,7 +138,7 @@ class PostgresBroker(Broker):
                            ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
                            unique=unique, max_attempts=max_att)
                 for (queue, prio, at_ms, max_att, unique, _), idxs in groups])
-        except _native.PgError as e:
+        except (_native.PgError, ValueError) as e:  # as in enqueue()
             raise BrokerError(f"enqueue failed: {e}") from e
         for (_, idxs), ids in zip(groups, replies, strict=True):
             for i, rid in zip(idxs, ids, strict=True):
@@ -146,10 +149,13 @@ class PostgresBroker(Broker):
         """[(sql, params, idxs)] to run on Django's connection (caller's transaction)."""
         out = []
         for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
-            sql, params = _native.PgQueue.enqueue_sql(
-                queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
-                priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
-                max_attempts_default=self.max_attempts, notify=self._kwargs["notify"])
+            try:
+                sql, params = _native.PgQueue.enqueue_sql(
+                    queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
+                    priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
+                    max_attempts_default=self.max_attempts, notify=self._kwargs["notify"])
+            except ValueError as e:  # as in enqueue()
+                raise BrokerError(f"enqueue refused: {e}") from e
             out.append((sql, params, idxs))
         return out
 
