@@ -13,6 +13,7 @@
 //! - A client certificate is sent when `sslcert` (else `~/.postgresql/postgresql.crt`) exists,
 //!   with `sslkey` (else `~/.postgresql/postgresql.key`).
 //! - `connect_timeout` (seconds, default 5, minimum 2 as in libpq) bounds each connection attempt.
+//! - Settings the DSN leaves out come from libpq's environment variables (see [`settings`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -111,9 +112,18 @@ impl TlsKeys {
 }
 
 /// Parses `dsn` into connection settings; nothing is connected. Error messages never repeat a
-/// value from the DSN (it may hold a password).
+/// value from the DSN (it may hold a password). As libpq, a setting the DSN leaves out is taken
+/// from its environment variable (`PGHOST`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD`,
+/// `PGOPTIONS`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`,
+/// `PGSSLKEY`), so the workers connect as psycopg does for Django; no host at all means the
+/// local Unix sockets (`/var/run/postgresql`, then `/tmp`).
 pub(crate) fn settings(dsn: &str) -> Result<Settings> {
-    let (rest, keys) = split_tls_keys(dsn)?;
+    settings_in(dsn, &|k| std::env::var(k).ok())
+}
+
+fn settings_in(dsn: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+    let env = |k: &str| env(k).filter(|v| !v.is_empty());
+    let (rest, mut keys) = split_tls_keys(dsn)?;
     let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|e| {
         Error::Invalid(format!(
             "bad dsn: {e} (settings: host, hostaddr, port, dbname, user, password, options, application_name, \
@@ -121,8 +131,63 @@ pub(crate) fn settings(dsn: &str) -> Result<Settings> {
              target_session_attrs, tcp_user_timeout, keepalives*, load_balance_hosts)"
         ))
     })?;
+    if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
+        match env("PGHOST") {
+            Some(hosts) => hosts.split(',').for_each(|h| {
+                pg.host(h.trim());
+            }),
+            None => {
+                pg.host("/var/run/postgresql").host("/tmp");
+            }
+        }
+    }
+    if pg.get_ports().is_empty() {
+        if let Some(ports) = env("PGPORT") {
+            for p in ports.split(',') {
+                pg.port(p.trim().parse().map_err(|_| Error::Invalid("bad PGPORT: not a port number".into()))?);
+            }
+        }
+    }
+    if pg.get_dbname().is_none() {
+        if let Some(v) = env("PGDATABASE") {
+            pg.dbname(&v);
+        }
+    }
+    if pg.get_user().is_none() {
+        if let Some(v) = env("PGUSER") {
+            pg.user(&v);
+        }
+    }
+    if pg.get_password().is_none() {
+        if let Some(v) = env("PGPASSWORD") {
+            pg.password(v);
+        }
+    }
+    if pg.get_options().is_none() {
+        if let Some(v) = env("PGOPTIONS") {
+            pg.options(&v);
+        }
+    }
     if pg.get_application_name().is_none() {
-        pg.application_name("vtasks");
+        pg.application_name(env("PGAPPNAME").as_deref().unwrap_or("vtasks"));
+    }
+    if pg.get_connect_timeout().is_none() {
+        if let Some(t) = env("PGCONNECT_TIMEOUT") {
+            let secs: u64 = t.trim().parse().map_err(|_| Error::Invalid("bad PGCONNECT_TIMEOUT: not a number of seconds".into()))?;
+            if secs > 0 {
+                pg.connect_timeout(Duration::from_secs(secs));
+            }
+        }
+    }
+    for (slot, var) in [
+        (&mut keys.sslmode, "PGSSLMODE"),
+        (&mut keys.sslrootcert, "PGSSLROOTCERT"),
+        (&mut keys.sslcert, "PGSSLCERT"),
+        (&mut keys.sslkey, "PGSSLKEY"),
+    ] {
+        if slot.is_none() {
+            *slot = env(var);
+        }
     }
     // libpq: 0 or unset waits forever, 1 means 2. A pool must not wait forever: unset or 0 is 5 s.
     let connect_timeout = match pg.get_connect_timeout() {
@@ -131,7 +196,7 @@ pub(crate) fn settings(dsn: &str) -> Result<Settings> {
     };
     pg.connect_timeout(connect_timeout);
 
-    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let home = env("HOME").map(PathBuf::from);
     let mut mode = keys.sslmode.as_deref().map(SslMode::parse).transpose()?;
     let roots = match keys.sslrootcert.as_deref() {
         Some("system") => {
@@ -520,6 +585,35 @@ mod tests {
         assert_eq!(settings("host=h connect_timeout=0").unwrap().connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(settings("host=h connect_timeout=1").unwrap().connect_timeout, Duration::from_secs(2));
         assert_eq!(settings("host=h connect_timeout=30").unwrap().connect_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unset_settings_come_from_the_libpq_environment() {
+        let vars = |k: &str| {
+            Some(match k {
+                "PGHOST" => "db1.example,db2.example",
+                "PGPORT" => "6432",
+                "PGUSER" => "envuser",
+                "PGPASSWORD" => "envpw",
+                "PGDATABASE" => "envdb",
+                "PGSSLMODE" => "require",
+                "PGCONNECT_TIMEOUT" => "7",
+                _ => return None,
+            }
+            .to_string())
+        };
+        let s = settings_in("user=dsnuser", &vars).unwrap();
+        assert_eq!(s.pg.get_user(), Some("dsnuser"), "the DSN wins");
+        assert_eq!(s.pg.get_password(), Some(&b"envpw"[..]));
+        assert_eq!(s.pg.get_dbname(), Some("envdb"));
+        assert_eq!(s.pg.get_hosts().len(), 2);
+        assert_eq!(s.pg.get_ports(), &[6432]);
+        assert_eq!(s.pg.get_ssl_mode(), WireSslMode::Require);
+        assert_eq!(s.connect_timeout, Duration::from_secs(7));
+        // nothing anywhere: the local Unix sockets, where libpq looks
+        let s = settings_in("", &|_| None).unwrap();
+        assert!(s.pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_))), "{:?}", s.pg.get_hosts());
+        assert_eq!(s.pg.get_ssl_mode(), WireSslMode::Disable);
     }
 
     #[test]

@@ -64,7 +64,10 @@ const CONNECT_POLL: Duration = Duration::from_millis(50);
 /// error's top line ("db error"), which hides "no pg_hba.conf entry ... no encryption" or the
 /// certificate the handshake refused. Cleared when a connection is made.
 #[derive(Clone, Debug, Default)]
-struct LastConnectError(Arc<Mutex<Option<(Instant, String, Option<String>)>>>);
+struct LastConnectError(Arc<Mutex<Option<Failure>>>);
+
+/// When a connection attempt failed, its message (with causes) and the server's SQLSTATE.
+type Failure = (Instant, String, Option<String>);
 
 impl LastConnectError {
     /// The failure, if the last attempt failed at or after `start`.
