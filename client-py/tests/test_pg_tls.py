@@ -129,3 +129,28 @@ def test_database_options_reach_the_native_pool_and_errors_say_what_to_check(tls
     dsn = _dsn_from_django(_settings_dict(tls_dir, isolation_level=1, assume_role="r",
                                           server_side_binding=True, sslmode="require"))
     assert "isolation_level" not in dsn and "assume_role" not in dsn and "sslmode='require'" in dsn
+
+
+def test_a_dead_server_is_reported_within_connect_timeout():
+    """A closed port: the workers' pool says so in about connect_timeout (2 s here), with the
+    address and what to check, not after the pool's 15 s, and without the password."""
+    import socket
+    import time
+
+    from django_vtasks.backends.postgres import PostgresBroker, _dsn_from_django
+    from django_vtasks.broker import BrokerError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = PostgresBroker(_dsn_from_django({
+        "NAME": "app", "USER": "app", "PASSWORD": "sekrit-pw", "HOST": "127.0.0.1",
+        "PORT": str(port), "OPTIONS": {"connect_timeout": 2}}))
+    started = time.monotonic()
+    with pytest.raises(BrokerError) as exc:
+        broker.ping()
+    took = time.monotonic() - started
+    msg = str(exc.value)
+    assert f"127.0.0.1:{port}" in msg and "refused" in msg and "is Postgres running" in msg, msg
+    assert "sekrit-pw" not in msg, msg
+    assert took < 12, f"{took:.1f}s (the pool used to wait 15 s)"
