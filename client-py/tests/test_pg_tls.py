@@ -108,7 +108,8 @@ def test_database_options_reach_the_native_pool_and_errors_say_what_to_check(tls
     other_ca = str(tls_dir / "tls" / "other-ca.crt")
     cases = [
         # sslrootcert from OPTIONS is used: a CA that did not sign the server's certificate
-        (dict(sslmode="verify-full", sslrootcert=other_ca), "UnknownIssuer", "check sslrootcert"),
+        (dict(sslmode="verify-full", sslrootcert=other_ca), "UnknownIssuer",
+         "point sslrootcert at the CA"),
         # sslmode from OPTIONS is used: plaintext against a TLS-only server
         (dict(sslmode="disable"), "no encryption", "only accepts TLS"),
     ]

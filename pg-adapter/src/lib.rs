@@ -114,28 +114,38 @@ pub(crate) fn no_connection(
 /// What to check, by the cause of a failed connection.
 fn connect_hint(sqlstate: Option<&str>, msg: &str) -> &'static str {
     let lower = msg.to_ascii_lowercase();
+    let has = |s: &str| lower.contains(s);
     match sqlstate {
         // no pg_hba.conf line matched: often a TLS-only server (hostssl) reached in plaintext
-        Some("28000") if lower.contains("no encryption") => {
+        Some("28000") if has("no encryption") => {
             "the server only accepts TLS connections: set sslmode=require (or verify-full with sslrootcert)"
         }
+        Some("28000") if has("client certificate") => CLIENT_CERT_HINT,
         Some("28000") => "the server's pg_hba.conf refuses this user/database/address/TLS combination: check them (and sslmode, sslcert)",
         Some("28P01") => "check the user and password",
         Some("3D000") => "check the database name (dbname / NAME)",
         Some(_) => "check the server's log for the reason",
-        None if lower.contains("server does not support tls") => {
+        None if has("server does not support tls") => {
             "the server does not offer TLS: turn ssl on in the server, or use sslmode=prefer/disable"
         }
-        None if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") => {
-            "check sslrootcert (the CA that signed the server's certificate), that the host you connect to \
-             is named in that certificate (sslmode=verify-full checks it), and sslcert/sslkey if the server \
-             asks for a client certificate"
+        None if has("not valid for name") => {
+            "connect with a host name that the server's certificate names, or use sslmode=verify-ca to check \
+             only that the CA in sslrootcert signed it"
         }
-        None => {
-            "is Postgres running there and reachable within connect_timeout, and are the host and port right?"
+        None if has("unknownissuer") || has("unknown issuer") || has("unknownca") => {
+            "the server's certificate is not signed by a CA in sslrootcert: point sslrootcert at the CA that signed it"
         }
+        None if has("certificaterequired") || has("client certificate") => CLIENT_CERT_HINT,
+        None if has("certificate") || has("tls") || has("handshake") => {
+            "check sslmode, sslrootcert (the CA that signed the server's certificate) and sslcert/sslkey"
+        }
+        None => "is Postgres running there and reachable within connect_timeout, and are the host and port right?",
     }
 }
+
+const CLIENT_CERT_HINT: &str =
+    "the server asks for a client certificate: set sslcert and sslkey (a certificate whose CN is the user, \
+     signed by a CA the server trusts)";
 
 impl Error {
     /// True when the error means the connection is gone (killed backend, server restart, I/O):
