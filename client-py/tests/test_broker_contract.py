@@ -4,6 +4,7 @@ both (River's driver test suite is the model). A divergence between the engines 
 here; the conformance suite (test_conformance.py) covers the behaviour both already share.
 """
 
+import os
 import random
 import string
 
@@ -21,7 +22,7 @@ MAX_PAYLOAD = 16 * 1024 * 1024
 
 @pytest.fixture(params=["valkey", "postgres"])
 def engine(request):
-    if request.param == "valkey" and not __import__("os").environ.get("VTASKS_TEST_VALKEY_URL"):
+    if request.param == "valkey" and not os.environ.get("VTASKS_TEST_VALKEY_URL"):
         pytest.skip("Valkey module not built (cargo build --release -p vtasks-module)")
     return request.param
 
