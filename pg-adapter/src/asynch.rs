@@ -1,13 +1,13 @@
 //! Async API: `tokio-postgres` + `deadpool-postgres`. Must be used inside a tokio runtime.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::ops::{self, Config, Delivery, EnqueueOpts, ScheduleEntry, Stmt, TaskRecord};
 use crate::{block_deadline, next_wait, Debounce, Error, Result};
@@ -30,6 +30,7 @@ impl AWaker {
 pub struct AsyncPgQueue {
     pool: Pool,
     pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     cfg: Config,
     waker: Arc<AWaker>,
     debounce: Debounce,
@@ -39,24 +40,25 @@ impl AsyncPgQueue {
     /// A client for `dsn` (URL or key=value form). Connections are opened lazily.
     pub fn new(dsn: &str, cfg: Config) -> Result<Self> {
         cfg.validate()?;
-        let mut pg = tokio_postgres::Config::from_str(dsn).map_err(|e| Error::Invalid(format!("bad dsn: {e}")))?;
-        if pg.get_application_name().is_none() {
-            pg.application_name("vtasks");
-        }
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(10));
-        }
-        let mgr = Manager::from_config(pg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let settings = crate::connect::settings(dsn)?;
+        let pg = settings.pg;
+        let mgr = Manager::from_config(
+            pg.clone(),
+            settings.tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(mgr)
             .max_size(cfg.pool_size as usize)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(15)))
-            .create_timeout(Some(Duration::from_secs(15)))
+            // one whole attempt (socket, TLS, authentication), as libpq's connect_timeout
+            .create_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| Error::Pool(e.to_string()))?;
         Ok(AsyncPgQueue {
             pool,
             pg,
+            tls: settings.tls,
             cfg,
             waker: Arc::new(AWaker {
                 gen: AtomicU64::new(0),
@@ -155,7 +157,7 @@ impl AsyncPgQueue {
         let st = args.stmt();
         let deadline = block_deadline(block_ms)?;
         if block_ms.is_some() && self.cfg.notify && !self.waker.started.swap(true, Ordering::SeqCst) {
-            tokio::spawn(listen_task(self.pg.clone(), Arc::downgrade(&self.waker)));
+            tokio::spawn(listen_task(self.pg.clone(), self.tls.clone(), Arc::downgrade(&self.waker)));
         }
         loop {
             let notified = self.waker.notify.notified();
@@ -292,13 +294,13 @@ impl AsyncPgQueue {
 }
 
 /// The LISTEN connection of an async client; ends when the client is dropped.
-async fn listen_task(pg: tokio_postgres::Config, w: Weak<AWaker>) {
+async fn listen_task(pg: tokio_postgres::Config, tls: MakeRustlsConnect, w: Weak<AWaker>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if w.strong_count() == 0 {
             return;
         }
-        let (client, mut conn) = match pg.connect(NoTls).await {
+        let (client, mut conn) = match pg.connect(tls.clone()).await {
             Ok(x) => x,
             Err(_) => {
                 tokio::time::sleep(backoff).await;

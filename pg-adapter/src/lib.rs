@@ -7,6 +7,7 @@
 //! session). LISTEN/NOTIFY only shortens waits; blocked fetches always poll as well.
 
 pub mod ops;
+mod connect;
 mod sync;
 mod asynch;
 
@@ -14,6 +15,7 @@ pub use asynch::AsyncPgQueue;
 pub use ops::{
     ClearWhat, Config, Delivery, EnqueueOpts, PeekState, ScheduleEntry, TaskRecord, INFO_FIELDS, MAINTAIN_FIELDS,
 };
+pub use connect::DEFAULT_CONNECT_TIMEOUT;
 pub use sync::PgQueue;
 
 /// Versioned schema migrations: (version, name, sql). The single source of truth of the schema;
@@ -61,23 +63,44 @@ impl From<tokio_postgres::Error> for Error {
 }
 
 /// "No connection from the pool", with the causes the pools' own messages hide (deadpool says
-/// "error connecting to server" without the "Connection refused" under it) and where it tried to
-/// connect, so the message says what to fix.
+/// "error connecting to server" without the "Connection refused" under it), where it tried to
+/// connect, and what to check for that cause. Never the password: neither the pools nor the
+/// server repeat it, and the DSN itself is not quoted.
 pub(crate) fn pool_error(
     e: &(dyn std::error::Error + 'static),
     hosts: &[tokio_postgres::config::Host],
     ports: &[u16],
 ) -> Error {
+    let (msg, sqlstate) = error_chain(e);
+    no_connection(&msg, sqlstate.as_deref(), hosts, ports)
+}
+
+/// An error and its causes on one line, and the SQLSTATE of the server's error among them.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> (String, Option<String>) {
     let mut msg = e.to_string();
-    let mut cause = e.source();
+    let mut sqlstate = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         let text = c.to_string();
         if !msg.contains(&text) {
             msg.push_str(": ");
             msg.push_str(&text);
         }
+        if let Some(db) = c.downcast_ref::<tokio_postgres::Error>().and_then(|pe| pe.as_db_error()) {
+            sqlstate = Some(db.code().code().to_string());
+        }
         cause = c.source();
     }
+    (msg, sqlstate)
+}
+
+/// "No connection to host:port (cause); what to check".
+pub(crate) fn no_connection(
+    msg: &str,
+    sqlstate: Option<&str>,
+    hosts: &[tokio_postgres::config::Host],
+    ports: &[u16],
+) -> Error {
     let host = match hosts.first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -85,10 +108,44 @@ pub(crate) fn pool_error(
         None => "localhost".to_string(),
     };
     let port = ports.first().copied().unwrap_or(5432);
-    Error::Pool(format!(
-        "no connection to {host}:{port} ({msg}); is Postgres running there, and are the DSN's host, port, user and database right?"
-    ))
+    Error::Pool(format!("no connection to {host}:{port} ({msg}); {}", connect_hint(sqlstate, msg)))
 }
+
+/// What to check, by the cause of a failed connection.
+fn connect_hint(sqlstate: Option<&str>, msg: &str) -> &'static str {
+    let lower = msg.to_ascii_lowercase();
+    let has = |s: &str| lower.contains(s);
+    match sqlstate {
+        // no pg_hba.conf line matched: often a TLS-only server (hostssl) reached in plaintext
+        Some("28000") if has("no encryption") => {
+            "the server only accepts TLS connections: set sslmode=require (or verify-full with sslrootcert)"
+        }
+        Some("28000") if has("client certificate") => CLIENT_CERT_HINT,
+        Some("28000") => "the server's pg_hba.conf refuses this user/database/address/TLS combination: check them (and sslmode, sslcert)",
+        Some("28P01") => "check the user and password",
+        Some("3D000") => "check the database name (dbname / NAME)",
+        Some(_) => "check the server's log for the reason",
+        None if has("server does not support tls") => {
+            "the server does not offer TLS: turn ssl on in the server, or use sslmode=prefer/disable"
+        }
+        None if has("not valid for name") => {
+            "connect with a host name that the server's certificate names, or use sslmode=verify-ca to check \
+             only that the CA in sslrootcert signed it"
+        }
+        None if has("unknownissuer") || has("unknown issuer") || has("unknownca") => {
+            "the server's certificate is not signed by a CA in sslrootcert: point sslrootcert at the CA that signed it"
+        }
+        None if has("certificaterequired") || has("client certificate") => CLIENT_CERT_HINT,
+        None if has("certificate") || has("tls") || has("handshake") => {
+            "check sslmode, sslrootcert (the CA that signed the server's certificate) and sslcert/sslkey"
+        }
+        None => "is Postgres running there and reachable within connect_timeout, and are the host and port right?",
+    }
+}
+
+const CLIENT_CERT_HINT: &str =
+    "the server asks for a client certificate: set sslcert and sslkey (a certificate whose CN is the user, \
+     signed by a CA the server trusts)";
 
 impl Error {
     /// True when the error means the connection is gone (killed backend, server restart, I/O):

@@ -195,9 +195,14 @@ pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::Invalid(msg.into()))
 }
 
+/// Longest queue name, unique key and schedule name (PROTOCOL.md): the indexes that hold them,
+/// two at a time, stay under Postgres's 2,704-byte btree entry limit and a queue name fits a NOTIFY
+/// payload (8,000 bytes), so a long name is a clear error here, never a raw index error.
+pub const MAX_NAME: usize = 1024;
+
 fn check_queue(q: &str) -> Result<()> {
-    if q.is_empty() {
-        return invalid("queue name must not be empty");
+    if q.is_empty() || q.len() > MAX_NAME {
+        return invalid(format!("queue name must be 1..{MAX_NAME} bytes"));
     }
     Ok(())
 }
@@ -275,6 +280,9 @@ impl EnqueueArgs {
         let (ukey, uttl_ms) = match o.unique {
             None => (None, None),
             Some((k, ttl)) => {
+                if k.is_empty() || k.len() > MAX_NAME {
+                    return invalid(format!("unique key must be 1..{MAX_NAME} bytes"));
+                }
                 if ttl <= 0 {
                     return invalid("unique ttl must be > 0 ms");
                 }
@@ -590,8 +598,9 @@ pub fn peek_stmt(queue: &str, state: PeekState, offset: i64, count: i64) -> Resu
     if offset < 0 {
         return invalid("offset must be >= 0");
     }
-    if !(1..=1000).contains(&count) {
-        return invalid("count must be in 1..1000");
+    // COUNT 0 is an empty page, as VT.PEEK answers it
+    if !(0..=1000).contains(&count) {
+        return invalid("count must be in 0..1000");
     }
     let sql: &'static str = match state {
         PeekState::Ready => live_sql!(
@@ -748,8 +757,8 @@ pub fn now_stmt() -> Stmt {
 
 pub fn schedule_set_stmt(queue: &str, name: &str, spec: &Spec, payload: Vec<u8>, priority: i16, next_ms: i64) -> Result<Stmt> {
     check_queue(queue)?;
-    if name.is_empty() {
-        return invalid("schedule name must not be empty");
+    if name.is_empty() || name.len() > MAX_NAME {
+        return invalid(format!("schedule name must be 1..{MAX_NAME} bytes"));
     }
     if !(-100..=100).contains(&priority) {
         return invalid("priority must be in -100..100");

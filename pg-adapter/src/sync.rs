@@ -1,17 +1,16 @@
 //! Sync API: `postgres` + `r2d2_postgres`. Methods block the calling thread (the Python binding
 //! releases the GIL around them).
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::ops::{self, Config, Delivery, EnqueueOpts, ScheduleEntry, Stmt, TaskRecord};
-use crate::{block_deadline, next_wait, Debounce, Error, Result};
+use crate::{block_deadline, next_wait, Debounce, Result};
 
 /// Wake-ups from the LISTEN thread to blocked fetches.
 struct Waker {
@@ -37,8 +36,12 @@ impl Waker {
 
 /// A queue client on a pool of blocking connections.
 pub struct PgQueue {
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>,
     pg: postgres::Config,
+    tls: MakeRustlsConnect,
+    /// How long a checkout waits while the pool has no connection (the server may be down).
+    connect_wait: Duration,
+    last_connect_error: LastConnectError,
     cfg: Config,
     waker: Arc<Waker>,
     listener: Mutex<bool>,
@@ -51,35 +54,70 @@ impl Drop for PgQueue {
     }
 }
 
-pub(crate) fn parse_dsn(dsn: &str) -> Result<postgres::Config> {
-    let mut pg = postgres::Config::from_str(dsn).map_err(|e| Error::Invalid(format!("bad dsn: {e}")))?;
-    if pg.get_application_name().is_none() {
-        pg.application_name("vtasks");
+/// How long a checkout waits for a busy pool that has live connections.
+const POOL_WAIT: Duration = Duration::from_secs(15);
+
+/// How often a checkout on a pool without connections looks for a failed connection attempt.
+const CONNECT_POLL: Duration = Duration::from_millis(50);
+
+/// Why the pool's last connection attempt failed, with its causes, and when: r2d2 keeps only the
+/// error's top line ("db error"), which hides "no pg_hba.conf entry ... no encryption" or the
+/// certificate the handshake refused. Cleared when a connection is made.
+#[derive(Clone, Debug, Default)]
+struct LastConnectError(Arc<Mutex<Option<Failure>>>);
+
+/// When a connection attempt failed, its message (with causes) and the server's SQLSTATE.
+type Failure = (Instant, String, Option<String>);
+
+impl LastConnectError {
+    /// The failure, if the last attempt failed at or after `start`.
+    fn since(&self, start: Instant) -> Option<(String, Option<String>)> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((at, msg, sqlstate)) if *at >= start => Some((msg.clone(), sqlstate.clone())),
+            _ => None,
+        }
     }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(10));
+}
+
+impl r2d2::HandleError<postgres::Error> for LastConnectError {
+    fn handle_error(&self, e: postgres::Error) {
+        let (msg, sqlstate) = crate::error_chain(&e);
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), msg, sqlstate));
     }
-    Ok(pg)
+}
+
+impl r2d2::HandleEvent for LastConnectError {
+    fn handle_acquire(&self, _: r2d2::event::AcquireEvent) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 impl PgQueue {
     /// A client for `dsn` (URL or key=value form). Connections are opened lazily.
     pub fn new(dsn: &str, cfg: Config) -> Result<Self> {
         cfg.validate()?;
-        let pg = parse_dsn(dsn)?;
-        let manager = PostgresConnectionManager::new(pg.clone(), NoTls);
+        let settings = crate::connect::settings(dsn)?;
+        let pg = postgres::Config::from(settings.pg);
+        let manager = PostgresConnectionManager::new(pg.clone(), settings.tls.clone());
+        let last_connect_error = LastConnectError::default();
         let pool = r2d2::Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(Some(0))
             // Broken connections are found by is_closed() on return and by the retry below;
             // a per-checkout ping would double the round trips.
             .test_on_check_out(false)
-            .connection_timeout(Duration::from_secs(15))
+            .connection_timeout(POOL_WAIT)
+            .error_handler(Box::new(last_connect_error.clone()))
+            .event_handler(Box::new(last_connect_error.clone()))
             .idle_timeout(Some(Duration::from_secs(300)))
             .build_unchecked(manager);
         Ok(PgQueue {
             pool,
             pg,
+            tls: settings.tls,
+            // the socket is bounded by connect_timeout; TLS and authentication get a second more
+            connect_wait: settings.connect_timeout + Duration::from_secs(1),
+            last_connect_error,
             cfg,
             waker: Arc::new(Waker {
                 gen: Mutex::new(0),
@@ -96,16 +134,36 @@ impl PgQueue {
         &self.cfg
     }
 
+    /// A pooled connection. While the pool holds no connection at all the server may be down or
+    /// refusing us: the first connection attempt that fails during this checkout is reported at
+    /// once with its cause, and no attempt waits past connect_timeout; not the pool's 15 s.
+    fn checkout(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>> {
+        let start = Instant::now();
+        let no_connection = |e: r2d2::Error| match self.last_connect_error.since(start) {
+            Some((msg, sqlstate)) => crate::no_connection(&msg, sqlstate.as_deref(), self.pg.get_hosts(), self.pg.get_ports()),
+            None => crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()),
+        };
+        if self.pool.state().connections > 0 {
+            return self.pool.get_timeout(POOL_WAIT).map_err(no_connection);
+        }
+        loop {
+            match self.pool.get_timeout(CONNECT_POLL) {
+                Ok(c) => return Ok(c),
+                Err(e) if start.elapsed() >= self.connect_wait || self.last_connect_error.since(start).is_some() => {
+                    return Err(no_connection(e))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Runs one statement; a connection-level failure (killed backend, restart) is retried on a
     /// fresh connection (the statement did not complete, so nothing happened).
     fn run(&self, st: &Stmt) -> Result<Vec<Row>> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut c = match self.pool.get() {
-                Ok(c) => c,
-                Err(e) => return Err(crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports())),
-            };
+            let mut c = self.checkout()?;
             match c.query_typed(st.sql, &st.refs()) {
                 Ok(rows) => return Ok(rows),
                 Err(e) if crate::is_conn_error(&e) && tries <= 3 => {
@@ -120,7 +178,7 @@ impl PgQueue {
     /// Applies pending migrations (idempotent; concurrent callers serialise on a transaction-level
     /// advisory lock, so this is safe behind PgBouncer too).
     pub fn migrate(&self) -> Result<()> {
-        let mut c = self.pool.get().map_err(|e| crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()))?;
+        let mut c = self.checkout()?;
         let mut tx = c.transaction()?;
         tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({}); {}", crate::MIGRATE_LOCK, crate::MIGRATE_PRELUDE))?;
         let mut applied = std::collections::HashSet::new();
@@ -186,8 +244,9 @@ impl PgQueue {
         }
         *started = true;
         let pg = self.pg.clone();
+        let tls = self.tls.clone();
         let w = self.waker.clone();
-        let _ = std::thread::Builder::new().name("vtasks-listen".into()).spawn(move || listen_loop(pg, w));
+        let _ = std::thread::Builder::new().name("vtasks-listen".into()).spawn(move || listen_loop(pg, tls, w));
     }
 
     /// Ack `pairs` and store `results` `(id, result_json, ttl_ms)` in one statement (one round
@@ -309,10 +368,10 @@ impl PgQueue {
 }
 
 /// The LISTEN connection: bumps the waker on every notification and after each (re)connect.
-fn listen_loop(pg: postgres::Config, w: Arc<Waker>) {
+fn listen_loop(pg: postgres::Config, tls: MakeRustlsConnect, w: Arc<Waker>) {
     let mut backoff = Duration::from_millis(100);
     while !w.stop.load(Ordering::SeqCst) {
-        let mut c = match pg.connect(NoTls) {
+        let mut c = match pg.connect(tls.clone()) {
             Ok(c) => c,
             Err(_) => {
                 std::thread::sleep(backoff);

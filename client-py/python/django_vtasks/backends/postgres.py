@@ -6,7 +6,9 @@
 The queue lives in the database of ``OPTIONS["DATABASE"]`` (default "default"), whose schema the
 ``django_vtasks.postgres`` migration creates. ``enqueue()`` writes the task row on Django's own
 connection, inside the caller's transaction: a rolled-back ``atomic()`` never runs its task.
-Workers use the native pool (``OPTIONS["DSN"]``, default: built from the Django database).
+Workers use the native pool (``OPTIONS["DSN"]``, default: built from the Django database's
+HOST, PORT, NAME, USER, PASSWORD and its OPTIONS, so ``sslmode``, ``sslrootcert``, ``sslcert``,
+``sslkey``, ``connect_timeout``, ``options`` ... apply to the workers as to Django itself).
 """
 
 from __future__ import annotations
@@ -33,18 +35,36 @@ from ..redact import redact
 from .base import VTasksBackend
 
 
+# Keys of DATABASES[...]["OPTIONS"] that are Django's or psycopg's own, not libpq connection
+# settings (Django pops or passes them to psycopg.connect() as Python arguments). client_encoding:
+# the native pool always speaks UTF-8, as Django does.
+_NOT_CONNINFO = frozenset({
+    "assume_role", "isolation_level", "pool", "server_side_binding", "cursor_factory", "context",
+    "prepare_threshold", "autocommit", "row_factory", "client_encoding",
+})
+
+
 def _dsn_from_django(settings_dict: dict) -> str:
+    """A key=value DSN with the same connection settings as Django's own connection.
+
+    Like Django's PostgreSQL backend: the libpq keys of OPTIONS (sslmode, sslrootcert, sslcert,
+    sslkey, connect_timeout, options, application_name, ...), then NAME (None: "postgres"), USER,
+    PASSWORD, HOST and PORT over them. A key the native pool does not support is refused with a
+    clear error when the pool is made, rather than dropped.
+    """
     def q(v) -> str:
         v = str(v)
         return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    parts = []
-    for key, name in (("HOST", "host"), ("PORT", "port"), ("USER", "user"),
-                      ("PASSWORD", "password"), ("NAME", "dbname")):
-        value = settings_dict.get(key)
-        if value:
-            parts.append(f"{name}={q(value)}")
-    return " ".join(parts)
+    params = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items()
+              if k not in _NOT_CONNINFO and v is not None}
+    name = settings_dict.get("NAME")
+    params["dbname"] = "postgres" if name is None else name
+    for key, param in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"),
+                       ("PORT", "port")):
+        if settings_dict.get(key):
+            params[param] = settings_dict[key]
+    return " ".join(f"{k}={q(v)}" for k, v in params.items() if v != "")
 
 
 _DSN_PASSWORD = re.compile(r"password='((?:[^'\\]|\\.)*)'")
@@ -104,11 +124,14 @@ class PostgresBroker(Broker):
     def enqueue(self, requests):
         out: list[str | None] = [None] * len(requests)
         for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
+            # PgError: its message says where it connected and what to check. ValueError: the
+            # arguments were refused (payload too large, name too long ...): Valkey's module
+            # refuses the same ones, and the Broker contract raises BrokerError for both.
             try:
                 ids = self.q.enqueue(queue, [requests[i].payload for i in idxs],
                                      ids=[requests[i].id for i in idxs], priority=prio,
                                      at_ms=at_ms, unique=unique, max_attempts=max_att)
-            except _native.PgError as e:  # its message says where it connected and what to check
+            except (_native.PgError, ValueError) as e:
                 raise BrokerError(f"enqueue failed: {e}") from e
             for i, rid in zip(idxs, ids, strict=True):
                 out[i] = rid
@@ -152,10 +175,13 @@ class PostgresBroker(Broker):
         """[(sql, params, idxs)] to run on Django's connection (caller's transaction)."""
         out = []
         for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
-            sql, params = _native.PgQueue.enqueue_sql(
-                queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
-                priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
-                max_attempts_default=self.max_attempts, notify=self._kwargs["notify"])
+            try:
+                sql, params = _native.PgQueue.enqueue_sql(
+                    queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
+                    priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
+                    max_attempts_default=self.max_attempts, notify=self._kwargs["notify"])
+            except ValueError as e:  # as in enqueue()
+                raise BrokerError(f"enqueue refused: {e}") from e
             out.append((sql, params, idxs))
         return out
 
@@ -404,18 +430,6 @@ class PostgresTaskBackend(VTasksBackend):
 
         return await sync_to_async(self._unique_holder)(request)
 
-    def _probe(self) -> None:
-        """A quick connection attempt (the native pool waits for its connect timeout)."""
-        try:
-            import psycopg
-        except ImportError:
-            return
-        try:
-            psycopg.connect(self.dsn, connect_timeout=3).close()
-        except Exception as e:
-            raise BrokerError(f"cannot connect to Postgres: {redact(e, self.broker._password)}"
-                              ) from e
-
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
         errors += queue_checks(self)
@@ -443,7 +457,7 @@ class PostgresTaskBackend(VTasksBackend):
                 f"Task backend {self.alias!r}: OPTIONS['DSN'] contains a password, which "
                 "Django's DEBUG error page and any settings dump show in clear.",
                 hint="Move it to OPTIONS['PASSWORD'] (key/value DSNs) or to the PGPASSWORD "
-                     "environment variable / a .pgpass file.",
+                     "environment variable (the workers do not read .pgpass).",
                 obj=self, id="django_vtasks.W014"))
         if not apps.is_installed("django_vtasks.postgres"):
             errors.append(checks.Error(
@@ -451,7 +465,7 @@ class PostgresTaskBackend(VTasksBackend):
                 "(its migration creates the queue tables).",
                 obj=self, id="django_vtasks.E013"))
         try:
-            self._probe()
+            # the workers' own pool and settings; it reports a dead server within connect_timeout
             self.broker.ping()
         except BrokerError as e:
             errors.append(checks.Warning(
