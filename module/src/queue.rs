@@ -170,6 +170,8 @@ pub struct Queue {
     pub rescued_total: u64,
     pub dead_total: u64,
     pub dead_evicted: u64,
+    /// Schedule ticks skipped because the server was over maxmemory.
+    pub schedule_ticks_skipped_total: u64,
     /// Set whenever a task became ready; the command layer signals blocked clients and clears it.
     pub became_ready: bool,
     /// Sequence numbers seen while loading records (duplicates are rejected); `None` outside a load.
@@ -753,6 +755,19 @@ impl Queue {
         added[0]
     }
 
+    /// Skips a due tick of schedule `name` at `now` (nothing is enqueued): the schedule moves to
+    /// its next tick as after a fire, and the skip is counted.
+    pub fn skip_schedule(&mut self, name: &[u8], now: i64) -> bool {
+        match self.schedules.get_mut(name) {
+            Some(s) => {
+                s.next_run = s.next_after_fire(now);
+                self.schedule_ticks_skipped_total += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     // ---------- persistence: the queue as a sequence of self-describing records ----------
 
     pub fn record_count(&self) -> usize {
@@ -777,6 +792,10 @@ impl Queue {
             .u64(self.rescued_total)
             .u64(self.dead_total)
             .u64(self.dead_evicted);
+        // optional trailing total (absent when 0, so such a queue still loads in older modules)
+        if self.schedule_ticks_skipped_total > 0 {
+            h.u64(self.schedule_ticks_skipped_total);
+        }
         out(&h.buf);
         // Tasks in a stable order (by state index) so rewrites are reproducible.
         let ordered = self
@@ -871,6 +890,7 @@ impl Queue {
                 for v in totals.iter_mut() {
                     *v = r.u64()?;
                 }
+                let skipped = if r.done().is_ok() { 0 } else { r.u64()? };
                 r.done()?;
                 let [enq, acked, failed, retried, rescued, dead, evicted] = totals;
                 self.next_seq = next_seq;
@@ -882,6 +902,7 @@ impl Queue {
                 self.rescued_total = rescued;
                 self.dead_total = dead;
                 self.dead_evicted = evicted;
+                self.schedule_ticks_skipped_total = skipped;
             }
             b'T' => {
                 let id = r.bytes()?;
