@@ -1225,6 +1225,44 @@ mod tests {
     }
 
     #[test]
+    fn skipped_tick_moves_the_schedule_and_is_counted_and_kept() {
+        let mut q = Queue::default();
+        let sched = Schedule {
+            kind: SchedKind::Every,
+            spec: b"100".to_vec(),
+            every: 100,
+            priority: 0,
+            payload: b"p".to_vec(),
+            next_run: 1000,
+            cron: None,
+        };
+        q.schedule_set(b"s", sched);
+        let header_without = q.records()[0].clone();
+        assert!(q.skip_schedule(b"s", 1000));
+        assert!(!q.skip_schedule(b"nope", 1000));
+        assert_eq!((q.tasks.len(), q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total), (0, 1100, 1));
+        // late by several ticks: skipped once, next tick computed from now (as after a fire)
+        assert!(q.skip_schedule(b"s", 1550));
+        assert_eq!((q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total), (1650, 2));
+        let mut q2 = Queue::default();
+        for r in q.records() {
+            q2.apply_record(&r).unwrap();
+        }
+        assert_eq!(q2.schedule_ticks_skipped_total, 2);
+        assert_eq!(q.records(), q2.records());
+        // a zero counter is not written: the header stays what older modules read
+        let mut q3 = Queue::default();
+        q3.apply_record(&header_without).unwrap();
+        assert_eq!(q3.schedule_ticks_skipped_total, 0);
+        assert_eq!(q3.records()[0], header_without);
+        assert_eq!(q2.records()[0].len(), header_without.len() + 8);
+        // anything after the optional counter is still rejected
+        let mut bad = q.records()[0].clone();
+        bad.extend_from_slice(&[0; 8]);
+        assert!(Queue::default().apply_record(&bad).is_err());
+    }
+
+    #[test]
     fn cron_parses_five_fields() {
         let s = parse_cron("*/5 * * * *").unwrap();
         let n = cron_next(&s, 0);
