@@ -329,11 +329,12 @@ def test_orderly_shutdown_of_primary_with_replica(server_factory, how):
     assert_alive(primary, replica)
 
 
-def test_failover_with_old_primary_alive(server_factory):
+@pytest.mark.parametrize("aof", ["yes", "no"])
+def test_failover_with_old_primary_alive(server_factory, aof):
     """FAILOVER: the old primary pauses writes until the replica caught up, then becomes its
     replica; the clients follow the new primary."""
-    old = server_factory("--appendonly", "yes", name="p")
-    new = start_replica(server_factory, old, "--appendonly", "yes", name="r")
+    old = server_factory("--appendonly", aof, name="p")
+    new = start_replica(server_factory, old, "--appendonly", aof, name="r")
     load = Load(old).start()
     assert old.client().execute_command("FAILOVER") == b"OK"
     wait_until(lambda: role(new) == "master" and role(old) == "slave", timeout=20, msg="roles swapped")
@@ -354,11 +355,13 @@ def cluster_node_id(s) -> str:
     return s.client().execute_command("CLUSTER", "MYID").decode()
 
 
-def test_cluster_failover_then_takeover(server_factory):
+@pytest.mark.parametrize("aof", ["yes", "no"])
+def test_cluster_failover_then_takeover(server_factory, aof):
     """3 primaries + 1 replica. CLUSTER FAILOVER (coordinated: the old primary pauses writes and
     stays alive as a replica), then CLUSTER FAILOVER TAKEOVER back (uncoordinated). The load uses
     WAIT, so "acknowledged" means "on the replica" (a takeover may drop the rest)."""
-    nodes = [server_factory("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+    nodes = [server_factory("--appendonly", aof,
+                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                             "--cluster-node-timeout", "3000", "--cluster-port", str(free_port()),
                             name=f"n{i}") for i in range(4)]
     cs = [n.client() for n in nodes]
