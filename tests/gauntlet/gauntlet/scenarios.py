@@ -735,7 +735,7 @@ def cluster_failover(ctx: Ctx, kill_old: bool = True):
         raise Skip("Valkey only")
     from valkey.crc import key_slot
 
-    from .hbroker import PREFIX, ValkeyHB
+    from .hbroker import ValkeyHB
     from .servers import ValkeyServer
     from .util import free_port
 
