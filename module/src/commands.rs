@@ -389,11 +389,19 @@ pub fn fetchbatch(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Result<Option<Reply>,
     Ok(None)
 }
 
+/// Serves a fetcher blocked on a queue that was signalled ready. `ERR` keeps it blocked.
 unsafe extern "C" fn blocked_reply(ctx: Ctx, _argv: *mut RStr, _argc: c_int) -> c_int {
     let r = guard(ctx, "VT.FETCHBATCH wake-up", || {
         let p = raw::RedisModule_GetBlockedClientPrivateData.unwrap()(ctx) as *const FetchReq;
         if p.is_null() {
             return Some(Reply::Error("ERR internal: no blocked request".into()));
+        }
+        if writes_paused() {
+            // A lease is a write, and nothing may be propagated while writes are paused (a key
+            // can be signalled then, e.g. by an EXEC that ran CLIENT PAUSE): stay parked, and
+            // let the timer signal the keys again when the pause ends.
+            crate::timers::park_wakeup(ctx, selected_db(ctx), &(*p).queues);
+            return None;
         }
         match do_fetch(ctx, &*p) {
             Ok(v) if v.is_empty() => None,
@@ -414,6 +422,8 @@ unsafe extern "C" fn blocked_reply(ctx: Ctx, _argv: *mut RStr, _argc: c_int) -> 
     }
 }
 
+/// BLOCK expired or `CLIENT UNBLOCK`: replies a null array and changes nothing (so it is safe
+/// while writes are paused).
 unsafe extern "C" fn blocked_timeout(ctx: Ctx, _argv: *mut RStr, _argc: c_int) -> c_int {
     emit(ctx, &Reply::NilArray);
     OK
@@ -551,10 +561,11 @@ pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             q.dead_total as i64,
             q.schedules.len() as i64,
             live_uniques as i64,
+            q.schedule_ticks_skipped_total as i64,
         ]
     })?
-    .unwrap_or([0; 13]);
-    const NAMES: [&str; 13] = [
+    .unwrap_or([0; 14]);
+    const NAMES: [&str; 14] = [
         "ready",
         "delayed",
         "inflight",
@@ -568,6 +579,7 @@ pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         "dead_total",
         "schedules",
         "unique_keys",
+        "schedule_ticks_skipped_total",
     ];
     Ok(Reply::Map(NAMES.iter().zip(v).map(|(k, v)| (*k, Reply::Int(v))).collect()))
 }
@@ -966,6 +978,18 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             cron,
         };
         with_queue(ctx, argv[1], true, |q| q.schedule_set(r[0], sched)).map(|_| ())
+    } else if eq(op, "SCHEDSKIP") {
+        // now [name]... (ticks the primary skipped while over maxmemory)
+        if r.len() < 2 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        with_queue(ctx, argv[1], true, |q| {
+            for name in &r[1..] {
+                q.skip_schedule(name, now);
+            }
+        })
+        .map(|_| ())
     } else if eq(op, "SCHEDFIRE") {
         // now maxatt [name id]...
         if r.len() < 2 || (r.len() - 2) % 2 != 0 {

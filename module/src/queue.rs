@@ -146,6 +146,8 @@ pub struct Queue {
     pub rescued_total: u64,
     pub dead_total: u64,
     pub dead_evicted: u64,
+    /// Schedule ticks skipped because the server was over maxmemory.
+    pub schedule_ticks_skipped_total: u64,
     /// Set whenever a task became ready; the command layer signals blocked clients and clears it.
     pub became_ready: bool,
     /// Set by every operation that changed the queue; the keyspace layer then signals the key as
@@ -734,6 +736,20 @@ impl Queue {
         added[0]
     }
 
+    /// Skips a due tick of schedule `name` at `now` (nothing is enqueued): the schedule moves to
+    /// its next tick as after a fire, and the skip is counted.
+    pub fn skip_schedule(&mut self, name: &[u8], now: i64) -> bool {
+        match self.schedules.get_mut(name) {
+            Some(s) => {
+                s.next_run = s.next_after_fire(now);
+                self.schedule_ticks_skipped_total += 1;
+                self.modified = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     // ---------- persistence: the queue as a sequence of self-describing records ----------
 
     pub fn record_count(&self) -> usize {
@@ -758,6 +774,10 @@ impl Queue {
             .u64(self.rescued_total)
             .u64(self.dead_total)
             .u64(self.dead_evicted);
+        // optional trailing total (absent when 0, so such a queue still loads in older modules)
+        if self.schedule_ticks_skipped_total > 0 {
+            h.u64(self.schedule_ticks_skipped_total);
+        }
         out(&h.buf);
         // Tasks in a stable order (by state index) so rewrites are reproducible.
         let ordered = self
@@ -859,6 +879,7 @@ impl Queue {
                 for v in totals.iter_mut() {
                     *v = r.u64()?;
                 }
+                let skipped = if r.done().is_ok() { 0 } else { r.u64()? };
                 r.done()?;
                 let [enq, acked, failed, retried, rescued, dead, evicted] = totals;
                 self.next_seq = next_seq;
@@ -870,6 +891,7 @@ impl Queue {
                 self.rescued_total = rescued;
                 self.dead_total = dead;
                 self.dead_evicted = evicted;
+                self.schedule_ticks_skipped_total = skipped;
             }
             b'T' => {
                 let id = r.bytes()?;
@@ -1187,6 +1209,44 @@ mod tests {
             q4.apply_record(r).unwrap();
         }
         assert_eq!(q4.records(), q3.records());
+    }
+
+    #[test]
+    fn skipped_tick_moves_the_schedule_and_is_counted_and_kept() {
+        let mut q = Queue::default();
+        let sched = Schedule {
+            kind: SchedKind::Every,
+            spec: b"100".to_vec(),
+            every: 100,
+            priority: 0,
+            payload: b"p".to_vec(),
+            next_run: 1000,
+            cron: None,
+        };
+        q.schedule_set(b"s", sched);
+        let header_without = q.records()[0].clone();
+        assert!(q.skip_schedule(b"s", 1000));
+        assert!(!q.skip_schedule(b"nope", 1000));
+        assert_eq!((q.tasks.len(), q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total), (0, 1100, 1));
+        // late by several ticks: skipped once, next tick computed from now (as after a fire)
+        assert!(q.skip_schedule(b"s", 1550));
+        assert_eq!((q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total), (1650, 2));
+        let mut q2 = Queue::default();
+        for r in q.records() {
+            q2.apply_record(&r).unwrap();
+        }
+        assert_eq!(q2.schedule_ticks_skipped_total, 2);
+        assert_eq!(q.records(), q2.records());
+        // a zero counter is not written: the header stays what older modules read
+        let mut q3 = Queue::default();
+        q3.apply_record(&header_without).unwrap();
+        assert_eq!(q3.schedule_ticks_skipped_total, 0);
+        assert_eq!(q3.records()[0], header_without);
+        assert_eq!(q2.records()[0].len(), header_without.len() + 8);
+        // anything after the optional counter is still rejected
+        let mut bad = q.records()[0].clone();
+        bad.extend_from_slice(&[0; 8]);
+        assert!(Queue::default().apply_record(&bad).is_err());
     }
 
     #[test]

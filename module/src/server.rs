@@ -105,6 +105,26 @@ pub fn is_primary(ctx: Ctx) -> bool {
     f & raw::REDISMODULE_CTX_FLAGS_MASTER != 0 && f & raw::REDISMODULE_CTX_FLAGS_LOADING == 0
 }
 
+/// True while the server pauses writes: `CLIENT PAUSE WRITE|ALL`, `FAILOVER`, `CLUSTER FAILOVER`
+/// and a `SHUTDOWN`/SIGTERM waiting for its replicas. The dataset must then stay fixed so a
+/// replica can catch up to the exact offset (the server asserts that nothing is propagated), so
+/// work that runs outside a client's command (timers, blocked-client wake-ups) must wait.
+/// Commands need no check: the server holds back writing clients itself.
+pub fn writes_paused() -> bool {
+    unsafe {
+        match raw::RedisModule_AvoidReplicaTraffic {
+            Some(f) => f() != 0,
+            None => false,
+        }
+    }
+}
+
+/// True while used memory is above `maxmemory` (the state in which the server refuses a
+/// `deny-oom` command such as VT.ENQUEUE). Checked by the timer before it adds tasks.
+pub fn over_maxmemory(ctx: Ctx) -> bool {
+    ctx_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_OOM != 0
+}
+
 /// Bytes of a module string (valid while the string lives).
 pub fn bytes<'a>(s: RStr) -> &'a [u8] {
     unsafe {

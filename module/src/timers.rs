@@ -5,6 +5,11 @@
 //! renamed, moved or flushed keys are dropped safely. One module timer is armed at the earliest
 //! due time (and at least once a second). Timers act only on a primary; their effects are
 //! replicated as explicit `VT._FX` commands.
+//!
+//! While the server pauses writes (see `server::writes_paused`) the timer changes nothing: it
+//! re-arms every `PAUSE_RETRY_MS` and, once the pause is over, does the work that fell due
+//! meanwhile (late, never lost, never twice) and wakes the fetchers whose wake-up was parked.
+//! Schedule ticks that fall due while the server is over `maxmemory` are skipped and counted.
 
 use crate::queue::NEVER;
 use crate::server::*;
@@ -18,6 +23,8 @@ use valkey_module::raw;
 const MAX_SLEEP_MS: i64 = 1000;
 /// Keys handled per timer run (bounds the time spent in one callback).
 const KEYS_PER_RUN: usize = 1000;
+/// Re-check interval while writes are paused (how late work may start after a pause ends).
+const PAUSE_RETRY_MS: i64 = 50;
 
 #[derive(Default)]
 pub struct Registry {
@@ -28,6 +35,10 @@ pub struct Registry {
 }
 
 pub static REG: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// Queue keys (db, key) whose blocked fetchers were not served because writes were paused; the
+/// first timer run after the pause signals them again.
+static PARKED: Mutex<Vec<(i32, Vec<u8>)>> = Mutex::new(Vec::new());
 
 fn with_reg<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     let mut g = REG.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,11 +164,44 @@ pub fn kick(ctx: Ctx) {
     arm(ctx, 0);
 }
 
+/// Remembers that fetchers blocked on `keys` (in `db`) were left parked during a paused-writes
+/// window, and makes sure a timer run comes to wake them after it.
+pub fn park_wakeup(ctx: Ctx, db: i32, keys: &[Vec<u8>]) {
+    {
+        let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            if !p.iter().any(|(d, x)| *d == db && x == k) {
+                p.push((db, k.clone()));
+            }
+        }
+    }
+    arm(ctx, now_ms() + PAUSE_RETRY_MS);
+}
+
+/// Signals the parked keys again so their blocked fetchers are served (after a pause).
+fn wake_parked(ctx: Ctx) {
+    let parked = std::mem::take(&mut *PARKED.lock().unwrap_or_else(|e| e.into_inner()));
+    for (db, key) in parked {
+        if select_db(ctx, db) {
+            signal_ready(ctx, OwnedStr::new(ctx, &key).0);
+        }
+    }
+}
+
 extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, _data: *mut c_void) {
     with_reg(|r| r.timer = None);
     let primary = is_primary(ctx);
+    if primary && writes_paused() {
+        // Nothing may change (or be propagated) now: come back shortly and catch up then.
+        let _ = guard(ctx, "timer re-arm", || arm(ctx, now_ms() + PAUSE_RETRY_MS));
+        return;
+    }
     if primary {
+        let _ = guard(ctx, "timer wake-ups", || wake_parked(ctx));
         let _ = guard(ctx, "timer", || run_timer(ctx));
+    } else {
+        // a replica has no blocked fetchers (they are disconnected on the role change)
+        PARKED.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
     // Always re-arm (also after a panic): on a primary at the earliest due time, else idle.
     let next = if primary { with_reg(|r| r.due.first().map(|(t, _, _)| *t)).unwrap_or(NEVER) } else { NEVER };
@@ -198,7 +242,16 @@ fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
         replicate(ctx, "VT._FX", &[key, b"RESCUE", now_s.as_bytes(), cap_s.as_bytes()]);
     }
     let names = q.due_schedules(now);
-    if !names.is_empty() {
+    if !names.is_empty() && over_maxmemory(ctx) {
+        // A tick adds a task: it obeys maxmemory as VT.ENQUEUE (deny-oom) does. The tick is
+        // skipped (not deferred, so a burst cannot follow), counted, and the schedule moves on.
+        let mut args: Vec<&[u8]> = vec![key, b"SCHEDSKIP", now_s.as_bytes()];
+        for name in &names {
+            q.skip_schedule(name, now);
+            args.push(name);
+        }
+        replicate(ctx, "VT._FX", &args);
+    } else if !names.is_empty() {
         let maxatt = max_attempts();
         let ma = maxatt.to_string();
         let mut args: Vec<Vec<u8>> = vec![key.to_vec(), b"SCHEDFIRE".to_vec(), now_s.clone().into_bytes(), ma.into_bytes()];

@@ -32,6 +32,7 @@ QUICK = [
     ("poison", "valkey"),
     ("hostile", "valkey"),
     ("cluster_failover", "valkey"),
+    ("client_pause", "valkey"),
     ("sigkill", "postgres"),
 ]
 

@@ -12,6 +12,7 @@ import threading
 import time
 
 from .core import QUEUE, Ctx, Skip, Vacuous
+from .hbroker import PREFIX
 from .hostile import run_hostile
 from .util import wait_until
 
@@ -515,6 +516,172 @@ def hostile(ctx: Ctx):
         raise Vacuous("the hostile client sent almost nothing")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Operator actions that pause writes (issue 11): the module must change nothing while Valkey pauses
+# writes, or the server aborts on its propagation assertion.
+
+TIMER_KEY = f"{PREFIX}{{{QUEUE}}}:timers"  # a side queue in the queue's slot, consumed by nobody
+
+
+class TimerWork:
+    """Keeps the module's timer busy on TIMER_KEY — a 20 ms schedule and delayed tasks falling due
+    all along — so timer work is due whenever writes get paused. ``check`` (on the final primary):
+    nothing lost (every task still there), no tick fired twice, ticks resumed after the faults."""
+
+    EVERY_MS = 20
+    DELAYED = 300
+
+    def __init__(self, ctx: Ctx, client):
+        self.ctx = ctx
+        p = client.pipeline(transaction=False)
+        for i in range(self.DELAYED):
+            p.execute_command("VT.ENQUEUE", TIMER_KEY, "DELAY", 100 * i, "ID", f"d{i}", "PAYLOAD", "d")
+        p.execute()
+        self.t0 = time.monotonic()
+        client.execute_command("VT.SCHEDULE", "SET", TIMER_KEY, "tick", "EVERY", self.EVERY_MS, "PAYLOAD", "t")
+
+    def check(self, client):
+        fired_before = int(self._info(client)["enqueued_total"])
+        wait_until(lambda: int(self._info(client)["enqueued_total"]) > fired_before + 5, 20,
+                   what="schedule ticks after the faults")
+        client.execute_command("VT.SCHEDULE", "DEL", TIMER_KEY, "tick")
+        span_ms = (time.monotonic() - self.t0) * 1000
+        i = self._info(client)
+        ticks = int(i["enqueued_total"]) - self.DELAYED
+        held = int(i["ready"]) + int(i["delayed"])
+        self.ctx.result.notes["timer_ticks"] = ticks
+        if held != int(i["enqueued_total"]):
+            self.ctx.result.violations.append(f"timer side queue lost tasks: {held} held of {i['enqueued_total']} enqueued")
+        if ticks > span_ms / self.EVERY_MS + 2:
+            self.ctx.result.violations.append(f"schedule fired {ticks} ticks in {span_ms:.0f} ms: ticks doubled")
+
+    @staticmethod
+    def _info(client):
+        v = client.execute_command("VT.INFO", TIMER_KEY)
+        d = v if isinstance(v, dict) else dict(zip(v[::2], v[1::2]))
+        return {(k.decode() if isinstance(k, bytes) else k): x for k, x in d.items()}
+
+
+def _server_alive(ctx: Ctx, srv, what: str):
+    if not srv.alive():
+        ctx.result.violations.append(f"{what} died (exit {srv.proc.returncode}): {srv.log_tail(8)}")
+        return False
+    return True
+
+
+def _start_replica(ctx: Ctx, prim, aof: bool = False):
+    from .servers import ValkeyServer
+
+    rep = ValkeyServer(ctx.dir / "replica", aof=aof, extra=["--replicaof", "127.0.0.1", str(prim.port)],
+                       name="replica").start()
+    ctx.replica = rep
+    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up", 20, what="replica link up")
+    return rep
+
+
+def client_pause(ctx: Ctx):
+    """CLIENT PAUSE WRITE for 2 s, repeatedly, on a primary with AOF and a replica, under load and
+    with timer work due: the server survives, the timer catches up, nothing is lost or doubled."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    lease = 10.0
+    ctx.start_backend(aof=True)
+    prim = ctx.valkey
+    rep = _start_replica(ctx, prim)
+    ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    pc = prim.client(timeout=30)
+    tw = TimerWork(ctx, pc)
+    for _ in range(2 if ctx.quick else 3):
+        pace(0.5 + ctx.rng.random())
+        pc.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        ctx.fault("CLIENT PAUSE 2000 WRITE")
+        pace(2.5)
+        if not _server_alive(ctx, prim, "primary"):
+            return
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
+    tw.check(pc)
+    _server_alive(ctx, rep, "replica")
+
+
+def shutdown_replica(ctx: Ctx):
+    """An orderly SHUTDOWN, then a SIGTERM, of a primary (AOF) that has a replica, under load with
+    timer work due: each time the primary pauses writes until the replica caught up, exits 0, and
+    restarted from its own AOF it has every acknowledged task (workers reconnect)."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    import valkey
+
+    lease = 10.0
+    ctx.start_backend(aof=True)
+    prim = ctx.valkey
+    rep = _start_replica(ctx, prim)
+    ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    tw = TimerWork(ctx, prim.client())
+    for how in ("SHUTDOWN", "SIGTERM"):
+        pace(0.5 + ctx.rng.random())
+        ctx.fault(f"{how} of the primary (replica attached)")
+        if how == "SHUTDOWN":
+            try:
+                prim.client(timeout=30).execute_command("SHUTDOWN")
+            except valkey.exceptions.ConnectionError:
+                pass  # the server closes the connection as it exits
+        else:
+            prim.proc.send_signal(signal.SIGTERM)
+        rc = prim.proc.wait(30)
+        if rc != 0:
+            ctx.result.violations.append(f"{how}: primary exited {rc}: {prim.log_tail(8)}")
+            return
+        prim.start()
+        ctx.wait_recovery_window(10.0, base)
+    if "Waiting for replicas before shutting down" not in (prim.dir / f"{prim.name}.log").read_text(errors="replace"):
+        raise Vacuous("the primary never waited for its replica (writes were not paused)")
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
+    tw.check(prim.client())
+    _server_alive(ctx, rep, "replica")
+
+
+def failover_alive(ctx: Ctx):
+    """FAILOVER (the primary pauses writes until its replica caught up, then they swap roles) with
+    the old primary kept alive as the new replica; workers follow through a proxy."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    from .proxy import Proxy
+
+    lease = 10.0
+    ctx.start_backend(aof=True)
+    prim = ctx.valkey
+    rep = _start_replica(ctx, prim, aof=True)
+    px = Proxy(prim.port)
+    ctx.extra_closers.append(px.close)
+    ctx.hb.retarget(px.port)
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=8)
+    fleet.env["GAUNTLET_VALKEY_URL"] = f"valkey://127.0.0.1:{px.port}/0"
+    fleet.spawn()
+    fleet.spawn()
+    ctx.feeder(rate=150, ms=20)
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    tw = TimerWork(ctx, prim.client())
+    pace(0.5 + ctx.rng.random())
+    prim.client(timeout=30).execute_command("FAILOVER")
+    ctx.fault("FAILOVER (old primary kept alive)")
+    wait_until(lambda: rep.client().info("replication").get("role") == "master"
+               and prim.client().info("replication").get("role") == "slave", 30, what="the roles to swap")
+    px.switch(rep.port)
+    _check_after_server_fault(ctx, base, lease, bound=10.0)
+    tw.check(rep.client())
+    if _server_alive(ctx, prim, "old primary"):
+        wait_until(lambda: prim.client().info("replication").get("master_link_status") == "up", 20,
+                   what="the old primary to replicate the new one")
+    _server_alive(ctx, rep, "new primary")
+
+
 def failover(ctx: Ctx):
     """Failover to a replica: writes paused on the primary, the replica caught up, REPLICAOF NO
     ONE, workers (through a proxy) moved to it, the old primary killed. Nothing acknowledged is
@@ -558,16 +725,17 @@ def failover(ctx: Ctx):
     rc.close()
 
 
-def cluster_failover(ctx: Ctx):
+def cluster_failover(ctx: Ctx, kill_old: bool = True):
     """A Valkey Cluster (3 primaries with the module, a replica for the queue's shard) under
-    load; `CLUSTER FAILOVER` on the replica (coordinated: the primary pauses writes until the
-    replica caught up), then the old primary is SIGKILLed. Workers and the feeder use cluster
-    clients that follow the MOVED redirections; the new primary's timers take over leases."""
+    load, with timer work due; `CLUSTER FAILOVER` on the replica (coordinated: the primary pauses
+    writes until the replica caught up), then the old primary is SIGKILLed (``kill_old``) or kept
+    alive as the new replica. Workers and the feeder use cluster clients that follow the MOVED
+    redirections; the new primary's timers take over leases."""
     if ctx.backend != "valkey":
         raise Skip("Valkey only")
     from valkey.crc import key_slot
 
-    from .hbroker import PREFIX, ValkeyHB
+    from .hbroker import ValkeyHB
     from .servers import ValkeyServer
     from .util import free_port
 
@@ -608,13 +776,23 @@ def cluster_failover(ctx: Ctx):
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
     info = ctx.hb.info(QUEUE)
+    tw = TimerWork(ctx, clients[owner])
+    pace(0.5 + ctx.rng.random())
     ctx.fault(f"cluster failover of slot {slot}'s shard (inflight {info.get('inflight')})")
     clients[3].execute_command("CLUSTER", "FAILOVER")
     wait_until(lambda: clients[3].info("replication").get("role") == "master", 20,
                what="the replica to become primary")
-    prim.kill(signal.SIGKILL)
-    ctx.result.notes["failover"] = f"node{owner} -> node3, slot {slot}"
+    if kill_old:
+        prim.kill(signal.SIGKILL)
+    else:
+        wait_until(lambda: not _server_alive(ctx, prim, "old primary")
+                   or clients[owner].info("replication").get("master_link_status") == "up", 30,
+                   what="the old primary to replicate the new one")
+    ctx.result.notes["failover"] = f"node{owner} -> node3, slot {slot}" + ("" if kill_old else ", old primary alive")
     _check_after_server_fault(ctx, base, lease, bound=10.0)
+    tw.check(clients[3])
+    for n in ([] if kill_old else [prim]) + [rep]:
+        _server_alive(ctx, n, n.name)
     if not info.get("inflight"):
         ctx.result.notes["warning"] = "no task in flight at the failover"
     for c in clients:
@@ -632,6 +810,10 @@ SCENARIOS = {
     "debug_reload": (debug_reload, ("valkey",)),
     "failover": (failover, ("valkey",)),
     "cluster_failover": (cluster_failover, ("valkey",)),
+    "cluster_failover_alive": (lambda ctx: cluster_failover(ctx, kill_old=False), ("valkey",)),
+    "client_pause": (client_pause, ("valkey",)),
+    "shutdown_replica": (shutdown_replica, ("valkey",)),
+    "failover_alive": (failover_alive, ("valkey",)),
     "pg_terminate": (pg_terminate, ("postgres",)),
     "pg_restart": (pg_restart, ("postgres",)),
     "pg_xmin": (pg_xmin, ("postgres",)),
