@@ -52,7 +52,7 @@ from .conf import settings
 from .envelope import build_envelope, decode_envelope, encode_envelope
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
-from .signals import asend_many
+from .signals import asend_many, schedule_run
 from .tasks import retry_policy
 
 logger = logging.getLogger("django_vtasks.worker")
@@ -282,6 +282,11 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop_event.is_set()
 
+    @property
+    def busy_slots(self) -> int:
+        """Task slots in use (a batch takes one); ``concurrency`` is the total."""
+        return self._busy
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
@@ -488,6 +493,9 @@ class Worker:
         d, task, result = job.delivery, job.task, job.result
         released = False
         try:
+            if job.envelope.get("schedule"):
+                schedule_run.send(type(self.backend), queue=d.queue,
+                                  schedule=job.envelope["schedule"])
             try:
                 await self._send_task_signal(task_started, result)
             except Exception:
