@@ -19,7 +19,6 @@ import json
 import logging
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
@@ -27,7 +26,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .broker import BrokerError, TaskRecord
+from .broker import BrokerError, TaskRecord, vtasks_backends
 from .results import ms_to_dt
 
 logger = logging.getLogger("django_vtasks.admin")
@@ -67,21 +66,6 @@ class FailedTask(_BrokerTask):
         app_label = "django_vtasks"
         verbose_name = "failed task"
         verbose_name_plural = "failed tasks"
-
-
-def vtasks_backends() -> list[tuple[str, object]]:
-    """(alias, backend) of every configured TASKS backend that is a vtasks backend."""
-    from django.tasks import task_backends
-
-    out = []
-    for alias in getattr(settings, "TASKS", {}) or {}:
-        try:
-            backend = task_backends[alias]
-            if getattr(backend, "broker", None) is not None:
-                out.append((alias, backend))
-        except Exception:
-            logger.debug("TASKS[%r] skipped in the admin", alias, exc_info=True)
-    return out
 
 
 def _short(value, limit=80) -> str:

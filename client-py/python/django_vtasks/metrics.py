@@ -187,7 +187,7 @@ class BrokerCollector:
     def _backends(self):
         from django.tasks import task_backends
 
-        from .admin import vtasks_backends
+        from .broker import vtasks_backends
 
         if self.aliases is None:
             return vtasks_backends()
