@@ -353,3 +353,6 @@ class RunningTaskAdmin(BrokerTaskAdmin):
 class FailedTaskAdmin(BrokerTaskAdmin):
     states = ("dead",)
     task_actions = ("retry", "delete")
+
+
+from . import dashboard  # noqa: E402, F401 - registers the dashboard page

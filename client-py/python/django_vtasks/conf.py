@@ -27,6 +27,9 @@ DEFAULTS = {
     "VTASKS_LEASE": 30.0,
     # threads for sync tasks (default: VTASKS_CONCURRENCY)
     "VTASKS_SYNC_THREADS": None,
+    # seconds between a worker's reports to the admin dashboard (django_vtasks.activity); the
+    # throughput samples are taken every 2 x this
+    "VTASKS_ACTIVITY_INTERVAL": 5.0,
 }
 
 

@@ -82,4 +82,7 @@ class Command(BaseCommand):
             from django_vtasks import metrics
 
             metrics.enable(worker, options["metrics_port"], options["metrics_addr"])
+        from django_vtasks import activity
+
+        activity.start_reporter(worker)  # workers and throughput on the admin dashboard
         asyncio.run(supervisor.run_supervised(worker) if options["supervised"] else worker.run())
