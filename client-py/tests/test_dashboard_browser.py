@@ -5,6 +5,7 @@ failed request or HTTP error fails the test. Screenshots: $VTASKS_ARTIFACTS_DIR/
 the test's tmp_path)."""
 import os
 import re
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from django_vtasks import activity
 from tests.conftest import schedule_env, wait_for
 from tests.testapp.ops_tasks import fails_unless, gated
 from tests.testapp.tasks import add
@@ -22,6 +24,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def succeeded_in(page) -> int:
+    """Tasks succeeded in the last 30 minutes, from the dashboard's heading (Valkey backend)."""
+    heading = page.locator("#backend-valkey h2:has-text('Last 30 minutes')").inner_text()
+    return int(re.search(r"(\d+) succeeded", heading).group(1))
 
 
 @pytest.mark.parametrize("alias", ["valkey"], indirect=True)
@@ -43,6 +51,7 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, admin_s
     env = schedule_env({"nightly": {"task": "tests.testapp.tasks.add", "cron": "0 3 * * *",
                                     "args": [1, 2], "queue": queue}})
     env["VTASKS_TEST_ACTIVITY_INTERVAL"] = "0.5"  # throughput samples every second
+    started = time.time()
     worker = workers([queue], concurrency=2, scheduler=True, env=env)
     # one task of each kind: failed (until `flag` exists), running (until `gate`), delayed
     flag, gate = tmp_path / "flag", tmp_path / "gate"
@@ -102,9 +111,14 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, admin_s
             wait_for(lambda: worker.worker_id in (broker.get_result("vtasks:activity:workers")
                                                   or b"").decode(), timeout=60,
                      message="the worker's activity report")
+            # ... and a throughput sample of this worker (earlier tests' workers are gone)
+            wait_for(lambda: activity.samples(broker)[-1]["t"] > started, timeout=60,
+                     message="a throughput sample")
             page.reload()
             row.wait_for()
             assert worker.worker_id in page.locator(f"#backend-{alias} table.vtasks-workers").inner_text()
+            # successes of the last 30 minutes so far (earlier tests may have some)
+            succeeded_before = succeeded_in(page)
             shot("02-dashboard")
 
             row = page.locator(f"#backend-{alias} table.vtasks-queues tr[data-queue='{queue}']")
@@ -145,11 +159,11 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, admin_s
             # the chart of the last minutes shows the success (samples every second)
             section = page.locator(f"#backend-{alias}")
             for _ in range(60):
-                if "1 succeeded" in section.locator("h2").all_inner_texts()[1]:
+                if succeeded_in(page) > succeeded_before:
                     break
                 page.wait_for_timeout(500)
                 page.reload()
-            assert "1 succeeded" in section.locator("h2").all_inner_texts()[1]
+            assert succeeded_in(page) == succeeded_before + 1
             assert section.locator("svg.vtasks-chart title:text-matches('^succeeded: 1 ')").count()
             shot("08-dashboard-after-retry")
         except BaseException:

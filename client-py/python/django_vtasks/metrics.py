@@ -38,7 +38,12 @@ import threading
 from django.http import HttpResponse
 from django.tasks.base import TaskResultStatus
 from django.tasks.signals import task_finished, task_started
-from prometheus_client import (
+try:
+    import prometheus_client  # noqa: F401
+except ImportError as e:  # an optional extra, depending on how vtasks was installed
+    raise ImportError("vtasks metrics need prometheus_client: pip install prometheus_client "
+                      "(or the django-vtasks extra that brings it)") from e
+from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -49,9 +54,9 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
 
-from .signals import schedule_run
+from .signals import schedule_run  # noqa: E402
 
 logger = logging.getLogger("django_vtasks.metrics")
 

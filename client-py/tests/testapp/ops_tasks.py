@@ -28,3 +28,12 @@ def fails_unless(path):
     if not os.path.exists(path):
         raise RuntimeError(f"{path} does not exist yet")
     return "ok"
+
+
+@task
+def spin(n):
+    """CPU-bound work holding the GIL (scripts/bench-processes)."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
