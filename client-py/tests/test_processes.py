@@ -85,3 +85,16 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     for wid in ids:
         assert re.search(rf"worker {re.escape(wid)} \(pid \d+\) stopped with exit code 0", log), log
     assert "supervisor: all 2 worker(s) stopped" in log
+
+
+def test_processes_flag_values():
+    from django.core.management import CommandError, call_command
+
+    from django_vtasks.supervisor import child_worker_id, parse_processes
+
+    assert parse_processes("3") == 3 and parse_processes(None) == 1
+    assert parse_processes("auto") == len(os.sched_getaffinity(0))
+    assert child_worker_id("web-1", 0) == "web-1-0"
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(CommandError, match="--processes must be"):
+            call_command("runworker", "--backend", "postgres", "--processes", bad)
