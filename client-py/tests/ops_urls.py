@@ -2,7 +2,6 @@
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import path
-
 from django_vtasks import metrics
 
 urlpatterns = [

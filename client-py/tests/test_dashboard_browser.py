@@ -12,12 +12,18 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
-
 from django_vtasks import activity
+
 from tests.conftest import schedule_env, wait_for
 from tests.testapp.ops_tasks import fails_unless, gated
 from tests.testapp.tasks import add
-from tests.tools_helpers import PYTHON, admin_stack, free_port, procs, subprocess_env  # noqa: F401
+from tests.tools_helpers import (  # noqa: F401 - admin_stack, procs: fixtures
+    PYTHON,
+    admin_stack,
+    free_port,
+    procs,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,8 +39,9 @@ def succeeded_in(page) -> int:
 
 
 @pytest.mark.parametrize("alias", ["valkey"], indirect=True)
-def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, admin_stack, workers,
-                                          procs, tmp_path, out, monkeypatch):  # noqa: F811
+def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers, tmp_path, out,
+                                          monkeypatch,
+                                          admin_stack, procs):  # noqa: F811 - fixtures
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} missing: scripts/setup installs Debian's chromium (apt-get "
                     f"install chromium, as root); it could not be installed here")

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import schedule_env, wait_for
 from tests.testapp.ops_tasks import gated
 from tests.testapp.tasks import add, fail
-from tests.tools_helpers import admin_stack, free_port  # noqa: F401 - fixture
+from tests.tools_helpers import admin_stack, free_port  # noqa: F401 - admin_stack: fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,10 +64,10 @@ def test_metrics_endpoint_during_a_real_run(alias, backend, broker, queue, worke
     for _ in range(3):
         add.using(backend=alias, queue_name=other).enqueue(0, 0)
     for r in ok + held:
-        wait_for(lambda: backend.get_result(r.id).status == "SUCCESSFUL", timeout=60,
+        wait_for(lambda r=r: backend.get_result(r.id).status == "SUCCESSFUL", timeout=60,
                  message=f"task {r.id} to succeed\n{sup.output()}")
     for r in bad:
-        wait_for(lambda: backend.get_result(r.id).status == "FAILED", timeout=60,
+        wait_for(lambda r=r: backend.get_result(r.id).status == "FAILED", timeout=60,
                  message=f"task {r.id} to fail")
     wait_for(lambda: value(scrape(port), "vtasks_worker_slots_busy") == 0, timeout=30,
              message="the slots to be free")

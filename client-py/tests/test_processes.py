@@ -34,7 +34,7 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     sup = workers([queue], concurrency=2, health_check_file=health, extra=["--processes", "2"])
     ids = [f"{sup.worker_id}-0", f"{sup.worker_id}-1"]
     for wid in ids:
-        wait_for(lambda: f"worker {wid} starting" in sup.output(), timeout=60,
+        wait_for(lambda wid=wid: f"worker {wid} starting" in sup.output(), timeout=60,
                  message=f"child {wid} to start\n{sup.output()}")
     # the set's health file appears once every child made progress
     wait_for(lambda: health.exists(), timeout=30, message=f"the health file\n{sup.output()}")
@@ -61,7 +61,7 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
              message="the rescued tasks to run again on the restarted child")
     gate.touch()
     for r in results:
-        wait_for(lambda: backend.get_result(r.id).status == "SUCCESSFUL", timeout=60,
+        wait_for(lambda r=r: backend.get_result(r.id).status == "SUCCESSFUL", timeout=60,
                  message=f"task {r.id} to succeed\n{sup.output()}")
     done = {line.split()[1] for line in read_lines(out) if line.startswith("done")}
     assert done == {"0", "1", "2", "3"}
@@ -89,7 +89,6 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
 
 def test_processes_flag_values():
     from django.core.management import CommandError, call_command
-
     from django_vtasks.supervisor import child_worker_id, parse_processes
 
     assert parse_processes("3") == 3 and parse_processes(None) == 1

@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+from itertools import pairwise
 
 from .broker import Broker
 from .conf import settings
@@ -111,7 +112,7 @@ def rates(found: list[dict]) -> list[dict]:
     """Per interval between consecutive samples: {"t": end, "seconds", "succeeded", "failed",
     "retried"} summed over queues (counter resets count as 0)."""
     out = []
-    for prev, cur in zip(found, found[1:]):
+    for prev, cur in pairwise(found):
         totals = [0, 0, 0]
         for queue, values in cur["q"].items():
             before = prev["q"].get(queue, [0, 0, 0])

@@ -38,12 +38,13 @@ import threading
 from django.http import HttpResponse
 from django.tasks.base import TaskResultStatus
 from django.tasks.signals import task_finished, task_started
+
 try:
-    import prometheus_client  # noqa: F401
+    import prometheus_client  # noqa: F401 - only checks that it is installed
 except ImportError as e:  # an optional extra, depending on how vtasks was installed
     raise ImportError("vtasks metrics need prometheus_client: pip install prometheus_client "
                       "(or the django-vtasks extra that brings it)") from e
-from prometheus_client import (  # noqa: E402
+from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -54,9 +55,9 @@ from prometheus_client import (  # noqa: E402
     multiprocess,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .signals import schedule_run  # noqa: E402
+from .signals import schedule_run
 
 logger = logging.getLogger("django_vtasks.metrics")
 
