@@ -184,3 +184,11 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
     assert len(list(shots.glob("*.png"))) == 8
     print(f"screenshots: {shots}")
     assert re.search(r"GET /admin/django_vtasks/dashboard/ HTTP/1.1\" 200", server.output())
+
+
+def test_activity_rates_per_interval():
+    found = [{"t": 100.0, "c": [10, 2, 1]}, {"t": 110.0, "c": [25, 3, 1]},
+             {"t": 130.0, "c": [5, 3, 4]}]  # acked went down: a queue was deleted
+    assert activity.rates(found) == [
+        {"t": 110.0, "seconds": 10.0, "succeeded": 15, "failed": 1, "retried": 0},
+        {"t": 130.0, "seconds": 20.0, "succeeded": 0, "failed": 0, "retried": 3}]

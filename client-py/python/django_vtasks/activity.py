@@ -8,8 +8,9 @@ Postgres, with no extra table or key type):
 
 - ``vtasks:activity:workers`` — ``{worker id: {host, pid, queues, concurrency, busy, processed,
   failed, started, seen}}``; entries not refreshed for ``FORGET_AFTER`` seconds are dropped.
-- ``vtasks:activity:samples`` — ``[{"t": unix seconds, "q": {queue: [acked_total, dead_total,
-  retried_total]}}]``, the broker's cumulative counters (VT.INFO) sampled at most every
+- ``vtasks:activity:samples`` — ``[{"t": unix seconds, "c": [acked_total, dead_total,
+  retried_total]}]``, the broker's cumulative counters (VT.INFO) summed over its queues (a few
+  KiB, whatever the number of queues), sampled at most every
   2 x ``VTASKS_ACTIVITY_INTERVAL`` seconds by whichever worker comes first, ``KEEP_SAMPLES_FOR`` seconds kept. The
   dashboard charts their differences: tasks succeeded / failed / retried per interval, over every
   worker.
@@ -67,8 +68,8 @@ def workers(broker: Broker) -> dict[str, dict]:
 
 def samples(broker: Broker) -> list[dict]:
     found = _load(broker, SAMPLES_ID, [])
-    return [s for s in found if isinstance(s, dict) and "t" in s] if isinstance(found, list) \
-        else []
+    return [s for s in found if isinstance(s, dict) and "t" in s and "c" in s] \
+        if isinstance(found, list) else []
 
 
 def report_worker(broker: Broker, worker, started: float) -> None:
@@ -99,10 +100,12 @@ def sample_counters(broker: Broker) -> bool:
     found = samples(broker)
     if found and now - found[-1]["t"] < sample_interval() * 0.9:
         return False
-    sample = {"t": now, "q": {}}
+    totals = [0] * len(SAMPLED)
     for queue in broker.queues():
         info = broker.info(queue)
-        sample["q"][queue] = [int(info.get(f, 0)) for f in SAMPLED]
+        for i, f in enumerate(SAMPLED):
+            totals[i] += int(info.get(f, 0))
+    sample = {"t": now, "c": totals}
     found = [s for s in found if now - s["t"] <= KEEP_SAMPLES_FOR] + [sample]
     _store(broker, SAMPLES_ID, found)
     return True
@@ -110,14 +113,10 @@ def sample_counters(broker: Broker) -> bool:
 
 def rates(found: list[dict]) -> list[dict]:
     """Per interval between consecutive samples: {"t": end, "seconds", "succeeded", "failed",
-    "retried"} summed over queues (counter resets count as 0)."""
+    "retried"} (a counter that went down, e.g. a queue was deleted, counts as 0)."""
     out = []
     for prev, cur in pairwise(found):
-        totals = [0, 0, 0]
-        for queue, values in cur["q"].items():
-            before = prev["q"].get(queue, [0, 0, 0])
-            for i in range(3):
-                totals[i] += max(0, values[i] - before[i])
+        totals = [max(0, c - p) for c, p in zip(cur["c"], prev["c"])]
         out.append({"t": cur["t"], "seconds": max(0.001, cur["t"] - prev["t"]),
                     "succeeded": totals[0], "failed": totals[1], "retried": totals[2]})
     return out
@@ -129,12 +128,15 @@ def start_reporter(worker) -> threading.Thread:
     started = time.time()
 
     def loop():
+        rounds = 0
         while True:
             try:
                 report_worker(worker.broker, worker, started)
-                sample_counters(worker.broker)
+                if rounds % 2 == 0:  # every sample_interval()
+                    sample_counters(worker.broker)
             except Exception as e:  # never disturbs the worker; the dashboard just lags
                 logger.debug("activity report of %s failed: %s", worker.worker_id, e)
+            rounds += 1
             time.sleep(report_interval())
 
     t = threading.Thread(target=loop, name="vtasks-activity", daemon=True)
