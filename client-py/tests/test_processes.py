@@ -87,6 +87,30 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     assert "supervisor: all 2 worker(s) stopped" in log
 
 
+def exited(pid: int) -> bool:
+    """True once ``pid`` is gone or a zombie (a grandchild is reaped by whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("alias", ["valkey"], indirect=True)
+def test_children_stop_when_the_supervisor_is_killed(alias, queue, workers):
+    sup = workers([queue], concurrency=1, extra=["--processes", "2"])
+    ids = [f"{sup.worker_id}-0", f"{sup.worker_id}-1"]
+    for wid in ids:
+        wait_for(lambda wid=wid: f"worker {wid} starting" in sup.output(), timeout=60,
+                 message=f"child {wid} to start\n{sup.output()}")
+    pids = [child_pid(sup.output(), wid) for wid in ids]
+    sup.kill()  # SIGKILL: no chance to stop the children
+    for pid, wid in zip(pids, ids):
+        wait_for(lambda pid=pid: exited(pid), timeout=60,
+                 message=f"child {wid} (pid {pid}) to stop without its supervisor\n{sup.output()}")
+    assert "is gone, stopping" in sup.output()
+
+
 def test_processes_flag_values():
     from django.core.management import CommandError, call_command
     from django_vtasks.supervisor import child_worker_id, parse_processes
