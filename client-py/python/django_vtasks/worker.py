@@ -494,8 +494,11 @@ class Worker:
         released = False
         try:
             if job.envelope.get("schedule"):
-                schedule_run.send(type(self.backend), queue=d.queue,
-                                  schedule=job.envelope["schedule"])
+                try:
+                    schedule_run.send(type(self.backend), queue=d.queue,
+                                      schedule=job.envelope["schedule"])
+                except Exception:
+                    logger.exception("a schedule_run receiver failed")
             try:
                 await self._send_task_signal(task_started, result)
             except Exception:
