@@ -60,6 +60,7 @@ TASKS = {
 VTASKS_VALKEY_PREFIX = os.environ.get("VTASKS_TEST_PREFIX", "vtt")  # normalised to "vtt:"
 VTASKS_LEASE = float(os.environ.get("VTASKS_TEST_LEASE", "30"))
 VTASKS_COMPRESS_THRESHOLD = 1024
+VTASKS_ACTIVITY_INTERVAL = float(os.environ.get("VTASKS_TEST_ACTIVITY_INTERVAL", "5"))
 
 
 def _schedule():

@@ -20,7 +20,6 @@ import logging
 import re
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
@@ -28,7 +27,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .broker import BrokerError, TaskRecord
+from .broker import BrokerError, TaskRecord, vtasks_backends
 from .envelope import preview
 from .result_store import document as result_document
 from .results import ms_to_dt
@@ -70,21 +69,6 @@ class FailedTask(_BrokerTask):
         app_label = "django_vtasks"
         verbose_name = "failed task"
         verbose_name_plural = "failed tasks"
-
-
-def vtasks_backends() -> list[tuple[str, object]]:
-    """(alias, backend) of every configured TASKS backend that is a vtasks backend."""
-    from django.tasks import task_backends
-
-    out = []
-    for alias in getattr(settings, "TASKS", {}) or {}:
-        try:
-            backend = task_backends[alias]
-            if getattr(backend, "broker", None) is not None:
-                out.append((alias, backend))
-        except Exception:
-            logger.debug("TASKS[%r] skipped in the admin", alias, exc_info=True)
-    return out
 
 
 def _short(value, limit=80) -> str:
@@ -419,3 +403,6 @@ class RunningTaskAdmin(BrokerTaskAdmin):
 class FailedTaskAdmin(BrokerTaskAdmin):
     states = ("dead",)
     task_actions = ("retry", "delete")
+
+
+from . import dashboard  # noqa: E402, F401 - registers the dashboard page

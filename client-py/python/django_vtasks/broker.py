@@ -491,3 +491,21 @@ def get_broker(alias: str = "default") -> Broker:
     if broker is None:
         raise TypeError(f"Task backend {alias!r} is not a django_vtasks backend.")
     return broker
+
+
+def vtasks_backends() -> list[tuple[str, Any]]:
+    """(alias, backend) of every configured TASKS backend that is a vtasks backend."""
+    import logging
+
+    from django.conf import settings
+    from django.tasks import task_backends
+
+    out = []
+    for alias in getattr(settings, "TASKS", {}) or {}:
+        try:
+            backend = task_backends[alias]
+            if getattr(backend, "broker", None) is not None:
+                out.append((alias, backend))
+        except Exception:
+            logging.getLogger("django_vtasks").debug("TASKS[%r] skipped", alias, exc_info=True)
+    return out

@@ -44,6 +44,9 @@ DEFAULTS = {
     # seconds between a --scheduler worker's checks that the broker still has its schedules
     # (re-registered when the broker lost its data); 0 turns the check off
     "VTASKS_SCHEDULE_RECONCILE": 30.0,
+    # seconds between a worker's reports to the admin dashboard (django_vtasks.activity); the
+    # throughput samples are taken every 2 x this
+    "VTASKS_ACTIVITY_INTERVAL": 5.0,
 }
 
 

@@ -25,6 +25,17 @@ from django.dispatch.dispatcher import NO_RECEIVERS
 # Receivers defined here only log: safe to call on the event loop.
 _LOOP_SAFE_MODULE = "django.tasks.signals"
 
+#: Sent by the worker (on its event loop) when it starts a task fired by a schedule, with
+#: ``queue`` and ``schedule`` (the VTASKS_SCHEDULE name). Receivers must be fast and not block.
+schedule_run = Signal()
+
+
+def _loop_safe(receiver) -> bool:
+    """Receivers that may run on the event loop: Django's log receivers, and receivers marked
+    ``receiver.vtasks_loop_safe = True`` (they neither block nor use the ORM, e.g. metrics)."""
+    return (getattr(receiver, "__module__", None) == _LOOP_SAFE_MODULE
+            or getattr(receiver, "vtasks_loop_safe", False))
+
 
 def _receivers(signal: Signal, sender) -> tuple[Sequence, Sequence]:
     """(sync receivers, async receivers), as Signal.send resolves them."""
@@ -54,7 +65,7 @@ async def asend_many(signal: Signal, sender, results: Sequence,
     sync_receivers, async_receivers = _receivers(signal, sender)
     inline, off_loop = [], []
     for receiver in sync_receivers:
-        (inline if getattr(receiver, "__module__", None) == _LOOP_SAFE_MODULE else off_loop).append(receiver)
+        (inline if _loop_safe(receiver) else off_loop).append(receiver)
     for result in results:
         for receiver in inline:
             receiver(signal=signal, sender=sender, task_result=result)

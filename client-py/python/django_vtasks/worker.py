@@ -56,7 +56,7 @@ from .result_store import count_not_stored
 from .result_store import read as read_stored
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
-from .signals import asend_many
+from .signals import asend_many, schedule_run
 from .tasks import retry_policy
 
 logger = logging.getLogger("django_vtasks.worker")
@@ -329,6 +329,11 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop_event.is_set()
 
+    @property
+    def busy_slots(self) -> int:
+        """Task slots in use (a batch takes one); ``concurrency`` is the total."""
+        return self._busy
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
@@ -566,6 +571,12 @@ class Worker:
         d, task, result = job.delivery, job.task, job.result
         released = False
         try:
+            if job.envelope.get("schedule"):
+                try:
+                    schedule_run.send(type(self.backend), queue=d.queue,
+                                      schedule=job.envelope["schedule"])
+                except Exception:
+                    logger.exception("a schedule_run receiver failed")
             try:
                 await self._send_task_signal(task_started, result)
             except Exception:

@@ -1,5 +1,7 @@
+import argparse
 import asyncio
 import logging
+import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -29,6 +31,16 @@ class Command(BaseCommand):
                             help="file touched while the worker makes progress")
         parser.add_argument("--lease", type=float, default=None,
                             help="task lease in seconds (default VTASKS_LEASE)")
+        parser.add_argument("--processes", default="1",
+                            help="worker processes under one supervisor: N or 'auto' (one per "
+                                 "CPU); child i gets the id <id>-i (default 1: no supervisor)")
+        parser.add_argument("--metrics-port", type=int, default=None,
+                            help="serve Prometheus metrics on this port (/metrics)")
+        parser.add_argument("--metrics-addr", default="",
+                            help="address the metrics port binds to (default all)")
+        # set by the supervisor on its children (django_vtasks.supervisor)
+        parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--metrics-child", action="store_true", help=argparse.SUPPRESS)
 
     def handle(self, *args, **options):
         from django_vtasks.worker import Worker
@@ -58,6 +70,14 @@ class Command(BaseCommand):
                 f"refusing to start the worker: task backend {alias!r} failed "
                 f"{len(errors)} system check(s) ({', '.join(p.id for p in errors)}); fix the "
                 "error(s) above and start it again.")
+        from django_vtasks import supervisor
+
+        try:
+            processes = supervisor.parse_processes(options["processes"])
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+        if processes > 1 and not options["supervised"]:
+            sys.exit(supervisor.from_options(processes, alias, options).run())
         try:
             worker = Worker(
                 backend_alias=alias,
@@ -70,4 +90,11 @@ class Command(BaseCommand):
             )
         except BrokerError as e:
             raise CommandError(f"cannot start the worker: {e}") from e
-        asyncio.run(worker.run())
+        if options["metrics_port"] is not None or options["metrics_child"]:
+            from django_vtasks import metrics
+
+            metrics.enable(worker, options["metrics_port"], options["metrics_addr"])
+        from django_vtasks import activity
+
+        activity.start_reporter(worker)  # workers and throughput on the admin dashboard
+        asyncio.run(supervisor.run_supervised(worker) if options["supervised"] else worker.run())
