@@ -1,7 +1,5 @@
 """django-vtasks: a fast, reliable task queue for Django 6 on Valkey (native module) or Postgres."""
 
-__version__ = "0.1.0"
-
 
 def __getattr__(name):
     # lazy: importing the package must not require configured settings
@@ -9,4 +7,9 @@ def __getattr__(name):
         from . import tasks
 
         return getattr(tasks, name)
+    if name == "__version__":
+        # one definition of the version: client-py/pyproject.toml (see CHANGELOG.md for the policy)
+        from importlib.metadata import version
+
+        return version("django-vtasks")
     raise AttributeError(name)
