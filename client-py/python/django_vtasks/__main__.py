@@ -14,8 +14,9 @@ from . import module_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m django_vtasks", description=__doc__.split(
-        "\n\n")[0].split(": ", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m django_vtasks",
+        description="Facts about this django-vtasks installation, for scripts and deployments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("module-path", help="print the path of the libvtasks.so this installation "
                        "uses (the one bundled in the wheel, unless VTASKS_MODULE_PATH or a source "
