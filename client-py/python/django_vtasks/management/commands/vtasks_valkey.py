@@ -61,7 +61,7 @@ def find_valkey_server() -> str:
 
 
 def find_module(explicit: str | None = None) -> tuple[str, str]:
-    """(where, path) of the libvtasks.so to load: --module, else django_vtasks.module_file.find()."""
+    """(where, path) of the libvtasks.so to load: --module, else module_file.find()."""
     if explicit:
         if not Path(explicit).is_file():
             raise CommandError(f"--module {explicit}: no such file.")
