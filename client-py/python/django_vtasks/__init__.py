@@ -1,5 +1,9 @@
 """django-vtasks: a fast, reliable task queue for Django 6 on Valkey (native module) or Postgres."""
 
+# The same as client-py/pyproject.toml's version (tests/test_install.py checks it). A literal, not
+# importlib.metadata: the package also runs from a source tree that is not installed (benchmarks).
+__version__ = "4.0.0"
+
 
 def __getattr__(name):
     # lazy: importing the package must not require configured settings
@@ -7,9 +11,4 @@ def __getattr__(name):
         from . import tasks
 
         return getattr(tasks, name)
-    if name == "__version__":
-        # one definition of the version: client-py/pyproject.toml (see CHANGELOG.md for the policy)
-        from importlib.metadata import version
-
-        return version("django-vtasks")
     raise AttributeError(name)
