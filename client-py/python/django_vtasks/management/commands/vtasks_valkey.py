@@ -157,7 +157,12 @@ class Command(BaseCommand):
                 "--bind 127.0.0.1.")
         server = find_valkey_server()
         module_where, module = find_module(options["module"])
-        port = options["port"] or free_port(host.split()[0].lstrip("-"))
+        # where this command (and the printed BROKER_URL) reaches the server: the first --bind
+        # address, a wildcard one through loopback
+        first = host.split()[0].lstrip("-")
+        connect_host = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1",
+                        "localhost": "127.0.0.1"}.get(first, first)
+        port = options["port"] or free_port(connect_host)
         tmpdir = None
         data_dir = options["dir"]
         if data_dir is None:
@@ -198,12 +203,9 @@ class Command(BaseCommand):
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-            connect_host = "127.0.0.1" if not is_loopback(host) else host.split()[0].lstrip("-")
-            if connect_host == "localhost":
-                connect_host = "127.0.0.1"
             self._wait_ready(proc, connect_host, port, password, log_path, options["timeout"],
                              stop)
-            url_host = connect_host if host in ("0.0.0.0", "::", "*") else host.split()[0]
+            url_host = f"[{connect_host}]" if ":" in connect_host else connect_host
             # the password itself is never printed: the user gave it, logs must not keep it
             auth = ":<password>@" if password else ""
             url = f"valkey://{auth}{url_host}:{port}/0"
