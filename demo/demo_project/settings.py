@@ -29,7 +29,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",  # the admin's CSS and JS (runserver serves them with DEBUG)
+    # the admin's CSS/JS: served by runserver, and by urls.py's staticfiles_urlpatterns() under any
+    # ASGI server (uvicorn demo_project.asgi:application) while DEBUG is on
+    "django.contrib.staticfiles",
     "django_vtasks",
     "shop",
 ]
@@ -54,6 +56,7 @@ TEMPLATES = [{
     ]},
 }]
 STATIC_URL = "static/"
+STATIC_ROOT = RUN_DIR / "static"  # `manage.py collectstatic` target when served by a web server
 
 if BACKEND == "postgres":
     _u = urlparse(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))

@@ -1,6 +1,8 @@
 """django-vtasks: a fast, reliable task queue for Django 6 on Valkey (native module) or Postgres."""
 
-__version__ = "0.1.0"
+# The same as client-py/pyproject.toml's version (tests/test_install.py checks it). A literal, not
+# importlib.metadata: the package also runs from a source tree that is not installed (benchmarks).
+__version__ = "4.0.0"
 
 
 def __getattr__(name):
