@@ -44,6 +44,8 @@ VTASKS_QUEUES = [QUEUE]
 VTASKS_CONCURRENCY = int(os.environ.get("GAUNTLET_CONCURRENCY", "8"))
 VTASKS_LEASE = float(os.environ.get("GAUNTLET_LEASE", "30"))
 VTASKS_HEALTH_CHECK_FILE = os.environ.get("GAUNTLET_HEALTH_FILE") or None
+# the poison scenario expects an unknown task path in the DLQ at once (no rolling-deploy grace)
+VTASKS_UNKNOWN_TASK_GRACE = 0
 if os.environ.get("GAUNTLET_WORKER_ID"):
     VTASKS_WORKER_ID = os.environ["GAUNTLET_WORKER_ID"]
 VTASKS_SCHEDULE = {}
