@@ -78,6 +78,9 @@ VTASKS_SCHEDULE = _schedule()
 VTASKS_BATCH_QUEUES = json.loads(os.environ.get("VTASKS_TEST_BATCH_QUEUES", "{}"))
 VTASKS_RETRIES = json.loads(os.environ.get("VTASKS_TEST_RETRIES", "{}"))
 # tests see an unknown task path dead-lettered at once unless they ask for a grace
+VTASKS_RESULT_MAX_BYTES = int(os.environ.get("VTASKS_TEST_RESULT_MAX_BYTES", str(1024 * 1024)))
+# task modules outside installed apps that tests create on the fly (test_truth's "new code")
+VTASKS_TASK_MODULES = ["vtasks_latecode"]
 VTASKS_UNKNOWN_TASK_GRACE = float(os.environ.get("VTASKS_TEST_UNKNOWN_TASK_GRACE", "0"))
 VTASKS_SCHEDULE_RECONCILE = float(os.environ.get("VTASKS_TEST_SCHEDULE_RECONCILE", "30"))
 

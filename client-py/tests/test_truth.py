@@ -5,6 +5,7 @@ Each test checks what a user reads (get_result, refresh, the broker's records) w
 """
 
 import asyncio
+import importlib
 import dataclasses
 import os
 import pickle
@@ -230,9 +231,11 @@ def test_one_result_the_broker_refuses_does_not_hold_the_others(backend, broker,
     old = client.config_get("proto-max-bulk-len")["proto-max-bulk-len"]
     client.config_set("proto-max-bulk-len", 1024 * 1024)
     try:
-        big = on(t.big_string, alias, queue).enqueue(1_200_000)  # a result over the limit
+        # a result over the server's limit even compressed, under VTASKS_RESULT_MAX_BYTES
+        big = on(t.random_string, alias, queue).enqueue(2_000_000)
         small = [on(t.add, alias, queue).enqueue(i, i) for i in range(20)]
-        w = workers([queue], concurrency=8)
+        w = workers([queue], concurrency=8,
+                    env={"VTASKS_TEST_RESULT_MAX_BYTES": str(8 * 1024 * 1024)})
         for i, r in enumerate(small):
             assert wait_for(finished(backend, r.id), timeout=30).return_value == 2 * i
         failed = wait_for(finished(backend, big.id), timeout=30)
@@ -248,14 +251,17 @@ def test_one_result_the_broker_refuses_does_not_hold_the_others(backend, broker,
 
 
 def test_unknown_task_path_waits_for_the_new_code(backend, broker, alias, queue, workers, tmp_path):
+    # the new code: a module of a package the project allows (VTASKS_TASK_MODULES in settings)
     code = tmp_path / "newcode"
-    code.mkdir()
-    name = f"late_{uuid.uuid4().hex[:8]}"
-    (code / f"{name}.py").write_text(
+    (code / "vtasks_latecode").mkdir(parents=True)
+    (code / "vtasks_latecode" / "__init__.py").write_text("")
+    name = f"vtasks_latecode.late_{uuid.uuid4().hex[:8]}"
+    (code / "vtasks_latecode" / f"{name.rpartition('.')[2]}.py").write_text(
         "from django.tasks import task\n\n\n@task\ndef hello(x):\n    return f'hello {x}'\n")
+    sys.modules.pop("vtasks_latecode", None)  # another run's package lives in another tmp dir
     sys.path.insert(0, str(code))
     try:
-        late = __import__(name)
+        late = importlib.import_module(name)
     finally:
         sys.path.remove(str(code))
     grace = {"VTASKS_TEST_UNKNOWN_TASK_GRACE": "6"}

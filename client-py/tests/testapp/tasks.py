@@ -126,3 +126,12 @@ def raise_lone_surrogate():
 @task
 def big_string(n):
     return "x" * n
+
+
+@task
+def random_string(n):
+    """n characters that compression cannot shrink much (base64 of random bytes)."""
+    import base64
+    import os
+
+    return base64.b64encode(os.urandom(n * 3 // 4)).decode()[:n]
