@@ -488,9 +488,14 @@ pub fn extend_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
     if lease_ms < 1 {
         return invalid("lease_ms must be >= 1");
     }
+    // Lock order (PROTOCOL.md): rows in id order, and SKIP LOCKED: a row locked by someone else
+    // is being acked, failed or rescued right now and needs no longer lease, so the heartbeat
+    // never waits for (and never deadlocks with) an ack. A skipped lease is extended next beat.
     Ok(Stmt::new(
-        "WITH u AS (UPDATE vtasks_task SET deadline = now() + $3::int8 * interval '1 millisecond' \
-         WHERE queue = $1::text AND state = 'i' AND worker = $2::text RETURNING 1) \
+        "WITH l AS (SELECT id FROM vtasks_task WHERE queue = $1::text AND state = 'i' AND worker = $2::text \
+         ORDER BY id FOR UPDATE SKIP LOCKED), \
+         u AS (UPDATE vtasks_task t SET deadline = now() + $3::int8 * interval '1 millisecond' FROM l \
+         WHERE t.queue = $1::text AND t.id = l.id RETURNING 1) \
          SELECT count(*)::int8 FROM u",
     )
     .p(queue.to_string(), Type::TEXT)

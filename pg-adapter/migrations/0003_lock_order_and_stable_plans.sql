@@ -1,0 +1,245 @@
+-- vtasks Postgres schema, version 3: one global lock order (no deadlock between the hot paths) and
+-- plans that cannot go stale as the task table swings between empty and a burst (issue 12).
+-- PROTOCOL.md, "Lock order", is the contract this file implements.
+-- Idempotent and transactional, like 0001; no percent sign.
+--
+-- Stable plans: a plpgsql statement gets a generic plan after five runs, made with the table
+-- statistics of that moment, and keeps it until the next ANALYZE. A plan made while the task
+-- table was nearly empty (ack: "index scan on vtasks_task_inflight by queue, then filter 17,000
+-- ids", quadratic in the ack batch) then runs against a burst of 30,000 rows: an ack took 82 s.
+-- The functions below plan each call with its real arguments and the table's current size
+-- (plan_cache_mode = force_custom_plan: about 0.1 ms of planning per call, which serves a whole
+-- batch), and ack no longer names state = 'i' (a token is only set while in flight), so the
+-- partial indexes are out of its reach and the primary key is its path.
+
+-- Releases the unique keys still held by tasks that are leaving (ack, bury, delete, clear). A key
+-- row locked by someone else is being re-taken (expired) or purged: it is skipped, never waited
+-- for, so releasing keys cannot take part in a deadlock.
+CREATE OR REPLACE FUNCTION vtasks_release_keys(p_queue text, p_keys text[], p_ids text[])
+RETURNS void LANGUAGE sql AS $fn$
+    DELETE FROM vtasks_unique x
+     WHERE x.ctid = ANY (ARRAY(
+        SELECT u.ctid FROM vtasks_unique u
+          JOIN unnest(p_keys, p_ids) AS k(key, id) ON u.key = k.key AND u.task_id = k.id
+         WHERE u.queue = p_queue AND k.key IS NOT NULL
+         ORDER BY u.key
+           FOR UPDATE OF u SKIP LOCKED))
+$fn$;
+
+-- ACK by (id, token) pairs: locks the matching in-flight rows in id order, deletes them, releases
+-- their unique keys, appends the counter delta.
+CREATE OR REPLACE FUNCTION vtasks_ack(p_queue text, p_ids text[], p_tokens text[])
+RETURNS bigint LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+DECLARE
+    locked text[];
+    keys text[];
+    n bigint;
+BEGIN
+    SELECT array_agg(l.id) INTO locked FROM (
+        SELECT t.id FROM vtasks_task t
+          JOIN unnest(p_ids, p_tokens) AS a(id, token) ON t.id = a.id AND t.token = a.token
+         WHERE t.queue = p_queue AND t.id = ANY (p_ids)
+         ORDER BY t.id
+           FOR UPDATE OF t) l;
+    IF locked IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- A new statement (new snapshot) sees the versions just locked; nobody can change them now.
+    WITH d AS (
+        DELETE FROM vtasks_task t WHERE t.queue = p_queue AND t.id = ANY (locked)
+        RETURNING t.id, t.unique_key
+    )
+    SELECT count(*), array_agg(d.unique_key) FILTER (WHERE d.unique_key IS NOT NULL),
+           array_agg(d.id) FILTER (WHERE d.unique_key IS NOT NULL)
+      INTO n, keys, locked FROM d;
+    IF keys IS NOT NULL THEN
+        PERFORM vtasks_release_keys(p_queue, keys, locked);
+    END IF;
+    IF n > 0 THEN
+        INSERT INTO vtasks_stats_delta (queue, acked) VALUES (p_queue, n);
+    END IF;
+    RETURN n;
+END
+$fn$;
+
+-- Moves one live task (locked by the caller) to the dead-letter table, keeping the cap exact.
+-- Order: task row (caller), unique key (skipped when locked), dlq row, dead rows.
+CREATE OR REPLACE FUNCTION vtasks_bury(p_queue text, p_id text, p_error text, p_cap int)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    r vtasks_task;
+    s bigint;
+    c int;
+    k int;
+BEGIN
+    DELETE FROM vtasks_task WHERE queue = p_queue AND id = p_id RETURNING * INTO r;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF r.unique_key IS NOT NULL THEN
+        PERFORM vtasks_release_keys(p_queue, ARRAY[r.unique_key], ARRAY[p_id]);
+    END IF;
+    INSERT INTO vtasks_dlq AS d (queue, seq, count) VALUES (p_queue, 1, 1)
+        ON CONFLICT (queue) DO UPDATE SET seq = d.seq + 1, count = d.count + 1
+        RETURNING seq, count INTO s, c;
+    INSERT INTO vtasks_dead (queue, seq, id, priority, attempt, max_attempts, enqueued_at, failed_at, error, payload)
+        VALUES (p_queue, s, r.id, r.priority, r.attempt, r.max_attempts, r.enqueued_at, now(), p_error, r.payload);
+    IF c > greatest(p_cap, 0) THEN
+        DELETE FROM vtasks_dead WHERE queue = p_queue AND seq IN
+            (SELECT seq FROM vtasks_dead WHERE queue = p_queue ORDER BY seq LIMIT c - greatest(p_cap, 0));
+        GET DIAGNOSTICS k = ROW_COUNT;
+        UPDATE vtasks_dlq SET count = count - k, evicted = evicted + k WHERE queue = p_queue;
+    END IF;
+    RETURN true;
+END
+$fn$;
+
+-- Fetch takes every row with SKIP LOCKED (it never waits); plan it per call so the ready index
+-- keeps serving the claim whatever the statistics said when the session started.
+ALTER FUNCTION vtasks_fetch(text[], text, int, bigint) SET plan_cache_mode = force_custom_plan;
+
+-- RESCUE: expired leases (p_worker NULL) or every lease of p_worker, rows taken in id order with
+-- SKIP LOCKED (never waits for a task row). Returns tasks made ready; tasks that used
+-- max_attempts deliveries are dead-lettered instead (not counted).
+CREATE OR REPLACE FUNCTION vtasks_rescue(p_queue text, p_worker text, p_cap int)
+RETURNS int LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    r record;
+    n int := 0;
+    d int := 0;
+BEGIN
+    FOR r IN SELECT t.id, t.attempt, t.max_attempts, t.worker FROM vtasks_task t
+              WHERE t.queue = p_queue AND t.state = 'i'
+                AND ((p_worker IS NULL AND t.deadline <= now()) OR t.worker = p_worker)
+              ORDER BY t.id
+              FOR UPDATE SKIP LOCKED
+    LOOP
+        IF r.attempt >= r.max_attempts THEN
+            PERFORM vtasks_bury(p_queue, r.id,
+                CASE WHEN p_worker IS NULL
+                     THEN 'lease expired after ' || r.attempt || ' attempts'
+                     ELSE 'rescued from worker ' || r.worker || ' after ' || r.attempt || ' attempts'
+                END, p_cap);
+            d := d + 1;
+        ELSE
+            UPDATE vtasks_task SET state = 'r', run_after = now(), worker = NULL, token = NULL,
+                                   deadline = NULL
+             WHERE queue = p_queue AND id = r.id;
+            n := n + 1;
+        END IF;
+    END LOOP;
+    IF n > 0 OR d > 0 THEN
+        INSERT INTO vtasks_stats_delta (queue, rescued, dead) VALUES (p_queue, n, d);
+    END IF;
+    RETURN n;
+END
+$fn$;
+
+-- DELETE: ready/delayed tasks and dead entries with these ids (in-flight tasks are kept). Task
+-- rows are locked in id order before they are deleted.
+CREATE OR REPLACE FUNCTION vtasks_delete(p_queue text, p_ids text[])
+RETURNS int LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    locked text[];
+    keys text[];
+    n int;
+BEGIN
+    SELECT array_agg(l.id) INTO locked FROM (
+        SELECT t.id FROM vtasks_task t
+         WHERE t.queue = p_queue AND t.id = ANY (p_ids) AND t.state <> 'i'
+         ORDER BY t.id FOR UPDATE) l;
+    n := 0;
+    IF locked IS NOT NULL THEN
+        WITH d AS (
+            DELETE FROM vtasks_task WHERE queue = p_queue AND id = ANY (locked) AND state <> 'i'
+            RETURNING id, unique_key
+        )
+        SELECT count(*), array_agg(d.unique_key) FILTER (WHERE d.unique_key IS NOT NULL),
+               array_agg(d.id) FILTER (WHERE d.unique_key IS NOT NULL)
+          INTO n, keys, locked FROM d;
+        IF keys IS NOT NULL THEN
+            PERFORM vtasks_release_keys(p_queue, keys, locked);
+        END IF;
+    END IF;
+    RETURN n + vtasks_drop_dead(p_queue, p_ids);
+END
+$fn$;
+
+-- CLEAR: 'ready' (ready + delayed), 'dead', or 'all' (also in flight). Schedules are kept. Task
+-- rows are locked in id order before they are deleted.
+CREATE OR REPLACE FUNCTION vtasks_clear(p_queue text, p_what text)
+RETURNS int LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    locked text[];
+    keys text[];
+    n int := 0;
+BEGIN
+    IF p_what IN ('ready', 'all') THEN
+        SELECT array_agg(l.id) INTO locked FROM (
+            SELECT t.id FROM vtasks_task t
+             WHERE t.queue = p_queue AND (t.state <> 'i' OR p_what = 'all')
+             ORDER BY t.id FOR UPDATE) l;
+        IF locked IS NOT NULL THEN
+            WITH d AS (
+                DELETE FROM vtasks_task
+                 WHERE queue = p_queue AND id = ANY (locked) AND (state <> 'i' OR p_what = 'all')
+                RETURNING id, unique_key
+            )
+            SELECT count(*), array_agg(d.unique_key) FILTER (WHERE d.unique_key IS NOT NULL),
+                   array_agg(d.id) FILTER (WHERE d.unique_key IS NOT NULL)
+              INTO n, keys, locked FROM d;
+            IF keys IS NOT NULL THEN
+                PERFORM vtasks_release_keys(p_queue, keys, locked);
+            END IF;
+        END IF;
+    END IF;
+    IF p_what IN ('dead', 'all') THEN
+        n := n + vtasks_drop_dead(p_queue, NULL);
+    END IF;
+    RETURN n;
+END
+$fn$;
+
+-- The server-side "timer" duties, in lock order: rescue expired leases queue by queue (in queue
+-- order, so two maintainers take dlq rows in the same order), purge expired unique keys, results
+-- and old tick rows (SKIP LOCKED, bounded batches), fold counters last. Safe to run from any
+-- number of workers at once.
+CREATE OR REPLACE FUNCTION vtasks_maintain(p_cap int,
+    OUT rescued int, OUT expired_queues int, OUT uniques_purged int, OUT results_purged int,
+    OUT ticks_purged int, OUT stats_folded int)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+DECLARE
+    q text;
+BEGIN
+    rescued := 0;
+    expired_queues := 0;
+    FOR q IN SELECT DISTINCT t.queue FROM vtasks_task t WHERE t.state = 'i' AND t.deadline <= now()
+             ORDER BY 1 LOOP
+        rescued := rescued + vtasks_rescue(q, NULL, p_cap);
+        expired_queues := expired_queues + 1;
+    END LOOP;
+    DELETE FROM vtasks_unique WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM vtasks_unique WHERE expires_at <= now() LIMIT 10000 FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS uniques_purged = ROW_COUNT;
+    DELETE FROM vtasks_result WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM vtasks_result WHERE expires_at <= now() LIMIT 10000 FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS results_purged = ROW_COUNT;
+    DELETE FROM vtasks_schedule_tick WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM vtasks_schedule_tick WHERE fired_at < now() - interval '1 day'
+         LIMIT 10000 FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS ticks_purged = ROW_COUNT;
+    stats_folded := vtasks_compact_stats();
+END
+$fn$;
+
+INSERT INTO vtasks_schema (version, name) VALUES (3, 'lock_order_and_stable_plans') ON CONFLICT DO NOTHING;
