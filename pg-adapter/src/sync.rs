@@ -117,24 +117,17 @@ impl PgQueue {
         }
     }
 
-    /// Applies pending migrations (idempotent; concurrent callers serialise on a transaction-level
-    /// advisory lock, so this is safe behind PgBouncer too).
+    /// Applies pending migrations in order, once each, in one transaction (`migrate::plan`: an
+    /// edited shipped migration is refused); concurrent callers serialise on a transaction-level
+    /// advisory lock, so this is safe behind PgBouncer too.
     pub fn migrate(&self) -> Result<()> {
         let mut c = self.pool.get().map_err(|e| crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()))?;
         let mut tx = c.transaction()?;
-        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({}); {}", crate::MIGRATE_LOCK, crate::MIGRATE_PRELUDE))?;
-        let mut applied = std::collections::HashSet::new();
-        for m in tx.simple_query("SELECT version FROM vtasks_schema")? {
-            if let postgres::SimpleQueryMessage::Row(r) = m {
-                if let Some(v) = r.get(0) {
-                    applied.insert(v.parse::<i32>().unwrap_or(-1));
-                }
-            }
-        }
-        for (v, _name, sql) in crate::MIGRATIONS {
-            if !applied.contains(v) {
-                tx.batch_execute(sql)?;
-            }
+        tx.batch_execute(&crate::migrate::prelude_sql())?;
+        let applied = crate::migrate::applied_from_simple(tx.simple_query(crate::migrate::APPLIED_SQL)?);
+        for step in crate::migrate::plan(&applied, None)? {
+            tx.batch_execute(step.sql)?;
+            tx.batch_execute(&step.record)?;
         }
         tx.commit()?;
         Ok(())
