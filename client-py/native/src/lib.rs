@@ -174,6 +174,22 @@ fn migrations() -> Vec<(i32, String, String)> {
     vtasks_pg::MIGRATIONS.iter().map(|(v, n, s)| (*v, n.to_string(), s.to_string())).collect()
 }
 
+/// (prelude_sql, applied_sql) of a migration run (vtasks_pg::migrate): the Django migrations run
+/// them, and then `migration_plan`'s steps, on Django's connection inside its transaction.
+#[pyfunction]
+fn migration_sql() -> (String, &'static str) {
+    (vtasks_pg::migrate::prelude_sql(), vtasks_pg::migrate::APPLIED_SQL)
+}
+
+/// The migrations to apply, as (version, name, sql, record_sql), given the rows of the applied
+/// query; ValueError when a shipped migration was edited after it was applied.
+#[pyfunction]
+#[pyo3(signature = (applied, upto = None))]
+fn migration_plan(applied: Vec<(i32, Option<String>)>, upto: Option<i32>) -> PyResult<Vec<(i32, String, String, String)>> {
+    let steps = vtasks_pg::migrate::plan(&applied, upto).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(steps.into_iter().map(|s| (s.version, s.name.to_string(), s.sql.to_string(), s.record)).collect())
+}
+
 // -------------------------------------------------------------------------------------- PgQueue
 
 /// Sync Postgres queue (r2d2 pool). Every call releases the GIL while it waits on Postgres.
@@ -623,6 +639,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_payload, m)?)?;
     m.add_function(wrap_pyfunction!(decode_payload, m)?)?;
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
+    m.add_function(wrap_pyfunction!(migration_sql, m)?)?;
+    m.add_function(wrap_pyfunction!(migration_plan, m)?)?;
     m.add_class::<PgQueue>()?;
     m.add_class::<AsyncPgQueue>()?;
     m.add("PgError", m.py().get_type::<PgError>())?;
