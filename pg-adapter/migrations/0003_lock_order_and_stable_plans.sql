@@ -26,6 +26,68 @@ RETURNS void LANGUAGE sql AS $fn$
            FOR UPDATE OF u SKIP LOCKED))
 $fn$;
 
+-- Enqueue as in 0002, but the rows go in in id order (the lock order: two batches with the same
+-- client-chosen ids never wait for each other crosswise) while seq, the FIFO order, still follows
+-- the caller's order.
+CREATE OR REPLACE FUNCTION vtasks_enqueue(p_queue text, p_ids text[], p_payloads bytea[],
+                                          p_priority smallint, p_delay_ms bigint, p_at_ms bigint,
+                                          p_ukey text, p_uttl_ms bigint, p_max_attempts int,
+                                          p_notify boolean)
+RETURNS SETOF text LANGUAGE plpgsql AS $fn$
+DECLARE
+    ra timestamptz;
+    st "char";
+    n bigint;
+BEGIN
+    ra := CASE WHEN p_at_ms IS NOT NULL THEN to_timestamp(p_at_ms / 1000.0)
+               WHEN p_delay_ms > 0 THEN now() + p_delay_ms * interval '1 millisecond'
+               ELSE now() END;
+    st := CASE WHEN ra > now() THEN 'd' ELSE 'r' END;
+    IF p_ukey IS NOT NULL THEN
+        -- Takes the key only when free or expired; waits for a concurrent holder's commit.
+        INSERT INTO vtasks_unique AS u (queue, key, task_id, expires_at)
+            VALUES (p_queue, p_ukey, p_ids[1], now() + p_uttl_ms * interval '1 millisecond')
+            ON CONFLICT (queue, key) DO UPDATE SET task_id = EXCLUDED.task_id, expires_at = EXCLUDED.expires_at
+             WHERE u.expires_at <= now();
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        RETURN QUERY
+        INSERT INTO vtasks_task AS t (queue, id, state, priority, run_after, max_attempts, unique_key, payload)
+            VALUES (p_queue, p_ids[1], st, p_priority, ra, p_max_attempts, p_ukey, p_payloads[1])
+            ON CONFLICT (queue, id) DO NOTHING
+            RETURNING t.id;
+    ELSIF cardinality(p_ids) = 1 THEN
+        RETURN QUERY
+        INSERT INTO vtasks_task AS t (queue, id, state, priority, run_after, max_attempts, payload)
+            VALUES (p_queue, p_ids[1], st, p_priority, ra, p_max_attempts, p_payloads[1])
+            ON CONFLICT (queue, id) DO NOTHING
+            RETURNING t.id;
+    ELSE
+        -- seq drawn in the caller's order (volatile target entries are computed after the
+        -- subquery's sort), rows inserted in id order.
+        RETURN QUERY
+        INSERT INTO vtasks_task AS t (queue, id, state, priority, run_after, max_attempts, payload, seq)
+            OVERRIDING SYSTEM VALUE
+            SELECT p_queue, x.id, st, p_priority, ra, p_max_attempts, x.payload, x.seq
+              FROM (SELECT u.id, u.payload,
+                           nextval(pg_get_serial_sequence('vtasks_task', 'seq')) AS seq
+                      FROM unnest(p_ids, p_payloads) WITH ORDINALITY AS u(id, payload, ord)
+                     ORDER BY u.ord) x
+             ORDER BY x.id
+            ON CONFLICT (queue, id) DO NOTHING
+            RETURNING t.id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        INSERT INTO vtasks_stats_delta (queue, enqueued) VALUES (p_queue, n);
+        IF p_notify AND st = 'r' THEN
+            PERFORM pg_notify('vtasks', p_queue);
+        END IF;
+    END IF;
+END
+$fn$;
+
 -- ACK by (id, token) pairs: locks the matching in-flight rows in id order, deletes them, releases
 -- their unique keys, appends the counter delta.
 CREATE OR REPLACE FUNCTION vtasks_ack(p_queue text, p_ids text[], p_tokens text[])
@@ -169,6 +231,48 @@ BEGIN
         END IF;
     END IF;
     RETURN n + vtasks_drop_dead(p_queue, p_ids);
+END
+$fn$;
+
+-- RETRYDEAD: dead entries back to ready with attempt 0 (newest entry per id). Lock order: live
+-- rows with those ids (id order), the dlq row, dead rows, then the new rows in id order (seq in
+-- dead-letter order, so they queue as they died).
+CREATE OR REPLACE FUNCTION vtasks_retry_dead(p_queue text, p_ids text[])
+RETURNS int LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    k int;
+    n int;
+BEGIN
+    PERFORM 1 FROM vtasks_task t
+     WHERE t.queue = p_queue
+       AND t.id IN (SELECT x.id FROM vtasks_dead x
+                     WHERE x.queue = p_queue AND (p_ids IS NULL OR x.id = ANY (p_ids)))
+     ORDER BY t.id FOR UPDATE;
+    PERFORM 1 FROM vtasks_dlq WHERE queue = p_queue FOR UPDATE;
+    WITH d AS (
+        DELETE FROM vtasks_dead WHERE queue = p_queue AND (p_ids IS NULL OR id = ANY (p_ids))
+        RETURNING *
+    ), one AS (
+        SELECT DISTINCT ON (id) * FROM d ORDER BY id, seq DESC
+    ), numbered AS (
+        SELECT o.*, nextval(pg_get_serial_sequence('vtasks_task', 'seq')) AS new_seq
+          FROM (SELECT * FROM one ORDER BY seq) o
+    ), ins AS (
+        INSERT INTO vtasks_task (queue, id, state, priority, run_after, attempt, max_attempts,
+                                 enqueued_at, error, failed_at, payload, seq)
+        OVERRIDING SYSTEM VALUE
+        SELECT p_queue, id, 'r', priority, now(), 0, max_attempts, enqueued_at, error, failed_at,
+               payload, new_seq
+          FROM numbered ORDER BY id
+        ON CONFLICT (queue, id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM ins) INTO k, n;
+    IF k > 0 THEN
+        UPDATE vtasks_dlq SET count = greatest(count - k, 0) WHERE queue = p_queue;
+    END IF;
+    RETURN n;
 END
 $fn$;
 

@@ -123,3 +123,22 @@ fn hot_paths_never_deadlock() {
     assert!(errors.is_empty(), "errors: {:?}", &errors[..errors.len().min(5)]);
     assert!(acked.load(Ordering::Relaxed) > ROUNDS * PER_ROUND / 4, "the acks did run");
 }
+
+/// Rows go in in id order (the lock order), but FIFO stays the caller's order: for a batch, and for
+/// dead entries brought back by retry_dead (in the order they died).
+#[test]
+fn batches_keep_the_callers_order() {
+    let db = TestDb::new();
+    let q = db.queue(Config { max_attempts: 1, ..cfg() });
+    let qs = vec!["o".to_string()];
+    let ids: Vec<Option<String>> = ["c", "a", "d", "b"].iter().map(|s| Some(s.to_string())).collect();
+    q.enqueue("o", payloads(4, "p"), EnqueueOpts { ids: Some(ids), ..Default::default() }).unwrap();
+    let got = q.fetch(&qs, "w", 10, None, None).unwrap().unwrap();
+    assert_eq!(got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["c", "a", "d", "b"]);
+    for d in &got {
+        assert_eq!(q.fail("o", &d.id, &d.token, "x", None).unwrap().as_deref(), Some("dead"));
+    }
+    assert_eq!(q.retry_dead("o", None).unwrap(), 4);
+    let again = q.fetch(&qs, "w", 10, None, None).unwrap().unwrap();
+    assert_eq!(again.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["c", "a", "d", "b"]);
+}
