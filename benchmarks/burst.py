@@ -61,7 +61,7 @@ def main() -> int:
     from django_vtasks import _native
 
     q = _native.PgQueue(db_dsn)
-    rates, stalls_total, deadlocks = [], 0, 0
+    rates, cpu_rates, stalls_total, deadlocks = [], [], 0, 0
     pg_log_start = Path(args.pg_log).stat().st_size if args.pg_log else 0
     for run in range(args.runs):
         c = concs[run % len(concs)]
@@ -73,7 +73,9 @@ def main() -> int:
             w = subprocess.Popen([py, "manage.py", "runworker", "--concurrency", str(c)], cwd=BENCH,
                                  env=env, stdout=lf, stderr=subprocess.STDOUT)
         try:
+            load0, pg0 = os.getloadavg()[0], _pg_cpu()
             rate, stalls, longest = _watch(q, before, args)
+            cpu, pg_cpu, load = _cpu(w.pid), _pg_cpu() - pg0, (load0 + os.getloadavg()[0]) / 2
         finally:
             w.send_signal(signal.SIGTERM)
             try:
@@ -86,8 +88,11 @@ def main() -> int:
         stalls_total += stalls
         deadlocks += dl
         results = _count(q, "SELECT count(*) FROM vtasks_result")
+        cpu_rates.append(args.count / max(cpu + pg_cpu, 1e-3))
         print(f"run {run + 1:3d}  c={c:<4d} {rate:9,.0f} acked/s  stalls={stalls} "
-              f"(longest {longest:.1f}s)  deadlocks={dl}  results={results:,}", flush=True)
+              f"(longest {longest:.1f}s)  deadlocks={dl}  results={results:,}  "
+              f"cpu: worker {cpu:.2f}s + postgres {pg_cpu:.2f}s = {cpu_rates[-1]:,.0f} tasks/cpu-s  "
+              f"load {load:.1f}", flush=True)
     if args.pg_log:
         with open(args.pg_log, errors="replace") as f:
             f.seek(pg_log_start)
@@ -95,6 +100,8 @@ def main() -> int:
     else:
         deadlocks_pg = None
     med, worst = statistics.median(rates), min(rates)
+    print(f"cpu per burst (worker + postgres): median {statistics.median(cpu_rates):,.0f} tasks/cpu-s, "
+          f"worst {min(cpu_rates):,.0f}")
     print(f"runs={len(rates)} median={med:,.0f}/s worst={worst:,.0f}/s best={max(rates):,.0f}/s "
           f"worst/median={worst / med:.2f} stalls={stalls_total} deadlocks_in_worker_logs={deadlocks}"
           + ("" if deadlocks_pg is None else f" deadlocks_in_pg_log={deadlocks_pg}"))
@@ -123,6 +130,29 @@ def _create_db(dsn: str, name: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             c.execute(f'CREATE DATABASE "{name}"')
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pg_cpu() -> float:
+    """CPU seconds used so far by the live Postgres backends of the bench database (the worker's
+    connections live for the whole run, so the difference over a run is theirs)."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+            if not cmd.startswith(b"postgres: ") or b" bench_burst " not in cmd:
+                continue
+            total += _cpu(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _acked(q) -> int:
