@@ -263,8 +263,15 @@ impl AsyncPgQueue {
         Ok(n)
     }
 
+    /// As [`crate::PgQueue::maintain`].
     pub async fn maintain(&self) -> Result<Vec<(&'static str, i64)>> {
-        ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap)).await?)
+        let mut out = ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap)).await?)?;
+        let due = ops::bool_decode(&self.run(&ops::vacuum_due_stmt()).await?)?;
+        if due {
+            self.run(&ops::Stmt::new(ops::VACUUM_TASKS_SQL)).await?;
+        }
+        out.push(("tasks_vacuumed", due as i64));
+        Ok(out)
     }
 
     pub async fn store_result(&self, id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<()> {

@@ -287,8 +287,16 @@ impl PgQueue {
 
     /// Server-side "timer" duties (rescue expired leases everywhere, purge expired keys/results,
     /// fold counters).
+    /// `vtasks_maintain` (rescue, purges, stats folding), then a VACUUM of the task table when
+    /// autovacuum has fallen behind (`ops::VACUUM_DEAD_MIN`).
     pub fn maintain(&self) -> Result<Vec<(&'static str, i64)>> {
-        ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap))?)
+        let mut out = ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap))?)?;
+        let due = ops::bool_decode(&self.run(&ops::vacuum_due_stmt())?)?;
+        if due {
+            self.run(&ops::Stmt::new(ops::VACUUM_TASKS_SQL))?;
+        }
+        out.push(("tasks_vacuumed", due as i64));
+        Ok(out)
     }
 
     pub fn store_result(&self, id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<()> {

@@ -142,3 +142,47 @@ fn batches_keep_the_callers_order() {
     let again = q.fetch(&qs, "w", 10, None, None).unwrap().unwrap();
     assert_eq!(again.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["c", "a", "d", "b"]);
 }
+
+/// A burst leaves the task table full of dead rows long before autovacuum's next look (once a
+/// minute); maintain() vacuums it then, so the next burst's fetches do not walk them.
+#[test]
+fn maintain_vacuums_the_task_table_after_a_burst() {
+    let db = TestDb::new();
+    let mut admin = db.client();
+    // autovacuum off for this table, so only maintain() can be the one that vacuums
+    admin.batch_execute("ALTER TABLE vtasks_task SET (autovacuum_enabled = false)").unwrap();
+    let q = db.queue(cfg());
+    let qs = vec!["v".to_string()];
+    for _ in 0..12 {
+        q.enqueue("v", vec![b"x".to_vec(); 1000], EnqueueOpts::default()).unwrap();
+    }
+    loop {
+        let got = q.fetch(&qs, "w", 1000, None, None).unwrap().unwrap();
+        if got.is_empty() {
+            break;
+        }
+        q.ack("v", &pairs(&got)).unwrap();
+    }
+    let dead = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'vtasks_task'", &[]).unwrap().get(0)
+    };
+    // 24,000 dead rows (claim + ack of 12,000), reported once the backends flush their stats.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut vacuumed = false;
+    while std::time::Instant::now() < deadline {
+        let m: std::collections::HashMap<_, _> = q.maintain().unwrap().into_iter().collect();
+        if m["tasks_vacuumed"] == 1 {
+            vacuumed = true;
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(vacuumed, "maintain() never vacuumed (n_dead_tup {})", dead(&mut admin));
+    let vacuums: i64 = admin
+        .query_one("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'vtasks_task'", &[])
+        .unwrap()
+        .get(0);
+    assert!(vacuums >= 1);
+    let m: std::collections::HashMap<_, _> = q.maintain().unwrap().into_iter().collect();
+    assert_eq!(m["tasks_vacuumed"], 0, "not again while the table is clean");
+}
