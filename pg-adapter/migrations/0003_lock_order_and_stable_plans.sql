@@ -7,10 +7,9 @@
 -- statistics of that moment, and keeps it until the next ANALYZE. A plan made while the task
 -- table was nearly empty (ack: "index scan on vtasks_task_inflight by queue, then filter 17,000
 -- ids", quadratic in the ack batch) then runs against a burst of 30,000 rows: an ack took 82 s.
--- The functions below plan each call with its real arguments and the table's current size
--- (plan_cache_mode = force_custom_plan: about 0.1 ms of planning per call, which serves a whole
--- batch), and ack no longer names state = 'i' (a token is only set while in flight), so the
--- partial indexes are out of its reach and the primary key is its path.
+-- Ack now deletes row by row by primary key (the one plan whatever the statistics); fetch,
+-- rescue and maintain plan each call with its real arguments and the table's current size
+-- (plan_cache_mode = force_custom_plan: about 0.1 ms of planning per call, once per batch).
 
 -- Releases the unique keys still held by tasks that are leaving (ack, bury, delete, clear). A key
 -- row locked by someone else is being re-taken (expired) or purged: it is skipped, never waited
@@ -88,36 +87,39 @@ BEGIN
 END
 $fn$;
 
--- ACK by (id, token) pairs: locks the matching in-flight rows in id order, deletes them, releases
--- their unique keys, appends the counter delta.
+-- ACK by (id, token) pairs: deletes the matching in-flight rows one by one in id order (the lock
+-- order), releases their unique keys, appends the counter delta. One row per statement, found by
+-- the full primary key (queue, id): the only plan that does not depend on the statistics of the
+-- moment (a set-based DELETE was planned as "every row of the queue, filtered by the id list"
+-- whenever the statistics said the queue was small, which is after every burst). Sequential
+-- scans are off for this function, so even a plan made while the table was empty probes the key.
+-- No state = 'i' qual: a token is only set while a task is in flight (and the partial indexes
+-- stay out of the plan).
 CREATE OR REPLACE FUNCTION vtasks_ack(p_queue text, p_ids text[], p_tokens text[])
 RETURNS bigint LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off
 AS $fn$
 DECLARE
-    locked text[];
+    r record;
+    k text;
     keys text[];
-    n bigint;
+    key_ids text[];
+    n bigint := 0;
 BEGIN
-    SELECT array_agg(l.id) INTO locked FROM (
-        SELECT t.id FROM vtasks_task t
-          JOIN unnest(p_ids, p_tokens) AS a(id, token) ON t.id = a.id AND t.token = a.token
-         WHERE t.queue = p_queue AND t.id = ANY (p_ids)
-         ORDER BY t.id
-           FOR UPDATE OF t) l;
-    IF locked IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- A new statement (new snapshot) sees the versions just locked; nobody can change them now.
-    WITH d AS (
-        DELETE FROM vtasks_task t WHERE t.queue = p_queue AND t.id = ANY (locked)
-        RETURNING t.id, t.unique_key
-    )
-    SELECT count(*), array_agg(d.unique_key) FILTER (WHERE d.unique_key IS NOT NULL),
-           array_agg(d.id) FILTER (WHERE d.unique_key IS NOT NULL)
-      INTO n, keys, locked FROM d;
+    FOR r IN SELECT a.id, a.token FROM unnest(p_ids, p_tokens) AS a(id, token) ORDER BY a.id LOOP
+        DELETE FROM vtasks_task t
+         WHERE t.queue = p_queue AND t.id = r.id AND t.token = r.token
+        RETURNING t.unique_key INTO k;
+        IF FOUND THEN
+            n := n + 1;
+            IF k IS NOT NULL THEN
+                keys := keys || k;
+                key_ids := key_ids || r.id;
+            END IF;
+        END IF;
+    END LOOP;
     IF keys IS NOT NULL THEN
-        PERFORM vtasks_release_keys(p_queue, keys, locked);
+        PERFORM vtasks_release_keys(p_queue, keys, key_ids);
     END IF;
     IF n > 0 THEN
         INSERT INTO vtasks_stats_delta (queue, acked) VALUES (p_queue, n);
