@@ -155,8 +155,21 @@ def _pg_cpu() -> float:
     return total
 
 
+_ACKED_SQL = ("SELECT coalesce((SELECT sum(acked_total) FROM vtasks_stats WHERE queue = %(q)s), 0)"
+              " + coalesce((SELECT sum(acked) FROM vtasks_stats_delta WHERE queue = %(q)s), 0)")
+_conn = None
+
+
 def _acked(q) -> int:
-    return dict(q.info(QUEUE))["acked_total"]
+    """acked_total of INFO, read from the counter tables alone: INFO also counts the queue's rows
+    by state (about 10 ms with 30,000 rows), which at 20 polls a second would load the server
+    the run measures."""
+    global _conn
+    if _conn is None:
+        import psycopg
+
+        _conn = psycopg.connect(q_dsn(q), autocommit=True)
+    return int(_conn.execute(_ACKED_SQL, {"q": QUEUE}).fetchone()[0])
 
 
 def _count(q, sql: str) -> int:
