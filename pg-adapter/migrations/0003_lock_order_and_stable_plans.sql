@@ -221,6 +221,31 @@ BEGIN
 END
 $fn$;
 
+-- EXTEND (the worker's heartbeat): every in-flight row of p_worker, locked in id order with SKIP
+-- LOCKED (a row locked by someone else is being acked, failed or rescued and needs no longer
+-- lease, so the heartbeat never waits for an ack), then updated by TID. Returns how many.
+CREATE OR REPLACE FUNCTION vtasks_extend(p_queue text, p_worker text, p_lease_ms bigint)
+RETURNS bigint LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+DECLARE
+    tids tid[];
+    n bigint;
+BEGIN
+    SELECT array_agg(l.ctid) INTO tids FROM (
+        SELECT t.ctid FROM vtasks_task t
+         WHERE t.queue = p_queue AND t.state = 'i' AND t.worker = p_worker
+         ORDER BY t.id FOR UPDATE SKIP LOCKED) l;
+    IF tids IS NULL THEN
+        RETURN 0;
+    END IF;
+    UPDATE vtasks_task SET deadline = now() + p_lease_ms * interval '1 millisecond'
+     WHERE ctid = ANY (tids);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+
 -- RESCUE: expired leases (p_worker NULL) or every lease of p_worker, rows taken in id order with
 -- SKIP LOCKED (never waits for a task row). Returns tasks made ready; tasks that used
 -- max_attempts deliveries are dead-lettered instead (not counted).

@@ -495,16 +495,9 @@ pub fn extend_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
     if lease_ms < 1 {
         return invalid("lease_ms must be >= 1");
     }
-    // Lock order (PROTOCOL.md): rows in id order, and SKIP LOCKED: a row locked by someone else
-    // is being acked, failed or rescued right now and needs no longer lease, so the heartbeat
-    // never waits for (and never deadlocks with) an ack. A skipped lease is extended next beat.
-    Ok(Stmt::new(
-        "WITH l AS (SELECT id FROM vtasks_task WHERE queue = $1::text AND state = 'i' AND worker = $2::text \
-         ORDER BY id FOR UPDATE SKIP LOCKED), \
-         u AS (UPDATE vtasks_task t SET deadline = now() + $3::int8 * interval '1 millisecond' FROM l \
-         WHERE t.queue = $1::text AND t.id = l.id RETURNING 1) \
-         SELECT count(*)::int8 FROM u",
-    )
+    // vtasks_extend (migration 3): rows in id order with SKIP LOCKED, so the heartbeat never
+    // waits for (and never deadlocks with) an ack; PROTOCOL.md, "Lock order".
+    Ok(Stmt::new("SELECT vtasks_extend($1::text, $2::text, $3::int8)")
     .p(queue.to_string(), Type::TEXT)
     .p(worker.to_string(), Type::TEXT)
     .p(lease_ms, Type::INT8))
