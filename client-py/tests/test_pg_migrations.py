@@ -86,3 +86,16 @@ def test_install_from_release_1_upgrades_through_migrate_with_its_tasks(scratch)
     got = q.fetch(["old"], "w", 100)
     assert [g[4] for g in got] == [f"p{i}".encode() for i in range(1, 21)]
     assert q.ack("old", [(g[1], g[2]) for g in got]) == 20
+
+
+def test_pending_migrations_are_named_until_migrate(scratch):
+    from django_vtasks.postgres import schema
+
+    conn, dsn = scratch
+    names = [f"{v:04d}_{n}" for v, n, _ in _native.migrations()]
+    assert schema.pending(dsn) == names
+    with conn.cursor() as c:  # release 1: native 0001 only, no checksum column
+        c.execute(_native.migrations()[0][2])
+    assert schema.pending(dsn) == names, "a pre-checksum row is applied again"
+    _native.PgQueue(dsn, pool_size=1).migrate()
+    assert schema.pending(dsn) == []

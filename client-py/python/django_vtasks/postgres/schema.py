@@ -36,3 +36,23 @@ class ApplyNative:
 def apply_native(version: int) -> migrations.RunPython:
     """The operation of the Django migration for native migration ``version``."""
     return migrations.RunPython(ApplyNative(version), migrations.RunPython.noop)
+
+
+def pending(dsn: str) -> list[str]:
+    """Names of the native migrations the database at ``dsn`` has not applied (the system check
+    says to run ``migrate``). Raises ValueError when an applied one was edited since."""
+    import psycopg
+
+    from django_vtasks import _native
+
+    with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('vtasks_schema')").fetchone()[0] is None:
+            applied = []
+        elif conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = "
+                          "'vtasks_schema' AND column_name = 'checksum'").fetchone():
+            applied = conn.execute("SELECT version, checksum FROM vtasks_schema").fetchall()
+        else:  # written by a release before checksums
+            applied = [(v, None) for (v,) in conn.execute("SELECT version FROM vtasks_schema")]
+    versions = {v for v, _ in applied}
+    return [f"{v:04d}_{name}" for v, name, _sql, _rec in _native.migration_plan(applied)
+            if v not in versions or dict(applied)[v] is None]
