@@ -7,9 +7,12 @@
 -- statistics of that moment, and keeps it until the next ANALYZE. A plan made while the task
 -- table was nearly empty (ack: "index scan on vtasks_task_inflight by queue, then filter 17,000
 -- ids", quadratic in the ack batch) then runs against a burst of 30,000 rows: an ack took 82 s.
--- Ack now deletes row by row by primary key (the one plan whatever the statistics); fetch,
--- rescue and maintain plan each call with its real arguments and the table's current size
--- (plan_cache_mode = force_custom_plan: about 0.1 ms of planning per call, once per batch).
+-- Now no hot statement has a second plan to fall into: ack deletes row by row by primary key;
+-- fetch, extend, delete and clear lock their rows, then update or delete exactly those by TID
+-- (0001 joined the locked ids back to the table, planned as "every row of the queue x every id"
+-- on stale statistics); fetch, extend, rescue and maintain are planned per call with their real
+-- arguments and the table's current size (plan_cache_mode = force_custom_plan: about 0.1 ms of
+-- planning per call, once per batch).
 
 -- Releases the unique keys still held by tasks that are leaving (ack, bury, delete, clear). A key
 -- row locked by someone else is being re-taken (expired) or purged: it is skipped, never waited
