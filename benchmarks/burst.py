@@ -99,6 +99,11 @@ def main() -> int:
             deadlocks_pg = len(re.findall(r"deadlock detected", f.read()))
     else:
         deadlocks_pg = None
+    for c in concs:
+        mine = [r for i, r in enumerate(rates) if concs[i % len(concs)] == c]
+        if mine:
+            print(f"c={c}: median {statistics.median(mine):,.0f}/s, worst {min(mine):,.0f}/s "
+                  f"({min(mine) / statistics.median(mine):.2f}x), {len(mine)} runs")
     med, worst = statistics.median(rates), min(rates)
     print(f"cpu per burst (worker + postgres): median {statistics.median(cpu_rates):,.0f} tasks/cpu-s, "
           f"worst {min(cpu_rates):,.0f}")
