@@ -54,7 +54,7 @@ if SYSTEM == "vtasks":
     }}
 elif SYSTEM == "vtasks-pg":
     INSTALLED_APPS += ["django_vtasks", "django_vtasks.postgres"]
-    DATABASES = {"default": _pg("bench_vtasks")}
+    DATABASES = {"default": _pg(os.environ.get("BENCH_PG_DB", "bench_vtasks"))}
     TASKS = {"default": {
         "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
         "QUEUES": [],

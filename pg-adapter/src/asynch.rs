@@ -103,37 +103,23 @@ impl AsyncPgQueue {
         }
     }
 
-    /// Applies pending migrations (idempotent, serialised by a transaction-level advisory lock).
+    /// As [`crate::PgQueue::migrate`] (pending migrations in order, once each, in one transaction).
     pub async fn migrate(&self) -> Result<()> {
         let c = self.pool.get().await.map_err(|e| crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()))?;
-        let r: std::result::Result<(), tokio_postgres::Error> = async {
-            c.batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({}); {}",
-                crate::MIGRATE_LOCK,
-                crate::MIGRATE_PRELUDE
-            ))
-            .await?;
-            let mut applied = std::collections::HashSet::new();
-            for m in c.simple_query("SELECT version FROM vtasks_schema").await? {
-                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                    if let Some(v) = r.get(0) {
-                        applied.insert(v.parse::<i32>().unwrap_or(-1));
-                    }
-                }
+        let r: Result<()> = async {
+            c.batch_execute(&format!("BEGIN; {}", crate::migrate::prelude_sql())).await?;
+            let applied = crate::migrate::applied_from_simple(c.simple_query(crate::migrate::APPLIED_SQL).await?);
+            for step in crate::migrate::plan(&applied, None)? {
+                c.batch_execute(step.sql).await?;
+                c.batch_execute(&step.record).await?;
             }
-            for (v, _name, sql) in crate::MIGRATIONS {
-                if !applied.contains(v) {
-                    c.batch_execute(sql).await?;
-                }
-            }
-            c.batch_execute("COMMIT").await
+            Ok(c.batch_execute("COMMIT").await?)
         }
         .await;
-        if let Err(e) = r {
+        if r.is_err() {
             let _ = c.batch_execute("ROLLBACK").await;
-            return Err(e.into());
         }
-        Ok(())
+        r
     }
 
     pub async fn enqueue(&self, queue: &str, payloads: Vec<Vec<u8>>, opts: EnqueueOpts) -> Result<Vec<Option<String>>> {
@@ -279,8 +265,15 @@ impl AsyncPgQueue {
         Ok(n)
     }
 
+    /// As [`crate::PgQueue::maintain`].
     pub async fn maintain(&self) -> Result<Vec<(&'static str, i64)>> {
-        ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap)).await?)
+        let mut out = ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap)).await?)?;
+        let due = ops::bool_decode(&self.run(&ops::vacuum_due_stmt()).await?)?;
+        if due {
+            self.run(&ops::Stmt::new(ops::VACUUM_TASKS_SQL)).await?;
+        }
+        out.push(("tasks_vacuumed", due as i64));
+        Ok(out)
     }
 
     pub async fn store_result(&self, id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<()> {

@@ -6,6 +6,7 @@
 //! works behind PgBouncer in transaction pooling mode (with `notify: false`, since LISTEN needs a
 //! session). LISTEN/NOTIFY only shortens waits; blocked fetches always poll as well.
 
+pub mod migrate;
 pub mod ops;
 mod connect;
 mod sync;
@@ -18,18 +19,17 @@ pub use ops::{
 pub use connect::DEFAULT_CONNECT_TIMEOUT;
 pub use sync::PgQueue;
 
-/// Versioned schema migrations: (version, name, sql). The single source of truth of the schema;
-/// each script is idempotent, transactional and records itself in `vtasks_schema`.
+/// Versioned schema migrations: (version, name, sql), one per file of `migrations/`, in order. The
+/// single source of truth of the schema; a shipped file is never edited (see [`migrate`]).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "enqueue_ack_functions", include_str!("../migrations/0002_enqueue_ack_functions.sql")),
+    (3, "lock_order_and_stable_plans", include_str!("../migrations/0003_lock_order_and_stable_plans.sql")),
 ];
 
 /// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.
 pub(crate) const MIGRATE_LOCK: i64 = 0x7674_6173_6b73; // "vtasks"
 
-pub(crate) const MIGRATE_PRELUDE: &str = "CREATE TABLE IF NOT EXISTS vtasks_schema (\
-    version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
 
 #[derive(Debug)]
 pub enum Error {

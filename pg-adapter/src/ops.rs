@@ -188,8 +188,15 @@ pub const INFO_FIELDS: [&str; 13] = [
 ];
 
 /// Field names of `maintain()`.
-pub const MAINTAIN_FIELDS: [&str; 6] =
-    ["rescued", "expired_queues", "uniques_purged", "results_purged", "ticks_purged", "stats_folded"];
+pub const MAINTAIN_FIELDS: [&str; 7] = [
+    "rescued",
+    "expired_queues",
+    "uniques_purged",
+    "results_purged",
+    "ticks_purged",
+    "stats_folded",
+    "tasks_vacuumed",
+];
 
 pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::Invalid(msg.into()))
@@ -497,11 +504,9 @@ pub fn extend_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
     if lease_ms < 1 {
         return invalid("lease_ms must be >= 1");
     }
-    Ok(Stmt::new(
-        "WITH u AS (UPDATE vtasks_task SET deadline = now() + $3::int8 * interval '1 millisecond' \
-         WHERE queue = $1::text AND state = 'i' AND worker = $2::text RETURNING 1) \
-         SELECT count(*)::int8 FROM u",
-    )
+    // vtasks_extend (migration 3): rows in id order with SKIP LOCKED, so the heartbeat never
+    // waits for (and never deadlocks with) an ack; PROTOCOL.md, "Lock order".
+    Ok(Stmt::new("SELECT vtasks_extend($1::text, $2::text, $3::int8)")
     .p(queue.to_string(), Type::TEXT)
     .p(worker.to_string(), Type::TEXT)
     .p(lease_ms, Type::INT8))
@@ -864,13 +869,47 @@ pub fn maintain_stmt(cap: i32) -> Stmt {
     .p(cap, Type::INT4)
 }
 
+/// The fields of `vtasks_maintain` (all of `MAINTAIN_FIELDS` but the last, `tasks_vacuumed`,
+/// which the client adds after `vacuum_due_stmt`).
 pub fn maintain_decode(rows: &[Row]) -> Result<Vec<(&'static str, i64)>> {
     let r = rows.first().ok_or_else(|| Error::Invalid("maintain returned no row".into()))?;
     let mut out = Vec::new();
-    for (i, f) in MAINTAIN_FIELDS.iter().enumerate() {
+    for (i, f) in MAINTAIN_FIELDS[..MAINTAIN_FIELDS.len() - 1].iter().enumerate() {
         out.push((*f, r.try_get::<_, Option<i64>>(i)?.unwrap_or(0)));
     }
     Ok(out)
+}
+
+/// `maintain()` vacuums `vtasks_task` itself once its dead rows exceed `VACUUM_DEAD_MIN` plus
+/// `VACUUM_DEAD_PER_LIVE` of its live rows. Autovacuum looks at a database once a minute
+/// (`autovacuum_naptime`): bursts of 30,000 tasks leave 60,000 dead rows in seconds (claim and
+/// ack), every fetch then walks the ready index through them, and measured Postgres CPU per burst
+/// grew 2.3 s, 3.7 s, 7.8 s, 20 s over four consecutive bursts; one VACUUM (0.4 s) brought it back
+/// to 2.1 s. Next to a backlog of 970,000 rows, 162,000 dead rows made fetch+ack 1.4x slower
+/// (p50 2.8 -> 4.0 ms): the proportional part keeps a big backlog from being vacuumed over and over.
+pub const VACUUM_DEAD_MIN: i64 = 20_000;
+pub const VACUUM_DEAD_PER_LIVE: f64 = 0.2;
+
+/// One row: whether `vtasks_task` needs the VACUUM of `VACUUM_TASKS_SQL` now (statistics of the
+/// cumulative stats system: cheap, and a few seconds behind at most).
+pub fn vacuum_due_stmt() -> Stmt {
+    Stmt::new(
+        "SELECT coalesce((SELECT n_dead_tup > $1::int8 + $2::float8 * n_live_tup FROM pg_stat_user_tables \
+         WHERE relid = 'vtasks_task'::regclass), false)",
+    )
+    .p(VACUUM_DEAD_MIN, Type::INT8)
+    .p(VACUUM_DEAD_PER_LIVE, Type::FLOAT8)
+}
+
+/// Skips (no wait) when another VACUUM holds the table; a role that does not own the table gets a
+/// warning and nothing is done (autovacuum still runs).
+pub const VACUUM_TASKS_SQL: &str = "VACUUM (SKIP_LOCKED) vtasks_task";
+
+pub fn bool_decode(rows: &[Row]) -> Result<bool> {
+    match rows.first() {
+        Some(r) => Ok(r.try_get::<_, Option<bool>>(0)?.unwrap_or(false)),
+        None => Ok(false),
+    }
 }
 
 pub fn store_result_stmt(id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<Stmt> {

@@ -175,24 +175,17 @@ impl PgQueue {
         }
     }
 
-    /// Applies pending migrations (idempotent; concurrent callers serialise on a transaction-level
-    /// advisory lock, so this is safe behind PgBouncer too).
+    /// Applies pending migrations in order, once each, in one transaction (`migrate::plan`: an
+    /// edited shipped migration is refused); concurrent callers serialise on a transaction-level
+    /// advisory lock, so this is safe behind PgBouncer too.
     pub fn migrate(&self) -> Result<()> {
         let mut c = self.checkout()?;
         let mut tx = c.transaction()?;
-        tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({}); {}", crate::MIGRATE_LOCK, crate::MIGRATE_PRELUDE))?;
-        let mut applied = std::collections::HashSet::new();
-        for m in tx.simple_query("SELECT version FROM vtasks_schema")? {
-            if let postgres::SimpleQueryMessage::Row(r) = m {
-                if let Some(v) = r.get(0) {
-                    applied.insert(v.parse::<i32>().unwrap_or(-1));
-                }
-            }
-        }
-        for (v, _name, sql) in crate::MIGRATIONS {
-            if !applied.contains(v) {
-                tx.batch_execute(sql)?;
-            }
+        tx.batch_execute(&crate::migrate::prelude_sql())?;
+        let applied = crate::migrate::applied_from_simple(tx.simple_query(crate::migrate::APPLIED_SQL)?);
+        for step in crate::migrate::plan(&applied, None)? {
+            tx.batch_execute(step.sql)?;
+            tx.batch_execute(&step.record)?;
         }
         tx.commit()?;
         Ok(())
@@ -353,8 +346,16 @@ impl PgQueue {
 
     /// Server-side "timer" duties (rescue expired leases everywhere, purge expired keys/results,
     /// fold counters).
+    /// `vtasks_maintain` (rescue, purges, stats folding), then a VACUUM of the task table when
+    /// autovacuum has fallen behind (`ops::VACUUM_DEAD_MIN`).
     pub fn maintain(&self) -> Result<Vec<(&'static str, i64)>> {
-        ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap))?)
+        let mut out = ops::maintain_decode(&self.run(&ops::maintain_stmt(self.cfg.dlq_cap))?)?;
+        let due = ops::bool_decode(&self.run(&ops::vacuum_due_stmt())?)?;
+        if due {
+            self.run(&ops::Stmt::new(ops::VACUUM_TASKS_SQL))?;
+        }
+        out.push(("tasks_vacuumed", due as i64));
+        Ok(out)
     }
 
     pub fn store_result(&self, id: &str, data: Vec<u8>, ttl_ms: i64) -> Result<()> {

@@ -202,7 +202,6 @@ fn inflate(frame: &[u8], cap: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// (version, name, sql) of every schema migration.
 /// Checks a cron expression as both backends read it (`vtasks-protocol`): ValueError with the
 /// reason if it does not parse or never fires.
 #[pyfunction]
@@ -218,9 +217,26 @@ fn cron_next(expr: &str, after_ms: i64) -> PyResult<i64> {
     c.next_after(after_ms).ok_or_else(|| PyValueError::new_err(format!("cron expression {expr:?} never fires")))
 }
 
+/// (version, name, sql) of every schema migration.
 #[pyfunction]
 fn migrations() -> Vec<(i32, String, String)> {
     vtasks_pg::MIGRATIONS.iter().map(|(v, n, s)| (*v, n.to_string(), s.to_string())).collect()
+}
+
+/// (prelude_sql, applied_sql) of a migration run (vtasks_pg::migrate): the Django migrations run
+/// them, and then `migration_plan`'s steps, on Django's connection inside its transaction.
+#[pyfunction]
+fn migration_sql() -> (String, &'static str) {
+    (vtasks_pg::migrate::prelude_sql(), vtasks_pg::migrate::APPLIED_SQL)
+}
+
+/// The migrations to apply, as (version, name, sql, record_sql), given the rows of the applied
+/// query; ValueError when a shipped migration was edited after it was applied.
+#[pyfunction]
+#[pyo3(signature = (applied, upto = None))]
+fn migration_plan(applied: Vec<(i32, Option<String>)>, upto: Option<i32>) -> PyResult<Vec<(i32, String, String, String)>> {
+    let steps = vtasks_pg::migrate::plan(&applied, upto).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(steps.into_iter().map(|s| (s.version, s.name.to_string(), s.sql.to_string(), s.record)).collect())
 }
 
 // -------------------------------------------------------------------------------------- PgQueue
@@ -675,6 +691,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(migrations, m)?)?;
     m.add_function(wrap_pyfunction!(cron_check, m)?)?;
     m.add_function(wrap_pyfunction!(cron_next, m)?)?;
+    m.add_function(wrap_pyfunction!(migration_sql, m)?)?;
+    m.add_function(wrap_pyfunction!(migration_plan, m)?)?;
     m.add_class::<PgQueue>()?;
     m.add_class::<AsyncPgQueue>()?;
     m.add("PgError", m.py().get_type::<PgError>())?;

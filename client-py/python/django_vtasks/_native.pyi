@@ -6,8 +6,9 @@ Keep in step with lib.rs: a method added there is added here (mypy reads only th
 import asyncio
 from typing import Any, TypedDict, final
 
-__all__ = ["encode_payload", "decode_payload", "migrations", "PgQueue", "AsyncPgQueue", "PgError",
-           "DEFAULT_COMPRESS_THRESHOLD", "_drain"]
+__all__ = ["encode_payload", "decode_payload", "decode_payload_prefix", "migrations",
+           "migration_sql", "migration_plan", "cron_check", "cron_next", "PgQueue", "AsyncPgQueue",
+           "PgError", "DEFAULT_COMPRESS_THRESHOLD", "_drain"]
 
 DEFAULT_COMPRESS_THRESHOLD: int
 
@@ -15,8 +16,21 @@ class PgError(RuntimeError):
     """An error from Postgres or its connection pool."""
 
 def encode_payload(data: bytes, threshold: int = 1024) -> bytes: ...
-def decode_payload(data: bytes) -> bytes: ...
-def migrations() -> list[tuple[int, str, str]]: ...
+def decode_payload(data: bytes, max_size: int = ...) -> bytes:
+    """Inflates a payload; ValueError when it would decode to more than ``max_size`` bytes."""
+def decode_payload_prefix(data: bytes, limit: int) -> bytes:
+    """The first ``limit`` bytes decode_payload would return (previews; never errors on size)."""
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every schema migration."""
+def migration_sql() -> tuple[str, str]:
+    """(prelude_sql, applied_sql) of a migration run, for Django's migrations."""
+def migration_plan(applied: list[tuple[int, str | None]],
+                   upto: int | None = None) -> list[tuple[int, str, str, str]]:
+    """(version, name, sql, record_sql) to apply; ValueError when a shipped migration was edited."""
+def cron_check(expr: str) -> None:
+    """ValueError with the reason when ``expr`` does not parse or never fires."""
+def cron_next(expr: str, after_ms: int) -> int:
+    """The first tick of ``expr`` strictly after ``after_ms`` (unix ms, UTC)."""
 def _drain() -> None:
     """atexit hook: no tokio completion enters Python any more (registered on import)."""
 

@@ -71,15 +71,19 @@ fn with_db(dsn: &str, db: &str) -> String {
 
 impl TestDb {
     pub fn new() -> Self {
+        let db = Self::bare();
+        db.queue(Config::default()).migrate().expect("migrate");
+        db
+    }
+
+    /// A fresh, empty database (no schema).
+    pub fn bare() -> Self {
         let cluster = cluster();
         let name = format!("vt_{}", uniq());
         let mut c = postgres::Client::connect(&cluster.dsn, postgres::NoTls).expect("connect admin");
         c.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
         let dsn = with_db(&cluster.dsn, &name);
-        let db = TestDb { dsn, name, admin: cluster.dsn.clone(), _cluster: cluster };
-        let q = db.queue(Config::default());
-        q.migrate().expect("migrate");
-        db
+        TestDb { dsn, name, admin: cluster.dsn.clone(), _cluster: cluster }
     }
 
     pub fn queue(&self, cfg: Config) -> PgQueue {

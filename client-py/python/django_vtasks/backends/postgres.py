@@ -472,4 +472,19 @@ class PostgresTaskBackend(VTasksBackend):
                 f"Task backend {self.alias!r}: {e}",
                 hint="Is Postgres running, and has `manage.py migrate` run?",
                 obj=self, id="django_vtasks.W012"))
+            return errors
+        from django_vtasks.postgres import schema
+
+        try:
+            missing = schema.pending(self.dsn)
+        except Exception as e:  # an edited migration, or the probe failed: say so, do not crash
+            missing, problem = [], str(e)
+        else:
+            problem = ""
+        if missing or problem:
+            errors.append(checks.Warning(
+                f"Task backend {self.alias!r}: " + (problem or (
+                    f"the queue schema lacks {len(missing)} migration(s) ({', '.join(missing)})")),
+                hint="Run `manage.py migrate`: workers of this release use what they add.",
+                obj=self, id="django_vtasks.W013"))
         return errors

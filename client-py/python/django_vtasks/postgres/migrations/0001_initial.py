@@ -1,20 +1,12 @@
-"""Creates the queue schema: the SQL of the native extension (`_native.migrations()`), the single
-source of schema truth shared with the workers' pg-adapter."""
+"""Native migration 0001_initial (pg-adapter/migrations): the queue schema. See
+django_vtasks.postgres.schema for how each native migration reaches the database."""
 
 from django.db import migrations
 
-
-def apply_native(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    from django_vtasks import _native
-
-    with schema_editor.connection.cursor() as cursor:
-        for _version, _name, sql in sorted(_native.migrations()):
-            cursor.execute(sql)
+from django_vtasks.postgres.schema import apply_native
 
 
 class Migration(migrations.Migration):
     initial = True
     dependencies = []
-    operations = [migrations.RunPython(apply_native, migrations.RunPython.noop)]
+    operations = [apply_native(1)]
