@@ -97,12 +97,13 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
                 # sometimes cannot capture ("Unable to capture screenshot"); retry, then note it
                 for attempt in range(3):
                     try:
-                        page.screenshot(path=str(shots / f"{label}.png"), full_page=True)
+                        page.screenshot(path=str(shots / f"{label}.png"))
                         return
                     except Exception as e:  # playwright's Error
-                        if attempt == 2:
-                            print(f"screenshot {label} not taken: {e}")
-                        page.wait_for_timeout(500)
+                        print(f"screenshot {label} not taken (attempt {attempt + 1}): {e}")
+                        if page.is_closed():
+                            return  # the next step reports what closed it
+                        time.sleep(0.5)
 
             page.goto(f"{base}/admin/login/?next=/admin/")
             page.fill("#id_username", name)

@@ -45,8 +45,12 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     results = [t.enqueue(out, str(gate), i) for i in range(4)]
     wait_for(lambda: inflight_by_worker(broker, queue) == {ids[0]: 2, ids[1]: 2}, timeout=60,
              message=f"both children to hold 2 tasks ({inflight_by_worker(broker, queue)})")
-    held = {line.split()[1] for line in read_lines(out) if line.endswith(ids[0])}
-    assert len(held) == 2
+    # a fetched task writes its line once its body starts (a moment after the broker's lease)
+    def started_by_child0():
+        held = {line.split()[1] for line in read_lines(out) if line.endswith(ids[0])}
+        return held if len(held) == 2 else None
+
+    held = wait_for(started_by_child0, timeout=30, message="child 0's two tasks to start")
 
     # SIGKILL child 0: restarted with the same id, it rescues its 2 tasks and runs them again
     old = child_pid(sup.output(), ids[0])
