@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod codec;
 pub mod commands;
 pub mod dead;
+pub mod digest;
 pub mod queue;
 pub mod server;
 pub mod timers;
@@ -297,6 +298,10 @@ unsafe extern "C" fn aof_rewrite(io: *mut raw::RedisModuleIO, key: *mut raw::Red
     });
 }
 
+unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    let _ = guard(std::ptr::null_mut(), "digest", || digest::digest_queue(md, &(*(value as *const QueueBox)).0));
+}
+
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
     guard(std::ptr::null_mut(), "mem_usage", || (*(value as *const QueueBox)).0.mem_usage()).unwrap_or(0)
 }
@@ -545,6 +550,7 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     tm.rdb_load = Some(rdb_load);
     tm.rdb_save = Some(rdb_save);
     tm.aof_rewrite = Some(aof_rewrite);
+    tm.digest = Some(digest);
     tm.mem_usage = Some(mem_usage);
     tm.free = Some(free_value);
     tm.free_effort = Some(free_effort);
@@ -608,7 +614,13 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
 
     if let Some(f) = raw::RedisModule_SetModuleOptions {
         // keys are signalled as modified only when a queue really changed (server::key_modified)
-        f(ctx, (raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED) as c_int);
+        // Atomic slot migration (Valkey 9 `CLUSTER MIGRATESLOTS`): see `slots`.
+        f(
+            ctx,
+            (raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS
+                | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED
+                | raw::VALKEYMODULE_OPTIONS_HANDLE_ATOMIC_SLOT_MIGRATION) as c_int,
+        );
     }
     timers::kick(ctx);
     Ok(())
