@@ -21,7 +21,16 @@ pub mod fuzzing {
     /// Validates one VT.* argument vector (argv[0] = command name) as the handler does before it
     /// touches a key. `Err` carries the `ERR ...` reply.
     pub fn parse_command(argv: &[&[u8]]) -> Result<(), String> {
-        crate::commands::parse_command(argv)
+        crate::commands::parse_command(argv)?;
+        let mut name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        if name == "vt.schedule" {
+            name = format!("vt.schedule|{}", String::from_utf8_lossy(argv[1]).to_ascii_lowercase());
+        }
+        let row = crate::COMMANDS.iter().find(|c| c.name == name);
+        crate::check_queue_names(row, argv).map_err(|r| match r {
+            crate::server::Reply::Error(e) => e,
+            _ => "ERR".into(),
+        })
     }
 
     /// Decodes a queue value written by [`encode_queue`] (the byte-slice form of what `rdb_load`
@@ -144,6 +153,7 @@ pub mod fuzzing {
                 &[b"VT.ACK", b"q", b"id", b"tok"],
                 &[b"VT.GET", b"q", b"id"],
                 &[b"VT.GET", b"q", b"unique", b"key"],
+                &[b"VT.INFO", &[b'q'; 1024]],
             ];
             for a in ok {
                 assert_eq!(parse_command(a), Ok(()), "{a:?}");
@@ -154,6 +164,10 @@ pub mod fuzzing {
                 &[b"VT.SCHEDULE", b"SET", b"q", b"n", b"CRON", b"0 0 30 2 *", b"PAYLOAD", b"p"],
                 &[b"VT.NOPE"],
                 &[b"VT.GET", b"q", b"a", b"b"],
+                &[b"VT.INFO", b""],
+                &[b"VT.ENQUEUE", &[b'q'; 1025], b"PAYLOAD", b"x"],
+                &[b"VT.FETCHBATCH", b"2", b"q", &[b'q'; 1025], b"WORKER", b"w"],
+                &[b"VT.SCHEDULE", b"LIST", &[b'q'; 1025]],
                 &[],
             ];
             for a in bad {
@@ -178,10 +192,11 @@ pub const TYPE_NAME: &str = "vtasks-qu";
 
 type Handler = fn(Ctx, &[RStr], &[&[u8]]) -> Result<Reply, Reply>;
 
-unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler) -> c_int {
+unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler, this: CmdFn) -> c_int {
     let r = guard(ctx, name, || {
         let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
+        check_queue_names(row_of(this), &a)?;
         f(ctx, av, &a)
     });
     match r {
@@ -194,7 +209,7 @@ unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler) ->
 macro_rules! trampoline {
     ($tname:ident, $f:path, $label:expr) => {
         unsafe extern "C" fn $tname(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_int {
-            run(ctx, argv, argc, $label, $f)
+            run(ctx, argv, argc, $label, $f, $tname)
         }
     };
 }
@@ -236,6 +251,7 @@ unsafe extern "C" fn t_fetchbatch(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_i
     let r = guard(ctx, "VT.FETCHBATCH", || {
         let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
+        check_queue_names(row_of(t_fetchbatch), &a)?;
         commands::fetchbatch(ctx, av, &a)
     });
     match r {
@@ -446,6 +462,28 @@ const COMMANDS: &[Command] = &[
     // Allocator self-test: refused unless `enable-debug-command` allows the caller (like DEBUG).
     Command { name: "vt._aligncheck", handler: t_align, flags: "readonly admin", keys: Keys::None, arity: 0, acl: "slow admin dangerous" },
 ];
+
+/// The row of [`COMMANDS`] whose handler is `f`.
+fn row_of(f: CmdFn) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.handler as usize == f as usize)
+}
+
+/// Applies the queue-name rule to every queue argument of a client command, at the key positions
+/// the row declares. Internal commands (`vt._*`) replay what a primary or the AOF already holds
+/// and are exempt; a missing argument is left to the handler's arity check.
+fn check_queue_names(row: Option<&Command>, a: &[&[u8]]) -> Result<(), Reply> {
+    let Some(row) = row.filter(|r| !r.name.starts_with("vt._")) else {
+        return Ok(());
+    };
+    match row.keys {
+        Keys::None => Ok(()),
+        Keys::At(pos, _) => a.get(pos as usize).map_or(Ok(()), |q| commands::check_queue_name(q)),
+        Keys::Counted(_) => {
+            let n = a.get(1).and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok()).unwrap_or(0);
+            a.iter().skip(2).take(n).try_for_each(|q| commands::check_queue_name(q))
+        }
+    }
+}
 
 /// Registers one row of [`COMMANDS`]: the command (or subcommand, creating its container on first
 /// use), its key spec and its ACL categories.
