@@ -11,6 +11,7 @@ pub mod dead;
 pub mod digest;
 pub mod queue;
 pub mod server;
+pub mod slots;
 pub mod timers;
 
 /// Pure entry points for fuzzing (tests/gauntlet/fuzz): no server needed, never panic.
@@ -648,6 +649,8 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     sub(ctx, ev(raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED), Some(timers::on_role));
     sub(ctx, ev(raw::REDISMODULE_EVENT_FLUSHDB), Some(timers::on_flush));
     sub(ctx, ev(raw::REDISMODULE_EVENT_SWAPDB), Some(timers::on_swapdb));
+    // Valkey 9 only (an older server has no such event: the call fails, nothing to do then)
+    sub(ctx, ev(slots::EVENT_ATOMIC_SLOT_MIGRATION), Some(slots::on_slot_migration));
     raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, raw::REDISMODULE_NOTIFY_GENERIC, Some(timers::on_keyspace));
 
     if let Some(f) = raw::RedisModule_SetModuleOptions {
