@@ -12,7 +12,7 @@
 //!   schedule tick would fire twice, a lease the source still tracks would be rescued. Keys of a
 //!   slot being imported stay in the timer registry without a due time ([`importing`]); when the
 //!   import completes they are all due at once, so the target takes over promotions, rescues and
-//!   ticks at once. An aborted import is deleted by the server (the timer drops those keys).
+//!   ticks at once. An aborted import is deleted by the server, and its keys leave the registry.
 //! - When an export completes the server deletes the moved keys on the source; the source's
 //!   registry forgets them (no leftovers). Fetchers blocked on the source for a moved key are
 //!   redirected by the server (`-MOVED`), like any client blocked on a key.
@@ -110,7 +110,11 @@ pub unsafe extern "C" fn on_slot_migration(ctx: *mut raw::RedisModuleCtx, _e: ra
         };
         match sub {
             IMPORT_STARTED => lock().push((job, ranges)),
-            IMPORT_ABORTED => lock().retain(|(j, _)| *j != job),
+            IMPORT_ABORTED => {
+                // the server has deleted what was imported (or will, on a replica)
+                lock().retain(|(j, _)| *j != job);
+                crate::timers::forget_keys(|key| in_ranges(key_slot(key), &ranges));
+            }
             IMPORT_COMPLETED => {
                 lock().retain(|(j, _)| *j != job);
                 // the queues are ours now: everything they hold may be due

@@ -38,6 +38,27 @@ def make_cluster(server_factory, n=3, *args):
     return nodes
 
 
+def add_replica(server_factory, nodes, primary):
+    """A 4th node, replica of `primary`, link up."""
+    rep = server_factory("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-node-timeout", "3000", "--cluster-port", str(free_port()), name="rep")
+    c0 = nodes[0].client()
+    c0.execute_command("CLUSTER", "MEET", "127.0.0.1", rep.port,
+                       int(rep.client().config_get("cluster-port")["cluster-port"]))
+    pid = primary.client().execute_command("CLUSTER", "MYID").decode()
+    wait_until(lambda: pid.encode() in rep.client().execute_command("CLUSTER", "NODES"), timeout=30,
+               msg="replica knows the primary")
+    rep.client().execute_command("CLUSTER", "REPLICATE", pid)
+    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up", timeout=30,
+               msg="replica link up")
+    return rep
+
+
+def registry_keys(c) -> int:
+    """Queue keys the node's timer registry holds (INFO vtasks)."""
+    return next(v for k, v in c.info("vtasks").items() if k.endswith("registry_keys"))
+
+
 def queue_on(node, prefix="vt:{m") -> str:
     """A queue name whose slot `node` serves."""
     c = node.client()
@@ -94,6 +115,7 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     the same as the source's last one."""
     nodes = make_cluster(server_factory)
     src, dst = nodes[0], nodes[1]
+    rep = add_replica(server_factory, nodes, dst)
     q = queue_on(src)
     c = src.client()
     c.execute_command("VT.ENQUEUE", q, "ENTRIES", *[x for i in range(40) for x in (f"r{i}", "x" * 32)])
@@ -121,15 +143,22 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     finally:
         c.execute_command("CLIENT", "UNPAUSE")
     d = dst.client()
-    got = snapshot(d, q)
-    assert got["info"] == want["info"]
-    assert got == want
+    assert snapshot(d, q) == want
     assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want_digest
     assert want["info"]["rescued_total"] == 7 and want["info"]["dead"] == 3
-    assert c.execute_command("DBSIZE") == 0  # the source dropped the moved key
+    # the target's replica got the same value through the target's replication stream
+    off = d.info("replication")["master_repl_offset"]
+    rc = rep.client()
+    wait_until(lambda: rc.info("replication").get("slave_repl_offset", -1) >= off, timeout=20,
+               msg="target's replica in sync")
+    assert rc.execute_command("DEBUG", "DIGEST-VALUE", q) == want_digest
+    # the source dropped the moved key, and its timer registry forgot it; the target knows it
+    assert c.execute_command("DBSIZE") == 0
+    assert registry_keys(c) == 0
+    assert registry_keys(d) == 1
     with pytest.raises(valkey.exceptions.ResponseError, match="MOVED"):
         c.execute_command("VT.INFO", q)
-    assert_alive(*nodes)
+    assert_alive(*nodes, rep)
 
 
 def test_target_takes_over_the_timers(server_factory):
