@@ -46,8 +46,13 @@ struct MigrationInfo {
     num_slot_ranges: u32,
 }
 
-/// Imports in progress: job name -> inclusive slot ranges.
-static IMPORTS: Mutex<Vec<(Vec<u8>, Vec<(u16, u16)>)>> = Mutex::new(Vec::new());
+/// Inclusive slot ranges.
+type Ranges = Vec<(u16, u16)>;
+/// A migration job: its name and its slots.
+type Job = (Vec<u8>, Ranges);
+
+/// Imports in progress.
+static IMPORTS: Mutex<Vec<Job>> = Mutex::new(Vec::new());
 
 /// The cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the bytes between the first
 /// `{` and the next `}` when not empty), else of the whole key, modulo 16384.
@@ -71,7 +76,7 @@ fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Vec<(Vec<u8>, Vec<(u16, u16)>)>> {
+fn lock() -> std::sync::MutexGuard<'static, Vec<Job>> {
     IMPORTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -88,7 +93,7 @@ pub fn importing(key: &[u8]) -> bool {
     }
 }
 
-unsafe fn read_info(data: *mut c_void) -> Option<(Vec<u8>, Vec<(u16, u16)>)> {
+unsafe fn read_info(data: *mut c_void) -> Option<Job> {
     if data.is_null() {
         return None;
     }
@@ -103,7 +108,16 @@ unsafe fn read_info(data: *mut c_void) -> Option<(Vec<u8>, Vec<(u16, u16)>)> {
     Some((name, ranges))
 }
 
-pub unsafe extern "C" fn on_slot_migration(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+/// The server's `ATOMIC_SLOT_MIGRATION` event.
+///
+/// # Safety
+/// Called by the server only, with the event's data (`ValkeyModuleAtomicSlotMigrationInfoV1`).
+pub unsafe extern "C" fn on_slot_migration(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut c_void,
+) {
     let _ = guard(ctx, "slot migration event", || {
         let Some((job, ranges)) = read_info(data) else {
             return;
