@@ -109,7 +109,8 @@ pub const CTX_FLAGS_SLOT_EXPORT_CLIENT: u32 = 1 << 26;
 /// True when the running command was not sent by a client but replays effects the server must
 /// obey: the replication stream, the AOF, or the stream of a slot being imported.
 pub fn from_effect_stream(ctx: Ctx) -> bool {
-    let from = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING | CTX_FLAGS_SLOT_IMPORT_CLIENT;
+    let from =
+        raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING | CTX_FLAGS_SLOT_IMPORT_CLIENT;
     ctx_flags(ctx) & from != 0
 }
 
