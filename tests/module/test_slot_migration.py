@@ -221,3 +221,44 @@ def test_migration_under_load_loses_and_doubles_nothing(server_factory):
     load.check(final)
     assert load.errors.get("MOVED", 0) >= 1  # the load really crossed the handover
     assert_alive(*nodes)
+
+
+def vtasks_info(c, field) -> int:
+    return next(v for k, v in c.info("vtasks").items() if k.endswith(field))
+
+
+def test_cancelled_migration_leaves_the_source_in_charge_then_a_retry_moves_it(server_factory):
+    """A migration cancelled while streaming: the source keeps the queue and its timers, the
+    target drops its partial copy and every timer entry for it (the queue holds only ready
+    tasks, so no due time would ever make the timer look at it again), and its own queues keep
+    their timers. Migrating again then works, and the target's timers take over."""
+    nodes = make_cluster(server_factory)
+    src, dst = nodes[2], nodes[0]
+    q = queue_on(src)
+    c, d = src.client(), dst.client()
+    c.execute_command("VT.ENQUEUE", q, "ENTRIES", *[x for i in range(20) for x in (f"r{i}", "x")])
+    own = queue_on(dst, prefix="vt:{own")  # a queue the target owns all along
+    d.execute_command("VT.ENQUEUE", own, "DELAY", 1500, "ID", "later", "PAYLOAD", "x")
+    migrate(src, dst, q, hold=True)
+    wait_until(lambda: vtasks_info(d, "queues") == 2 and registry_keys(d) == 2, timeout=10,
+               msg="snapshot applied on the target")
+    assert c.execute_command("CLUSTER", "CANCELSLOTMIGRATIONS") == b"OK"
+    wait_until(lambda: migration(c).get("state") == "cancelled", timeout=10, msg="cancelled")
+    wait_until(lambda: vtasks_info(d, "queues") == 1, timeout=10, msg="the target dropped its partial copy")
+    assert d.execute_command("DBSIZE") == 1
+    assert registry_keys(d) == 1
+    # the target's own queue kept its timer: its delayed task falls due
+    wait_until(lambda: info(d, own)["ready"] == 1, timeout=10, msg="the target's own queue promoted")
+    release(src)
+    # the source is still in charge: its timer fires a schedule on the queue
+    c.execute_command("VT.SCHEDULE", "SET", q, "tick", "EVERY", 100, "PAYLOAD", "t")
+    wait_until(lambda: info(c, q)["enqueued_total"] >= 23, timeout=10, msg="source ticks")
+    # a retry moves it; the target's timers take over (the cancelled import left no trace)
+    c.execute_command("VT.ENQUEUE", q, "DELAY", 800, "ID", "late", "PAYLOAD", "x")
+    migrate(src, dst, q)
+    finished(src, dst, q)
+    n = info(d, q)["enqueued_total"]
+    wait_until(lambda: (i := info(d, q))["delayed"] == 0 and i["enqueued_total"] >= n + 3, timeout=10,
+               msg="the target promotes and ticks")
+    assert registry_keys(c) == 0
+    assert_alive(*nodes)
