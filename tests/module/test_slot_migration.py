@@ -163,8 +163,9 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
 
 def test_target_takes_over_the_timers(server_factory):
     """Once it owns the slot the target arms the timers of the queues it imported: a delayed
-    task falls due, a lease expires and a schedule ticks, with no client touching the queue."""
-    nodes = make_cluster(server_factory)
+    task falls due, a lease expires and a schedule ticks, with no client touching the queue.
+    With AOF on, the target's AOF holds the imported queue: a reload from it gives the same value."""
+    nodes = make_cluster(server_factory, 3, "--appendonly", "yes", "--aof-use-rdb-preamble", "no")
     src, dst = nodes[0], nodes[2]
     q = queue_on(src)
     c = src.client()
@@ -178,6 +179,10 @@ def test_target_takes_over_the_timers(server_factory):
     wait_until(lambda: (i := info(d, q))["delayed"] == 0 and i["rescued_total"] == 1
                and i["enqueued_total"] >= 4, timeout=15, msg="timers on the target")
     assert info(d, q)["inflight"] == 0
+    d.execute_command("VT.SCHEDULE", "DEL", q, "tick")
+    want = d.execute_command("DEBUG", "DIGEST-VALUE", q)
+    d.execute_command("DEBUG", "LOADAOF")
+    assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want
     assert_alive(*nodes)
 
 
