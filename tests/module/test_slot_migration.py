@@ -107,6 +107,19 @@ def finished(source, target, q):
                timeout=10, msg="target owns the queue")
 
 
+class Blocked(threading.Thread):
+    def __init__(self, server, q):
+        super().__init__(daemon=True)
+        self.c, self.q = server.client(socket_timeout=30), q
+        self.reply, self.error = "unset", None
+
+    def run(self):
+        try:
+            self.reply = fetch(self.c, self.q, count=1, block=0)  # forever
+        except Exception as e:  # noqa: BLE001
+            self.error = e
+
+
 def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory):
     """Snapshot + streamed effects: while the source keeps streaming (its pause held off), its
     timer promotes delayed tasks, rescues expired leases and fires a 50 ms schedule; the target
@@ -127,6 +140,15 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     before = info(c, q)
 
     migrate(src, dst, q, hold=True)
+    # a fetcher blocked on another queue of the slot is served by a wake-up (not a command)
+    q2 = q + "b"
+    waiter = Blocked(src, q2)
+    waiter.start()
+    wait_until(lambda: c.info("clients")["blocked_clients"] == 1, msg="fetcher blocked")
+    c.execute_command("VT.ENQUEUE", q2, "ID", "w1", "PAYLOAD", "x")
+    c.execute_command("VT.ENQUEUE", q2, "ID", "w2", "PAYLOAD", "x")
+    waiter.join(10)
+    assert waiter.reply[0][1] == b"w1", (waiter.reply, waiter.error)
     # the source keeps serving the slot while it streams; its timer does the work
     wait_until(lambda: (i := info(c, q))["delayed"] == 0 and i["inflight"] == 0
                and i["enqueued_total"] >= before["enqueued_total"] + 10, timeout=20,
@@ -138,6 +160,7 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
         time.sleep(0.2)
         want_digest = c.execute_command("DEBUG", "DIGEST-VALUE", q)
         want = snapshot(c, q)
+        want2 = c.execute_command("DEBUG", "DIGEST-VALUE", q2)
         release(src)
         finished(src, dst, q)
     finally:
@@ -145,6 +168,8 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     d = dst.client()
     assert snapshot(d, q) == want
     assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want_digest
+    assert d.execute_command("DEBUG", "DIGEST-VALUE", q2) == want2  # the wake-up's lease moved too
+    assert info(d, q2)["inflight"] == 1
     assert want["info"]["rescued_total"] == 7 and want["info"]["dead"] == 3
     # the target's replica got the same value through the target's replication stream
     off = d.info("replication")["master_repl_offset"]
@@ -155,7 +180,7 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     # the source dropped the moved key, and its timer registry forgot it; the target knows it
     assert c.execute_command("DBSIZE") == 0
     assert registry_keys(c) == 0
-    assert registry_keys(d) == 1
+    assert registry_keys(d) == 2
     with pytest.raises(valkey.exceptions.ResponseError, match="MOVED"):
         c.execute_command("VT.INFO", q)
     assert_alive(*nodes, rep)
@@ -184,19 +209,6 @@ def test_target_takes_over_the_timers(server_factory):
     d.execute_command("DEBUG", "LOADAOF")
     assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want
     assert_alive(*nodes)
-
-
-class Blocked(threading.Thread):
-    def __init__(self, server, q):
-        super().__init__(daemon=True)
-        self.c, self.q = server.client(socket_timeout=30), q
-        self.reply, self.error = "unset", None
-
-    def run(self):
-        try:
-            self.reply = fetch(self.c, self.q, count=1, block=0)  # forever
-        except Exception as e:  # noqa: BLE001
-            self.error = e
 
 
 def test_migration_under_load_loses_and_doubles_nothing(server_factory):
