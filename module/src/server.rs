@@ -100,11 +100,10 @@ pub fn ctx_flags(ctx: Ctx) -> u32 {
     }
 }
 
-/// `GetContextFlags` bits of Valkey 9 (valkeymodule.h), absent from the crate's bundled header:
-/// the command comes from the connection of an atomic slot migration (`CLUSTER MIGRATESLOTS`),
-/// on the target (import: the source's snapshot and its stream of effects) or the source.
+/// A `GetContextFlags` bit of Valkey 9 (valkeymodule.h), absent from the crate's bundled header:
+/// the command comes from the import connection of an atomic slot migration (`CLUSTER
+/// MIGRATESLOTS`) on its target: the source's snapshot and its stream of effects.
 pub const CTX_FLAGS_SLOT_IMPORT_CLIENT: u32 = 1 << 25;
-pub const CTX_FLAGS_SLOT_EXPORT_CLIENT: u32 = 1 << 26;
 
 /// True when the running command was not sent by a client but replays effects the server must
 /// obey: the replication stream, the AOF, or the stream of a slot being imported.
