@@ -89,7 +89,7 @@ def migrate(source, target, q, hold=False):
     tid = target.client().execute_command("CLUSTER", "MYID").decode()
     assert c.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", tid) == b"OK"
     if hold:
-        wait_until(lambda: migration(c).get("state") in ("streaming", "waiting-to-pause"), timeout=30,
+        wait_until(lambda: migration(c).get("state") in ("replicating", "waiting-to-pause"), timeout=30,
                    interval=0.05, msg=f"streaming (job: {migration(c)})")
 
 
