@@ -279,3 +279,28 @@ def test_cancelled_migration_leaves_the_source_in_charge_then_a_retry_moves_it(s
                msg="the target promotes and ticks")
     assert registry_keys(c) == 0
     assert_alive(*nodes)
+
+
+def test_legacy_resharding_with_setslot_and_migrate(server_factory):
+    """The pre-9 way: CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE (DUMP/RESTORE of the queue),
+    SETSLOT NODE. The queue arrives intact and the target's timer picks it up."""
+    nodes = make_cluster(server_factory)
+    src, dst = nodes[0], nodes[1]
+    q = queue_on(src)
+    c, d = src.client(), dst.client()
+    c.execute_command("VT.ENQUEUE", q, "ENTRIES", *[x for i in range(10) for x in (f"r{i}", "x")])
+    c.execute_command("VT.ENQUEUE", q, "DELAY", 1000, "ID", "late", "PAYLOAD", "x")
+    fetch(c, q, count=2, lease=1000)
+    want = c.execute_command("DEBUG", "DIGEST-VALUE", q)
+    slot = c.execute_command("CLUSTER", "KEYSLOT", q)
+    sid, did = (x.client().execute_command("CLUSTER", "MYID").decode() for x in (src, dst))
+    d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", sid)
+    c.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", did)
+    assert c.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", q) == b"OK"
+    for x in (d, c):
+        x.execute_command("CLUSTER", "SETSLOT", slot, "NODE", did)
+    assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want
+    wait_until(lambda: (i := info(d, q))["delayed"] == 0 and i["rescued_total"] == 2, timeout=10,
+               msg="the target's timer promotes and rescues")
+    assert info(d, q)["ready"] == 11
+    assert_alive(*nodes)
