@@ -76,13 +76,9 @@ def test_queue_names_up_to_1000_bytes_work(b):
 
 
 @pytest.mark.parametrize("size", [2800, 8200])
-def test_queue_names_over_the_limit_are_refused_cleanly(request, engine, b, size):
+def test_queue_names_over_the_limit_are_refused_cleanly(engine, b, size):
     """Over ~2.7 KB a Postgres index entry no longer fits and over 8 KB pg_notify breaks: both
     engines refuse names over 1024 bytes with a clear error, and nothing is stored."""
-    if engine == "valkey":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="module: queue keys are not length-checked yet (PROTOCOL: 1..1024 "
-                                "bytes); reported to the module owners"))
     q = name(size)
     with pytest.raises(BrokerError, match="(?i)queue"):
         b.enqueue([EnqueueRequest(q, "x1", b"x")])

@@ -43,6 +43,22 @@ fn check_id(id: &[u8]) -> Result<(), Reply> {
     Ok(())
 }
 
+/// Longest queue name (the key): as in Postgres, where longer index entries would not fit.
+pub const MAX_QUEUE_LEN: usize = 1024;
+
+/// The rule for every queue a client command names (`lib.rs` applies it to each key position of
+/// the registration table, before the handler runs, so nothing is touched for a refused name).
+pub fn check_queue_name(name: &[u8]) -> Result<(), Reply> {
+    if name.is_empty() || name.len() > MAX_QUEUE_LEN {
+        return err(format!(
+            "ERR queue name must be 1 to {MAX_QUEUE_LEN} bytes (got {}): use a shorter name \
+             (RENAME moves a queue stored under a longer one)",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
 fn check_len(b: &[u8], what: &str, max: usize) -> Result<(), Reply> {
     if b.is_empty() || b.len() > max {
         return err(format!("ERR {what} must be 1 to {max} bytes"));
@@ -367,7 +383,8 @@ pub fn fetchbatch(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Result<Option<Reply>,
         | raw::REDISMODULE_CTX_FLAGS_LUA
         | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING
         | raw::REDISMODULE_CTX_FLAGS_REPLICATED
-        | raw::REDISMODULE_CTX_FLAGS_LOADING;
+        | raw::REDISMODULE_CTX_FLAGS_LOADING
+        | CTX_FLAGS_SLOT_IMPORT_CLIENT;
     if f & no_block != 0 {
         return Ok(Some(Reply::NilArray));
     }
@@ -865,9 +882,8 @@ pub fn schedule_list(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
 // ============================================================ internal: VT._FX / VT._LOAD
 
 fn internal_allowed(ctx: Ctx) -> Result<(), Reply> {
-    let f = ctx_flags(ctx);
-    if f & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) == 0 {
-        return err("ERR internal command (only accepted from the replication stream or the AOF)");
+    if !from_effect_stream(ctx) {
+        return err("ERR internal command (only accepted from the replication stream, the AOF or a slot migration)");
     }
     Ok(())
 }

@@ -8,8 +8,10 @@ pub mod alloc;
 pub mod codec;
 pub mod commands;
 pub mod dead;
+pub mod digest;
 pub mod queue;
 pub mod server;
+pub mod slots;
 pub mod timers;
 
 /// Pure entry points for fuzzing (tests/gauntlet/fuzz): no server needed, never panic.
@@ -20,7 +22,16 @@ pub mod fuzzing {
     /// Validates one VT.* argument vector (argv[0] = command name) as the handler does before it
     /// touches a key. `Err` carries the `ERR ...` reply.
     pub fn parse_command(argv: &[&[u8]]) -> Result<(), String> {
-        crate::commands::parse_command(argv)
+        crate::commands::parse_command(argv)?;
+        let mut name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
+        if name == "vt.schedule" {
+            name = format!("vt.schedule|{}", String::from_utf8_lossy(argv[1]).to_ascii_lowercase());
+        }
+        let row = crate::COMMANDS.iter().find(|c| c.name == name);
+        crate::check_queue_names(row, argv).map_err(|r| match r {
+            crate::server::Reply::Error(e) => e,
+            _ => "ERR".into(),
+        })
     }
 
     /// Decodes a queue value written by [`encode_queue`] (the byte-slice form of what `rdb_load`
@@ -143,6 +154,7 @@ pub mod fuzzing {
                 &[b"VT.ACK", b"q", b"id", b"tok"],
                 &[b"VT.GET", b"q", b"id"],
                 &[b"VT.GET", b"q", b"unique", b"key"],
+                &[b"VT.INFO", &[b'q'; 1024]],
             ];
             for a in ok {
                 assert_eq!(parse_command(a), Ok(()), "{a:?}");
@@ -153,6 +165,10 @@ pub mod fuzzing {
                 &[b"VT.SCHEDULE", b"SET", b"q", b"n", b"CRON", b"0 0 30 2 *", b"PAYLOAD", b"p"],
                 &[b"VT.NOPE"],
                 &[b"VT.GET", b"q", b"a", b"b"],
+                &[b"VT.INFO", b""],
+                &[b"VT.ENQUEUE", &[b'q'; 1025], b"PAYLOAD", b"x"],
+                &[b"VT.FETCHBATCH", b"2", b"q", &[b'q'; 1025], b"WORKER", b"w"],
+                &[b"VT.SCHEDULE", b"LIST", &[b'q'; 1025]],
                 &[],
             ];
             for a in bad {
@@ -177,10 +193,11 @@ pub const TYPE_NAME: &str = "vtasks-qu";
 
 type Handler = fn(Ctx, &[RStr], &[&[u8]]) -> Result<Reply, Reply>;
 
-unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler) -> c_int {
+unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler, this: CmdFn) -> c_int {
     let r = guard(ctx, name, || {
         let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
+        check_queue_names(row_of(this), &a)?;
         f(ctx, av, &a)
     });
     match r {
@@ -193,7 +210,7 @@ unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler) ->
 macro_rules! trampoline {
     ($tname:ident, $f:path, $label:expr) => {
         unsafe extern "C" fn $tname(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_int {
-            run(ctx, argv, argc, $label, $f)
+            run(ctx, argv, argc, $label, $f, $tname)
         }
     };
 }
@@ -235,6 +252,7 @@ unsafe extern "C" fn t_fetchbatch(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_i
     let r = guard(ctx, "VT.FETCHBATCH", || {
         let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
+        check_queue_names(row_of(t_fetchbatch), &a)?;
         commands::fetchbatch(ctx, av, &a)
     });
     match r {
@@ -295,6 +313,10 @@ unsafe extern "C" fn aof_rewrite(io: *mut raw::RedisModuleIO, key: *mut raw::Red
             emit_aof(io, c"VT._LOAD".as_ptr(), c"sb".as_ptr(), key, rec.as_ptr() as *const c_char, rec.len());
         });
     });
+}
+
+unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    let _ = guard(std::ptr::null_mut(), "digest", || digest::digest_queue(md, &(*(value as *const QueueBox)).0));
 }
 
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
@@ -442,6 +464,28 @@ const COMMANDS: &[Command] = &[
     Command { name: "vt._aligncheck", handler: t_align, flags: "readonly admin", keys: Keys::None, arity: 0, acl: "slow admin dangerous" },
 ];
 
+/// The row of [`COMMANDS`] whose handler is `f`.
+fn row_of(f: CmdFn) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.handler as usize == f as usize)
+}
+
+/// Applies the queue-name rule to every queue argument of a client command, at the key positions
+/// the row declares. Internal commands (`vt._*`) replay what a primary or the AOF already holds
+/// and are exempt; a missing argument is left to the handler's arity check.
+fn check_queue_names(row: Option<&Command>, a: &[&[u8]]) -> Result<(), Reply> {
+    let Some(row) = row.filter(|r| !r.name.starts_with("vt._")) else {
+        return Ok(());
+    };
+    match row.keys {
+        Keys::None => Ok(()),
+        Keys::At(pos, _) => a.get(pos as usize).map_or(Ok(()), |q| commands::check_queue_name(q)),
+        Keys::Counted(_) => {
+            let n = a.get(1).and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok()).unwrap_or(0);
+            a.iter().skip(2).take(n).try_for_each(|q| commands::check_queue_name(q))
+        }
+    }
+}
+
 /// Registers one row of [`COMMANDS`]: the command (or subcommand, creating its container on first
 /// use), its key spec and its ACL categories.
 unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
@@ -545,6 +589,7 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     tm.rdb_load = Some(rdb_load);
     tm.rdb_save = Some(rdb_save);
     tm.aof_rewrite = Some(aof_rewrite);
+    tm.digest = Some(digest);
     tm.mem_usage = Some(mem_usage);
     tm.free = Some(free_value);
     tm.free_effort = Some(free_effort);
@@ -604,11 +649,19 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     sub(ctx, ev(raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED), Some(timers::on_role));
     sub(ctx, ev(raw::REDISMODULE_EVENT_FLUSHDB), Some(timers::on_flush));
     sub(ctx, ev(raw::REDISMODULE_EVENT_SWAPDB), Some(timers::on_swapdb));
+    // Valkey 9 only (an older server has no such event: the call fails, nothing to do then)
+    sub(ctx, ev(slots::EVENT_ATOMIC_SLOT_MIGRATION), Some(slots::on_slot_migration));
     raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, raw::REDISMODULE_NOTIFY_GENERIC, Some(timers::on_keyspace));
 
     if let Some(f) = raw::RedisModule_SetModuleOptions {
         // keys are signalled as modified only when a queue really changed (server::key_modified)
-        f(ctx, (raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED) as c_int);
+        // Atomic slot migration (Valkey 9 `CLUSTER MIGRATESLOTS`): see `slots`.
+        f(
+            ctx,
+            (raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS
+                | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED
+                | raw::VALKEYMODULE_OPTIONS_HANDLE_ATOMIC_SLOT_MIGRATION) as c_int,
+        );
     }
     timers::kick(ctx);
     Ok(())

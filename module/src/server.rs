@@ -100,6 +100,19 @@ pub fn ctx_flags(ctx: Ctx) -> u32 {
     }
 }
 
+/// A `GetContextFlags` bit of Valkey 9 (valkeymodule.h), absent from the crate's bundled header:
+/// the command comes from the import connection of an atomic slot migration (`CLUSTER
+/// MIGRATESLOTS`) on its target: the source's snapshot and its stream of effects.
+pub const CTX_FLAGS_SLOT_IMPORT_CLIENT: u32 = 1 << 25;
+
+/// True when the running command was not sent by a client but replays effects the server must
+/// obey: the replication stream, the AOF, or the stream of a slot being imported.
+pub fn from_effect_stream(ctx: Ctx) -> bool {
+    let from =
+        raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING | CTX_FLAGS_SLOT_IMPORT_CLIENT;
+    ctx_flags(ctx) & from != 0
+}
+
 pub fn is_primary(ctx: Ctx) -> bool {
     let f = ctx_flags(ctx);
     f & raw::REDISMODULE_CTX_FLAGS_MASTER != 0 && f & raw::REDISMODULE_CTX_FLAGS_LOADING == 0

@@ -98,6 +98,27 @@ pub fn forget(db: i32, key: &[u8]) {
     });
 }
 
+/// Sets the due time of every registered key (any db) that `pick` selects.
+pub fn retime_keys(pick: impl Fn(&[u8]) -> bool, due: Option<i64>) {
+    with_reg(|r| {
+        let keys: Vec<(i32, Vec<u8>)> =
+            r.keys.iter().flat_map(|(db, m)| m.keys().filter(|k| pick(k)).map(move |k| (*db, k.clone()))).collect();
+        for (db, k) in keys {
+            set_due(r, db, &k, due);
+        }
+    });
+}
+
+/// Drops every registered key (any db) that `pick` selects.
+pub fn forget_keys(pick: impl Fn(&[u8]) -> bool) {
+    with_reg(|r| {
+        for m in r.keys.values_mut() {
+            m.retain(|k, _| !pick(k));
+        }
+        r.due.retain(|(_, _, k)| !pick(k));
+    });
+}
+
 /// Queue keys known in `db` (hints; the caller checks them).
 pub fn keys_in_db(db: i32) -> Vec<Vec<u8>> {
     with_reg(|r| {
@@ -214,6 +235,11 @@ fn run_timer(ctx: Ctx) {
     let due: Vec<(i64, i32, Vec<u8>)> =
         with_reg(|r| r.due.iter().take_while(|(t, _, _)| *t <= now).take(KEYS_PER_RUN).cloned().collect());
     for (_, db, key) in due {
+        if crate::slots::importing(&key) {
+            // the source still owns it: no due time until the import completes (slots.rs)
+            touch_noarm(db, &key, None);
+            continue;
+        }
         if !select_db(ctx, db) {
             forget(db, &key);
             continue;

@@ -569,3 +569,37 @@ def test_acl_read_only_key_permissions(r):
                 ["VT.SCHEDULE", "SET", Q, "n", "EVERY", 10, "PAYLOAD", "p"], ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1]):
         with pytest.raises(valkey.exceptions.NoPermissionError):
             c.execute_command(*cmd)
+
+
+@pytest.mark.parametrize("size", [0, 1025, 8200])
+def test_queue_names_outside_1_to_1024_bytes_are_refused(r, size):
+    """Every command that names a queue refuses a name outside 1..1024 bytes (the Postgres
+    limit) with a clear error, before touching anything; 1024 bytes is accepted."""
+    bad = "q" * size
+    calls = [
+        ("VT.ENQUEUE", bad, "PAYLOAD", "x"),
+        ("VT.FETCHBATCH", 1, bad, "WORKER", "w", "COUNT", 1),
+        ("VT.FETCHBATCH", 2, "vt:ok", bad, "WORKER", "w", "COUNT", 1),
+        ("VT.ACK", bad, "id", "0000000000000000"),
+        ("VT.FAIL", bad, "id", "0000000000000000", "e"),
+        ("VT.RESCUE", bad),
+        ("VT.EXTEND", bad, "w", 1000),
+        ("VT.INFO", bad),
+        ("VT.PEEK", bad),
+        ("VT.GET", bad, "id"),
+        ("VT.RETRYDEAD", bad, "ALL"),
+        ("VT.DELETE", bad, "id"),
+        ("VT.CLEAR", bad, "ALL"),
+        ("VT.SCHEDULE", "SET", bad, "s", "EVERY", 1000, "PAYLOAD", "p"),
+        ("VT.SCHEDULE", "DEL", bad, "s"),
+        ("VT.SCHEDULE", "LIST", bad),
+    ]
+    r.execute_command("VT.ENQUEUE", "vt:ok", "ID", "keep", "PAYLOAD", "x")
+    for call in calls:
+        with pytest.raises(valkey.exceptions.ResponseError, match=rf"queue name must be 1 to 1024 bytes \(got {size}\)"):
+            r.execute_command(*call)
+    assert r.execute_command("DBSIZE") == 1  # nothing stored
+    assert info(r, "vt:ok")["ready"] == 1  # the valid queue of the multi-queue fetch kept its task
+    ok = "q" * 1024
+    assert r.execute_command("VT.ENQUEUE", ok, "PAYLOAD", "x")
+    assert info(r, ok)["ready"] == 1

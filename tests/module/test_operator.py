@@ -190,6 +190,8 @@ def in_sync(primary, replica, q=Q):
     off = p.info("replication")["master_repl_offset"]
     wait_until(lambda: rp.info("replication").get("slave_repl_offset", -1) >= off, timeout=20,
                msg="replica offset")
+    # the whole value, as the server digests it (tasks, leases, dead entries, schedules, counters)
+    assert p.execute_command("DEBUG", "DIGEST-VALUE", q) == rp.execute_command("DEBUG", "DIGEST-VALUE", q)
     return snapshot(p, q), snapshot(rp, q)
 
 

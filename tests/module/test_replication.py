@@ -12,13 +12,54 @@ from test_persistence import populate
 Q = "vt:{r}"
 
 
+def digest(c, q) -> bytes:
+    """The server's digest of the queue's value (DEBUG DIGEST-VALUE: every task, lease, dead
+    entry, unique key, schedule and counter); 40 zeros would mean the type has no digest."""
+    d = c.execute_command("DEBUG", "DIGEST-VALUE", q)[0]
+    assert d != b"0" * 40, "the queue type contributes nothing to DEBUG DIGEST-VALUE"
+    return d
+
+
 def synced(primary, replica, q=Q):
-    """Waits until the replica has processed everything the primary sent, then compares."""
+    """Waits until the replica has processed everything the primary sent, then compares: the
+    snapshots are returned, and the server-side digests of the whole value must be equal."""
     p = primary.client()
     rp = replica.client()
     off = p.info("replication")["master_repl_offset"]
     wait_until(lambda: rp.info("replication").get("slave_repl_offset", -1) >= off, timeout=10, msg="replica offset")
+    assert digest(p, q) == digest(rp, q), "primary and replica hold different queue values"
+    assert p.execute_command("DEBUG", "DIGEST") == rp.execute_command("DEBUG", "DIGEST")
     return snapshot(p, q), snapshot(rp, q)
+
+
+def test_digest_follows_every_change(server):
+    """DEBUG DIGEST-VALUE changes with each kind of change (enqueue, lease, ack, fail to dead,
+    schedule, counter) and is equal for equal values (a copy, a reload)."""
+    c = server.client()
+    seen = set()
+
+    def step():
+        d = digest(c, Q)
+        assert d not in seen, "a change left the digest unchanged"
+        seen.add(d)
+
+    c.execute_command("VT.ENQUEUE", Q, "ID", "a", "PAYLOAD", "x")
+    step()
+    c.execute_command("VT.ENQUEUE", Q, "ID", "b", "PAYLOAD", "y")
+    step()
+    (_q, _id, tok, _n, _p), = fetch(c, Q, count=1)
+    step()
+    c.execute_command("VT.FAIL", Q, "a", tok, "boom")  # dead-lettered
+    step()
+    c.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 3_600_000, "PAYLOAD", "t")
+    step()
+    c.execute_command("VT.ACK", Q, "b", "0000000000000000")  # stale token: no change
+    assert digest(c, Q) in seen
+    c.execute_command("COPY", Q, "vt:{r}copy")
+    assert digest(c, "vt:{r}copy") == digest(c, Q)
+    before = digest(c, Q)
+    c.execute_command("DEBUG", "RELOAD")
+    assert digest(c, Q) == before
 
 
 def test_replica_identical_state(replica_pair):
