@@ -10,6 +10,7 @@ pub mod commands;
 pub mod dead;
 pub mod queue;
 pub mod server;
+pub mod tasks;
 pub mod timers;
 
 /// Pure entry points for fuzzing (tests/gauntlet/fuzz): no server needed, never panic.
@@ -310,7 +311,7 @@ unsafe extern "C" fn free_value(value: *mut c_void) {
 unsafe extern "C" fn free_effort(_key: *mut raw::RedisModuleString, value: *const c_void) -> usize {
     guard(std::ptr::null_mut(), "free_effort", || {
         let q = &(*(value as *const QueueBox)).0;
-        q.tasks.len() + q.dead.len() + 1
+        q.task_count() + q.dead.len() + 1
     })
     .unwrap_or(1)
 }

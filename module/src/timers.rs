@@ -231,11 +231,11 @@ fn run_timer(ctx: Ctx) {
 /// The timer's duties on one queue, each replicated with explicit values.
 fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
     let now_s = now.to_string();
-    if q.delayed.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false) {
+    if q.has_due_delayed(now) {
         q.promote(now);
         replicate(ctx, "VT._FX", &[key, b"PROMOTE", now_s.as_bytes()]);
     }
-    if q.inflight.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false) {
+    if q.has_expired_lease(now) {
         let cap = dlq_cap();
         q.rescue_expired(now, cap);
         let cap_s = cap.to_string();
