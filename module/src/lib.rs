@@ -605,7 +605,10 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     sub(ctx, ev(raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED), Some(timers::on_role));
     sub(ctx, ev(raw::REDISMODULE_EVENT_FLUSHDB), Some(timers::on_flush));
     sub(ctx, ev(raw::REDISMODULE_EVENT_SWAPDB), Some(timers::on_swapdb));
-    raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, raw::REDISMODULE_NOTIFY_GENERIC, Some(timers::on_keyspace));
+    // GENERIC: arrivals (rename_to, move_to, copy_to, restore) and departures (del, rename_from,
+    // move_from); EXPIRED/EVICTED: departures too (the timer registry forgets them, see timers.rs)
+    let events = raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED;
+    raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, events as c_int, Some(timers::on_keyspace));
 
     if let Some(f) = raw::RedisModule_SetModuleOptions {
         // keys are signalled as modified only when a queue really changed (server::key_modified)
