@@ -1592,6 +1592,124 @@ mod tests {
         assert!(Queue::default().apply_record(&bad).is_err());
     }
 
+    /// Random operations over thousands of tasks (enough to grow, compact and shrink the slab):
+    /// after each round every index agrees with the tasks, orders are the documented ones, every
+    /// id is found, and the records load back into the same queue.
+    #[test]
+    fn random_operations_keep_indexes_consistent_through_compaction() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut q = Queue::default();
+        let mut next_id = 0u64;
+        let mut now = 1_000i64;
+        let mut tokens: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut tok = 0u64;
+        for round in 0..60 {
+            now += 10;
+            let grow = round % 20 < 12;
+            for _ in 0..(if grow { 400 } else { 40 }) {
+                let prio = rnd(5) as i32 - 2;
+                let run_at = if rnd(4) == 0 { now + rnd(50) as i64 } else { now };
+                let uniq = format!("u{}", rnd(50));
+                let unique = (rnd(10) == 0).then(|| (uniq.as_bytes(), now + 100));
+                let o = EnqOpts { now, priority: prio, run_at, max_attempts: 1 + rnd(3) as u32, unique };
+                next_id += 1;
+                q.enqueue(&o, vec![(format!("id{next_id}").into_bytes(), vec![b'p'; rnd(40) as usize])]);
+            }
+            let worker = format!("w{}", rnd(4)).into_bytes();
+            let got = q.fetch(
+                now,
+                &worker,
+                rnd(if grow { 300 } else { 600 }) as usize,
+                now + 20 + rnd(30) as i64,
+                &mut || {
+                    tok += 1;
+                    tok
+                },
+            );
+            tokens.extend(got.into_iter().map(|f| (f.id, f.token)));
+            let mut keep = Vec::new();
+            for (id, t) in tokens.drain(..) {
+                match rnd(6) {
+                    0..=2 => {
+                        assert!(q.ack(&id, Some(t)) || !q.contains(&id) || q.get_task(&id).unwrap().token != t)
+                    }
+                    3 => {
+                        q.fail(now, 50, &id, Some(t), b"boom", (rnd(2) == 0).then_some(5));
+                    }
+                    _ => keep.push((id, t)),
+                }
+            }
+            tokens = keep;
+            match rnd(6) {
+                0 => {
+                    q.rescue_expired(now, 50);
+                }
+                1 => {
+                    q.rescue_worker(b"w1", now, 50);
+                }
+                2 => {
+                    q.extend(b"w2", now + 100);
+                }
+                3 => {
+                    let ids: Vec<Vec<u8>> = (0..20).map(|_| format!("id{}", 1 + rnd(next_id)).into_bytes()).collect();
+                    q.delete(&ids.iter().map(|i| &i[..]).collect::<Vec<_>>());
+                }
+                4 => {
+                    q.retry_dead(None);
+                }
+                _ => {
+                    if rnd(8) == 0 {
+                        q.clear(true, false, false);
+                    }
+                }
+            }
+            // orders
+            let key = |t: &TaskView| match t.state {
+                State::Ready => (-(t.priority as i64), t.seq as i64),
+                State::Delayed => (t.run_at, t.seq as i64),
+                State::Inflight => (t.deadline, t.seq as i64),
+            };
+            let sz = q.sizes();
+            let mut total = 0;
+            for (st, n) in [(State::Ready, sz.ready), (State::Delayed, sz.delayed), (State::Inflight, sz.inflight)] {
+                let v = q.peek(st, 0, usize::MAX);
+                assert_eq!(v.len() as i64, n);
+                assert!(v.iter().all(|t| t.state == st));
+                assert!(v.windows(2).all(|w| key(&w[0]) < key(&w[1])), "{st:?} out of order");
+                for t in &v {
+                    assert_eq!(q.get_task(t.id).unwrap().seq, t.seq);
+                    assert_eq!(t.worker.is_empty(), st != State::Inflight);
+                }
+                total += v.len();
+            }
+            assert_eq!(total, q.task_count());
+            // worker lists hold exactly the worker's leases
+            for w in 0..4 {
+                let name = format!("w{w}").into_bytes();
+                let hs = q.worker_handles(&name);
+                let n = q.tasks().filter(|t| t.state == State::Inflight && t.worker == &name[..]).count();
+                assert_eq!(hs.len(), n);
+            }
+            let mut back = Queue::default();
+            for r in q.records() {
+                back.apply_record(&r).unwrap();
+            }
+            back.finish_load();
+            assert_eq!(back.records(), q.records());
+        }
+        // drain everything: nothing stays allocated
+        q.clear(true, true, true);
+        assert_eq!((q.task_count(), q.slab.capacity(), q.ids.mem_usage()), (0, 0, 0));
+        assert!(q.ready.is_empty() && q.delayed.capacity() == 0 && q.inflight.capacity() == 0);
+        assert!(q.worker_ids.is_empty() && q.leases.is_empty() && q.extras.is_empty());
+    }
+
     #[test]
     fn cron_parses_five_fields() {
         let s = parse_cron("*/5 * * * *").unwrap();

@@ -129,6 +129,9 @@ impl Slab {
     pub fn len(&self) -> usize {
         self.live
     }
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
     pub fn capacity(&self) -> usize {
         self.chunks.len() * CHUNK
     }
@@ -208,6 +211,7 @@ impl Slab {
 /// Task id → handle: open addressing with linear probing. A slot is `hash_hi32 << 32 | handle`;
 /// the table index comes from the top bits of the same 32 bits, so growing and shrinking never
 /// rehash an id (no slot is touched). Deletion shifts the following entries back (no tombstones).
+#[derive(Default)]
 pub struct IdIndex {
     table: Vec<u64>,
     len: usize,
@@ -217,15 +221,12 @@ pub struct IdIndex {
 const EMPTY: u64 = u64::MAX;
 const MIN_TABLE: usize = 16;
 
-impl Default for IdIndex {
-    fn default() -> Self {
-        IdIndex { table: Vec::new(), len: 0, hasher: foldhash::fast::RandomState::default() }
-    }
-}
-
 impl IdIndex {
     pub fn len(&self) -> usize {
         self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
     fn tag(&self, id: &[u8]) -> u32 {
         (self.hasher.hash_one(id) >> 32) as u32
