@@ -216,7 +216,17 @@ impl Heap {
     fn min(h: &[Handle], slab: &Slab, key: KeyFn) -> Option<(i64, u64)> {
         h.first().map(|x| key(slab.get(*x)))
     }
-    /// The handles in key order (for records and VT.PEEK; O(n log n)).
+    /// The `k` first handles in key order (VT.PEEK: O(n + k log k)).
+    fn first_k(h: &[Handle], slab: &Slab, key: KeyFn, k: usize) -> Vec<Handle> {
+        let mut v = h.to_vec();
+        if k < v.len() {
+            v.select_nth_unstable_by_key(k, |x| key(slab.get(*x)));
+            v.truncate(k);
+        }
+        v.sort_unstable_by_key(|x| key(slab.get(*x)));
+        v
+    }
+    /// The handles in key order (for records; O(n log n)).
     fn sorted(h: &[Handle], slab: &Slab, key: KeyFn) -> Vec<Handle> {
         let mut v = h.to_vec();
         v.sort_unstable_by_key(|x| key(slab.get(*x)));
@@ -384,8 +394,8 @@ impl Queue {
     pub fn peek(&self, state: State, offset: usize, count: usize) -> Vec<TaskView<'_>> {
         let hs: Vec<Handle> = match state {
             State::Ready => self.ready.values().flatten().skip(offset).take(count).copied().collect(),
-            State::Delayed => Heap::sorted(&self.delayed, &self.slab, delayed_key),
-            State::Inflight => Heap::sorted(&self.inflight, &self.slab, inflight_key),
+            State::Delayed => Heap::first_k(&self.delayed, &self.slab, delayed_key, offset.saturating_add(count)),
+            State::Inflight => Heap::first_k(&self.inflight, &self.slab, inflight_key, offset.saturating_add(count)),
         };
         let hs: Vec<Handle> = match state {
             State::Ready => hs,
@@ -1687,6 +1697,9 @@ mod tests {
                     assert_eq!(t.worker.is_empty(), st != State::Inflight);
                 }
                 total += v.len();
+                let part: Vec<u64> = q.peek(st, 3, 5).iter().map(|t| t.seq).collect();
+                let want: Vec<u64> = v.iter().skip(3).take(5).map(|t| t.seq).collect();
+                assert_eq!(part, want, "{st:?} page");
             }
             assert_eq!(total, q.task_count());
             // worker lists hold exactly the worker's leases
