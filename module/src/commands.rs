@@ -339,7 +339,7 @@ fn do_fetch(ctx: Ctx, req: &FetchReq) -> Result<Vec<Reply>, Reply> {
             break;
         }
         let r = with_queue(ctx, n.0, false, |q| {
-            let due = q.delayed.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false);
+            let due = q.has_due_delayed(now);
             let got = q.fetch(now, &req.worker, left, deadline, &mut new_token);
             (due, got)
         })?;
@@ -519,12 +519,12 @@ pub fn rescue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let now = now_ms();
     let cap = dlq_cap();
     let r = with_queue(ctx, argv[1], false, |q| {
-        let before = q.inflight.len();
+        let before = q.sizes().inflight;
         let n = match worker {
             Some(w) => q.rescue_worker(w, now, cap),
             None => q.rescue_expired(now, cap),
         };
-        (n, q.inflight.len() != before)
+        (n, q.sizes().inflight != before)
     })?;
     let (n, changed) = r.unwrap_or((0, false));
     if changed {
@@ -565,9 +565,9 @@ pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let v = read_queue(ctx, argv[1], |q| {
         let live_uniques = q.unique_exp.iter().filter(|(e, _)| *e > now).count();
         [
-            q.ready.len() as i64,
-            q.delayed.len() as i64,
-            q.inflight.len() as i64,
+            q.sizes().ready,
+            q.sizes().delayed,
+            q.sizes().inflight,
             q.dead.len() as i64,
             q.dead_evicted as i64,
             q.enqueued_total as i64,
@@ -620,7 +620,7 @@ pub fn queues(ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
     Ok(Reply::Array(out))
 }
 
-fn record(id: &[u8], t: Option<&Task>, d: Option<&Dead>) -> Reply {
+fn record(id: &[u8], t: Option<&TaskView>, d: Option<&Dead>) -> Reply {
     let mut f: Vec<Reply> = Vec::with_capacity(26);
     let mut put = |k: &str, v: Reply| {
         f.push(Reply::Str(k.to_string()));
@@ -635,12 +635,12 @@ fn record(id: &[u8], t: Option<&Task>, d: Option<&Dead>) -> Reply {
         put("enqueued_at", Reply::Int(t.enqueued_at));
         put("run_at", Reply::Int(t.run_at));
         let inflight = t.state == State::Inflight;
-        put("worker", bulk(if inflight { &t.worker[..] } else { b"" }));
+        put("worker", bulk(if inflight { t.worker } else { b"" }));
         put("token", Reply::Str(if inflight { fmt_token(t.token) } else { String::new() }));
         put("deadline", Reply::Int(if inflight { t.deadline } else { 0 }));
-        put("error", bulk(&t.error));
+        put("error", bulk(t.error));
         put("failed_at", Reply::Int(t.failed_at));
-        put("payload", bulk(&t.payload));
+        put("payload", bulk(t.payload));
     } else if let Some(d) = d {
         put("state", Reply::Str("dead".into()));
         put("priority", Reply::Int(d.priority as i64));
@@ -694,11 +694,11 @@ pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
 pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let (which, offset, count) = parse_peek(a)?;
     let out = read_queue(ctx, argv[1], |q| {
-        let rec = |id: &Vec<u8>| record(id, q.tasks.get(id).map(|t| &**t), None);
+        let rec = |t: TaskView| record(t.id, Some(&t), None);
         match which {
-            0 => q.ready.values().skip(offset).take(count).map(rec).collect(),
-            1 => q.delayed.values().skip(offset).take(count).map(rec).collect(),
-            2 => q.inflight.values().skip(offset).take(count).map(rec).collect(),
+            0 => q.peek(State::Ready, offset, count).into_iter().map(rec).collect(),
+            1 => q.peek(State::Delayed, offset, count).into_iter().map(rec).collect(),
+            2 => q.peek(State::Inflight, offset, count).into_iter().map(rec).collect(),
             _ => q.dead.iter().rev().skip(offset).take(count).map(|d| record(&d.id, None, Some(d))).collect(),
         }
     })?
@@ -713,7 +713,7 @@ pub fn get(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         let r = read_queue(ctx, argv[1], |q| {
             let u = q.uniques.get(a[3]).filter(|u| u.expires_at > now)?;
             let id = u.task.as_deref()?;
-            q.tasks.get(id).map(|t| record(id, Some(t), None))
+            q.get_task(id).map(|t| record(id, Some(&t), None))
         })?
         .flatten();
         return Ok(r.unwrap_or(Reply::Nil));
@@ -722,8 +722,8 @@ pub fn get(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         return err("ERR wrong number of arguments");
     }
     let r = read_queue(ctx, argv[1], |q| {
-        if let Some(t) = q.tasks.get(a[2]) {
-            Some(record(a[2], Some(t), None))
+        if let Some(t) = q.get_task(a[2]) {
+            Some(record(a[2], Some(&t), None))
         } else {
             q.dead.newest(a[2]).map(|d| record(&d.id, None, Some(d)))
         }

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod queue;
 pub mod server;
 pub mod slots;
+pub mod tasks;
 pub mod timers;
 
 /// Pure entry points for fuzzing (tests/gauntlet/fuzz): no server needed, never panic.
@@ -332,7 +333,7 @@ unsafe extern "C" fn free_value(value: *mut c_void) {
 unsafe extern "C" fn free_effort(_key: *mut raw::RedisModuleString, value: *const c_void) -> usize {
     guard(std::ptr::null_mut(), "free_effort", || {
         let q = &(*(value as *const QueueBox)).0;
-        q.tasks.len() + q.dead.len() + 1
+        q.task_count() + q.dead.len() + 1
     })
     .unwrap_or(1)
 }
@@ -651,7 +652,10 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     sub(ctx, ev(raw::REDISMODULE_EVENT_SWAPDB), Some(timers::on_swapdb));
     // Valkey 9 only (an older server has no such event: the call fails, nothing to do then)
     sub(ctx, ev(slots::EVENT_ATOMIC_SLOT_MIGRATION), Some(slots::on_slot_migration));
-    raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, raw::REDISMODULE_NOTIFY_GENERIC, Some(timers::on_keyspace));
+    // GENERIC: arrivals (rename_to, move_to, copy_to, restore) and departures (del, rename_from,
+    // move_from); EXPIRED/EVICTED: departures too (the timer registry forgets them, see timers.rs)
+    let events = raw::REDISMODULE_NOTIFY_GENERIC | raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED;
+    raw::RedisModule_SubscribeToKeyspaceEvents.unwrap()(ctx, events as c_int, Some(timers::on_keyspace));
 
     if let Some(f) = raw::RedisModule_SetModuleOptions {
         // keys are signalled as modified only when a queue really changed (server::key_modified)

@@ -3,10 +3,17 @@
 //! Everything here is deterministic: every operation takes the clock (`now`), ids, tokens and
 //! configs as arguments. The primary resolves those values once and replicates them, so a
 //! replica (or an AOF replay) running the same operation reaches the identical state.
+//!
+//! Memory layout (issue 11 §4): each live task is stored once, in a slot of `tasks::Slab`, and
+//! every index holds its 4-byte handle: ready tasks in one FIFO per priority (sequence order),
+//! delayed and in-flight tasks in binary heaps ordered by (run_at, seq) / (deadline, seq), a
+//! worker's leases in a list threaded through the slots. Everything shrinks as the queue does.
 
 use crate::codec::{CResult, R, W};
 pub use crate::dead::{Dead, DeadList};
-use std::collections::{BTreeMap, BTreeSet};
+pub use crate::tasks::State;
+use crate::tasks::{alloc_size, Handle, IdIndex, Slab, Task, MAX_STORED_ID, NIL};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Seeded, fast hash maps/sets (foldhash instead of std's SipHash; see Cargo.toml).
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -15,34 +22,11 @@ pub use vtasks_protocol::crontab::Cron;
 
 pub type Id = Vec<u8>;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum State {
-    Ready = 0,
-    Delayed = 1,
-    Inflight = 2,
-}
-
-impl State {
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Ready => "ready",
-            State::Delayed => "delayed",
-            State::Inflight => "inflight",
-        }
-    }
-    fn from_u8(v: u8) -> CResult<State> {
-        Ok(match v {
-            0 => State::Ready,
-            1 => State::Delayed,
-            2 => State::Inflight,
-            _ => return Err("bad task state"),
-        })
-    }
-}
-
+/// A live task as commands see it (VT.GET, VT.PEEK).
 #[derive(Clone, Debug)]
-pub struct Task {
-    pub payload: Vec<u8>,
+pub struct TaskView<'a> {
+    pub id: &'a [u8],
+    pub payload: &'a [u8],
     pub priority: i32,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -50,12 +34,34 @@ pub struct Task {
     pub enqueued_at: i64,
     pub run_at: i64,
     pub state: State,
-    pub worker: Vec<u8>,
+    pub worker: &'a [u8],
     pub token: u64,
     pub deadline: i64,
-    pub error: Vec<u8>,
+    pub error: &'a [u8],
     pub failed_at: i64,
-    pub unique: Option<Vec<u8>>,
+    pub unique: Option<&'a [u8]>,
+}
+
+/// What few tasks have (a last error, a failure time, a unique key): kept beside the slab.
+#[derive(Default, Debug)]
+struct Extra {
+    error: Box<[u8]>,
+    failed_at: i64,
+    unique: Option<Box<[u8]>>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.error.is_empty() && self.failed_at == 0 && self.unique.is_none()
+    }
+}
+
+/// A worker holding leases: the head of its list (threaded through `Task::wprev/wnext`).
+#[derive(Debug)]
+struct Leases {
+    name: Box<[u8]>,
+    head: Handle,
+    count: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -125,15 +131,142 @@ pub struct Sizes {
     pub dead: i64,
 }
 
+// ---------- ordering indexes over handles ----------
+
+type KeyFn = fn(&Task) -> (i64, u64);
+
+fn delayed_key(t: &Task) -> (i64, u64) {
+    (t.run_at, t.seq)
+}
+
+fn inflight_key(t: &Task) -> (i64, u64) {
+    (t.deadline, t.seq)
+}
+
+/// A binary min-heap of handles by `key`; each task knows its position (`Task::pos`), so any
+/// task is removed in O(log n). Keys are unique (sequence numbers are).
+struct Heap;
+
+impl Heap {
+    fn set(h: &mut [Handle], slab: &mut Slab, i: usize, x: Handle) {
+        h[i] = x;
+        slab.get_mut(x).pos = i as u32;
+    }
+    fn sift_up(h: &mut [Handle], slab: &mut Slab, key: KeyFn, mut i: usize) {
+        let x = h[i];
+        let kx = key(slab.get(x));
+        while i > 0 {
+            let p = (i - 1) / 2;
+            if key(slab.get(h[p])) <= kx {
+                break;
+            }
+            let hp = h[p];
+            Heap::set(h, slab, i, hp);
+            i = p;
+        }
+        Heap::set(h, slab, i, x);
+    }
+    fn sift_down(h: &mut [Handle], slab: &mut Slab, key: KeyFn, mut i: usize) {
+        let n = h.len();
+        let x = h[i];
+        let kx = key(slab.get(x));
+        loop {
+            let l = 2 * i + 1;
+            if l >= n {
+                break;
+            }
+            let mut c = l;
+            let mut kc = key(slab.get(h[l]));
+            if l + 1 < n {
+                let kr = key(slab.get(h[l + 1]));
+                if kr < kc {
+                    c = l + 1;
+                    kc = kr;
+                }
+            }
+            if kc >= kx {
+                break;
+            }
+            let hc = h[c];
+            Heap::set(h, slab, i, hc);
+            i = c;
+        }
+        Heap::set(h, slab, i, x);
+    }
+    fn push(h: &mut Vec<Handle>, slab: &mut Slab, key: KeyFn, x: Handle) {
+        h.push(x);
+        let i = h.len() - 1;
+        Heap::sift_up(h, slab, key, i);
+    }
+    fn remove(h: &mut Vec<Handle>, slab: &mut Slab, key: KeyFn, x: Handle) {
+        let i = slab.get(x).pos as usize;
+        debug_assert_eq!(h.get(i), Some(&x), "heap position out of sync");
+        if h.get(i) != Some(&x) {
+            return;
+        }
+        let last = h.pop().expect("non-empty heap");
+        if i < h.len() {
+            Heap::set(h, slab, i, last);
+            Heap::sift_down(h, slab, key, i);
+            let j = slab.get(last).pos as usize;
+            Heap::sift_up(h, slab, key, j);
+        }
+        shrink_vec(h);
+    }
+    fn min(h: &[Handle], slab: &Slab, key: KeyFn) -> Option<(i64, u64)> {
+        h.first().map(|x| key(slab.get(*x)))
+    }
+    /// The `k` first handles in key order (VT.PEEK: O(n + k log k)).
+    fn first_k(h: &[Handle], slab: &Slab, key: KeyFn, k: usize) -> Vec<Handle> {
+        let mut v = h.to_vec();
+        if k < v.len() {
+            v.select_nth_unstable_by_key(k, |x| key(slab.get(*x)));
+            v.truncate(k);
+        }
+        v.sort_unstable_by_key(|x| key(slab.get(*x)));
+        v
+    }
+    /// The handles in key order (for records; O(n log n)).
+    fn sorted(h: &[Handle], slab: &Slab, key: KeyFn) -> Vec<Handle> {
+        let mut v = h.to_vec();
+        v.sort_unstable_by_key(|x| key(slab.get(*x)));
+        v
+    }
+}
+
+/// Gives a vector's memory back once it is mostly empty (amortized: after as many removals as
+/// the halving frees).
+fn shrink_vec<T>(v: &mut Vec<T>) {
+    if v.is_empty() {
+        *v = Vec::new();
+    } else if v.capacity() > 64 && v.len() * 4 < v.capacity() {
+        v.shrink_to(v.len() * 2);
+    }
+}
+
+fn shrink_deque<T>(v: &mut VecDeque<T>) {
+    if v.capacity() > 64 && v.len() * 4 < v.capacity() {
+        v.shrink_to(v.len() * 2);
+    }
+}
+
 #[derive(Default)]
 pub struct Queue {
-    /// Boxed: a table slot is 32 bytes instead of ~190, so inserting into a large (cache-cold)
-    /// table writes one line, not three, and growing it moves 6x less memory.
-    pub tasks: HashMap<Id, Box<Task>>,
-    pub ready: BTreeMap<(i32, u64), Id>,
-    pub delayed: BTreeMap<(i64, u64), Id>,
-    pub inflight: BTreeMap<(i64, u64), Id>,
-    pub by_worker: HashMap<Vec<u8>, HashSet<Id>>,
+    slab: Slab,
+    ids: IdIndex,
+    /// Ready tasks: one FIFO per priority (key: -priority, so the highest priority comes first),
+    /// handles in sequence order.
+    ready: BTreeMap<i8, VecDeque<Handle>>,
+    ready_len: usize,
+    /// Heap by (run_at, seq).
+    delayed: Vec<Handle>,
+    /// Heap by (deadline, seq).
+    inflight: Vec<Handle>,
+    /// Workers holding leases (`Task::worker` indexes `leases`; freed entries are None).
+    leases: Vec<Option<Leases>>,
+    lease_free: Vec<u32>,
+    worker_ids: HashMap<Box<[u8]>, u32>,
+    extras: HashMap<Handle, Extra>,
     pub dead: DeadList,
     pub uniques: HashMap<Vec<u8>, Unique>,
     pub unique_exp: BTreeSet<(i64, Vec<u8>)>,
@@ -179,21 +312,40 @@ pub use vtasks_protocol::token::{fmt_token, fmt_token_buf, parse_token};
 impl Queue {
     pub fn sizes(&self) -> Sizes {
         Sizes {
-            ready: self.ready.len() as i64,
+            ready: self.ready_len as i64,
             delayed: self.delayed.len() as i64,
             inflight: self.inflight.len() as i64,
             dead: self.dead.len() as i64,
         }
     }
 
+    /// Live tasks (ready, delayed and in flight).
+    pub fn task_count(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn contains(&self, id: &[u8]) -> bool {
+        self.ids.get(id, &self.slab).is_some()
+    }
+
+    /// Whether a delayed task is due at `now`.
+    pub fn has_due_delayed(&self, now: i64) -> bool {
+        matches!(Heap::min(&self.delayed, &self.slab, delayed_key), Some((t, _)) if t <= now)
+    }
+
+    /// Whether a lease has expired at `now`.
+    pub fn has_expired_lease(&self, now: i64) -> bool {
+        matches!(Heap::min(&self.inflight, &self.slab, inflight_key), Some((t, _)) if t <= now)
+    }
+
     /// Earliest time a timer has work on this queue.
     pub fn next_due(&self) -> Option<i64> {
         let mut due = NEVER;
-        if let Some(((t, _), _)) = self.delayed.first_key_value() {
-            due = due.min(*t);
+        if let Some((t, _)) = Heap::min(&self.delayed, &self.slab, delayed_key) {
+            due = due.min(t);
         }
-        if let Some(((t, _), _)) = self.inflight.first_key_value() {
-            due = due.min(*t);
+        if let Some((t, _)) = Heap::min(&self.inflight, &self.slab, inflight_key) {
+            due = due.min(t);
         }
         for s in self.schedules.values() {
             due = due.min(s.next_run);
@@ -204,6 +356,62 @@ impl Queue {
             Some(due)
         }
     }
+
+    // ---------- views ----------
+
+    fn view(&self, h: Handle) -> TaskView<'_> {
+        let t = self.slab.get(h);
+        let x = self.extras.get(&h);
+        TaskView {
+            id: t.id(),
+            payload: t.payload(),
+            priority: t.priority as i32,
+            attempt: t.attempt,
+            max_attempts: t.max_attempts,
+            seq: t.seq,
+            enqueued_at: t.enqueued_at,
+            run_at: t.run_at,
+            state: t.state,
+            worker: self.worker_name(t),
+            token: t.token,
+            deadline: t.deadline,
+            error: x.map(|x| &x.error[..]).unwrap_or(b""),
+            failed_at: x.map(|x| x.failed_at).unwrap_or(0),
+            unique: x.and_then(|x| x.unique.as_deref()),
+        }
+    }
+
+    pub fn get_task(&self, id: &[u8]) -> Option<TaskView<'_>> {
+        self.ids.get(id, &self.slab).map(|h| self.view(h))
+    }
+
+    /// Every live task (in no particular order).
+    pub fn tasks(&self) -> impl Iterator<Item = TaskView<'_>> {
+        self.slab.iter().map(|(h, _)| self.view(h))
+    }
+
+    /// Tasks of one state in the order they leave it (0 ready, 1 delayed, 2 in flight).
+    pub fn peek(&self, state: State, offset: usize, count: usize) -> Vec<TaskView<'_>> {
+        let hs: Vec<Handle> = match state {
+            State::Ready => self.ready.values().flatten().skip(offset).take(count).copied().collect(),
+            State::Delayed => Heap::first_k(&self.delayed, &self.slab, delayed_key, offset.saturating_add(count)),
+            State::Inflight => Heap::first_k(&self.inflight, &self.slab, inflight_key, offset.saturating_add(count)),
+        };
+        let hs: Vec<Handle> = match state {
+            State::Ready => hs,
+            _ => hs.into_iter().skip(offset).take(count).collect(),
+        };
+        hs.into_iter().map(|h| self.view(h)).collect()
+    }
+
+    fn worker_name(&self, t: &Task) -> &[u8] {
+        match self.leases.get(t.worker as usize) {
+            Some(Some(l)) if t.worker != NIL => &l.name,
+            _ => b"",
+        }
+    }
+
+    // ---------- sequence numbers ----------
 
     /// Next sequence number. Never reaches [`MAX_SEQ`] (the bound the record loader accepts): at
     /// the bound the live tasks are renumbered 0..n first, so whatever a queue saves loads again.
@@ -216,72 +424,169 @@ impl Queue {
         s
     }
 
-    /// Reassigns the live tasks' sequence numbers to 0..n in their current order (every index is
-    /// ordered by `(key, seq)` and seqs are unique, so every index keeps its order) and rebuilds
-    /// the indexes. Only reachable after a load of a queue whose sequence numbers are near
-    /// [`MAX_SEQ`] (2^62 takes from an empty queue are out of reach).
+    /// Reassigns the live tasks' sequence numbers to 0..n in their current order. Every index is
+    /// ordered by `(key, seq)` and seqs are unique, so every index keeps its order (no rebuild).
+    /// Only reachable after a load of a queue whose sequence numbers are near [`MAX_SEQ`] (2^62
+    /// takes from an empty queue are out of reach).
     fn renumber(&mut self) {
-        let mut order: Vec<(u64, Id)> = self.tasks.iter().map(|(id, t)| (t.seq, id.clone())).collect();
+        let mut order: Vec<(u64, Handle)> = self.slab.iter().map(|(h, t)| (t.seq, h)).collect();
         order.sort_unstable();
-        self.ready.clear();
-        self.delayed.clear();
-        self.inflight.clear();
         let n = order.len() as u64;
-        for (i, (_, id)) in order.into_iter().enumerate() {
-            let t = self.tasks.get_mut(&id).expect("renumber: id from tasks");
-            t.seq = i as u64;
-            match t.state {
-                State::Ready => self.ready.insert((-t.priority, t.seq), id),
-                State::Delayed => self.delayed.insert((t.run_at, t.seq), id),
-                State::Inflight => self.inflight.insert((t.deadline, t.seq), id),
-            };
+        for (i, (_, h)) in order.into_iter().enumerate() {
+            self.slab.get_mut(h).seq = i as u64;
         }
         self.next_seq = n;
     }
 
+    // ---------- indexes ----------
+
+    fn ready_push(&mut self, h: Handle) {
+        let (prio, seq) = {
+            let t = self.slab.get(h);
+            (t.priority, t.seq)
+        };
+        let slab = &self.slab;
+        let d = self.ready.entry(-prio).or_default();
+        match d.back() {
+            Some(b) if slab.get(*b).seq > seq => {
+                // only a load delivers tasks out of order
+                let at = d.partition_point(|x| slab.get(*x).seq < seq);
+                d.insert(at, h);
+            }
+            _ => d.push_back(h),
+        }
+        self.ready_len += 1;
+    }
+
+    fn ready_remove(&mut self, h: Handle) {
+        let (prio, seq) = {
+            let t = self.slab.get(h);
+            (t.priority, t.seq)
+        };
+        let slab = &self.slab;
+        let Some(d) = self.ready.get_mut(&-prio) else { return };
+        if d.front() == Some(&h) {
+            d.pop_front();
+        } else {
+            // not the next one (VT.DELETE): O(n) in this priority's FIFO
+            let at = d.partition_point(|x| slab.get(*x).seq < seq);
+            if d.get(at) != Some(&h) {
+                return;
+            }
+            d.remove(at);
+        }
+        self.ready_len -= 1;
+        if d.is_empty() {
+            self.ready.remove(&-prio);
+        } else {
+            shrink_deque(d);
+        }
+    }
+
+    fn ready_first(&self) -> Option<Handle> {
+        self.ready.values().next().and_then(|d| d.front().copied())
+    }
+
+    fn intern_worker(&mut self, worker: &[u8]) -> u32 {
+        if let Some(w) = self.worker_ids.get(worker) {
+            return *w;
+        }
+        let l = Leases { name: worker.into(), head: NIL, count: 0 };
+        let w = match self.lease_free.pop() {
+            Some(w) => {
+                self.leases[w as usize] = Some(l);
+                w
+            }
+            None => {
+                self.leases.push(Some(l));
+                (self.leases.len() - 1) as u32
+            }
+        };
+        self.worker_ids.insert(worker.into(), w);
+        w
+    }
+
+    fn worker_link(&mut self, h: Handle, w: u32) {
+        let l = self.leases[w as usize].as_mut().expect("interned worker");
+        let head = l.head;
+        l.head = h;
+        l.count += 1;
+        let t = self.slab.get_mut(h);
+        t.worker = w;
+        t.wprev = NIL;
+        t.wnext = head;
+        if head != NIL {
+            self.slab.get_mut(head).wprev = h;
+        }
+    }
+
+    fn worker_unlink(&mut self, h: Handle) {
+        let (w, prev, next) = {
+            let t = self.slab.get_mut(h);
+            let r = (t.worker, t.wprev, t.wnext);
+            t.worker = NIL;
+            t.wprev = NIL;
+            t.wnext = NIL;
+            r
+        };
+        if w == NIL {
+            return;
+        }
+        if prev != NIL {
+            self.slab.get_mut(prev).wnext = next;
+        }
+        if next != NIL {
+            self.slab.get_mut(next).wprev = prev;
+        }
+        let Some(Some(l)) = self.leases.get_mut(w as usize) else { return };
+        if prev == NIL {
+            l.head = next;
+        }
+        l.count -= 1;
+        if l.count == 0 {
+            let l = self.leases[w as usize].take().expect("worker entry");
+            self.worker_ids.remove(&l.name);
+            self.lease_free.push(w);
+            if self.worker_ids.is_empty() {
+                self.leases = Vec::new();
+                self.lease_free = Vec::new();
+                self.worker_ids = HashMap::default();
+            }
+        }
+    }
+
     /// Removes a task's index entries (not the task itself).
-    fn unindex(&mut self, id: &[u8], t: &Task) {
+    fn unindex(&mut self, h: Handle) {
         self.modified = true;
-        match t.state {
-            State::Ready => {
-                self.ready.remove(&(-t.priority, t.seq));
-            }
-            State::Delayed => {
-                self.delayed.remove(&(t.run_at, t.seq));
-            }
+        match self.slab.get(h).state {
+            State::Ready => self.ready_remove(h),
+            State::Delayed => Heap::remove(&mut self.delayed, &mut self.slab, delayed_key, h),
             State::Inflight => {
-                self.inflight.remove(&(t.deadline, t.seq));
-                if let Some(set) = self.by_worker.get_mut(&t.worker) {
-                    set.remove(id);
-                    if set.is_empty() {
-                        self.by_worker.remove(&t.worker);
-                    }
-                }
+                Heap::remove(&mut self.inflight, &mut self.slab, inflight_key, h);
+                self.worker_unlink(h);
             }
         }
     }
 
-    /// Indexes a task according to its current fields.
-    fn index(&mut self, id: &[u8], t: &Task) {
+    /// Indexes a task according to its current fields (an in-flight one under worker `w`).
+    fn index(&mut self, h: Handle, w: u32) {
         self.modified = true;
-        match t.state {
-            State::Ready => {
-                self.ready.insert((-t.priority, t.seq), id.to_vec());
-            }
-            State::Delayed => {
-                self.delayed.insert((t.run_at, t.seq), id.to_vec());
-            }
+        match self.slab.get(h).state {
+            State::Ready => self.ready_push(h),
+            State::Delayed => Heap::push(&mut self.delayed, &mut self.slab, delayed_key, h),
             State::Inflight => {
-                self.inflight.insert((t.deadline, t.seq), id.to_vec());
-                self.by_worker.entry(t.worker.clone()).or_default().insert(id.to_vec());
+                Heap::push(&mut self.inflight, &mut self.slab, inflight_key, h);
+                self.worker_link(h, w);
             }
         }
     }
 
-    /// (Re)places a task as ready (run_at <= now) or delayed, with a fresh sequence number.
-    fn place(&mut self, id: Id, mut t: Box<Task>, now: i64) {
-        t.seq = self.take_seq();
-        t.worker.clear();
+    /// (Re)places an unindexed task as ready (run_at <= now) or delayed, with a fresh sequence
+    /// number.
+    fn place(&mut self, h: Handle, now: i64) {
+        let seq = self.take_seq();
+        let t = self.slab.get_mut(h);
+        t.seq = seq;
         t.token = 0;
         t.deadline = 0;
         if t.run_at > now {
@@ -290,9 +595,67 @@ impl Queue {
             t.state = State::Ready;
             self.became_ready = true;
         }
-        self.index(&id, &t);
-        self.tasks.insert(id, t);
+        self.index(h, NIL);
     }
+
+    fn extra_mut(&mut self, h: Handle) -> &mut Extra {
+        self.extras.entry(h).or_default()
+    }
+
+    fn drop_empty_extra(&mut self, h: Handle) {
+        if matches!(self.extras.get(&h), Some(x) if x.is_empty()) {
+            self.extras.remove(&h);
+        }
+    }
+
+    /// Frees an unindexed task's slot, id and side data.
+    fn free(&mut self, h: Handle) {
+        self.ids.remove(self.slab.get(h).id(), &self.slab);
+        self.extras.remove(&h);
+        self.slab.remove(h);
+    }
+
+    /// Gives memory back after removals (amortized O(1) per removal): compacts the slab when
+    /// under a quarter of it is live, and shrinks the side tables. Handles change here, so only
+    /// public operations call it, at their end.
+    fn tidy(&mut self) {
+        if self.slab.sparse() {
+            let map = self.slab.compact();
+            let m = |h: &mut Handle| {
+                if *h != NIL {
+                    *h = map[*h as usize]
+                }
+            };
+            self.ids.remap(&map);
+            self.ready.values_mut().flatten().for_each(m);
+            self.delayed.iter_mut().for_each(m);
+            self.inflight.iter_mut().for_each(m);
+            for l in self.leases.iter_mut().flatten() {
+                m(&mut l.head);
+            }
+            let hs: Vec<Handle> = self.slab.iter().map(|(h, _)| h).collect();
+            for h in hs {
+                let t = self.slab.get_mut(h);
+                m(&mut t.wprev);
+                m(&mut t.wnext);
+            }
+            self.extras = std::mem::take(&mut self.extras).into_iter().map(|(h, x)| (map[h as usize], x)).collect();
+        }
+        if self.extras.is_empty() {
+            if self.extras.capacity() > 0 {
+                self.extras = HashMap::default();
+            }
+        } else if self.extras.len() * 4 < self.extras.capacity() {
+            self.extras.shrink_to(self.extras.len() * 2);
+        }
+        if self.uniques.is_empty() && self.uniques.capacity() > 0 {
+            self.uniques = HashMap::default();
+        } else if self.uniques.len() * 4 < self.uniques.capacity() {
+            self.uniques.shrink_to(self.uniques.len() * 2);
+        }
+    }
+
+    // ---------- unique keys ----------
 
     pub fn purge_uniques(&mut self, now: i64) {
         while let Some((exp, _)) = self.unique_exp.first() {
@@ -303,10 +666,11 @@ impl Queue {
             if let Some(u) = self.uniques.get(&key) {
                 if u.expires_at == exp {
                     let u = self.uniques.remove(&key).unwrap();
-                    if let Some(tid) = u.task {
-                        if let Some(t) = self.tasks.get_mut(&tid) {
-                            if t.unique.as_deref() == Some(&key[..]) {
-                                t.unique = None;
+                    if let Some(h) = u.task.and_then(|tid| self.ids.get(&tid, &self.slab)) {
+                        if let Some(x) = self.extras.get_mut(&h) {
+                            if x.unique.as_deref() == Some(&key[..]) {
+                                x.unique = None;
+                                self.drop_empty_extra(h);
                             }
                         }
                     }
@@ -315,15 +679,18 @@ impl Queue {
         }
     }
 
-    fn release_unique(&mut self, id: &[u8], t: &mut Task) {
-        if let Some(k) = t.unique.take() {
-            let held = matches!(self.uniques.get(&k), Some(u) if u.task.as_deref() == Some(id));
-            if held {
-                let u = self.uniques.remove(&k).unwrap();
-                self.unique_exp.remove(&(u.expires_at, k));
-            }
+    fn release_unique(&mut self, h: Handle) {
+        let Some(k) = self.extras.get_mut(&h).and_then(|x| x.unique.take()) else { return };
+        self.drop_empty_extra(h);
+        let id = self.slab.get(h).id();
+        let held = matches!(self.uniques.get(&k[..]), Some(u) if u.task.as_deref() == Some(id));
+        if held {
+            let u = self.uniques.remove(&k[..]).unwrap();
+            self.unique_exp.remove(&(u.expires_at, k.into_vec()));
         }
     }
+
+    // ---------- operations ----------
 
     /// Adds tasks; returns, per item, whether it was added.
     pub fn enqueue(&mut self, o: &EnqOpts, items: Vec<(Id, Vec<u8>)>) -> Vec<bool> {
@@ -337,48 +704,31 @@ impl Queue {
             if o.unique.is_some() && (i > 0 || unique_held) {
                 continue;
             }
-            // What `place` does, through one hash-table probe (entry) instead of two.
-            if self.next_seq >= MAX_SEQ {
-                self.renumber();
+            if self.ids.get(&id, &self.slab).is_some() {
+                continue;
             }
-            let slot = match self.tasks.entry(id) {
-                std::collections::hash_map::Entry::Occupied(_) => continue,
-                std::collections::hash_map::Entry::Vacant(v) => v,
-            };
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = self.take_seq();
             let delayed = o.run_at > o.now;
-            let mut t = Box::new(Task {
-                payload,
-                priority: o.priority,
-                attempt: 0,
-                max_attempts: o.max_attempts,
-                seq,
-                enqueued_at: o.now,
-                run_at: o.run_at,
-                state: if delayed { State::Delayed } else { State::Ready },
-                worker: Vec::new(),
-                token: 0,
-                deadline: 0,
-                error: Vec::new(),
-                failed_at: 0,
-                unique: None,
-            });
+            let mut t = Task::new(&id, &payload);
+            t.priority = o.priority as i8;
+            t.max_attempts = o.max_attempts;
+            t.seq = seq;
+            t.enqueued_at = o.now;
+            t.run_at = o.run_at;
+            t.state = if delayed { State::Delayed } else { State::Ready };
+            let h = self.slab.insert(t);
+            self.ids.insert(&id, h);
             if let Some((k, exp)) = o.unique {
-                t.unique = Some(k.to_vec());
-                self.uniques.insert(k.to_vec(), Unique { expires_at: exp, task: Some(slot.key().clone()) });
+                self.extra_mut(h).unique = Some(k.into());
+                self.uniques.insert(k.to_vec(), Unique { expires_at: exp, task: Some(id) });
                 self.unique_exp.insert((exp, k.to_vec()));
             }
-            if delayed {
-                self.delayed.insert((t.run_at, seq), slot.key().clone());
-            } else {
-                self.ready.insert((-t.priority, seq), slot.key().clone());
+            if !delayed {
                 self.became_ready = true;
             }
-            slot.insert(t);
+            self.index(h, NIL);
             self.enqueued_total += 1;
             out[i] = true;
-            self.modified = true;
         }
         out
     }
@@ -386,58 +736,51 @@ impl Queue {
     /// Moves due delayed tasks to ready. Returns how many moved.
     pub fn promote(&mut self, now: i64) -> usize {
         let mut n = 0;
-        while let Some(((run_at, _), _)) = self.delayed.first_key_value() {
-            if *run_at > now {
-                break;
-            }
-            let (_, id) = self.delayed.pop_first().unwrap();
-            if let Some(t) = self.tasks.remove(&id) {
-                self.place(id, t, now);
-                n += 1;
-            }
+        while self.has_due_delayed(now) {
+            let h = self.delayed[0];
+            Heap::remove(&mut self.delayed, &mut self.slab, delayed_key, h);
+            self.place(h, now);
+            n += 1;
         }
         n
     }
 
-    /// Leases one specific task (ready, or delayed when replaying) to a worker. In place: one
-    /// hash lookup, no re-insert (this is the hot path of FETCHBATCH).
-    pub fn lease(&mut self, id: &[u8], worker: &[u8], token: u64, deadline: i64) -> Option<&Task> {
-        let Queue { tasks, ready, delayed, inflight, by_worker, .. } = self;
-        let t = tasks.get_mut(id)?;
-        let owned_id = match t.state {
-            State::Inflight => return None,
-            State::Ready => ready.remove(&(-t.priority, t.seq)),
-            State::Delayed => delayed.remove(&(t.run_at, t.seq)),
+    /// Leases a task (ready, or delayed when replaying) to a worker; None if it is in flight.
+    fn lease_handle(&mut self, h: Handle, worker: &[u8], token: u64, deadline: i64) -> Option<&Task> {
+        if self.slab.get(h).state == State::Inflight {
+            return None;
         }
-        .unwrap_or_else(|| id.to_vec());
+        self.unindex(h);
+        let w = self.intern_worker(worker);
+        let t = self.slab.get_mut(h);
         t.state = State::Inflight;
         t.attempt = t.attempt.saturating_add(1);
-        t.worker.clear();
-        t.worker.extend_from_slice(worker);
         t.token = token;
         t.deadline = deadline;
-        match by_worker.get_mut(worker) {
-            Some(set) => {
-                set.insert(owned_id.clone());
-            }
-            None => {
-                by_worker.insert(worker.to_vec(), HashSet::from_iter([owned_id.clone()]));
-            }
-        }
-        inflight.insert((deadline, t.seq), owned_id);
-        self.modified = true;
-        Some(&*t)
+        self.index(h, w);
+        Some(self.slab.get(h))
     }
 
-    /// The ids a worker holds, in a deterministic order (by sequence number), so replaying the same
-    /// operation on a replica assigns the same sequence numbers.
-    fn worker_ids(&self, worker: &[u8]) -> Vec<Id> {
-        let mut v: Vec<(u64, Id)> = match self.by_worker.get(worker) {
-            Some(s) => s.iter().map(|id| (self.tasks.get(id).map(|t| t.seq).unwrap_or(0), id.clone())).collect(),
-            None => return Vec::new(),
-        };
-        v.sort();
-        v.into_iter().map(|(_, id)| id).collect()
+    /// Leases one specific task (ready, or delayed when replaying) to a worker; returns its
+    /// attempt number.
+    pub fn lease(&mut self, id: &[u8], worker: &[u8], token: u64, deadline: i64) -> Option<u32> {
+        let h = self.ids.get(id, &self.slab)?;
+        self.lease_handle(h, worker, token, deadline).map(|t| t.attempt)
+    }
+
+    /// The handles a worker holds, in a deterministic order (by sequence number), so replaying
+    /// the same operation on a replica assigns the same sequence numbers.
+    fn worker_handles(&self, worker: &[u8]) -> Vec<Handle> {
+        let Some(w) = self.worker_ids.get(worker) else { return Vec::new() };
+        let mut v = Vec::new();
+        let mut h = self.leases[*w as usize].as_ref().map(|l| l.head).unwrap_or(NIL);
+        while h != NIL {
+            let t = self.slab.get(h);
+            v.push((t.seq, h));
+            h = t.wnext;
+        }
+        v.sort_unstable();
+        v.into_iter().map(|(_, h)| h).collect()
     }
 
     /// Promotes due tasks, then leases up to `count` ready tasks in fetch order.
@@ -452,44 +795,27 @@ impl Queue {
         self.promote(now);
         let mut out = Vec::new();
         while out.len() < count {
-            let id = match self.ready.first_key_value() {
-                Some((_, id)) => id.clone(),
-                None => break,
-            };
+            let Some(h) = self.ready_first() else { break };
             let token = tok();
-            match self.lease(&id, worker, token, deadline) {
-                Some(t) => out.push(Fetched {
-                    attempt: t.attempt,
-                    payload: t.payload.clone(),
-                    id,
-                    token,
-                }),
-                None => {
-                    // Index out of sync (should not happen): drop the stale entry.
-                    let k = *self.ready.first_key_value().unwrap().0;
-                    self.ready.remove(&k);
-                }
-            }
+            let t = self.lease_handle(h, worker, token, deadline).expect("a ready task leases");
+            out.push(Fetched { id: t.id().to_vec(), payload: t.payload().to_vec(), attempt: t.attempt, token });
         }
         out
     }
 
-    fn holds(&self, id: &[u8], token: u64) -> bool {
-        matches!(self.tasks.get(id), Some(t) if t.state == State::Inflight && t.token == token)
+    fn holds(&self, id: &[u8], token: u64) -> Option<Handle> {
+        let h = self.ids.get(id, &self.slab)?;
+        let t = self.slab.get(h);
+        (t.state == State::Inflight && t.token == token).then_some(h)
     }
 
     pub fn ack(&mut self, id: &[u8], token: Option<u64>) -> bool {
-        let token = match token {
-            Some(t) => t,
-            None => return false,
-        };
-        if !self.holds(id, token) {
-            return false;
-        }
-        let mut t = self.tasks.remove(id).unwrap();
-        self.unindex(id, &t);
-        self.release_unique(id, &mut t);
+        let Some(h) = token.and_then(|t| self.holds(id, t)) else { return false };
+        self.unindex(h);
+        self.release_unique(h);
+        self.free(h);
         self.acked_total += 1;
+        self.tidy();
         true
     }
 
@@ -504,22 +830,22 @@ impl Queue {
     }
 
     /// Removes a live task and appends it to the dead-letter list.
-    fn dead_letter(&mut self, id: &[u8], error: Vec<u8>, now: i64, cap: usize) {
-        if let Some(mut t) = self.tasks.remove(id) {
-            self.unindex(id, &t);
-            self.release_unique(id, &mut t);
-            let d = Dead {
-                id: id.to_vec(),
-                payload: t.payload,
-                priority: t.priority,
-                attempt: t.attempt,
-                max_attempts: t.max_attempts,
-                enqueued_at: t.enqueued_at,
-                error,
-                failed_at: now,
-            };
-            self.push_dead(d, cap);
-        }
+    fn dead_letter(&mut self, h: Handle, error: Vec<u8>, now: i64, cap: usize) {
+        self.unindex(h);
+        self.release_unique(h);
+        let t = self.slab.get(h);
+        let d = Dead {
+            id: t.id().to_vec(),
+            payload: t.payload().to_vec(),
+            priority: t.priority as i32,
+            attempt: t.attempt,
+            max_attempts: t.max_attempts,
+            enqueued_at: t.enqueued_at,
+            error,
+            failed_at: now,
+        };
+        self.free(h);
+        self.push_dead(d, cap);
     }
 
     pub fn fail(
@@ -531,105 +857,101 @@ impl Queue {
         error: &[u8],
         retry: Option<i64>,
     ) -> Option<&'static str> {
-        let token = token?;
-        if !self.holds(id, token) {
-            return None;
-        }
+        let h = self.holds(id, token?)?;
         self.failed_total += 1;
         let (attempt, max) = {
-            let t = &self.tasks[id];
+            let t = self.slab.get(h);
             (t.attempt, t.max_attempts)
         };
-        match retry {
+        let r = match retry {
             Some(ms) if attempt < max => {
-                let mut t = self.tasks.remove(id).unwrap();
-                self.unindex(id, &t);
-                t.error = error.to_vec();
-                t.failed_at = now;
+                self.unindex(h);
+                let x = self.extra_mut(h);
+                x.error = error.into();
+                x.failed_at = now;
+                self.drop_empty_extra(h);
+                let t = self.slab.get_mut(h);
                 t.run_at = now.saturating_add(ms);
-                self.place(id.to_vec(), t, now);
+                self.place(h, now);
                 self.retried_total += 1;
-                Some("retry")
+                "retry"
             }
             _ => {
-                self.dead_letter(id, error.to_vec(), now, cap);
-                Some("dead")
+                self.dead_letter(h, error.to_vec(), now, cap);
+                "dead"
             }
-        }
+        };
+        self.tidy();
+        Some(r)
     }
 
-    fn rescue_one(&mut self, id: &[u8], now: i64, cap: usize, by_worker: bool) -> bool {
-        let (attempt, max, worker) = match self.tasks.get(id) {
-            Some(t) if t.state == State::Inflight => (t.attempt, t.max_attempts, t.worker.clone()),
-            _ => return false,
-        };
-        if attempt >= max {
+    fn rescue_one(&mut self, h: Handle, now: i64, cap: usize, by_worker: bool) -> bool {
+        let t = self.slab.get(h);
+        if t.state != State::Inflight {
+            return false;
+        }
+        let attempt = t.attempt;
+        if attempt >= t.max_attempts {
             let err = if by_worker {
-                format!("rescued from worker {} after {} attempts", String::from_utf8_lossy(&worker), attempt)
+                let w = String::from_utf8_lossy(self.worker_name(t)).into_owned();
+                format!("rescued from worker {w} after {attempt} attempts")
             } else {
                 format!("lease expired after {attempt} attempts")
             };
-            self.dead_letter(id, err.into_bytes(), now, cap);
+            self.dead_letter(h, err.into_bytes(), now, cap);
             false
         } else {
-            let mut t = self.tasks.remove(id).unwrap();
-            self.unindex(id, &t);
-            t.run_at = now;
-            self.place(id.to_vec(), t, now);
+            self.unindex(h);
+            self.slab.get_mut(h).run_at = now;
+            self.place(h, now);
             self.rescued_total += 1;
             true
         }
     }
 
-    /// Rescues every lease whose deadline has passed. Returns tasks returned to ready.
+    /// Rescues every lease whose deadline has passed, in (deadline, seq) order. Returns tasks
+    /// returned to ready.
     pub fn rescue_expired(&mut self, now: i64, cap: usize) -> usize {
-        let ids: Vec<Id> = self.inflight.range(..(now.saturating_add(1), 0)).map(|(_, id)| id.clone()).collect();
-        ids.iter().filter(|id| self.rescue_one(id, now, cap, false)).count()
+        let mut n = 0;
+        while self.has_expired_lease(now) {
+            let h = self.inflight[0];
+            n += self.rescue_one(h, now, cap, false) as usize;
+        }
+        self.tidy();
+        n
     }
 
     /// Rescues every task a worker holds.
     pub fn rescue_worker(&mut self, worker: &[u8], now: i64, cap: usize) -> usize {
-        let ids = self.worker_ids(worker);
-        ids.iter().filter(|id| self.rescue_one(id, now, cap, true)).count()
-    }
-
-    pub fn extend(&mut self, worker: &[u8], deadline: i64) -> usize {
-        let ids = self.worker_ids(worker);
-        let mut n = 0;
-        for id in ids {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                if t.state == State::Inflight {
-                    let old = (t.deadline, t.seq);
-                    t.deadline = deadline;
-                    let new = (deadline, t.seq);
-                    self.inflight.remove(&old);
-                    self.inflight.insert(new, id.clone());
-                    n += 1;
-                    self.modified = true;
-                }
-            }
-        }
+        let hs = self.worker_handles(worker);
+        let n = hs.into_iter().filter(|h| self.rescue_one(*h, now, cap, true)).count();
+        self.tidy();
         n
     }
 
+    pub fn extend(&mut self, worker: &[u8], deadline: i64) -> usize {
+        let hs = self.worker_handles(worker);
+        for h in &hs {
+            Heap::remove(&mut self.inflight, &mut self.slab, inflight_key, *h);
+            self.slab.get_mut(*h).deadline = deadline;
+            Heap::push(&mut self.inflight, &mut self.slab, inflight_key, *h);
+        }
+        self.modified |= !hs.is_empty();
+        hs.len()
+    }
+
     fn revive(&mut self, d: Dead) {
-        let t = Task {
-            payload: d.payload,
-            priority: d.priority,
-            attempt: 0,
-            max_attempts: d.max_attempts,
-            seq: 0,
-            enqueued_at: d.enqueued_at,
-            run_at: 0,
-            state: State::Ready,
-            worker: Vec::new(),
-            token: 0,
-            deadline: 0,
-            error: d.error,
-            failed_at: d.failed_at,
-            unique: None,
-        };
-        self.place(d.id, Box::new(t), 0);
+        let mut t = Task::new(&d.id, &d.payload);
+        t.priority = d.priority as i8;
+        t.max_attempts = d.max_attempts;
+        t.enqueued_at = d.enqueued_at;
+        let h = self.slab.insert(t);
+        self.ids.insert(&d.id, h);
+        let x = self.extra_mut(h);
+        x.error = d.error.into();
+        x.failed_at = d.failed_at;
+        self.drop_empty_extra(h);
+        self.place(h, 0);
     }
 
     /// Moves dead entries back to ready (all, or the given ids), in the order they died: the
@@ -638,13 +960,13 @@ impl Queue {
     pub fn retry_dead(&mut self, ids: Option<&[&[u8]]>) -> usize {
         let revive: Vec<Dead> = match ids {
             None => {
-                let tasks = &self.tasks;
-                self.dead.take_newest_where(|id| !tasks.contains_key(id))
+                let (index, slab) = (&self.ids, &self.slab);
+                self.dead.take_newest_where(|id| index.get(id, slab).is_none())
             }
             Some(list) => {
                 let mut picked: Vec<(u64, &[u8])> = list
                     .iter()
-                    .filter(|id| !self.tasks.contains_key(**id))
+                    .filter(|id| !self.contains(id))
                     .filter_map(|id| self.dead.newest_seq(id).map(|s| (s, *id)))
                     .collect();
                 picked.sort_unstable();
@@ -660,14 +982,27 @@ impl Queue {
     }
 
     /// Removes ready/delayed tasks and dead entries with these ids.
+    /// Removing a ready task from the middle of its FIFO moves the entries after it, so many ids
+    /// are removed in one pass over the FIFOs they hit (O(ready + ids) instead of O(ready × ids)).
     pub fn delete(&mut self, ids: &[&[u8]]) -> usize {
+        /// `Task::pos` (unused while ready) marks a ready task doomed by this call.
+        const DOOMED: u32 = u32::MAX;
+        let batch = ids.len() > 16;
+        let mut doomed: Vec<Handle> = Vec::new();
         let mut n = 0;
         for id in ids {
-            if let Some(t) = self.tasks.get(*id) {
-                if t.state != State::Inflight {
-                    let mut t = self.tasks.remove(*id).unwrap();
-                    self.unindex(id, &t);
-                    self.release_unique(id, &mut t);
+            if let Some(h) = self.ids.get(id, &self.slab) {
+                let t = self.slab.get_mut(h);
+                if batch && t.state == State::Ready {
+                    if t.pos != DOOMED {
+                        t.pos = DOOMED;
+                        doomed.push(h);
+                        n += 1;
+                    }
+                } else if t.state != State::Inflight {
+                    self.unindex(h);
+                    self.release_unique(h);
+                    self.free(h);
                     n += 1;
                 }
             }
@@ -675,32 +1010,52 @@ impl Queue {
             self.modified |= dead > 0;
             n += dead;
         }
+        if !doomed.is_empty() {
+            let prios: BTreeSet<i8> = doomed.iter().map(|h| -self.slab.get(*h).priority).collect();
+            for p in prios {
+                let slab = &self.slab;
+                if let Some(d) = self.ready.get_mut(&p) {
+                    d.retain(|h| slab.get(*h).pos != DOOMED);
+                    if d.is_empty() {
+                        self.ready.remove(&p);
+                    } else {
+                        shrink_deque(d);
+                    }
+                }
+            }
+            self.ready_len -= doomed.len();
+            self.modified = true;
+            for h in doomed {
+                self.release_unique(h);
+                self.free(h);
+            }
+        }
+        self.tidy();
         n
     }
 
     /// READY: ready+delayed tasks; DEAD: the dead list; ALL: every task and dead entry.
     pub fn clear(&mut self, ready: bool, dead: bool, inflight: bool) -> usize {
-        let mut n = 0;
-        let mut ids: Vec<Id> = Vec::new();
+        let mut hs: Vec<Handle> = Vec::new();
         if ready {
-            ids.extend(self.ready.values().cloned());
-            ids.extend(self.delayed.values().cloned());
+            hs.extend(self.ready.values().flatten());
+            hs.extend(self.delayed.iter());
         }
         if inflight {
-            ids.extend(self.inflight.values().cloned());
+            hs.extend(self.inflight.iter());
         }
-        for id in ids {
-            if let Some(mut t) = self.tasks.remove(&id) {
-                self.unindex(&id, &t);
-                self.release_unique(&id, &mut t);
-                n += 1;
-            }
+        let mut n = hs.len();
+        for h in hs {
+            self.unindex(h);
+            self.release_unique(h);
+            self.free(h);
         }
         if dead && !self.dead.is_empty() {
             n += self.dead.len();
             self.dead.clear();
             self.modified = true;
         }
+        self.tidy();
         n
     }
 
@@ -753,7 +1108,7 @@ impl Queue {
     // ---------- persistence: the queue as a sequence of self-describing records ----------
 
     pub fn record_count(&self) -> usize {
-        1 + self.tasks.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len()
+        1 + self.slab.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len()
     }
 
     pub fn records(&self) -> Vec<Vec<u8>> {
@@ -783,13 +1138,15 @@ impl Queue {
         let ordered = self
             .ready
             .values()
-            .chain(self.delayed.values())
-            .chain(self.inflight.values());
-        for id in ordered {
-            let t = &self.tasks[id];
+            .flatten()
+            .copied()
+            .chain(Heap::sorted(&self.delayed, &self.slab, delayed_key))
+            .chain(Heap::sorted(&self.inflight, &self.slab, inflight_key));
+        for h in ordered {
+            let t = self.view(h);
             let mut w = W::new(b'T');
-            w.bytes(id)
-                .bytes(&t.payload)
+            w.bytes(t.id)
+                .bytes(t.payload)
                 .i64(t.priority as i64)
                 .u64(t.attempt as u64)
                 .u64(t.max_attempts as u64)
@@ -797,12 +1154,12 @@ impl Queue {
                 .i64(t.enqueued_at)
                 .i64(t.run_at)
                 .u64(t.state as u64)
-                .bytes(&t.worker)
+                .bytes(t.worker)
                 .u64(t.token)
                 .i64(t.deadline)
-                .bytes(&t.error)
+                .bytes(t.error)
                 .i64(t.failed_at)
-                .opt(t.unique.as_deref());
+                .opt(t.unique);
             out(&w.buf);
         }
         for d in self.dead.iter() {
@@ -895,41 +1252,50 @@ impl Queue {
             }
             b'T' => {
                 let id = r.bytes()?;
-                let t = Task {
-                    payload: r.bytes()?,
-                    priority: prio(r.i64()?)?,
-                    attempt: u32v(r.u64()?)?,
-                    max_attempts: u32v(r.u64()?)?,
-                    seq: r.u64()?,
-                    enqueued_at: r.i64()?,
-                    run_at: r.i64()?,
-                    state: State::from_u8(u8::try_from(r.u64()?).map_err(|_| "bad task state")?)?,
-                    worker: r.bytes()?,
-                    token: r.u64()?,
-                    deadline: r.i64()?,
-                    error: r.bytes()?,
-                    failed_at: r.i64()?,
-                    unique: r.opt()?,
-                };
+                let payload = r.bytes()?;
+                let priority = prio(r.i64()?)?;
+                let attempt = u32v(r.u64()?)?;
+                let max_attempts = u32v(r.u64()?)?;
+                let seq = r.u64()?;
+                let enqueued_at = r.i64()?;
+                let run_at = r.i64()?;
+                let state = State::from_u8(u8::try_from(r.u64()?).map_err(|_| "bad task state")?)?;
+                let worker = r.bytes()?;
+                let token = r.u64()?;
+                let deadline = r.i64()?;
+                let error = r.bytes()?;
+                let failed_at = r.i64()?;
+                let unique = r.opt()?;
                 r.done()?;
-                if t.max_attempts == 0 || t.seq >= MAX_SEQ {
+                if max_attempts == 0 || seq >= MAX_SEQ || id.len() > MAX_STORED_ID {
                     return Err("task field out of range");
                 }
-                if self.tasks.contains_key(&id) {
+                if self.contains(&id) {
                     return Err("duplicate task id");
                 }
-                let taken = match t.state {
-                    State::Ready => self.ready.contains_key(&(-t.priority, t.seq)),
-                    State::Delayed => self.delayed.contains_key(&(t.run_at, t.seq)),
-                    State::Inflight => self.inflight.contains_key(&(t.deadline, t.seq)),
-                };
                 let seqs = self.load_seqs.as_mut().ok_or("task record outside a load (no header)")?;
-                if taken || !seqs.insert(t.seq) {
+                if !seqs.insert(seq) {
                     return Err("duplicate task sequence number");
                 }
-                self.next_seq = self.next_seq.max(t.seq + 1);
-                self.index(&id, &t);
-                self.tasks.insert(id, Box::new(t));
+                self.next_seq = self.next_seq.max(seq + 1);
+                let mut t = Task::new(&id, &payload);
+                t.priority = priority as i8;
+                t.attempt = attempt;
+                t.max_attempts = max_attempts;
+                t.seq = seq;
+                t.enqueued_at = enqueued_at;
+                t.run_at = run_at;
+                t.state = state;
+                t.token = token;
+                t.deadline = deadline;
+                let h = self.slab.insert(t);
+                self.ids.insert(&id, h);
+                if !error.is_empty() || failed_at != 0 || unique.is_some() {
+                    self.extras.insert(h, Extra { error: error.into(), failed_at, unique: unique.map(Into::into) });
+                }
+                // a worker is only kept for a task in flight (others have none)
+                let w = if state == State::Inflight { self.intern_worker(&worker) } else { NIL };
+                self.index(h, w);
             }
             b'D' => {
                 let d = Dead {
@@ -988,17 +1354,34 @@ impl Queue {
         r.done()
     }
 
+    /// Bytes this queue holds, for MEMORY USAGE: what the indexes and buffers have allocated
+    /// (capacities, allocator rounding), computed from sizes kept up to date, plus one pass over
+    /// the small side tables.
     pub fn mem_usage(&self) -> usize {
-        let mut n = std::mem::size_of::<Queue>();
-        for (id, t) in &self.tasks {
-            n += 3 * id.len() + t.payload.len() + t.error.len() + t.worker.len() + 200;
+        const MAP_ENTRY_OVERHEAD: usize = 1; // hashbrown control byte
+        let mut n = std::mem::size_of::<Queue>() + self.slab.mem_usage() + self.ids.mem_usage();
+        for d in self.ready.values() {
+            n += 64 + alloc_size(d.capacity() * 4);
+        }
+        n += if self.delayed.capacity() > 0 { alloc_size(self.delayed.capacity() * 4) } else { 0 };
+        n += if self.inflight.capacity() > 0 { alloc_size(self.inflight.capacity() * 4) } else { 0 };
+        n += self.leases.capacity() * std::mem::size_of::<Option<Leases>>();
+        for name in self.worker_ids.keys() {
+            n += 2 * alloc_size(name.len()) + 24 + 4 + MAP_ENTRY_OVERHEAD;
+        }
+        n += self.extras.capacity() * (std::mem::size_of::<(Handle, Extra)>() + MAP_ENTRY_OVERHEAD);
+        for x in self.extras.values() {
+            n += alloc_size(x.error.len()) + x.unique.as_ref().map(|u| alloc_size(u.len())).unwrap_or(0);
         }
         n += self.dead.mem_usage();
-        for (k, _) in &self.uniques {
-            n += 2 * k.len() + 80;
+        for (k, u) in &self.uniques {
+            n += 2 * alloc_size(k.len()) + u.task.as_ref().map(|t| alloc_size(t.len())).unwrap_or(0) + 80;
         }
         for s in self.schedules.values() {
             n += s.payload.len() + s.spec.len() + 200;
+        }
+        if let Some(s) = &self.load_seqs {
+            n += s.capacity() * 9;
         }
         n
     }
@@ -1028,12 +1411,12 @@ mod tests {
         // rescue then stale ack
         assert_eq!(q.rescue_expired(200, 10), 2);
         assert!(!q.ack(b"c", Some(got[0].token)));
-        assert_eq!(q.tasks.len(), 3);
+        assert_eq!(q.task_count(), 3);
         let again = q.fetch(201, b"w", 1, 300, &mut tok);
         assert_eq!(again[0].id, b"c".to_vec());
         assert_eq!(again[0].attempt, 2);
         assert!(q.ack(b"c", Some(again[0].token)));
-        assert_eq!(q.tasks.len(), 2);
+        assert_eq!(q.task_count(), 2);
     }
 
     #[test]
@@ -1168,7 +1551,7 @@ mod tests {
         let got = q.fetch(2, b"w", 1, 100, &mut tok);
         assert_eq!(got[0].id, b"a".to_vec());
         assert_eq!(q.fail(2, 10, b"a", Some(got[0].token), b"x", Some(0)), Some("retry"));
-        assert!(q.next_seq < MAX_SEQ && q.tasks.values().all(|t| t.seq < q.next_seq));
+        assert!(q.next_seq < MAX_SEQ && q.tasks().all(|t| t.seq < q.next_seq));
         let back = load(&q.records());
         assert_eq!(back.records(), q.records());
         let order: Vec<Id> = q.fetch(3, b"w", 3, 100, &mut tok).into_iter().map(|f| f.id).collect();
@@ -1227,7 +1610,10 @@ mod tests {
         let header_without = q.records()[0].clone();
         assert!(q.skip_schedule(b"s", 1000));
         assert!(!q.skip_schedule(b"nope", 1000));
-        assert_eq!((q.tasks.len(), q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total), (0, 1100, 1));
+        assert_eq!(
+            (q.task_count(), q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total),
+            (0, 1100, 1)
+        );
         // late by several ticks: skipped once, next tick computed from now (as after a fire)
         assert!(q.skip_schedule(b"s", 1550));
         assert_eq!((q.schedules[&b"s".to_vec()].next_run, q.schedule_ticks_skipped_total), (1650, 2));
@@ -1247,6 +1633,127 @@ mod tests {
         let mut bad = q.records()[0].clone();
         bad.extend_from_slice(&[0; 8]);
         assert!(Queue::default().apply_record(&bad).is_err());
+    }
+
+    /// Random operations over thousands of tasks (enough to grow, compact and shrink the slab):
+    /// after each round every index agrees with the tasks, orders are the documented ones, every
+    /// id is found, and the records load back into the same queue.
+    #[test]
+    fn random_operations_keep_indexes_consistent_through_compaction() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut q = Queue::default();
+        let mut next_id = 0u64;
+        let mut now = 1_000i64;
+        let mut tokens: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut tok = 0u64;
+        for round in 0..60 {
+            now += 10;
+            let grow = round % 20 < 12;
+            for _ in 0..(if grow { 400 } else { 40 }) {
+                let prio = rnd(5) as i32 - 2;
+                let run_at = if rnd(4) == 0 { now + rnd(50) as i64 } else { now };
+                let uniq = format!("u{}", rnd(50));
+                let unique = (rnd(10) == 0).then(|| (uniq.as_bytes(), now + 100));
+                let o = EnqOpts { now, priority: prio, run_at, max_attempts: 1 + rnd(3) as u32, unique };
+                next_id += 1;
+                q.enqueue(&o, vec![(format!("id{next_id}").into_bytes(), vec![b'p'; rnd(40) as usize])]);
+            }
+            let worker = format!("w{}", rnd(4)).into_bytes();
+            let got = q.fetch(
+                now,
+                &worker,
+                rnd(if grow { 300 } else { 600 }) as usize,
+                now + 20 + rnd(30) as i64,
+                &mut || {
+                    tok += 1;
+                    tok
+                },
+            );
+            tokens.extend(got.into_iter().map(|f| (f.id, f.token)));
+            let mut keep = Vec::new();
+            for (id, t) in tokens.drain(..) {
+                match rnd(6) {
+                    0..=2 => {
+                        assert!(q.ack(&id, Some(t)) || !q.contains(&id) || q.get_task(&id).unwrap().token != t)
+                    }
+                    3 => {
+                        q.fail(now, 50, &id, Some(t), b"boom", (rnd(2) == 0).then_some(5));
+                    }
+                    _ => keep.push((id, t)),
+                }
+            }
+            tokens = keep;
+            match rnd(6) {
+                0 => {
+                    q.rescue_expired(now, 50);
+                }
+                1 => {
+                    q.rescue_worker(b"w1", now, 50);
+                }
+                2 => {
+                    q.extend(b"w2", now + 100);
+                }
+                3 => {
+                    let ids: Vec<Vec<u8>> = (0..20).map(|_| format!("id{}", 1 + rnd(next_id)).into_bytes()).collect();
+                    q.delete(&ids.iter().map(|i| &i[..]).collect::<Vec<_>>());
+                }
+                4 => {
+                    q.retry_dead(None);
+                }
+                _ => {
+                    if rnd(8) == 0 {
+                        q.clear(true, false, false);
+                    }
+                }
+            }
+            // orders
+            let key = |t: &TaskView| match t.state {
+                State::Ready => (-(t.priority as i64), t.seq as i64),
+                State::Delayed => (t.run_at, t.seq as i64),
+                State::Inflight => (t.deadline, t.seq as i64),
+            };
+            let sz = q.sizes();
+            let mut total = 0;
+            for (st, n) in [(State::Ready, sz.ready), (State::Delayed, sz.delayed), (State::Inflight, sz.inflight)] {
+                let v = q.peek(st, 0, usize::MAX);
+                assert_eq!(v.len() as i64, n);
+                assert!(v.iter().all(|t| t.state == st));
+                assert!(v.windows(2).all(|w| key(&w[0]) < key(&w[1])), "{st:?} out of order");
+                for t in &v {
+                    assert_eq!(q.get_task(t.id).unwrap().seq, t.seq);
+                    assert_eq!(t.worker.is_empty(), st != State::Inflight);
+                }
+                total += v.len();
+                let part: Vec<u64> = q.peek(st, 3, 5).iter().map(|t| t.seq).collect();
+                let want: Vec<u64> = v.iter().skip(3).take(5).map(|t| t.seq).collect();
+                assert_eq!(part, want, "{st:?} page");
+            }
+            assert_eq!(total, q.task_count());
+            // worker lists hold exactly the worker's leases
+            for w in 0..4 {
+                let name = format!("w{w}").into_bytes();
+                let hs = q.worker_handles(&name);
+                let n = q.tasks().filter(|t| t.state == State::Inflight && t.worker == &name[..]).count();
+                assert_eq!(hs.len(), n);
+            }
+            let mut back = Queue::default();
+            for r in q.records() {
+                back.apply_record(&r).unwrap();
+            }
+            back.finish_load();
+            assert_eq!(back.records(), q.records());
+        }
+        // drain everything: nothing stays allocated
+        q.clear(true, true, true);
+        assert_eq!((q.task_count(), q.slab.capacity(), q.ids.mem_usage()), (0, 0, 0));
+        assert!(q.ready.is_empty() && q.delayed.capacity() == 0 && q.inflight.capacity() == 0);
+        assert!(q.worker_ids.is_empty() && q.leases.is_empty() && q.extras.is_empty());
     }
 
     #[test]

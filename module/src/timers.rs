@@ -88,12 +88,22 @@ pub fn touch_noarm(db: i32, key: &[u8], due: Option<i64>) {
     with_reg(|r| set_due(r, db, key, due));
 }
 
+/// Drops a key from the registry (it was deleted, renamed away, moved, expired or evicted, or is
+/// not a queue any more). The maps give their memory back as they empty (amortized), so queues
+/// created and deleted leave nothing behind.
 pub fn forget(db: i32, key: &[u8]) {
     with_reg(|r| {
-        if let Some(m) = r.keys.get_mut(&db) {
-            if let Some(Some(d)) = m.remove(key) {
-                r.due.remove(&(d, db, key.to_vec()));
-            }
+        let Some(m) = r.keys.get_mut(&db) else { return };
+        if let Some(Some(d)) = m.remove(key) {
+            r.due.remove(&(d, db, key.to_vec()));
+        }
+        if m.is_empty() {
+            r.keys.remove(&db);
+        } else if m.capacity() > 64 && m.len() * 4 < m.capacity() {
+            m.shrink_to(m.len() * 2);
+        }
+        if r.keys.is_empty() && r.keys.capacity() > 0 {
+            r.keys = HashMap::default();
         }
     });
 }
@@ -156,6 +166,20 @@ pub fn swap_db(a: i32, b: i32) {
             .map(|(t, d, k)| (t, if d == a { b } else if d == b { a } else { d }, k))
             .collect();
     });
+}
+
+/// Ends the record loads left open by an AOF without an RDB preamble (VT._LOAD records keep a
+/// queue's duplicate-detection set until its next command): called once loading is over.
+fn finish_loads(ctx: Ctx) {
+    let keys: Vec<(i32, Vec<u8>)> =
+        with_reg(|r| r.keys.iter().flat_map(|(db, m)| m.keys().map(move |k| (*db, k.clone()))).collect());
+    for (db, key) in keys {
+        if select_db(ctx, db) {
+            let name = OwnedStr::new(ctx, &key);
+            let _ = with_queue(ctx, name.0, false, |_| ());
+        }
+    }
+    select_db(ctx, 0);
 }
 
 pub fn registry_len() -> usize {
@@ -257,11 +281,11 @@ fn run_timer(ctx: Ctx) {
 /// The timer's duties on one queue, each replicated with explicit values.
 fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
     let now_s = now.to_string();
-    if q.delayed.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false) {
+    if q.has_due_delayed(now) {
         q.promote(now);
         replicate(ctx, "VT._FX", &[key, b"PROMOTE", now_s.as_bytes()]);
     }
-    if q.inflight.first_key_value().map(|((t, _), _)| *t <= now).unwrap_or(false) {
+    if q.has_expired_lease(now) {
         let cap = dlq_cap();
         q.rescue_expired(now, cap);
         let cap_s = cap.to_string();
@@ -297,6 +321,7 @@ fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
 pub unsafe extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
     let _ = guard(ctx, "loading event", || {
         if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED {
+            finish_loads(ctx);
             kick(ctx);
         }
     });
@@ -325,7 +350,9 @@ pub unsafe extern "C" fn on_swapdb(ctx: *mut raw::RedisModuleCtx, _e: raw::Redis
 }
 
 /// Keyspace events: a queue that arrives under a new name (RENAME, MOVE, COPY, RESTORE) is
-/// registered so the timer looks at it.
+/// registered so the timer looks at it; a key that leaves (DEL/UNLINK, the old name of a RENAME
+/// or MOVE, expiry, eviction) is forgotten at once (a queue without due work is never visited by
+/// the timer, so it would stay in the registry for ever).
 pub unsafe extern "C" fn on_keyspace(
     ctx: *mut raw::RedisModuleCtx,
     _type: std::ffi::c_int,
@@ -340,6 +367,8 @@ pub unsafe extern "C" fn on_keyspace(
         if matches!(ev, b"rename_to" | b"move_to" | b"copy_to" | b"restore") {
             let db = selected_db(ctx);
             touch_noarm(db, bytes(key), Some(now_ms()));
+        } else if matches!(ev, b"del" | b"rename_from" | b"move_from" | b"expired" | b"evicted") {
+            forget(selected_db(ctx), bytes(key));
         }
     });
     OK
