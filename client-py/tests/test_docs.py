@@ -124,8 +124,8 @@ class Project:
 def run_tests_defined(namespace: dict, before: set, where: str) -> None:
     """Run the test functions and TestCase classes a block just defined."""
     for name, obj in list(namespace.items()):
-        if name in before:
-            continue
+        if name in before or getattr(obj, "__module__", None) != namespace["__name__"]:
+            continue  # (imported names are not the block's own)
         if name.startswith("test_") and inspect.isfunction(obj):
             obj()
         elif inspect.isclass(obj) and issubclass(obj, unittest.TestCase):
@@ -263,7 +263,7 @@ def test_settings_md_defaults_match_conf():
 
     text = (DOCS / "settings.md").read_text()
     for name, value in DEFAULTS.items():
-        row = re.search(rf"^\|\s*`{name}`\s*\|\s*`([^`|]+)`", text, re.M)
+        row = re.search(rf"^\|\s*(?:<a id=\"[^\"]*\"></a>)?`{name}`\s*\|\s*`([^`|]+)`", text, re.M)
         assert row, f"no table row `{name}` | `default` | in docs/settings.md"
         assert eval(row.group(1), {"__builtins__": {}}) == value, (name, row.group(1), value)
 
