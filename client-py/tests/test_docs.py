@@ -292,3 +292,33 @@ def test_commands_md_names_every_command_and_flag():
                 if flag not in base and f"`{flag}" not in section.group(1):
                     missing.append(f"{name} {flag}")
     assert not missing, f"docs/commands.md does not document {missing}"
+
+
+# ---- links between the documents resolve -----------------------------------------------------------
+def anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file, plus its explicit <a id="..."> anchors."""
+    text = path.read_text()
+    out = set(re.findall(r'<a id="([^"]+)"', text))
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (m := re.match(r"^#{1,6}\s+(.*?)\s*$", line)):
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-"))
+    return out
+
+
+def test_links_in_the_docs_resolve():
+    broken = []
+    for doc in [*sorted(DOCS.glob("*.md")), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            if not path.exists():
+                broken.append(f"{doc.name}: {target}")
+            elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, broken
