@@ -79,7 +79,7 @@ def test_runworker_reports_an_unknown_backend_with_either_flag(flag):
     assert "Pass --backend with one of: default, postgres" in done.stderr
 
 
-# ---- benchmark_vtasks under DEBUG=True --------------------------------------------------------------
+# ---- benchmark_vtasks under DEBUG=True -----------------------------------------------------------
 # A project as `startproject` makes it: DEBUG = True and no LOGGING (Django's default logging,
 # whose console handler prints the "django" loggers at INFO when DEBUG is on).
 DEBUG_SETTINGS = """

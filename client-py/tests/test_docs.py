@@ -77,14 +77,14 @@ def python_blocks(name: str) -> list[Block]:
     return [b for b in blocks(DOCS / name) if b.lang == "python"]
 
 
-# ---- every example compiles ------------------------------------------------------------------------
+# ---- every example compiles ----------------------------------------------------------------------
 @pytest.mark.parametrize("doc", sorted(p.name for p in DOCS.glob("*.md")))
 def test_python_examples_compile(doc):
     for b in python_blocks(doc):
         compile(b.code, repr(b), "exec")
 
 
-# ---- runnable examples -----------------------------------------------------------------------------
+# ---- runnable examples ---------------------------------------------------------------------------
 class Project:
     """The example project of one doc page: its files in a temporary directory on sys.path, its
     settings, and (tasks.md) a worker process."""
@@ -221,7 +221,7 @@ def test_testing_md_examples_run(tmp_path):
         assert run_blocks(project) >= 2
 
 
-# ---- settings.md is complete ------------------------------------------------------------------------
+# ---- settings.md is complete ---------------------------------------------------------------------
 def package_source() -> str:
     return "\n".join(p.read_text() for p in sorted(PACKAGE.rglob("*.py")))
 
@@ -268,7 +268,7 @@ def test_settings_md_defaults_match_conf():
         assert eval(row.group(1), {"__builtins__": {}}) == value, (name, row.group(1), value)
 
 
-# ---- commands.md is complete ------------------------------------------------------------------------
+# ---- commands.md is complete ---------------------------------------------------------------------
 def test_commands_md_names_every_command_and_flag():
     from django.core.management import get_commands, load_command_class
 
@@ -294,7 +294,7 @@ def test_commands_md_names_every_command_and_flag():
     assert not missing, f"docs/commands.md does not document {missing}"
 
 
-# ---- links between the documents resolve -----------------------------------------------------------
+# ---- links between the documents resolve ---------------------------------------------------------
 def anchors(path: Path) -> set[str]:
     """GitHub's heading anchors of a Markdown file, plus its explicit <a id="..."> anchors."""
     text = path.read_text()

@@ -1,8 +1,9 @@
 """The one ``--backend`` option of every vtasks management command that acts on a task backend.
 
-``--backend`` is the canonical spelling (the supervisor passes it to its children); ``--backend-alias``
-(the spelling of django-vtasks 3.x's ``clear_queue`` and ``benchmark_vtasks``) is accepted as an
-alias. ``call_command(..., backend=...)`` and ``call_command(..., backend_alias=...)`` both work.
+``--backend`` is the canonical spelling (the supervisor passes it to its children);
+``--backend-alias`` (the spelling of django-vtasks 3.x's ``clear_queue`` and ``benchmark_vtasks``)
+is accepted as an alias. ``call_command(..., backend=...)`` and
+``call_command(..., backend_alias=...)`` both work.
 (A leading underscore: Django does not list this module as a command.)
 """
 

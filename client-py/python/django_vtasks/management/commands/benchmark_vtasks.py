@@ -138,7 +138,7 @@ class Command(BaseCommand):
             # the benchmark queue is private to this process: let validate_task accept it
             backend.queues.add(queue)
         try:
-            import uvloop  # noqa: F401
+            import uvloop
 
             runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
         except ImportError:
