@@ -207,8 +207,12 @@ def test_tasks_md_examples_run_with_a_worker(alias, tmp_path):
                 print((tmp_path / "worker.log").read_text(errors="replace")[-5000:])
                 raise
             finally:
-                worker.terminate()
-                worker.wait(30)
+                worker.terminate()  # SIGTERM: drains, exits 0
+                try:
+                    worker.wait(60)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
                 log.close()
                 for q in queues:
                     broker.clear(q, "all")
