@@ -84,6 +84,27 @@ def test_python_examples_compile(doc):
         compile(b.code, repr(b), "exec")
 
 
+# ---- settings examples build real backends ------------------------------------------------------
+@pytest.mark.parametrize("doc", ["settings.md", "operations.md"])
+def test_settings_examples_configure_real_backends(doc, monkeypatch):
+    """The `# settings.py` blocks of the reference pages: their TASKS entries name backends that
+    exist and accept those OPTIONS (built, not connected)."""
+    from django.utils.module_loading import import_string
+
+    monkeypatch.setenv("VTASKS_VALKEY_PASSWORD", "example-password")
+    built = 0
+    for block in python_blocks(doc):
+        if block.file != "settings.py":
+            continue
+        namespace: dict = {}
+        exec(compile(block.code, repr(block), "exec"), namespace)
+        for alias, params in namespace.get("TASKS", {}).items():
+            backend = import_string(params["BACKEND"])(alias, params)
+            assert backend.options == params.get("OPTIONS", {}), repr(block)
+            built += 1
+    assert built >= 1
+
+
 # ---- runnable examples ---------------------------------------------------------------------------
 class Project:
     """The example project of one doc page: its files in a temporary directory on sys.path, its
