@@ -8,16 +8,21 @@ tasks), or ``enqueue_many`` batches with ``--batch N``. Phase 2 starts a
 :class:`django_vtasks.worker.Worker` on this process' event loop for the benchmark queue and
 measures until every task finished. The benchmark queue (``--queue``, default
 ``vtasks-benchmark``) is emptied before and after the run: do not point it at a queue in use.
-A progress bar goes to stderr.
+A progress bar goes to stderr. Django's per-task log lines (``django.tasks`` at INFO, printed
+when DEBUG=True) are silenced during the run unless ``-v 2``.
 """
 
 import asyncio
+import logging
 import time
 import uuid
+from contextlib import contextmanager
 
 from django.core.management.base import BaseCommand, CommandError
 
 from django_vtasks.tasks import task
+
+from ._backend_option import STEALTH, add_backend_argument, backend_alias, vtasks_backend
 
 
 @task
@@ -42,6 +47,22 @@ def sync_noop(payload=None):
 def sync_sleep(seconds, payload=None):
     """Benchmark task: blocks a pool thread ``seconds``."""
     time.sleep(seconds)
+
+
+@contextmanager
+def quiet_task_log(verbosity: int):
+    """Django logs every task start and finish on the ``django.tasks`` logger at INFO (its signal
+    receivers), which the default LOGGING prints to the console when DEBUG=True: 2 lines per
+    benchmark task. Below ``-v 2`` the benchmark keeps that logger at WARNING for its run, so its
+    output is the summary (failures are still logged: ERROR)."""
+    log = logging.getLogger("django.tasks")
+    previous = log.level
+    if verbosity < 2 and log.getEffectiveLevel() < logging.WARNING:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
 
 
 class Progress:
@@ -81,12 +102,13 @@ class Progress:
 
 class Command(BaseCommand):
     help = "Benchmark a vtasks backend: enqueue rate, then process rate with an in-process worker."
+    stealth_options = STEALTH
 
     def add_arguments(self, parser):
         parser.add_argument("--count", type=int, default=1000, help="tasks to run (default 1000)")
         parser.add_argument("--concurrency", type=int, default=50,
                             help="worker concurrency (default 50)")
-        parser.add_argument("--backend-alias", default="default", help="TASKS alias")
+        add_backend_argument(parser)
         parser.add_argument("--queue", default="vtasks-benchmark",
                             help="queue used (emptied before and after; default vtasks-benchmark)")
         parser.add_argument("--task-type", choices=["noop", "sleep"], default="noop")
@@ -105,32 +127,23 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args, **options):
-        from django.tasks import task_backends
-        from django.tasks.exceptions import InvalidTaskBackend
-
         if options["count"] < 1:
             raise CommandError("--count must be at least 1")
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
-        alias = options["backend_alias"]
-        try:
-            backend = task_backends[alias]
-        except InvalidTaskBackend as e:
-            raise CommandError(f"Backend {alias!r} not found in TASKS: {e}") from e
-        if getattr(backend, "broker", None) is None:
-            raise CommandError(f"Backend {alias!r} ({type(backend).__name__}) is not a vtasks "
-                               f"backend.")
+        alias = backend_alias(options)
+        backend = vtasks_backend(alias)
         queue = options["queue"]
         if backend.queues and queue not in backend.queues:
             # the benchmark queue is private to this process: let validate_task accept it
             backend.queues.add(queue)
         try:
-            import uvloop  # noqa: F401
+            import uvloop
 
             runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
         except ImportError:
             runner = asyncio.Runner()
-        with runner:
+        with runner, quiet_task_log(options["verbosity"]):
             runner.run(self._run(backend, alias, queue, options))
 
     def _task(self, options):

@@ -14,13 +14,15 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_vtasks.broker import BrokerError
 
+from ._backend_option import STEALTH, add_backend_argument, backend_alias, vtasks_backend
+
 
 class Command(BaseCommand):
     help = "Clear queued tasks (or failed tasks with --failed) from vtasks queues."
+    stealth_options = STEALTH
 
     def add_arguments(self, parser):
-        parser.add_argument("--backend-alias", default="default",
-                            help="TASKS alias of the backend (default: default)")
+        add_backend_argument(parser)
         parser.add_argument("--queue", default=None,
                             help="queue to clear (default: default; with --failed and no --queue: "
                                  "every queue's dead-letter queue)")
@@ -31,18 +33,9 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="skip the confirmation prompt")
 
     def handle(self, *args, **options):
-        from django.tasks import task_backends
-        from django.tasks.exceptions import InvalidTaskBackend
-
-        alias = options["backend_alias"]
-        try:
-            backend = task_backends[alias]
-        except InvalidTaskBackend as e:
-            raise CommandError(f"Backend {alias!r} not found in TASKS: {e}") from e
-        broker = getattr(backend, "broker", None)
-        if broker is None:
-            raise CommandError(f"Backend {alias!r} ({type(backend).__name__}) is not a vtasks "
-                               f"backend.")
+        alias = backend_alias(options)
+        backend = vtasks_backend(alias)
+        broker = backend.broker
         failed = options["failed"]
         what = "dead" if failed else "ready"
         label = "failed" if failed else "queued"

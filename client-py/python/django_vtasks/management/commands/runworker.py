@@ -6,13 +6,15 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from django_vtasks.broker import BrokerError
-from django_vtasks.conf import settings
+
+from ._backend_option import STEALTH, add_backend_argument, backend_alias, vtasks_backend
 
 
 class Command(BaseCommand):
     help = "Run a vtasks worker (asyncio) for a vtasks task backend."
     # only the worker's own backend is checked (below), not every app/backend at each start
     requires_system_checks = []
+    stealth_options = STEALTH
 
     def add_arguments(self, parser):
         parser.add_argument("--concurrency", type=int, default=None,
@@ -25,8 +27,7 @@ class Command(BaseCommand):
                             help="register VTASKS_SCHEDULE (safe on any number of workers)")
         parser.add_argument("--id", dest="worker_id", default=None,
                             help="stable worker id: a restarted worker rescues its own tasks")
-        parser.add_argument("--backend", default=None,
-                            help="TASKS alias (default VTASKS_BACKEND or 'default')")
+        add_backend_argument(parser)
         parser.add_argument("--health-check-file", default=None,
                             help="file touched while the worker makes progress")
         parser.add_argument("--lease", type=float, default=None,
@@ -53,12 +54,10 @@ class Command(BaseCommand):
             log.addHandler(handler)
             log.setLevel(logging.DEBUG if options["verbosity"] >= 3 else
                          logging.INFO if options["verbosity"] >= 1 else logging.WARNING)
-        from django.tasks import task_backends
-
         from django.core import checks
 
-        alias = options["backend"] or settings.VTASKS_BACKEND
-        problems = task_backends[alias].check()
+        alias = backend_alias(options)
+        problems = vtasks_backend(alias).check()
         for problem in problems:
             self.stderr.write(f"{problem.id}: {problem.msg}" +
                               (f" ({problem.hint})" if problem.hint else ""))
