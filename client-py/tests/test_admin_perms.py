@@ -114,7 +114,7 @@ def test_view_failed_only(alias, broker, queue, admin_stack, client):
     assert f"{ADMIN}/queuedtask/?" not in r.content.decode()
 
 
-def test_no_vtasks_permission_no_page(alias, admin_stack, client):
+def test_no_vtasks_permission_no_page(admin_stack, client):
     client, _ = staff_client(client)
     for model in ("queuedtask", "runningtask", "failedtask", "dashboard"):
         assert client.get(f"{ADMIN}/{model}/").status_code == 403, model
