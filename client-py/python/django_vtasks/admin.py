@@ -7,10 +7,14 @@ others), with checkboxes and actions: *retry* (failed tasks go back to ready) an
 (queued or failed tasks; running tasks cannot be deleted, they finish or come back when their
 worker dies). A task's id opens its detail: the decoded envelope, attempts, lease, error.
 
-No database table is involved: the three models are unmanaged placeholders so the admin has
-something to register, and every page reads the broker through ``django_vtasks.broker``
-(peek/get/info/retry_dead/delete). Viewing needs the model's view permission, retry the change
-permission and delete the delete permission (superusers have all of them).
+No database table is involved: the three models (:mod:`django_vtasks.models`) are unmanaged
+placeholders whose permissions ``migrate`` creates, and every page reads the broker through
+``django_vtasks.broker`` (peek/get/info/retry_dead/delete). Each page checks the permissions of its
+own model: listing needs view, retry needs change (failed tasks only), delete needs delete; an
+action only touches tasks that are in its page's states, and a task's detail needs the view
+permission of the state the task is in. Retries and deletions are written to the admin's log
+(LogEntry, with the task id, queue and backend). Queue names, backend aliases and task ids go
+into detail URLs quoted the admin's way (``/`` and the like are allowed).
 """
 
 from __future__ import annotations
@@ -21,54 +25,23 @@ import re
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
-from django.db import models
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from .broker import BrokerError, TaskRecord, vtasks_backends
 from .envelope import preview
+from .models import FailedTask, QueuedTask, RunningTask
 from .result_store import document as result_document
 from .results import ms_to_dt
 
 logger = logging.getLogger("django_vtasks.admin")
 
 PER_PAGE = 50
-
-
-class _BrokerTask(models.Model):
-    """Placeholder: rows live in the broker, not in a table."""
-
-    id = models.CharField(primary_key=True, max_length=64)
-
-    class Meta:
-        abstract = True
-        managed = False
-
-
-class QueuedTask(_BrokerTask):
-    class Meta:
-        managed = False
-        app_label = "django_vtasks"
-        verbose_name = "queued task"
-        verbose_name_plural = "queued tasks"
-
-
-class RunningTask(_BrokerTask):
-    class Meta:
-        managed = False
-        app_label = "django_vtasks"
-        verbose_name = "running task"
-        verbose_name_plural = "running tasks"
-
-
-class FailedTask(_BrokerTask):
-    class Meta:
-        managed = False
-        app_label = "django_vtasks"
-        verbose_name = "failed task"
-        verbose_name_plural = "failed tasks"
 
 
 def _short(value, limit=80) -> str:
@@ -275,7 +248,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         pages = max(1, -(-total // PER_PAGE))
         detail_name = "admin:%s_%s_detail" % (self.opts.app_label, self.opts.model_name)
         for row in rows:
-            row.url = reverse(detail_name, args=[alias, queue, row.id],
+            row.url = reverse(detail_name, args=[quote(alias), quote(queue), quote(row.id)],
                               current_app=self.admin_site.name)
         actions = [a for a in self.task_actions if self._allowed(request, a)]
         context.update({
@@ -326,22 +299,64 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             messages.warning(request, "Select tasks to act on (nothing was changed).")
             return HttpResponseRedirect(back)
         try:
-            if action == "retry":
-                n = broker.retry_dead(queue, None if everything else ids)
-                messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
+            if everything:
+                self._act_on_all(request, action, alias, broker, queue)
             else:
-                if everything:
-                    n = broker.clear(queue, "dead" if "dead" in self.states else "ready")
-                else:
-                    n = broker.delete(queue, ids)
-                messages.success(request, f"{n} task(s) deleted from {queue!r}.")
+                self._act_on_ids(request, action, alias, broker, queue, ids)
         except BrokerError as e:
             messages.error(request, f"{action} failed: {e}")
         return HttpResponseRedirect(back)
 
+    def _act_on_ids(self, request, action, alias, broker, queue, ids):
+        # VT.DELETE takes any ready/delayed/dead id: keep only the tasks this page (and so this
+        # permission) owns. A task that moves between this read and the action (e.g. a failed task
+        # retried meanwhile) can still be hit; the broker offers no per-state delete.
+        owned = [i for i in dict.fromkeys(ids)
+                 if (r := broker.get(queue, i)) is not None and r.state in self.states]
+        if len(owned) < len(set(ids)):
+            messages.warning(request, f"{len(set(ids)) - len(owned)} selected task(s) are not "
+                                      f"{self.opts.verbose_name_plural} of {queue!r} (any more) "
+                                      f"and were left alone.")
+        if not owned:
+            return
+        where = f"of queue {queue!r} (backend {alias!r})"
+        if action == "retry":
+            n = broker.retry_dead(queue, owned)
+            self._log(request, CHANGE, [(i, f"Retried failed task {i} {where}.") for i in owned])
+            messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
+        else:
+            n = broker.delete(queue, owned)
+            self._log(request, DELETION, [
+                (i, f"Deleted {self.opts.verbose_name} {i} {where}.") for i in owned])
+            messages.success(request, f"{n} task(s) deleted from {queue!r}.")
+
+    def _act_on_all(self, request, action, alias, broker, queue):
+        where = f"of queue {queue!r} (backend {alias!r})"
+        if action == "retry":
+            n = broker.retry_dead(queue, None)
+            self._log(request, CHANGE, [(None, f"Retried all {n} failed tasks {where}.")],
+                      f"all failed tasks of {queue}")
+            messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
+        else:
+            n = broker.clear(queue, "dead" if "dead" in self.states else "ready")
+            what = self.opts.verbose_name_plural
+            self._log(request, DELETION, [(None, f"Deleted all {n} {what} {where}.")],
+                      f"all {what} of {queue}")
+            messages.success(request, f"{n} task(s) deleted from {queue!r}.")
+
+    def _log(self, request, flag, entries, whole_queue_repr=""):
+        """Admin LogEntry rows on this page's model: (task id, message) each, a None id for an
+        action on the whole queue."""
+        ctype = ContentType.objects.get_for_model(self.model, for_concrete_model=False)
+        LogEntry.objects.bulk_create([LogEntry(
+            user_id=request.user.pk, content_type_id=ctype.pk, object_id=i, action_flag=flag,
+            object_repr=(str(self.model(id=i)) if i is not None else whole_queue_repr)[:200],
+            change_message=message) for i, message in entries])
+
     def detail_view(self, request, backend, queue, task_id):
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
+        backend, queue, task_id = unquote(backend), unquote(queue), unquote(task_id)
         backends = dict(vtasks_backends())
         if backend not in backends:
             raise Http404(f"no vtasks backend {backend!r}")
@@ -355,6 +370,11 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             messages.warning(request, f"Task {task_id} is no longer in {queue!r} (it finished, "
                                       f"or was deleted).")
             return HttpResponseRedirect(self._url(backend=backend, queue=queue))
+        # the page a task shows on is the state it is in now, whichever list linked here
+        owner = _OWNER_MODELS.get(record.state, self.model)
+        owner_admin = self.admin_site._registry.get(owner)
+        if owner_admin is None or not owner_admin.has_view_or_change_permission(request):
+            raise PermissionDenied
         row = _Row(record, detail=True)
         result = None
         try:
@@ -363,14 +383,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
                 result = json.dumps(result_document(raw), indent=2, sort_keys=True)
         except Exception:
             result = None
-        actions = []
-        if record.state == "dead" and self.has_change_permission(request):
-            actions.append("retry")
-        if record.state != "inflight" and self.has_delete_permission(request):
-            actions.append("delete")
-        owner = {"ready": QueuedTask, "delayed": QueuedTask, "inflight": RunningTask,
-                 "dead": FailedTask}.get(record.state, self.model)
-        owner_admin = self.admin_site._registry.get(owner, self)
+        actions = [a for a in owner_admin.task_actions if owner_admin._allowed(request, a)]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -385,6 +398,11 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             "back_url": self._url(backend=backend, queue=queue),
         }
         return TemplateResponse(request, self.detail_template, context)
+
+
+#: the model (page, permissions) a task in each broker state belongs to
+_OWNER_MODELS = {"ready": QueuedTask, "delayed": QueuedTask, "inflight": RunningTask,
+                 "dead": FailedTask}
 
 
 @admin.register(QueuedTask)

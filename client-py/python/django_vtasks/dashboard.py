@@ -4,8 +4,9 @@ as charts, the schedules with their next run, and the workers seen recently.
 
 Everything is rendered on the server (the charts are inline SVG): no script, nothing loaded from
 another site. Depths and schedules come from the broker (``info``, ``schedule_list``); charts and
-workers from the activity record the workers write (:mod:`django_vtasks.activity`). Viewing needs
-the view permission of "dashboard" (superusers have it).
+workers from the activity record the workers write (:mod:`django_vtasks.activity`). The dashboard
+opens for anyone who may view (or change) queued, running or failed tasks; its counts link only to
+the lists the user may open.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db import models
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -26,20 +26,11 @@ from django.utils.safestring import mark_safe
 from . import activity
 from .broker import vtasks_backends
 from .envelope import decode_envelope
+from .models import Dashboard, FailedTask, QueuedTask, RunningTask
 
 logger = logging.getLogger("django_vtasks.dashboard")
 
 CHART_MINUTES = 30
-
-
-class Dashboard(models.Model):
-    """Placeholder so the admin lists the page; nothing is stored."""
-
-    class Meta:
-        managed = False
-        app_label = "django_vtasks"
-        verbose_name = "dashboard"
-        verbose_name_plural = "dashboard"
 
 
 def _ago(seconds: float) -> str:
@@ -127,6 +118,13 @@ class DashboardAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_view_permission(self, request, obj=None):
+        return any(self._may_list(request, m) for m in (QueuedTask, RunningTask, FailedTask))
+
+    def _may_list(self, request, model) -> bool:
+        model_admin = self.admin_site._registry.get(model)
+        return model_admin is not None and model_admin.has_view_or_change_permission(request)
+
     def has_delete_permission(self, request, obj=None):
         return False
 
@@ -135,14 +133,18 @@ class DashboardAdmin(admin.ModelAdmin):
         return [path("", self.admin_site.admin_view(self.changelist_view),
                      name="%s_%s_changelist" % info)]
 
-    def _list_url(self, model: str, alias: str, queue: str) -> str:
-        return reverse(f"admin:django_vtasks_{model}_changelist",
+    def _list_url(self, model, alias: str, queue: str) -> str:
+        return reverse(f"admin:django_vtasks_{model._meta.model_name}_changelist",
                        current_app=self.admin_site.name) + "?" + urlencode(
             {"backend": alias, "queue": queue})
 
-    def _backend_context(self, alias, backend, now: float) -> dict:
+    def _backend_context(self, request, alias, backend, now: float) -> dict:
         from .conf import settings as vsettings
 
+        listable = {key: model for key, model in (("queued", QueuedTask),
+                                                  ("running", RunningTask),
+                                                  ("failed", FailedTask))
+                    if self._may_list(request, model)}
         broker = backend.broker
         ctx = {"alias": alias, "kind": broker.kind, "queues": [], "schedules": [],
                "workers": [], "error": None}
@@ -159,9 +161,8 @@ class DashboardAdmin(admin.ModelAdmin):
                     "dead_evicted": int(i.get("dead_evicted", 0)),
                     "acked_total": int(i.get("acked_total", 0)),
                     "bar": depth_bar(i, scale),
-                    "queued_url": self._list_url("queuedtask", alias, q),
-                    "running_url": self._list_url("runningtask", alias, q),
-                    "failed_url": self._list_url("failedtask", alias, q),
+                    **{f"{key}_url": self._list_url(model, alias, q)
+                       for key, model in listable.items()},
                 })
                 if i.get("schedules"):
                     for s in broker.schedule_list(q):
@@ -203,7 +204,7 @@ class DashboardAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "title": "vtasks dashboard",
             "subtitle": None,
-            "backends": [self._backend_context(a, b, now) for a, b in vtasks_backends()],
+            "backends": [self._backend_context(request, a, b, now) for a, b in vtasks_backends()],
             "chart_minutes": CHART_MINUTES,
             "states": [s for s, _ in _STATE_COLORS],
             "legend": format_html_join(" ", '<span class="vtasks-swatch" style="background:{}">'
