@@ -185,7 +185,7 @@ pub fn parse_enqueue<'a>(a: &[&'a [u8]]) -> Result<EnqArgs<'a>, Reply> {
             break;
         } else if eq(opt, "ENTRIES") {
             let rest = &a[i + 1..];
-            if rest.is_empty() || rest.len() % 2 != 0 {
+            if rest.is_empty() || !rest.len().is_multiple_of(2) {
                 return err("ERR ENTRIES needs <id> <payload> pairs");
             }
             for pair in rest.chunks(2) {
@@ -456,13 +456,11 @@ unsafe extern "C" fn blocked_free(_ctx: Ctx, p: *mut c_void) {
 
 pub fn ack(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     arity(a, 4)?;
-    if (a.len() - 2) % 2 != 0 {
+    if !(a.len() - 2).is_multiple_of(2) {
         return err("ERR wrong number of arguments: <id> <token> pairs expected");
     }
-    let n = with_queue(ctx, argv[1], false, |q| {
-        a[2..].chunks(2).filter(|p| q.ack(p[0], parse_token(p[1]))).count()
-    })?
-    .unwrap_or(0);
+    let n = with_queue(ctx, argv[1], false, |q| a[2..].chunks(2).filter(|p| q.ack(p[0], parse_token(p[1]))).count())?
+        .unwrap_or(0);
     if n > 0 {
         replicate_verbatim(ctx);
     }
@@ -496,7 +494,16 @@ pub fn fail(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         Some(what) => {
             replicate_owned(
                 ctx,
-                &[a[1].to_vec(), b"FAIL".to_vec(), s(now), s(cap), a[2].to_vec(), a[3].to_vec(), a[4].to_vec(), s(retry.unwrap_or(-1))],
+                &[
+                    a[1].to_vec(),
+                    b"FAIL".to_vec(),
+                    s(now),
+                    s(cap),
+                    a[2].to_vec(),
+                    a[3].to_vec(),
+                    a[4].to_vec(),
+                    s(retry.unwrap_or(-1)),
+                ],
             );
             Ok(Reply::Simple(what))
         }
@@ -832,16 +839,7 @@ pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     with_queue(ctx, argv[2], true, |q| q.schedule_set(a[3], sched))?;
     replicate_owned(
         ctx,
-        &[
-            a[2].to_vec(),
-            b"SCHEDSET".to_vec(),
-            a[3].to_vec(),
-            s(kind as u8),
-            spec,
-            s(prio),
-            s(next),
-            payload,
-        ],
+        &[a[2].to_vec(), b"SCHEDSET".to_vec(), a[3].to_vec(), s(kind as u8), spec, s(prio), s(next), payload],
     );
     Ok(Reply::Simple("OK"))
 }
@@ -897,7 +895,7 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let bad = || Reply::Error("ERR malformed VT._FX".into());
     let out: Result<(), Reply> = if eq(op, "ENQ") {
         // now prio run_at maxatt uflag ukey uexp [id payload]...
-        if r.len() < 7 || (r.len() - 7) % 2 != 0 {
+        if r.len() < 7 || !(r.len() - 7).is_multiple_of(2) {
             return Err(bad());
         }
         let now = int(r[0], "now")?;
@@ -913,7 +911,7 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         .map(|_| ())
     } else if eq(op, "FETCH") {
         // now worker deadline [id token]...
-        if r.len() < 3 || (r.len() - 3) % 2 != 0 {
+        if r.len() < 3 || !(r.len() - 3).is_multiple_of(2) {
             return Err(bad());
         }
         let now = int(r[0], "now")?;
@@ -1008,7 +1006,7 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         .map(|_| ())
     } else if eq(op, "SCHEDFIRE") {
         // now maxatt [name id]...
-        if r.len() < 2 || (r.len() - 2) % 2 != 0 {
+        if r.len() < 2 || !(r.len() - 2).is_multiple_of(2) {
             return Err(bad());
         }
         let now = int(r[0], "now")?;
@@ -1080,7 +1078,7 @@ pub fn parse_command(a: &[&[u8]]) -> Result<(), String> {
         "VT.ENQUEUE" => parse_enqueue(a).map(|_| ()),
         "VT.FETCHBATCH" => parse_fetch(a).map(|_| ()),
         "VT.ACK" => arity(a, 4).and_then(|_| {
-            if (a.len() - 2) % 2 != 0 {
+            if !(a.len() - 2).is_multiple_of(2) {
                 err("ERR wrong number of arguments")
             } else {
                 Ok(())

@@ -2,6 +2,10 @@
 //!
 //! Every FFI entry point (commands, blocked-client callbacks, timers, events, RDB/AOF callbacks)
 //! runs inside `catch_unwind`; see `server::guard`.
+// The FFI glue passes server-owned handles (`Ctx`, keys, strings) that the server keeps valid
+// for the duration of the callback that received them; wrapping every helper in `unsafe fn` would
+// add nothing but noise at each call site.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod acl;
 pub mod alloc;
@@ -196,7 +200,8 @@ type Handler = fn(Ctx, &[RStr], &[&[u8]]) -> Result<Reply, Reply>;
 
 unsafe fn run(ctx: Ctx, argv: *mut RStr, argc: c_int, name: &str, f: Handler, this: CmdFn) -> c_int {
     let r = guard(ctx, name, || {
-        let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
+        let av: &[RStr] =
+            if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
         check_queue_names(row_of(this), &a)?;
         f(ctx, av, &a)
@@ -251,7 +256,8 @@ unsafe extern "C" fn t_fetchbatch(ctx: Ctx, argv: *mut RStr, argc: c_int) -> c_i
         return OK;
     }
     let r = guard(ctx, "VT.FETCHBATCH", || {
-        let av: &[RStr] = if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
+        let av: &[RStr] =
+            if argv.is_null() || argc <= 0 { &[] } else { std::slice::from_raw_parts(argv, argc as usize) };
         let a = args(argv, argc);
         check_queue_names(row_of(t_fetchbatch), &a)?;
         commands::fetchbatch(ctx, av, &a)
@@ -427,7 +433,14 @@ const NO_ACL_API: &str = "this server has no module ACL categories API (Valkey 8
 /// `dangerous` for commands that destroy tasks an operator cannot get back (CLEAR, DELETE) and
 /// for the internal ones, which are also `admin`.
 const COMMANDS: &[Command] = &[
-    Command { name: "vt.enqueue", handler: t_enqueue, flags: "write deny-oom", keys: Keys::At(1, KEY_INS), arity: 0, acl: "write fast" },
+    Command {
+        name: "vt.enqueue",
+        handler: t_enqueue,
+        flags: "write deny-oom",
+        keys: Keys::At(1, KEY_INS),
+        arity: 0,
+        acl: "write fast",
+    },
     Command {
         name: "vt.fetchbatch",
         handler: t_fetchbatch,
@@ -436,18 +449,95 @@ const COMMANDS: &[Command] = &[
         arity: -7,
         acl: "write slow blocking",
     },
-    Command { name: "vt.ack", handler: t_ack, flags: "write fast", keys: Keys::At(1, KEY_DEL), arity: 0, acl: "write fast" },
-    Command { name: "vt.fail", handler: t_fail, flags: "write fast", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write fast" },
-    Command { name: "vt.rescue", handler: t_rescue, flags: "write", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow" },
-    Command { name: "vt.extend", handler: t_extend, flags: "write fast", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write fast" },
-    Command { name: "vt.info", handler: t_info, flags: "readonly fast", keys: Keys::At(1, KEY_RO), arity: 0, acl: "read fast" },
+    Command {
+        name: "vt.ack",
+        handler: t_ack,
+        flags: "write fast",
+        keys: Keys::At(1, KEY_DEL),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.fail",
+        handler: t_fail,
+        flags: "write fast",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.rescue",
+        handler: t_rescue,
+        flags: "write",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write slow",
+    },
+    Command {
+        name: "vt.extend",
+        handler: t_extend,
+        flags: "write fast",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.info",
+        handler: t_info,
+        flags: "readonly fast",
+        keys: Keys::At(1, KEY_RO),
+        arity: 0,
+        acl: "read fast",
+    },
     // lists key names, like KEYS/SCAN (filtered by the caller's read permission)
-    Command { name: "vt.queues", handler: t_queues, flags: "readonly", keys: Keys::None, arity: 0, acl: "read slow keyspace" },
-    Command { name: "vt.peek", handler: t_peek, flags: "readonly", keys: Keys::At(1, KEY_RO), arity: 0, acl: "read slow" },
-    Command { name: "vt.get", handler: t_get, flags: "readonly fast", keys: Keys::At(1, KEY_RO), arity: 0, acl: "read fast" },
-    Command { name: "vt.retrydead", handler: t_retrydead, flags: "write deny-oom", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow" },
-    Command { name: "vt.delete", handler: t_delete, flags: "write", keys: Keys::At(1, KEY_DEL), arity: 0, acl: "write slow dangerous" },
-    Command { name: "vt.clear", handler: t_clear, flags: "write", keys: Keys::At(1, KEY_DEL), arity: 0, acl: "write slow dangerous" },
+    Command {
+        name: "vt.queues",
+        handler: t_queues,
+        flags: "readonly",
+        keys: Keys::None,
+        arity: 0,
+        acl: "read slow keyspace",
+    },
+    Command {
+        name: "vt.peek",
+        handler: t_peek,
+        flags: "readonly",
+        keys: Keys::At(1, KEY_RO),
+        arity: 0,
+        acl: "read slow",
+    },
+    Command {
+        name: "vt.get",
+        handler: t_get,
+        flags: "readonly fast",
+        keys: Keys::At(1, KEY_RO),
+        arity: 0,
+        acl: "read fast",
+    },
+    Command {
+        name: "vt.retrydead",
+        handler: t_retrydead,
+        flags: "write deny-oom",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write slow",
+    },
+    Command {
+        name: "vt.delete",
+        handler: t_delete,
+        flags: "write",
+        keys: Keys::At(1, KEY_DEL),
+        arity: 0,
+        acl: "write slow dangerous",
+    },
+    Command {
+        name: "vt.clear",
+        handler: t_clear,
+        flags: "write",
+        keys: Keys::At(1, KEY_DEL),
+        arity: 0,
+        acl: "write slow dangerous",
+    },
     Command {
         name: "vt.schedule|set",
         handler: t_sched_set,
@@ -456,13 +546,48 @@ const COMMANDS: &[Command] = &[
         arity: 0,
         acl: "write fast",
     },
-    Command { name: "vt.schedule|del", handler: t_sched_del, flags: "write", keys: Keys::At(2, KEY_DEL), arity: 0, acl: "write fast" },
-    Command { name: "vt.schedule|list", handler: t_sched_list, flags: "readonly", keys: Keys::At(2, KEY_RO), arity: 0, acl: "read slow" },
+    Command {
+        name: "vt.schedule|del",
+        handler: t_sched_del,
+        flags: "write",
+        keys: Keys::At(2, KEY_DEL),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.schedule|list",
+        handler: t_sched_list,
+        flags: "readonly",
+        keys: Keys::At(2, KEY_RO),
+        arity: 0,
+        acl: "read slow",
+    },
     // Internal: refused to clients by the handlers too (replication stream / AOF only).
-    Command { name: "vt._fx", handler: t_fx, flags: "write", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow admin dangerous" },
-    Command { name: "vt._load", handler: t_load, flags: "write", keys: Keys::At(1, KEY_RW), arity: 0, acl: "write slow admin dangerous" },
+    Command {
+        name: "vt._fx",
+        handler: t_fx,
+        flags: "write",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write slow admin dangerous",
+    },
+    Command {
+        name: "vt._load",
+        handler: t_load,
+        flags: "write",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write slow admin dangerous",
+    },
     // Allocator self-test: refused unless `enable-debug-command` allows the caller (like DEBUG).
-    Command { name: "vt._aligncheck", handler: t_align, flags: "readonly admin", keys: Keys::None, arity: 0, acl: "slow admin dangerous" },
+    Command {
+        name: "vt._aligncheck",
+        handler: t_align,
+        flags: "readonly admin",
+        keys: Keys::None,
+        arity: 0,
+        acl: "slow admin dangerous",
+    },
 ];
 
 /// The row of [`COMMANDS`] whose handler is `f`.
@@ -498,7 +623,15 @@ unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
     let full = CString::new(c.name).unwrap();
     let get = raw::RedisModule_GetCommand.unwrap();
     let ok = match c.name.split_once('|') {
-        None => raw::RedisModule_CreateCommand.unwrap()(ctx, full.as_ptr(), Some(c.handler), flags.as_ptr(), first, last, step),
+        None => raw::RedisModule_CreateCommand.unwrap()(
+            ctx,
+            full.as_ptr(),
+            Some(c.handler),
+            flags.as_ptr(),
+            first,
+            last,
+            step,
+        ),
         Some((parent, sub)) => {
             let parent = CString::new(parent).unwrap();
             let mut p = get(ctx, parent.as_ptr());
@@ -511,7 +644,15 @@ unsafe fn register_command(ctx: Ctx, c: &Command) -> Result<(), String> {
                 set_acl(p, "", &parent.to_string_lossy())?;
             }
             let sub = CString::new(sub).unwrap();
-            raw::RedisModule_CreateSubcommand.unwrap()(p, sub.as_ptr(), Some(c.handler), flags.as_ptr(), first, last, step)
+            raw::RedisModule_CreateSubcommand.unwrap()(
+                p,
+                sub.as_ptr(),
+                Some(c.handler),
+                flags.as_ptr(),
+                first,
+                last,
+                step,
+            )
         }
     };
     if ok != OK {
@@ -613,8 +754,28 @@ unsafe fn register(ctx: Ctx) -> Result<(), String> {
     // Configs.
     use valkey_module::configuration::{register_i64_configuration, ConfigurationFlags};
     let c = valkey_module::Context::new(ctx);
-    register_i64_configuration(&c, "dlq-cap", &CFG_DLQ_CAP, 1000, 0, 10_000_000, ConfigurationFlags::DEFAULT, None, None);
-    register_i64_configuration(&c, "max-attempts", &CFG_MAX_ATTEMPTS, 3, 1, 1_000_000, ConfigurationFlags::DEFAULT, None, None);
+    register_i64_configuration(
+        &c,
+        "dlq-cap",
+        &CFG_DLQ_CAP,
+        1000,
+        0,
+        10_000_000,
+        ConfigurationFlags::DEFAULT,
+        None,
+        None,
+    );
+    register_i64_configuration(
+        &c,
+        "max-attempts",
+        &CFG_MAX_ATTEMPTS,
+        3,
+        1,
+        1_000_000,
+        ConfigurationFlags::DEFAULT,
+        None,
+        None,
+    );
     register_i64_configuration(
         &c,
         "default-lease",
@@ -679,8 +840,12 @@ pub unsafe extern "C" fn RedisModule_OnLoad(ctx: Ctx, _argv: *mut RStr, _argc: c
     // No allocation may happen before the API (and thus the server allocator) is initialised.
     let name = b"vtasks\0";
     if !raw::use_redis_module_api()
-        && raw::Export_ValkeyModule_Init(ctx as *mut raw::ValkeyModuleCtx, name.as_ptr().cast(), 1, raw::VALKEYMODULE_APIVER_1 as c_int)
-            == ERR
+        && raw::Export_ValkeyModule_Init(
+            ctx as *mut raw::ValkeyModuleCtx,
+            name.as_ptr().cast(),
+            1,
+            raw::VALKEYMODULE_APIVER_1 as c_int,
+        ) == ERR
     {
         return ERR;
     }

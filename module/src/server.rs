@@ -85,10 +85,7 @@ impl Drop for QueueBox {
 // ---------------------------------------------------------------- clock, flags, strings
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 pub fn ctx_flags(ctx: Ctx) -> u32 {
@@ -154,10 +151,7 @@ pub fn args<'a>(argv: *mut RStr, argc: c_int) -> Vec<&'a [u8]> {
     if argv.is_null() || argc <= 0 {
         return Vec::new();
     }
-    unsafe { std::slice::from_raw_parts(argv, argc as usize) }
-        .iter()
-        .map(|s| bytes(*s))
-        .collect()
+    unsafe { std::slice::from_raw_parts(argv, argc as usize) }.iter().map(|s| bytes(*s)).collect()
 }
 
 /// An owned module string (freed on drop).
@@ -199,11 +193,14 @@ impl Rep {
         Rep(Vec::with_capacity(n))
     }
     pub fn bytes(&mut self, b: &[u8]) -> &mut Rep {
-        self.0.push(unsafe { raw::RedisModule_CreateString.unwrap()(std::ptr::null_mut(), b.as_ptr().cast::<c_char>(), b.len()) });
+        self.0.push(unsafe {
+            raw::RedisModule_CreateString.unwrap()(std::ptr::null_mut(), b.as_ptr().cast::<c_char>(), b.len())
+        });
         self
     }
     pub fn int(&mut self, v: i64) -> &mut Rep {
-        self.0.push(unsafe { raw::RedisModule_CreateStringFromLongLong.unwrap()(std::ptr::null_mut(), v as c_longlong) });
+        self.0
+            .push(unsafe { raw::RedisModule_CreateStringFromLongLong.unwrap()(std::ptr::null_mut(), v as c_longlong) });
         self
     }
     /// Shares an argument string of the running command (its bytes are not copied).
@@ -374,12 +371,8 @@ pub enum Open {
 /// Opens `name` and checks its type. Errors with WRONGTYPE for other types.
 pub fn open(ctx: Ctx, name: RStr, write: bool) -> Result<Open, Reply> {
     unsafe {
-        let mode = if write {
-            raw::REDISMODULE_READ | raw::REDISMODULE_WRITE
-        } else {
-            raw::REDISMODULE_READ
-        };
-        let key = raw::RedisModule_OpenKey.unwrap()(ctx, name, mode as c_int) as *mut raw::RedisModuleKey;
+        let mode = if write { raw::REDISMODULE_READ | raw::REDISMODULE_WRITE } else { raw::REDISMODULE_READ };
+        let key = raw::RedisModule_OpenKey.unwrap()(ctx, name, mode as c_int);
         let k = QKey { key };
         if key.is_null() {
             return Ok(Open::Missing(k));
@@ -388,7 +381,9 @@ pub fn open(ctx: Ctx, name: RStr, write: bool) -> Result<Open, Reply> {
         if t == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
             return Ok(Open::Missing(k));
         }
-        if t != raw::REDISMODULE_KEYTYPE_MODULE as c_int || raw::RedisModule_ModuleTypeGetType.unwrap()(key) != QUEUE_TYPE {
+        if t != raw::REDISMODULE_KEYTYPE_MODULE as c_int
+            || raw::RedisModule_ModuleTypeGetType.unwrap()(key) != QUEUE_TYPE
+        {
             return Err(Reply::Error(WRONGTYPE.into()));
         }
         let v = raw::RedisModule_ModuleTypeGetValue.unwrap()(key) as *mut QueueBox;
@@ -414,7 +409,12 @@ pub fn create(k: &QKey, q: Queue) -> Result<*mut QueueBox, Reply> {
 /// Runs `f` on the queue at `name` (opened for writing), keeping stats, the timer registry and
 /// blocked clients in step. With `create`, a missing key gets an empty queue first; without it
 /// `f` is not called and `Ok(None)` is returned.
-pub fn with_queue<T>(ctx: Ctx, name: RStr, create_missing: bool, f: impl FnOnce(&mut Queue) -> T) -> Result<Option<T>, Reply> {
+pub fn with_queue<T>(
+    ctx: Ctx,
+    name: RStr,
+    create_missing: bool,
+    f: impl FnOnce(&mut Queue) -> T,
+) -> Result<Option<T>, Reply> {
     with_queue_ext(ctx, name, create_missing, false, f)
 }
 

@@ -11,9 +11,9 @@
 //! meanwhile (late, never lost, never twice) and wakes the fetchers whose wake-up was parked.
 //! Schedule ticks that fall due while the server is over `maxmemory` are skipped and counted.
 
+use crate::queue::HashMap;
 use crate::queue::NEVER;
 use crate::server::*;
-use crate::queue::HashMap;
 use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -163,7 +163,19 @@ pub fn swap_db(a: i32, b: i32) {
         let old = std::mem::take(&mut r.due);
         r.due = old
             .into_iter()
-            .map(|(t, d, k)| (t, if d == a { b } else if d == b { a } else { d }, k))
+            .map(|(t, d, k)| {
+                (
+                    t,
+                    if d == a {
+                        b
+                    } else if d == b {
+                        a
+                    } else {
+                        d
+                    },
+                    k,
+                )
+            })
             .collect();
     });
 }
@@ -199,7 +211,7 @@ pub fn arm(ctx: Ctx, at: i64) {
             }
             raw::RedisModule_StopTimer.unwrap()(ctx, id, std::ptr::null_mut());
         }
-        let id = raw::RedisModule_CreateTimer.unwrap()(ctx, (at - now) as i64, Some(on_timer), std::ptr::null_mut());
+        let id = raw::RedisModule_CreateTimer.unwrap()(ctx, at - now, Some(on_timer), std::ptr::null_mut());
         with_reg(|r| r.timer = Some((id, at)));
     }
 }
@@ -304,7 +316,8 @@ fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
     } else if !names.is_empty() {
         let maxatt = max_attempts();
         let ma = maxatt.to_string();
-        let mut args: Vec<Vec<u8>> = vec![key.to_vec(), b"SCHEDFIRE".to_vec(), now_s.clone().into_bytes(), ma.into_bytes()];
+        let mut args: Vec<Vec<u8>> =
+            vec![key.to_vec(), b"SCHEDFIRE".to_vec(), now_s.clone().into_bytes(), ma.into_bytes()];
         for name in names {
             let id = crate::commands::new_id();
             q.fire_schedule(&name, id.clone(), now, maxatt);
@@ -318,7 +331,16 @@ fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
 
 // ---------------------------------------------------------------- server events
 
-pub unsafe extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+/// Server event callback (on_loading).
+///
+/// # Safety
+/// Called by the server only, with the event's valid context.
+pub unsafe extern "C" fn on_loading(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut c_void,
+) {
     let _ = guard(ctx, "loading event", || {
         if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED {
             finish_loads(ctx);
@@ -327,11 +349,29 @@ pub unsafe extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _e: raw::Redi
     });
 }
 
-pub unsafe extern "C" fn on_role(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, _sub: u64, _data: *mut c_void) {
+/// Server event callback (on_role).
+///
+/// # Safety
+/// Called by the server only, with the event's valid context.
+pub unsafe extern "C" fn on_role(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    _sub: u64,
+    _data: *mut c_void,
+) {
     let _ = guard(ctx, "role event", || kick(ctx));
 }
 
-pub unsafe extern "C" fn on_flush(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+/// Server event callback (on_flush).
+///
+/// # Safety
+/// Called by the server only, with the event's valid context.
+pub unsafe extern "C" fn on_flush(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut c_void,
+) {
     let _ = guard(ctx, "flush event", || {
         if sub == raw::REDISMODULE_SUBEVENT_FLUSHDB_END && !data.is_null() {
             let fi = &*(data as *const raw::RedisModuleFlushInfo);
@@ -340,7 +380,16 @@ pub unsafe extern "C" fn on_flush(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisM
     });
 }
 
-pub unsafe extern "C" fn on_swapdb(ctx: *mut raw::RedisModuleCtx, _e: raw::RedisModuleEvent, _sub: u64, data: *mut c_void) {
+/// Server event callback (on_swapdb).
+///
+/// # Safety
+/// Called by the server only, with the event's valid context.
+pub unsafe extern "C" fn on_swapdb(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    _sub: u64,
+    data: *mut c_void,
+) {
     let _ = guard(ctx, "swapdb event", || {
         if !data.is_null() {
             let si = &*(data as *const raw::RedisModuleSwapDbInfo);
@@ -353,6 +402,9 @@ pub unsafe extern "C" fn on_swapdb(ctx: *mut raw::RedisModuleCtx, _e: raw::Redis
 /// registered so the timer looks at it; a key that leaves (DEL/UNLINK, the old name of a RENAME
 /// or MOVE, expiry, eviction) is forgotten at once (a queue without due work is never visited by
 /// the timer, so it would stay in the registry for ever).
+///
+/// # Safety
+/// Called by the server only, with the event's valid context.
 pub unsafe extern "C" fn on_keyspace(
     ctx: *mut raw::RedisModuleCtx,
     _type: std::ffi::c_int,

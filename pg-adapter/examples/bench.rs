@@ -18,10 +18,12 @@ fn rate(n: i64, secs: f64) -> String {
 fn par<F: Fn(usize) -> i64 + Send + Sync + 'static>(f: F) -> (i64, f64) {
     let f = Arc::new(f);
     let t0 = Instant::now();
-    let hs: Vec<_> = (0..THREADS).map(|i| {
-        let f = f.clone();
-        thread::spawn(move || f(i))
-    }).collect();
+    let hs: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let f = f.clone();
+            thread::spawn(move || f(i))
+        })
+        .collect();
     let n = hs.into_iter().map(|h| h.join().unwrap()).sum();
     (n, t0.elapsed().as_secs_f64())
 }
@@ -29,7 +31,9 @@ fn par<F: Fn(usize) -> i64 + Send + Sync + 'static>(f: F) -> (i64, f64) {
 fn main() {
     let dsn = std::env::var("VTASKS_PG_DSN").expect("VTASKS_PG_DSN");
     let out = std::env::args().nth(1);
-    let q = Arc::new(PgQueue::new(&dsn, Config { pool_size: THREADS as u32 + 2, notify: false, ..Config::default() }).unwrap());
+    let q = Arc::new(
+        PgQueue::new(&dsn, Config { pool_size: THREADS as u32 + 2, notify: false, ..Config::default() }).unwrap(),
+    );
     q.migrate().unwrap();
     let mut admin = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
     admin.batch_execute(
@@ -57,7 +61,8 @@ fn main() {
         move |_| {
             let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
             for _ in 0..per_thread {
-                c.query_typed("INSERT INTO bench_plain (payload) VALUES ($1)", &[(&p, postgres::types::Type::BYTEA)]).unwrap();
+                c.query_typed("INSERT INTO bench_plain (payload) VALUES ($1)", &[(&p, postgres::types::Type::BYTEA)])
+                    .unwrap();
             }
             per_thread
         }
@@ -73,7 +78,9 @@ fn main() {
                     "DELETE FROM bench_plain WHERE id = (SELECT id FROM bench_plain ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING payload",
                     &[],
                 ).unwrap();
-                if r.is_empty() { break; }
+                if r.is_empty() {
+                    break;
+                }
                 k += 1;
             }
             k
@@ -118,7 +125,9 @@ fn main() {
                 let mut k = 0;
                 loop {
                     let got = q.fetch(&["bench".to_string()], &w, batch, None, None).unwrap().unwrap();
-                    if got.is_empty() { break; }
+                    if got.is_empty() {
+                        break;
+                    }
                     let pairs: Vec<_> = got.into_iter().map(|d| (d.id, d.token)).collect();
                     k += q.ack("bench", &pairs).unwrap();
                 }
@@ -128,7 +137,10 @@ fn main() {
         });
         lines.push(format!("| {batch} | {n} | {} |", rate(n, s)));
     }
-    lines.push(format!("| plain single-row DELETE … SKIP LOCKED loop | {} | {plain_delete} |\n", THREADS as i64 * per_thread));
+    lines.push(format!(
+        "| plain single-row DELETE … SKIP LOCKED loop | {} | {plain_delete} |\n",
+        THREADS as i64 * per_thread
+    ));
     q.maintain().unwrap();
     admin.batch_execute("DROP TABLE bench_plain").unwrap();
     let text = lines.join("\n") + "\n";

@@ -165,7 +165,12 @@ impl AsyncPgQueue {
 
     /// Ack `pairs` and store `results` `(id, result_json, ttl_ms)` in one statement (one round
     /// trip, one transaction). Returns the number acked; stale tokens count 0 (results are still stored).
-    pub async fn ack_with_results(&self, queue: &str, pairs: &[(String, String)], results: &[ops::ResultRow]) -> Result<i64> {
+    pub async fn ack_with_results(
+        &self,
+        queue: &str,
+        pairs: &[(String, String)],
+        results: &[ops::ResultRow],
+    ) -> Result<i64> {
         if results.is_empty() {
             return self.ack(queue, pairs).await;
         }
@@ -188,7 +193,14 @@ impl AsyncPgQueue {
         ops::one_i64(&self.run(&ops::ack_stmt(queue, pairs)?).await?)
     }
 
-    pub async fn fail(&self, queue: &str, id: &str, token: &str, error: &str, retry_ms: Option<i64>) -> Result<Option<String>> {
+    pub async fn fail(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        error: &str,
+        retry_ms: Option<i64>,
+    ) -> Result<Option<String>> {
         ops::one_opt_string(&self.run(&ops::fail_stmt(queue, id, token, error, retry_ms, self.cfg.dlq_cap)?).await?)
     }
 

@@ -97,8 +97,17 @@ impl TlsKeys {
                         .into(),
                 ))
             }
-            "sslcrl" | "sslcrldir" | "sslcertmode" | "ssl_min_protocol_version" | "ssl_max_protocol_version"
-            | "sslcompression" | "sslsni" | "requiressl" | "gssencmode" | "service" | "passfile" => {
+            "sslcrl"
+            | "sslcrldir"
+            | "sslcertmode"
+            | "ssl_min_protocol_version"
+            | "ssl_max_protocol_version"
+            | "sslcompression"
+            | "sslsni"
+            | "requiressl"
+            | "gssencmode"
+            | "service"
+            | "passfile" => {
                 return Err(Error::Invalid(format!(
                     "bad dsn: the connection setting `{key}` is not supported by the vtasks Postgres pool; \
                      remove it (see README, \"Postgres: connection settings\")"
@@ -173,7 +182,10 @@ fn settings_in(dsn: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Settin
     }
     if pg.get_connect_timeout().is_none() {
         if let Some(t) = env("PGCONNECT_TIMEOUT") {
-            let secs: u64 = t.trim().parse().map_err(|_| Error::Invalid("bad PGCONNECT_TIMEOUT: not a number of seconds".into()))?;
+            let secs: u64 = t
+                .trim()
+                .parse()
+                .map_err(|_| Error::Invalid("bad PGCONNECT_TIMEOUT: not a number of seconds".into()))?;
             if secs > 0 {
                 pg.connect_timeout(Duration::from_secs(secs));
             }
@@ -229,7 +241,8 @@ fn settings_in(dsn: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Settin
     let client = client_identity(&keys, home.as_deref())?;
 
     // libpq never uses TLS on Unix-domain sockets and ignores sslmode there.
-    let all_unix = !pg.get_hosts().is_empty() && pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)))
+    let all_unix = !pg.get_hosts().is_empty()
+        && pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)))
         && pg.get_hostaddrs().is_empty();
     pg.ssl_mode(match mode {
         _ if all_unix => WireSslMode::Disable,
@@ -362,7 +375,8 @@ fn system_roots() -> Result<RootCertStore> {
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let unreadable = |e: &dyn std::fmt::Display| Error::Invalid(format!("{what} {}: cannot read it: {e}", path.display()));
+    let unreadable =
+        |e: &dyn std::fmt::Display| Error::Invalid(format!("{what} {}: cannot read it: {e}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| unreadable(&e))?
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -393,9 +407,8 @@ fn client_identity(keys: &TlsKeys, home: Option<&Path>) -> Result<Option<Identit
     };
     let key = match &keys.sslkey {
         Some(p) => PathBuf::from(p),
-        None => default("postgresql.key").ok_or_else(|| {
-            Error::Invalid("bad dsn: sslcert is set but sslkey is not: give both".into())
-        })?,
+        None => default("postgresql.key")
+            .ok_or_else(|| Error::Invalid("bad dsn: sslcert is set but sslkey is not: give both".into()))?,
     };
     let certs = read_certs(&cert, "sslcert")?;
     let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
@@ -433,9 +446,9 @@ fn client_config(mode: SslMode, roots: Option<RootCertStore>, client: Option<Ide
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut cfg = match client {
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| Error::Invalid(format!("sslcert/sslkey: the key does not fit the certificate or is not usable: {e}")))?,
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
+            Error::Invalid(format!("sslcert/sslkey: the key does not fit the certificate or is not usable: {e}"))
+        })?,
         None => builder.with_no_client_auth(),
     };
     // Postgres 17 checks the ALPN name on direct TLS (sslnegotiation=direct); libpq 17 always sends it.
@@ -590,17 +603,19 @@ mod tests {
     #[test]
     fn unset_settings_come_from_the_libpq_environment() {
         let vars = |k: &str| {
-            Some(match k {
-                "PGHOST" => "db1.example,db2.example",
-                "PGPORT" => "6432",
-                "PGUSER" => "envuser",
-                "PGPASSWORD" => "envpw",
-                "PGDATABASE" => "envdb",
-                "PGSSLMODE" => "require",
-                "PGCONNECT_TIMEOUT" => "7",
-                _ => return None,
-            }
-            .to_string())
+            Some(
+                match k {
+                    "PGHOST" => "db1.example,db2.example",
+                    "PGPORT" => "6432",
+                    "PGUSER" => "envuser",
+                    "PGPASSWORD" => "envpw",
+                    "PGDATABASE" => "envdb",
+                    "PGSSLMODE" => "require",
+                    "PGCONNECT_TIMEOUT" => "7",
+                    _ => return None,
+                }
+                .to_string(),
+            )
         };
         let s = settings_in("user=dsnuser", &vars).unwrap();
         assert_eq!(s.pg.get_user(), Some("dsnuser"), "the DSN wins");

@@ -6,17 +6,17 @@
 //! works behind PgBouncer in transaction pooling mode (with `notify: false`, since LISTEN needs a
 //! session). LISTEN/NOTIFY only shortens waits; blocked fetches always poll as well.
 
+mod asynch;
+mod connect;
 pub mod migrate;
 pub mod ops;
-mod connect;
 mod sync;
-mod asynch;
 
 pub use asynch::AsyncPgQueue;
+pub use connect::DEFAULT_CONNECT_TIMEOUT;
 pub use ops::{
     ClearWhat, Config, Delivery, EnqueueOpts, PeekState, ScheduleEntry, TaskRecord, INFO_FIELDS, MAINTAIN_FIELDS,
 };
-pub use connect::DEFAULT_CONNECT_TIMEOUT;
 pub use sync::PgQueue;
 
 /// Versioned schema migrations: (version, name, sql), one per file of `migrations/`, in order. The
@@ -29,7 +29,6 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 
 /// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.
 pub(crate) const MIGRATE_LOCK: i64 = 0x7674_6173_6b73; // "vtasks"
-
 
 #[derive(Debug)]
 pub enum Error {

@@ -188,15 +188,8 @@ pub const INFO_FIELDS: [&str; 13] = [
 ];
 
 /// Field names of `maintain()`.
-pub const MAINTAIN_FIELDS: [&str; 7] = [
-    "rescued",
-    "expired_queues",
-    "uniques_purged",
-    "results_purged",
-    "ticks_purged",
-    "stats_folded",
-    "tasks_vacuumed",
-];
+pub const MAINTAIN_FIELDS: [&str; 7] =
+    ["rescued", "expired_queues", "uniques_purged", "results_purged", "ticks_purged", "stats_folded", "tasks_vacuumed"];
 
 pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::Invalid(msg.into()))
@@ -409,7 +402,12 @@ pub fn fetch_decode(rows: Vec<Row>) -> Result<(Vec<Delivery>, Option<i64>)> {
         match queue {
             None => due = r.try_get::<_, Option<i64>>(8)?,
             Some(queue) => {
-                let key = (r.try_get::<_, i32>(5)?, -r.try_get::<_, i32>(6)?, r.try_get::<_, i64>(7)?, r.try_get::<_, i64>(8)?);
+                let key = (
+                    r.try_get::<_, i32>(5)?,
+                    -r.try_get::<_, i32>(6)?,
+                    r.try_get::<_, i64>(7)?,
+                    r.try_get::<_, i64>(8)?,
+                );
                 out.push((
                     key,
                     Delivery {
@@ -423,7 +421,7 @@ pub fn fetch_decode(rows: Vec<Row>) -> Result<(Vec<Delivery>, Option<i64>)> {
             }
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|a| a.0);
     Ok((out.into_iter().map(|(_, d)| d).collect(), due))
 }
 
@@ -507,9 +505,9 @@ pub fn extend_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
     // vtasks_extend (migration 3): rows in id order with SKIP LOCKED, so the heartbeat never
     // waits for (and never deadlocks with) an ack; PROTOCOL.md, "Lock order".
     Ok(Stmt::new("SELECT vtasks_extend($1::text, $2::text, $3::int8)")
-    .p(queue.to_string(), Type::TEXT)
-    .p(worker.to_string(), Type::TEXT)
-    .p(lease_ms, Type::INT8))
+        .p(queue.to_string(), Type::TEXT)
+        .p(worker.to_string(), Type::TEXT)
+        .p(lease_ms, Type::INT8))
 }
 
 /// First column of the first row as i64 (0 when absent/NULL).
@@ -707,7 +705,9 @@ impl Spec {
     pub fn parse(kind: &str, spec: &str) -> Result<Self> {
         match kind {
             "cron" => Spec::new(Some(spec), None),
-            "every" => Spec::new(None, Some(spec.parse().map_err(|_| Error::Invalid(format!("bad every spec {spec:?}")))?)),
+            "every" => {
+                Spec::new(None, Some(spec.parse().map_err(|_| Error::Invalid(format!("bad every spec {spec:?}")))?))
+            }
             _ => invalid(format!("unknown schedule kind {kind:?}")),
         }
     }
@@ -760,7 +760,14 @@ pub fn now_stmt() -> Stmt {
     Stmt::new("SELECT vtasks_ms(now())")
 }
 
-pub fn schedule_set_stmt(queue: &str, name: &str, spec: &Spec, payload: Vec<u8>, priority: i16, next_ms: i64) -> Result<Stmt> {
+pub fn schedule_set_stmt(
+    queue: &str,
+    name: &str,
+    spec: &Spec,
+    payload: Vec<u8>,
+    priority: i16,
+    next_ms: i64,
+) -> Result<Stmt> {
     check_queue(queue)?;
     if name.is_empty() || name.len() > MAX_NAME {
         return invalid(format!("schedule name must be 1..{MAX_NAME} bytes"));
@@ -797,10 +804,8 @@ pub fn schedule_del_stmt(queue: &str, name: &str) -> Stmt {
 }
 
 pub fn schedule_list_stmt(queue: &str) -> Stmt {
-    Stmt::new(
-        "SELECT name, kind, spec, next_run_ms, payload FROM vtasks_schedule WHERE queue = $1::text ORDER BY name",
-    )
-    .p(queue.to_string(), Type::TEXT)
+    Stmt::new("SELECT name, kind, spec, next_run_ms, payload FROM vtasks_schedule WHERE queue = $1::text ORDER BY name")
+        .p(queue.to_string(), Type::TEXT)
 }
 
 pub fn schedule_list_decode(rows: &[Row]) -> Result<Vec<ScheduleEntry>> {
@@ -847,16 +852,14 @@ pub fn due_decode(rows: &[Row]) -> Result<Vec<DueTick>> {
 }
 
 pub fn fire_stmt(t: &DueTick, max_attempts: i32, notify: bool) -> Stmt {
-    Stmt::new(
-        "SELECT vtasks_fire($1::text, $2::text, $3::int8, $4::int8, $5::text, $6::int4, $7::bool)::int4::int8",
-    )
-    .p(t.queue.clone(), Type::TEXT)
-    .p(t.name.clone(), Type::TEXT)
-    .p(t.tick_ms, Type::INT8)
-    .p(t.next_ms, Type::INT8)
-    .p(new_id(), Type::TEXT)
-    .p(max_attempts, Type::INT4)
-    .p(notify, Type::BOOL)
+    Stmt::new("SELECT vtasks_fire($1::text, $2::text, $3::int8, $4::int8, $5::text, $6::int4, $7::bool)::int4::int8")
+        .p(t.queue.clone(), Type::TEXT)
+        .p(t.name.clone(), Type::TEXT)
+        .p(t.tick_ms, Type::INT8)
+        .p(t.next_ms, Type::INT8)
+        .p(new_id(), Type::TEXT)
+        .p(max_attempts, Type::INT4)
+        .p(notify, Type::BOOL)
 }
 
 // ------------------------------------------------------------------------- maintain / results

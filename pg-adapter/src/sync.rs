@@ -140,7 +140,9 @@ impl PgQueue {
     fn checkout(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>> {
         let start = Instant::now();
         let no_connection = |e: r2d2::Error| match self.last_connect_error.since(start) {
-            Some((msg, sqlstate)) => crate::no_connection(&msg, sqlstate.as_deref(), self.pg.get_hosts(), self.pg.get_ports()),
+            Some((msg, sqlstate)) => {
+                crate::no_connection(&msg, sqlstate.as_deref(), self.pg.get_hosts(), self.pg.get_ports())
+            }
             None => crate::pool_error(&e, self.pg.get_hosts(), self.pg.get_ports()),
         };
         if self.pool.state().connections > 0 {
@@ -267,7 +269,14 @@ impl PgQueue {
         ops::one_i64(&self.run(&ops::ack_stmt(queue, pairs)?)?)
     }
 
-    pub fn fail(&self, queue: &str, id: &str, token: &str, error: &str, retry_ms: Option<i64>) -> Result<Option<String>> {
+    pub fn fail(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        error: &str,
+        retry_ms: Option<i64>,
+    ) -> Result<Option<String>> {
         ops::one_opt_string(&self.run(&ops::fail_stmt(queue, id, token, error, retry_ms, self.cfg.dlq_cap)?)?)
     }
 

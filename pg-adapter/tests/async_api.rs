@@ -86,7 +86,8 @@ fn a_dead_server_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let e = rt.block_on(async {
-        let q = AsyncPgQueue::new(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), Config::default()).unwrap();
+        let q =
+            AsyncPgQueue::new(&format!("postgres://postgres@127.0.0.1:{port}/postgres"), Config::default()).unwrap();
         q.enqueue("q", payloads(1, "x"), EnqueueOpts::default()).await.unwrap_err()
     });
     assert!(e.is_connection());

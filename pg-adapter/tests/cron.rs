@@ -17,7 +17,9 @@ fn next_run(q: &vtasks_pg::PgQueue, name: &str) -> i64 {
 fn five_field_day_of_week_follows_crontab_and_macros_work() {
     let db = TestDb::new();
     let q = db.queue(cfg());
-    for (name, expr) in [("monday", "0 9 * * 1"), ("sunday0", "0 9 * * 0"), ("sunday7", "0 9 * * 7"), ("fri", "0 9 * * FRI")] {
+    for (name, expr) in
+        [("monday", "0 9 * * 1"), ("sunday0", "0 9 * * 0"), ("sunday7", "0 9 * * 7"), ("fri", "0 9 * * FRI")]
+    {
         q.schedule_set("cron", name, b"p".to_vec(), Some(expr), None, 0).unwrap();
     }
     q.schedule_set("cron", "weekly", b"p".to_vec(), Some("@weekly"), None, 0).unwrap();

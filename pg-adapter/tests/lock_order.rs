@@ -54,8 +54,9 @@ fn hot_paths_never_deadlock() {
                     0 => record(&errors, "extend", q.extend(Q, "w", 60_000)),
                     1 => record(&errors, "maintain", q.maintain()),
                     2 => {
-                        let victims: Vec<String> =
-                            (0..20).map(|i| format!("r{:03}-{:05}", n % ROUNDS, 99_999 - (n * 7 + i * 13) % PER_ROUND)).collect();
+                        let victims: Vec<String> = (0..20)
+                            .map(|i| format!("r{:03}-{:05}", n % ROUNDS, 99_999 - (n * 7 + i * 13) % PER_ROUND))
+                            .collect();
                         record(&errors, "delete", q.delete(Q, victims));
                     }
                     _ => {

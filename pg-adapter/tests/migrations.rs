@@ -79,9 +79,7 @@ fn install_at_schema_2_without_checksums_gets_the_shipped_functions() {
 fn edited_applied_migration_is_refused() {
     let db = TestDb::new();
     // The database applied a different 0002 than the one this build ships.
-    db.client()
-        .batch_execute("UPDATE vtasks_schema SET checksum = repeat('0', 64) WHERE version = 2")
-        .unwrap();
+    db.client().batch_execute("UPDATE vtasks_schema SET checksum = repeat('0', 64) WHERE version = 2").unwrap();
     let q = db.queue(cfg());
     let e = q.migrate().unwrap_err().to_string();
     assert!(e.contains("0002_enqueue_ack_functions.sql was changed after this database applied it"), "{e}");

@@ -40,9 +40,7 @@ impl Bouncer {
         if let Some(pw) = pg.get_password() {
             cmd.env("PGB_PASSWORD", String::from_utf8_lossy(pw).to_string());
         }
-        let out = cmd
-            .output()
-            .expect("run scripts/pgbouncer-server");
+        let out = cmd.output().expect("run scripts/pgbouncer-server");
         assert!(
             out.status.success(),
             "pgbouncer did not start (install it with `apt-get install pgbouncer`, as scripts/setup does): {}",
@@ -60,7 +58,9 @@ impl Bouncer {
         let mut admin = postgres::Client::connect(&format!("{}/pgbouncer", self.base), postgres::NoTls).unwrap();
         let rows = admin.simple_query("SHOW CLIENTS").unwrap();
         rows.iter()
-            .filter(|m| matches!(m, postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some(db.name.as_str())))
+            .filter(
+                |m| matches!(m, postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some(db.name.as_str())),
+            )
             .count() as i64
     }
 }
@@ -76,10 +76,7 @@ impl Drop for Bouncer {
 /// Server connections to `db` other than the asking one.
 fn server_conns(admin: &mut postgres::Client, db: &TestDb) -> i64 {
     admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            &[&db.name],
-        )
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", &[&db.name])
         .unwrap()
         .get(0)
 }

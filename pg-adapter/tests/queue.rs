@@ -42,11 +42,19 @@ fn basic_flow_order_and_info() {
     let i = info(&q, "b");
     assert_eq!((i["ready"], i["inflight"]), (1, 2));
     // Idempotent by id.
-    let r = q.enqueue("c", vec![b"x".to_vec(), b"y".to_vec()], EnqueueOpts {
-        ids: Some(vec![Some("same".into()), Some("same".into())]), ..Default::default()
-    }).unwrap();
+    let r = q
+        .enqueue(
+            "c",
+            vec![b"x".to_vec(), b"y".to_vec()],
+            EnqueueOpts { ids: Some(vec![Some("same".into()), Some("same".into())]), ..Default::default() },
+        )
+        .unwrap();
     assert_eq!(r, vec![Some("same".to_string()), None]);
-    assert_eq!(q.enqueue("c", vec![b"z".to_vec()], EnqueueOpts { ids: Some(vec![Some("same".into())]), ..Default::default() }).unwrap(), vec![None]);
+    assert_eq!(
+        q.enqueue("c", vec![b"z".to_vec()], EnqueueOpts { ids: Some(vec![Some("same".into())]), ..Default::default() })
+            .unwrap(),
+        vec![None]
+    );
     // Validation.
     assert!(q.enqueue("c", vec![b"z".to_vec()], EnqueueOpts { priority: 101, ..Default::default() }).is_err());
     assert!(q.fetch(&qs("c"), "w", 0, None, None).is_err());
@@ -71,8 +79,11 @@ fn no_double_delivery_concurrent_consumers() {
             hs.push(thread::spawn(move || {
                 let mut empty = 0;
                 while empty < 3 {
-                    let got = q.fetch(&[queue.clone()], &format!("w{w}"), batch, None, Some(50)).unwrap();
-                    let Some(got) = got else { empty += 1; continue };
+                    let got = q.fetch(std::slice::from_ref(&queue), &format!("w{w}"), batch, None, Some(50)).unwrap();
+                    let Some(got) = got else {
+                        empty += 1;
+                        continue;
+                    };
                     assert!(!got.is_empty() && got.len() as i64 <= batch, "LIMIT: got {} for {batch}", got.len());
                     let pairs: Vec<_> = got.iter().map(|d| (d.id.clone(), d.token.clone())).collect();
                     assert_eq!(q.ack(&queue, &pairs).unwrap(), pairs.len() as i64);
@@ -118,7 +129,8 @@ fn ack_with_results_stores_results_in_the_same_statement() {
     q.enqueue("ar", payloads(3, "t"), EnqueueOpts::default()).unwrap();
     let got = q.fetch(&qs("ar"), "w", 3, None, None).unwrap().unwrap();
     let pairs: Vec<_> = got.iter().map(|d| (d.id.clone(), d.token.clone())).collect();
-    let mut results: Vec<_> = got.iter().map(|d| (d.id.clone(), format!("{{\"id\":\"{}\"}}", d.id).into_bytes(), 60_000)).collect();
+    let mut results: Vec<_> =
+        got.iter().map(|d| (d.id.clone(), format!("{{\"id\":\"{}\"}}", d.id).into_bytes(), 60_000)).collect();
     results.push((got[0].id.clone(), b"{\"last\":1}".to_vec(), 60_000)); // same id twice: the last one wins
     assert_eq!(q.ack_with_results("ar", &pairs, &results).unwrap(), 3);
     assert_eq!(q.get_result(&got[0].id).unwrap().as_deref(), Some(&b"{\"last\":1}"[..]));
@@ -260,7 +272,8 @@ fn run_after_neither_early_nor_late_behind_future_backlog() {
     let db = TestDb::new();
     let q = db.queue(cfg());
     for _ in 0..10 {
-        q.enqueue("ra", payloads(5000, "future"), EnqueueOpts { delay_ms: Some(3_600_000), ..Default::default() }).unwrap();
+        q.enqueue("ra", payloads(5000, "future"), EnqueueOpts { delay_ms: Some(3_600_000), ..Default::default() })
+            .unwrap();
     }
     db.client().batch_execute("ANALYZE vtasks_task").unwrap();
     let t0 = Instant::now();
@@ -306,7 +319,7 @@ fn processing_continues_with_notify_disabled() {
             thread::spawn(move || {
                 let t0 = Instant::now();
                 while *done.lock().unwrap() < 100 && t0.elapsed() < Duration::from_secs(30) {
-                    if let Some(got) = q.fetch(&[queue.clone()], "w", 10, None, Some(1000)).unwrap() {
+                    if let Some(got) = q.fetch(std::slice::from_ref(&queue), "w", 10, None, Some(1000)).unwrap() {
                         let pairs: Vec<_> = got.iter().map(|d| (d.id.clone(), d.token.clone())).collect();
                         *done.lock().unwrap() += q.ack(&queue, &pairs).unwrap() as usize;
                     }
@@ -433,10 +446,8 @@ fn schedules_fire_exactly_once_with_three_schedulers_one_killed() {
 
     // A scheduler that dies mid-tick: it holds the schedule row (fire not committed) and is killed.
     let mut zombie = db.client();
-    let next: i64 = zombie
-        .query_one("SELECT next_run_ms FROM vtasks_schedule WHERE name = 'every100'", &[])
-        .unwrap()
-        .get(0);
+    let next: i64 =
+        zombie.query_one("SELECT next_run_ms FROM vtasks_schedule WHERE name = 'every100'", &[]).unwrap().get(0);
     thread::sleep(Duration::from_millis(150));
     zombie.batch_execute("BEGIN").unwrap();
     let fired: bool = zombie
@@ -475,18 +486,19 @@ fn schedules_fire_exactly_once_with_three_schedulers_one_killed() {
     let mut c = db.client();
     let tasks: i64 = c.query_one("SELECT count(*) FROM vtasks_task WHERE queue = 'sch'", &[]).unwrap().get(0);
     let ticks: i64 = c.query_one("SELECT count(*) FROM vtasks_schedule_tick", &[]).unwrap().get(0);
-    let zombie_task: i64 = c.query_one("SELECT count(*) FROM vtasks_task WHERE id = 'zombie-task'", &[]).unwrap().get(0);
+    let zombie_task: i64 =
+        c.query_one("SELECT count(*) FROM vtasks_task WHERE id = 'zombie-task'", &[]).unwrap().get(0);
     assert_eq!(zombie_task, 0, "the killed scheduler's tick must roll back");
     assert_eq!(tasks, fired, "one task per fire");
     assert_eq!(ticks, fired, "one tick row per fire");
     // Every-100ms ticks over ~2.6 s: consecutive, none twice.
-    let rows = c
-        .query("SELECT tick_ms FROM vtasks_schedule_tick WHERE name = 'every100' ORDER BY tick_ms", &[])
-        .unwrap();
+    let rows =
+        c.query("SELECT tick_ms FROM vtasks_schedule_tick WHERE name = 'every100' ORDER BY tick_ms", &[]).unwrap();
     let ticks: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert!(ticks.len() >= 20 && ticks.len() <= 30, "{} every-100ms ticks", ticks.len());
     assert_eq!(ticks[0], next, "the zombie's tick fired later, exactly once");
-    let cron_ticks: i64 = c.query_one("SELECT count(*) FROM vtasks_schedule_tick WHERE name = 'cron'", &[]).unwrap().get(0);
+    let cron_ticks: i64 =
+        c.query_one("SELECT count(*) FROM vtasks_schedule_tick WHERE name = 'cron'", &[]).unwrap().get(0);
     assert!((2..=4).contains(&cron_ticks), "{cron_ticks} cron ticks");
     assert_eq!(info(&q, "sch")["schedules"], 2);
     assert!(q.schedule_del("sch", "cron").unwrap());
@@ -508,12 +520,19 @@ fn unique_keys_operator_ops_and_results() {
     // Short TTL expires.
     q.enqueue("u", vec![b"5".to_vec()], EnqueueOpts { unique: Some(("t".into(), 50)), ..Default::default() }).unwrap();
     thread::sleep(Duration::from_millis(80));
-    assert!(q.enqueue("u", vec![b"6".to_vec()], EnqueueOpts { unique: Some(("t".into(), 50)), ..Default::default() }).unwrap()[0].is_some());
+    assert!(q
+        .enqueue("u", vec![b"6".to_vec()], EnqueueOpts { unique: Some(("t".into(), 50)), ..Default::default() })
+        .unwrap()[0]
+        .is_some());
 
     // Operator ops.
-    let ids: Vec<String> = q.enqueue("o", payloads(5, "o"), EnqueueOpts::default()).unwrap().into_iter().flatten().collect();
+    let ids: Vec<String> =
+        q.enqueue("o", payloads(5, "o"), EnqueueOpts::default()).unwrap().into_iter().flatten().collect();
     q.enqueue("o", vec![b"later".to_vec()], EnqueueOpts { delay_ms: Some(60_000), ..Default::default() }).unwrap();
-    assert_eq!(q.peek("o", "ready", 1, 2).unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), ids[1..3].to_vec());
+    assert_eq!(
+        q.peek("o", "ready", 1, 2).unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        ids[1..3].to_vec()
+    );
     assert_eq!(q.peek("o", "delayed", 0, 10).unwrap()[0].state, "delayed");
     let d = q.fetch(&qs("o"), "w9", 2, None, None).unwrap().unwrap();
     let inflight = q.peek("o", "inflight", 0, 10).unwrap();

@@ -65,7 +65,11 @@ fn verify_full_accepts_the_named_host_and_rejects_another_name_or_ca() {
     let s = TlsServer::start();
     let ca = s.file("ca.crt");
     // verify-full: the CA signed the certificate and it names `localhost`
-    roundtrip(&PgQueue::new(&s.dsn("localhost", &format!("sslmode=verify-full sslrootcert={ca}")), Config::default()).unwrap(), "full");
+    roundtrip(
+        &PgQueue::new(&s.dsn("localhost", &format!("sslmode=verify-full sslrootcert={ca}")), Config::default())
+            .unwrap(),
+        "full",
+    );
 
     // the same server reached as 127.0.0.1, an address the certificate does not name
     let e = connect_error(&s.dsn("127.0.0.1", &format!("sslmode=verify-full sslrootcert={ca}")));
@@ -73,7 +77,10 @@ fn verify_full_accepts_the_named_host_and_rejects_another_name_or_ca() {
     assert!(e.contains("sslmode=verify-ca"), "the message says what to change: {e}");
     assert!(!e.contains(&s.password), "no password in errors: {e}");
     // verify-ca checks the chain but not the name (libpq)
-    roundtrip(&PgQueue::new(&s.dsn("127.0.0.1", &format!("sslmode=verify-ca sslrootcert={ca}")), Config::default()).unwrap(), "ca");
+    roundtrip(
+        &PgQueue::new(&s.dsn("127.0.0.1", &format!("sslmode=verify-ca sslrootcert={ca}")), Config::default()).unwrap(),
+        "ca",
+    );
 
     // a CA that did not sign the server's certificate: refused by every verifying mode, and by
     // require too once a root certificate is given (libpq then verifies the chain)
@@ -105,7 +112,10 @@ fn client_certificate_is_sent_and_async_pool_and_listen_use_tls() {
     let (ca, crt, key) = (s.file("ca.crt"), s.file("client.crt"), s.file("client.key"));
     // vtcert may only log in with a client certificate (clientcert=verify-full, CN=vtcert)
     let cert_dsn = |extra: &str| {
-        format!("host=localhost port={} user=vtcert dbname=postgres sslmode=verify-full sslrootcert={ca} {extra}", s.port)
+        format!(
+            "host=localhost port={} user=vtcert dbname=postgres sslmode=verify-full sslrootcert={ca} {extra}",
+            s.port
+        )
     };
     roundtrip(&PgQueue::new(&cert_dsn(&format!("sslcert={crt} sslkey={key}")), Config::default()).unwrap(), "cert");
     let e = connect_error(&cert_dsn(""));
@@ -125,7 +135,9 @@ fn client_certificate_is_sent_and_async_pool_and_listen_use_tls() {
         q.enqueue("aq", vec![b"a".to_vec()], EnqueueOpts::default()).await.unwrap();
         let got = waiter.await.unwrap().unwrap().expect("the blocked fetch gets the task");
         assert_eq!(got[0].payload, b"a");
-        let bad = AsyncPgQueue::new(&s.dsn("127.0.0.1", &format!("sslmode=verify-full sslrootcert={ca}")), Config::default()).unwrap();
+        let bad =
+            AsyncPgQueue::new(&s.dsn("127.0.0.1", &format!("sslmode=verify-full sslrootcert={ca}")), Config::default())
+                .unwrap();
         let e = bad.migrate().await.expect_err("wrong host name").to_string();
         assert!(e.contains("not valid for name"), "{e}");
     });
@@ -146,6 +158,8 @@ fn dead_server_is_reported_within_connect_timeout() {
     assert!(took < Duration::from_secs(12), "took {took:?}");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let e = rt.block_on(async { AsyncPgQueue::new(&dsn, Config::default()).unwrap().migrate().await.unwrap_err().to_string() });
+    let e = rt.block_on(async {
+        AsyncPgQueue::new(&dsn, Config::default()).unwrap().migrate().await.unwrap_err().to_string()
+    });
     assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("refused") && !e.contains("sekrit-pw"), "{e}");
 }

@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::BoundObject;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyCFunction;
+use pyo3::BoundObject;
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);

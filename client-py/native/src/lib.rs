@@ -140,9 +140,7 @@ fn encode_payload<'py>(py: Python<'py>, data: PyBackedBytes, threshold: usize) -
     if data.len() <= threshold {
         return Ok(PyBytes::new(py, &data));
     }
-    let c = py
-        .detach(|| zstd::bulk::compress(&data, 3))
-        .map_err(|e| PyValueError::new_err(format!("zstd: {e}")))?;
+    let c = py.detach(|| zstd::bulk::compress(&data, 3)).map_err(|e| PyValueError::new_err(format!("zstd: {e}")))?;
     let mut out = Vec::with_capacity(ZSTD_PREFIX.len() + c.len());
     out.extend_from_slice(ZSTD_PREFIX);
     out.extend_from_slice(&c);
@@ -169,9 +167,7 @@ fn decode_payload<'py>(py: Python<'py>, data: PyBackedBytes, max_size: u64) -> P
         .detach(|| inflate(&data[ZSTD_PREFIX.len()..], max_size + 1))
         .map_err(|e| PyValueError::new_err(format!("corrupt zstd payload: {e}")))?;
     if out.len() as u64 > max_size {
-        return Err(PyValueError::new_err(format!(
-            "payload decodes to more than the limit of {max_size} bytes"
-        )));
+        return Err(PyValueError::new_err(format!("payload decodes to more than the limit of {max_size} bytes")));
     }
     Ok(PyBytes::new(py, &out))
 }
@@ -206,7 +202,8 @@ fn inflate(frame: &[u8], cap: u64) -> std::io::Result<Vec<u8>> {
 /// reason if it does not parse or never fires.
 #[pyfunction]
 fn cron_check(expr: &str) -> PyResult<()> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     cron_next(expr, now).map(|_| ())
 }
 
@@ -234,7 +231,10 @@ fn migration_sql() -> (String, &'static str) {
 /// query; ValueError when a shipped migration was edited after it was applied.
 #[pyfunction]
 #[pyo3(signature = (applied, upto = None))]
-fn migration_plan(applied: Vec<(i32, Option<String>)>, upto: Option<i32>) -> PyResult<Vec<(i32, String, String, String)>> {
+fn migration_plan(
+    applied: Vec<(i32, Option<String>)>,
+    upto: Option<i32>,
+) -> PyResult<Vec<(i32, String, String, String)>> {
     let steps = vtasks_pg::migrate::plan(&applied, upto).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(steps.into_iter().map(|s| (s.version, s.name.to_string(), s.sql.to_string(), s.record)).collect())
 }
@@ -251,7 +251,14 @@ struct PgQueue {
 impl PgQueue {
     #[new]
     #[pyo3(signature = (dsn, pool_size = 10, dlq_cap = 1000, max_attempts = 3, default_lease_ms = 30000, notify = true))]
-    fn new(dsn: &str, pool_size: u32, dlq_cap: i32, max_attempts: i32, default_lease_ms: i64, notify: bool) -> PyResult<Self> {
+    fn new(
+        dsn: &str,
+        pool_size: u32,
+        dlq_cap: i32,
+        max_attempts: i32,
+        default_lease_ms: i64,
+        notify: bool,
+    ) -> PyResult<Self> {
         let q = vtasks_pg::PgQueue::new(dsn, config(pool_size, dlq_cap, max_attempts, default_lease_ms, notify))
             .map_err(to_py)?;
         Ok(PgQueue { inner: Arc::new(q) })
@@ -299,7 +306,13 @@ impl PgQueue {
 
     /// `results`: optional `[(id, result_json, ttl_ms)]` stored in the same statement as the ack.
     #[pyo3(signature = (queue, pairs, results = None))]
-    fn ack(&self, py: Python<'_>, queue: &str, pairs: Vec<(String, String)>, results: Option<Vec<(String, PyBackedBytes, i64)>>) -> PyResult<i64> {
+    fn ack(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        pairs: Vec<(String, String)>,
+        results: Option<Vec<(String, PyBackedBytes, i64)>>,
+    ) -> PyResult<i64> {
         let results = result_rows(results.unwrap_or_default());
         let q = &self.inner;
         py.detach(|| q.ack_with_results(queue, &pairs, &results)).map_err(to_py)
@@ -313,7 +326,15 @@ impl PgQueue {
     }
 
     #[pyo3(signature = (queue, id, token, error, retry_ms = None))]
-    fn fail(&self, py: Python<'_>, queue: &str, id: &str, token: &str, error: &str, retry_ms: Option<i64>) -> PyResult<Option<String>> {
+    fn fail(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        id: &str,
+        token: &str,
+        error: &str,
+        retry_ms: Option<i64>,
+    ) -> PyResult<Option<String>> {
         let q = &self.inner;
         py.detach(|| q.fail(queue, id, token, error, retry_ms)).map_err(to_py)
     }
@@ -475,7 +496,14 @@ macro_rules! fut {
 impl AsyncPgQueue {
     #[new]
     #[pyo3(signature = (dsn, pool_size = 10, dlq_cap = 1000, max_attempts = 3, default_lease_ms = 30000, notify = true))]
-    fn new(dsn: &str, pool_size: u32, dlq_cap: i32, max_attempts: i32, default_lease_ms: i64, notify: bool) -> PyResult<Self> {
+    fn new(
+        dsn: &str,
+        pool_size: u32,
+        dlq_cap: i32,
+        max_attempts: i32,
+        default_lease_ms: i64,
+        notify: bool,
+    ) -> PyResult<Self> {
         let q = vtasks_pg::AsyncPgQueue::new(dsn, config(pool_size, dlq_cap, max_attempts, default_lease_ms, notify))
             .map_err(to_py)?;
         Ok(AsyncPgQueue { inner: Arc::new(q) })
@@ -533,7 +561,11 @@ impl AsyncPgQueue {
         fut!(py, q, q.ack_with_results(&queue, &pairs, &results).await.map_err(to_py))
     }
 
-    fn store_results<'py>(&self, py: Python<'py>, results: Vec<(String, PyBackedBytes, i64)>) -> PyResult<Bound<'py, PyAny>> {
+    fn store_results<'py>(
+        &self,
+        py: Python<'py>,
+        results: Vec<(String, PyBackedBytes, i64)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let results = result_rows(results);
         let q = self;
         fut!(py, q, q.store_results(&results).await.map_err(to_py))
@@ -559,7 +591,13 @@ impl AsyncPgQueue {
         fut!(py, q, q.rescue(&queue, worker.as_deref()).await.map_err(to_py))
     }
 
-    fn extend<'py>(&self, py: Python<'py>, queue: String, worker: String, lease_ms: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn extend<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        worker: String,
+        lease_ms: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let q = self;
         fut!(py, q, q.extend(&queue, &worker, lease_ms).await.map_err(to_py))
     }
@@ -575,9 +613,20 @@ impl AsyncPgQueue {
     }
 
     #[pyo3(signature = (queue, state, offset = 0, count = 10))]
-    fn peek<'py>(&self, py: Python<'py>, queue: String, state: String, offset: i64, count: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn peek<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        state: String,
+        offset: i64,
+        count: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let q = self;
-        fut!(py, q, Ok(q.peek(&queue, &state, offset, count).await.map_err(to_py)?.into_iter().map(Rec).collect::<Vec<_>>()))
+        fut!(
+            py,
+            q,
+            Ok(q.peek(&queue, &state, offset, count).await.map_err(to_py)?.into_iter().map(Rec).collect::<Vec<_>>())
+        )
     }
 
     fn get<'py>(&self, py: Python<'py>, queue: String, id: String) -> PyResult<Bound<'py, PyAny>> {
@@ -639,7 +688,13 @@ impl AsyncPgQueue {
         fut!(py, q, q.maintain().await.map(Pairs).map_err(to_py))
     }
 
-    fn store_result<'py>(&self, py: Python<'py>, id: String, result_json: PyBackedBytes, ttl_ms: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn store_result<'py>(
+        &self,
+        py: Python<'py>,
+        id: String,
+        result_json: PyBackedBytes,
+        ttl_ms: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let data = result_json.to_vec();
         let q = self;
         fut!(py, q, q.store_result(&id, data, ttl_ms).await.map_err(to_py))
