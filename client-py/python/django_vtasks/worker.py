@@ -211,7 +211,7 @@ class Worker:
         background = [asyncio.create_task(self._ack_flusher(), name="vtasks-acks")]
         try:
             await self._startup()
-            if self.broker.kind == "postgres":
+            if not self.broker.supports_server_timers:
                 background.append(asyncio.create_task(self._maintenance_loop()))
             if self.scheduler and self.schedule_reconcile > 0:
                 background.append(asyncio.create_task(self._reconcile_loop()))
@@ -316,9 +316,8 @@ class Worker:
                 backoff = min(backoff * 2, 30.0)
 
     async def _apply_dlq_cap(self) -> None:
-        if not hasattr(django_settings, "VTASKS_DLQ_CAP") or not hasattr(self.broker,
-                                                                         "aset_dlq_cap"):
-            return  # Postgres gets it at construction; unset: keep the server's config
+        if not hasattr(django_settings, "VTASKS_DLQ_CAP") or not self.broker.supports_dlq_cap:
+            return  # unset: keep the server's config; else the broker got it when built
         try:
             await self.broker.aset_dlq_cap(django_settings.VTASKS_DLQ_CAP)
         except Exception as e:  # e.g. CONFIG disabled on a managed server

@@ -16,7 +16,6 @@ from ..broker import (
     EnqueueFailed,
     ScheduleRecord,
     TaskRecord,
-    coalesced_enqueue,
 )
 from ..redact import redact
 
@@ -31,6 +30,9 @@ def _delivery(t) -> Delivery:
 
 class PostgresBroker(Broker):
     kind = "postgres"
+    #: no server-side timers: the worker calls atick() / amaintain()
+    supports_server_timers = False
+    client_errors = (_native.PgError,)
 
     def __init__(self, dsn: str, pool_size: int = 10, dlq_cap: int = 1000, max_attempts: int = 3,
                  default_lease_ms: int = 30000, notify: bool = True):
@@ -56,6 +58,10 @@ class PostgresBroker(Broker):
         """The DSN's password (key/value form, as _dsn_from_django writes it), for masking."""
         m = _DSN_PASSWORD.search(self.dsn or "")
         return m.group(1).replace("\\'", "'").replace("\\\\", "\\") if m else None
+
+    def error(self, e, doing):
+        # PgError's message says where it connected and what to check; the password is masked
+        return BrokerError(f"cannot {doing}: {redact(e, self._password)}")
 
     @property
     def aq(self):
@@ -91,11 +97,7 @@ class PostgresBroker(Broker):
                 out[i] = rid
         return out
 
-    async def aenqueue(self, requests):
-        """Concurrent calls on one event loop are coalesced (one statement per queue/options)."""
-        return await coalesced_enqueue(self, requests)
-
-    async def _aenqueue_now(self, requests):
+    async def aenqueue_now(self, requests):
         out: list[str | None] = [None] * len(requests)
         groups = list(self._groups(requests).items())
         aq = self.aq
@@ -212,10 +214,6 @@ class PostgresBroker(Broker):
         return [TaskRecord.from_fields(d, queue) for d in
                 self.q.peek(queue, state.lower(), offset, count)]
 
-    async def apeek(self, queue, state, offset=0, count=10):
-        return [TaskRecord.from_fields(d, queue) for d in
-                await self.aq.peek(queue, state.lower(), offset, count)]
-
     def get(self, queue, id):
         d = self.q.get(queue, id)
         return TaskRecord.from_fields(d, queue) if d else None
@@ -227,20 +225,11 @@ class PostgresBroker(Broker):
     def retry_dead(self, queue, ids=None):
         return self.q.retry_dead(queue, ids)
 
-    async def aretry_dead(self, queue, ids=None):
-        return await self.aq.retry_dead(queue, ids)
-
     def delete(self, queue, ids):
         return self.q.delete(queue, list(ids)) if ids else 0
 
-    async def adelete(self, queue, ids):
-        return await self.aq.delete(queue, list(ids)) if ids else 0
-
     def clear(self, queue, what):
         return self.q.clear(queue, what.lower())
-
-    async def aclear(self, queue, what):
-        return await self.aq.clear(queue, what.lower())
 
     # ---- schedules ------------------------------------------------------------------------------
     def schedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):

@@ -12,7 +12,6 @@ import valkey.asyncio as avalkey
 
 from ..broker import (
     INFO_FIELDS,
-    coalesced_enqueue,
     Broker,
     BrokerError,
     Delivery,
@@ -23,7 +22,7 @@ from ..broker import (
 )
 from ..redact import redact, redact_url
 from .resp import pack_ack_results, pack_enqueue, plain_utf8, send_packed, arg, bulk
-from .valkey_errors import CLIENT_ERRORS as _ENQUEUE_ERRORS, NotDurable, describe_error
+from .valkey_errors import CLIENT_ERRORS, NotDurable, describe_error
 
 def _s(v) -> str:
     if isinstance(v, bytes):
@@ -50,9 +49,10 @@ def queue_key(prefix: str, queue: str) -> str:
     return f"{prefix}{{{queue}}}"
 
 
-
 class ValkeyBroker(Broker):
     kind = "valkey"
+    supports_dlq_cap = True  # the module's vtasks.dlq-cap (CONFIG SET)
+    client_errors = CLIENT_ERRORS
 
     def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:",
                  max_connections: int = 50, connect_options: dict | None = None,
@@ -73,10 +73,6 @@ class ValkeyBroker(Broker):
         else:
             self._client = None
         self._aclients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        _translate_errors(cls)
 
     def _redact(self, text) -> str:
         return redact(str(text), self.connect_options.get("password"))
@@ -214,15 +210,8 @@ class ValkeyBroker(Broker):
         return args
 
     # ---- producer -------------------------------------------------------------------------------
-    def _enqueue_error(self, e: Exception) -> BrokerError:
-        """What an enqueue's caller sees when Valkey is down, refuses, or lacks the module."""
-        return self.error(e, "enqueue")
-
     def enqueue(self, requests):
-        try:
-            return self._enqueue_sync(requests)
-        except _ENQUEUE_ERRORS as e:
-            raise self._enqueue_error(e) from e
+        return self._enqueue_sync(requests)
 
     def _enqueue_sync(self, requests):
         commands = self._enqueue_commands(requests)
@@ -274,15 +263,7 @@ class ValkeyBroker(Broker):
                 "(INFO replication) and appendonly, or raise OPTIONS['DURABLE']['timeout']",
                 enqueued)
 
-    async def aenqueue(self, requests):
-        """Concurrent calls on one event loop are coalesced: the enqueues of one loop tick go
-        out together (one pipeline, one VT.ENQUEUE ENTRIES per queue and options)."""
-        try:
-            return await coalesced_enqueue(self, requests)
-        except _ENQUEUE_ERRORS as e:
-            raise self._enqueue_error(e) from e
-
-    async def _aenqueue_now(self, requests):
+    async def aenqueue_now(self, requests):
         client = self.aclient
         if plain_utf8(client.connection_pool):
             # the same VT.ENQUEUE commands as below, packed here in one pass (valkey-py's
@@ -557,57 +538,6 @@ class ValkeyBroker(Broker):
                 await client.aclose(close_connection_pool=False)
             else:
                 await client.aclose()
-
-
-#: broker methods whose client errors become BrokerErrors that say what is wrong (describe_error):
-#: name -> what the message says was being done
-_TRANSLATED = {
-    "fetch": "fetch", "ack": "ack", "ack_with_results": "ack", "fail": "fail a task",
-    "rescue": "rescue", "extend": "extend leases", "info": "read queue info",
-    "queues": "list queues", "peek": "list tasks", "get": "read a task",
-    "retry_dead": "retry dead tasks", "delete": "delete tasks", "clear": "clear a queue",
-    "schedule_set": "set a schedule", "schedule_del": "delete a schedule",
-    "schedule_list": "list schedules", "store_result": "store a result",
-    "store_results": "store results", "get_result": "read a result",
-    "set_dlq_cap": "set the DLQ cap",
-}
-
-
-def _translate_errors(cls) -> None:
-    """Wrap the sync and async forms of the _TRANSLATED methods defined on ``cls``: valkey-py
-    errors (whose pipeline messages quote whole payloads) become describe_error()'s BrokerError,
-    the original chained as __cause__."""
-    import functools
-    import inspect
-
-    for name, doing in _TRANSLATED.items():
-        for attr in (name, "a" + name):
-            fn = cls.__dict__.get(attr)
-            if fn is None or getattr(fn, "_translated", False):
-                continue
-            if inspect.iscoroutinefunction(fn):
-                @functools.wraps(fn)
-                async def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
-                    try:
-                        return await _fn(self, *args, **kwargs)
-                    except BrokerError:
-                        raise
-                    except _ENQUEUE_ERRORS as e:
-                        raise self.error(e, _doing) from e
-            else:
-                @functools.wraps(fn)
-                def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
-                    try:
-                        return _fn(self, *args, **kwargs)
-                    except BrokerError:
-                        raise
-                    except _ENQUEUE_ERRORS as e:
-                        raise self.error(e, _doing) from e
-            wrapper._translated = True
-            setattr(cls, attr, wrapper)
-
-
-_translate_errors(ValkeyBroker)
 
 
 def _is_int(v) -> bool:

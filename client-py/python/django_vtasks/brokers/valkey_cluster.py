@@ -37,7 +37,6 @@ def in_one_slot(prefix: str, queues) -> bool:
 
 
 class ValkeyClusterBroker(ValkeyBroker):
-    kind = "valkey"
 
     def __init__(self, url: str, prefix: str = "vt:", max_connections: int = 50,
                  connect_options: dict | None = None):
@@ -73,7 +72,7 @@ class ValkeyClusterBroker(ValkeyBroker):
                               f"prefix {self.prefix!r}: {CROSSSLOT_HINT}")
 
     # ---- the single-server fast paths, as cluster pipelines -------------------------------------
-    async def _aenqueue_now(self, requests):
+    async def aenqueue_now(self, requests):
         commands = self._enqueue_commands(requests)
         async with self.aclient.pipeline() as pipe:
             for args, _ in commands:
