@@ -59,14 +59,15 @@ def test_queue_keys_use_a_hash_tag():
 
 def test_task_decorator_options():
     from django_vtasks import task
-    from django_vtasks.tasks import VTask, retry_policy
+    from django_vtasks.retry import RetryPolicy
+    from django_vtasks.tasks import VTask
     from tests.testapp import tasks as t
 
     assert isinstance(t.flaky, VTask) and t.flaky.retries == 2  # Django 6.1 forwards @task kwargs
     u = t.add.using(unique=True, retries=4, priority=3)
     assert u.unique is True and u.retries == 4 and u.priority == 3
-    assert retry_policy(u, "default") == (4, 1.0)
-    assert retry_policy(t.add, "default") == (0, 1.0)
+    assert RetryPolicy.of(u, "default") == RetryPolicy(4, 1.0)
+    assert RetryPolicy.of(t.add, "default") == RetryPolicy(0, 1.0)
     with pytest.raises(TypeError):
         task(run_after=1)(lambda: None)
 
@@ -94,3 +95,50 @@ def test_result_json_is_right_sized():
     finally:
         tracemalloc.stop()
     assert per_item < 2 * len(kept[0]) + 200, (per_item, len(kept[0]))
+
+
+def test_envelope_template_is_the_dict_form_byte_for_byte():
+    """One envelope, two writers: the %-template every enqueue uses and build_envelope's dict
+    (schedules, tools) give the same bytes, whatever the task's options and arguments."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from django_vtasks.envelope import build_envelope, envelope_template
+    from tests.testapp.tasks import add, flaky, with_context
+
+    tasks = [
+        add,
+        with_context,
+        add.using(priority=-7, queue_name="q%s%%", run_after=datetime(2030, 1, 2, 3, 4, 5, 678,
+                                                                      tzinfo=UTC)),
+        flaky,
+        add.using(retries=3, retry_backoff=0.5, unique="k%1"),
+        flaky.using(retries=0, queue_name="ünï"),
+    ]
+    cases = [([], {}), ([1, "a%sb", None, 2.5], {"k": "v%d", "é": [1, {"x": True}]}),
+             (["\u2028", "\"q\"\\"], {})]
+    for ts in (1_765_000_000.123456, 0.1, 1e-7):
+        for task in tasks:
+            template = envelope_template(task, ts, "alias%")
+            for args, kwargs in cases:
+                rid = "0123abcd" * 4
+                assert template % (orjson.dumps(args), orjson.dumps(kwargs), rid.encode()) == \
+                    orjson.dumps(build_envelope(task, args, kwargs, rid, "alias%", ts))
+
+
+def test_retry_policy_is_the_one_rule():
+    from django.test import override_settings
+
+    from django_vtasks.retry import CRASH_ATTEMPTS, RetryPolicy
+    from tests.testapp.tasks import add
+
+    assert RetryPolicy.of(add, "q") == RetryPolicy(0, 1.0)
+    assert RetryPolicy().max_attempts is None and RetryPolicy().retry_ms(1) is None
+    p = RetryPolicy.of(add.using(retries=3, retry_backoff=0.5), "q")
+    assert p.max_attempts == 3 + 1 + CRASH_ATTEMPTS
+    assert [p.retry_ms(a) for a in (1, 2, 3, 4)] == [500, 1000, 2000, None]
+    with override_settings(VTASKS_RETRIES={"q": {"retries": 2, "backoff": 3}}):
+        assert RetryPolicy.of(add, "q") == RetryPolicy(2, 3.0)
+        assert RetryPolicy.of(add, "other") == RetryPolicy(0, 1.0)
+        assert RetryPolicy.of(add.using(retries=0), "q").retries == 0  # the task's option wins

@@ -92,11 +92,11 @@ def _runs_allowed(func: str, queue: str, cache: dict) -> int | None:
     against; None when the task cannot be resolved here."""
     if func not in cache:
         from .results import resolve_task
-        from .tasks import retry_policy
+        from .retry import RetryPolicy
 
         try:
             task = resolve_task(func, queue=queue, strict=True)
-            cache[func] = retry_policy(task, queue)[0] + 1
+            cache[func] = RetryPolicy.of(task, queue).retries + 1
         except Exception:
             cache[func] = None
     return cache[func]

@@ -57,7 +57,7 @@ from .result_store import read as read_stored
 from .results import make_result, result_to_json, resolve_task
 from .scheduler import schedule_spec
 from .signals import asend_many, schedule_run
-from .tasks import retry_policy
+from .retry import RetryPolicy
 
 logger = logging.getLogger("django_vtasks.worker")
 
@@ -679,10 +679,8 @@ class Worker:
         tb = clean_text("".join(format_exception(e)))
         result.errors.append(TaskError(exception_class_path=_exception_path(e), traceback=tb))
         object.__setattr__(result, "finished_at", timezone.now())
-        retries, backoff = retry_policy(job.task, d.queue)
-        retry_ms = None
-        if d.attempt <= retries:
-            retry_ms = int(backoff * 1000 * (2 ** (d.attempt - 1)))
+        retry_ms = RetryPolicy.of(job.task, d.queue).retry_ms(d.attempt)
+        if retry_ms is not None:
             object.__setattr__(result, "status", TaskResultStatus.READY)
             logger.warning("task %s %s failed (attempt %d), retrying in %dms: %s", d.id,
                            job.task.module_path, d.attempt, retry_ms, e)
@@ -1005,15 +1003,14 @@ class Worker:
     async def _batch_failed(self, task, items, results: list[TaskResult], e: BaseException) -> None:
         """Called inside the except: task_finished receivers see the exception."""
         logger.error("batch %s of %d task(s) failed: %s", task.module_path, len(items), e)
-        retries, backoff = retry_policy(task, items[0][0].queue)
+        policy = RetryPolicy.of(task, items[0][0].queue)
         tb = clean_text("".join(format_exception(e)))
         error = f"{_exception_path(e)}: {e}\n{tb}"
         task_error = TaskError(exception_class_path=_exception_path(e), traceback=tb)
         now = timezone.now()
         dead = []
         for (d, _), result in zip(items, results):
-            retry_ms = (int(backoff * 1000 * (2 ** (d.attempt - 1)))
-                        if d.attempt <= retries else None)
+            retry_ms = policy.retry_ms(d.attempt)
             result.errors.append(task_error)
             object.__setattr__(result, "finished_at", now)
             object.__setattr__(result, "status", TaskResultStatus.READY if retry_ms is not None
