@@ -1,5 +1,6 @@
 //! `django_vtasks._native`: the Postgres queue (pg-adapter) for Python, sync and asyncio, plus the
-//! task-envelope codec. The API is the contract in `.notes/native-api.md`.
+//! task-envelope codec. The API is the contract in
+//! `client-py/python/django_vtasks/_native.pyi`.
 
 use std::io::Read;
 use std::sync::Arc;

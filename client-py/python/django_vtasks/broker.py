@@ -17,7 +17,15 @@ Get the broker of a configured backend with :func:`get_broker`::
 
 Payloads are the encoded task envelopes (bytes, possibly ``b"zstd:"``-compressed); use
 :mod:`django_vtasks.envelope` (``decode_envelope``) to read them, or the ``envelope`` property
-of :class:`TaskRecord`.
+of :class:`TaskRecord`. Apps enqueue through the Django backend (``task.enqueue(...)``,
+``task_backends[alias].enqueue_many(...)``), which builds the envelopes and the requests;
+``enqueue`` here is the low level.
+
+Async forms use a client bound to the running event loop (made on first use per loop), so they
+are safe from any loop; call ``await broker.aclose()`` before a loop you made yourself ends.
+
+The implementations live in :mod:`django_vtasks.brokers`; the Django backends
+(:mod:`django_vtasks.backends`) build them from TASKS OPTIONS and share one per configuration.
 """
 
 from __future__ import annotations
