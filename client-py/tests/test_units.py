@@ -104,7 +104,7 @@ def test_envelope_template_is_the_dict_form_byte_for_byte():
 
     import orjson
 
-    from django_vtasks.envelope import build_envelope, envelope_template
+    from django_vtasks.envelope import build_envelope, envelope_template, template_for
     from tests.testapp.tasks import add, flaky, with_context
 
     tasks = [
@@ -118,12 +118,14 @@ def test_envelope_template_is_the_dict_form_byte_for_byte():
     ]
     cases = [([], {}), ([1, "a%sb", None, 2.5], {"k": "v%d", "é": [1, {"x": True}]}),
              (["\u2028", "\"q\"\\"], {})]
-    for ts in (1_765_000_000.123456, 0.1, 1e-7):
-        for task in tasks:
-            template = envelope_template(task, ts, "alias%")
+    for task in tasks:
+        template = envelope_template(task, "alias%")
+        assert template_for(task, "alias%") == template
+        for ts in (1_765_000_000.123456, 0.1, 1e-7):
             for args, kwargs in cases:
                 rid = "0123abcd" * 4
-                assert template % (orjson.dumps(args), orjson.dumps(kwargs), rid.encode()) == \
+                assert template % (orjson.dumps(args), orjson.dumps(kwargs), orjson.dumps(ts),
+                                   rid.encode()) == \
                     orjson.dumps(build_envelope(task, args, kwargs, rid, "alias%", ts))
 
 
@@ -137,6 +139,8 @@ def test_retry_policy_is_the_one_rule():
     assert RetryPolicy().max_attempts is None and RetryPolicy().retry_ms(1) is None
     p = RetryPolicy.of(add.using(retries=3, retry_backoff=0.5), "q")
     assert p.max_attempts == 3 + 1 + CRASH_ATTEMPTS
+    assert RetryPolicy.max_attempts_of(add.using(retries=3), "q", {}) == p.max_attempts
+    assert RetryPolicy.max_attempts_of(add, "q", {"q": {"retries": 2}}) == 2 + 1 + CRASH_ATTEMPTS
     assert [p.retry_ms(a) for a in (1, 2, 3, 4)] == [500, 1000, 2000, None]
     with override_settings(VTASKS_RETRIES={"q": {"retries": 2, "backoff": 3}}):
         assert RetryPolicy.of(add, "q") == RetryPolicy(2, 3.0)

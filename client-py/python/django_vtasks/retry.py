@@ -44,7 +44,16 @@ class RetryPolicy:
     @property
     def max_attempts(self) -> int | None:
         """The broker's attempt ceiling for an enqueue (None: the broker's default)."""
-        return self.retries + 1 + CRASH_ATTEMPTS if self.retries else None
+        return _ceiling(self.retries)
+
+    @staticmethod
+    def max_attempts_of(task: Task, queue: str, queue_settings: dict) -> int | None:
+        """``RetryPolicy.of(task, queue, queue_settings).max_attempts`` without building the
+        policy (every enqueue asks)."""
+        retries = getattr(task, "retries", None)
+        if retries is None:
+            retries = (queue_settings.get(queue) or {}).get("retries", 0)
+        return _ceiling(int(retries or 0))
 
     def retry_ms(self, attempt: int) -> int | None:
         """Milliseconds until the next run after ``attempt`` (1 = the first run) failed; None
@@ -52,3 +61,7 @@ class RetryPolicy:
         if attempt > self.retries:
             return None
         return int(self.backoff * 1000 * (2 ** (attempt - 1)))
+
+
+def _ceiling(retries: int) -> int | None:
+    return retries + 1 + CRASH_ATTEMPTS if retries else None

@@ -22,7 +22,7 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 
 from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
-from ..envelope import check_size, envelope_template, max_payload, run_at_ms
+from ..envelope import check_size, max_payload, run_at_ms, template_for
 from ..signals import asend_many, send_many
 from .. import _native
 from ..results import (
@@ -136,8 +136,8 @@ class VTasksBackend(BaseTaskBackend):
         result = make_result(task, rid, TaskResultStatus.READY, now, None, None, None, args,
                              kwargs, self.alias, [], [])
         run_after = task.run_after
-        data = envelope_template(task, ts, self.alias) % (
-            orjson.dumps(result.args), orjson.dumps(result.kwargs), rid.encode())
+        data = template_for(task, self.alias) % (
+            orjson.dumps(result.args), orjson.dumps(result.kwargs), orjson.dumps(ts), rid.encode())
         check_size(data, task.module_path)
         payload = _native.encode_payload(data, ctx["threshold"])
 
@@ -158,7 +158,7 @@ class VTasksBackend(BaseTaskBackend):
             priority=int(task.priority),
             at_ms=run_at_ms(run_after) if run_after is not None else None,
             unique=unique,
-            max_attempts=RetryPolicy.of(task, task.queue_name, ctx["retries"]).max_attempts,
+            max_attempts=RetryPolicy.max_attempts_of(task, task.queue_name, ctx["retries"]),
         )
         return result, request
 
@@ -179,6 +179,7 @@ class VTasksBackend(BaseTaskBackend):
         # one timestamp and one os.urandom() call for the tasks of one enqueue_many call
         now = ctx["now"] = timezone.now()
         ts = ctx["ts"] = now.timestamp()
+        ts_json = orjson.dumps(ts)
         if len(items) > 1:
             rand = os.urandom(16 * len(items)).hex()
             ctx["ids"] = [rand[i:i + 32] for i in range(0, len(rand), 32)]
@@ -207,7 +208,7 @@ class VTasksBackend(BaseTaskBackend):
                     if id(task) not in validated:
                         self.validate_task(task)
                         validated.add(id(task))
-                    spec = specs[id(task)] = self._envelope_spec(task, ts, ctx["retries"])
+                    spec = specs[id(task)] = self._envelope_spec(task, ctx["retries"])
             if spec is None:
                 task, kwargs = self._split_options(task, dict(kwargs))
                 result, request = self._prepare(task, list(args or ()), kwargs, ctx)
@@ -223,7 +224,8 @@ class VTasksBackend(BaseTaskBackend):
             kwargs = normalize_kwargs(kwargs) if kwargs else {}
             r = build(task, rid, ready, now, None, None, None, args, kwargs, alias, [], [])
             template, queue, priority, at_ms, max_attempts = spec
-            data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", rid.encode())
+            data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", ts_json,
+                               rid.encode())
             if len(data) > limit:
                 check_size(data, task.module_path)
             append_result(r)
@@ -232,15 +234,15 @@ class VTasksBackend(BaseTaskBackend):
                                     priority, at_ms, None, max_attempts))
         return results, requests
 
-    def _envelope_spec(self, task: Task, ts: float, retries_cfg: dict) -> tuple | None:
+    def _envelope_spec(self, task: Task, retries_cfg: dict) -> tuple | None:
         """What _prepare puts around each task's args/kwargs/id, for a task without a unique
         key: a ``%``-template of the JSON envelope and the EnqueueRequest fields."""
         if getattr(task, "unique", False):
             return None
         run_after = task.run_after
-        return (envelope_template(task, ts, self.alias), task.queue_name, int(task.priority),
+        return (template_for(task, self.alias), task.queue_name, int(task.priority),
                 run_at_ms(run_after) if run_after is not None else None,
-                RetryPolicy.of(task, task.queue_name, retries_cfg).max_attempts)
+                RetryPolicy.max_attempts_of(task, task.queue_name, retries_cfg))
 
     def _added(self, results: list[TaskResult], ids: list[str | None],
                requests: list[EnqueueRequest]) -> list[TaskResult]:
