@@ -89,7 +89,11 @@ class JobRunner:
         w = self.w
         jobs = []
         for d in deliveries:
-            job = await self._prepare_or_hand_back(d, own_slot=True)
+            try:
+                job = await self.prepare(d, own_slot=True)
+            except Exception as e:
+                await self._hand_back(d, e, own_slot=True)
+                continue
             if job is not None:
                 jobs.append(job)
         if jobs and sent is not None and w.fetcher.lease_lapsed(
@@ -115,18 +119,15 @@ class JobRunner:
         for job in jobs:
             w.spawn(self.run(job))
 
-    async def _prepare_or_hand_back(self, d: Delivery, own_slot: bool) -> Job | None:
+    async def _hand_back(self, d: Delivery, e: Exception, own_slot: bool) -> None:
+        """Preparing ``d`` failed on the worker's side (not the task's fault): hand it back
+        for a later attempt."""
+        logger.exception("could not start task %s on %s", d.id, d.queue, exc_info=e)
         try:
-            return await self.prepare(d, own_slot)
-        except Exception as e:
-            # a worker-side error, not the task's: hand it back for a later attempt
-            logger.exception("could not start task %s on %s", d.id, d.queue)
-            try:
-                await self._fail(d, f"worker error before start: {e!r}", self.w.lease_ms, None)
-            finally:
-                if own_slot:
-                    self.w.slots.release()
-            return None
+            await self._fail(d, f"worker error before start: {e!r}", self.w.lease_ms, None)
+        finally:
+            if own_slot:
+                self.w.slots.release()
 
     async def prepare(self, d: Delivery, own_slot: bool = True) -> Job | None:
         """Decode and resolve a delivery; dead-letters it when impossible (and frees its slot
@@ -246,7 +247,7 @@ class JobRunner:
             self.w.executor, _call_sync, func, args, kwargs)
 
     async def run(self, job: Job) -> None:
-        """Run one task in its slot and settle it."""
+        """Run one task in its slot and settle it (the hot path: no helper coroutines)."""
         w = self.w
         d, task, result = job.delivery, job.task, job.result
         released = False
@@ -257,12 +258,20 @@ class JobRunner:
                                       schedule=job.envelope["schedule"])
                 except Exception:
                     logger.exception("a schedule_run receiver failed")
-            await self._signal(task_started, result)
+            try:
+                await self._send_task_signal(task_started, result)
+            except Exception:
+                logger.exception("a task_started receiver failed")
             args = list(result.args)
             if task.takes_context:
                 args.insert(0, TaskContext(task_result=result))
             try:
-                value = normalize_json(await self._call(task.func, args, result.kwargs))
+                if iscoroutinefunction(task.func):
+                    value = await task.func(*args, **result.kwargs)
+                else:
+                    value = await asyncio.get_running_loop().run_in_executor(
+                        w.executor, _call_sync, task.func, args, result.kwargs)
+                value = normalize_json(value)
                 _set(result, "_return_value", value)
                 _set(result, "status", TaskResultStatus.SUCCESSFUL)
                 _set(result, "finished_at", timezone.now())
@@ -282,7 +291,10 @@ class JobRunner:
             else:
                 job.done = True
                 w.processed += 1
-                await self._signal(task_finished, result)
+                try:
+                    await self._send_task_signal(task_finished, result)
+                except Exception:
+                    logger.exception("a task_finished receiver failed")
                 w.slots.release()
                 released = True
                 w.acks.add(d, data)
@@ -300,7 +312,11 @@ class JobRunner:
         try:
             groups: dict[str, list[Job]] = defaultdict(list)
             for d in deliveries:
-                job = await self._prepare_or_hand_back(d, own_slot=False)
+                try:
+                    job = await self.prepare(d, own_slot=False)
+                except Exception as e:
+                    await self._hand_back(d, e, own_slot=False)
+                    continue
                 if job is not None:
                     job.envelope["id"] = d.id  # (a scheduled task's envelope has no id)
                     groups[job.task.module_path].append(job)
