@@ -146,3 +146,22 @@ def test_retry_policy_is_the_one_rule():
         assert RetryPolicy.of(add, "q") == RetryPolicy(2, 3.0)
         assert RetryPolicy.of(add, "other") == RetryPolicy(0, 1.0)
         assert RetryPolicy.of(add.using(retries=0), "q").retries == 0  # the task's option wins
+
+
+def test_protocol_md_limits_table_is_the_shared_crates():
+    """PROTOCOL.md's "Limits" table and VT.INFO's field list say what the vtasks-protocol crate
+    defines (which the native extension exposes and the Postgres adapter uses)."""
+    import re
+    from pathlib import Path
+
+    from django_vtasks import _native
+    from django_vtasks.broker import INFO_FIELDS
+
+    text = (Path(__file__).resolve().parents[2] / "PROTOCOL.md").read_text()
+    section = text.split("\n### Limits\n", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (-?\d+) \|", section, re.M)
+    assert len(rows) == len(_native.LIMITS)
+    assert {name: int(value) for name, value in rows} == _native.LIMITS
+    info = text.split("\n### VT.INFO\n", 1)[1].split("\n#", 1)[0]
+    listed = re.findall(r"`(\w+)`", info.split("Reply:", 1)[1].split(". A\n", 1)[0])
+    assert tuple(listed[:len(INFO_FIELDS)]) == INFO_FIELDS == _native.INFO_FIELDS

@@ -21,9 +21,15 @@ from typing import Any, TypedDict, final
 
 __all__ = ["encode_payload", "decode_payload", "decode_payload_prefix", "cron_check", "cron_next",
            "migrations", "PgQueue", "AsyncPgQueue", "PgError", "DEFAULT_COMPRESS_THRESHOLD",
-           "_drain"]
+           "LIMITS", "INFO_FIELDS", "_drain"]
 
 DEFAULT_COMPRESS_THRESHOLD: int
+#: the protocol's limits (vtasks-protocol, PROTOCOL.md "Limits"): max_fetch, max_id_len,
+#: max_name_len, max_worker_len, max_payload, min_priority, max_priority, max_peek,
+#: max_enqueue_items, max_fetch_queues, min_attempts, max_attempts
+LIMITS: dict[str, int]
+#: the field names of VT.INFO / info(), in reply order
+INFO_FIELDS: tuple[str, ...]
 
 class PgError(RuntimeError):
     """An error from Postgres or its connection pool."""

@@ -27,7 +27,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .broker import BrokerError, TaskRecord, vtasks_backends
+from .broker import LIMITS, BrokerError, TaskRecord, vtasks_backends
 from .envelope import preview
 from .result_store import document as result_document
 from .results import ms_to_dt
@@ -210,7 +210,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             if offset >= n:
                 offset -= n
                 continue
-            got = broker.peek(queue, state, offset, min(want, 1000))
+            got = broker.peek(queue, state, offset, min(want, LIMITS["max_peek"]))
             records.extend(got)
             want -= len(got)
             offset = 0

@@ -40,7 +40,11 @@ from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 
+from . import _native
+
 __all__ = [
+    "INFO_FIELDS",
+    "LIMITS",
     "STATES",
     "Broker",
     "BrokerError",
@@ -55,22 +59,13 @@ __all__ = [
 #: Task states a broker can list (``peek``).
 STATES = ("ready", "delayed", "inflight", "dead")
 
-#: Keys of the ``info()`` dict (same as VT.INFO).
-INFO_FIELDS = (
-    "ready",
-    "delayed",
-    "inflight",
-    "dead",
-    "dead_evicted",
-    "enqueued_total",
-    "acked_total",
-    "failed_total",
-    "retried_total",
-    "rescued_total",
-    "dead_total",
-    "schedules",
-    "unique_keys",
-)
+#: Keys of the ``info()`` dict: the VT.INFO fields both engines report, in reply order (one
+#: definition: the vtasks-protocol crate, through the native extension). A broker may add more
+#: (Valkey: schedule_ticks_skipped_total).
+INFO_FIELDS: tuple[str, ...] = _native.INFO_FIELDS
+
+#: The protocol's limits (PROTOCOL.md "Limits"), e.g. LIMITS["max_peek"].
+LIMITS: dict[str, int] = _native.LIMITS
 
 
 class BrokerError(Exception):
