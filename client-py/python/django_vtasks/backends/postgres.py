@@ -17,10 +17,12 @@ from django.core import checks
 from django.db import connections, transaction
 
 from ..broker import BrokerError
-from ..brokers.postgres import PostgresBroker  # noqa: F401 - also the old import path
+from ..brokers.postgres import PostgresBroker
 from ..conf import queue_checks, settings
 from .base import VTasksBackend
 
+# (PostgresBroker lives in django_vtasks.brokers.postgres; importable from here as it always was)
+__all__ = ["PostgresBroker", "PostgresTaskBackend"]
 
 # Keys of DATABASES[...]["OPTIONS"] that are Django's or psycopg's own, not libpq connection
 # settings (Django pops or passes them to psycopg.connect() as Python arguments). client_encoding:

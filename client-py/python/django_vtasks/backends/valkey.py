@@ -16,9 +16,9 @@ from django.core import checks
 from django.db import transaction
 
 from ..broker import BrokerError, EnqueueFailed
-from ..brokers.valkey import ValkeyBroker, queue_key  # noqa: F401 - the old import path
+from ..brokers.valkey import ValkeyBroker, queue_key
 from ..brokers.valkey_cluster import CROSSSLOT_HINT, ValkeyClusterBroker, in_one_slot
-from ..brokers.valkey_errors import (  # noqa: F401 - re-exported where they always were
+from ..brokers.valkey_errors import (
     AccessDenied,
     ModuleMissing,
     NotDurable,
@@ -30,6 +30,21 @@ from ..conf import queue_checks, settings, valkey_prefix
 from ..redact import redact_url
 from .base import VTasksBackend
 
+# the Django backend, its OPTIONS parsers, and the names this module always had (the broker and
+# its errors now live in django_vtasks.brokers)
+__all__ = [
+    "AccessDenied",
+    "ModuleMissing",
+    "NotDurable",
+    "ValkeyBroker",
+    "ValkeyTaskBackend",
+    "connection_options",
+    "describe_error",
+    "durable_option",
+    "module_path_hint",
+    "queue_key",
+    "server_words",
+]
 
 def connection_options(url: str | None, options: dict | None = None) -> dict[str, Any]:
     """Keyword arguments for valkey-py's ``from_url`` besides the URL, from a backend's OPTIONS:
