@@ -53,6 +53,9 @@ class ValkeyBroker(Broker):
     kind = "valkey"
     supports_dlq_cap = True  # the module's vtasks.dlq-cap (CONFIG SET)
     client_errors = CLIENT_ERRORS
+    #: the packed single-connection fast paths (resp.py) apply: the client has one connection
+    #: pool. A cluster client routes per node: the same commands then go through pipelines.
+    packs_commands = True
 
     def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:",
                  max_connections: int = 50, connect_options: dict | None = None,
@@ -265,7 +268,7 @@ class ValkeyBroker(Broker):
 
     async def aenqueue_now(self, requests):
         client = self.aclient
-        if plain_utf8(client.connection_pool):
+        if self.packs_commands and plain_utf8(client.connection_pool):
             # the same VT.ENQUEUE commands as below, packed here in one pass (valkey-py's
             # pack_command per argument was a third of the bulk enqueue time)
             commands, packed = pack_enqueue(self, requests)
@@ -324,17 +327,21 @@ class ValkeyBroker(Broker):
     def ack_with_results(self, queue, pairs, results):
         pipe = self.client.pipeline(transaction=False)
         self._ack_results_pipe(pipe, queue, pairs, results)
+        if not len(pipe):
+            return 0
         replies = pipe.execute(raise_on_error=True)
         return int(replies[-1]) if pairs and replies else 0
 
     async def aack_with_results(self, queue, pairs, results):
         client = self.aclient
-        pool = client.connection_pool
-        if not plain_utf8(pool):
+        if not self.packs_commands or not plain_utf8(client.connection_pool):
             async with client.pipeline(transaction=False) as pipe:
                 self._ack_results_pipe(pipe, queue, pairs, results)
+                if not len(pipe):
+                    return 0
                 replies = await pipe.execute(raise_on_error=True)
             return int(replies[-1]) if pairs and replies else 0
+        pool = client.connection_pool
         # The same commands as the pipeline above (SET key data PX ttl per result, then VT.ACK),
         # packed here in one pass: valkey-py's pack_command per SET was most of the flush.
         packed, n = pack_ack_results(f"{self.prefix}result:", self.key(queue), pairs, results)

@@ -8,8 +8,9 @@ differs from a single server:
   a prefix with a hash tag (``VTASKS_VALKEY_PREFIX = "vt:{myapp}:"`` puts every queue key,
   ``vt:{myapp}:{queue}``, in the slot of ``myapp``); ``check_queues`` says so before a worker starts;
 - commands without a key go to every primary (VT.QUEUES) or every node (CONFIG SET vtasks.*);
-- the packed single-connection fast paths of ValkeyBroker need one connection pool: here the
-  same commands go through cluster pipelines, which split them per node.
+- the packed single-connection fast paths of ValkeyBroker need one connection pool: here
+  (``packs_commands = False``) the same commands go through cluster pipelines, which split them
+  per node.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def in_one_slot(prefix: str, queues) -> bool:
 
 
 class ValkeyClusterBroker(ValkeyBroker):
+    packs_commands = False  # one pool per node: ValkeyBroker's pipeline paths
 
     def __init__(self, url: str, prefix: str = "vt:", max_connections: int = 50,
                  connect_options: dict | None = None):
@@ -71,7 +73,8 @@ class ValkeyClusterBroker(ValkeyBroker):
             raise BrokerError(f"queues {sorted(queues)} are in different cluster slots with the "
                               f"prefix {self.prefix!r}: {CROSSSLOT_HINT}")
 
-    # ---- the single-server fast paths, as cluster pipelines -------------------------------------
+    # ---- enqueue: one cluster pipeline (split per node), each command's refusal reported per
+    # request (EnqueueFailed), also when there is one command -------------------------------
     async def aenqueue_now(self, requests):
         commands = self._enqueue_commands(requests)
         async with self.aclient.pipeline() as pipe:
@@ -79,22 +82,6 @@ class ValkeyClusterBroker(ValkeyBroker):
                 pipe.execute_command(*args)
             replies = await pipe.execute(raise_on_error=False)
         return self._map_enqueue(requests, commands, replies)
-
-    async def aack_with_results(self, queue, pairs, results):
-        async with self.aclient.pipeline() as pipe:
-            self._ack_results_pipe(pipe, queue, pairs, results)
-            if not len(pipe):
-                return 0
-            replies = await pipe.execute(raise_on_error=True)
-        return int(replies[-1]) if pairs and replies else 0
-
-    def ack_with_results(self, queue, pairs, results):
-        pipe = self.client.pipeline()
-        self._ack_results_pipe(pipe, queue, pairs, results)
-        if not len(pipe):
-            return 0
-        replies = pipe.execute(raise_on_error=True)
-        return int(replies[-1]) if pairs and replies else 0
 
     def _enqueue_sync(self, requests):
         commands = self._enqueue_commands(requests)
