@@ -129,3 +129,78 @@ def test_non_canonical_tokens_match_nothing(request, engine, b, queue):
         assert b.fail(queue, rid, bad, "boom") is None, repr(bad)
     assert b.info(queue)["inflight"] == 1
     assert b.ack(queue, [(rid, tok)]) == 1
+
+
+def test_async_operator_forms_answer_as_the_sync_ones(b, queue):
+    """The async forms of the operator methods (written once in the Broker contract as the sync
+    form run in a thread, unless a broker writes its own) see and change the same state."""
+    import asyncio
+
+    ids = [enqueue_one(b, queue) for _ in range(3)]
+
+    async def run():
+        try:
+            assert [r.id for r in await b.apeek(queue, "ready", 0, 10)] == \
+                [r.id for r in b.peek(queue, "ready", 0, 10)]
+            assert (await b.aget(queue, ids[0])).id == ids[0]
+            assert (await b.ainfo(queue))["ready"] == 3
+            assert queue in await b.aqueues()
+            assert await b.adelete(queue, [ids[0]]) == 1
+            await b.aschedule_set(queue, "s", b"p", every_ms=3_600_000)
+            assert [s.name for s in await b.aschedule_list(queue)] == ["s"]
+            assert await b.aschedule_del(queue, "s") is True
+            assert await b.aretry_dead(queue, None) == 0
+            assert await b.aclear(queue, "all") == 2
+        finally:
+            await b.aclose()
+
+    asyncio.run(run())
+    assert b.info(queue)["ready"] == 0
+
+
+def test_client_errors_reach_the_caller_as_broker_errors(engine):
+    """Broker.py's promise: whatever the client library raises (here: nothing listens), the
+    caller gets a BrokerError, from the sync and the async forms alike."""
+    import asyncio
+
+    from tests.vtasks_servers import free_port
+
+    port = free_port()
+    if engine == "valkey":
+        from django_vtasks.brokers.valkey import ValkeyBroker
+
+        broker = ValkeyBroker(f"valkey://127.0.0.1:{port}/0")
+    else:
+        from django_vtasks.brokers.postgres import PostgresBroker
+
+        broker = PostgresBroker(f"host=127.0.0.1 port={port} dbname=x user=x connect_timeout=2",
+                                pool_size=1)
+    # (a few of each kind: each call against Postgres waits for a refused connection pool)
+    calls = [("fetch", (["q"], "w", 1)), ("fail", ("q", "i", "t", "e")), ("info", ("q",)),
+             ("get_result", ("i",))]
+    for method, args in calls:
+        with pytest.raises(BrokerError):
+            getattr(broker, method)(*args)
+
+    async def run():
+        for method, args in calls:
+            with pytest.raises(BrokerError):
+                await getattr(broker, "a" + method)(*args)
+        with pytest.raises(BrokerError):
+            await broker.aenqueue([EnqueueRequest("q", "i", b"x")])
+        await broker.aclose()
+
+    asyncio.run(run())
+
+
+def test_capabilities_are_declared_not_probed():
+    """The worker asks the flags (server timers, DLQ cap) instead of testing a broker's type."""
+    from django_vtasks.broker import Broker
+    from django_vtasks.brokers.postgres import PostgresBroker
+    from django_vtasks.brokers.valkey import ValkeyBroker
+    from django_vtasks.brokers.valkey_cluster import ValkeyClusterBroker
+
+    assert Broker.supports_server_timers and not Broker.supports_dlq_cap
+    assert ValkeyBroker.supports_server_timers and ValkeyBroker.supports_dlq_cap
+    assert ValkeyClusterBroker.supports_dlq_cap
+    assert not PostgresBroker.supports_server_timers and not PostgresBroker.supports_dlq_cap

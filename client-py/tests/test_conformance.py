@@ -505,6 +505,20 @@ def test_batch_queue(backend, broker, alias, queue, workers, out, tmp_path):
         assert f"finished {r.id} SUCCESSFUL {w.worker_id} {cls} -" in signals
 
 
+def test_batch_retry_keeps_the_first_attempts_errors(backend, broker, alias, queue, workers, out):
+    """Batch tasks go through the worker's one job runner: a retried batch task's result keeps
+    the failure of its first attempt and both attempts' workers, as a single task's does."""
+    results = backend.enqueue_many([(on(t.batch_flaky, alias, queue), (out, i), {})
+                                    for i in range(3)])
+    w = workers([queue], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 3, "timeout": 1}}}}'})
+    wait_for(lambda: broker.info(queue)["acked_total"] == 3, timeout=60)
+    for r in results:
+        result = backend.get_result(r.id)
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        assert [e.exception_class_path for e in result.errors] == ["builtins.RuntimeError"]
+        assert result.worker_ids == [w.worker_id, w.worker_id]
+
+
 # ---- schedules ----------------------------------------------------------------------------------------
 
 

@@ -59,14 +59,15 @@ def test_queue_keys_use_a_hash_tag():
 
 def test_task_decorator_options():
     from django_vtasks import task
-    from django_vtasks.tasks import VTask, retry_policy
+    from django_vtasks.retry import RetryPolicy
+    from django_vtasks.tasks import VTask
     from tests.testapp import tasks as t
 
     assert isinstance(t.flaky, VTask) and t.flaky.retries == 2  # Django 6.1 forwards @task kwargs
     u = t.add.using(unique=True, retries=4, priority=3)
     assert u.unique is True and u.retries == 4 and u.priority == 3
-    assert retry_policy(u, "default") == (4, 1.0)
-    assert retry_policy(t.add, "default") == (0, 1.0)
+    assert RetryPolicy.of(u, "default") == RetryPolicy(4, 1.0)
+    assert RetryPolicy.of(t.add, "default") == RetryPolicy(0, 1.0)
     with pytest.raises(TypeError):
         task(run_after=1)(lambda: None)
 
@@ -94,3 +95,73 @@ def test_result_json_is_right_sized():
     finally:
         tracemalloc.stop()
     assert per_item < 2 * len(kept[0]) + 200, (per_item, len(kept[0]))
+
+
+def test_envelope_template_is_the_dict_form_byte_for_byte():
+    """One envelope, two writers: the %-template every enqueue uses and build_envelope's dict
+    (schedules, tools) give the same bytes, whatever the task's options and arguments."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from django_vtasks.envelope import build_envelope, envelope_template, template_for
+    from tests.testapp.tasks import add, flaky, with_context
+
+    tasks = [
+        add,
+        with_context,
+        add.using(priority=-7, queue_name="q%s%%", run_after=datetime(2030, 1, 2, 3, 4, 5, 678,
+                                                                      tzinfo=UTC)),
+        flaky,
+        add.using(retries=3, retry_backoff=0.5, unique="k%1"),
+        flaky.using(retries=0, queue_name="ünï"),
+    ]
+    cases = [([], {}), ([1, "a%sb", None, 2.5], {"k": "v%d", "é": [1, {"x": True}]}),
+             (["\u2028", "\"q\"\\"], {})]
+    for task in tasks:
+        template = envelope_template(task, "alias%")
+        assert template_for(task, "alias%") == template
+        for ts in (1_765_000_000.123456, 0.1, 1e-7):
+            for args, kwargs in cases:
+                rid = "0123abcd" * 4
+                assert template % (orjson.dumps(args), orjson.dumps(kwargs), orjson.dumps(ts),
+                                   rid.encode()) == \
+                    orjson.dumps(build_envelope(task, args, kwargs, rid, "alias%", ts))
+
+
+def test_retry_policy_is_the_one_rule():
+    from django.test import override_settings
+
+    from django_vtasks.retry import CRASH_ATTEMPTS, RetryPolicy
+    from tests.testapp.tasks import add
+
+    assert RetryPolicy.of(add, "q") == RetryPolicy(0, 1.0)
+    assert RetryPolicy().max_attempts is None and RetryPolicy().retry_ms(1) is None
+    p = RetryPolicy.of(add.using(retries=3, retry_backoff=0.5), "q")
+    assert p.max_attempts == 3 + 1 + CRASH_ATTEMPTS
+    assert RetryPolicy.max_attempts_of(add.using(retries=3), "q", {}) == p.max_attempts
+    assert RetryPolicy.max_attempts_of(add, "q", {"q": {"retries": 2}}) == 2 + 1 + CRASH_ATTEMPTS
+    assert [p.retry_ms(a) for a in (1, 2, 3, 4)] == [500, 1000, 2000, None]
+    with override_settings(VTASKS_RETRIES={"q": {"retries": 2, "backoff": 3}}):
+        assert RetryPolicy.of(add, "q") == RetryPolicy(2, 3.0)
+        assert RetryPolicy.of(add, "other") == RetryPolicy(0, 1.0)
+        assert RetryPolicy.of(add.using(retries=0), "q").retries == 0  # the task's option wins
+
+
+def test_protocol_md_limits_table_is_the_shared_crates():
+    """PROTOCOL.md's "Limits" table and VT.INFO's field list say what the vtasks-protocol crate
+    defines (which the native extension exposes and the Postgres adapter uses)."""
+    import re
+    from pathlib import Path
+
+    from django_vtasks import _native
+    from django_vtasks.broker import INFO_FIELDS
+
+    text = (Path(__file__).resolve().parents[2] / "PROTOCOL.md").read_text()
+    section = text.split("\n### Limits\n", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (-?\d+) \|", section, re.M)
+    assert len(rows) == len(_native.LIMITS)
+    assert {name: int(value) for name, value in rows} == _native.LIMITS
+    info = text.split("\n### VT.INFO\n", 1)[1].split("\n#", 1)[0]
+    listed = re.findall(r"`(\w+)`", info.split("Reply:", 1)[1].split(". A\n", 1)[0])
+    assert tuple(listed[:len(INFO_FIELDS)]) == INFO_FIELDS == _native.INFO_FIELDS

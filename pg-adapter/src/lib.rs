@@ -225,7 +225,9 @@ impl Debounce {
     }
 }
 
-/// When a fetch with `block_ms` gives up: `None` = do not block (absent or 0).
+/// When a blocking fetch gives up: `None` = never (`block_ms` 0 waits until a task arrives, as
+/// VT.FETCHBATCH BLOCK 0 does). Without `block_ms` the fetch does not block at all: the callers
+/// return after the first attempt, whatever this says.
 pub(crate) fn block_deadline(block_ms: Option<i64>) -> Result<Option<std::time::Instant>> {
     match block_ms {
         Some(ms) if ms < 0 => Err(Error::Invalid("block_ms must be >= 0".into())),

@@ -9,15 +9,16 @@ use std::str::FromStr;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use vtasks_protocol::crontab::Cron;
+use vtasks_protocol::limits;
 
 use crate::{Error, Result};
 
 /// Maximum tasks per fetch (as `VT.FETCHBATCH`).
-pub const MAX_FETCH: i32 = 10_000;
+pub const MAX_FETCH: i32 = limits::MAX_FETCH as i32;
 /// Maximum payload size (as `vtasks.max-payload`).
-pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+pub const MAX_PAYLOAD: usize = limits::MAX_PAYLOAD;
 /// Maximum id length in bytes.
-pub const MAX_ID: usize = 128;
+pub const MAX_ID: usize = limits::MAX_ID_LEN;
 /// NOTIFY channel; the payload is the queue name.
 pub const CHANNEL: &str = "vtasks";
 
@@ -171,21 +172,7 @@ impl FromStr for ClearWhat {
 }
 
 /// Field names of `info()`, in `VT.INFO` order.
-pub const INFO_FIELDS: [&str; 13] = [
-    "ready",
-    "delayed",
-    "inflight",
-    "dead",
-    "dead_evicted",
-    "enqueued_total",
-    "acked_total",
-    "failed_total",
-    "retried_total",
-    "rescued_total",
-    "dead_total",
-    "schedules",
-    "unique_keys",
-];
+pub const INFO_FIELDS: [&str; 13] = limits::INFO_FIELDS;
 
 /// Field names of `maintain()`.
 pub const MAINTAIN_FIELDS: [&str; 7] =
@@ -198,7 +185,7 @@ pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T> {
 /// Longest queue name, unique key and schedule name (PROTOCOL.md): the indexes that hold them,
 /// two at a time, stay under Postgres's 2,704-byte btree entry limit and a queue name fits a NOTIFY
 /// payload (8,000 bytes), so a long name is a clear error here, never a raw index error.
-pub const MAX_NAME: usize = 1024;
+pub const MAX_NAME: usize = limits::MAX_NAME_LEN;
 
 fn check_queue(q: &str) -> Result<()> {
     if q.is_empty() || q.len() > MAX_NAME {
@@ -246,7 +233,7 @@ impl EnqueueArgs {
         if payloads.is_empty() {
             return invalid("at least one payload is required");
         }
-        if !(-100..=100).contains(&o.priority) {
+        if !(limits::MIN_PRIORITY..=limits::MAX_PRIORITY).contains(&(o.priority as i64)) {
             return invalid("priority must be in -100..100");
         }
         if o.delay_ms.is_some() && o.at_ms.is_some() {
@@ -602,7 +589,7 @@ pub fn peek_stmt(queue: &str, state: PeekState, offset: i64, count: i64) -> Resu
         return invalid("offset must be >= 0");
     }
     // COUNT 0 is an empty page, as VT.PEEK answers it
-    if !(0..=1000).contains(&count) {
+    if !(0..=limits::MAX_PEEK).contains(&count) {
         return invalid("count must be in 0..1000");
     }
     let sql: &'static str = match state {
@@ -772,7 +759,7 @@ pub fn schedule_set_stmt(
     if name.is_empty() || name.len() > MAX_NAME {
         return invalid(format!("schedule name must be 1..{MAX_NAME} bytes"));
     }
-    if !(-100..=100).contains(&priority) {
+    if !(limits::MIN_PRIORITY..=limits::MAX_PRIORITY).contains(&(priority as i64)) {
         return invalid("priority must be in -100..100");
     }
     if payload.len() > MAX_PAYLOAD {

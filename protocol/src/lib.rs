@@ -3,4 +3,5 @@
 //! each rule has one definition.
 
 pub mod crontab;
+pub mod limits;
 pub mod token;

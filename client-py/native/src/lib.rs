@@ -1,5 +1,6 @@
 //! `django_vtasks._native`: the Postgres queue (pg-adapter) for Python, sync and asyncio, plus the
-//! task-envelope codec. The API is the contract in `.notes/native-api.md`.
+//! task-envelope codec. The API is the contract in
+//! `client-py/python/django_vtasks/_native.pyi`.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -752,6 +753,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsyncPgQueue>()?;
     m.add("PgError", m.py().get_type::<PgError>())?;
     m.add("DEFAULT_COMPRESS_THRESHOLD", 1024)?;
+    // the protocol's limits and INFO field names (vtasks-protocol), so Python does not restate them
+    let limits = PyDict::new(m.py());
+    for (name, value) in vtasks_protocol::limits::LIMITS {
+        limits.set_item(name, value)?;
+    }
+    m.add("LIMITS", limits)?;
+    m.add("INFO_FIELDS", pyo3::types::PyTuple::new(m.py(), vtasks_protocol::limits::INFO_FIELDS)?)?;
     bridge::init(m)?;
     Ok(())
 }

@@ -1,25 +1,51 @@
-"""Types of the pyo3 extension ``django_vtasks._native`` (client-py/native/src/lib.rs).
+"""Types of the pyo3 extension ``django_vtasks._native`` (client-py/native/src/lib.rs), and the
+contract between it and the Django package: extend it, do not break it.
 
 Keep in step with lib.rs: a method added there is added here (mypy reads only this file).
+
+- The task-envelope codec, shared with the original django-vtasks wire format: JSON over
+  ``threshold`` bytes becomes ``b"zstd:"`` + zstd (level 3).
+- ``PgQueue`` (sync, r2d2 pool; releases the GIL while it waits on Postgres) and
+  ``AsyncPgQueue`` (tokio-postgres; the same constructor and methods, each returning an
+  ``asyncio.Future`` of the running loop: create the object inside the loop that uses it;
+  cancelling a future aborts the Rust task) implement the queue semantics of the Valkey module
+  (PROTOCOL.md) in Postgres (pg-adapter).
+- Errors: bad arguments raise ``ValueError`` (nothing sent); Postgres, connection and pool
+  failures raise ``PgError`` (a ``RuntimeError``). A statement that fails because its connection
+  died (killed backend, restart) is retried on a fresh pooled connection up to 3 times first.
+- ``migrations()`` is the single source of the schema (the Django migration applies it).
 """
 
 import asyncio
 from typing import Any, TypedDict, final
 
-__all__ = ["encode_payload", "decode_payload", "decode_payload_prefix", "migrations",
-           "migration_sql", "migration_plan", "cron_check", "cron_next", "PgQueue", "AsyncPgQueue",
-           "PgError", "DEFAULT_COMPRESS_THRESHOLD", "_drain"]
+__all__ = ["encode_payload", "decode_payload", "decode_payload_prefix", "cron_check", "cron_next",
+           "migrations", "migration_sql", "migration_plan", "PgQueue", "AsyncPgQueue", "PgError",
+           "DEFAULT_COMPRESS_THRESHOLD", "LIMITS", "INFO_FIELDS", "_drain"]
 
 DEFAULT_COMPRESS_THRESHOLD: int
+#: the protocol's limits (vtasks-protocol, PROTOCOL.md "Limits"): max_fetch, max_id_len,
+#: max_name_len, max_worker_len, max_payload, min_priority, max_priority, max_peek,
+#: max_enqueue_items, max_fetch_queues, min_attempts, max_attempts
+LIMITS: dict[str, int]
+#: the field names of VT.INFO / info(), in reply order
+INFO_FIELDS: tuple[str, ...]
 
 class PgError(RuntimeError):
     """An error from Postgres or its connection pool."""
 
-def encode_payload(data: bytes, threshold: int = 1024) -> bytes: ...
+def encode_payload(data: bytes, threshold: int = 1024) -> bytes:
+    """``data`` (JSON) as it is up to ``threshold`` bytes, else ``b"zstd:"`` + zstd of it."""
 def decode_payload(data: bytes, max_size: int = ...) -> bytes:
-    """Inflates a payload; ValueError when it would decode to more than ``max_size`` bytes."""
+    """Inverse of encode_payload; ValueError on a corrupt frame or when the decoded bytes would
+    exceed ``max_size`` (decompression never grows its buffer past it)."""
 def decode_payload_prefix(data: bytes, limit: int) -> bytes:
-    """The first ``limit`` bytes decode_payload would return (previews; never errors on size)."""
+    """The first ``limit`` bytes decode_payload would return (previews); never errors on size."""
+def cron_check(expr: str) -> None:
+    """ValueError with the reason when a cron expression does not parse or never fires (the
+    rule both backends share: the vtasks-protocol crate)."""
+def cron_next(expr: str, after_ms: int) -> int:
+    """The first tick of ``expr`` strictly after ``after_ms`` (unix ms, UTC)."""
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every schema migration."""
 def migration_sql() -> tuple[str, str]:
@@ -27,10 +53,6 @@ def migration_sql() -> tuple[str, str]:
 def migration_plan(applied: list[tuple[int, str | None]],
                    upto: int | None = None) -> list[tuple[int, str, str, str]]:
     """(version, name, sql, record_sql) to apply; ValueError when a shipped migration was edited."""
-def cron_check(expr: str) -> None:
-    """ValueError with the reason when ``expr`` does not parse or never fires."""
-def cron_next(expr: str, after_ms: int) -> int:
-    """The first tick of ``expr`` strictly after ``after_ms`` (unix ms, UTC)."""
 def _drain() -> None:
     """atexit hook: no tokio completion enters Python any more (registered on import)."""
 
@@ -42,7 +64,8 @@ _Schedule = tuple[str, str, str, int, bytes]
 _ResultRow = tuple[str, bytes, int]
 
 class _TaskRecord(TypedDict):
-    """A task as VT.PEEK / VT.GET report it (times in ms since the epoch)."""
+    """A task as VT.PEEK / VT.GET report it (times in ms since the epoch; with its lease's
+    ``token``, as VT.PEEK has it)."""
 
     id: str
     state: str
@@ -70,10 +93,17 @@ class PgQueue:
                 unique: tuple[str, int] | None = None,
                 max_attempts: int | None = None) -> list[str | None]: ...
     def fetch(self, queues: list[str], worker: str, count: int, lease_ms: int | None = None,
-              block_ms: int | None = None) -> list[_Delivery] | None: ...
+              block_ms: int | None = None) -> list[_Delivery] | None:
+        """Without ``block_ms`` a list (maybe empty); with it, None when ``block_ms`` elapsed
+        with nothing ready (``block_ms=0``: wait until something arrives)."""
     def ack(self, queue: str, pairs: list[tuple[str, str]],
-            results: list[_ResultRow] | None = None) -> int: ...
-    def store_results(self, results: list[_ResultRow]) -> None: ...
+            results: list[_ResultRow] | None = None) -> int:
+        """Ack (id, token) pairs; ``results`` [(id, result_json, ttl_ms)] are stored in the
+        same statement (one round trip, one transaction), also for a stale token (the task did
+        run); a repeated id keeps its last entry; ttl_ms < 1 is a ValueError; pairs may be
+        empty (results only)."""
+    def store_results(self, results: list[_ResultRow]) -> None:
+        """The same upsert as ack's results, without an ack (one statement)."""
     def fail(self, queue: str, id: str, token: str, error: str,
              retry_ms: int | None = None) -> str | None: ...
     def rescue(self, queue: str, worker: str | None = None) -> int: ...
@@ -89,8 +119,13 @@ class PgQueue:
                      every_ms: int | None = None, priority: int = 0) -> None: ...
     def schedule_del(self, queue: str, name: str) -> bool: ...
     def schedule_list(self, queue: str) -> list[_Schedule]: ...
-    def schedule_tick(self) -> int: ...
-    def maintain(self) -> dict[str, int]: ...
+    def schedule_tick(self) -> int:
+        """Fire every due tick exactly once across all callers; the tasks enqueued."""
+    def maintain(self) -> dict[str, int]:
+        """The server-side timer duties (call it periodically; the worker does): rescue expired
+        leases on all queues, purge expired unique keys, results and ticks, fold the counter
+        deltas INFO reads. Keys: rescued, expired_queues, uniques_purged, results_purged,
+        ticks_purged, stats_folded."""
     def store_result(self, id: str, result_json: bytes, ttl_ms: int) -> None: ...
     def get_result(self, id: str) -> bytes | None: ...
     @staticmethod
@@ -98,7 +133,11 @@ class PgQueue:
                     delay_ms: int | None = None, at_ms: int | None = None,
                     unique: tuple[str, int] | None = None, max_attempts: int | None = None,
                     max_attempts_default: int = 3,
-                    notify: bool = True) -> tuple[str, list[Any]]: ...
+                    notify: bool = True) -> tuple[str, list[Any]]:
+        """One SQL statement (psycopg ``%s`` placeholders) and its params, to run on Django's
+        own connection inside the caller's transaction; it returns one row (id,) per task
+        inserted (a missing id was suppressed). ``notify``: it sends one
+        ``pg_notify('vtasks', queue)`` when it inserts a ready task (delivered at COMMIT)."""
 
 @final
 class AsyncPgQueue:

@@ -33,7 +33,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from .broker import BrokerError, TaskRecord, vtasks_backends
+from .broker import LIMITS, BrokerError, TaskRecord, vtasks_backends
 from .envelope import preview
 from .models import FailedTask, QueuedTask, RunningTask
 from .result_store import document as result_document
@@ -65,11 +65,11 @@ def _runs_allowed(func: str, queue: str, cache: dict) -> int | None:
     against; None when the task cannot be resolved here."""
     if func not in cache:
         from .results import resolve_task
-        from .tasks import retry_policy
+        from .retry import RetryPolicy
 
         try:
             task = resolve_task(func, queue=queue, strict=True)
-            cache[func] = retry_policy(task, queue)[0] + 1
+            cache[func] = RetryPolicy.of(task, queue).retries + 1
         except Exception:
             cache[func] = None
     return cache[func]
@@ -183,7 +183,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             if offset >= n:
                 offset -= n
                 continue
-            got = broker.peek(queue, state, offset, min(want, 1000))
+            got = broker.peek(queue, state, offset, min(want, LIMITS["max_peek"]))
             records.extend(got)
             want -= len(got)
             offset = 0

@@ -17,18 +17,34 @@ Get the broker of a configured backend with :func:`get_broker`::
 
 Payloads are the encoded task envelopes (bytes, possibly ``b"zstd:"``-compressed); use
 :mod:`django_vtasks.envelope` (``decode_envelope``) to read them, or the ``envelope`` property
-of :class:`TaskRecord`.
+of :class:`TaskRecord`. Apps enqueue through the Django backend (``task.enqueue(...)``,
+``task_backends[alias].enqueue_many(...)``), which builds the envelopes and the requests;
+``enqueue`` here is the low level.
+
+Async forms use a client bound to the running event loop (made on first use per loop), so they
+are safe from any loop; call ``await broker.aclose()`` before a loop you made yourself ends.
+
+The implementations live in :mod:`django_vtasks.brokers`; the Django backends
+(:mod:`django_vtasks.backends`) build them from TASKS OPTIONS and share one per configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from asgiref.sync import sync_to_async
+
+from . import _native
+
 __all__ = [
+    "INFO_FIELDS",
+    "LIMITS",
     "STATES",
     "Broker",
     "BrokerError",
@@ -43,22 +59,13 @@ __all__ = [
 #: Task states a broker can list (``peek``).
 STATES = ("ready", "delayed", "inflight", "dead")
 
-#: Keys of the ``info()`` dict (same as VT.INFO).
-INFO_FIELDS = (
-    "ready",
-    "delayed",
-    "inflight",
-    "dead",
-    "dead_evicted",
-    "enqueued_total",
-    "acked_total",
-    "failed_total",
-    "retried_total",
-    "rescued_total",
-    "dead_total",
-    "schedules",
-    "unique_keys",
-)
+#: Keys of the ``info()`` dict: the VT.INFO fields both engines report, in reply order (one
+#: definition: the vtasks-protocol crate, through the native extension). A broker may add more
+#: (Valkey: schedule_ticks_skipped_total).
+INFO_FIELDS: tuple[str, ...] = _native.INFO_FIELDS
+
+#: The protocol's limits (PROTOCOL.md "Limits"), e.g. LIMITS["max_peek"].
+LIMITS: dict[str, int] = _native.LIMITS
 
 
 class BrokerError(Exception):
@@ -179,10 +186,44 @@ class ScheduleRecord:
 
 
 class Broker(ABC):
-    """Sync + async queue operations. See the module docstring and .notes/broker-api.md."""
+    """Sync + async queue operations (see the module docstring).
 
-    #: "valkey" or "postgres"
+    What a caller may rely on beyond the methods is declared by the ``supports_*`` flags (as
+    Django's task backends do): a worker asks them instead of testing for a broker's type.
+
+    Errors: every client error of a contract method reaches the caller as a
+    :class:`BrokerError` (a subclass sets ``client_errors`` and ``error()``; the methods it
+    defines are wrapped when the class is created), with the client's error as ``__cause__``.
+
+    Async forms: the hot paths (enqueue, fetch, ack, fail, rescue, extend, results) are written
+    twice, natively async. The operator methods have an async default here that runs the sync
+    form in a thread (``sync_to_async``, as Django's BaseTaskBackend does), so a broker writes
+    them once unless it has a reason to write the async form too.
+    """
+
+    #: "valkey" or "postgres": what the broker runs on, for display (not for capabilities)
     kind: str = ""
+
+    #: The server keeps time itself: schedules fire and expired leases return to ready without
+    #: any client (Valkey's module timers). False: a worker must call ``atick()`` (schedules)
+    #: and ``amaintain()`` (lease rescue, purges) periodically (Postgres).
+    supports_server_timers: bool = True
+
+    #: ``aset_dlq_cap(cap)`` sets the dead-letter cap of the server (the worker applies
+    #: VTASKS_DLQ_CAP at start). False: the cap is given when the broker is built (Postgres).
+    supports_dlq_cap: bool = False
+
+    #: the client library's exceptions that contract methods turn into BrokerError (error())
+    client_errors: tuple[type[BaseException], ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _translate_errors(cls)
+
+    def error(self, e: BaseException, doing: str) -> BrokerError:
+        """The BrokerError for the client error ``e`` raised while ``doing`` something (a verb
+        phrase: "fetch", "read a task" ...): what is wrong and what to do, without secrets."""
+        return BrokerError(f"cannot {doing}: {e}")
 
     def check_queues(self, queues: list[str]) -> None:
         """Raise BrokerError if one worker cannot fetch from all ``queues`` at once (a Valkey
@@ -194,8 +235,15 @@ class Broker(ABC):
         """Enqueue tasks, one round trip per queue. Returns, in order, the id or None where a
         task was not added (unique key held or id already present)."""
 
+    async def aenqueue(self, requests: list[EnqueueRequest]) -> list[str | None]:
+        """Concurrent calls on one event loop are coalesced: the enqueues of one loop tick go
+        out together, through one ``aenqueue_now`` (one round trip per queue and options)."""
+        return await coalesced_enqueue(self, requests)
+
     @abstractmethod
-    async def aenqueue(self, requests: list[EnqueueRequest]) -> list[str | None]: ...
+    async def aenqueue_now(self, requests: list[EnqueueRequest]) -> list[str | None]:
+        """``enqueue`` on the running loop, at once (no coalescing). When some queues refused
+        their tasks and others took theirs, raise EnqueueFailed with the outcome of each."""
 
     # ---- consumer -----------------------------------------------------------------------------
     @abstractmethod
@@ -272,30 +320,30 @@ class Broker(ABC):
     def info(self, queue: str) -> dict[str, int]:
         """Counters of a queue; keys = INFO_FIELDS (zeros for an unknown queue)."""
 
-    @abstractmethod
-    async def ainfo(self, queue: str) -> dict[str, int]: ...
+    async def ainfo(self, queue: str) -> dict[str, int]:
+        return await _in_thread(self.info)(queue)
 
     @abstractmethod
     def queues(self) -> list[str]:
         """Logical names of the queues that exist in the broker."""
 
-    @abstractmethod
-    async def aqueues(self) -> list[str]: ...
+    async def aqueues(self) -> list[str]:
+        return await _in_thread(self.queues)()
 
     @abstractmethod
     def peek(self, queue: str, state: str, offset: int = 0, count: int = 10) -> list[TaskRecord]:
         """List tasks in a state (STATES), in fetch/due/deadline/newest-first order."""
 
-    @abstractmethod
     async def apeek(
         self, queue: str, state: str, offset: int = 0, count: int = 10
-    ) -> list[TaskRecord]: ...
+    ) -> list[TaskRecord]:
+        return await _in_thread(self.peek)(queue, state, offset, count)
 
     @abstractmethod
     def get(self, queue: str, id: str) -> TaskRecord | None: ...
 
-    @abstractmethod
-    async def aget(self, queue: str, id: str) -> TaskRecord | None: ...
+    async def aget(self, queue: str, id: str) -> TaskRecord | None:
+        return await _in_thread(self.get)(queue, id)
 
     def unique_holder(self, queue: str, key: str) -> TaskRecord | None:
         """The live task holding unique ``key`` on ``queue`` (None when the key is free or
@@ -303,28 +351,28 @@ class Broker(ABC):
         return None
 
     async def aunique_holder(self, queue: str, key: str) -> TaskRecord | None:
-        return None
+        return await _in_thread(self.unique_holder)(queue, key)
 
     @abstractmethod
     def retry_dead(self, queue: str, ids: list[str] | None = None) -> int:
         """Move dead tasks (all when ids is None) back to ready."""
 
-    @abstractmethod
-    async def aretry_dead(self, queue: str, ids: list[str] | None = None) -> int: ...
+    async def aretry_dead(self, queue: str, ids: list[str] | None = None) -> int:
+        return await _in_thread(self.retry_dead)(queue, ids)
 
     @abstractmethod
     def delete(self, queue: str, ids: list[str]) -> int:
         """Remove ready/delayed/dead tasks by id (in-flight ones are kept)."""
 
-    @abstractmethod
-    async def adelete(self, queue: str, ids: list[str]) -> int: ...
+    async def adelete(self, queue: str, ids: list[str]) -> int:
+        return await _in_thread(self.delete)(queue, ids)
 
     @abstractmethod
     def clear(self, queue: str, what: str) -> int:
         """what: "ready" (ready+delayed), "dead", or "all" (also in-flight). Schedules stay."""
 
-    @abstractmethod
-    async def aclear(self, queue: str, what: str) -> int: ...
+    async def aclear(self, queue: str, what: str) -> int:
+        return await _in_thread(self.clear)(queue, what)
 
     # ---- schedules ----------------------------------------------------------------------------
     @abstractmethod
@@ -338,7 +386,6 @@ class Broker(ABC):
         priority: int = 0,
     ) -> None: ...
 
-    @abstractmethod
     async def aschedule_set(
         self,
         queue: str,
@@ -347,33 +394,41 @@ class Broker(ABC):
         cron: str | None = None,
         every_ms: int | None = None,
         priority: int = 0,
-    ) -> None: ...
+    ) -> None:
+        return await _in_thread(self.schedule_set)(queue, name, payload, cron, every_ms, priority)
 
     @abstractmethod
     def schedule_del(self, queue: str, name: str) -> bool: ...
 
-    @abstractmethod
-    async def aschedule_del(self, queue: str, name: str) -> bool: ...
+    async def aschedule_del(self, queue: str, name: str) -> bool:
+        return await _in_thread(self.schedule_del)(queue, name)
 
     @abstractmethod
     def schedule_list(self, queue: str) -> list[ScheduleRecord]: ...
 
-    @abstractmethod
-    async def aschedule_list(self, queue: str) -> list[ScheduleRecord]: ...
+    async def aschedule_list(self, queue: str) -> list[ScheduleRecord]:
+        return await _in_thread(self.schedule_list)(queue)
 
     def tick(self) -> int:
-        """Client-driven timer duties (Postgres: fire due schedules, rescue expired leases).
-        No-op on Valkey, where the server does it. Returns tasks enqueued by schedules."""
+        """Fire the schedules that are due, each tick exactly once whoever calls (brokers
+        without ``supports_server_timers``); returns the number of tasks they enqueued. A no-op
+        returning 0 where the server fires them itself. Lease rescue is ``maintain()``'s."""
         return 0
 
     async def atick(self) -> int:
         return 0
 
     def maintain(self) -> None:
-        """Client-driven lease rescue on every queue (Postgres); no-op on Valkey."""
+        """Client-driven timer duties besides schedules: return expired leases to ready on every
+        queue, purge expired unique keys and results (brokers without
+        ``supports_server_timers``); a no-op where the server does it."""
 
     async def amaintain(self) -> None:
         """See maintain()."""
+
+    async def aset_dlq_cap(self, cap: int) -> None:
+        """Set the server's dead-letter cap (brokers with ``supports_dlq_cap``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support aset_dlq_cap")
 
     # ---- results ------------------------------------------------------------------------------
     @abstractmethod
@@ -439,7 +494,7 @@ class _EnqueueBatcher:
     async def _send(self, batch) -> None:
         requests = [r for reqs, _ in batch for r in reqs]
         try:
-            ids = await self.broker._aenqueue_now(requests)
+            ids = await self.broker.aenqueue_now(requests)
         except EnqueueFailed as e:  # each caller gets the outcome of its own tasks
             i = 0
             for reqs, fut in batch:
@@ -470,7 +525,7 @@ _BATCHERS: "weakref.WeakKeyDictionary" = None  # loop -> {id(broker): _EnqueueBa
 
 
 async def coalesced_enqueue(broker: Broker, requests) -> list[str | None]:
-    """Run ``broker._aenqueue_now`` for the enqueues of one event-loop tick together."""
+    """Run ``broker.aenqueue_now`` for the enqueues of one event-loop tick together."""
     global _BATCHERS
     if _BATCHERS is None:
         _BATCHERS = weakref.WeakKeyDictionary()
@@ -480,6 +535,60 @@ async def coalesced_enqueue(broker: Broker, requests) -> list[str | None]:
     if batcher is None or batcher.broker is not broker:
         batcher = per_loop[id(broker)] = _EnqueueBatcher(broker, loop)
     return await batcher.submit(list(requests))
+
+
+def _in_thread(method):
+    """``method`` (a broker's sync form) as a coroutine function run in a thread (the async
+    default of the operator methods). Not thread-sensitive: the brokers' sync clients are
+    thread-safe pools, and Django's ORM is not involved."""
+    return sync_to_async(method, thread_sensitive=False)
+
+
+#: contract methods whose client errors become BrokerErrors (see Broker.client_errors): name ->
+#: what the message says was being done. The async form ("a" + name) is wrapped too.
+TRANSLATED = {
+    "enqueue": "enqueue", "enqueue_now": "enqueue",
+    "fetch": "fetch", "ack": "ack", "ack_with_results": "ack", "fail": "fail a task",
+    "rescue": "rescue", "extend": "extend leases", "info": "read queue info",
+    "queues": "list queues", "peek": "list tasks", "get": "read a task",
+    "unique_holder": "read a unique key's task",
+    "retry_dead": "retry dead tasks", "delete": "delete tasks", "clear": "clear a queue",
+    "schedule_set": "set a schedule", "schedule_del": "delete a schedule",
+    "schedule_list": "list schedules", "tick": "fire schedules", "maintain": "run maintenance",
+    "store_result": "store a result", "store_results": "store results",
+    "get_result": "read a result", "set_dlq_cap": "set the DLQ cap",
+}
+
+
+def _translate_errors(cls) -> None:
+    """Wrap the sync and async forms of the TRANSLATED methods defined on ``cls``: an error of
+    ``client_errors`` becomes ``self.error(e, doing)`` (a BrokerError), the original chained as
+    __cause__; BrokerErrors and other exceptions pass as they are."""
+    for name, doing in TRANSLATED.items():
+        for attr in (name, "a" + name):
+            fn = cls.__dict__.get(attr)
+            if fn is None or getattr(fn, "_translated", False):
+                continue
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
+                    try:
+                        return await _fn(self, *args, **kwargs)
+                    except BrokerError:
+                        raise
+                    except self.client_errors as e:
+                        raise self.error(e, _doing) from e
+            else:
+                @functools.wraps(fn)
+                def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
+                    try:
+                        return _fn(self, *args, **kwargs)
+                    except BrokerError:
+                        raise
+                    except self.client_errors as e:
+                        raise self.error(e, _doing) from e
+            wrapper._translated = True
+            setattr(cls, attr, wrapper)
 
 
 def get_broker(alias: str = "default") -> Broker:

@@ -72,17 +72,3 @@ def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TA
                      takes_context=takes_context, run_after=None, **kwargs)
 
     return wrapper(function) if function else wrapper
-
-
-def retry_policy(task: Task, queue: str) -> tuple[int, float]:
-    """(retries, first backoff seconds) of a task on a queue: task option > VTASKS_RETRIES > 0."""
-    from .conf import settings
-
-    conf = (settings.VTASKS_RETRIES or {}).get(queue) or {}
-    retries = getattr(task, "retries", None)
-    if retries is None:
-        retries = conf.get("retries", 0)
-    backoff = getattr(task, "retry_backoff", None)
-    if backoff is None:
-        backoff = conf.get("backoff", 1.0)
-    return int(retries or 0), float(backoff)

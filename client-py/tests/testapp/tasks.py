@@ -93,6 +93,16 @@ def batch_sink(tasks):
     _append(path, "batch " + ",".join(str(t["args"][1]) for t in tasks))
 
 
+@django_vtasks.task(retries=1, retry_backoff=0.1)
+def batch_flaky(tasks):
+    """A batch task whose first run fails (a marker file next to its output says it ran)."""
+    path = tasks[0]["args"][0]
+    if not os.path.exists(path + ".failed-once"):
+        _append(path + ".failed-once", "x")
+        raise RuntimeError("first batch run fails")
+    _append(path, "batch " + ",".join(str(t["args"][1]) for t in tasks))
+
+
 @task
 def pid():
     return os.getpid()

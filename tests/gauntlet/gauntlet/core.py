@@ -299,7 +299,7 @@ class Ctx:
         if stale:
             r.notes["stale_starts_after_resume"] = len(stale)
             r.violations.append(f"{len(stale)} duplicate(s) from a resumed worker starting deliveries whose lease had "
-                                f"expired while it was stopped (see .notes/gauntlet-findings.md F3), e.g. {stale[:2]}")
+                                f"expired while it was stopped (see tests/gauntlet/FINDINGS.md F3), e.g. {stale[:2]}")
         # DLQ honesty
         try:
             dead = self.hb.peek(QUEUE, "dead")

@@ -11,7 +11,7 @@ PREFIX = "vt:"
 
 
 def envelope(func: str, args: list, id: str, queue: str, kwargs: dict | None = None) -> dict:
-    """The task envelope (.notes/broker-api.md), as the Django backend builds it."""
+    """The task envelope (django_vtasks.envelope), as the Django backend builds it."""
     return {"func": func, "args": args, "kwargs": kwargs or {}, "queue": queue, "ts": time.time(), "id": id,
             "priority": 0, "run_after": None, "backend": "default", "takes_context": False}
 

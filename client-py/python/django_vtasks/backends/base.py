@@ -22,7 +22,7 @@ from django.utils.inspect import func_accepts_kwargs, get_func_args
 
 from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
-from ..envelope import check_size, encode_envelope, max_payload, run_at_ms
+from ..envelope import check_size, max_payload, run_at_ms, template_for
 from ..signals import asend_many, send_many
 from .. import _native
 from ..results import (
@@ -34,7 +34,8 @@ from ..results import (
     result_from_json,
     resolve_task,
 )
-from ..tasks import VTask, task_options
+from ..retry import RetryPolicy
+from ..tasks import VTask
 
 logger = logging.getLogger("django_vtasks")
 
@@ -42,9 +43,6 @@ logger = logging.getLogger("django_vtasks")
 # backend instance per thread/context, and each must not open its own pool.
 _BROKERS: dict[tuple, Broker] = {}
 _BROKERS_LOCK = threading.Lock()
-
-#: extra attempts a retried task keeps for crash recovery (a worker killed mid-task)
-CRASH_ATTEMPTS = 2
 
 _request = EnqueueRequest
 
@@ -138,22 +136,10 @@ class VTasksBackend(BaseTaskBackend):
         result = make_result(task, rid, TaskResultStatus.READY, now, None, None, None, args,
                              kwargs, self.alias, [], [])
         run_after = task.run_after
-        envelope = {
-            "func": task.module_path,
-            "args": result.args,
-            "kwargs": result.kwargs,
-            "queue": task.queue_name,
-            "ts": ts,
-            "id": rid,
-            "priority": task.priority,
-            "run_after": run_after.isoformat() if run_after is not None else None,
-            "backend": self.alias,
-            "takes_context": task.takes_context,
-        }
-        options = task_options(task)
-        if options:
-            envelope["options"] = options
-        payload = encode_envelope(envelope, ctx["threshold"])
+        data = template_for(task, self.alias) % (
+            orjson.dumps(result.args), orjson.dumps(result.kwargs), orjson.dumps(ts), rid.encode())
+        check_size(data, task.module_path)
+        payload = _native.encode_payload(data, ctx["threshold"])
 
         unique = None
         if getattr(task, "unique", False):
@@ -165,9 +151,6 @@ class VTasksBackend(BaseTaskBackend):
                 ).hexdigest()
                 key = f"{task.module_path}:{digest}"
             unique = (str(key), int(getattr(task, "unique_ttl", 3600) * 1000))
-        retries = getattr(task, "retries", None)
-        if retries is None:
-            retries = (ctx["retries"].get(task.queue_name) or {}).get("retries", 0)
         request = EnqueueRequest(
             queue=task.queue_name,
             id=rid,
@@ -175,7 +158,7 @@ class VTasksBackend(BaseTaskBackend):
             priority=int(task.priority),
             at_ms=run_at_ms(run_after) if run_after is not None else None,
             unique=unique,
-            max_attempts=int(retries) + 1 + CRASH_ATTEMPTS if retries else None,
+            max_attempts=RetryPolicy.max_attempts_of(task, task.queue_name, ctx["retries"]),
         )
         return result, request
 
@@ -196,6 +179,7 @@ class VTasksBackend(BaseTaskBackend):
         # one timestamp and one os.urandom() call for the tasks of one enqueue_many call
         now = ctx["now"] = timezone.now()
         ts = ctx["ts"] = now.timestamp()
+        ts_json = orjson.dumps(ts)
         if len(items) > 1:
             rand = os.urandom(16 * len(items)).hex()
             ctx["ids"] = [rand[i:i + 32] for i in range(0, len(rand), 32)]
@@ -224,7 +208,7 @@ class VTasksBackend(BaseTaskBackend):
                     if id(task) not in validated:
                         self.validate_task(task)
                         validated.add(id(task))
-                    spec = specs[id(task)] = self._envelope_spec(task, ts, ctx["retries"])
+                    spec = specs[id(task)] = self._envelope_spec(task, ctx["retries"])
             if spec is None:
                 task, kwargs = self._split_options(task, dict(kwargs))
                 result, request = self._prepare(task, list(args or ()), kwargs, ctx)
@@ -240,7 +224,8 @@ class VTasksBackend(BaseTaskBackend):
             kwargs = normalize_kwargs(kwargs) if kwargs else {}
             r = build(task, rid, ready, now, None, None, None, args, kwargs, alias, [], [])
             template, queue, priority, at_ms, max_attempts = spec
-            data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", rid.encode())
+            data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", ts_json,
+                               rid.encode())
             if len(data) > limit:
                 check_size(data, task.module_path)
             append_result(r)
@@ -249,30 +234,15 @@ class VTasksBackend(BaseTaskBackend):
                                     priority, at_ms, None, max_attempts))
         return results, requests
 
-    def _envelope_spec(self, task: Task, ts: float, retries_cfg: dict) -> tuple | None:
+    def _envelope_spec(self, task: Task, retries_cfg: dict) -> tuple | None:
         """What _prepare puts around each task's args/kwargs/id, for a task without a unique
         key: a ``%``-template of the JSON envelope and the EnqueueRequest fields."""
         if getattr(task, "unique", False):
             return None
-        dumps = orjson.dumps
         run_after = task.run_after
-
-        def j(v) -> bytes:
-            return dumps(v).replace(b"%", b"%%")
-
-        template = b"".join((
-            b'{"func":', j(task.module_path), b',"args":%b,"kwargs":%b,"queue":',
-            j(task.queue_name), b',"ts":', j(ts), b',"id":"%b","priority":', j(task.priority),
-            b',"run_after":', j(run_after.isoformat() if run_after is not None else None),
-            b',"backend":', j(self.alias), b',"takes_context":', j(task.takes_context),
-            b',"options":' + j(options) if (options := task_options(task)) else b"", b"}",
-        ))
-        retries = getattr(task, "retries", None)
-        if retries is None:
-            retries = (retries_cfg.get(task.queue_name) or {}).get("retries", 0)
-        return (template, task.queue_name, int(task.priority),
+        return (template_for(task, self.alias), task.queue_name, int(task.priority),
                 run_at_ms(run_after) if run_after is not None else None,
-                int(retries) + 1 + CRASH_ATTEMPTS if retries else None)
+                RetryPolicy.max_attempts_of(task, task.queue_name, retries_cfg))
 
     def _added(self, results: list[TaskResult], ids: list[str | None],
                requests: list[EnqueueRequest]) -> list[TaskResult]:

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use vtasks::queue::Queue;
 
 /// GAUNTLET_FUZZ_SKIP_KNOWN=1: drop inputs that hit the findings already reported in
-/// .notes/gauntlet-findings.md (colliding index keys / absurd header seq on load), so a run keeps
+/// tests/gauntlet/FINDINGS.md (colliding index keys / absurd header seq on load), so a run keeps
 /// exploring for new ones. Off by default: the gauntlet reports them until they are fixed.
 fn skip_known() -> bool {
     static S: OnceLock<bool> = OnceLock::new();
