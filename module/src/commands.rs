@@ -5,13 +5,11 @@ use crate::server::*;
 use std::ffi::{c_int, c_void};
 use valkey_module::raw;
 
-pub const MAX_COUNT: i64 = 10_000;
-pub const MAX_PEEK: i64 = 1_000;
-pub const MAX_ID_LEN: usize = 128;
-pub const MAX_WORKER_LEN: usize = 256;
-pub const MAX_KEYLIKE_LEN: usize = 1024;
-pub const MAX_ITEMS: usize = 100_000;
-pub const MAX_QUEUES: i64 = 1_000;
+// The protocol's limits are stated once, in vtasks-protocol (Postgres and Python read the same).
+pub use vtasks_protocol::limits::{
+    MAX_ENQUEUE_ITEMS as MAX_ITEMS, MAX_FETCH as MAX_COUNT, MAX_FETCH_QUEUES as MAX_QUEUES, MAX_ID_LEN,
+    MAX_NAME_LEN as MAX_KEYLIKE_LEN, MAX_PEEK, MAX_PRIORITY, MAX_WORKER_LEN, MIN_PRIORITY,
+};
 pub const MAX_ERROR_LEN: usize = 64 * 1024;
 
 type Res = Result<Reply, Reply>;
@@ -44,7 +42,7 @@ fn check_id(id: &[u8]) -> Result<(), Reply> {
 }
 
 /// Longest queue name (the key): as in Postgres, where longer index entries would not fit.
-pub const MAX_QUEUE_LEN: usize = 1024;
+pub const MAX_QUEUE_LEN: usize = vtasks_protocol::limits::MAX_NAME_LEN;
 
 /// The rule for every queue a client command names (`lib.rs` applies it to each key position of
 /// the registration table, before the handler runs, so nothing is touched for a refused name).
@@ -155,7 +153,7 @@ pub fn parse_enqueue<'a>(a: &[&'a [u8]]) -> Result<EnqArgs<'a>, Reply> {
             i += 2;
         } else if eq(opt, "PRIORITY") {
             need(1)?;
-            prio = int_in(a[i + 1], "PRIORITY", -100, 100)?;
+            prio = int_in(a[i + 1], "PRIORITY", MIN_PRIORITY, MAX_PRIORITY)?;
             i += 2;
         } else if eq(opt, "DELAY") {
             need(1)?;
@@ -589,23 +587,9 @@ pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         ]
     })?
     .unwrap_or([0; 14]);
-    const NAMES: [&str; 14] = [
-        "ready",
-        "delayed",
-        "inflight",
-        "dead",
-        "dead_evicted",
-        "enqueued_total",
-        "acked_total",
-        "failed_total",
-        "retried_total",
-        "rescued_total",
-        "dead_total",
-        "schedules",
-        "unique_keys",
-        "schedule_ticks_skipped_total",
-    ];
-    Ok(Reply::Map(NAMES.iter().zip(v).map(|(k, v)| (*k, Reply::Int(v))).collect()))
+    // the fields both engines report (vtasks-protocol), then the module's own
+    let names = vtasks_protocol::limits::INFO_FIELDS.iter().copied().chain(["schedule_ticks_skipped_total"]);
+    Ok(Reply::Map(names.zip(v).map(|(k, v)| (k, Reply::Int(v))).collect()))
 }
 
 pub fn queues(ctx: Ctx, _argv: &[RStr], a: &[&[u8]]) -> Res {
@@ -809,7 +793,7 @@ pub fn parse_schedule_set(a: &[&[u8]], now: i64) -> Result<Schedule, Reply> {
     let mut payload = None;
     while i < a.len() {
         if eq(a[i], "PRIORITY") && i + 1 < a.len() {
-            prio = int_in(a[i + 1], "PRIORITY", -100, 100)?;
+            prio = int_in(a[i + 1], "PRIORITY", MIN_PRIORITY, MAX_PRIORITY)?;
             i += 2;
         } else if eq(a[i], "PAYLOAD") && i + 2 == a.len() {
             payload = Some(a[i + 1]);
