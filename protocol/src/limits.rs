@@ -68,6 +68,6 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), LIMITS.len());
-        assert!(MIN_PRIORITY < 0 && MAX_PRIORITY > 0 && MAX_PEEK > 0);
+        const { assert!(MIN_PRIORITY < 0 && MAX_PRIORITY > 0 && MAX_PEEK > 0) };
     }
 }
