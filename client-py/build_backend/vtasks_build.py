@@ -71,10 +71,17 @@ def _staged_module():
         raise RuntimeError(
             f"building the Valkey module failed ({e}). It needs Rust (cargo) and libclang "
             "(Debian/Ubuntu: apt-get install libclang-dev). Set VTASKS_BUILD_MODULE=0 to build the "
-            "package without it (then point VTASKS_MODULE_PATH at a libvtasks.so).") from None
-    meta = json.loads(subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=root, check=True,
-        capture_output=True, text=True).stdout)
+            "package without it (then point VTASKS_MODULE_PATH at a libvtasks.so)."
+        ) from None
+    meta = json.loads(
+        subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     built = Path(meta["target_directory"]) / "release" / STAGED.name
     staged.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(built, staged)
@@ -104,12 +111,15 @@ def build_sdist(sdist_directory, config_settings=None):
     name = maturin.build_sdist(sdist_directory, config_settings)
     path = Path(sdist_directory) / name
     module = _workspace_root() / MODULE_DIR
-    files = sorted(p for p in module.rglob("*") if p.is_file()
-                   and "target" not in p.relative_to(module).parts
-                   and p.suffix in (".rs", ".toml", ".md"))
+    files = sorted(
+        p
+        for p in module.rglob("*")
+        if p.is_file()
+        and "target" not in p.relative_to(module).parts
+        and p.suffix in (".rs", ".toml", ".md")
+    )
     with tarfile.open(path, "r:gz") as src:
-        members = [(m, src.extractfile(m).read() if m.isfile() else None)
-                   for m in src.getmembers()]
+        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src.getmembers()]
     prefix = members[0][0].name.split("/", 1)[0]
     mtime = members[0][0].mtime
     with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as out:

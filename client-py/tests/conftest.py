@@ -24,11 +24,13 @@ def wait_for(predicate, timeout=30.0, interval=0.02, message="condition"):
                 return value
         except AssertionError:
             raise
-        except Exception as e:  # noqa: BLE001 - keep polling, report at the end
+        except Exception as e:
             last_exc = e
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}"
+                + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
         time.sleep(interval)
 
 
@@ -40,12 +42,35 @@ def read_lines(path) -> list[str]:
 
 
 class WorkerProc:
-    def __init__(self, alias, queues, tmp_path, *, concurrency=4, lease=None, scheduler=False,
-                 worker_id=None, env=None, health_check_file=None, extra=()):
+    def __init__(
+        self,
+        alias,
+        queues,
+        tmp_path,
+        *,
+        concurrency=4,
+        lease=None,
+        scheduler=False,
+        worker_id=None,
+        env=None,
+        health_check_file=None,
+        extra=(),
+    ):
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
         self.log_path = Path(tmp_path) / f"worker-{self.worker_id}.log"
-        args = [sys.executable, "-m", "django", "runworker", "--settings=tests.settings",
-                "--backend", alias, "--concurrency", str(concurrency), "--id", self.worker_id]
+        args = [
+            sys.executable,
+            "-m",
+            "django",
+            "runworker",
+            "--settings=tests.settings",
+            "--backend",
+            alias,
+            "--concurrency",
+            str(concurrency),
+            "--id",
+            self.worker_id,
+        ]
         for q in queues:
             args += ["--queue", q]
         if lease is not None:
@@ -62,8 +87,9 @@ class WorkerProc:
         full_env["PYTHONPATH"] = str(CLIENT_DIR) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=CLIENT_DIR, env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, cwd=CLIENT_DIR, env=full_env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     @property
     def pid(self):
@@ -104,7 +130,7 @@ def _close_brokers(django_db_setup, django_db_blocker):
     for broker in list(base._BROKERS.values()):
         try:
             broker.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     base._BROKERS.clear()
     gc.collect()
@@ -112,8 +138,10 @@ def _close_brokers(django_db_setup, django_db_blocker):
     from django.db import connections
 
     with django_db_blocker.unblock(), connections["default"].cursor() as c:
-        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(params=BACKENDS)

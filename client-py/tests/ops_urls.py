@@ -1,7 +1,9 @@
 """URLconf of the operations tests: the admin (with the vtasks dashboard) and the metrics view."""
+
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import path
+
 from django_vtasks import metrics
 
 urlpatterns = [

@@ -1,5 +1,6 @@
 """Tasks in a module that is not in an installed app (tests/ itself is not an app): a worker
 must refuse them without importing this module, whose import has a visible side effect."""
+
 import os
 
 from django.tasks import task

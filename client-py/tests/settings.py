@@ -29,21 +29,29 @@ def _pg(dsn: str) -> dict:
     }
 
 
-DATABASES = {"default": _pg(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))}
+DATABASES = {
+    "default": _pg(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))
+}
 
 _VALKEY = {
     "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
     "QUEUES": [],
-    "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
-                "RESULT_TTL": 600},
+    "OPTIONS": {
+        "BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
+        "RESULT_TTL": 600,
+    },
 }
 # Queue keys without a hash tag spread over the 3 nodes; test_enqueue_many's worker reads two
 # queues of one slot.
 _VALKEY_CLUSTER = {
     "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
     "QUEUES": [],
-    "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_CLUSTER_URL", "valkey://127.0.0.1:7000/0"),
-                "CLUSTER": True, "PREFIX": "vtc", "RESULT_TTL": 600},
+    "OPTIONS": {
+        "BROKER_URL": os.environ.get("VTASKS_TEST_VALKEY_CLUSTER_URL", "valkey://127.0.0.1:7000/0"),
+        "CLUSTER": True,
+        "PREFIX": "vtc",
+        "RESULT_TTL": 600,
+    },
 }
 _POSTGRES = {
     "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",

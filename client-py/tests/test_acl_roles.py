@@ -23,7 +23,9 @@ PROTOCOL = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
 
 def documented_users(prefix: str) -> dict[str, list[str]]:
     """The ACL SETUSER lines of PROTOCOL.md, with its key prefix `vt:` replaced by ours."""
-    block = re.search(r"<!-- acl-users: begin -->\n```\n(.*?)```", PROTOCOL.read_text(), re.S).group(1)
+    block = re.search(
+        r"<!-- acl-users: begin -->\n```\n(.*?)```", PROTOCOL.read_text(), re.S
+    ).group(1)
     users = {}
     for line in block.strip().splitlines():
         words = line.split()
@@ -52,15 +54,28 @@ def role_urls(settings):
 
 def as_user(settings, url):
     tasks = dict(settings.TASKS)
-    tasks["valkey"] = {**tasks["valkey"], "OPTIONS": {**tasks["valkey"]["OPTIONS"], "BROKER_URL": url}}
+    tasks["valkey"] = {
+        **tasks["valkey"],
+        "OPTIONS": {**tasks["valkey"]["OPTIONS"], "BROKER_URL": url},
+    }
     return override_settings(TASKS=tasks)
 
 
 def test_producer_and_worker_users_run_tasks_end_to_end(settings, role_urls, queue, tmp_path):
     out = str(tmp_path / "out.txt")
-    env = {"VTASKS_TEST_VALKEY_URL": role_urls["worker"],
-           **schedule_env({"tick": {"task": "tests.testapp.tasks.record", "every": 1, "queue": queue,
-                                    "args": [out, "tick"]}})}
+    env = {
+        "VTASKS_TEST_VALKEY_URL": role_urls["worker"],
+        **schedule_env(
+            {
+                "tick": {
+                    "task": "tests.testapp.tasks.record",
+                    "every": 1,
+                    "queue": queue,
+                    "args": [out, "tick"],
+                }
+            }
+        ),
+    }
     w = WorkerProc("valkey", [queue], tmp_path, scheduler=True, env=env)
     try:
         with as_user(settings, role_urls["producer"]):
@@ -69,10 +84,15 @@ def test_producer_and_worker_users_run_tasks_end_to_end(settings, role_urls, que
             backend = task_backends["valkey"]
             ok = t.add.using(backend="valkey", queue_name=queue).enqueue(2, 3)
             bad = t.fail.using(backend="valkey", queue_name=queue).enqueue("boom")
-            done = wait_for(lambda: (r := backend.get_result(ok.id)).is_finished and r, timeout=60,
-                            message="the worker user ran the producer user's task")
+            done = wait_for(
+                lambda: (r := backend.get_result(ok.id)).is_finished and r,
+                timeout=60,
+                message="the worker user ran the producer user's task",
+            )
             assert done.status == TaskResultStatus.SUCCESSFUL and done.return_value == 5
-            failed = wait_for(lambda: (r := backend.get_result(bad.id)).is_finished and r, timeout=60)
+            failed = wait_for(
+                lambda: (r := backend.get_result(bad.id)).is_finished and r, timeout=60
+            )
             assert failed.status == TaskResultStatus.FAILED
             # the scheduler (VT.QUEUES + VT.SCHEDULE as the worker user) fires its entry
             wait_for(lambda: "tick" in read_lines(out), timeout=60, message="a schedule tick")

@@ -23,8 +23,9 @@ def staff_client(client, *codenames):
 
     name = f"staff-{uuid.uuid4().hex[:8]}"
     user = get_user_model().objects.create_user(name, password="pw", is_staff=True)
-    perms = list(Permission.objects.filter(content_type__app_label="django_vtasks",
-                                           codename__in=codenames))
+    perms = list(
+        Permission.objects.filter(content_type__app_label="django_vtasks", codename__in=codenames)
+    )
     assert sorted(p.codename for p in perms) == sorted(codenames)
     user.user_permissions.set(perms)
     client.force_login(user)
@@ -42,8 +43,7 @@ def queued_and_dead(alias, broker, queue, dead_id=None):
         src = add.using(backend=alias, queue_name=f"{queue}-src").enqueue(3, 4).id
         payload = broker.get(f"{queue}-src", src).payload
         assert broker.enqueue([EnqueueRequest(queue, dead_id, payload)]) == [dead_id]
-    got = wait_for(lambda: broker.fetch([queue], "perm-test", 1, 30_000) or None,
-                   message="fetch")
+    got = wait_for(lambda: broker.fetch([queue], "perm-test", 1, 30_000) or None, message="fetch")
     assert [d.id for d in got] == [dead_id]
     assert broker.fail(queue, dead_id, got[0].token, "RuntimeError: boom") == "dead"
     return t.enqueue(1, 2).id, dead_id
@@ -54,8 +54,10 @@ def page(client, model, alias, queue, **extra):
 
 
 def post(client, model, alias, queue, action, ids=(), **extra):
-    return client.post(f"{ADMIN}/{model}/?backend={alias}&queue={queue}",
-                       {"action": action, "_selected_action": list(ids), **extra})
+    return client.post(
+        f"{ADMIN}/{model}/?backend={alias}&queue={queue}",
+        {"action": action, "_selected_action": list(ids), **extra},
+    )
 
 
 def states(broker, queue, *ids):
@@ -71,10 +73,19 @@ def log_entries(user, **filters):
 def test_migrate_creates_the_task_permissions(admin_stack):
     from django.contrib.auth.models import Permission
 
-    got = set(Permission.objects.filter(content_type__app_label="django_vtasks")
-              .values_list("codename", flat=True))
-    assert got == {"view_queuedtask", "delete_queuedtask", "view_runningtask",
-                   "view_failedtask", "change_failedtask", "delete_failedtask"}
+    got = set(
+        Permission.objects.filter(content_type__app_label="django_vtasks").values_list(
+            "codename", flat=True
+        )
+    )
+    assert got == {
+        "view_queuedtask",
+        "delete_queuedtask",
+        "view_runningtask",
+        "view_failedtask",
+        "change_failedtask",
+        "delete_failedtask",
+    }
 
 
 def test_view_failed_only(alias, broker, queue, admin_stack, client):
@@ -123,16 +134,14 @@ def test_no_vtasks_permission_no_page(admin_stack, client):
 def test_delete_failed_but_not_queued(alias, broker, queue, admin_stack, client):
     from django.contrib.admin.models import DELETION
 
-    client, user = staff_client(client, "view_failedtask", "delete_failedtask",
-                                "view_queuedtask")
+    client, user = staff_client(client, "view_failedtask", "delete_failedtask", "view_queuedtask")
     queued, dead = queued_and_dead(alias, broker, queue)
     # the queued page shows, but deleting there needs delete_queuedtask
     r = page(client, "queuedtask", alias, queue)
     assert r.status_code == 200 and queued in r.content.decode()
     assert "Delete selected tasks" not in r.content.decode()
     assert post(client, "queuedtask", alias, queue, "delete", [queued]).status_code == 403
-    assert post(client, "queuedtask", alias, queue, "delete",
-                select_across="1").status_code == 403
+    assert post(client, "queuedtask", alias, queue, "delete", select_across="1").status_code == 403
     # a queued id slipped into the failed page's delete is left alone
     r = post(client, "failedtask", alias, queue, "delete", [dead, queued])
     assert r.status_code == 302
@@ -143,7 +152,8 @@ def test_delete_failed_but_not_queued(alias, broker, queue, admin_stack, client)
 
     entries = log_entries(user)
     assert [(e.object_id, e.action_flag, e.content_type.model) for e in entries] == [
-        (dead, DELETION, "failedtask")]
+        (dead, DELETION, "failedtask")
+    ]
     assert dead in entries[0].change_message and repr(queue) in entries[0].change_message
     assert alias in entries[0].change_message
 
@@ -151,8 +161,7 @@ def test_delete_failed_but_not_queued(alias, broker, queue, admin_stack, client)
 def test_retry_and_delete_are_logged(alias, broker, queue, admin_stack, client):
     from django.contrib.admin.models import CHANGE, DELETION
 
-    client, user = staff_client(client, "change_failedtask", "view_queuedtask",
-                                "delete_queuedtask")
+    client, user = staff_client(client, "change_failedtask", "view_queuedtask", "delete_queuedtask")
     queued, dead = queued_and_dead(alias, broker, queue)
     # change implies view (the Django admin's rule): the detail offers retry, not delete
     r = client.get(f"{ADMIN}/failedtask/{alias}/{queue}/{dead}/")
@@ -163,19 +172,32 @@ def test_retry_and_delete_are_logged(alias, broker, queue, admin_stack, client):
     assert states(broker, queue, dead) == ["ready"]
     assert post(client, "queuedtask", alias, queue, "delete", [queued]).status_code == 302
     assert states(broker, queue, queued, dead) == [None, "ready"]
-    assert post(client, "queuedtask", alias, queue, "delete",
-                select_across="1").status_code == 302
+    assert post(client, "queuedtask", alias, queue, "delete", select_across="1").status_code == 302
     assert states(broker, queue, dead) == [None]
 
-    entries = [(e.object_id, e.action_flag, e.content_type.model, e.change_message)
-               for e in log_entries(user)]
+    entries = [
+        (e.object_id, e.action_flag, e.content_type.model, e.change_message)
+        for e in log_entries(user)
+    ]
     assert entries == [
-        (dead, CHANGE, "failedtask",
-         f"Retried failed task {dead} of queue {queue!r} (backend {alias!r})."),
-        (queued, DELETION, "queuedtask",
-         f"Deleted queued task {queued} of queue {queue!r} (backend {alias!r})."),
-        (None, DELETION, "queuedtask",
-         f"Deleted all 1 queued tasks of queue {queue!r} (backend {alias!r})."),
+        (
+            dead,
+            CHANGE,
+            "failedtask",
+            f"Retried failed task {dead} of queue {queue!r} (backend {alias!r}).",
+        ),
+        (
+            queued,
+            DELETION,
+            "queuedtask",
+            f"Deleted queued task {queued} of queue {queue!r} (backend {alias!r}).",
+        ),
+        (
+            None,
+            DELETION,
+            "queuedtask",
+            f"Deleted all 1 queued tasks of queue {queue!r} (backend {alias!r}).",
+        ),
     ]
     # the admin's "recent actions" renders them
     assert f"queued task {queued}" in client.get("/admin/").content.decode()

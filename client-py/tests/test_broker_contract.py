@@ -97,11 +97,14 @@ def test_oversized_payload_is_a_broker_error_and_adds_nothing(b, queue):
     assert b.get(queue, "big") is None
 
 
-@pytest.mark.parametrize("field,request_kw,pattern", [
-    ("priority", {"priority": 101}, "(?i)priority"),
-    ("id", {"id": "i" * 129}, "(?i)id"),
-    ("unique key", {"unique": ("k" * 1025, 1000)}, "(?i)unique"),
-])
+@pytest.mark.parametrize(
+    "field,request_kw,pattern",
+    [
+        ("priority", {"priority": 101}, "(?i)priority"),
+        ("id", {"id": "i" * 129}, "(?i)id"),
+        ("unique key", {"unique": ("k" * 1025, 1000)}, "(?i)unique"),
+    ],
+)
 def test_enqueue_limits_are_broker_errors(b, queue, field, request_kw, pattern):
     req = EnqueueRequest(queue, "ok-id", b"x")._replace(**request_kw)
     with pytest.raises(BrokerError, match=pattern):
@@ -122,7 +125,14 @@ def test_non_canonical_tokens_match_nothing(request, engine, b, queue):
     rid = enqueue_one(b, queue)
     (d,) = b.fetch([queue], "w", 1)
     tok = d.token
-    variants = {tok.upper(), "+" + tok[1:], " " + tok[1:], tok[1:], tok + "0", tok.upper()[:8] + tok[8:]}
+    variants = {
+        tok.upper(),
+        "+" + tok[1:],
+        " " + tok[1:],
+        tok[1:],
+        tok + "0",
+        tok.upper()[:8] + tok[8:],
+    }
     variants.discard(tok)  # an all-digit token has no upper case
     for bad in sorted(variants):
         assert b.ack(queue, [(rid, bad)]) == 0, repr(bad)
@@ -140,8 +150,9 @@ def test_async_operator_forms_answer_as_the_sync_ones(b, queue):
 
     async def run():
         try:
-            assert [r.id for r in await b.apeek(queue, "ready", 0, 10)] == \
-                [r.id for r in b.peek(queue, "ready", 0, 10)]
+            assert [r.id for r in await b.apeek(queue, "ready", 0, 10)] == [
+                r.id for r in b.peek(queue, "ready", 0, 10)
+            ]
             assert (await b.aget(queue, ids[0])).id == ids[0]
             assert (await b.ainfo(queue))["ready"] == 3
             assert queue in await b.aqueues()
@@ -173,11 +184,16 @@ def test_client_errors_reach_the_caller_as_broker_errors(engine):
     else:
         from django_vtasks.brokers.postgres import PostgresBroker
 
-        broker = PostgresBroker(f"host=127.0.0.1 port={port} dbname=x user=x connect_timeout=2",
-                                pool_size=1)
+        broker = PostgresBroker(
+            f"host=127.0.0.1 port={port} dbname=x user=x connect_timeout=2", pool_size=1
+        )
     # (a few of each kind: each call against Postgres waits for a refused connection pool)
-    calls = [("fetch", (["q"], "w", 1)), ("fail", ("q", "i", "t", "e")), ("info", ("q",)),
-             ("get_result", ("i",))]
+    calls = [
+        ("fetch", (["q"], "w", 1)),
+        ("fail", ("q", "i", "t", "e")),
+        ("info", ("q",)),
+        ("get_result", ("i",)),
+    ]
     for method, args in calls:
         with pytest.raises(BrokerError):
             getattr(broker, method)(*args)

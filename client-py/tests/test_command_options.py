@@ -19,8 +19,11 @@ CLIENT_DIR = Path(__file__).resolve().parents[1]
 
 def vtasks_commands() -> dict:
     """{name: Command} of every management command django_vtasks ships."""
-    return {name: load_command_class(app, name) for name, app in get_commands().items()
-            if app == "django_vtasks"}
+    return {
+        name: load_command_class(app, name)
+        for name, app in get_commands().items()
+        if app == "django_vtasks"
+    }
 
 
 def backend_action(command):
@@ -37,8 +40,10 @@ def test_every_backend_command_takes_both_spellings():
         action, parser = backend_action(commands[name])
         assert set(action.option_strings) == {"--backend", "--backend-alias"}, name
         for flag in ("--backend", "--backend-alias"):
-            assert vars(parser.parse_args([flag, "postgres"]))["backend"] == "postgres", \
-                (name, flag)
+            assert vars(parser.parse_args([flag, "postgres"]))["backend"] == "postgres", (
+                name,
+                flag,
+            )
         # no other spelling of the same thing
         assert not [a for a in parser._actions if "alias" in a.dest], name
 
@@ -59,9 +64,25 @@ def test_clear_queue_call_command_with_either_keyword(spelling):
 def test_clear_queue_command_line_with_either_flag(flag):
     queue = f"q{uuid.uuid4().hex[:10]}"
     add.using(backend="postgres", queue_name=queue).enqueue(1, 2)
-    done = subprocess.run([PYTHON, "-m", "django", "clear_queue", flag, "postgres", "--queue",
-                           queue, "--force", "--skip-checks"], capture_output=True, text=True,
-                          timeout=120, cwd=CLIENT_DIR, env=subprocess_env())
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "django",
+            "clear_queue",
+            flag,
+            "postgres",
+            "--queue",
+            queue,
+            "--force",
+            "--skip-checks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CLIENT_DIR,
+        env=subprocess_env(),
+    )
     assert done.returncode == 0, done.stderr
     assert "Cleared 1 queued task(s)" in done.stdout
 
@@ -70,9 +91,14 @@ def test_clear_queue_command_line_with_either_flag(flag):
 def test_runworker_reports_an_unknown_backend_with_either_flag(flag):
     """Both spellings reach the backend lookup, whose error names the alias and the known ones
     (a CommandError, not a traceback)."""
-    done = subprocess.run([PYTHON, "-m", "django", "runworker", flag, "nope-alias"],
-                          capture_output=True, text=True, timeout=120, cwd=CLIENT_DIR,
-                          env=subprocess_env())
+    done = subprocess.run(
+        [PYTHON, "-m", "django", "runworker", flag, "nope-alias"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=CLIENT_DIR,
+        env=subprocess_env(),
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert "CommandError: Backend 'nope-alias' not found in TASKS" in done.stderr
@@ -94,10 +120,29 @@ def run_benchmark(tmp_path, *extra) -> subprocess.CompletedProcess:
     env = subprocess_env({"DJANGO_SETTINGS_MODULE": "debug_settings"})
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
     queue = f"bench{uuid.uuid4().hex[:8]}"
-    done = subprocess.run([PYTHON, "-m", "django", "benchmark_vtasks", "--backend", "valkey",
-                           "--queue", queue, "--count", "300", "--concurrency", "20",
-                           "--no-progress", *extra],
-                          capture_output=True, text=True, timeout=180, cwd=CLIENT_DIR, env=env)
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "django",
+            "benchmark_vtasks",
+            "--backend",
+            "valkey",
+            "--queue",
+            queue,
+            "--count",
+            "300",
+            "--concurrency",
+            "20",
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=CLIENT_DIR,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "300 ok, 0 failed" in done.stdout
     return done

@@ -127,7 +127,8 @@ def test_enqueued_signal_from_async_code_and_async_receivers(alias, queue):
     async def enqueue_async():
         one = await on(t.add, alias, queue).aenqueue(1, 2)
         many = await task_backends[alias].aenqueue_many(
-            [(on(t.add, alias, queue), (i, i), {}) for i in range(3)])
+            [(on(t.add, alias, queue), (i, i), {}) for i in range(3)]
+        )
         return [one, *many]
 
     task_enqueued.connect(sync_receiver)
@@ -202,8 +203,9 @@ def test_signals_in_worker(alias, queue, workers, tmp_path):
     backend = task_backends[alias]
     wait_for(finished(backend, ok.id))
     wait_for(finished(backend, bad.id))
-    lines = wait_for(lambda: [ln for ln in read_lines(log) if ln.startswith("finished")]
-                     and read_lines(log))
+    lines = wait_for(
+        lambda: [ln for ln in read_lines(log) if ln.startswith("finished")] and read_lines(log)
+    )
     wait_for(lambda: len([ln for ln in read_lines(log) if ln.startswith("finished")]) == 2)
     lines = read_lines(log)
     cls = type(backend).__name__
@@ -231,7 +233,9 @@ def test_takes_context_and_retries(backend, alias, queue, workers):
 def test_retry_setting_per_queue(backend, alias, queue, workers):
     # @task(retries=...) absent: VTASKS_RETRIES[queue] applies (in the worker's settings)
     r = on(t.fail, alias, queue).enqueue("again")
-    workers([queue], env={"VTASKS_TEST_RETRIES": f'{{"{queue}": {{"retries": 1, "backoff": 0.05}}}}'})
+    workers(
+        [queue], env={"VTASKS_TEST_RETRIES": f'{{"{queue}": {{"retries": 1, "backoff": 0.05}}}}'}
+    )
     d = wait_for(finished(backend, r.id), timeout=20)
     assert d.status == TaskResultStatus.FAILED and len(d.errors) == 2 and d.attempts == 2
 
@@ -316,8 +320,11 @@ def test_enqueue_many(backend, broker, alias, queue, workers, out):
     if alias == "valkey_cluster":  # one worker fetch reads queues of one slot only
         from django_vtasks.backends.valkey_cluster import in_one_slot
 
-        q2 = next(f"{queue}-{i}" for i in range(1_000_000)
-                  if in_one_slot(broker.prefix, [queue, f"{queue}-{i}"]))
+        q2 = next(
+            f"{queue}-{i}"
+            for i in range(1_000_000)
+            if in_one_slot(broker.prefix, [queue, f"{queue}-{i}"])
+        )
     items = [(on(t.record, alias, queue), (out, i), {}) for i in range(5)]
     items += [(on(t.record, alias, q2), (out, 100 + i), {}) for i in range(3)]
     results = backend.enqueue_many(items)
@@ -346,14 +353,25 @@ def test_payload_over_compression_threshold(backend, broker, alias, queue, worke
 
 
 def test_unknown_task_path_and_garbage_payload(backend, broker, alias, queue, workers):
-    env = {"func": "tests.testapp.tasks.does_not_exist", "args": [], "kwargs": {},
-           "queue": queue, "ts": time.time(), "id": "unknown-1", "priority": 0,
-           "run_after": None}
+    env = {
+        "func": "tests.testapp.tasks.does_not_exist",
+        "args": [],
+        "kwargs": {},
+        "queue": queue,
+        "ts": time.time(),
+        "id": "unknown-1",
+        "priority": 0,
+        "run_after": None,
+    }
     # a plain function of the project (a path outside it is refused before import: test_edges)
     not_a_task = dict(env, func="tests.testapp.tasks._append", id="not-a-task")
-    broker.enqueue([EnqueueRequest(queue, "unknown-1", encode_envelope(env)),
-                    EnqueueRequest(queue, "not-a-task", encode_envelope(not_a_task)),
-                    EnqueueRequest(queue, "garbage-1", b"zstd:\x00\x01garbage")])
+    broker.enqueue(
+        [
+            EnqueueRequest(queue, "unknown-1", encode_envelope(env)),
+            EnqueueRequest(queue, "not-a-task", encode_envelope(not_a_task)),
+            EnqueueRequest(queue, "garbage-1", b"zstd:\x00\x01garbage"),
+        ]
+    )
     ok = on(t.add, alias, queue).enqueue(40, 2)
     w = workers([queue])
     assert wait_for(finished(backend, ok.id)).return_value == 42
@@ -363,7 +381,10 @@ def test_unknown_task_path_and_garbage_payload(backend, broker, alias, queue, wo
     assert "not a Task" in dead["not-a-task"]
     assert "undecodable payload" in dead["garbage-1"]
     failed = backend.get_result("unknown-1")
-    assert failed.status == TaskResultStatus.FAILED and "unknown task path" in failed.errors[0].traceback
+    assert (
+        failed.status == TaskResultStatus.FAILED
+        and "unknown task path" in failed.errors[0].traceback
+    )
     assert w.proc.poll() is None
 
 
@@ -383,8 +404,9 @@ def test_sigkill_tasks_come_back_after_lease(backend, broker, alias, queue, work
     assert "done 2" in read_lines(out)
 
 
-def test_resumed_worker_does_not_run_deliveries_whose_lease_lapsed(backend, alias, queue, workers,
-                                                                   out):
+def test_resumed_worker_does_not_run_deliveries_whose_lease_lapsed(
+    backend, alias, queue, workers, out
+):
     # F3: a worker stopped (SIGSTOP) with a fetch parked in the broker, longer than its lease.
     # The task enqueued meanwhile is leased to the parked fetch, expires, is re-queued; on
     # SIGCONT the worker reads the stale reply: it must drop it and run the task only once.
@@ -469,8 +491,10 @@ def test_worker_survives_broker_connection_loss(backend, alias, queue, workers):
             client.client_kill_filter(_type="normal", skipme=True, target_nodes=node)
     else:
         with connections["default"].cursor() as c:
-            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()"
+            )
     r2 = on(t.add, alias, queue).enqueue(2, 2)
     assert wait_for(finished(backend, r2.id), timeout=20).return_value == 4
     assert w.proc.poll() is None
@@ -489,13 +513,21 @@ def test_health_check_file(alias, queue, workers, tmp_path):
 
 def test_batch_queue(backend, broker, alias, queue, workers, out, tmp_path):
     log = str(tmp_path / "signals.txt")
-    results = backend.enqueue_many([(on(t.batch_sink, alias, queue), (out, i), {})
-                                    for i in range(10)])
-    w = workers([queue], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 10, "timeout": 1}}}}',
-                              "VTASKS_TEST_SIGNAL_LOG": log})
+    results = backend.enqueue_many(
+        [(on(t.batch_sink, alias, queue), (out, i), {}) for i in range(10)]
+    )
+    w = workers(
+        [queue],
+        env={
+            "VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 10, "timeout": 1}}}}',
+            "VTASKS_TEST_SIGNAL_LOG": log,
+        },
+    )
     wait_for(lambda: broker.info(queue)["acked_total"] == 10)
     lines = read_lines(out)
-    assert len(lines) == 1 and sorted(int(x) for x in lines[0].split()[1].split(",")) == list(range(10))
+    assert len(lines) == 1 and sorted(int(x) for x in lines[0].split()[1].split(",")) == list(
+        range(10)
+    )
     assert backend.get_result(results[0].id).status == TaskResultStatus.SUCCESSFUL
     # each task of the batch sends task_started and task_finished, like any task
     cls = type(backend).__name__
@@ -508,9 +540,12 @@ def test_batch_queue(backend, broker, alias, queue, workers, out, tmp_path):
 def test_batch_retry_keeps_the_first_attempts_errors(backend, broker, alias, queue, workers, out):
     """Batch tasks go through the worker's one job runner: a retried batch task's result keeps
     the failure of its first attempt and both attempts' workers, as a single task's does."""
-    results = backend.enqueue_many([(on(t.batch_flaky, alias, queue), (out, i), {})
-                                    for i in range(3)])
-    w = workers([queue], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 3, "timeout": 1}}}}'})
+    results = backend.enqueue_many(
+        [(on(t.batch_flaky, alias, queue), (out, i), {}) for i in range(3)]
+    )
+    w = workers(
+        [queue], env={"VTASKS_TEST_BATCH_QUEUES": f'{{"{queue}": {{"count": 3, "timeout": 1}}}}'}
+    )
     wait_for(lambda: broker.info(queue)["acked_total"] == 3, timeout=60)
     for r in results:
         result = backend.get_result(r.id)
@@ -523,8 +558,16 @@ def test_batch_retry_keeps_the_first_attempts_errors(backend, broker, alias, que
 
 
 def test_schedule_fires_once_per_tick_with_two_schedulers(broker, alias, queue, workers, out):
-    env = schedule_env({"tick": {"task": "tests.testapp.tasks.record", "every": 1,
-                                 "queue": queue, "args": [out, "tick"]}})
+    env = schedule_env(
+        {
+            "tick": {
+                "task": "tests.testapp.tasks.record",
+                "every": 1,
+                "queue": queue,
+                "args": [out, "tick"],
+            }
+        }
+    )
     a = workers([queue], scheduler=True, env=env)
     b = workers([queue], scheduler=True, env=env)
     wait_for(lambda: [s.name for s in broker.schedule_list(queue)] == ["tick"], timeout=30)
@@ -545,8 +588,16 @@ def test_schedule_fires_once_per_tick_with_two_schedulers(broker, alias, queue, 
 
 
 def test_cron_schedule_registered(broker, alias, queue, workers, out):
-    env = schedule_env({"nightly": {"task": "tests.testapp.tasks.record", "cron": "0 3 * * 1-5",
-                                    "queue": queue, "args": [out, "n"]}})
+    env = schedule_env(
+        {
+            "nightly": {
+                "task": "tests.testapp.tasks.record",
+                "cron": "0 3 * * 1-5",
+                "queue": queue,
+                "args": [out, "n"],
+            }
+        }
+    )
     w = workers([queue], scheduler=True, env=env)
     s = wait_for(lambda: broker.schedule_list(queue), timeout=30)
     assert s[0].name == "nightly" and s[0].next_run_ms > time.time() * 1000
@@ -569,8 +620,9 @@ def test_check_reports_problems(alias, tmp_path):
     if alias == "valkey":
         missing = ValkeyTaskBackend("x", {"OPTIONS": {}})
         assert [e.id for e in missing.check()] == ["django_vtasks.E001"]
-        down = ValkeyTaskBackend("x", {"OPTIONS": {
-            "BROKER_URL": f"valkey://127.0.0.1:{free_port()}/0"}})
+        down = ValkeyTaskBackend(
+            "x", {"OPTIONS": {"BROKER_URL": f"valkey://127.0.0.1:{free_port()}/0"}}
+        )
         assert [e.id for e in down.check()] == ["django_vtasks.W002"]
         proc, url = start_valkey(str(tmp_path), with_module=False)
         try:
@@ -584,20 +636,40 @@ def test_check_reports_problems(alias, tmp_path):
         url = os.environ["VTASKS_TEST_VALKEY_CLUSTER_URL"]
         import valkey
 
-        pooled = ValkeyTaskBackend("x", {"OPTIONS": {
-            "BROKER_URL": url, "CLUSTER": True, "CONNECTION_POOL": valkey.ConnectionPool.from_url(url)}})
+        pooled = ValkeyTaskBackend(
+            "x",
+            {
+                "OPTIONS": {
+                    "BROKER_URL": url,
+                    "CLUSTER": True,
+                    "CONNECTION_POOL": valkey.ConnectionPool.from_url(url),
+                }
+            },
+        )
         assert [e.id for e in pooled.check()] == ["django_vtasks.E005"]
         # "default" and "emails" hash to different slots: one worker could not fetch both
-        spread = ValkeyTaskBackend("x", {"QUEUES": ["default", "emails"],
-                                         "OPTIONS": {"BROKER_URL": url, "CLUSTER": True}})
+        spread = ValkeyTaskBackend(
+            "x", {"QUEUES": ["default", "emails"], "OPTIONS": {"BROKER_URL": url, "CLUSTER": True}}
+        )
         errors = spread.check()
         assert [e.id for e in errors] == ["django_vtasks.E004"] and "hash tag" in errors[0].hint
-        tagged = ValkeyTaskBackend("x", {"QUEUES": ["default", "emails"], "OPTIONS": {
-            "BROKER_URL": url, "CLUSTER": True, "PREFIX": "vtc:{app}"}})
+        tagged = ValkeyTaskBackend(
+            "x",
+            {
+                "QUEUES": ["default", "emails"],
+                "OPTIONS": {"BROKER_URL": url, "CLUSTER": True, "PREFIX": "vtc:{app}"},
+            },
+        )
         assert tagged.check() == [] and tagged.prefix == "vtc:{app}:"
     else:
-        down = PostgresTaskBackend("x", {"OPTIONS": {
-            "DSN": f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"}})
+        down = PostgresTaskBackend(
+            "x",
+            {
+                "OPTIONS": {
+                    "DSN": f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"
+                }
+            },
+        )
         assert [e.id for e in down.check()] == ["django_vtasks.W012"]
         other = PostgresTaskBackend("x", {"OPTIONS": {"DATABASE": "nope"}})
         assert [e.id for e in other.check()] == ["django_vtasks.E011"]
@@ -627,8 +699,12 @@ def test_get_broker_and_operator_api(broker, alias, queue):
     assert broker.ack(queue, [(d.id, d.token)]) == 0
     r = on(t.add, alias, queue).enqueue(1, 2)
     (d,) = broker.fetch([queue], "manual", 10)
-    assert asyncio.run(broker.aack_with_results(queue, [(d.id, d.token)],
-                                                [(d.id, b'{"r": 4}', 60_000)])) == 1
+    assert (
+        asyncio.run(
+            broker.aack_with_results(queue, [(d.id, d.token)], [(d.id, b'{"r": 4}', 60_000)])
+        )
+        == 1
+    )
     assert broker.get_result(d.id) == b'{"r": 4}' and broker.info(queue)["inflight"] == 0
 
 
@@ -694,12 +770,25 @@ def test_enqueue_to_a_dead_broker_is_a_clear_error(alias):
 
     port = free_port()  # nothing listens there
     if alias == "postgres":
-        backend = PostgresTaskBackend("dead", {"QUEUES": [], "OPTIONS": {
-            "DSN": f"host=127.0.0.1 port={port} user=postgres dbname=postgres"}})
+        backend = PostgresTaskBackend(
+            "dead",
+            {
+                "QUEUES": [],
+                "OPTIONS": {"DSN": f"host=127.0.0.1 port={port} user=postgres dbname=postgres"},
+            },
+        )
         hint = "is Postgres running"
     else:
-        backend = ValkeyTaskBackend("dead", {"QUEUES": [], "OPTIONS": {
-            "BROKER_URL": f"valkey://127.0.0.1:{port}/0", "CLUSTER": alias == "valkey_cluster"}})
+        backend = ValkeyTaskBackend(
+            "dead",
+            {
+                "QUEUES": [],
+                "OPTIONS": {
+                    "BROKER_URL": f"valkey://127.0.0.1:{port}/0",
+                    "CLUSTER": alias == "valkey_cluster",
+                },
+            },
+        )
         hint = "is valkey-server running"
     task = t.add.using(backend=alias)
     with pytest.raises(BrokerError) as info:

@@ -3,6 +3,7 @@ runserver and a real worker (Valkey). Logs in as staff, opens the dashboard and 
 running / failed lists, opens a failed task, retries it and watches it succeed. Any console error,
 failed request or HTTP error fails the test. Screenshots: $VTASKS_ARTIFACTS_DIR/dashboard (default:
 the test's tmp_path)."""
+
 import os
 import re
 import time
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
-from django_vtasks import activity
 
+from django_vtasks import activity
 from tests.conftest import schedule_env, wait_for
 from tests.testapp.ops_tasks import fails_unless, gated
 from tests.testapp.tasks import add
@@ -28,8 +29,15 @@ from tests.tools_helpers import (  # noqa: F401 - admin_stack, procs: fixtures
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def succeeded_in(page) -> int:
@@ -39,12 +47,14 @@ def succeeded_in(page) -> int:
 
 
 @pytest.mark.parametrize("alias", ["valkey"], indirect=True)
-def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers, tmp_path, out,
-                                          monkeypatch,
-                                          admin_stack, procs):  # noqa: F811 - fixtures
+def test_dashboard_and_retry_in_a_browser(
+    alias, backend, broker, queue, workers, tmp_path, out, monkeypatch, admin_stack, procs
+):
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} missing: scripts/setup installs Debian's chromium (apt-get "
-                    f"install chromium, as root); it could not be installed here")
+        pytest.skip(
+            f"{CHROMIUM} missing: scripts/setup installs Debian's chromium (apt-get "
+            f"install chromium, as root); it could not be installed here"
+        )
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("VTASKS_ARTIFACTS_DIR") or tmp_path) / "dashboard"
@@ -55,8 +65,16 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
     get_user_model().objects.create_superuser(name, f"{name}@example.com", "pw-browser")
 
     # a worker (reports itself to the dashboard) with a schedule on the queue
-    env = schedule_env({"nightly": {"task": "tests.testapp.tasks.add", "cron": "0 3 * * *",
-                                    "args": [1, 2], "queue": queue}})
+    env = schedule_env(
+        {
+            "nightly": {
+                "task": "tests.testapp.tasks.add",
+                "cron": "0 3 * * *",
+                "args": [1, 2],
+                "queue": queue,
+            }
+        }
+    )
     env["VTASKS_TEST_ACTIVITY_INTERVAL"] = "0.5"  # throughput samples every second
     started = time.time()
     worker = workers([queue], concurrency=2, scheduler=True, env=env)
@@ -64,18 +82,27 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
     flag, gate = tmp_path / "flag", tmp_path / "gate"
     failed = fails_unless.using(backend=alias, queue_name=queue).enqueue(str(flag))
     gated.using(backend=alias, queue_name=queue).enqueue(out, str(gate), "held")
-    add.using(backend=alias, queue_name=queue,
-              run_after=timezone.now() + timedelta(hours=1)).enqueue(2, 3)
-    wait_for(lambda: (broker.info(queue)["dead"], broker.info(queue)["inflight"]) == (1, 1),
-             timeout=60, message=f"a failed and a running task\n{worker.output()}")
+    add.using(
+        backend=alias, queue_name=queue, run_after=timezone.now() + timedelta(hours=1)
+    ).enqueue(2, 3)
+    wait_for(
+        lambda: (broker.info(queue)["dead"], broker.info(queue)["inflight"]) == (1, 1),
+        timeout=60,
+        message=f"a failed and a running task\n{worker.output()}",
+    )
 
     port = free_port()
-    server = procs([PYTHON, "-m", "django", "runserver", "--noreload", "--insecure",
-                    f"127.0.0.1:{port}"], tmp_path / "runserver.log",
-                   env=subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.ops_settings"}))
+    server = procs(
+        [PYTHON, "-m", "django", "runserver", "--noreload", "--insecure", f"127.0.0.1:{port}"],
+        tmp_path / "runserver.log",
+        env=subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.ops_settings"}),
+    )
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: "Quit the server" in server.output(), timeout=60,
-             message=f"runserver\n{server.output()}")
+    wait_for(
+        lambda: "Quit the server" in server.output(),
+        timeout=60,
+        message=f"runserver\n{server.output()}",
+    )
 
     problems: list[str] = []
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop runs here
@@ -83,13 +110,20 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: m.type == "error" and problems.append(
-                f"console error: {m.text} ({m.location})"))
+            page.on(
+                "console",
+                lambda m: (
+                    m.type == "error" and problems.append(f"console error: {m.text} ({m.location})")
+                ),
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(
-                f"request failed: {r.url} {r.failure}"))
-            page.on("response", lambda r: r.status >= 400 and problems.append(
-                f"HTTP {r.status}: {r.url}"))
+            page.on(
+                "requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}")
+            )
+            page.on(
+                "response",
+                lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"),
+            )
             page.set_default_timeout(30_000)
 
             def shot(label):
@@ -111,8 +145,9 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
             page.click("input[type=submit]")
             page.wait_for_url(f"{base}/admin/")
             # styled: the admin's stylesheet loaded (static files are served)
-            assert page.evaluate("getComputedStyle(document.querySelector('#header'))"
-                                 ".backgroundColor") not in ("", "rgba(0, 0, 0, 0)")
+            assert page.evaluate(
+                "getComputedStyle(document.querySelector('#header')).backgroundColor"
+            ) not in ("", "rgba(0, 0, 0, 0)")
             shot("01-index")
 
             page.click("a[href='/admin/django_vtasks/dashboard/']")
@@ -125,15 +160,26 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
             schedules = page.locator(f"#backend-{alias} table.vtasks-schedules").inner_text()
             assert "nightly" in schedules and "tests.testapp.tasks.add" in schedules
             # the worker's first report (written when it starts)
-            wait_for(lambda: worker.worker_id in (broker.get_result("vtasks:activity:workers")
-                                                  or b"").decode(), timeout=60,
-                     message="the worker's activity report")
+            wait_for(
+                lambda: (
+                    worker.worker_id
+                    in (broker.get_result("vtasks:activity:workers") or b"").decode()
+                ),
+                timeout=60,
+                message="the worker's activity report",
+            )
             # ... and a throughput sample of this worker (earlier tests' workers are gone)
-            wait_for(lambda: activity.samples(broker)[-1]["t"] > started, timeout=60,
-                     message="a throughput sample")
+            wait_for(
+                lambda: activity.samples(broker)[-1]["t"] > started,
+                timeout=60,
+                message="a throughput sample",
+            )
             page.reload()
             row.wait_for()
-            assert worker.worker_id in page.locator(f"#backend-{alias} table.vtasks-workers").inner_text()
+            assert (
+                worker.worker_id
+                in page.locator(f"#backend-{alias} table.vtasks-workers").inner_text()
+            )
             # successes of the last 30 minutes so far (earlier tests may have some)
             succeeded_before = succeeded_in(page)
             shot("02-dashboard")
@@ -166,8 +212,11 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
             page.wait_for_url("**/failedtask/?*")
             assert "1 task(s)" in page.locator("ul.messagelist").inner_text()
             shot("07-retried")
-            wait_for(lambda: backend.get_result(failed.id).status == "SUCCESSFUL", timeout=60,
-                     message=f"the retried task to succeed\n{worker.output()}")
+            wait_for(
+                lambda: backend.get_result(failed.id).status == "SUCCESSFUL",
+                timeout=60,
+                message=f"the retried task to succeed\n{worker.output()}",
+            )
             page.goto(f"{base}/admin/django_vtasks/dashboard/")
             row = page.locator(f"#backend-{alias} table.vtasks-queues tr[data-queue='{queue}']")
             row.wait_for()
@@ -197,8 +246,12 @@ def test_dashboard_and_retry_in_a_browser(alias, backend, broker, queue, workers
 
 
 def test_activity_rates_per_interval():
-    found = [{"t": 100.0, "c": [10, 2, 1]}, {"t": 110.0, "c": [25, 3, 1]},
-             {"t": 130.0, "c": [5, 3, 4]}]  # acked went down: a queue was deleted
+    found = [
+        {"t": 100.0, "c": [10, 2, 1]},
+        {"t": 110.0, "c": [25, 3, 1]},
+        {"t": 130.0, "c": [5, 3, 4]},
+    ]  # acked went down: a queue was deleted
     assert activity.rates(found) == [
         {"t": 110.0, "seconds": 10.0, "succeeded": 15, "failed": 1, "retried": 0},
-        {"t": 130.0, "seconds": 20.0, "succeeded": 0, "failed": 0, "retried": 3}]
+        {"t": 130.0, "seconds": 20.0, "succeeded": 0, "failed": 0, "retried": 3},
+    ]

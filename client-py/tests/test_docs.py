@@ -67,8 +67,9 @@ def blocks(path: Path) -> list[Block]:
             body.append(lines[i])
             i += 1
         prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
-        out.append(Block(path.name, start + 1, m.group(1), "\n".join(body) + "\n",
-                         bool(SKIP.search(prev))))
+        out.append(
+            Block(path.name, start + 1, m.group(1), "\n".join(body) + "\n", bool(SKIP.search(prev)))
+        )
         i += 1
     return out
 
@@ -115,8 +116,9 @@ class Project:
         self.dir.mkdir()
         self.blocks = python_blocks(doc)
         self.packages = set()
-        self.settings_code = "".join(textwrap.dedent(b.code) for b in self.blocks
-                                     if b.file == "settings.py" and not b.skip)
+        self.settings_code = "".join(
+            textwrap.dedent(b.code) for b in self.blocks if b.file == "settings.py" and not b.skip
+        )
         self.settings: dict = {}
         if self.settings_code:
             exec(compile(self.settings_code, f"{doc} settings", "exec"), {}, self.settings)
@@ -154,7 +156,8 @@ def run_tests_defined(namespace: dict, before: set, where: str) -> None:
             outcome = unittest.TextTestRunner(stream=open(os.devnull, "w"), verbosity=0).run(suite)
             problems = outcome.failures + outcome.errors
             assert outcome.testsRun and not problems, f"{where} {name}: " + "\n".join(
-                text for _, text in problems)
+                text for _, text in problems
+            )
 
 
 def run_blocks(project: Project) -> int:
@@ -208,19 +211,38 @@ def test_tasks_md_examples_run_with_a_worker(alias, tmp_path):
         assert {"emails", "audit"} <= set(queues), queues
         (project.dir / "docs_worker_settings.py").write_text(
             WORKER_SETTINGS.format(default=default, modules=["myapp"], queues=queues)
-            + project.settings_code)
+            + project.settings_code
+        )
         tasks = {**settings.TASKS, "default": default}
         with override_settings(TASKS=tasks, **project.settings):
             broker = task_backends["default"].broker
             for q in queues:
                 broker.clear(q, "all")
-            env = subprocess_env({"PYTHONPATH": f"{project.dir}{os.pathsep}{CLIENT_DIR}",
-                                  "DJANGO_SETTINGS_MODULE": "docs_worker_settings"})
+            env = subprocess_env(
+                {
+                    "PYTHONPATH": f"{project.dir}{os.pathsep}{CLIENT_DIR}",
+                    "DJANGO_SETTINGS_MODULE": "docs_worker_settings",
+                }
+            )
             log = open(tmp_path / "worker.log", "wb")
             worker = subprocess.Popen(
-                [PYTHON, "-m", "django", "runworker", "--backend", "default", "--concurrency", "8",
-                 "--id", f"docs-{uuid.uuid4().hex[:6]}"],
-                cwd=CLIENT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    PYTHON,
+                    "-m",
+                    "django",
+                    "runworker",
+                    "--backend",
+                    "default",
+                    "--concurrency",
+                    "8",
+                    "--id",
+                    f"docs-{uuid.uuid4().hex[:6]}",
+                ],
+                cwd=CLIENT_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 ran = run_blocks(project)
             except BaseException:
@@ -252,8 +274,8 @@ def package_source() -> str:
 
 
 OPTION_READS = [
-    r'options\.get\(\s*"([A-Z][A-Z0-9_]*)"',       # self.options.get("KEY", default)
-    r'options\[\s*"([A-Z][A-Z0-9_]*)"\s*\]',       # options["KEY"]
+    r'options\.get\(\s*"([A-Z][A-Z0-9_]*)"',  # self.options.get("KEY", default)
+    r'options\[\s*"([A-Z][A-Z0-9_]*)"\s*\]',  # options["KEY"]
     r'OPTIONS\[\s*[\'"]([A-Z][A-Z0-9_]*)[\'"]\s*\]',  # OPTIONS["KEY"] in code and docstrings
 ]
 
@@ -273,8 +295,16 @@ def test_settings_md_names_every_setting_and_option():
     for pattern in OPTION_READS:
         options |= set(re.findall(pattern, source))
     # the scan does find what it must (else a refactor could make this test vacuous)
-    assert {"BROKER_URL", "DURABLE", "POOL_SIZE", "NOTIFY", "RESULT_TTL", "TRACK_RUNNING",
-            "IGNORE_RESULT_QUEUES", "DSN"} <= options, options
+    assert {
+        "BROKER_URL",
+        "DURABLE",
+        "POOL_SIZE",
+        "NOTIFY",
+        "RESULT_TTL",
+        "TRACK_RUNNING",
+        "IGNORE_RESULT_QUEUES",
+        "DSN",
+    } <= options, options
     assert {"VTASKS_SHUTDOWN_TIMEOUT", "VTASKS_MODULE_PATH"} <= settings_names
     missing_settings = sorted(settings_names - documented)
     missing_options = sorted(options - documented)
@@ -298,11 +328,25 @@ def test_commands_md_names_every_command_and_flag():
     from django.core.management import get_commands, load_command_class
 
     text = (DOCS / "commands.md").read_text()
-    commands = {name: load_command_class(app, name) for name, app in get_commands().items()
-                if app == "django_vtasks"}
+    commands = {
+        name: load_command_class(app, name)
+        for name, app in get_commands().items()
+        if app == "django_vtasks"
+    }
     assert {"runworker", "clear_queue", "benchmark_vtasks", "vtasks_valkey"} <= set(commands)
-    base = {"--help", "-h", "--version", "-v", "--verbosity", "--settings", "--pythonpath",
-            "--traceback", "--no-color", "--force-color", "--skip-checks"}
+    base = {
+        "--help",
+        "-h",
+        "--version",
+        "-v",
+        "--verbosity",
+        "--settings",
+        "--pythonpath",
+        "--traceback",
+        "--no-color",
+        "--force-color",
+        "--skip-checks",
+    }
     missing = []
     for name, command in commands.items():
         section = re.search(rf"^## `?{name}`?\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)

@@ -58,9 +58,12 @@ def valkey_server(tmp_path):
 @pytest.fixture
 def add_backend(settings):
     """Add a TASKS alias: add_backend(alias, options, queues=()) -> the backend."""
+
     def add(alias, options, queues=(), backend="django_vtasks.backends.valkey.ValkeyTaskBackend"):
-        settings.TASKS = {**settings.TASKS, alias: {"BACKEND": backend, "QUEUES": list(queues),
-                                                    "OPTIONS": dict(options)}}
+        settings.TASKS = {
+            **settings.TASKS,
+            alias: {"BACKEND": backend, "QUEUES": list(queues), "OPTIONS": dict(options)},
+        }
         from django.tasks import task_backends
 
         return task_backends[alias]
@@ -90,8 +93,9 @@ def test_credentials_errors_say_what_is_wrong_and_hide_the_password(valkey_serve
 
     url, port = valkey_server(password=SECRET)
     # OPTIONS["PASSWORD"] authenticates (and keeps the password out of the URL)
-    backend = add_backend("edges_pw", {"BROKER_URL": f"valkey://127.0.0.1:{port}/0",
-                                       "PASSWORD": SECRET})
+    backend = add_backend(
+        "edges_pw", {"BROKER_URL": f"valkey://127.0.0.1:{port}/0", "PASSWORD": SECRET}
+    )
     backend.broker.ping()
     assert [c.id for c in backend.check()] == []
     # a wrong password: WRONGPASS, not "unreachable"; the password never shown
@@ -143,8 +147,11 @@ def test_module_missing_and_unreachable_errors_hide_the_password(valkey_server):
         plain.enqueue([EnqueueRequest("q", "i1", CARD.encode())])
     assert CARD not in str(e.value) and "args beginning" not in str(e.value)
     down = ValkeyBroker(f"valkey://:{SECRET}@127.0.0.1:{closed_port()}/0")
-    for call in (down.ping, lambda: down.enqueue([EnqueueRequest("q", "i1", b"{}")]),
-                 lambda: down.info("q")):
+    for call in (
+        down.ping,
+        lambda: down.enqueue([EnqueueRequest("q", "i1", b"{}")]),
+        lambda: down.info("q"),
+    ):
         with pytest.raises(BrokerError) as e:
             call()
         assert "unreachable" in str(e.value) and SECRET not in str(e.value)
@@ -160,9 +167,13 @@ def test_debug_page_does_not_show_the_broker_password(settings, rf, valkey_serve
 
     settings.DEBUG = True
     settings.ROOT_URLCONF = "django_vtasks.empty_urls"
-    settings.TASKS = {**settings.TASKS, "edges_debug": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "OPTIONS": {"BROKER_URL": "valkey://127.0.0.1:6379/0", "PASSWORD": SECRET}}}
+    settings.TASKS = {
+        **settings.TASKS,
+        "edges_debug": {
+            "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+            "OPTIONS": {"BROKER_URL": "valkey://127.0.0.1:6379/0", "PASSWORD": SECRET},
+        },
+    }
 
     def page():
         try:
@@ -174,21 +185,33 @@ def test_debug_page_does_not_show_the_broker_password(settings, rf, valkey_serve
     assert "edges_debug" in html and "boom" in html
     assert SECRET not in html
     # the same for the Postgres backend's own DSN
-    settings.TASKS = {**settings.TASKS, "edges_debug_pg": {
-        "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
-        "OPTIONS": {"DSN": "host=127.0.0.1 user=app dbname=app", "PASSWORD": SECRET}}}
+    settings.TASKS = {
+        **settings.TASKS,
+        "edges_debug_pg": {
+            "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+            "OPTIONS": {"DSN": "host=127.0.0.1 user=app dbname=app", "PASSWORD": SECRET},
+        },
+    }
     assert "edges_debug_pg" in page() and SECRET not in page()
     from django.tasks import task_backends
 
     assert f"password='{SECRET}'" in task_backends["edges_debug_pg"].dsn
-    settings.TASKS = {**settings.TASKS, "edges_debug_pg": {
-        "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
-        "OPTIONS": {"DSN": f"postgres://app:{SECRET}@127.0.0.1:1/app"}}}
+    settings.TASKS = {
+        **settings.TASKS,
+        "edges_debug_pg": {
+            "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+            "OPTIONS": {"DSN": f"postgres://app:{SECRET}@127.0.0.1:1/app"},
+        },
+    }
     assert "django_vtasks.W014" in {c.id for c in task_backends["edges_debug_pg"].check()}
     # the contrast that makes the test meaningful: in the URL, Django shows it
-    settings.TASKS = {**settings.TASKS, "edges_debug": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "OPTIONS": {"BROKER_URL": f"valkey://:{SECRET}@127.0.0.1:6379/0"}}}
+    settings.TASKS = {
+        **settings.TASKS,
+        "edges_debug": {
+            "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+            "OPTIONS": {"BROKER_URL": f"valkey://:{SECRET}@127.0.0.1:6379/0"},
+        },
+    }
     assert SECRET in page()
     from django.tasks import task_backends
 
@@ -198,9 +221,14 @@ def test_debug_page_does_not_show_the_broker_password(settings, rf, valkey_serve
 def test_runworker_refuses_on_error_checks_without_secrets(valkey_server):
     url, port = valkey_server(password=SECRET, with_module=False)
     env = subprocess_env({"VTASKS_TEST_VALKEY_URL": f"valkey://:{SECRET}@127.0.0.1:{port}/0"})
-    done = subprocess.run([PYTHON, "-m", "django", "runworker", "--backend", "valkey",
-                           "--queue", "default"], cwd=CLIENT_DIR, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [PYTHON, "-m", "django", "runworker", "--backend", "valkey", "--queue", "default"],
+        cwd=CLIENT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
     assert "django_vtasks.E003" in out and "refusing to start the worker" in out
@@ -236,10 +264,25 @@ def test_clear_queue_errors_hide_the_password(add_backend):
 def test_clear_queue_without_a_terminal_exits_non_zero():
     queue = f"q{uuid.uuid4().hex[:8]}"
     ids = [add.using(backend="valkey", queue_name=queue).enqueue(1, 2).id for _ in range(2)]
-    done = subprocess.run([PYTHON, "-m", "django", "clear_queue", "--backend-alias", "valkey",
-                           "--queue", queue, "--skip-checks"], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60, cwd=CLIENT_DIR,
-                          env=subprocess_env())
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "django",
+            "clear_queue",
+            "--backend-alias",
+            "valkey",
+            "--queue",
+            queue,
+            "--skip-checks",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=CLIENT_DIR,
+        env=subprocess_env(),
+    )
     assert done.returncode != 0
     assert "--force" in done.stderr
     from django.tasks import task_backends
@@ -262,10 +305,13 @@ def test_enqueue_many_partial_failure_on_a_cluster():
     try:
         small, big = f"s{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
         arg = CARD + os.urandom(20_000).hex()
-        items = ([(add.using(queue_name=small, backend="valkey_cluster"), (1, 2), {})] * 2
-                 + [(add.using(queue_name=big, backend="valkey_cluster"), (arg, "x"), {})])
-        for run in (lambda: backend.enqueue_many(items),
-                    lambda: asyncio.run(backend.aenqueue_many(items))):
+        items = [(add.using(queue_name=small, backend="valkey_cluster"), (1, 2), {})] * 2 + [
+            (add.using(queue_name=big, backend="valkey_cluster"), (arg, "x"), {})
+        ]
+        for run in (
+            lambda: backend.enqueue_many(items),
+            lambda: asyncio.run(backend.aenqueue_many(items)),
+        ):
             with pytest.raises(EnqueueFailed) as e:
                 run()
             assert CARD not in str(e.value) and len(str(e.value)) < 3000
@@ -291,8 +337,9 @@ def test_enqueue_many_partial_failure_reports_per_task_outcomes(mode, valkey_ser
     backend = add_backend(f"edges_many_{mode}", {"BROKER_URL": url})
     small, big = "qsmall", "qbig"
     arg = CARD + os.urandom(20_000).hex()  # random hex: stays over 4 KiB compressed
-    items = ([(add.using(queue_name=small), (1, 2), {})] * 3
-             + [(add.using(queue_name=big), (arg, "x"), {})] * 2)
+    items = [(add.using(queue_name=small), (1, 2), {})] * 3 + [
+        (add.using(queue_name=big), (arg, "x"), {})
+    ] * 2
     with pytest.raises(EnqueueFailed) as e:
         if mode == "sync":
             backend.enqueue_many(items)
@@ -333,7 +380,8 @@ def test_postgres_enqueue_many_is_all_or_nothing():
             FOR EACH ROW EXECUTE FUNCTION edges_refuse();""")
     try:
         items = [(add.using(queue_name=good, backend="postgres"), (1, 2), {})] * 2 + [
-            (add.using(queue_name=bad, backend="postgres"), (1, 2), {})]
+            (add.using(queue_name=bad, backend="postgres"), (1, 2), {})
+        ]
         with pytest.raises(Exception, match="queue refused"):
             backend.enqueue_many(items)
         assert not connections["default"].in_atomic_block
@@ -366,6 +414,7 @@ def test_tls_urls_check_the_certificate_host_name_by_default():
             b = ValkeyBroker(url, connect_options=connection_options(url, options))
             conn = b.aclient.connection_pool.make_connection()
             return conn.check_hostname
+
         return asyncio.run(run())
 
     for check in (sync_check, async_check):
@@ -383,8 +432,9 @@ def test_eviction_policy_check(valkey_server, add_backend):
     checks = {c.id: c for c in add_backend("edges_lru", {"BROKER_URL": url}).check()}
     assert "django_vtasks.W003" in checks and "allkeys-lru" in checks["django_vtasks.W003"].msg
     url, _ = valkey_server(extra=["--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"])
-    assert "django_vtasks.W003" not in {c.id for c in add_backend(
-        "edges_vlru", {"BROKER_URL": url}).check()}
+    assert "django_vtasks.W003" not in {
+        c.id for c in add_backend("edges_vlru", {"BROKER_URL": url}).check()
+    }
     from django.tasks import task_backends
 
     # the cluster client reads it from its nodes (the test cluster runs the default)
@@ -400,8 +450,12 @@ def test_volatile_policy_evicts_results_never_queues(valkey_server, add_backend)
     backend = add_backend("edges_mem", {"BROKER_URL": url})
     broker = backend.broker
     queue = "mem"
-    ids = [r.id for r in backend.enqueue_many([(add.using(queue_name=queue), (i, i), {})
-                                               for i in range(2000)])]
+    ids = [
+        r.id
+        for r in backend.enqueue_many(
+            [(add.using(queue_name=queue), (i, i), {}) for i in range(2000)]
+        )
+    ]
     blob = os.urandom(32 * 1024)
     for i in range(1000):  # ~32 MB of results into a 12 MB server
         broker.store_result(f"r{i}", blob, 600_000)
@@ -418,13 +472,21 @@ def test_volatile_policy_evicts_results_never_queues(valkey_server, add_backend)
 def test_worker_serves_the_backend_queues_by_default(add_backend, settings):
     from django_vtasks.worker import Worker
 
-    add_backend("edges_queues", {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]},
-                queues=["emails", "default"])
+    add_backend(
+        "edges_queues",
+        {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]},
+        queues=["emails", "default"],
+    )
     assert Worker(backend_alias="edges_queues").queues == ["emails", "default"]
     assert Worker(backend_alias="edges_queues", queues=["x"]).queues == ["x"]
-    assert "django_vtasks.W005" not in {c.id for c in add_backend(
-        "edges_queues", {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]},
-        queues=["emails", "default"]).check()}
+    assert "django_vtasks.W005" not in {
+        c.id
+        for c in add_backend(
+            "edges_queues",
+            {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]},
+            queues=["emails", "default"],
+        ).check()
+    }
     settings.VTASKS_QUEUES = ["only"]  # an explicit project setting still wins...
     assert Worker(backend_alias="edges_queues").queues == ["only"]
     from django.tasks import task_backends
@@ -440,12 +502,20 @@ def test_worker_serves_the_backend_queues_by_default(add_backend, settings):
 def test_embedded_worker_serves_the_backend_queues(add_backend):
     from django_vtasks.asgi import _EmbeddedWorker
 
-    add_backend("edges_asgi", {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]},
-                queues=["emails"])
+    add_backend(
+        "edges_asgi", {"BROKER_URL": os.environ["VTASKS_TEST_VALKEY_URL"]}, queues=["emails"]
+    )
 
     async def run():
-        embedded = _EmbeddedWorker({"backend_alias": "edges_asgi", "queues": None,
-                                    "concurrency": 1, "scheduler": False, "worker_id": None})
+        embedded = _EmbeddedWorker(
+            {
+                "backend_alias": "edges_asgi",
+                "queues": None,
+                "concurrency": 1,
+                "scheduler": False,
+                "worker_id": None,
+            }
+        )
         embedded.start()
         try:
             return embedded.worker.queues
@@ -464,9 +534,14 @@ def test_vtask_decorator_and_benchmark_help_on_this_django():
 
     f = django_vtasks.task(retries=2, unique=True)(add.func)
     assert f.retries == 2 and f.unique is True and f.run_after is None
-    done = subprocess.run([PYTHON, "-m", "django", "benchmark_vtasks", "--help"],
-                          cwd=CLIENT_DIR, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [PYTHON, "-m", "django", "benchmark_vtasks", "--help"],
+        cwd=CLIENT_DIR,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "--count" in done.stdout
     assert django.VERSION[:2] in ((6, 0), (6, 1))
@@ -489,8 +564,9 @@ def test_decoded_size_is_capped():
     from django_vtasks import _native
     from django_vtasks.envelope import PayloadTooLarge, decode_envelope, preview
 
-    big = orjson.dumps({"func": "tests.testapp.tasks.add", "args": ["a" * (20 << 20), 1],
-                        "kwargs": {}})
+    big = orjson.dumps(
+        {"func": "tests.testapp.tasks.add", "args": ["a" * (20 << 20), 1], "kwargs": {}}
+    )
     wire = _native.encode_payload(big, 0)
     assert len(wire) < 64 * 1024  # 20 MiB of JSON, a few KiB on the wire
     with pytest.raises(ValueError, match="limit of 16777216 bytes"):
@@ -513,22 +589,38 @@ def test_worker_refuses_hostile_and_invalid_payloads(alias, broker, tmp_path):
     queue = f"q{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "imported.txt"
     ids = {
-        "bomb": raw_enqueue(broker, queue, {"func": "tests.testapp.tasks.add",
-                                            "args": ["a" * (20 << 20), "b"], "kwargs": {}}),
-        "args": raw_enqueue(broker, queue, {"func": "tests.testapp.tasks.add", "args": "abc",
-                                            "kwargs": {}}),
-        "run_after": raw_enqueue(broker, queue, {"func": "tests.testapp.tasks.add",
-                                                 "args": [1, 2], "kwargs": {},
-                                                 "run_after": "tomorrow"}),
-        "outside": raw_enqueue(broker, queue, {"func": "tests.outside_tasks.touch",
-                                               "args": [str(marker)], "kwargs": {}}),
-        "not_task": raw_enqueue(broker, queue, {"func": "os.system",
-                                                "args": [f"touch {marker}"], "kwargs": {}}),
+        "bomb": raw_enqueue(
+            broker,
+            queue,
+            {"func": "tests.testapp.tasks.add", "args": ["a" * (20 << 20), "b"], "kwargs": {}},
+        ),
+        "args": raw_enqueue(
+            broker, queue, {"func": "tests.testapp.tasks.add", "args": "abc", "kwargs": {}}
+        ),
+        "run_after": raw_enqueue(
+            broker,
+            queue,
+            {
+                "func": "tests.testapp.tasks.add",
+                "args": [1, 2],
+                "kwargs": {},
+                "run_after": "tomorrow",
+            },
+        ),
+        "outside": raw_enqueue(
+            broker,
+            queue,
+            {"func": "tests.outside_tasks.touch", "args": [str(marker)], "kwargs": {}},
+        ),
+        "not_task": raw_enqueue(
+            broker, queue, {"func": "os.system", "args": [f"touch {marker}"], "kwargs": {}}
+        ),
     }
     w = WorkerProc(alias, [queue], tmp_path, env={"VTASKS_TEST_MARKER": str(marker)})
     try:
-        wait_for(lambda: broker.info(queue)["dead"] == len(ids), timeout=90,
-                 message="all dead-lettered")
+        wait_for(
+            lambda: broker.info(queue)["dead"] == len(ids), timeout=90, message="all dead-lettered"
+        )
     finally:
         w.stop()
     dead = {r.id: r.error for r in broker.peek(queue, "dead", 0, 10)}
@@ -560,9 +652,20 @@ def _result(task, **changes):
 
     from django_vtasks.results import make_result
 
-    r = make_result(task, uuid.uuid4().hex, TaskResultStatus.SUCCESSFUL, timezone.now(),
-                    timezone.now(), timezone.now(), timezone.now(), changes.pop("args", [1, 2]),
-                    {}, "valkey", changes.pop("errors", []), ["w"])
+    r = make_result(
+        task,
+        uuid.uuid4().hex,
+        TaskResultStatus.SUCCESSFUL,
+        timezone.now(),
+        timezone.now(),
+        timezone.now(),
+        timezone.now(),
+        changes.pop("args", [1, 2]),
+        {},
+        "valkey",
+        changes.pop("errors", []),
+        ["w"],
+    )
     object.__setattr__(r, "_return_value", changes.pop("value", 3))
     assert not changes
     return r, TaskError
@@ -571,12 +674,17 @@ def _result(task, **changes):
 def test_results_are_bounded_compressed_and_optional(settings):
     from django.tasks.base import TaskError
 
-    from django_vtasks.results import result_from_json, result_to_json
     from django_vtasks.result_store import RESULT_TOO_LARGE
+    from django_vtasks.results import result_from_json, result_to_json
     from tests.testapp.tasks import add_no_result
 
     # a 5 MB exception message: the stored traceback is clipped, the document compressed
-    r, _ = _result(add, errors=[TaskError(exception_class_path="builtins.ValueError", traceback="x" * 5_000_000 + "END")])
+    r, _ = _result(
+        add,
+        errors=[
+            TaskError(exception_class_path="builtins.ValueError", traceback="x" * 5_000_000 + "END")
+        ],
+    )
     stored = result_to_json(r)
     assert stored.startswith(b"zstd:") and len(stored) < 10_000
     back = result_from_json(stored, "valkey")
@@ -593,9 +701,17 @@ def test_results_are_bounded_compressed_and_optional(settings):
     assert str(back.status) == "SUCCESSFUL" and back.return_value == "ab" and back.args == []
     # opt-outs: per task (ignore_result) and per queue; compact: no argument copy
     assert result_to_json(_result(add_no_result)[0]) is None
-    settings.TASKS = {**settings.TASKS, "valkey": {**settings.TASKS["valkey"], "OPTIONS": {
-        **settings.TASKS["valkey"]["OPTIONS"], "IGNORE_RESULT_QUEUES": ["default"],
-        "RESULT_ARGS": False}}}
+    settings.TASKS = {
+        **settings.TASKS,
+        "valkey": {
+            **settings.TASKS["valkey"],
+            "OPTIONS": {
+                **settings.TASKS["valkey"]["OPTIONS"],
+                "IGNORE_RESULT_QUEUES": ["default"],
+                "RESULT_ARGS": False,
+            },
+        },
+    }
     assert result_to_json(_result(add)[0]) is None
     other = add.using(queue_name="other")
     assert orjson.loads(result_to_json(_result(other, args=[7, 8])[0]))["args"] == []
@@ -619,8 +735,11 @@ def test_results_end_to_end_with_a_worker(alias, backend, workers):
     assert str(r.status) == "FAILED" and "VTASKS_RESULT_MAX_BYTES" in r.errors[-1].traceback
     assert backend.get_result(mid.id).return_value == "m" * 50_000 + "n"
     assert bytes(backend.broker.get_result(mid.id)).startswith(b"zstd:")
-    wait_for(lambda: backend.broker.info(queue)["ready"] + backend.broker.info(queue)["inflight"]
-             == 0, timeout=60, message="drained")
+    wait_for(
+        lambda: backend.broker.info(queue)["ready"] + backend.broker.info(queue)["inflight"] == 0,
+        timeout=60,
+        message="drained",
+    )
     with pytest.raises(TaskResultDoesNotExist):
         backend.get_result(quiet.id)
 
@@ -635,12 +754,16 @@ def test_admin_attempt_column_and_bounded_previews(superuser_client):
     queue = f"q{uuid.uuid4().hex[:8]}"
     add.using(backend="valkey", queue_name=queue).enqueue(1, 2)
     flaky.using(backend="valkey", queue_name=queue).enqueue(0)
-    bomb = raw_enqueue(broker, queue, {"func": "tests.testapp.tasks.add",
-                                       "args": ["a" * (20 << 20), "b"], "kwargs": {}})
+    bomb = raw_enqueue(
+        broker,
+        queue,
+        {"func": "tests.testapp.tasks.add", "args": ["a" * (20 << 20), "b"], "kwargs": {}},
+    )
     got = broker.fetch([queue], "admin-test", 3, 60_000)
     assert len(got) == 3
-    r = superuser_client.get("/admin/django_vtasks/runningtask/",
-                             {"backend": "valkey", "queue": queue})
+    r = superuser_client.get(
+        "/admin/django_vtasks/runningtask/", {"backend": "valkey", "queue": queue}
+    )
     html = r.content.decode()
     assert r.status_code == 200
     assert "<td>1/1</td>" in html  # fail-fast: one run (the broker's 3 counts crash recovery)
@@ -658,9 +781,14 @@ def test_worker_against_a_dead_postgres_logs_one_line(add_backend, caplog):
     stop; not one line per retry."""
     from django_vtasks.worker import Worker
 
-    add_backend("edges_pg_down", {"DSN": f"host=127.0.0.1 port={closed_port()} user=x "
-                                         "dbname=x connect_timeout=1", "PASSWORD": SECRET},
-                backend="django_vtasks.backends.postgres.PostgresTaskBackend")
+    add_backend(
+        "edges_pg_down",
+        {
+            "DSN": f"host=127.0.0.1 port={closed_port()} user=x dbname=x connect_timeout=1",
+            "PASSWORD": SECRET,
+        },
+        backend="django_vtasks.backends.postgres.PostgresTaskBackend",
+    )
     worker = Worker(backend_alias="edges_pg_down", queues=["default"], concurrency=1)
 
     async def run():
@@ -689,23 +817,33 @@ def test_durable_enqueue_waits_for_a_replica_and_the_aof(valkey_server, add_back
     url, port = valkey_server(extra=["--appendonly", "yes", "--appendfsync", "always"])
     replica_url, _ = valkey_server(extra=["--replicaof", "127.0.0.1", str(port)])
     primary = valkey.Valkey.from_url(url)
-    wait_for(lambda: int(primary.info("replication")["connected_slaves"]) == 1
-             and valkey.Valkey.from_url(replica_url).info("replication")["master_link_status"]
-             == "up", timeout=60, message="replica in sync")
-    ok = add_backend("edges_durable", {"BROKER_URL": url, "DURABLE": {
-        "replicas": 1, "aof": True, "timeout": 30}})
+    wait_for(
+        lambda: (
+            int(primary.info("replication")["connected_slaves"]) == 1
+            and valkey.Valkey.from_url(replica_url).info("replication")["master_link_status"]
+            == "up"
+        ),
+        timeout=60,
+        message="replica in sync",
+    )
+    ok = add_backend(
+        "edges_durable", {"BROKER_URL": url, "DURABLE": {"replicas": 1, "aof": True, "timeout": 30}}
+    )
     queue = "durable"
     r = add.using(backend="edges_durable", queue_name=queue).enqueue(1, 2)
-    results = ok.enqueue_many([(add.using(queue_name=queue), (i, 1), {}) for i in range(5)]
-                              + [(add.using(queue_name=queue + "2"), (0, 1), {})])
+    results = ok.enqueue_many(
+        [(add.using(queue_name=queue), (i, 1), {}) for i in range(5)]
+        + [(add.using(queue_name=queue + "2"), (0, 1), {})]
+    )
     assert len(results) == 6
     asyncio.run(ok.aenqueue_many([(add.using(queue_name=queue), (9, 9), {})]))
     replica = add_backend("edges_replica", {"BROKER_URL": replica_url}).broker
     assert replica.get(queue, r.id) is not None  # it was on the replica when enqueue returned
     assert replica.info(queue)["ready"] == 7 and replica.info(queue + "2")["ready"] == 1
     # two replicas asked, one exists: not confirmed, but enqueued (the error says which)
-    strict = add_backend("edges_durable2", {"BROKER_URL": url, "DURABLE": {
-        "replicas": 2, "timeout": 0.2}})
+    strict = add_backend(
+        "edges_durable2", {"BROKER_URL": url, "DURABLE": {"replicas": 2, "timeout": 0.2}}
+    )
     with pytest.raises(NotDurable) as e:
         add.using(backend="edges_durable2", queue_name=queue).enqueue(3, 4)
     assert "1 of 2 replica(s)" in str(e.value) and len(e.value.ids) == 1
@@ -732,17 +870,23 @@ def test_postgres_going_down_under_a_worker_logs_one_line_per_failure(add_backen
         c.execute(f"CREATE DATABASE {db}")
     try:
         _native.PgQueue(dsn, 2, 1000, 3, 30000, True).migrate()
-        add_backend("edges_pg_flaky", {"DSN": dsn, "POOL_SIZE": 2},
-                    backend="django_vtasks.backends.postgres.PostgresTaskBackend")
-        worker = Worker(backend_alias="edges_pg_flaky", queues=["default"], concurrency=1,
-                        lease=2.0)
+        add_backend(
+            "edges_pg_flaky",
+            {"DSN": dsn, "POOL_SIZE": 2},
+            backend="django_vtasks.backends.postgres.PostgresTaskBackend",
+        )
+        worker = Worker(
+            backend_alias="edges_pg_flaky", queues=["default"], concurrency=1, lease=2.0
+        )
 
         def cut(allow: bool):
             with connections["default"].cursor() as c:
                 c.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS {str(allow).lower()}")
                 if not allow:
-                    c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = %s", [db])
+                    c.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                        [db],
+                    )
 
         def says(text):
             return any(text in r.getMessage() for r in caplog.records)
@@ -762,14 +906,20 @@ def test_postgres_going_down_under_a_worker_logs_one_line_per_failure(add_backen
 
         with caplog.at_level(logging.INFO, logger="django_vtasks"):
             asyncio.run(run())
-        maintenance = [r for r in caplog.records if "maintenance" in r.getMessage()
-                       and "failed" in r.getMessage() and r.levelno >= logging.WARNING]
+        maintenance = [
+            r
+            for r in caplog.records
+            if "maintenance" in r.getMessage()
+            and "failed" in r.getMessage()
+            and r.levelno >= logging.WARNING
+        ]
         assert 1 <= len(maintenance) <= 3, [r.getMessage() for r in maintenance]
         assert all(r.exc_info is None for r in caplog.records if r.levelno >= logging.ERROR)
         assert says("maintenance (lease rescue, schedules) works again")
     finally:
         with connections["default"].cursor() as c:
             c.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
-            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                      [db])
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [db]
+            )
             c.execute(f"DROP DATABASE IF EXISTS {db}")

@@ -24,8 +24,9 @@ def _module_or_skip() -> str:
 
 
 def _run(args, env=None, cwd=None):
-    return subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd or REPO, env=env)
+    return subprocess.run(
+        [PYTHON, *args], capture_output=True, text=True, timeout=120, cwd=cwd or REPO, env=env
+    )
 
 
 def test_module_path_prints_the_module_of_this_installation(tmp_path):
@@ -37,14 +38,20 @@ def test_module_path_prints_the_module_of_this_installation(tmp_path):
     assert done.stdout.strip() == str((REPO / "target/release/libvtasks.so").resolve())
     assert "source checkout" in done.stderr
 
-    done = _run(["-m", "django_vtasks", "module-path"],
-                env={**env, "VTASKS_MODULE_PATH": module}, cwd=tmp_path)
+    done = _run(
+        ["-m", "django_vtasks", "module-path"],
+        env={**env, "VTASKS_MODULE_PATH": module},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0 and done.stdout.strip() == str(Path(module).resolve())
 
     # a wrong VTASKS_MODULE_PATH is an error, not a silent fallback; nothing on stdout, so
     # `--loadmodule "$(python -m django_vtasks module-path)"` cannot load something else
-    done = _run(["-m", "django_vtasks", "module-path"],
-                env={**env, "VTASKS_MODULE_PATH": str(tmp_path / "nope.so")}, cwd=tmp_path)
+    done = _run(
+        ["-m", "django_vtasks", "module-path"],
+        env={**env, "VTASKS_MODULE_PATH": str(tmp_path / "nope.so")},
+        cwd=tmp_path,
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert "no such file" in done.stderr and "nope.so" in done.stderr
 
@@ -62,8 +69,11 @@ def test_version_is_the_distribution_version():
 
 def test_vtasks_valkey_refuses_a_public_bind_without_password(tmp_path):
     env = {k: v for k, v in subprocess_env().items() if k != "VTASKS_VALKEY_PASSWORD"}
-    done = _run(["-m", "django", "vtasks_valkey", "--bind", "0.0.0.0", "--dir", str(tmp_path)],
-                env=env, cwd=REPO / "client-py")
+    done = _run(
+        ["-m", "django", "vtasks_valkey", "--bind", "0.0.0.0", "--dir", str(tmp_path)],
+        env=env,
+        cwd=REPO / "client-py",
+    )
     assert done.returncode != 0
     assert "--bind 0.0.0.0" in done.stderr and "--password" in done.stderr
     assert not (tmp_path / "valkey.log").exists()  # no server was started
@@ -73,13 +83,17 @@ def test_vtasks_valkey_with_password_on_a_public_bind(procs, tmp_path):  # noqa:
     import valkey
 
     module = _module_or_skip()
-    secret = "s3cr3t pass\"word"
-    p = procs([PYTHON, "-m", "django", "vtasks_valkey", "--bind", "0.0.0.0"],
-              tmp_path / "vtasks_valkey.log",
-              env=subprocess_env({"VTASKS_MODULE_PATH": module,
-                                  "VTASKS_VALKEY_PASSWORD": secret}))
-    url = wait_for(lambda: re.search(r"^BROKER_URL=(\S+)$", p.output(), re.M), timeout=30,
-                   message=f"BROKER_URL line in\n{p.output()}").group(1)
+    secret = 's3cr3t pass"word'
+    p = procs(
+        [PYTHON, "-m", "django", "vtasks_valkey", "--bind", "0.0.0.0"],
+        tmp_path / "vtasks_valkey.log",
+        env=subprocess_env({"VTASKS_MODULE_PATH": module, "VTASKS_VALKEY_PASSWORD": secret}),
+    )
+    url = wait_for(
+        lambda: re.search(r"^BROKER_URL=(\S+)$", p.output(), re.M),
+        timeout=30,
+        message=f"BROKER_URL line in\n{p.output()}",
+    ).group(1)
     port = int(re.search(r":(\d+)/0$", url).group(1))
     out = p.output()
     assert url == f"valkey://:<password>@127.0.0.1:{port}/0"
@@ -114,10 +128,17 @@ def test_vtasks_valkey_persist_keeps_tasks_across_restarts(tmp_path):
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [PYTHON, "-m", "django", "vtasks_valkey", "--port", str(port), "--persist"],
-                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            wait_for(lambda: re.search(r"^BROKER_URL=", log.read_text(), re.M), timeout=30,
-                     message=f"BROKER_URL line in\n{log.read_text()}")
+            wait_for(
+                lambda: re.search(r"^BROKER_URL=", log.read_text(), re.M),
+                timeout=30,
+                message=f"BROKER_URL line in\n{log.read_text()}",
+            )
             result = check(valkey.Valkey(host="127.0.0.1", port=port), log.read_text())
             proc.terminate()
             assert proc.wait(30) == 0, log.read_text()
@@ -132,8 +153,9 @@ def test_vtasks_valkey_persist_keeps_tasks_across_restarts(tmp_path):
         return client.execute_command("VT.ENQUEUE", "vt:{keep}", "PAYLOAD", "p")[0]
 
     def second(client, out):
-        assert client.execute_command("VT.GET", "vt:{keep}", task_id), \
+        assert client.execute_command("VT.GET", "vt:{keep}", task_id), (
             f"task {task_id!r} lost across the restart"
+        )
 
     task_id = run(1, first)
     assert task_id

@@ -1,5 +1,6 @@
 """Prometheus metrics scraped from a real run: runworker --processes 2 --metrics-port, and the
 Django view, checked against what happened (tasks succeeded/failed, depths, slots, schedules)."""
+
 import urllib.request
 from datetime import timedelta
 
@@ -21,8 +22,11 @@ def samples(text: str) -> list:
 
 def value(text: str, name: str, **labels) -> float:
     """Sum of the samples ``name`` whose labels include ``labels`` (0 when there is none)."""
-    return sum(s.value for s in samples(text) if s.name == name
-               and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for s in samples(text)
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def scrape(port: int) -> str:
@@ -30,30 +34,50 @@ def scrape(port: int) -> str:
         return r.read().decode()
 
 
-@pytest.mark.parametrize(("alias", "processes"), [("valkey", 2), ("postgres", 1)],
-                         indirect=["alias"])
-def test_metrics_endpoint_during_a_real_run(alias, processes, backend, broker, queue, workers,
-                                            tmp_path, out):
+@pytest.mark.parametrize(
+    ("alias", "processes"), [("valkey", 2), ("postgres", 1)], indirect=["alias"]
+)
+def test_metrics_endpoint_during_a_real_run(
+    alias, processes, backend, broker, queue, workers, tmp_path, out
+):
     """Valkey: a supervisor's sum over 2 children; Postgres: a single worker's own endpoint."""
     port = free_port()
     ticks, other = queue + "s", queue + "x"
-    env = schedule_env({"tick": {"task": "tests.testapp.tasks.add", "every": 1, "args": [1, 2],
-                                 "queue": ticks}})
-    sup = workers([queue, ticks], concurrency=3, scheduler=True, env=env,
-                  extra=["--processes", str(processes), "--metrics-port", str(port),
-                         "--metrics-addr", "127.0.0.1"])
+    env = schedule_env(
+        {"tick": {"task": "tests.testapp.tasks.add", "every": 1, "args": [1, 2], "queue": ticks}}
+    )
+    sup = workers(
+        [queue, ticks],
+        concurrency=3,
+        scheduler=True,
+        env=env,
+        extra=[
+            "--processes",
+            str(processes),
+            "--metrics-port",
+            str(port),
+            "--metrics-addr",
+            "127.0.0.1",
+        ],
+    )
     text = wait_for(lambda: scrape(port), timeout=60, message=f"/metrics\n{sup.output()}")
     assert value(text, "vtasks_broker_up", backend=alias) == 1
 
     # every process's slots, summed: 3 free each, then 2 busy while 2 gated tasks run
     slots = 3 * processes
-    wait_for(lambda: value(scrape(port), "vtasks_worker_slots_free") == slots, timeout=60,
-             message=f"{slots} free slots\n{scrape(port)}")
+    wait_for(
+        lambda: value(scrape(port), "vtasks_worker_slots_free") == slots,
+        timeout=60,
+        message=f"{slots} free slots\n{scrape(port)}",
+    )
     gate = tmp_path / "gate"
     g = gated.using(backend=alias, queue_name=queue)
     held = [g.enqueue(out, str(gate), i) for i in range(2)]
-    wait_for(lambda: value(scrape(port), "vtasks_worker_slots_busy") == 2, timeout=60,
-             message="2 busy slots")
+    wait_for(
+        lambda: value(scrape(port), "vtasks_worker_slots_busy") == 2,
+        timeout=60,
+        message="2 busy slots",
+    )
     text = scrape(port)
     assert value(text, "vtasks_worker_slots_free") == slots - 2
     assert value(text, "vtasks_queue_inflight", backend=alias, queue=queue) == 2
@@ -68,16 +92,30 @@ def test_metrics_endpoint_during_a_real_run(alias, processes, backend, broker, q
     for _ in range(3):
         add.using(backend=alias, queue_name=other).enqueue(0, 0)
     for r in ok + held:
-        wait_for(lambda r=r: backend.get_result(r.id).status == "SUCCESSFUL", timeout=60,
-                 message=f"task {r.id} to succeed\n{sup.output()}")
+        wait_for(
+            lambda r=r: backend.get_result(r.id).status == "SUCCESSFUL",
+            timeout=60,
+            message=f"task {r.id} to succeed\n{sup.output()}",
+        )
     for r in bad:
-        wait_for(lambda r=r: backend.get_result(r.id).status == "FAILED", timeout=60,
-                 message=f"task {r.id} to fail")
-    wait_for(lambda: value(scrape(port), "vtasks_worker_slots_busy") == 0, timeout=30,
-             message="the slots to be free")
+        wait_for(
+            lambda r=r: backend.get_result(r.id).status == "FAILED",
+            timeout=60,
+            message=f"task {r.id} to fail",
+        )
+    wait_for(
+        lambda: value(scrape(port), "vtasks_worker_slots_busy") == 0,
+        timeout=30,
+        message="the slots to be free",
+    )
     # a scheduled tick ran
-    wait_for(lambda: value(scrape(port), "vtasks_schedule_runs_total", queue=ticks,
-                           schedule="tick") >= 1, timeout=60, message="a schedule tick to run")
+    wait_for(
+        lambda: (
+            value(scrape(port), "vtasks_schedule_runs_total", queue=ticks, schedule="tick") >= 1
+        ),
+        timeout=60,
+        message="a schedule tick to run",
+    )
 
     text = scrape(port)
     add_path, fail_path, gated_path = (t.module_path for t in (add, fail, gated))
@@ -101,8 +139,16 @@ def test_metrics_endpoint_during_a_real_run(alias, processes, backend, broker, q
     assert value(text, "vtasks_queue_enqueued_total", **q) == 12
     assert value(text, "vtasks_queue_ready", backend=alias, queue=other) == 3
     assert value(text, "vtasks_queue_schedules", backend=alias, queue=ticks) == 1
-    assert value(text, "vtasks_schedule_next_run_timestamp_seconds", backend=alias, queue=ticks,
-                 schedule="tick") > 1e9
+    assert (
+        value(
+            text,
+            "vtasks_schedule_next_run_timestamp_seconds",
+            backend=alias,
+            queue=ticks,
+            schedule="tick",
+        )
+        > 1e9
+    )
     ran = value(text, "vtasks_tasks_succeeded_total", queue=ticks)
     assert ran >= value(text, "vtasks_schedule_runs_total", queue=ticks) >= 1
 

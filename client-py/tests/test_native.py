@@ -58,23 +58,42 @@ def test_pgqueue_flow(dsn):
     assert q.enqueue("nq", [b"x"], ids=["fixed"], priority=5) == ["fixed"]
     assert q.enqueue("nq", [b"x"], ids=["fixed"]) == [None]
     got = q.fetch(["nq"], "w1", 2, lease_ms=10_000)
-    assert [(g[0], g[1], g[3], g[4]) for g in got] == [("nq", "fixed", 1, b"x"), ("nq", ids[0], 1, b"a")]
+    assert [(g[0], g[1], g[3], g[4]) for g in got] == [
+        ("nq", "fixed", 1, b"x"),
+        ("nq", ids[0], 1, b"a"),
+    ]
     assert q.ack("nq", [(got[0][1], got[0][2]), (got[1][1], "0" * 16)]) == 1
     assert q.fail("nq", got[1][1], got[1][2], "boom", retry_ms=0) == "retry"
     assert q.fail("nq", got[1][1], got[1][2], "boom") is None  # stale token
     info = q.info("nq")
     assert info["ready"] == 3 and info["acked_total"] == 1 and info["retried_total"] == 1
-    assert set(info) == {"ready", "delayed", "inflight", "dead", "dead_evicted", "enqueued_total",
-                         "acked_total", "failed_total", "retried_total", "rescued_total",
-                         "dead_total", "schedules", "unique_keys"}
+    assert set(info) == {
+        "ready",
+        "delayed",
+        "inflight",
+        "dead",
+        "dead_evicted",
+        "enqueued_total",
+        "acked_total",
+        "failed_total",
+        "retried_total",
+        "rescued_total",
+        "dead_total",
+        "schedules",
+        "unique_keys",
+    }
     rec = q.get("nq", got[1][1])
     assert rec["state"] == "ready" and rec["error"] == "boom" and rec["payload"] == b"a"
-    assert [r["id"] for r in q.peek("nq", "ready", 0, 10)] == [ids[1], ids[2], got[1][1]]  # retried: at the back
+    assert [r["id"] for r in q.peek("nq", "ready", 0, 10)] == [
+        ids[1],
+        ids[2],
+        got[1][1],
+    ]  # retried: at the back
     assert q.fetch(["empty"], "w1", 5, block_ms=50) is None
     assert q.fetch(["empty"], "w1", 5) == []
     assert "nq" in q.queues()
     q.schedule_set("nq", "s", b"tick", every_ms=60_000)
-    (name, kind, spec, next_ms, payload), = q.schedule_list("nq")
+    ((name, kind, spec, next_ms, payload),) = q.schedule_list("nq")
     assert (name, kind, spec, payload) == ("s", "every", "60000", b"tick") and next_ms > 0
     assert q.schedule_tick() == 0
     assert q.schedule_del("nq", "s") is True
@@ -101,8 +120,14 @@ def test_async_pgqueue_flow(dsn):
         ids = await q.enqueue("anq", [b"1", b"2"])
         got = await asyncio.wait_for(waiter, 6)
         assert [g[1] for g in got] == ids
-        assert await q.ack("anq", [(g[1], g[2]) for g in got],
-                           results=[(g[1], b"r" + g[4], 10_000) for g in got]) == 2
+        assert (
+            await q.ack(
+                "anq",
+                [(g[1], g[2]) for g in got],
+                results=[(g[1], b"r" + g[4], 10_000) for g in got],
+            )
+            == 2
+        )
         assert [await q.get_result(g[1]) for g in got] == [b"r1", b"r2"]
         assert (await q.info("anq"))["acked_total"] == 2
         assert await q.fetch(["anq"], "aw", 1, block_ms=20) is None
@@ -121,8 +146,9 @@ def test_async_pgqueue_flow(dsn):
 
 
 def test_enqueue_sql_in_rolled_back_transaction_leaves_nothing(dsn):
-    sql, params = _native.PgQueue.enqueue_sql("tx", [b"p1", b"p2"], ["tx-1", "tx-2"], priority=3,
-                                              unique=None, max_attempts_default=3)
+    sql, params = _native.PgQueue.enqueue_sql(
+        "tx", [b"p1", b"p2"], ["tx-1", "tx-2"], priority=3, unique=None, max_attempts_default=3
+    )
     assert "%s" in sql and "$1" not in sql
     with psycopg.connect(dsn) as c:
         with c.transaction(force_rollback=True):

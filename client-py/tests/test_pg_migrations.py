@@ -65,16 +65,19 @@ def test_install_from_release_1_upgrades_through_migrate_with_its_tasks(scratch)
     # without checksums) recorded as applied, and tasks queued with that schema.
     with conn.cursor() as c:
         c.execute(_native.migrations()[0][2])
-        c.execute("INSERT INTO vtasks_task (queue, id, state, payload) "
-                  "SELECT 'old', 'old-' || i, 'r', convert_to('p' || i, 'UTF8') "
-                  "FROM generate_series(1, 20) i")
+        c.execute(
+            "INSERT INTO vtasks_task (queue, id, state, payload) "
+            "SELECT 'old', 'old-' || i, 'r', convert_to('p' || i, 'UTF8') "
+            "FROM generate_series(1, 20) i"
+        )
     MigrationRecorder(conn).ensure_schema()
     MigrationRecorder(conn).record_applied(APP, "0001_initial")
 
     executor = MigrationExecutor(conn)
     leaf = executor.loader.graph.leaf_nodes(APP)
     assert [m.name for m, _ in executor.migration_plan(leaf)] == [
-        f"{v:04d}_{n}" for v, n, _ in _native.migrations()[1:]], "pending: every later one"
+        f"{v:04d}_{n}" for v, n, _ in _native.migrations()[1:]
+    ], "pending: every later one"
     executor.migrate(leaf)
     with conn.cursor() as c:
         c.execute("SELECT version, checksum IS NOT NULL FROM vtasks_schema ORDER BY version")

@@ -22,8 +22,12 @@ def tls_dir():
     with tempfile.TemporaryDirectory(prefix="vtasks-pg-tls-") as tmp:
         os.chmod(tmp, 0o755)  # as root the server runs as `postgres`, which must reach it
         d = Path(tmp) / "pg"
-        out = subprocess.run([str(ROOT / "scripts/pg-tls-server"), "start", str(d)],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(ROOT / "scripts/pg-tls-server"), "start", str(d)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, f"pg-tls-server start failed: {out.stderr}"
         try:
             # Django's own connection (psycopg) with the same OPTIONS creates the schema
@@ -41,19 +45,28 @@ def _env(tls_dir) -> dict:
 
 
 def _django(tls_dir, *args, timeout=120) -> str:
-    out = subprocess.run([sys.executable, "-m", "django", *args, "--settings=tests.settings_tls"],
-                         cwd=CLIENT_DIR, env=_env(tls_dir), capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "django", *args, "--settings=tests.settings_tls"],
+        cwd=CLIENT_DIR,
+        env=_env(tls_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, f"manage.py {args[0]} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
 
 def _settings_dict(tls_dir, **options) -> dict:
     t = tls_dir / "tls"
-    return {"NAME": "postgres", "USER": "postgres",
-            "PASSWORD": (tls_dir / "password").read_text().strip(),
-            "HOST": "localhost", "PORT": (tls_dir / "port").read_text().strip(),
-            "OPTIONS": {"sslrootcert": str(t / "ca.crt"), "connect_timeout": 3, **options}}
+    return {
+        "NAME": "postgres",
+        "USER": "postgres",
+        "PASSWORD": (tls_dir / "password").read_text().strip(),
+        "HOST": "localhost",
+        "PORT": (tls_dir / "port").read_text().strip(),
+        "OPTIONS": {"sslrootcert": str(t / "ca.crt"), "connect_timeout": 3, **options},
+    }
 
 
 def test_worker_runs_a_task_over_tls_with_settings_from_database_options(tls_dir, tmp_path):
@@ -62,23 +75,51 @@ def test_worker_runs_a_task_over_tls_with_settings_from_database_options(tls_dir
     worker_id = f"tls-{uuid.uuid4().hex[:6]}"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "django", "runworker", "--settings=tests.settings_tls",
-             "--queue", "tls", "--concurrency", "2", "--id", worker_id],
-            cwd=CLIENT_DIR, env=_env(tls_dir), stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "runworker",
+                "--settings=tests.settings_tls",
+                "--queue",
+                "tls",
+                "--concurrency",
+                "2",
+                "--id",
+                worker_id,
+            ],
+            cwd=CLIENT_DIR,
+            env=_env(tls_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            _django(tls_dir, "shell", "-c",
-                    "from tests.testapp.tasks import record; "
-                    f"record.using(queue_name='tls').enqueue({str(out_file)!r}, 'over-tls')")
-            wait_for(lambda: read_lines(out_file) == ["over-tls"], timeout=60,
-                     message=f"the task to run; worker log:\n{log_path.read_text(errors='replace')}")
+            _django(
+                tls_dir,
+                "shell",
+                "-c",
+                "from tests.testapp.tasks import record; "
+                f"record.using(queue_name='tls').enqueue({str(out_file)!r}, 'over-tls')",
+            )
+            wait_for(
+                lambda: read_lines(out_file) == ["over-tls"],
+                timeout=60,
+                message=f"the task to run; worker log:\n{log_path.read_text(errors='replace')}",
+            )
             # The worker's pool: TLS, as the certificate user, with OPTIONS' application_name.
             import psycopg
 
             t = tls_dir / "tls"
-            with psycopg.connect(host="localhost", port=(tls_dir / "port").read_text().strip(),
-                                 user="vtcert", dbname="postgres", sslmode="verify-full",
-                                 sslrootcert=str(t / "ca.crt"), sslcert=str(t / "client.crt"),
-                                 sslkey=str(t / "client.key")) as c:
+            with psycopg.connect(
+                host="localhost",
+                port=(tls_dir / "port").read_text().strip(),
+                user="vtcert",
+                dbname="postgres",
+                sslmode="verify-full",
+                sslrootcert=str(t / "ca.crt"),
+                sslcert=str(t / "client.crt"),
+                sslkey=str(t / "client.key"),
+            ) as c:
                 rows = c.execute(
                     "SELECT s.ssl, a.usename FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
                     "WHERE a.application_name = 'vtasks-tls-test' AND a.pid <> pg_backend_pid()"
@@ -97,7 +138,6 @@ def test_worker_runs_a_task_over_tls_with_settings_from_database_options(tls_dir
 
 def test_database_options_reach_the_native_pool_and_errors_say_what_to_check(tls_dir):
     from django_vtasks.backends.postgres import PostgresBroker, _dsn_from_django
-
     from django_vtasks.broker import BrokerError
 
     password = (tls_dir / "password").read_text().strip()
@@ -108,8 +148,11 @@ def test_database_options_reach_the_native_pool_and_errors_say_what_to_check(tls
     other_ca = str(tls_dir / "tls" / "other-ca.crt")
     cases = [
         # sslrootcert from OPTIONS is used: a CA that did not sign the server's certificate
-        (dict(sslmode="verify-full", sslrootcert=other_ca), "UnknownIssuer",
-         "point sslrootcert at the CA"),
+        (
+            dict(sslmode="verify-full", sslrootcert=other_ca),
+            "UnknownIssuer",
+            "point sslrootcert at the CA",
+        ),
         # sslmode from OPTIONS is used: plaintext against a TLS-only server
         (dict(sslmode="disable"), "no encryption", "only accepts TLS"),
     ]
@@ -127,8 +170,11 @@ def test_database_options_reach_the_native_pool_and_errors_say_what_to_check(tls
     with pytest.raises(BrokerError, match="`service` is not supported"):
         PostgresBroker(_dsn_from_django(_settings_dict(tls_dir, service="x"))).ping()
     # Django's own keys are not connection settings
-    dsn = _dsn_from_django(_settings_dict(tls_dir, isolation_level=1, assume_role="r",
-                                          server_side_binding=True, sslmode="require"))
+    dsn = _dsn_from_django(
+        _settings_dict(
+            tls_dir, isolation_level=1, assume_role="r", server_side_binding=True, sslmode="require"
+        )
+    )
     assert "isolation_level" not in dsn and "assume_role" not in dsn and "sslmode='require'" in dsn
 
 
@@ -144,9 +190,18 @@ def test_a_dead_server_is_reported_within_connect_timeout():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    broker = PostgresBroker(_dsn_from_django({
-        "NAME": "app", "USER": "app", "PASSWORD": "sekrit-pw", "HOST": "127.0.0.1",
-        "PORT": str(port), "OPTIONS": {"connect_timeout": 2}}))
+    broker = PostgresBroker(
+        _dsn_from_django(
+            {
+                "NAME": "app",
+                "USER": "app",
+                "PASSWORD": "sekrit-pw",
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "OPTIONS": {"connect_timeout": 2},
+            }
+        )
+    )
     started = time.monotonic()
     with pytest.raises(BrokerError) as exc:
         broker.ping()

@@ -1,5 +1,6 @@
 """runworker --processes N against real servers: children run tasks, a killed child is restarted
 with its id and rescues its tasks, SIGTERM drains every child and exits 0."""
+
 import os
 import re
 import signal
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def child_pid(log: str, worker_id: str, after: int | None = None) -> int | None:
     """The pid of the latest start of child ``worker_id`` in the supervisor's log (other than
     ``after``)."""
-    pids = [int(p) for p in re.findall(rf"worker {re.escape(worker_id)} started \(pid (\d+)\)", log)]
+    pids = [
+        int(p) for p in re.findall(rf"worker {re.escape(worker_id)} started \(pid (\d+)\)", log)
+    ]
     pids = [p for p in pids if p != after]
     return pids[-1] if pids else None
 
@@ -34,8 +37,11 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     sup = workers([queue], concurrency=2, health_check_file=health, extra=["--processes", "2"])
     ids = [f"{sup.worker_id}-0", f"{sup.worker_id}-1"]
     for wid in ids:
-        wait_for(lambda wid=wid: f"worker {wid} starting" in sup.output(), timeout=60,
-                 message=f"child {wid} to start\n{sup.output()}")
+        wait_for(
+            lambda wid=wid: f"worker {wid} starting" in sup.output(),
+            timeout=60,
+            message=f"child {wid} to start\n{sup.output()}",
+        )
     # the set's health file appears once every child made progress
     wait_for(lambda: health.exists(), timeout=30, message=f"the health file\n{sup.output()}")
 
@@ -43,8 +49,12 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     gate = tmp_path / "gate"
     t = gated.using(backend=alias, queue_name=queue)
     results = [t.enqueue(out, str(gate), i) for i in range(4)]
-    wait_for(lambda: inflight_by_worker(broker, queue) == {ids[0]: 2, ids[1]: 2}, timeout=60,
-             message=f"both children to hold 2 tasks ({inflight_by_worker(broker, queue)})")
+    wait_for(
+        lambda: inflight_by_worker(broker, queue) == {ids[0]: 2, ids[1]: 2},
+        timeout=60,
+        message=f"both children to hold 2 tasks ({inflight_by_worker(broker, queue)})",
+    )
+
     # a fetched task writes its line once its body starts (a moment after the broker's lease)
     def started_by_child0():
         held = {line.split()[1] for line in read_lines(out) if line.endswith(ids[0])}
@@ -55,18 +65,30 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     # SIGKILL child 0: restarted with the same id, it rescues its 2 tasks and runs them again
     old = child_pid(sup.output(), ids[0])
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: child_pid(sup.output(), ids[0], after=old), timeout=60,
-             message=f"child 0 to be restarted\n{sup.output()}")
+    wait_for(
+        lambda: child_pid(sup.output(), ids[0], after=old),
+        timeout=60,
+        message=f"child 0 to be restarted\n{sup.output()}",
+    )
     log = sup.output()
     assert f"worker {ids[0]} (pid {old}) was killed by SIGKILL; restarting it" in log, log
-    wait_for(lambda: f"rescued 2 task(s) of {ids[0]} on {queue}" in sup.output(), timeout=60,
-             message=f"the restarted child to rescue its tasks\n{sup.output()}")
-    wait_for(lambda: inflight_by_worker(broker, queue) == {ids[0]: 2, ids[1]: 2}, timeout=60,
-             message="the rescued tasks to run again on the restarted child")
+    wait_for(
+        lambda: f"rescued 2 task(s) of {ids[0]} on {queue}" in sup.output(),
+        timeout=60,
+        message=f"the restarted child to rescue its tasks\n{sup.output()}",
+    )
+    wait_for(
+        lambda: inflight_by_worker(broker, queue) == {ids[0]: 2, ids[1]: 2},
+        timeout=60,
+        message="the rescued tasks to run again on the restarted child",
+    )
     gate.touch()
     for r in results:
-        wait_for(lambda r=r: backend.get_result(r.id).status == "SUCCESSFUL", timeout=60,
-                 message=f"task {r.id} to succeed\n{sup.output()}")
+        wait_for(
+            lambda r=r: backend.get_result(r.id).status == "SUCCESSFUL",
+            timeout=60,
+            message=f"task {r.id} to succeed\n{sup.output()}",
+        )
     done = {line.split()[1] for line in read_lines(out) if line.startswith("done")}
     assert done == {"0", "1", "2", "3"}
     for value in held:  # the killed child's tasks ran again under the same worker id
@@ -76,8 +98,11 @@ def test_processes_restart_rescue_and_drain(alias, backend, broker, queue, worke
     # SIGTERM the supervisor while tasks run: they finish, every child exits, exit code 0
     s = sleep_record.using(backend=alias, queue_name=queue)
     slow = [s.enqueue(out, f"slow{i}", 2.0) for i in range(2)]
-    wait_for(lambda: {"start slow0", "start slow1"} <= set(read_lines(out)), timeout=60,
-             message=f"the slow tasks to start\n{sup.output()}")
+    wait_for(
+        lambda: {"start slow0", "start slow1"} <= set(read_lines(out)),
+        timeout=60,
+        message=f"the slow tasks to start\n{sup.output()}",
+    )
     sup.signal(signal.SIGTERM)
     assert sup.wait(60) == 0, sup.output()
     lines = read_lines(out)
@@ -105,18 +130,25 @@ def test_children_stop_when_the_supervisor_is_killed(alias, queue, workers):
     sup = workers([queue], concurrency=1, extra=["--processes", "2"])
     ids = [f"{sup.worker_id}-0", f"{sup.worker_id}-1"]
     for wid in ids:
-        wait_for(lambda wid=wid: f"worker {wid} starting" in sup.output(), timeout=60,
-                 message=f"child {wid} to start\n{sup.output()}")
+        wait_for(
+            lambda wid=wid: f"worker {wid} starting" in sup.output(),
+            timeout=60,
+            message=f"child {wid} to start\n{sup.output()}",
+        )
     pids = [child_pid(sup.output(), wid) for wid in ids]
     sup.kill()  # SIGKILL: no chance to stop the children
     for pid, wid in zip(pids, ids):
-        wait_for(lambda pid=pid: exited(pid), timeout=60,
-                 message=f"child {wid} (pid {pid}) to stop without its supervisor\n{sup.output()}")
+        wait_for(
+            lambda pid=pid: exited(pid),
+            timeout=60,
+            message=f"child {wid} (pid {pid}) to stop without its supervisor\n{sup.output()}",
+        )
     assert "is gone, stopping" in sup.output()
 
 
 def test_processes_flag_values():
     from django.core.management import CommandError, call_command
+
     from django_vtasks.supervisor import child_worker_id, parse_processes
 
     assert parse_processes("3") == 3 and parse_processes(None) == 1

@@ -3,10 +3,8 @@ the admin pages, prune_installed_apps, and the embedded worker under a real ASGI
 
 import builtins
 import io
-import os
 import re
 import signal
-import sys
 import uuid
 from pathlib import Path
 
@@ -36,8 +34,7 @@ def enqueue(alias, queue, n=3, task=add, args=(1, 2)):
 def make_dead(alias, broker, queue, n=2):
     """n tasks in the dead-letter queue of ``queue`` (fetched and failed through the broker)."""
     ids = enqueue(alias, queue, n)
-    got = wait_for(lambda: broker.fetch([queue], "tools-test", n, 30_000) or None,
-                   message="fetch")
+    got = wait_for(lambda: broker.fetch([queue], "tools-test", n, 30_000) or None, message="fetch")
     assert {d.id for d in got} == set(ids)
     for d in got:
         assert broker.fail(queue, d.id, d.token, "RuntimeError: boom\ntraceback...") == "dead"
@@ -53,11 +50,23 @@ def counts(broker, queue):
 def test_prune_installed_apps():
     from django_vtasks.asgi import prune_installed_apps
 
-    apps = ["django.contrib.admin.apps.SimpleAdminConfig", "django.contrib.auth",
-            "django.contrib.contenttypes", "django.contrib.sessions", "django.contrib.messages",
-            "django.contrib.staticfiles", "debug_toolbar", "django_vtasks", "shop"]
-    assert prune_installed_apps(apps) == ["django.contrib.auth", "django.contrib.contenttypes",
-                                          "django_vtasks", "shop"]
+    apps = [
+        "django.contrib.admin.apps.SimpleAdminConfig",
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "django.contrib.sessions",
+        "django.contrib.messages",
+        "django.contrib.staticfiles",
+        "debug_toolbar",
+        "django_vtasks",
+        "shop",
+    ]
+    assert prune_installed_apps(apps) == [
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "django_vtasks",
+        "shop",
+    ]
     assert prune_installed_apps(apps, remove=["shop"])[-1] == "django_vtasks"
     from django_vtasks import empty_urls
 
@@ -87,6 +96,7 @@ def test_clear_queue_prompt(alias, broker, queue, monkeypatch):
         def fake_input(prompt=""):
             prompts.append(prompt)
             return reply
+
         return fake_input
 
     monkeypatch.setattr(builtins, "input", answer("no"))
@@ -108,10 +118,26 @@ def test_clear_queue_prompt_subprocess(alias, broker, queue):
     import subprocess
 
     enqueue(alias, queue, 2)
-    args = [PYTHON, "-m", "django", "clear_queue", "--backend-alias", alias, "--queue", queue,
-            "--skip-checks"]
-    done = subprocess.run(args, input="yes\n", capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[1], env=subprocess_env())
+    args = [
+        PYTHON,
+        "-m",
+        "django",
+        "clear_queue",
+        "--backend-alias",
+        alias,
+        "--queue",
+        queue,
+        "--skip-checks",
+    ]
+    done = subprocess.run(
+        args,
+        input="yes\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        env=subprocess_env(),
+    )
     assert done.returncode == 0, done.stderr
     assert "Are you sure? Type 'yes' to continue:" in done.stdout
     assert "Cleared 2 queued task(s)" in done.stdout
@@ -124,19 +150,20 @@ def test_clear_queue_failed_and_all_queues(alias, broker, queue):
     other = queue + "y"
     make_dead(alias, broker, other, 1)
     out = io.StringIO()
-    call_command("clear_queue", backend_alias=alias, queue=queue, failed=True, force=True,
-                 stdout=out)
+    call_command(
+        "clear_queue", backend_alias=alias, queue=queue, failed=True, force=True, stdout=out
+    )
     assert "Cleared 2 failed task(s)" in out.getvalue()
     assert counts(broker, queue) == {"ready": 1, "delayed": 0, "inflight": 0, "dead": 0}
     assert counts(broker, other)["dead"] == 1
     # --failed without --queue: every queue's dead-letter queue
-    call_command("clear_queue", backend_alias=alias, failed=True, force=True,
-                 stdout=io.StringIO())
+    call_command("clear_queue", backend_alias=alias, failed=True, force=True, stdout=io.StringIO())
     assert counts(broker, other)["dead"] == 0
     # --all-queues: the queued tasks of every queue
     enqueue(alias, other, 2)
-    call_command("clear_queue", backend_alias=alias, all_queues=True, force=True,
-                 stdout=io.StringIO())
+    call_command(
+        "clear_queue", backend_alias=alias, all_queues=True, force=True, stdout=io.StringIO()
+    )
     assert counts(broker, queue)["ready"] == 0
     assert counts(broker, other)["ready"] == 0
 
@@ -152,8 +179,18 @@ def test_clear_queue_unknown_backend():
 @pytest.mark.parametrize("task_type", ["noop", "sleep"])
 def test_benchmark_small_run(alias, broker, queue, task_type):
     out, err = io.StringIO(), io.StringIO()
-    call_command("benchmark_vtasks", backend_alias=alias, queue=queue, count=60, concurrency=8,
-                 task_type=task_type, sleep=0.001, payload_size=100, stdout=out, stderr=err)
+    call_command(
+        "benchmark_vtasks",
+        backend_alias=alias,
+        queue=queue,
+        count=60,
+        concurrency=8,
+        task_type=task_type,
+        sleep=0.001,
+        payload_size=100,
+        stdout=out,
+        stderr=err,
+    )
     text = out.getvalue()
     assert re.search(r"Enqueue rate: [\d,]+ tasks/s", text), text
     assert re.search(r"Process rate: [\d,]+ tasks/s", text), text
@@ -164,8 +201,17 @@ def test_benchmark_small_run(alias, broker, queue, task_type):
 
 def test_benchmark_batch_enqueue(alias, broker, queue):
     out = io.StringIO()
-    call_command("benchmark_vtasks", backend_alias=alias, queue=queue, count=100, concurrency=10,
-                 batch=25, no_progress=True, stdout=out, stderr=io.StringIO())
+    call_command(
+        "benchmark_vtasks",
+        backend_alias=alias,
+        queue=queue,
+        count=100,
+        concurrency=10,
+        batch=25,
+        no_progress=True,
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     assert "enqueue_many x25" in out.getvalue()
     assert "100 ok, 0 failed" in out.getvalue()
 
@@ -185,10 +231,16 @@ def test_vtasks_valkey_starts_a_server_with_the_module(procs, tmp_path):
 
     module = _module_or_skip()
     port = free_port()
-    p = procs([PYTHON, "-m", "django", "vtasks_valkey", "--port", str(port)],
-              tmp_path / "vtasks_valkey.log", env=subprocess_env({"VTASKS_MODULE_PATH": module}))
-    url = wait_for(lambda: re.search(r"^BROKER_URL=(\S+)$", p.output(), re.M), timeout=20,
-                   message=f"BROKER_URL line in\n{p.output()}").group(1)
+    p = procs(
+        [PYTHON, "-m", "django", "vtasks_valkey", "--port", str(port)],
+        tmp_path / "vtasks_valkey.log",
+        env=subprocess_env({"VTASKS_MODULE_PATH": module}),
+    )
+    url = wait_for(
+        lambda: re.search(r"^BROKER_URL=(\S+)$", p.output(), re.M),
+        timeout=20,
+        message=f"BROKER_URL line in\n{p.output()}",
+    ).group(1)
     assert url == f"valkey://127.0.0.1:{port}/0"
     assert f"--loadmodule {Path(module).resolve()}" in p.output()
     client = valkey.Valkey.from_url(url)
@@ -206,13 +258,22 @@ def test_vtasks_valkey_explains_a_missing_module(tmp_path):
 
     done = subprocess.run(
         [PYTHON, "-m", "django", "vtasks_valkey", "--module", str(tmp_path / "nope.so")],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1],
-        env=subprocess_env())
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        env=subprocess_env(),
+    )
     assert done.returncode != 0
     assert "no such file" in done.stderr
     done = subprocess.run(
-        [PYTHON, "-m", "django", "vtasks_valkey"], capture_output=True, text=True, timeout=60,
-        cwd=tmp_path, env=subprocess_env({"VTASKS_MODULE_PATH": str(tmp_path / "missing.so")}))
+        [PYTHON, "-m", "django", "vtasks_valkey"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=subprocess_env({"VTASKS_MODULE_PATH": str(tmp_path / "missing.so")}),
+    )
     assert done.returncode != 0
     assert "cargo build --release -p vtasks-module" in done.stderr
 
@@ -262,8 +323,9 @@ def test_admin_retry_and_delete_actions(alias, broker, queue, superuser_client):
     client = superuser_client
     dead = make_dead(alias, broker, queue, 3)
     url = f"/admin/django_vtasks/failedtask/?backend={alias}&queue={queue}"
-    r = client.post(url, {"action": "retry", "_selected_action": dead[:2], "backend": alias,
-                          "queue": queue})
+    r = client.post(
+        url, {"action": "retry", "_selected_action": dead[:2], "backend": alias, "queue": queue}
+    )
     assert r.status_code == 302
     assert counts(broker, queue) == {"ready": 2, "delayed": 0, "inflight": 0, "dead": 1}
     assert "2 task(s)" in client.get(r["Location"]).content.decode()
@@ -272,19 +334,25 @@ def test_admin_retry_and_delete_actions(alias, broker, queue, superuser_client):
     assert r.status_code == 302
     assert counts(broker, queue)["dead"] == 0
     # delete one queued task from the queued page
-    r = client.post(f"/admin/django_vtasks/queuedtask/?backend={alias}&queue={queue}",
-                    {"action": "delete", "_selected_action": [dead[0]]})
+    r = client.post(
+        f"/admin/django_vtasks/queuedtask/?backend={alias}&queue={queue}",
+        {"action": "delete", "_selected_action": [dead[0]]},
+    )
     assert r.status_code == 302
     assert counts(broker, queue)["ready"] == 1
     assert broker.get(queue, dead[0]) is None
     # retry is not an action of the queued page
-    r = client.post(f"/admin/django_vtasks/queuedtask/?backend={alias}&queue={queue}",
-                    {"action": "retry", "_selected_action": [dead[1]]})
+    r = client.post(
+        f"/admin/django_vtasks/queuedtask/?backend={alias}&queue={queue}",
+        {"action": "retry", "_selected_action": [dead[1]]},
+    )
     assert counts(broker, queue)["ready"] == 1
     # "all in queue": delete every queued task
     enqueue(alias, queue, 4)
-    r = client.post(f"/admin/django_vtasks/queuedtask/?backend={alias}&queue={queue}",
-                    {"action": "delete", "select_across": "1"})
+    r = client.post(
+        f"/admin/django_vtasks/queuedtask/?backend={alias}&queue={queue}",
+        {"action": "delete", "select_across": "1"},
+    )
     assert counts(broker, queue)["ready"] == 0
 
 
@@ -297,13 +365,36 @@ def test_admin_needs_staff(alias, admin_stack, client, queue):
 def test_worker_application_under_uvicorn(alias, backend, broker, queue, procs, tmp_path, out):
     port = free_port()
     worker_id = f"asgi-{uuid.uuid4().hex[:6]}"
-    env = subprocess_env({"VTASKS_TOOLS_ALIAS": alias, "VTASKS_TOOLS_QUEUE": queue,
-                          "VTASKS_TOOLS_WORKER_ID": worker_id})
-    server = procs([PYTHON, "-m", "uvicorn", "tests.tools_asgi:application", "--port", str(port),
-                    "--host", "127.0.0.1", "--lifespan", "on", "--log-level", "info"],
-                   tmp_path / "uvicorn.log", env=env)
-    wait_for(lambda: "Application startup complete" in server.output(), timeout=30,
-             message=f"uvicorn startup\n{server.output()}")
+    env = subprocess_env(
+        {
+            "VTASKS_TOOLS_ALIAS": alias,
+            "VTASKS_TOOLS_QUEUE": queue,
+            "VTASKS_TOOLS_WORKER_ID": worker_id,
+        }
+    )
+    server = procs(
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "tests.tools_asgi:application",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--lifespan",
+            "on",
+            "--log-level",
+            "info",
+        ],
+        tmp_path / "uvicorn.log",
+        env=env,
+    )
+    wait_for(
+        lambda: "Application startup complete" in server.output(),
+        timeout=30,
+        message=f"uvicorn startup\n{server.output()}",
+    )
     # HTTP still goes to Django (404 from the empty test urlconf is fine: it is Django answering)
     import urllib.error
     import urllib.request
@@ -315,10 +406,16 @@ def test_worker_application_under_uvicorn(alias, backend, broker, queue, procs, 
     assert status in (200, 404, 500)  # Django answered (tests.settings has no ROOT_URLCONF)
 
     r = record.using(backend=alias, queue_name=queue).enqueue(out, "embedded")
-    wait_for(lambda: "embedded" in read_lines(out), timeout=20,
-             message=f"the embedded worker to run the task\n{server.output()}")
-    wait_for(lambda: backend.get_result(r.id).status == "SUCCESSFUL", timeout=10,
-             message="a SUCCESSFUL result")
+    wait_for(
+        lambda: "embedded" in read_lines(out),
+        timeout=20,
+        message=f"the embedded worker to run the task\n{server.output()}",
+    )
+    wait_for(
+        lambda: backend.get_result(r.id).status == "SUCCESSFUL",
+        timeout=10,
+        message="a SUCCESSFUL result",
+    )
     assert backend.get_result(r.id).worker_ids == [worker_id]
 
     # drain on shutdown: a task still running when SIGTERM arrives finishes and is acked

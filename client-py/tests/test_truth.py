@@ -5,8 +5,8 @@ Each test checks what a user reads (get_result, refresh, the broker's records) w
 """
 
 import asyncio
-import importlib
 import dataclasses
+import importlib
 import os
 import pickle
 import signal
@@ -109,6 +109,7 @@ def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, work
             broker.rescue(queue)  # (Postgres rescues in maintain(); Valkey's timer does too)
             got = backend.get_result(r.id)
             return got if got.status == status else None
+
         return check
 
     # attempt 1: its holder (fetched by hand) dies; a restart with its id hands its tasks back
@@ -123,8 +124,10 @@ def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, work
     # attempt 2: a real worker runs it (and stores a RUNNING result), then is killed mid-task
     w = workers([queue], lease=1.0)
     wait_for(lambda: "start x" in read_lines(out), message="second attempt started")
-    running = wait_for(lambda: (x := backend.get_result(r.id)).worker_ids[-1:] == [w.worker_id]
-                       and x, message="RUNNING stored by the worker")
+    running = wait_for(
+        lambda: (x := backend.get_result(r.id)).worker_ids[-1:] == [w.worker_id] and x,
+        message="RUNNING stored by the worker",
+    )
     assert running.status == TaskResultStatus.RUNNING and running.attempts == 2
     assert running.enqueued_at == r.enqueued_at <= running.started_at <= running.last_attempted_at
     w.kill()  # SIGKILL: it neither acks nor fails
@@ -147,8 +150,9 @@ def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, work
 # ---- tasks that used to take workers down or get stuck ------------------------------------------------
 
 
-def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broker, alias, queue,
-                                                                 workers, out):
+def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(
+    backend, broker, alias, queue, workers, out
+):
     long = on(t.sleep_record, alias, queue).enqueue(out, "long", 3.0)
     rs = {
         "interrupt": on(t.interrupt, alias, queue).enqueue(),
@@ -161,14 +165,26 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
         "no_retry": on(t.flaky, alias, queue, retries=0).enqueue(1),
     }
     # a task as a schedule fires it (no client time in its envelope): read the same before/after
-    env = {"func": t.add.module_path, "args": [2, 2], "kwargs": {}, "queue": queue, "ts": None,
-           "id": "fired", "priority": 0, "run_after": None, "schedule": "s"}
+    env = {
+        "func": t.add.module_path,
+        "args": [2, 2],
+        "kwargs": {},
+        "queue": queue,
+        "ts": None,
+        "id": "fired",
+        "priority": 0,
+        "run_after": None,
+        "schedule": "s",
+    }
     broker.enqueue([EnqueueRequest(queue, "fired", encode_envelope(env))])
     fired = backend.get_result("fired")
     w = workers([queue], concurrency=4)
     # a first attempt that runs a while is recorded RUNNING by its worker (with its start times)
-    wait_for(lambda: b'"RUNNING"' in (broker.get_result(long.id) or b""), timeout=30,
-             message="RUNNING recorded (the task runs 3 s, recorded after 0.2 s)")
+    wait_for(
+        lambda: b'"RUNNING"' in (broker.get_result(long.id) or b""),
+        timeout=30,
+        message="RUNNING recorded (the task runs 3 s, recorded after 0.2 s)",
+    )
     running = backend.get_result(long.id)
     assert running.status == TaskResultStatus.RUNNING and running.worker_ids == [w.worker_id]
     assert running.enqueued_at == long.enqueued_at <= running.started_at <= timezone.now()
@@ -176,7 +192,8 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
     assert wait_for(finished(backend, long.id)).status == TaskResultStatus.SUCCESSFUL
     done = {k: wait_for(finished(backend, r.id), timeout=30, message=k) for k, r in rs.items()}
     assert all(d.status == TaskResultStatus.FAILED for d in done.values()), {
-        k: d.status for k, d in done.items()}
+        k: d.status for k, d in done.items()
+    }
     assert done["interrupt"].errors[0].exception_class_path == "builtins.KeyboardInterrupt"
     assert done["ainterrupt"].errors[0].exception_class_path == "builtins.KeyboardInterrupt"
     assert done["exit"].errors[0].exception_class_path == "builtins.SystemExit"
@@ -198,20 +215,32 @@ def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(backend, broke
     assert "caf\\udce9" in dead[rs["raise_surrogate"].id]
 
 
-def test_dead_letter_reasons_are_cut_the_same_on_batch_and_single_queues(backend, broker, alias,
-                                                                       queue, workers):
+def test_dead_letter_reasons_are_cut_the_same_on_batch_and_single_queues(
+    backend, broker, alias, queue, workers
+):
     if alias == "valkey_cluster":
         from django_vtasks.backends.valkey_cluster import in_one_slot
 
-        bq = next(f"{queue}-{i}" for i in range(1_000_000)
-                  if in_one_slot(broker.prefix, [queue, f"{queue}-{i}"]))
+        bq = next(
+            f"{queue}-{i}"
+            for i in range(1_000_000)
+            if in_one_slot(broker.prefix, [queue, f"{queue}-{i}"])
+        )
     else:
         bq = queue + "-batch"
     long_path = "tests.testapp.tasks.no_such_task_" + "x" * 70_000  # its reason is over 64 KiB
     requests = []
     for q in (queue, bq):
-        env = {"func": long_path, "args": [], "kwargs": {}, "queue": q, "ts": time.time(),
-               "id": f"long-{q}", "priority": 0, "run_after": None}
+        env = {
+            "func": long_path,
+            "args": [],
+            "kwargs": {},
+            "queue": q,
+            "ts": time.time(),
+            "id": f"long-{q}",
+            "priority": 0,
+            "run_after": None,
+        }
         requests.append(EnqueueRequest(q, f"long-{q}", encode_envelope(env)))
     broker.enqueue(requests)
     batch = f'{{"{bq}": {{"count": 5, "timeout": 0.2}}}}'
@@ -223,8 +252,9 @@ def test_dead_letter_reasons_are_cut_the_same_on_batch_and_single_queues(backend
         assert broker.info(q)["inflight"] == 0
 
 
-def test_one_result_the_broker_refuses_does_not_hold_the_others(backend, broker, alias, queue,
-                                                               workers):
+def test_one_result_the_broker_refuses_does_not_hold_the_others(
+    backend, broker, alias, queue, workers
+):
     if alias != "valkey":
         pytest.skip("proto-max-bulk-len is a Valkey limit (the isolation code is shared)")
     client = broker.client
@@ -234,8 +264,9 @@ def test_one_result_the_broker_refuses_does_not_hold_the_others(backend, broker,
         # a result over the server's limit even compressed, under VTASKS_RESULT_MAX_BYTES
         big = on(t.random_string, alias, queue).enqueue(2_000_000)
         small = [on(t.add, alias, queue).enqueue(i, i) for i in range(20)]
-        w = workers([queue], concurrency=8,
-                    env={"VTASKS_TEST_RESULT_MAX_BYTES": str(8 * 1024 * 1024)})
+        w = workers(
+            [queue], concurrency=8, env={"VTASKS_TEST_RESULT_MAX_BYTES": str(8 * 1024 * 1024)}
+        )
         for i, r in enumerate(small):
             assert wait_for(finished(backend, r.id), timeout=30).return_value == 2 * i
         failed = wait_for(finished(backend, big.id), timeout=30)
@@ -257,7 +288,8 @@ def test_unknown_task_path_waits_for_the_new_code(backend, broker, alias, queue,
     (code / "vtasks_latecode" / "__init__.py").write_text("")
     name = f"vtasks_latecode.late_{uuid.uuid4().hex[:8]}"
     (code / "vtasks_latecode" / f"{name.rpartition('.')[2]}.py").write_text(
-        "from django.tasks import task\n\n\n@task\ndef hello(x):\n    return f'hello {x}'\n")
+        "from django.tasks import task\n\n\n@task\ndef hello(x):\n    return f'hello {x}'\n"
+    )
     sys.modules.pop("vtasks_latecode", None)  # another run's package lives in another tmp dir
     sys.path.insert(0, str(code))
     try:
@@ -269,11 +301,25 @@ def test_unknown_task_path_waits_for_the_new_code(backend, broker, alias, queue,
     wait_for(finished(backend, on(t.add, alias, queue).enqueue(1, 1).id), message="old is up")
     # enqueued once the old worker runs: its first attempt comes early in the grace
     r = on(late.hello, alias, queue).enqueue("deploy")
-    env = {"func": f"{name}.never", "args": [], "kwargs": {}, "queue": queue, "ts": time.time(),
-           "id": "never", "priority": 0, "run_after": None}
+    env = {
+        "func": f"{name}.never",
+        "args": [],
+        "kwargs": {},
+        "queue": queue,
+        "ts": time.time(),
+        "id": "never",
+        "priority": 0,
+        "run_after": None,
+    }
     broker.enqueue([EnqueueRequest(queue, "never", encode_envelope(env))])
-    wait_for(lambda: (rec := broker.get(queue, r.id)) and rec.attempt >= 1
-             and rec.state in ("ready", "delayed"), message="handed back, not dead-lettered")
+    wait_for(
+        lambda: (
+            (rec := broker.get(queue, r.id))
+            and rec.attempt >= 1
+            and rec.state in ("ready", "delayed")
+        ),
+        message="handed back, not dead-lettered",
+    )
     assert backend.get_result(r.id).status == TaskResultStatus.READY
     assert broker.info(queue)["dead"] == 0
     old.stop()  # (its hand-back waits 3 s: the new code takes the next attempt)
@@ -287,14 +333,25 @@ def test_unknown_task_path_waits_for_the_new_code(backend, broker, alias, queue,
 
 
 def test_scheduler_registers_again_what_the_broker_lost(broker, alias, queue, workers, out):
-    env = schedule_env({"tick": {"task": "tests.testapp.tasks.record", "every": 0.5,
-                                 "queue": queue, "args": [out, "tick"]}})
+    env = schedule_env(
+        {
+            "tick": {
+                "task": "tests.testapp.tasks.record",
+                "every": 0.5,
+                "queue": queue,
+                "args": [out, "tick"],
+            }
+        }
+    )
     w = workers([queue], scheduler=True, env={**env, "VTASKS_TEST_SCHEDULE_RECONCILE": "0.5"})
     wait_for(lambda: len(read_lines(out)) >= 1, timeout=30, message="first tick")
     # the broker loses its data (a restart without persistence): the schedule is gone
     assert broker.schedule_del(queue, "tick")
-    wait_for(lambda: [s.name for s in broker.schedule_list(queue)] == ["tick"], timeout=20,
-             message="schedule registered again")
+    wait_for(
+        lambda: [s.name for s in broker.schedule_list(queue)] == ["tick"],
+        timeout=20,
+        message="schedule registered again",
+    )
     seen = len(read_lines(out))
     wait_for(lambda: len(read_lines(out)) >= seen + 2, timeout=20, message="ticks again")
     assert "registered again" in w.output()
@@ -302,8 +359,9 @@ def test_scheduler_registers_again_what_the_broker_lost(broker, alias, queue, wo
     assert w.wait() == 0
 
 
-def test_a_suppressed_unique_enqueue_returns_the_task_holding_the_key(backend, broker, alias,
-                                                                     queue):
+def test_a_suppressed_unique_enqueue_returns_the_task_holding_the_key(
+    backend, broker, alias, queue
+):
     task = on(t.add, alias, queue, unique=True)
     first = task.enqueue(1, 2)
     again = task.enqueue(1, 2)

@@ -1,5 +1,7 @@
 """Server-free checks: schedules, settings normalisation, the task class."""
 
+from datetime import UTC
+
 import pytest
 
 from django_vtasks.scheduler import crontab, schedule_spec
@@ -20,13 +22,13 @@ def test_crontab_fields_and_expressions():
 
 
 def test_crontab_monday_is_monday_in_both_backends_reading():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from django_vtasks import _native
 
-    jan1 = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)  # a Thursday
+    jan1 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)  # a Thursday
     nxt = _native.cron_next(crontab("0 9 * * 1").to_cron(), jan1)
-    assert datetime.fromtimestamp(nxt / 1000, timezone.utc) == datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
+    assert datetime.fromtimestamp(nxt / 1000, UTC) == datetime(2026, 1, 5, 9, tzinfo=UTC)
 
 
 def test_schedule_spec():
@@ -85,8 +87,20 @@ def test_result_json_is_right_sized():
     from tests.testapp import tasks as t
 
     now = timezone.now()
-    r = make_result(t.add, "a" * 32, TaskResultStatus.SUCCESSFUL, now, now, now, now, [1, 2], {},
-                    "default", [], ["worker-1"])
+    r = make_result(
+        t.add,
+        "a" * 32,
+        TaskResultStatus.SUCCESSFUL,
+        now,
+        now,
+        now,
+        now,
+        [1, 2],
+        {},
+        "default",
+        [],
+        ["worker-1"],
+    )
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -110,23 +124,32 @@ def test_envelope_template_is_the_dict_form_byte_for_byte():
     tasks = [
         add,
         with_context,
-        add.using(priority=-7, queue_name="q%s%%", run_after=datetime(2030, 1, 2, 3, 4, 5, 678,
-                                                                      tzinfo=UTC)),
+        add.using(
+            priority=-7,
+            queue_name="q%s%%",
+            run_after=datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=UTC),
+        ),
         flaky,
         add.using(retries=3, retry_backoff=0.5, unique="k%1"),
         flaky.using(retries=0, queue_name="ünï"),
     ]
-    cases = [([], {}), ([1, "a%sb", None, 2.5], {"k": "v%d", "é": [1, {"x": True}]}),
-             (["\u2028", "\"q\"\\"], {})]
+    cases = [
+        ([], {}),
+        ([1, "a%sb", None, 2.5], {"k": "v%d", "é": [1, {"x": True}]}),
+        (["\u2028", '"q"\\'], {}),
+    ]
     for task in tasks:
         template = envelope_template(task, "alias%")
         assert template_for(task, "alias%") == template
         for ts in (1_765_000_000.123456, 0.1, 1e-7):
             for args, kwargs in cases:
                 rid = "0123abcd" * 4
-                assert template % (orjson.dumps(args), orjson.dumps(kwargs), orjson.dumps(ts),
-                                   rid.encode()) == \
-                    orjson.dumps(build_envelope(task, args, kwargs, rid, "alias%", ts))
+                assert template % (
+                    orjson.dumps(args),
+                    orjson.dumps(kwargs),
+                    orjson.dumps(ts),
+                    rid.encode(),
+                ) == orjson.dumps(build_envelope(task, args, kwargs, rid, "alias%", ts))
 
 
 def test_retry_policy_is_the_one_rule():
@@ -164,4 +187,4 @@ def test_protocol_md_limits_table_is_the_shared_crates():
     assert {name: int(value) for name, value in rows} == _native.LIMITS
     info = text.split("\n### VT.INFO\n", 1)[1].split("\n#", 1)[0]
     listed = re.findall(r"`(\w+)`", info.split("Reply:", 1)[1].split(". A\n", 1)[0])
-    assert tuple(listed[:len(INFO_FIELDS)]) == INFO_FIELDS == _native.INFO_FIELDS
+    assert tuple(listed[: len(INFO_FIELDS)]) == INFO_FIELDS == _native.INFO_FIELDS

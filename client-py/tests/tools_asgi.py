@@ -1,11 +1,12 @@
 """ASGI app of the embedded-worker test: Django + vtasks worker (alias/queue from the environment)."""
+
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
-from django_vtasks.asgi import get_worker_application  # noqa: E402
+from django_vtasks.asgi import get_worker_application
 
 application = get_worker_application(
     get_asgi_application(),

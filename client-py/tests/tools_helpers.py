@@ -1,4 +1,5 @@
 """Fixtures and helpers of test_tools.py (kept apart from the core's conftest.py)."""
+
 import os
 import signal
 import socket
@@ -26,22 +27,27 @@ def admin_stack(transactional_db, settings):
     from django.core.management import call_command
 
     settings.INSTALLED_APPS = [a for a in ADMIN_APPS if a not in settings.INSTALLED_APPS] + list(
-        settings.INSTALLED_APPS)
+        settings.INSTALLED_APPS
+    )
     settings.MIDDLEWARE = [
         "django.contrib.sessions.middleware.SessionMiddleware",
         "django.middleware.csrf.CsrfViewMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
         "django.contrib.messages.middleware.MessageMiddleware",
     ]
-    settings.TEMPLATES = [{
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "APP_DIRS": True,
-        "OPTIONS": {"context_processors": [
-            "django.template.context_processors.request",
-            "django.contrib.auth.context_processors.auth",
-            "django.contrib.messages.context_processors.messages",
-        ]},
-    }]
+    settings.TEMPLATES = [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "APP_DIRS": True,
+            "OPTIONS": {
+                "context_processors": [
+                    "django.template.context_processors.request",
+                    "django.contrib.auth.context_processors.auth",
+                    "django.contrib.messages.context_processors.messages",
+                ]
+            },
+        }
+    ]
     settings.ROOT_URLCONF = "tests.tools_urls"
     # tables of the added apps (kept for the rest of the session; migrate is then a no-op)
     call_command("migrate", verbosity=0, run_syncdb=True)
@@ -82,8 +88,9 @@ class Proc:
     def __init__(self, args, log_path, env=None, stdin=None):
         self.log_path = Path(log_path)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=CLIENT_DIR, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=stdin)
+        self.proc = subprocess.Popen(
+            args, cwd=CLIENT_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=stdin
+        )
 
     def output(self) -> str:
         self.log.flush()

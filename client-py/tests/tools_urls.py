@@ -1,4 +1,5 @@
 """URLconf of the tools tests (admin pages)."""
+
 from django.contrib import admin
 from django.urls import path
 

@@ -43,12 +43,28 @@ def module_path() -> str:
     return os.environ.get("VTASKS_MODULE_PATH") or str(ROOT / "target/release/libvtasks.so")
 
 
-def start_valkey(tmpdir: str, with_module: bool = True,
-                 extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
+def start_valkey(
+    tmpdir: str, with_module: bool = True, extra: list[str] = ()
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    args = [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", tmpdir, "--protected-mode", "no",
-            "--cluster-config-file", f"nodes-{port}.conf", *extra]
+    args = [
+        valkey_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        tmpdir,
+        "--protected-mode",
+        "no",
+        "--cluster-config-file",
+        f"nodes-{port}.conf",
+        *extra,
+    ]
     if with_module:
         mod = module_path()
         if not Path(mod).exists():
@@ -59,7 +75,9 @@ def start_valkey(tmpdir: str, with_module: bool = True,
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"valkey-server exited: {(Path(tmpdir) / f'valkey-{port}.log').read_text()}")
+            raise RuntimeError(
+                f"valkey-server exited: {(Path(tmpdir) / f'valkey-{port}.log').read_text()}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
@@ -79,8 +97,9 @@ def start_valkey_cluster(tmpdir: str, nodes: int = 3) -> tuple[list[subprocess.P
     try:
         for _ in range(nodes):
             bus = free_port()  # explicit: port + 10000 may not exist
-            proc, url = start_valkey(tmpdir, extra=["--cluster-enabled", "yes",
-                                                    "--cluster-port", str(bus)])
+            proc, url = start_valkey(
+                tmpdir, extra=["--cluster-enabled", "yes", "--cluster-port", str(bus)]
+            )
             procs.append(proc)
             ports.append(int(url.rsplit(":", 1)[1].split("/")[0]))
             bus_ports.append(bus)
@@ -127,8 +146,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
     if not os.environ.get("VTASKS_TEST_VALKEY_URL"):
         if not Path(module_path()).exists():
             # Valkey-backend tests skip (see conftest); the Postgres ones still run
-            print(f"vtasks tests: {module_path()} missing, Valkey tests will skip",
-                  file=sys.stderr)
+            print(f"vtasks tests: {module_path()} missing, Valkey tests will skip", file=sys.stderr)
             return _pg(early_config, tmp)
         proc, url = start_valkey(tmp)
         os.environ["VTASKS_TEST_VALKEY_URL"] = url
@@ -143,12 +161,16 @@ def pytest_load_initial_conftests(early_config, parser, args):
 def _pg(early_config, tmp):
     if not os.environ.get("VTASKS_PG_DSN"):
         pgdir = os.path.join(tmp, "pg")
-        out = subprocess.run([str(ROOT / "scripts/pg-server"), "start", pgdir],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [str(ROOT / "scripts/pg-server"), "start", pgdir], capture_output=True, text=True
+        )
         if out.returncode != 0:
             raise RuntimeError(f"scripts/pg-server start failed: {out.stderr}")
         os.environ["VTASKS_PG_DSN"] = out.stdout.strip().splitlines()[-1]
-        early_config.add_cleanup(lambda: subprocess.run(
-            [str(ROOT / "scripts/pg-server"), "stop", pgdir], capture_output=True))
+        early_config.add_cleanup(
+            lambda: subprocess.run(
+                [str(ROOT / "scripts/pg-server"), "stop", pgdir], capture_output=True
+            )
+        )
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

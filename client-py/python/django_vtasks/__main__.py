@@ -16,13 +16,18 @@ from . import module_file
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m django_vtasks",
-        description="Facts about this django-vtasks installation, for scripts and deployments.")
+        description="Facts about this django-vtasks installation, for scripts and deployments.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("module-path", help="print the path of the libvtasks.so this installation "
-                       "uses (the one bundled in the wheel, unless VTASKS_MODULE_PATH or a source "
-                       "checkout's cargo build says otherwise)")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="also say on stderr where it was found")
+    p = sub.add_parser(
+        "module-path",
+        help="print the path of the libvtasks.so this installation "
+        "uses (the one bundled in the wheel, unless VTASKS_MODULE_PATH or a source "
+        "checkout's cargo build says otherwise)",
+    )
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="also say on stderr where it was found"
+    )
     sub.add_parser("version", help="print the installed django-vtasks version")
     args = parser.parse_args(argv)
 

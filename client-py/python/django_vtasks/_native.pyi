@@ -19,9 +19,23 @@ Keep in step with lib.rs: a method added there is added here (mypy reads only th
 import asyncio
 from typing import Any, TypedDict, final
 
-__all__ = ["encode_payload", "decode_payload", "decode_payload_prefix", "cron_check", "cron_next",
-           "migrations", "migration_sql", "migration_plan", "PgQueue", "AsyncPgQueue", "PgError",
-           "DEFAULT_COMPRESS_THRESHOLD", "LIMITS", "INFO_FIELDS", "_drain"]
+__all__ = [
+    "encode_payload",
+    "decode_payload",
+    "decode_payload_prefix",
+    "cron_check",
+    "cron_next",
+    "migrations",
+    "migration_sql",
+    "migration_plan",
+    "PgQueue",
+    "AsyncPgQueue",
+    "PgError",
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "LIMITS",
+    "INFO_FIELDS",
+    "_drain",
+]
 
 DEFAULT_COMPRESS_THRESHOLD: int
 #: the protocol's limits (vtasks-protocol, PROTOCOL.md "Limits"): max_fetch, max_id_len,
@@ -36,23 +50,32 @@ class PgError(RuntimeError):
 
 def encode_payload(data: bytes, threshold: int = 1024) -> bytes:
     """``data`` (JSON) as it is up to ``threshold`` bytes, else ``b"zstd:"`` + zstd of it."""
+
 def decode_payload(data: bytes, max_size: int = ...) -> bytes:
     """Inverse of encode_payload; ValueError on a corrupt frame or when the decoded bytes would
     exceed ``max_size`` (decompression never grows its buffer past it)."""
+
 def decode_payload_prefix(data: bytes, limit: int) -> bytes:
     """The first ``limit`` bytes decode_payload would return (previews); never errors on size."""
+
 def cron_check(expr: str) -> None:
     """ValueError with the reason when a cron expression does not parse or never fires (the
     rule both backends share: the vtasks-protocol crate)."""
+
 def cron_next(expr: str, after_ms: int) -> int:
     """The first tick of ``expr`` strictly after ``after_ms`` (unix ms, UTC)."""
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every schema migration."""
+
 def migration_sql() -> tuple[str, str]:
     """(prelude_sql, applied_sql) of a migration run, for Django's migrations."""
-def migration_plan(applied: list[tuple[int, str | None]],
-                   upto: int | None = None) -> list[tuple[int, str, str, str]]:
+
+def migration_plan(
+    applied: list[tuple[int, str | None]], upto: int | None = None
+) -> list[tuple[int, str, str, str]]:
     """(version, name, sql, record_sql) to apply; ValueError when a shipped migration was edited."""
+
 def _drain() -> None:
     """atexit hook: no tokio completion enters Python any more (registered on import)."""
 
@@ -85,38 +108,69 @@ class _TaskRecord(TypedDict):
 class PgQueue:
     """Blocking Postgres queue (the methods release the GIL)."""
 
-    def __new__(cls, dsn: str, pool_size: int = 10, dlq_cap: int = 1000, max_attempts: int = 3,
-                default_lease_ms: int = 30000, notify: bool = True) -> PgQueue: ...
+    def __new__(
+        cls,
+        dsn: str,
+        pool_size: int = 10,
+        dlq_cap: int = 1000,
+        max_attempts: int = 3,
+        default_lease_ms: int = 30000,
+        notify: bool = True,
+    ) -> PgQueue: ...
     def migrate(self) -> None: ...
-    def enqueue(self, queue: str, payloads: list[bytes], ids: list[str | None] | None = None,
-                priority: int = 0, delay_ms: int | None = None, at_ms: int | None = None,
-                unique: tuple[str, int] | None = None,
-                max_attempts: int | None = None) -> list[str | None]: ...
-    def fetch(self, queues: list[str], worker: str, count: int, lease_ms: int | None = None,
-              block_ms: int | None = None) -> list[_Delivery] | None:
+    def enqueue(
+        self,
+        queue: str,
+        payloads: list[bytes],
+        ids: list[str | None] | None = None,
+        priority: int = 0,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+        unique: tuple[str, int] | None = None,
+        max_attempts: int | None = None,
+    ) -> list[str | None]: ...
+    def fetch(
+        self,
+        queues: list[str],
+        worker: str,
+        count: int,
+        lease_ms: int | None = None,
+        block_ms: int | None = None,
+    ) -> list[_Delivery] | None:
         """Without ``block_ms`` a list (maybe empty); with it, None when ``block_ms`` elapsed
         with nothing ready (``block_ms=0``: wait until something arrives)."""
-    def ack(self, queue: str, pairs: list[tuple[str, str]],
-            results: list[_ResultRow] | None = None) -> int:
+    def ack(
+        self, queue: str, pairs: list[tuple[str, str]], results: list[_ResultRow] | None = None
+    ) -> int:
         """Ack (id, token) pairs; ``results`` [(id, result_json, ttl_ms)] are stored in the
         same statement (one round trip, one transaction), also for a stale token (the task did
         run); a repeated id keeps its last entry; ttl_ms < 1 is a ValueError; pairs may be
         empty (results only)."""
     def store_results(self, results: list[_ResultRow]) -> None:
         """The same upsert as ack's results, without an ack (one statement)."""
-    def fail(self, queue: str, id: str, token: str, error: str,
-             retry_ms: int | None = None) -> str | None: ...
+    def fail(
+        self, queue: str, id: str, token: str, error: str, retry_ms: int | None = None
+    ) -> str | None: ...
     def rescue(self, queue: str, worker: str | None = None) -> int: ...
     def extend(self, queue: str, worker: str, lease_ms: int) -> int: ...
     def info(self, queue: str) -> dict[str, int]: ...
     def queues(self) -> list[str]: ...
-    def peek(self, queue: str, state: str, offset: int = 0, count: int = 10) -> list[_TaskRecord]: ...
+    def peek(
+        self, queue: str, state: str, offset: int = 0, count: int = 10
+    ) -> list[_TaskRecord]: ...
     def get(self, queue: str, id: str) -> _TaskRecord | None: ...
     def retry_dead(self, queue: str, ids: list[str] | None = None) -> int: ...
     def delete(self, queue: str, ids: list[str]) -> int: ...
     def clear(self, queue: str, what: str) -> int: ...
-    def schedule_set(self, queue: str, name: str, payload: bytes, cron: str | None = None,
-                     every_ms: int | None = None, priority: int = 0) -> None: ...
+    def schedule_set(
+        self,
+        queue: str,
+        name: str,
+        payload: bytes,
+        cron: str | None = None,
+        every_ms: int | None = None,
+        priority: int = 0,
+    ) -> None: ...
     def schedule_del(self, queue: str, name: str) -> bool: ...
     def schedule_list(self, queue: str) -> list[_Schedule]: ...
     def schedule_tick(self) -> int:
@@ -129,11 +183,18 @@ class PgQueue:
     def store_result(self, id: str, result_json: bytes, ttl_ms: int) -> None: ...
     def get_result(self, id: str) -> bytes | None: ...
     @staticmethod
-    def enqueue_sql(queue: str, payloads: list[bytes], ids: list[str | None], priority: int = 0,
-                    delay_ms: int | None = None, at_ms: int | None = None,
-                    unique: tuple[str, int] | None = None, max_attempts: int | None = None,
-                    max_attempts_default: int = 3,
-                    notify: bool = True) -> tuple[str, list[Any]]:
+    def enqueue_sql(
+        queue: str,
+        payloads: list[bytes],
+        ids: list[str | None],
+        priority: int = 0,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+        unique: tuple[str, int] | None = None,
+        max_attempts: int | None = None,
+        max_attempts_default: int = 3,
+        notify: bool = True,
+    ) -> tuple[str, list[Any]]:
         """One SQL statement (psycopg ``%s`` placeholders) and its params, to run on Django's
         own connection inside the caller's transaction; it returns one row (id,) per task
         inserted (a missing id was suppressed). ``notify``: it sends one
@@ -143,32 +204,62 @@ class PgQueue:
 class AsyncPgQueue:
     """Asyncio Postgres queue: every method returns an awaitable; one instance per event loop."""
 
-    def __new__(cls, dsn: str, pool_size: int = 10, dlq_cap: int = 1000, max_attempts: int = 3,
-                default_lease_ms: int = 30000, notify: bool = True) -> AsyncPgQueue: ...
+    def __new__(
+        cls,
+        dsn: str,
+        pool_size: int = 10,
+        dlq_cap: int = 1000,
+        max_attempts: int = 3,
+        default_lease_ms: int = 30000,
+        notify: bool = True,
+    ) -> AsyncPgQueue: ...
     def migrate(self) -> asyncio.Future[None]: ...
-    def enqueue(self, queue: str, payloads: list[bytes], ids: list[str | None] | None = None,
-                priority: int = 0, delay_ms: int | None = None, at_ms: int | None = None,
-                unique: tuple[str, int] | None = None,
-                max_attempts: int | None = None) -> asyncio.Future[list[str | None]]: ...
-    def fetch(self, queues: list[str], worker: str, count: int, lease_ms: int | None = None,
-              block_ms: int | None = None) -> asyncio.Future[list[_Delivery] | None]: ...
-    def ack(self, queue: str, pairs: list[tuple[str, str]],
-            results: list[_ResultRow] | None = None) -> asyncio.Future[int]: ...
+    def enqueue(
+        self,
+        queue: str,
+        payloads: list[bytes],
+        ids: list[str | None] | None = None,
+        priority: int = 0,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+        unique: tuple[str, int] | None = None,
+        max_attempts: int | None = None,
+    ) -> asyncio.Future[list[str | None]]: ...
+    def fetch(
+        self,
+        queues: list[str],
+        worker: str,
+        count: int,
+        lease_ms: int | None = None,
+        block_ms: int | None = None,
+    ) -> asyncio.Future[list[_Delivery] | None]: ...
+    def ack(
+        self, queue: str, pairs: list[tuple[str, str]], results: list[_ResultRow] | None = None
+    ) -> asyncio.Future[int]: ...
     def store_results(self, results: list[_ResultRow]) -> asyncio.Future[None]: ...
-    def fail(self, queue: str, id: str, token: str, error: str,
-             retry_ms: int | None = None) -> asyncio.Future[str | None]: ...
+    def fail(
+        self, queue: str, id: str, token: str, error: str, retry_ms: int | None = None
+    ) -> asyncio.Future[str | None]: ...
     def rescue(self, queue: str, worker: str | None = None) -> asyncio.Future[int]: ...
     def extend(self, queue: str, worker: str, lease_ms: int) -> asyncio.Future[int]: ...
     def info(self, queue: str) -> asyncio.Future[dict[str, int]]: ...
     def queues(self) -> asyncio.Future[list[str]]: ...
-    def peek(self, queue: str, state: str, offset: int = 0,
-             count: int = 10) -> asyncio.Future[list[_TaskRecord]]: ...
+    def peek(
+        self, queue: str, state: str, offset: int = 0, count: int = 10
+    ) -> asyncio.Future[list[_TaskRecord]]: ...
     def get(self, queue: str, id: str) -> asyncio.Future[_TaskRecord | None]: ...
     def retry_dead(self, queue: str, ids: list[str] | None = None) -> asyncio.Future[int]: ...
     def delete(self, queue: str, ids: list[str]) -> asyncio.Future[int]: ...
     def clear(self, queue: str, what: str) -> asyncio.Future[int]: ...
-    def schedule_set(self, queue: str, name: str, payload: bytes, cron: str | None = None,
-                     every_ms: int | None = None, priority: int = 0) -> asyncio.Future[None]: ...
+    def schedule_set(
+        self,
+        queue: str,
+        name: str,
+        payload: bytes,
+        cron: str | None = None,
+        every_ms: int | None = None,
+        priority: int = 0,
+    ) -> asyncio.Future[None]: ...
     def schedule_del(self, queue: str, name: str) -> asyncio.Future[bool]: ...
     def schedule_list(self, queue: str) -> asyncio.Future[list[_Schedule]]: ...
     def schedule_tick(self) -> asyncio.Future[int]: ...
@@ -176,8 +267,15 @@ class AsyncPgQueue:
     def store_result(self, id: str, result_json: bytes, ttl_ms: int) -> asyncio.Future[None]: ...
     def get_result(self, id: str) -> asyncio.Future[bytes | None]: ...
     @staticmethod
-    def enqueue_sql(queue: str, payloads: list[bytes], ids: list[str | None], priority: int = 0,
-                    delay_ms: int | None = None, at_ms: int | None = None,
-                    unique: tuple[str, int] | None = None, max_attempts: int | None = None,
-                    max_attempts_default: int = 3,
-                    notify: bool = True) -> tuple[str, list[Any]]: ...
+    def enqueue_sql(
+        queue: str,
+        payloads: list[bytes],
+        ids: list[str | None],
+        priority: int = 0,
+        delay_ms: int | None = None,
+        at_ms: int | None = None,
+        unique: tuple[str, int] | None = None,
+        max_attempts: int | None = None,
+        max_attempts_default: int = 3,
+        notify: bool = True,
+    ) -> tuple[str, list[Any]]: ...

@@ -62,14 +62,24 @@ def workers(broker: Broker) -> dict[str, dict]:
     """Workers seen in the last FORGET_AFTER seconds: {id: {..., "seen": unix seconds}}."""
     now = time.time()
     found = _load(broker, WORKERS_ID, {})
-    return {k: v for k, v in found.items() if isinstance(v, dict) and now - v.get("seen", 0)
-            < FORGET_AFTER} if isinstance(found, dict) else {}
+    return (
+        {
+            k: v
+            for k, v in found.items()
+            if isinstance(v, dict) and now - v.get("seen", 0) < FORGET_AFTER
+        }
+        if isinstance(found, dict)
+        else {}
+    )
 
 
 def samples(broker: Broker) -> list[dict]:
     found = _load(broker, SAMPLES_ID, [])
-    return [s for s in found if isinstance(s, dict) and "t" in s and "c" in s] \
-        if isinstance(found, list) else []
+    return (
+        [s for s in found if isinstance(s, dict) and "t" in s and "c" in s]
+        if isinstance(found, list)
+        else []
+    )
 
 
 def report_worker(broker: Broker, worker, started: float) -> None:
@@ -77,9 +87,15 @@ def report_worker(broker: Broker, worker, started: float) -> None:
     now = time.time()
     entries = workers(broker)
     entries[worker.worker_id] = {
-        "host": socket.gethostname(), "pid": os.getpid(), "queues": list(worker.queues),
-        "concurrency": worker.concurrency, "busy": worker.busy_slots,
-        "processed": worker.processed, "failed": worker.failed, "started": started, "seen": now,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "queues": list(worker.queues),
+        "concurrency": worker.concurrency,
+        "busy": worker.busy_slots,
+        "processed": worker.processed,
+        "failed": worker.failed,
+        "started": started,
+        "seen": now,
     }
     _store(broker, WORKERS_ID, entries)
 
@@ -117,8 +133,15 @@ def rates(found: list[dict]) -> list[dict]:
     out = []
     for prev, cur in pairwise(found):
         totals = [max(0, c - p) for c, p in zip(cur["c"], prev["c"])]
-        out.append({"t": cur["t"], "seconds": max(0.001, cur["t"] - prev["t"]),
-                    "succeeded": totals[0], "failed": totals[1], "retried": totals[2]})
+        out.append(
+            {
+                "t": cur["t"],
+                "seconds": max(0.001, cur["t"] - prev["t"]),
+                "succeeded": totals[0],
+                "failed": totals[1],
+                "retried": totals[2],
+            }
+        )
     return out
 
 

@@ -80,8 +80,7 @@ class _Row:
 
     def __init__(self, record: TaskRecord, detail: bool = False, runs_cache: dict | None = None):
         self.record = record
-        text, cut = preview(record.payload, DETAIL_PREVIEW_BYTES if detail
-                            else LIST_PREVIEW_BYTES)
+        text, cut = preview(record.payload, DETAIL_PREVIEW_BYTES if detail else LIST_PREVIEW_BYTES)
         env = None
         if not cut:
             try:
@@ -94,17 +93,23 @@ class _Row:
         self.state = record.state
         self.func = func or "(undecodable payload)"
         if isinstance(env, dict):
-            self.args = _short({"args": env.get("args", []), "kwargs": env.get("kwargs", {})}
-                               if env.get("kwargs") else env.get("args", []))
+            self.args = _short(
+                {"args": env.get("args", []), "kwargs": env.get("kwargs", {})}
+                if env.get("kwargs")
+                else env.get("args", [])
+            )
         else:
             start = text.find('"args":')
-            self.args = _short_text(text[start + 7:] if start >= 0 else text)
+            self.args = _short_text(text[start + 7 :] if start >= 0 else text)
         self.priority = record.priority
         self.attempt = record.attempt
         #: runs the task's retry policy allows (the broker's max_attempts adds crash
         #: redeliveries, so it is not what a user set)
-        self.max_attempts = (_runs_allowed(func, record.queue, runs_cache if runs_cache
-                                           is not None else {}) if func else None)
+        self.max_attempts = (
+            _runs_allowed(func, record.queue, runs_cache if runs_cache is not None else {})
+            if func
+            else None
+        )
         self.enqueued_at = ms_to_dt(record.enqueued_at)
         self.run_at = ms_to_dt(record.run_at)
         self.worker = record.worker
@@ -115,8 +120,11 @@ class _Row:
         if isinstance(env, dict):
             self.envelope_json = json.dumps(env, indent=2, default=str, sort_keys=True)
         else:
-            self.envelope_json = text + (f"\n… (cut: only the first {len(text)} characters of a "
-                                         "larger payload are shown)" if cut else "")
+            self.envelope_json = text + (
+                f"\n… (cut: only the first {len(text)} characters of a larger payload are shown)"
+                if cut
+                else ""
+            )
 
 
 def _short_text(text: str, limit=80) -> str:
@@ -139,16 +147,22 @@ class BrokerTaskAdmin(admin.ModelAdmin):
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         return [
-            path("", self.admin_site.admin_view(self.changelist_view),
-                 name="%s_%s_changelist" % info),
-            path("<str:backend>/<str:queue>/<str:task_id>/",
-                 self.admin_site.admin_view(self.detail_view), name="%s_%s_detail" % info),
+            path(
+                "", self.admin_site.admin_view(self.changelist_view), name="%s_%s_changelist" % info
+            ),
+            path(
+                "<str:backend>/<str:queue>/<str:task_id>/",
+                self.admin_site.admin_view(self.detail_view),
+                name="%s_%s_detail" % info,
+            ),
         ]
 
     # ---- helpers ------------------------------------------------------------------------------
     def _url(self, **params) -> str:
-        base = reverse("admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name),
-                       current_app=self.admin_site.name)
+        base = reverse(
+            "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name),
+            current_app=self.admin_site.name,
+        )
         params = {k: v for k, v in params.items() if v not in (None, "")}
         return base + ("?" + urlencode(params) if params else "")
 
@@ -221,8 +235,10 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             if not queue:
                 # the first queue with tasks in this page's states, else the first one
                 infos = {q: broker.info(q) for q in names}
-                queue = next((q for q in names if any(infos[q].get(s) for s in self.states)),
-                             names[0] if names else "default")
+                queue = next(
+                    (q for q in names if any(infos[q].get(s) for s in self.states)),
+                    names[0] if names else "default",
+                )
             else:
                 infos = {q: broker.info(q) for q in names}
             if queue not in infos:
@@ -230,13 +246,19 @@ class BrokerTaskAdmin(admin.ModelAdmin):
                 names.append(queue)
             for q in names:
                 i = infos[q]
-                summary.append({
-                    "queue": q, "url": self._url(backend=alias, queue=q), "selected": q == queue,
-                    "ready": i.get("ready", 0), "delayed": i.get("delayed", 0),
-                    "inflight": i.get("inflight", 0), "dead": i.get("dead", 0),
-                    "dead_evicted": i.get("dead_evicted", 0),
-                    "count": sum(int(i.get(s, 0)) for s in self.states),
-                })
+                summary.append(
+                    {
+                        "queue": q,
+                        "url": self._url(backend=alias, queue=q),
+                        "selected": q == queue,
+                        "ready": i.get("ready", 0),
+                        "delayed": i.get("delayed", 0),
+                        "inflight": i.get("inflight", 0),
+                        "dead": i.get("dead", 0),
+                        "dead_evicted": i.get("dead_evicted", 0),
+                        "count": sum(int(i.get(s, 0)) for s in self.states),
+                    }
+                )
             records, total = self._page(broker, queue, infos[queue], page)
             runs: dict = {}
             rows = [_Row(r, runs_cache=runs) for r in records]
@@ -248,30 +270,43 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         pages = max(1, -(-total // PER_PAGE))
         detail_name = "admin:%s_%s_detail" % (self.opts.app_label, self.opts.model_name)
         for row in rows:
-            row.url = reverse(detail_name, args=[quote(alias), quote(queue), quote(row.id)],
-                              current_app=self.admin_site.name)
+            row.url = reverse(
+                detail_name,
+                args=[quote(alias), quote(queue), quote(row.id)],
+                current_app=self.admin_site.name,
+            )
         actions = [a for a in self.task_actions if self._allowed(request, a)]
-        context.update({
-            "backends": [{"alias": a, "kind": b.broker.kind, "selected": a == alias,
-                          "url": self._url(backend=a)} for a, b in backends],
-            "alias": alias,
-            "kind": broker.kind,
-            "queue": queue,
-            "summary": summary,
-            "rows": rows,
-            "total": total,
-            "page": page,
-            "pages": pages,
-            "prev_url": self._url(backend=alias, queue=queue, p=page - 1) if page > 1 else None,
-            "next_url": self._url(backend=alias, queue=queue, p=page + 1) if page < pages
-            else None,
-            "broker_error": error,
-            "task_actions": actions,
-            "show_run_at": "delayed" in self.states,
-            "show_worker": "inflight" in self.states,
-            "show_error": "dead" in self.states,
-            "form_url": self._url(backend=alias, queue=queue, p=page if page > 1 else None),
-        })
+        context.update(
+            {
+                "backends": [
+                    {
+                        "alias": a,
+                        "kind": b.broker.kind,
+                        "selected": a == alias,
+                        "url": self._url(backend=a),
+                    }
+                    for a, b in backends
+                ],
+                "alias": alias,
+                "kind": broker.kind,
+                "queue": queue,
+                "summary": summary,
+                "rows": rows,
+                "total": total,
+                "page": page,
+                "pages": pages,
+                "prev_url": self._url(backend=alias, queue=queue, p=page - 1) if page > 1 else None,
+                "next_url": self._url(backend=alias, queue=queue, p=page + 1)
+                if page < pages
+                else None,
+                "broker_error": error,
+                "task_actions": actions,
+                "show_run_at": "delayed" in self.states,
+                "show_worker": "inflight" in self.states,
+                "show_error": "dead" in self.states,
+                "form_url": self._url(backend=alias, queue=queue, p=page if page > 1 else None),
+            }
+        )
         context.update(extra_context or {})
         return TemplateResponse(request, self.change_list_template, context)
 
@@ -311,12 +346,18 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         # VT.DELETE takes any ready/delayed/dead id: keep only the tasks this page (and so this
         # permission) owns. A task that moves between this read and the action (e.g. a failed task
         # retried meanwhile) can still be hit; the broker offers no per-state delete.
-        owned = [i for i in dict.fromkeys(ids)
-                 if (r := broker.get(queue, i)) is not None and r.state in self.states]
+        owned = [
+            i
+            for i in dict.fromkeys(ids)
+            if (r := broker.get(queue, i)) is not None and r.state in self.states
+        ]
         if len(owned) < len(set(ids)):
-            messages.warning(request, f"{len(set(ids)) - len(owned)} selected task(s) are not "
-                                      f"{self.opts.verbose_name_plural} of {queue!r} (any more) "
-                                      f"and were left alone.")
+            messages.warning(
+                request,
+                f"{len(set(ids)) - len(owned)} selected task(s) are not "
+                f"{self.opts.verbose_name_plural} of {queue!r} (any more) "
+                f"and were left alone.",
+            )
         if not owned:
             return
         where = f"of queue {queue!r} (backend {alias!r})"
@@ -326,32 +367,54 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
         else:
             n = broker.delete(queue, owned)
-            self._log(request, DELETION, [
-                (i, f"Deleted {self.opts.verbose_name} {i} {where}.") for i in owned])
+            self._log(
+                request,
+                DELETION,
+                [(i, f"Deleted {self.opts.verbose_name} {i} {where}.") for i in owned],
+            )
             messages.success(request, f"{n} task(s) deleted from {queue!r}.")
 
     def _act_on_all(self, request, action, alias, broker, queue):
         where = f"of queue {queue!r} (backend {alias!r})"
         if action == "retry":
             n = broker.retry_dead(queue, None)
-            self._log(request, CHANGE, [(None, f"Retried all {n} failed tasks {where}.")],
-                      f"all failed tasks of {queue}")
+            self._log(
+                request,
+                CHANGE,
+                [(None, f"Retried all {n} failed tasks {where}.")],
+                f"all failed tasks of {queue}",
+            )
             messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
         else:
             n = broker.clear(queue, "dead" if "dead" in self.states else "ready")
             what = self.opts.verbose_name_plural
-            self._log(request, DELETION, [(None, f"Deleted all {n} {what} {where}.")],
-                      f"all {what} of {queue}")
+            self._log(
+                request,
+                DELETION,
+                [(None, f"Deleted all {n} {what} {where}.")],
+                f"all {what} of {queue}",
+            )
             messages.success(request, f"{n} task(s) deleted from {queue!r}.")
 
     def _log(self, request, flag, entries, whole_queue_repr=""):
         """Admin LogEntry rows on this page's model: (task id, message) each, a None id for an
         action on the whole queue."""
         ctype = ContentType.objects.get_for_model(self.model, for_concrete_model=False)
-        LogEntry.objects.bulk_create([LogEntry(
-            user_id=request.user.pk, content_type_id=ctype.pk, object_id=i, action_flag=flag,
-            object_repr=(str(self.model(id=i)) if i is not None else whole_queue_repr)[:200],
-            change_message=message) for i, message in entries])
+        LogEntry.objects.bulk_create(
+            [
+                LogEntry(
+                    user_id=request.user.pk,
+                    content_type_id=ctype.pk,
+                    object_id=i,
+                    action_flag=flag,
+                    object_repr=(str(self.model(id=i)) if i is not None else whole_queue_repr)[
+                        :200
+                    ],
+                    change_message=message,
+                )
+                for i, message in entries
+            ]
+        )
 
     def detail_view(self, request, backend, queue, task_id):
         if not self.has_view_or_change_permission(request):
@@ -367,8 +430,9 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             messages.error(request, str(e))
             return HttpResponseRedirect(self._url(backend=backend, queue=queue))
         if record is None:
-            messages.warning(request, f"Task {task_id} is no longer in {queue!r} (it finished, "
-                                      f"or was deleted).")
+            messages.warning(
+                request, f"Task {task_id} is no longer in {queue!r} (it finished, or was deleted)."
+            )
             return HttpResponseRedirect(self._url(backend=backend, queue=queue))
         # the page a task shows on is the state it is in now, whichever list linked here
         owner = _OWNER_MODELS.get(record.state, self.model)
@@ -401,8 +465,12 @@ class BrokerTaskAdmin(admin.ModelAdmin):
 
 
 #: the model (page, permissions) a task in each broker state belongs to
-_OWNER_MODELS = {"ready": QueuedTask, "delayed": QueuedTask, "inflight": RunningTask,
-                 "dead": FailedTask}
+_OWNER_MODELS = {
+    "ready": QueuedTask,
+    "delayed": QueuedTask,
+    "inflight": RunningTask,
+    "dead": FailedTask,
+}
 
 
 @admin.register(QueuedTask)

@@ -55,4 +55,5 @@ def check_task_path(path: str) -> None:
         raise TaskRefused(
             f"task path {path!r} refused: its module is not in an installed app nor under "
             "VTASKS_TASK_MODULES, and a worker only runs the project's own tasks; add the module "
-            "(or a package above it) to VTASKS_TASK_MODULES if it is yours")
+            "(or a package above it) to VTASKS_TASK_MODULES if it is yours"
+        )

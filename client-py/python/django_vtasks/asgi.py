@@ -52,8 +52,9 @@ UNNEEDED_APPS = (
 )
 
 
-def prune_installed_apps(installed_apps: Iterable[str],
-                         remove: Iterable[str] = UNNEEDED_APPS) -> list[str]:
+def prune_installed_apps(
+    installed_apps: Iterable[str], remove: Iterable[str] = UNNEEDED_APPS
+) -> list[str]:
     """INSTALLED_APPS without the apps a worker does not need, to cut its memory::
 
         # settings.py
@@ -131,13 +132,18 @@ class _EmbeddedWorker:
         if opts.get("scheduler") is None:
             opts["scheduler"] = bool(settings.VTASKS_RUN_SCHEDULER and settings.VTASKS_SCHEDULE)
         self.worker = Worker(**opts)
-        self.task = asyncio.create_task(self.worker.run(handle_signals=False),
-                                        name="vtasks-embedded-worker")
+        self.task = asyncio.create_task(
+            self.worker.run(handle_signals=False), name="vtasks-embedded-worker"
+        )
         self.task.add_done_callback(self._on_exit)
         self._chain_signals(asyncio.get_running_loop())
-        logger.info("embedded vtasks worker %s started (queues=%s, concurrency=%d%s)",
-                    self.worker.worker_id, self.worker.queues, self.worker.concurrency,
-                    ", scheduler" if self.worker.scheduler else "")
+        logger.info(
+            "embedded vtasks worker %s started (queues=%s, concurrency=%d%s)",
+            self.worker.worker_id,
+            self.worker.queues,
+            self.worker.concurrency,
+            ", scheduler" if self.worker.scheduler else "",
+        )
 
     def _on_exit(self, task: asyncio.Task) -> None:
         if task.cancelled():
@@ -202,17 +208,22 @@ class _EmbeddedWorker:
             try:
                 await asyncio.wait_for(asyncio.shield(self.task), timeout)
             except TimeoutError:
-                logger.warning("embedded vtasks worker did not drain in %.1fs; cancelling its "
-                               "tasks (they return to the queue when their lease expires)",
-                               timeout)
+                logger.warning(
+                    "embedded vtasks worker did not drain in %.1fs; cancelling its "
+                    "tasks (they return to the queue when their lease expires)",
+                    timeout,
+                )
                 for t in list(self.worker._tasks):
                     t.cancel()
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
             except Exception:
                 pass  # logged by _on_exit
-            logger.info("embedded vtasks worker stopped (%d processed, %d failed)",
-                        self.worker.processed, self.worker.failed)
+            logger.info(
+                "embedded vtasks worker stopped (%d processed, %d failed)",
+                self.worker.processed,
+                self.worker.failed,
+            )
         finally:
             self._restore_signals()
 
@@ -222,15 +233,26 @@ def _exit_default(signum) -> None:
     signal.raise_signal(signum)
 
 
-def get_worker_application(asgi_app, *, backend_alias: str | None = None,
-                           queues: list[str] | None = None, concurrency: int | None = None,
-                           scheduler: bool | None = None, worker_id: str | None = None):
+def get_worker_application(
+    asgi_app,
+    *,
+    backend_alias: str | None = None,
+    queues: list[str] | None = None,
+    concurrency: int | None = None,
+    scheduler: bool | None = None,
+    worker_id: str | None = None,
+):
     """Wrap ``asgi_app`` so the ASGI server's event loop also runs a vtasks worker.
 
     Keyword arguments override the settings the worker reads by default (``VTASKS_BACKEND``,
     ``VTASKS_QUEUES``, ``VTASKS_CONCURRENCY``, ``VTASKS_RUN_SCHEDULER``)."""
-    options = {"backend_alias": backend_alias, "queues": queues, "concurrency": concurrency,
-               "scheduler": scheduler, "worker_id": worker_id}
+    options = {
+        "backend_alias": backend_alias,
+        "queues": queues,
+        "concurrency": concurrency,
+        "scheduler": scheduler,
+        "worker_id": worker_id,
+    }
 
     async def lifespan(scope, receive, send):
         inner = _InnerLifespan(asgi_app, scope)
@@ -250,8 +272,9 @@ def get_worker_application(asgi_app, *, backend_alias: str | None = None,
                         started = True
                     except Exception as e:
                         logger.exception("starting the embedded vtasks worker failed")
-                        await send({"type": "lifespan.startup.failed",
-                                    "message": f"vtasks worker: {e}"})
+                        await send(
+                            {"type": "lifespan.startup.failed", "message": f"vtasks worker: {e}"}
+                        )
                         return
                     # let run() begin before anything can ask it to stop
                     await asyncio.sleep(0)

@@ -89,7 +89,8 @@ class EnqueueFailed(BrokerError):
             f"{len(refused)} of {len(requests)} task(s) were not enqueued (queues {queues}, "
             f"ids {some}{' ...' if len(refused) > 3 else ''}): "
             f"{'; '.join(reasons)[:2000]}. {sum(1 for i in ids if i)} other(s) were enqueued; "
-            "this error's .results holds them (retry only the others).")
+            "this error's .results holds them (retry only the others)."
+        )
 
 
 class EnqueueRequest(NamedTuple):
@@ -468,7 +469,7 @@ class Broker(ABC):
 class _EnqueueBatcher:
     """Collects the aenqueue() calls of one event-loop tick into one round trip."""
 
-    def __init__(self, broker: "Broker", loop: asyncio.AbstractEventLoop):
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop):
         self.broker = broker
         self.loop = loop
         self.pending: list[tuple[list, asyncio.Future]] = []
@@ -502,12 +503,12 @@ class _EnqueueBatcher:
                 refused = {j - i: r for j, r in e.refused.items() if i <= j < i + n}
                 if not fut.done():
                     if refused:
-                        fut.set_exception(EnqueueFailed(reqs, e.ids[i:i + n], refused))
+                        fut.set_exception(EnqueueFailed(reqs, e.ids[i : i + n], refused))
                     else:
-                        fut.set_result(e.ids[i:i + n])
+                        fut.set_result(e.ids[i : i + n])
                 i += n
             return
-        except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
+        except BaseException as e:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
@@ -517,11 +518,11 @@ class _EnqueueBatcher:
         i = 0
         for reqs, fut in batch:
             if not fut.done():
-                fut.set_result(ids[i:i + len(reqs)])
+                fut.set_result(ids[i : i + len(reqs)])
             i += len(reqs)
 
 
-_BATCHERS: "weakref.WeakKeyDictionary" = None  # loop -> {id(broker): _EnqueueBatcher}
+_BATCHERS: weakref.WeakKeyDictionary = None  # loop -> {id(broker): _EnqueueBatcher}
 
 
 async def coalesced_enqueue(broker: Broker, requests) -> list[str | None]:
@@ -547,16 +548,31 @@ def _in_thread(method):
 #: contract methods whose client errors become BrokerErrors (see Broker.client_errors): name ->
 #: what the message says was being done. The async form ("a" + name) is wrapped too.
 TRANSLATED = {
-    "enqueue": "enqueue", "enqueue_now": "enqueue",
-    "fetch": "fetch", "ack": "ack", "ack_with_results": "ack", "fail": "fail a task",
-    "rescue": "rescue", "extend": "extend leases", "info": "read queue info",
-    "queues": "list queues", "peek": "list tasks", "get": "read a task",
+    "enqueue": "enqueue",
+    "enqueue_now": "enqueue",
+    "fetch": "fetch",
+    "ack": "ack",
+    "ack_with_results": "ack",
+    "fail": "fail a task",
+    "rescue": "rescue",
+    "extend": "extend leases",
+    "info": "read queue info",
+    "queues": "list queues",
+    "peek": "list tasks",
+    "get": "read a task",
     "unique_holder": "read a unique key's task",
-    "retry_dead": "retry dead tasks", "delete": "delete tasks", "clear": "clear a queue",
-    "schedule_set": "set a schedule", "schedule_del": "delete a schedule",
-    "schedule_list": "list schedules", "tick": "fire schedules", "maintain": "run maintenance",
-    "store_result": "store a result", "store_results": "store results",
-    "get_result": "read a result", "set_dlq_cap": "set the DLQ cap",
+    "retry_dead": "retry dead tasks",
+    "delete": "delete tasks",
+    "clear": "clear a queue",
+    "schedule_set": "set a schedule",
+    "schedule_del": "delete a schedule",
+    "schedule_list": "list schedules",
+    "tick": "fire schedules",
+    "maintain": "run maintenance",
+    "store_result": "store a result",
+    "store_results": "store results",
+    "get_result": "read a result",
+    "set_dlq_cap": "set the DLQ cap",
 }
 
 
@@ -570,6 +586,7 @@ def _translate_errors(cls) -> None:
             if fn is None or getattr(fn, "_translated", False):
                 continue
             if inspect.iscoroutinefunction(fn):
+
                 @functools.wraps(fn)
                 async def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
                     try:
@@ -579,6 +596,7 @@ def _translate_errors(cls) -> None:
                     except self.client_errors as e:
                         raise self.error(e, _doing) from e
             else:
+
                 @functools.wraps(fn)
                 def wrapper(self, *args, _fn=fn, _doing=doing, **kwargs):
                     try:
@@ -587,6 +605,7 @@ def _translate_errors(cls) -> None:
                         raise
                     except self.client_errors as e:
                         raise self.error(e, _doing) from e
+
             wrapper._translated = True
             setattr(cls, attr, wrapper)
 

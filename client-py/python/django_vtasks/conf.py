@@ -91,9 +91,13 @@ def queue_checks(backend) -> list:
     missing = unserved_queues(backend.alias)
     if not missing:
         return []
-    return [checks.Warning(
-        f"Task backend {backend.alias!r}: its QUEUES {missing} are not in VTASKS_QUEUES, so a "
-        "worker started without --queue does not serve them: their tasks would never run.",
-        hint="Add them to VTASKS_QUEUES (or remove the setting: workers then serve the backend's "
-             "QUEUES), or start a worker with --queue for them.",
-        obj=backend, id="django_vtasks.W005")]
+    return [
+        checks.Warning(
+            f"Task backend {backend.alias!r}: its QUEUES {missing} are not in VTASKS_QUEUES, so a "
+            "worker started without --queue does not serve them: their tasks would never run.",
+            hint="Add them to VTASKS_QUEUES (or remove the setting: workers then serve the backend's "
+            "QUEUES), or start a worker with --queue for them.",
+            obj=backend,
+            id="django_vtasks.W005",
+        )
+    ]

@@ -64,31 +64,69 @@ def bar_chart(points: list[dict], key: str, color: str, now: float, label: str) 
         x0, x1 = x(p["t"] - p["seconds"]), x(p["t"])
         h = v / top * (height - 20)
         stamp = datetime.fromtimestamp(p["t"], UTC).strftime("%H:%M:%S")
-        bars.append(format_html(
-            '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
-            '<title>{}: {} in {}s until {} UTC ({}/min)</title></rect>',
-            _n(x0), _n(height - h), _n(max(1.0, x1 - x0 - 1)), _n(h), color, label, p[key],
-            f"{p['seconds']:.0f}", stamp, _n(v)))
+        bars.append(
+            format_html(
+                '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
+                "<title>{}: {} in {}s until {} UTC ({}/min)</title></rect>",
+                _n(x0),
+                _n(height - h),
+                _n(max(1.0, x1 - x0 - 1)),
+                _n(h),
+                color,
+                label,
+                p[key],
+                f"{p['seconds']:.0f}",
+                stamp,
+                _n(v),
+            )
+        )
     axis = format_html(
         '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="currentColor" stroke-opacity="0.4"/>'
         '<text x="0" y="12" font-size="11" fill="currentColor">{}/min</text>'
         '<text x="{}" y="{}" font-size="11" fill="currentColor">-{}min</text>'
         '<text x="{}" y="{}" font-size="11" fill="currentColor" text-anchor="end">now</text>',
-        pad, height, width, height, f"{top:.0f}", pad, height + 14, CHART_MINUTES, width,
-        height + 14)
-    empty = "" if shown else format_html(
-        '<text x="{}" y="{}" font-size="12" fill="currentColor" text-anchor="middle">'
-        'no samples yet (workers record one every {}s)</text>',
-        _n((width + pad) / 2), _n(height / 2), f"{activity.sample_interval():g}")
+        pad,
+        height,
+        width,
+        height,
+        f"{top:.0f}",
+        pad,
+        height + 14,
+        CHART_MINUTES,
+        width,
+        height + 14,
+    )
+    empty = (
+        ""
+        if shown
+        else format_html(
+            '<text x="{}" y="{}" font-size="12" fill="currentColor" text-anchor="middle">'
+            "no samples yet (workers record one every {}s)</text>",
+            _n((width + pad) / 2),
+            _n(height / 2),
+            f"{activity.sample_interval():g}",
+        )
+    )
     return format_html(
         '<svg class="vtasks-chart" role="img" aria-label="{}" viewBox="0 0 {} {}" width="100%" '
         'preserveAspectRatio="none" style="max-width:{}px;height:{}px">{}{}{}</svg>',
-        label, width, height + 18, width, height + 18, axis,
-        mark_safe("".join(bars)), empty)
+        label,
+        width,
+        height + 18,
+        width,
+        height + 18,
+        axis,
+        mark_safe("".join(bars)),
+        empty,
+    )
 
 
-_STATE_COLORS = (("ready", "#417690"), ("delayed", "#79aec8"), ("inflight", "#e6a23c"),
-                 ("dead", "#ba2121"))
+_STATE_COLORS = (
+    ("ready", "#417690"),
+    ("delayed", "#79aec8"),
+    ("inflight", "#e6a23c"),
+    ("dead", "#ba2121"),
+)
 
 
 def depth_bar(info: dict, scale: int) -> str:
@@ -99,13 +137,23 @@ def depth_bar(info: dict, scale: int) -> str:
         if not n:
             continue
         w = n / max(scale, 1) * width
-        parts.append(format_html('<rect x="{}" y="0" width="{}" height="12" fill="{}">'
-                                 '<title>{}: {}</title></rect>', _n(x), _n(max(w, 1)), color,
-                                 state, n))
+        parts.append(
+            format_html(
+                '<rect x="{}" y="0" width="{}" height="12" fill="{}"><title>{}: {}</title></rect>',
+                _n(x),
+                _n(max(w, 1)),
+                color,
+                state,
+                n,
+            )
+        )
         x += w
-    return format_html('<svg class="vtasks-depth" width="{}" height="12" role="img" '
-                       'aria-label="depth by state">{}</svg>', width,
-                       mark_safe("".join(parts)))
+    return format_html(
+        '<svg class="vtasks-depth" width="{}" height="12" role="img" '
+        'aria-label="depth by state">{}</svg>',
+        width,
+        mark_safe("".join(parts)),
+    )
 
 
 @admin.register(Dashboard)
@@ -130,40 +178,68 @@ class DashboardAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
-        return [path("", self.admin_site.admin_view(self.changelist_view),
-                     name="%s_%s_changelist" % info)]
+        return [
+            path(
+                "", self.admin_site.admin_view(self.changelist_view), name="%s_%s_changelist" % info
+            )
+        ]
 
     def _list_url(self, model, alias: str, queue: str) -> str:
-        return reverse(f"admin:django_vtasks_{model._meta.model_name}_changelist",
-                       current_app=self.admin_site.name) + "?" + urlencode(
-            {"backend": alias, "queue": queue})
+        return (
+            reverse(
+                f"admin:django_vtasks_{model._meta.model_name}_changelist",
+                current_app=self.admin_site.name,
+            )
+            + "?"
+            + urlencode({"backend": alias, "queue": queue})
+        )
 
     def _backend_context(self, request, alias, backend, now: float) -> dict:
         from .conf import settings as vsettings
 
-        listable = {key: model for key, model in (("queued", QueuedTask),
-                                                  ("running", RunningTask),
-                                                  ("failed", FailedTask))
-                    if self._may_list(request, model)}
+        listable = {
+            key: model
+            for key, model in (
+                ("queued", QueuedTask),
+                ("running", RunningTask),
+                ("failed", FailedTask),
+            )
+            if self._may_list(request, model)
+        }
         broker = backend.broker
-        ctx = {"alias": alias, "kind": broker.kind, "queues": [], "schedules": [],
-               "workers": [], "error": None}
+        ctx = {
+            "alias": alias,
+            "kind": broker.kind,
+            "queues": [],
+            "schedules": [],
+            "workers": [],
+            "error": None,
+        }
         try:
-            names = sorted(set(broker.queues()) | set(backend.queues or ())
-                           | set(vsettings.VTASKS_QUEUES or ()))
+            names = sorted(
+                set(broker.queues())
+                | set(backend.queues or ())
+                | set(vsettings.VTASKS_QUEUES or ())
+            )
             infos = {q: broker.info(q) for q in names}
-            scale = max([sum(int(i.get(s, 0)) for s, _ in _STATE_COLORS)
-                         for i in infos.values()] + [1])
+            scale = max(
+                [sum(int(i.get(s, 0)) for s, _ in _STATE_COLORS) for i in infos.values()] + [1]
+            )
             for q in names:
                 i = infos[q]
-                ctx["queues"].append({
-                    "name": q, **{s: int(i.get(s, 0)) for s, _ in _STATE_COLORS},
-                    "dead_evicted": int(i.get("dead_evicted", 0)),
-                    "acked_total": int(i.get("acked_total", 0)),
-                    "bar": depth_bar(i, scale),
-                    **{f"{key}_url": self._list_url(model, alias, q)
-                       for key, model in listable.items()},
-                })
+                ctx["queues"].append(
+                    {
+                        "name": q,
+                        **{s: int(i.get(s, 0)) for s, _ in _STATE_COLORS},
+                        "dead_evicted": int(i.get("dead_evicted", 0)),
+                        "acked_total": int(i.get("acked_total", 0)),
+                        "bar": depth_bar(i, scale),
+                        **{
+                            f"{key}_url": self._list_url(model, alias, q)
+                            for key, model in listable.items()
+                        },
+                    }
+                )
                 if i.get("schedules"):
                     for s in broker.schedule_list(q):
                         try:
@@ -171,25 +247,37 @@ class DashboardAdmin(admin.ModelAdmin):
                         except Exception:
                             func = "(undecodable payload)"
                         next_run = s.next_run_ms / 1000
-                        ctx["schedules"].append({
-                            "queue": q, "name": s.name, "func": func,
-                            "spec": s.spec if s.kind == "cron" else f"every {int(s.spec) / 1000:g}s",
-                            "next_run": datetime.fromtimestamp(next_run, UTC),
-                            "in": _ago(next_run - now)})
+                        ctx["schedules"].append(
+                            {
+                                "queue": q,
+                                "name": s.name,
+                                "func": func,
+                                "spec": s.spec
+                                if s.kind == "cron"
+                                else f"every {int(s.spec) / 1000:g}s",
+                                "next_run": datetime.fromtimestamp(next_run, UTC),
+                                "in": _ago(next_run - now),
+                            }
+                        )
             points = activity.rates(activity.samples(broker))
-            ctx["throughput_chart"] = bar_chart(points, "succeeded", "#2e7d32", now,
-                                                "succeeded")
+            ctx["throughput_chart"] = bar_chart(points, "succeeded", "#2e7d32", now, "succeeded")
             ctx["failure_chart"] = bar_chart(points, "failed", "#ba2121", now, "failed")
             recent = [p for p in points if p["t"] > now - CHART_MINUTES * 60]
-            ctx["totals"] = {k: sum(p[k] for p in recent)
-                             for k in ("succeeded", "failed", "retried")}
+            ctx["totals"] = {
+                k: sum(p[k] for p in recent) for k in ("succeeded", "failed", "retried")
+            }
             for wid, w in sorted(activity.workers(broker).items()):
-                ctx["workers"].append({
-                    "id": wid, **w, "queues": ", ".join(w.get("queues") or []),
-                    "seen_ago": _ago(now - w.get("seen", 0)),
-                    "up": _ago(now - w.get("started", now)),
-                    # not seen for 3 report intervals
-                    "gone": now - w.get("seen", 0) > 3 * activity.report_interval()})
+                ctx["workers"].append(
+                    {
+                        "id": wid,
+                        **w,
+                        "queues": ", ".join(w.get("queues") or []),
+                        "seen_ago": _ago(now - w.get("seen", 0)),
+                        "up": _ago(now - w.get("started", now)),
+                        # not seen for 3 report intervals
+                        "gone": now - w.get("seen", 0) > 3 * activity.report_interval(),
+                    }
+                )
         except Exception as e:  # a broker down must not 500 the admin
             logger.warning("dashboard: reading the broker of %r failed: %s", alias, e)
             ctx["error"] = f"{type(e).__name__}: {e}"
@@ -207,8 +295,11 @@ class DashboardAdmin(admin.ModelAdmin):
             "backends": [self._backend_context(request, a, b, now) for a, b in vtasks_backends()],
             "chart_minutes": CHART_MINUTES,
             "states": [s for s, _ in _STATE_COLORS],
-            "legend": format_html_join(" ", '<span class="vtasks-swatch" style="background:{}">'
-                                       '</span>{}', ((c, s) for s, c in _STATE_COLORS)),
+            "legend": format_html_join(
+                " ",
+                '<span class="vtasks-swatch" style="background:{}"></span>{}',
+                ((c, s) for s, c in _STATE_COLORS),
+            ),
         }
         context.update(extra_context or {})
         return TemplateResponse(request, self.template, context)

@@ -41,8 +41,9 @@ class RetryLog:
         self.logger.debug("%s failed", self.what, exc_info=e)
         if text != self._last_text or now - self._last_logged >= self.remind:
             again = f" (failed {self._repeats + 1} times)" if text == self._last_text else ""
-            self.logger.error("%s failed%s: %s (retrying in %.1fs)", self.what, again, text,
-                              retry_in)
+            self.logger.error(
+                "%s failed%s: %s (retrying in %.1fs)", self.what, again, text, retry_in
+            )
             self._last_logged = now
             if text != self._last_text:
                 self._repeats = 0

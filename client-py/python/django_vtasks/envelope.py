@@ -24,8 +24,9 @@ def compress_threshold() -> int:
     return int(settings.VTASKS_COMPRESS_THRESHOLD)
 
 
-def build_envelope(task, args: list, kwargs: dict, id: str, backend: str,
-                   ts: float | None = None) -> dict[str, Any]:
+def build_envelope(
+    task, args: list, kwargs: dict, id: str, backend: str, ts: float | None = None
+) -> dict[str, Any]:
     """The envelope of one run of ``task`` as a dict (``ts``: the enqueue time, default now).
     Enqueues write the same bytes with envelope_template (tested byte-identical)."""
     return {
@@ -56,13 +57,24 @@ def envelope_template(task, backend: str) -> bytes:
         return dumps(v).replace(b"%", b"%%")
 
     options = task_options(task)
-    return b"".join((
-        b'{"func":', j(task.module_path), b',"args":%b,"kwargs":%b,"queue":',
-        j(task.queue_name), b',"ts":%b,"id":"%b","priority":', j(task.priority),
-        b',"run_after":', j(run_after.isoformat() if run_after is not None else None),
-        b',"backend":', j(backend), b',"takes_context":', j(task.takes_context),
-        b',"options":' + j(options) if options else b"", b"}",
-    ))
+    return b"".join(
+        (
+            b'{"func":',
+            j(task.module_path),
+            b',"args":%b,"kwargs":%b,"queue":',
+            j(task.queue_name),
+            b',"ts":%b,"id":"%b","priority":',
+            j(task.priority),
+            b',"run_after":',
+            j(run_after.isoformat() if run_after is not None else None),
+            b',"backend":',
+            j(backend),
+            b',"takes_context":',
+            j(task.takes_context),
+            b',"options":' + j(options) if options else b"",
+            b"}",
+        )
+    )
 
 
 # id(task) -> (task, backend, template). Tasks are frozen and the entry holds its task, so an id
@@ -104,7 +116,8 @@ def check_size(data: bytes, func: str) -> None:
     if len(data) > limit:
         raise PayloadTooLarge(
             f"task {func}: its arguments encode to {len(data)} bytes, over VTASKS_MAX_PAYLOAD "
-            f"({limit} bytes); pass a reference (a database id, a file name) instead of the data")
+            f"({limit} bytes); pass a reference (a database id, a file name) instead of the data"
+        )
 
 
 def encode_envelope(envelope: dict[str, Any], threshold: int | None = None) -> bytes:
@@ -138,8 +151,10 @@ def validate_envelope(env: dict[str, Any]) -> None:
         try:
             datetime.fromisoformat(run_after)
         except (TypeError, ValueError):
-            raise ValueError(f"envelope 'run_after' must be null or an ISO 8601 date-time, not "
-                             f"{str(run_after)[:64]!r}") from None
+            raise ValueError(
+                f"envelope 'run_after' must be null or an ISO 8601 date-time, not "
+                f"{str(run_after)[:64]!r}"
+            ) from None
 
 
 def preview(payload: bytes, limit: int = 2048) -> tuple[str, bool]:

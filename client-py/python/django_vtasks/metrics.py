@@ -42,8 +42,10 @@ from django.tasks.signals import task_finished, task_started
 try:
     import prometheus_client  # noqa: F401 - only checks that it is installed
 except ImportError as e:  # an optional extra, depending on how vtasks was installed
-    raise ImportError("vtasks metrics need prometheus_client: pip install prometheus_client "
-                      "(or the django-vtasks extra that brings it)") from e
+    raise ImportError(
+        "vtasks metrics need prometheus_client: pip install prometheus_client "
+        "(or the django-vtasks extra that brings it)"
+    ) from e
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -63,38 +65,62 @@ logger = logging.getLogger("django_vtasks.metrics")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
-TASKS_STARTED = Counter("vtasks_tasks_started", "Tasks started by this worker (every attempt).",
-                        ["queue", "task"])
-TASKS_SUCCEEDED = Counter("vtasks_tasks_succeeded", "Tasks that returned a result.",
-                          ["queue", "task"])
-TASKS_FAILED = Counter("vtasks_tasks_failed",
-                       "Tasks that failed for good (dead-lettered; retried attempts are in "
-                       "vtasks_queue_retried_total).", ["queue", "task"])
-TASK_DURATION = Histogram("vtasks_task_duration_seconds",
-                          "Run time of a finished attempt (start to success or failure).",
-                          ["queue", "task"])
-TASK_LATENCY = Histogram("vtasks_task_latency_seconds",
-                         "Enqueue to first start (queueing delay, incl. a requested run_after).",
-                         ["queue"], buckets=_LATENCY_BUCKETS)
-SLOTS_BUSY = Gauge("vtasks_worker_slots_busy", "Task slots in use (live worker processes).",
-                   multiprocess_mode="livesum")
-SLOTS_FREE = Gauge("vtasks_worker_slots_free", "Task slots free (live worker processes).",
-                   multiprocess_mode="livesum")
-SCHEDULE_RUNS = Counter("vtasks_schedule_runs",
-                        "Tasks fired by a schedule (ticks) that a worker started.",
-                        ["queue", "schedule"])
+TASKS_STARTED = Counter(
+    "vtasks_tasks_started", "Tasks started by this worker (every attempt).", ["queue", "task"]
+)
+TASKS_SUCCEEDED = Counter(
+    "vtasks_tasks_succeeded", "Tasks that returned a result.", ["queue", "task"]
+)
+TASKS_FAILED = Counter(
+    "vtasks_tasks_failed",
+    "Tasks that failed for good (dead-lettered; retried attempts are in "
+    "vtasks_queue_retried_total).",
+    ["queue", "task"],
+)
+TASK_DURATION = Histogram(
+    "vtasks_task_duration_seconds",
+    "Run time of a finished attempt (start to success or failure).",
+    ["queue", "task"],
+)
+TASK_LATENCY = Histogram(
+    "vtasks_task_latency_seconds",
+    "Enqueue to first start (queueing delay, incl. a requested run_after).",
+    ["queue"],
+    buckets=_LATENCY_BUCKETS,
+)
+SLOTS_BUSY = Gauge(
+    "vtasks_worker_slots_busy",
+    "Task slots in use (live worker processes).",
+    multiprocess_mode="livesum",
+)
+SLOTS_FREE = Gauge(
+    "vtasks_worker_slots_free",
+    "Task slots free (live worker processes).",
+    multiprocess_mode="livesum",
+)
+SCHEDULE_RUNS = Counter(
+    "vtasks_schedule_runs",
+    "Tasks fired by a schedule (ticks) that a worker started.",
+    ["queue", "schedule"],
+)
 
 #: VT.INFO fields → (metric suffix, kind)
-_INFO_GAUGES = {"ready": "Tasks ready to run.", "delayed": "Tasks waiting for their run time.",
-                "inflight": "Tasks leased to a worker.", "dead": "Tasks in the dead-letter list.",
-                "schedules": "Schedules of the queue."}
-_INFO_COUNTERS = {"enqueued_total": "Tasks enqueued (incl. schedule ticks).",
-                  "acked_total": "Tasks acknowledged (succeeded).",
-                  "failed_total": "Failures reported by workers (retried or dead-lettered).",
-                  "retried_total": "Failures that were retried.",
-                  "rescued_total": "Leases returned to ready (worker died or lease expired).",
-                  "dead_total": "Dead-letterings (incl. evicted ones).",
-                  "dead_evicted": "Dead entries evicted by the dead-letter cap."}
+_INFO_GAUGES = {
+    "ready": "Tasks ready to run.",
+    "delayed": "Tasks waiting for their run time.",
+    "inflight": "Tasks leased to a worker.",
+    "dead": "Tasks in the dead-letter list.",
+    "schedules": "Schedules of the queue.",
+}
+_INFO_COUNTERS = {
+    "enqueued_total": "Tasks enqueued (incl. schedule ticks).",
+    "acked_total": "Tasks acknowledged (succeeded).",
+    "failed_total": "Failures reported by workers (retried or dead-lettered).",
+    "retried_total": "Failures that were retried.",
+    "rescued_total": "Leases returned to ready (worker died or lease expired).",
+    "dead_total": "Dead-letterings (incl. evicted ones).",
+    "dead_evicted": "Dead entries evicted by the dead-letter cap.",
+}
 
 
 # ---- worker side --------------------------------------------------------------------------------
@@ -106,8 +132,11 @@ def _queue_task(result) -> tuple[str, str]:
 def _on_started(sender, task_result, **kwargs) -> None:
     queue, name = _queue_task(task_result)
     TASKS_STARTED.labels(queue, name).inc()
-    if len(task_result.worker_ids) <= 1 and task_result.enqueued_at and \
-            task_result.last_attempted_at:
+    if (
+        len(task_result.worker_ids) <= 1
+        and task_result.enqueued_at
+        and task_result.last_attempted_at
+    ):
         delay = (task_result.last_attempted_at - task_result.enqueued_at).total_seconds()
         TASK_LATENCY.labels(queue).observe(max(0.0, delay))
 
@@ -120,7 +149,8 @@ def _on_finished(sender, task_result, **kwargs) -> None:
         TASKS_FAILED.labels(queue, name).inc()
     if task_result.finished_at and task_result.last_attempted_at:
         TASK_DURATION.labels(queue, name).observe(
-            max(0.0, (task_result.finished_at - task_result.last_attempted_at).total_seconds()))
+            max(0.0, (task_result.finished_at - task_result.last_attempted_at).total_seconds())
+        )
 
 
 def _on_schedule_run(sender, queue, schedule, **kwargs) -> None:
@@ -151,8 +181,12 @@ def enable(worker, port: int | None = None, addr: str = "") -> None:
     with ``port``, serve /metrics (worker + broker metrics) from a daemon thread."""
     connect()
     SLOTS_FREE.set(worker.concurrency)
-    threading.Thread(target=_sample_slots, args=(worker, threading.Event()),
-                     name="vtasks-metrics-slots", daemon=True).start()
+    threading.Thread(
+        target=_sample_slots,
+        args=(worker, threading.Event()),
+        name="vtasks-metrics-slots",
+        daemon=True,
+    ).start()
     if port is not None:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
@@ -161,8 +195,9 @@ def enable(worker, port: int | None = None, addr: str = "") -> None:
         logger.info("metrics on http://%s:%d/metrics", addr or "0.0.0.0", port)
 
 
-def serve_multiprocess(port: int, addr: str, path: str, alias: str,
-                       queues: list[str] | None) -> None:
+def serve_multiprocess(
+    port: int, addr: str, path: str, alias: str, queues: list[str] | None
+) -> None:
     """The supervisor's /metrics: the sum of its children's files in ``path`` + the broker."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=path)
@@ -201,20 +236,30 @@ class BrokerCollector:
 
     def collect(self):
         labels = ["backend", "queue"]
-        gauges = {f: GaugeMetricFamily(f"vtasks_queue_{f}", doc, labels=labels)
-                  for f, doc in _INFO_GAUGES.items()}
-        counters = {f: CounterMetricFamily(f"vtasks_queue_{f.removesuffix('_total')}", doc,
-                                           labels=labels) for f, doc in _INFO_COUNTERS.items()}
-        next_run = GaugeMetricFamily("vtasks_schedule_next_run_timestamp_seconds",
-                                     "Next tick of a schedule (unix time).",
-                                     labels=["backend", "queue", "schedule"])
-        up = GaugeMetricFamily("vtasks_broker_up", "1 when the broker answered this scrape.",
-                               labels=["backend"])
+        gauges = {
+            f: GaugeMetricFamily(f"vtasks_queue_{f}", doc, labels=labels)
+            for f, doc in _INFO_GAUGES.items()
+        }
+        counters = {
+            f: CounterMetricFamily(f"vtasks_queue_{f.removesuffix('_total')}", doc, labels=labels)
+            for f, doc in _INFO_COUNTERS.items()
+        }
+        next_run = GaugeMetricFamily(
+            "vtasks_schedule_next_run_timestamp_seconds",
+            "Next tick of a schedule (unix time).",
+            labels=["backend", "queue", "schedule"],
+        )
+        up = GaugeMetricFamily(
+            "vtasks_broker_up", "1 when the broker answered this scrape.", labels=["backend"]
+        )
         for alias, backend in self._backends():
             broker = backend.broker
             try:
-                names = sorted(set(broker.queues()) | set(self.queues)
-                               | set(getattr(backend, "queues", None) or ()))
+                names = sorted(
+                    set(broker.queues())
+                    | set(self.queues)
+                    | set(getattr(backend, "queues", None) or ())
+                )
                 for queue in names:
                     info = broker.info(queue)
                     for f, family in gauges.items():

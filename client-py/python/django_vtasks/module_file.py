@@ -20,10 +20,12 @@ MODULE_FILE = "libvtasks.so"
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED = PACKAGE_DIR / "_module" / MODULE_FILE
 
-BUILD_HINT = ("build it from the vtasks repository with `cargo build --release -p vtasks-module` "
-              "(needs Rust and libclang-dev) and set VTASKS_MODULE_PATH=/path/to/target/release/"
-              f"{MODULE_FILE}, or install the release wheel, which bundles it (see README, "
-              "\"Install\")")
+BUILD_HINT = (
+    "build it from the vtasks repository with `cargo build --release -p vtasks-module` "
+    "(needs Rust and libclang-dev) and set VTASKS_MODULE_PATH=/path/to/target/release/"
+    f"{MODULE_FILE}, or install the release wheel, which bundles it (see README, "
+    '"Install")'
+)
 
 
 class ModuleFileNotFound(Exception):
@@ -49,8 +51,9 @@ def candidates() -> list[tuple[str, Path]]:
     if repo is not None:
         out.append(("the source checkout's cargo build", repo / "target" / "release" / MODULE_FILE))
     out.append(("bundled in the django_vtasks package", BUNDLED))
-    out.append(("the current directory's cargo build", Path.cwd() / "target" / "release"
-                / MODULE_FILE))
+    out.append(
+        ("the current directory's cargo build", Path.cwd() / "target" / "release" / MODULE_FILE)
+    )
     return out
 
 
@@ -58,13 +61,17 @@ def find() -> tuple[str, Path]:
     """(where, absolute path) of the libvtasks.so this installation uses, or ModuleFileNotFound."""
     env = os.environ.get("VTASKS_MODULE_PATH")
     if env and not Path(env).is_file():
-        raise ModuleFileNotFound(f"VTASKS_MODULE_PATH={env}: no such file. Fix the path, or unset "
-                                 f"it to use the module bundled with the wheel, or build one with "
-                                 f"`cargo build --release -p vtasks-module`.")
+        raise ModuleFileNotFound(
+            f"VTASKS_MODULE_PATH={env}: no such file. Fix the path, or unset "
+            f"it to use the module bundled with the wheel, or build one with "
+            f"`cargo build --release -p vtasks-module`."
+        )
     tried = []
     for where, path in candidates():
         if path.is_file():
             return where, path.resolve()
         tried.append(f"  {path} ({where})")
-    raise ModuleFileNotFound(f"The vtasks Valkey module ({MODULE_FILE}) was not found: "
-                             f"{BUILD_HINT}.\nLooked in:\n" + "\n".join(tried))
+    raise ModuleFileNotFound(
+        f"The vtasks Valkey module ({MODULE_FILE}) was not found: "
+        f"{BUILD_HINT}.\nLooked in:\n" + "\n".join(tried)
+    )

@@ -16,8 +16,9 @@ MASK = "***"
 # scheme://[user][:password]@host...: the password part of any URL-like string in a text
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?P<pw>[^\s@/]+)(?=@)")
 # password=... in a libpq key/value DSN or a URL query string
-_KV_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pass)\s*=\s*)(?P<pw>'[^']*'|[^\s&]+)",
-                          re.IGNORECASE)
+_KV_PASSWORD = re.compile(
+    r"(?P<head>\b(?:password|passwd|pass)\s*=\s*)(?P<pw>'[^']*'|[^\s&]+)", re.IGNORECASE
+)
 
 
 def redact_url(url: str | None) -> str:

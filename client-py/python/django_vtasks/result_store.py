@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from django.conf import settings as django_settings
@@ -48,10 +49,15 @@ def _policy(alias: str) -> tuple:
     policy = _POLICIES.get(alias)
     if policy is None:
         options = ((getattr(django_settings, "TASKS", {}) or {}).get(alias) or {}).get(
-            "OPTIONS") or {}
-        policy = (int(settings.VTASKS_COMPRESS_THRESHOLD), int(settings.VTASKS_RESULT_MAX_BYTES),
-                  int(settings.VTASKS_MAX_TRACEBACK), bool(options.get("RESULT_ARGS", True)),
-                  frozenset(options.get("IGNORE_RESULT_QUEUES") or ()))
+            "OPTIONS"
+        ) or {}
+        policy = (
+            int(settings.VTASKS_COMPRESS_THRESHOLD),
+            int(settings.VTASKS_RESULT_MAX_BYTES),
+            int(settings.VTASKS_MAX_TRACEBACK),
+            bool(options.get("RESULT_ARGS", True)),
+            frozenset(options.get("IGNORE_RESULT_QUEUES") or ()),
+        )
         with _LOCK:
             _POLICIES[alias] = policy
     return policy
@@ -71,8 +77,10 @@ def clip(text: str, limit: int) -> str:
         return text
     head = limit // 4
     tail = limit - head
-    return (f"{text[:head]}\n... [{len(text) - head - tail} characters cut: tracebacks are kept "
-            f"to VTASKS_MAX_TRACEBACK={limit}] ...\n{text[-tail:]}")
+    return (
+        f"{text[:head]}\n... [{len(text) - head - tail} characters cut: tracebacks are kept "
+        f"to VTASKS_MAX_TRACEBACK={limit}] ...\n{text[-tail:]}"
+    )
 
 
 def stored_form(result, encode: Callable[[Any, bool, int], bytes]) -> bytes | None:
@@ -104,12 +112,19 @@ def _shrink(doc: bytes, max_bytes: int) -> bytes:
         ran = data.get("status") == "SUCCESSFUL"
         data["status"] = "FAILED"
         data["return_value"] = None
-        note = (f"the stored result would take {size} bytes, over VTASKS_RESULT_MAX_BYTES "
-                f"({max_bytes})" + ("; the task ran to completion but its return value was not "
-                                    "kept: return a reference (an id, a path) to large data"
-                                    if ran else ""))
+        note = (
+            f"the stored result would take {size} bytes, over VTASKS_RESULT_MAX_BYTES "
+            f"({max_bytes})"
+            + (
+                "; the task ran to completion but its return value was not "
+                "kept: return a reference (an id, a path) to large data"
+                if ran
+                else ""
+            )
+        )
         data["errors"] = list(data.get("errors") or []) + [
-            {"exception_class_path": RESULT_TOO_LARGE, "traceback": note}]
+            {"exception_class_path": RESULT_TOO_LARGE, "traceback": note}
+        ]
         out = dumps(data, option=orjson.OPT_NON_STR_KEYS)
         limit = max(256, max_bytes // (4 * len(data["errors"])))
         while len(out) > max_bytes and limit > 64:
@@ -117,10 +132,14 @@ def _shrink(doc: bytes, max_bytes: int) -> bytes:
                 e["traceback"] = clip(e.get("traceback") or "", limit)
             out = dumps(data, option=orjson.OPT_NON_STR_KEYS)
             limit //= 2
-    logger.warning("result of task %s (%s) took %d bytes, over VTASKS_RESULT_MAX_BYTES=%d: "
-                   "stored %s", data.get("id"), data.get("func"), size, max_bytes,
-                   "as FAILED without its return value" if too_large
-                   else "without its argument copies")
+    logger.warning(
+        "result of task %s (%s) took %d bytes, over VTASKS_RESULT_MAX_BYTES=%d: stored %s",
+        data.get("id"),
+        data.get("func"),
+        size,
+        max_bytes,
+        "as FAILED without its return value" if too_large else "without its argument copies",
+    )
     return out
 
 
@@ -141,8 +160,12 @@ def count_not_stored(n: int, reason: BaseException | str) -> None:
     broker until acked, then TaskResultDoesNotExist."""
     global _NOT_STORED
     _NOT_STORED += n
-    logger.error("%d task result(s) could not be stored (%s); %d so far in this process",
-                 n, reason, _NOT_STORED)
+    logger.error(
+        "%d task result(s) could not be stored (%s); %d so far in this process",
+        n,
+        reason,
+        _NOT_STORED,
+    )
 
 
 def not_stored() -> int:

@@ -42,15 +42,54 @@ def _normalize_kwargs(kwargs) -> dict:
 
 # TaskResult is a frozen dataclass with slots: writing through the slot descriptors directly is
 # about twice as fast as object.__setattr__, and results are built per task on the hot paths.
-(_task, _id, _status, _enqueued_at, _started_at, _finished_at, _last_attempted_at, _args, _kwargs,
- _backend, _errors, _worker_ids, _return_value) = (
-    TaskResult.__dict__[f].__set__ for f in (
-        "task", "id", "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
-        "args", "kwargs", "backend", "errors", "worker_ids", "_return_value"))
+(
+    _task,
+    _id,
+    _status,
+    _enqueued_at,
+    _started_at,
+    _finished_at,
+    _last_attempted_at,
+    _args,
+    _kwargs,
+    _backend,
+    _errors,
+    _worker_ids,
+    _return_value,
+) = (
+    TaskResult.__dict__[f].__set__
+    for f in (
+        "task",
+        "id",
+        "status",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "last_attempted_at",
+        "args",
+        "kwargs",
+        "backend",
+        "errors",
+        "worker_ids",
+        "_return_value",
+    )
+)
 
 
-def build_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
-                 args: list, kwargs: dict, backend, errors, worker_ids) -> TaskResult:
+def build_result(
+    task,
+    id,
+    status,
+    enqueued_at,
+    started_at,
+    last_attempted_at,
+    finished_at,
+    args: list,
+    kwargs: dict,
+    backend,
+    errors,
+    worker_ids,
+) -> TaskResult:
     """A TaskResult from fields already normalised (no dataclass __init__, no validation)."""
     r = _new(TaskResult)
     _task(r, task)
@@ -69,14 +108,37 @@ def build_result(task, id, status, enqueued_at, started_at, last_attempted_at, f
     return r
 
 
-def make_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
-                args, kwargs, backend, errors, worker_ids) -> TaskResult:
+def make_result(
+    task,
+    id,
+    status,
+    enqueued_at,
+    started_at,
+    last_attempted_at,
+    finished_at,
+    args,
+    kwargs,
+    backend,
+    errors,
+    worker_ids,
+) -> TaskResult:
     """TaskResult(...) with the same fields and the same normalised args/kwargs as Django's
     __post_init__ (unsupported arguments raise the same errors), built without the dataclass
     __init__ + normalize_json recursion for plain scalar arguments."""
-    return build_result(task, id, status, enqueued_at, started_at, last_attempted_at, finished_at,
-                        _normalize_args(args), _normalize_kwargs(kwargs), backend, errors,
-                        worker_ids)
+    return build_result(
+        task,
+        id,
+        status,
+        enqueued_at,
+        started_at,
+        last_attempted_at,
+        finished_at,
+        _normalize_args(args),
+        _normalize_kwargs(kwargs),
+        backend,
+        errors,
+        worker_ids,
+    )
 
 
 def _dt(value: datetime | None) -> str | None:
@@ -140,8 +202,7 @@ def result_to_json(result: TaskResult) -> bytes | None:
     return stored_form(result, _result_json)
 
 
-def _result_json(result: TaskResult, keep_args: bool = True, max_traceback: int = 16_000
-                 ) -> bytes:
+def _result_json(result: TaskResult, keep_args: bool = True, max_traceback: int = 16_000) -> bytes:
     """orjson.dumps(result_to_dict(result)), with the timestamps formatted by orjson, tracebacks
     clipped to ``max_traceback`` characters, and without argument copies unless ``keep_args``.
 
@@ -166,10 +227,14 @@ def _result_json(result: TaskResult, keep_args: bool = True, max_traceback: int 
         "args": result.args if keep_args else [],
         "kwargs": result.kwargs if keep_args else {},
         "errors": [
-            {"exception_class_path": e.exception_class_path,
-             "traceback": clip(e.traceback, max_traceback)}
+            {
+                "exception_class_path": e.exception_class_path,
+                "traceback": clip(e.traceback, max_traceback),
+            }
             for e in errors
-        ] if errors else [],
+        ]
+        if errors
+        else [],
         "worker_ids": list(result.worker_ids),
         "return_value": result._return_value,
     }
@@ -183,9 +248,15 @@ def _unresolvable(*args, **kwargs):  # stands in for a task function that cannot
     raise RuntimeError("task function could not be imported")
 
 
-def resolve_task(func_path: str, queue: str | None = None, priority: int | None = None,
-                 run_after: datetime | None = None, backend: str | None = None,
-                 strict: bool = True, options: dict | None = None) -> Task:
+def resolve_task(
+    func_path: str,
+    queue: str | None = None,
+    priority: int | None = None,
+    run_after: datetime | None = None,
+    backend: str | None = None,
+    strict: bool = True,
+    options: dict | None = None,
+) -> Task:
     """The Task for a stored path, with the enqueue-time options applied (``options``: the
     envelope's VTask options, see tasks.task_options).
 
@@ -211,8 +282,12 @@ def resolve_task(func_path: str, queue: str | None = None, priority: int | None 
         module, _, name = func_path.rpartition(".")
         func = _unresolvable
         for k, v in {
-            "func": func, "priority": priority or 0, "backend": backend or "default",
-            "queue_name": queue or "default", "run_after": run_after, "takes_context": False,
+            "func": func,
+            "priority": priority or 0,
+            "backend": backend or "default",
+            "queue_name": queue or "default",
+            "run_after": run_after,
+            "takes_context": False,
         }.items():
             object.__setattr__(task, k, v)
         return task

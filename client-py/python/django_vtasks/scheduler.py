@@ -15,7 +15,7 @@ from . import _native
 
 
 @dataclass(frozen=True)
-class crontab:  # noqa: N801 - the original's public name
+class crontab:
     """A cron schedule in UTC, Celery-style fields (minute, hour, day_of_week, day_of_month,
     month_of_year) or one expression: ``crontab("*/5 * * * *")``, ``crontab("@daily")``.
 
@@ -38,8 +38,17 @@ class crontab:  # noqa: N801 - the original's public name
         if self.expression:
             expr = " ".join(self.expression.split())
         else:
-            expr = " ".join(str(f) for f in (self.second, self.minute, self.hour, self.day_of_month,
-                                             self.month_of_year, self.day_of_week))
+            expr = " ".join(
+                str(f)
+                for f in (
+                    self.second,
+                    self.minute,
+                    self.hour,
+                    self.day_of_month,
+                    self.month_of_year,
+                    self.day_of_week,
+                )
+            )
         _native.cron_check(expr)
         return expr
 

@@ -33,8 +33,9 @@ schedule_run = Signal()
 def _loop_safe(receiver) -> bool:
     """Receivers that may run on the event loop: Django's log receivers, and receivers marked
     ``receiver.vtasks_loop_safe = True`` (they neither block nor use the ORM, e.g. metrics)."""
-    return (getattr(receiver, "__module__", None) == _LOOP_SAFE_MODULE
-            or getattr(receiver, "vtasks_loop_safe", False))
+    return getattr(receiver, "__module__", None) == _LOOP_SAFE_MODULE or getattr(
+        receiver, "vtasks_loop_safe", False
+    )
 
 
 def _receivers(signal: Signal, sender) -> tuple[Sequence, Sequence]:
@@ -56,8 +57,12 @@ def send_many(signal: Signal, sender, results: Sequence) -> None:
         async_to_sync(_await_each)(signal, sender, async_receivers, results)
 
 
-async def asend_many(signal: Signal, sender, results: Sequence,
-                     run_sync: Callable[[Callable[[], None]], Awaitable] | None = None) -> None:
+async def asend_many(
+    signal: Signal,
+    sender,
+    results: Sequence,
+    run_sync: Callable[[Callable[[], None]], Awaitable] | None = None,
+) -> None:
     """The same from a running event loop. ``run_sync(fn)`` runs ``fn`` off the loop (default:
     asgiref's sync_to_async, as Signal.asend does); the worker passes its own executor."""
     if not results:
@@ -90,12 +95,14 @@ async def asend_many(signal: Signal, sender, results: Sequence,
 
 async def _await_each(signal: Signal, sender, receivers: Sequence, results: Sequence) -> None:
     for result in results:
-        await asyncio.gather(*(receiver(signal=signal, sender=sender, task_result=result)
-                               for receiver in receivers))
+        await asyncio.gather(
+            *(receiver(signal=signal, sender=sender, task_result=result) for receiver in receivers)
+        )
 
 
 def _within_except(exc: BaseException, fn: Callable[[], None]) -> Callable[[], None]:
     """fn, run in another thread with ``exc`` as sys.exc_info(), as it is on the sending side."""
+
     def run():
         tb = exc.__traceback__
         try:
@@ -104,4 +111,5 @@ def _within_except(exc: BaseException, fn: Callable[[], None]) -> Callable[[], N
             fn()
         finally:
             exc.__traceback__ = tb  # raising here added a frame
+
     return run

@@ -87,10 +87,17 @@ class Supervisor:
     """Starts, watches and stops ``processes`` worker children. ``child_args``: the runworker
     options every child gets (``--id``/``--health-check-file`` are added per child)."""
 
-    def __init__(self, processes: int, base_id: str, child_args: list[str],
-                 health_check_file: str | None = None, metrics_port: int | None = None,
-                 metrics_addr: str = "", backend_alias: str = "default",
-                 queues: list[str] | None = None):
+    def __init__(
+        self,
+        processes: int,
+        base_id: str,
+        child_args: list[str],
+        health_check_file: str | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "",
+        backend_alias: str = "default",
+        queues: list[str] | None = None,
+    ):
         self.processes = processes
         self.base_id = base_id
         self.child_args = list(child_args)
@@ -105,14 +112,26 @@ class Supervisor:
         self._metrics_dir: str | None = None
         self._owns_metrics_dir = False
         self.children = [
-            _Child(i, child_worker_id(base_id, i),
-                   os.path.join(self._private_dir, f"health-{i}") if health_check_file else None)
-            for i in range(processes)]
+            _Child(
+                i,
+                child_worker_id(base_id, i),
+                os.path.join(self._private_dir, f"health-{i}") if health_check_file else None,
+            )
+            for i in range(processes)
+        ]
 
     # ---- children -------------------------------------------------------------------------------
     def _command(self, child: _Child) -> list[str]:
-        args = [sys.executable, "-m", "django", "runworker", *self.child_args,
-                "--id", child.worker_id, "--supervised"]
+        args = [
+            sys.executable,
+            "-m",
+            "django",
+            "runworker",
+            *self.child_args,
+            "--id",
+            child.worker_id,
+            "--supervised",
+        ]
         if child.health_file:
             args += ["--health-check-file", child.health_file]
         if self._metrics_dir:
@@ -129,8 +148,7 @@ class Supervisor:
         return env
 
     def _start(self, child: _Child) -> None:
-        child.proc = subprocess.Popen(self._command(child), env=self._env(),
-                                      start_new_session=True)
+        child.proc = subprocess.Popen(self._command(child), env=self._env(), start_new_session=True)
         child.started_at = time.monotonic()
         child.restart_at = None
         logger.info("worker %s started (pid %d)", child.worker_id, child.proc.pid)
@@ -145,12 +163,20 @@ class Supervisor:
         if self.stopping:
             logger.info("worker %s (pid %d) stopped with exit code %s", child.worker_id, pid, code)
             return
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else \
-            f"exited with code {code}"
+        how = (
+            f"was killed by {signal.Signals(-code).name}"
+            if code < 0
+            else f"exited with code {code}"
+        )
         if time.monotonic() - child.started_at >= STABLE_AFTER:
             child.backoff = BACKOFF_FIRST
-        logger.warning("worker %s (pid %d) %s; restarting it in %.0fs (it rescues its own tasks)",
-                       child.worker_id, pid, how, child.backoff)
+        logger.warning(
+            "worker %s (pid %d) %s; restarting it in %.0fs (it rescues its own tasks)",
+            child.worker_id,
+            pid,
+            how,
+            child.backoff,
+        )
         child.restart_at = time.monotonic() + child.backoff
         child.backoff = min(child.backoff * 2, BACKOFF_MAX)
 
@@ -160,8 +186,12 @@ class Supervisor:
         self.stopping = True
         name = signal.Signals(sig).name
         if self._signals == 1:
-            logger.info("supervisor: %s received, stopping %d worker(s) (they finish their "
-                        "in-flight tasks; again to exit now)", name, self.processes)
+            logger.info(
+                "supervisor: %s received, stopping %d worker(s) (they finish their "
+                "in-flight tasks; again to exit now)",
+                name,
+                self.processes,
+            )
         else:
             logger.warning("supervisor: second signal, workers hand their tasks back and exit")
         for child in self.children:
@@ -204,10 +234,15 @@ class Supervisor:
             self._metrics_dir = os.path.join(self._private_dir, "metrics")
             os.makedirs(self._metrics_dir)
             self._owns_metrics_dir = True
-        metrics.serve_multiprocess(self.metrics_port, self.metrics_addr, self._metrics_dir,
-                                   self.backend_alias, self.queues)
-        logger.info("metrics of the %d worker(s) on http://%s:%d/metrics", self.processes,
-                    self.metrics_addr or "0.0.0.0", self.metrics_port)
+        metrics.serve_multiprocess(
+            self.metrics_port, self.metrics_addr, self._metrics_dir, self.backend_alias, self.queues
+        )
+        logger.info(
+            "metrics of the %d worker(s) on http://%s:%d/metrics",
+            self.processes,
+            self.metrics_addr or "0.0.0.0",
+            self.metrics_port,
+        )
 
     def _metrics_process_dead(self, pid: int) -> None:
         if self._metrics_dir:
@@ -222,8 +257,12 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             self._start_metrics()
-            logger.info("supervisor (pid %d) starting %d worker(s): %s", os.getpid(),
-                        self.processes, ", ".join(c.worker_id for c in self.children))
+            logger.info(
+                "supervisor (pid %d) starting %d worker(s): %s",
+                os.getpid(),
+                self.processes,
+                ", ".join(c.worker_id for c in self.children),
+            )
             for child in self.children:
                 if not self.stopping:
                     self._start(child)
@@ -232,8 +271,12 @@ class Supervisor:
                 for child in self.children:
                     if child.proc is not None and child.proc.poll() is not None:
                         self._reap(child)
-                    if (child.proc is None and child.restart_at is not None
-                            and now >= child.restart_at and not self.stopping):
+                    if (
+                        child.proc is None
+                        and child.restart_at is not None
+                        and now >= child.restart_at
+                        and not self.stopping
+                    ):
                         self._start(child)
                 if self.stopping and all(c.proc is None for c in self.children):
                     break
@@ -246,8 +289,11 @@ class Supervisor:
             shutil.rmtree(self._private_dir, ignore_errors=True)
         last = [c.exit_codes[-1] for c in self.children if c.exit_codes]
         failed = [c for c in last if c != 0]
-        logger.info("supervisor: all %d worker(s) stopped%s", self.processes,
-                    f" ({len(failed)} with a non-zero exit code)" if failed else "")
+        logger.info(
+            "supervisor: all %d worker(s) stopped%s",
+            self.processes,
+            f" ({len(failed)} with a non-zero exit code)" if failed else "",
+        )
         return 1 if failed else 0
 
 
@@ -257,8 +303,11 @@ def from_options(processes: int, alias: str, options: dict) -> Supervisor:
 
     from .conf import settings
 
-    base_id = (options.get("worker_id") or settings.VTASKS_WORKER_ID
-               or f"{socket.gethostname()}-{os.getpid()}")
+    base_id = (
+        options.get("worker_id")
+        or settings.VTASKS_WORKER_ID
+        or f"{socket.gethostname()}-{os.getpid()}"
+    )
     args = ["--backend", alias, "-v", str(options.get("verbosity", 1))]
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         args.append(f"--settings={os.environ['DJANGO_SETTINGS_MODULE']}")
@@ -270,12 +319,16 @@ def from_options(processes: int, alias: str, options: dict) -> Supervisor:
         args.append("--scheduler")  # safe on any number of workers
     if options.get("lease") is not None:
         args += ["--lease", str(options["lease"])]
-    return Supervisor(processes, base_id, args,
-                      health_check_file=options.get("health_check_file")
-                      or settings.VTASKS_HEALTH_CHECK_FILE,
-                      metrics_port=options.get("metrics_port"),
-                      metrics_addr=options.get("metrics_addr") or "",
-                      backend_alias=alias, queues=options.get("queues"))
+    return Supervisor(
+        processes,
+        base_id,
+        args,
+        health_check_file=options.get("health_check_file") or settings.VTASKS_HEALTH_CHECK_FILE,
+        metrics_port=options.get("metrics_port"),
+        metrics_addr=options.get("metrics_addr") or "",
+        backend_alias=alias,
+        queues=options.get("queues"),
+    )
 
 
 async def run_supervised(worker) -> None:
@@ -286,8 +339,9 @@ async def run_supervised(worker) -> None:
         while True:
             await asyncio.sleep(1.0)
             if os.getppid() != parent:
-                logger.warning("worker %s: its supervisor (pid %d) is gone, stopping",
-                               worker.worker_id, parent)
+                logger.warning(
+                    "worker %s: its supervisor (pid %d) is gone, stopping", worker.worker_id, parent
+                )
                 worker.request_stop()
                 return
 

@@ -26,10 +26,21 @@ class VTask(Task):
     #: store no result for this task (like Celery's ignore_result; result_store.py)
     ignore_result: bool = False
 
-    def using(self, *, priority=None, queue_name=None, run_after=None, backend=None,
-              unique=_UNSET, unique_ttl=None, retries=_UNSET, retry_backoff=_UNSET):
-        new = Task.using(self, priority=priority, queue_name=queue_name, run_after=run_after,
-                         backend=backend)
+    def using(
+        self,
+        *,
+        priority=None,
+        queue_name=None,
+        run_after=None,
+        backend=None,
+        unique=_UNSET,
+        unique_ttl=None,
+        retries=_UNSET,
+        retry_backoff=_UNSET,
+    ):
+        new = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
         changes = {}
         if unique is not _UNSET:
             changes["unique"] = unique
@@ -48,8 +59,12 @@ def task_options(task: Task) -> dict[str, Any] | None:
     runs with the module-level task's own). What ``.using(retries=0)`` asked for travels with the
     task: the worker re-imports the task by path, whose module-level options may differ."""
     try:  # (per task on the enqueue and result paths: no dict unless an option is set)
-        unique, ttl, retries, backoff = (task.unique, task.unique_ttl, task.retries,
-                                         task.retry_backoff)
+        unique, ttl, retries, backoff = (
+            task.unique,
+            task.unique_ttl,
+            task.retries,
+            task.retry_backoff,
+        )
     except AttributeError:  # a plain django.tasks Task
         return None
     if unique is False and ttl == 3600 and retries is None and backoff is None:
@@ -57,8 +72,15 @@ def task_options(task: Task) -> dict[str, Any] | None:
     return {"unique": unique, "unique_ttl": ttl, "retries": retries, "retry_backoff": backoff}
 
 
-def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TASK_QUEUE_NAME,
-         backend=DEFAULT_TASK_BACKEND_ALIAS, takes_context=False, **kwargs):
+def task(
+    function=None,
+    *,
+    priority=DEFAULT_TASK_PRIORITY,
+    queue_name=DEFAULT_TASK_QUEUE_NAME,
+    backend=DEFAULT_TASK_BACKEND_ALIAS,
+    takes_context=False,
+    **kwargs,
+):
     """Like ``django.tasks.task`` but always builds a VTask (unique/retries options)."""
     if "run_after" in kwargs:
         raise TypeError(
@@ -68,7 +90,14 @@ def task(function=None, *, priority=DEFAULT_TASK_PRIORITY, queue_name=DEFAULT_TA
 
     def wrapper(f):
         # run_after given explicitly: Django 6.0's Task declares it without a default
-        return VTask(func=f, priority=priority, queue_name=queue_name, backend=backend,
-                     takes_context=takes_context, run_after=None, **kwargs)
+        return VTask(
+            func=f,
+            priority=priority,
+            queue_name=queue_name,
+            backend=backend,
+            takes_context=takes_context,
+            run_after=None,
+            **kwargs,
+        )
 
     return wrapper(function) if function else wrapper

@@ -26,12 +26,18 @@ class TestAppConfig(AppConfig):
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT 1")
                 with open(log, "a") as f:
-                    f.write(f"{kind} {task_result.id} {task_result.status} "
-                            f"{','.join(task_result.worker_ids)} {sender.__name__} "
-                            f"{exc.__name__ if exc else '-'}\n")
+                    f.write(
+                        f"{kind} {task_result.id} {task_result.status} "
+                        f"{','.join(task_result.worker_ids)} {sender.__name__} "
+                        f"{exc.__name__ if exc else '-'}\n"
+                    )
+
             return receiver
 
-        for kind, sig in (("enqueued", task_enqueued), ("started", task_started),
-                          ("finished", task_finished)):
+        for kind, sig in (
+            ("enqueued", task_enqueued),
+            ("started", task_started),
+            ("finished", task_finished),
+        ):
             r = writer(kind)
             sig.connect(r, weak=False)

@@ -1,4 +1,5 @@
 """Tasks of the operations tests (test_processes.py, test_metrics.py, test_dashboard_browser.py)."""
+
 import os
 import time
 

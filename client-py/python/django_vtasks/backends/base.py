@@ -20,21 +20,21 @@ from django.tasks.signals import task_enqueued
 from django.utils import timezone
 from django.utils.inspect import func_accepts_kwargs, get_func_args
 
+from .. import _native
 from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import check_size, max_payload, run_at_ms, template_for
-from ..signals import asend_many, send_many
-from .. import _native
 from ..results import (
-    build_result,
     _normalize_args,
     _normalize_kwargs,
+    build_result,
     make_result,
     ms_to_dt,
-    result_from_json,
     resolve_task,
+    result_from_json,
 )
 from ..retry import RetryPolicy
+from ..signals import asend_many, send_many
 from ..tasks import VTask
 
 logger = logging.getLogger("django_vtasks")
@@ -55,8 +55,10 @@ def _ctx_settings() -> tuple:
     global _CTX_SETTINGS
     cached = _CTX_SETTINGS
     if cached is None:
-        cached = _CTX_SETTINGS = (int(settings.VTASKS_COMPRESS_THRESHOLD),
-                                  settings.VTASKS_RETRIES or {})
+        cached = _CTX_SETTINGS = (
+            int(settings.VTASKS_COMPRESS_THRESHOLD),
+            settings.VTASKS_RETRIES or {},
+        )
     return cached
 
 
@@ -111,11 +113,18 @@ class VTasksBackend(BaseTaskBackend):
     def _context(self) -> dict:
         """Settings read once per enqueue call (not once per task)."""
         threshold, retries = _ctx_settings()
-        return {"threshold": threshold, "retries": retries, "validated": set(), "now": None,
-                "ts": None, "ids": None}
+        return {
+            "threshold": threshold,
+            "retries": retries,
+            "validated": set(),
+            "now": None,
+            "ts": None,
+            "ids": None,
+        }
 
-    def _prepare(self, task: Task, args, kwargs, ctx: dict | None = None
-                 ) -> tuple[TaskResult, EnqueueRequest]:
+    def _prepare(
+        self, task: Task, args, kwargs, ctx: dict | None = None
+    ) -> tuple[TaskResult, EnqueueRequest]:
         ctx = ctx if ctx is not None else self._context()
         validated = ctx["validated"]
         # each distinct task object once per call (TASKS may change between); by identity, as
@@ -133,11 +142,27 @@ class VTasksBackend(BaseTaskBackend):
         ids = ctx["ids"]
         rid = ids.pop() if ids else os.urandom(16).hex()
         # builds (and normalises) args/kwargs like Django: bad arguments raise here, synchronously
-        result = make_result(task, rid, TaskResultStatus.READY, now, None, None, None, args,
-                             kwargs, self.alias, [], [])
+        result = make_result(
+            task,
+            rid,
+            TaskResultStatus.READY,
+            now,
+            None,
+            None,
+            None,
+            args,
+            kwargs,
+            self.alias,
+            [],
+            [],
+        )
         run_after = task.run_after
         data = template_for(task, self.alias) % (
-            orjson.dumps(result.args), orjson.dumps(result.kwargs), orjson.dumps(ts), rid.encode())
+            orjson.dumps(result.args),
+            orjson.dumps(result.kwargs),
+            orjson.dumps(ts),
+            rid.encode(),
+        )
         check_size(data, task.module_path)
         payload = _native.encode_payload(data, ctx["threshold"])
 
@@ -146,8 +171,10 @@ class VTasksBackend(BaseTaskBackend):
             key = task.unique
             if key is True:
                 digest = hashlib.sha1(
-                    orjson.dumps([task.module_path, result.args, result.kwargs],
-                                 option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS)
+                    orjson.dumps(
+                        [task.module_path, result.args, result.kwargs],
+                        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS,
+                    )
                 ).hexdigest()
                 key = f"{task.module_path}:{digest}"
             unique = (str(key), int(getattr(task, "unique_ttl", 3600) * 1000))
@@ -182,7 +209,7 @@ class VTasksBackend(BaseTaskBackend):
         ts_json = orjson.dumps(ts)
         if len(items) > 1:
             rand = os.urandom(16 * len(items)).hex()
-            ctx["ids"] = [rand[i:i + 32] for i in range(0, len(rand), 32)]
+            ctx["ids"] = [rand[i : i + 32] for i in range(0, len(rand), 32)]
         ids = ctx["ids"]
         validated = ctx["validated"]
         threshold = ctx["threshold"]
@@ -224,14 +251,26 @@ class VTasksBackend(BaseTaskBackend):
             kwargs = normalize_kwargs(kwargs) if kwargs else {}
             r = build(task, rid, ready, now, None, None, None, args, kwargs, alias, [], [])
             template, queue, priority, at_ms, max_attempts = spec
-            data = template % (dumps(args), dumps(kwargs) if kwargs else b"{}", ts_json,
-                               rid.encode())
+            data = template % (
+                dumps(args),
+                dumps(kwargs) if kwargs else b"{}",
+                ts_json,
+                rid.encode(),
+            )
             if len(data) > limit:
                 check_size(data, task.module_path)
             append_result(r)
-            append_request(_request(queue, rid, data if len(data) <= threshold
-                                    else encode(data, threshold),
-                                    priority, at_ms, None, max_attempts))
+            append_request(
+                _request(
+                    queue,
+                    rid,
+                    data if len(data) <= threshold else encode(data, threshold),
+                    priority,
+                    at_ms,
+                    None,
+                    max_attempts,
+                )
+            )
         return results, requests
 
     def _envelope_spec(self, task: Task, retries_cfg: dict) -> tuple | None:
@@ -240,12 +279,17 @@ class VTasksBackend(BaseTaskBackend):
         if getattr(task, "unique", False):
             return None
         run_after = task.run_after
-        return (template_for(task, self.alias), task.queue_name, int(task.priority),
-                run_at_ms(run_after) if run_after is not None else None,
-                RetryPolicy.max_attempts_of(task, task.queue_name, retries_cfg))
+        return (
+            template_for(task, self.alias),
+            task.queue_name,
+            int(task.priority),
+            run_at_ms(run_after) if run_after is not None else None,
+            RetryPolicy.max_attempts_of(task, task.queue_name, retries_cfg),
+        )
 
-    def _added(self, results: list[TaskResult], ids: list[str | None],
-               requests: list[EnqueueRequest]) -> list[TaskResult]:
+    def _added(
+        self, results: list[TaskResult], ids: list[str | None], requests: list[EnqueueRequest]
+    ) -> list[TaskResult]:
         """The results whose task is in the broker. A nil id means the id was already there or
         the unique key held. Ids are fresh per call, so without a unique key the id can only
         have been added by an earlier attempt of this same send (the client retried after a
@@ -253,8 +297,12 @@ class VTasksBackend(BaseTaskBackend):
         added = []
         for result, rid, request in zip(results, ids, requests, strict=True):
             if rid is None and request.unique is not None:
-                logger.debug("task %s (%s) not enqueued: unique key %r held",
-                             result.id, result.task.module_path, request.unique[0])
+                logger.debug(
+                    "task %s (%s) not enqueued: unique key %r held",
+                    result.id,
+                    result.task.module_path,
+                    request.unique[0],
+                )
             else:
                 added.append(result)
         return added
@@ -280,8 +328,11 @@ class VTasksBackend(BaseTaskBackend):
 
     @staticmethod
     def _suppressed(results, ids, requests):
-        return [(result, request) for result, rid, request in zip(results, ids, requests)
-                if rid is None and request.unique is not None]
+        return [
+            (result, request)
+            for result, rid, request in zip(results, ids, requests)
+            if rid is None and request.unique is not None
+        ]
 
     def _adopt_holders(self, results, ids, requests) -> None:
         for result, request in self._suppressed(results, ids, requests):
@@ -290,8 +341,12 @@ class VTasksBackend(BaseTaskBackend):
                 if holder is not None:
                     _adopt(result, self.get_result(holder))
             except Exception as e:  # the enqueue itself went through: report, do not raise
-                logger.warning("task %s not enqueued (unique key %r held); its holder could "
-                               "not be read: %s", result.id, request.unique[0], e)
+                logger.warning(
+                    "task %s not enqueued (unique key %r held); its holder could not be read: %s",
+                    result.id,
+                    request.unique[0],
+                    e,
+                )
 
     async def _aadopt_holders(self, results, ids, requests) -> None:
         for result, request in self._suppressed(results, ids, requests):
@@ -300,8 +355,12 @@ class VTasksBackend(BaseTaskBackend):
                 if holder is not None:
                     _adopt(result, await self.aget_result(holder))
             except Exception as e:
-                logger.warning("task %s not enqueued (unique key %r held); its holder could "
-                               "not be read: %s", result.id, request.unique[0], e)
+                logger.warning(
+                    "task %s not enqueued (unique key %r held); its holder could not be read: %s",
+                    result.id,
+                    request.unique[0],
+                    e,
+                )
 
     def _write(self, results: list[TaskResult], requests: list[EnqueueRequest]) -> None:
         """Write the tasks (sync). Subclasses decide how transactions are honoured."""
@@ -386,17 +445,34 @@ class VTasksBackend(BaseTaskBackend):
         run_after = None
         if env.get("run_after"):
             run_after = datetime.fromisoformat(env["run_after"])
-        task = resolve_task(env["func"], queue=env.get("queue", record.queue),
-                            priority=record.priority, run_after=run_after, backend=self.alias,
-                            strict=False, options=env.get("options"))
+        task = resolve_task(
+            env["func"],
+            queue=env.get("queue", record.queue),
+            priority=record.priority,
+            run_after=run_after,
+            backend=self.alias,
+            strict=False,
+            options=env.get("options"),
+        )
         # the enqueuing client's own time (what enqueue() returned), not the broker's
-        enqueued = (_local(datetime.fromtimestamp(float(env["ts"]), UTC)) if env.get("ts")
-                    else _local(ms_to_dt(record.enqueued_at)))
+        enqueued = (
+            _local(datetime.fromtimestamp(float(env["ts"]), UTC))
+            if env.get("ts")
+            else _local(ms_to_dt(record.enqueued_at))
+        )
         result = TaskResult(
-            task=task, id=record.id, status=TaskResultStatus.READY, enqueued_at=enqueued,
-            started_at=None, finished_at=None, last_attempted_at=None,
-            args=env.get("args") or [], kwargs=env.get("kwargs") or {},
-            backend=self.alias, errors=[], worker_ids=[],
+            task=task,
+            id=record.id,
+            status=TaskResultStatus.READY,
+            enqueued_at=enqueued,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=env.get("args") or [],
+            kwargs=env.get("kwargs") or {},
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
         )
         return self._live(record, result)
 
@@ -424,8 +500,12 @@ class VTasksBackend(BaseTaskBackend):
         elif state == "dead":
             _set(result, "status", TaskResultStatus.FAILED)
             _set(result, "finished_at", _local(ms_to_dt(record.failed_at)) or timezone.now())
-            result.errors.append(TaskError(exception_class_path="builtins.RuntimeError",
-                                           traceback=record.error or "dead-lettered"))
+            result.errors.append(
+                TaskError(
+                    exception_class_path="builtins.RuntimeError",
+                    traceback=record.error or "dead-lettered",
+                )
+            )
         else:  # ready / delayed: waits for its next attempt
             _set(result, "status", TaskResultStatus.READY)
         return result
@@ -502,19 +582,41 @@ _set = object.__setattr__
 
 def _copy(result: TaskResult) -> TaskResult:
     """A copy with its own errors/worker_ids lists."""
-    copy = build_result(result.task, result.id, result.status, result.enqueued_at,
-                        result.started_at, result.last_attempted_at, result.finished_at,
-                        result.args, result.kwargs, result.backend, list(result.errors),
-                        list(result.worker_ids))
+    copy = build_result(
+        result.task,
+        result.id,
+        result.status,
+        result.enqueued_at,
+        result.started_at,
+        result.last_attempted_at,
+        result.finished_at,
+        result.args,
+        result.kwargs,
+        result.backend,
+        list(result.errors),
+        list(result.worker_ids),
+    )
     _set(copy, "_return_value", result._return_value)
     return copy
 
 
 def _adopt(result: TaskResult, holder: TaskResult) -> None:
     """Make ``result`` (a suppressed enqueue's) the result of the task that holds its key."""
-    for name in ("task", "id", "status", "enqueued_at", "started_at", "finished_at",
-                 "last_attempted_at", "args", "kwargs", "backend", "errors", "worker_ids",
-                 "_return_value"):
+    for name in (
+        "task",
+        "id",
+        "status",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "last_attempted_at",
+        "args",
+        "kwargs",
+        "backend",
+        "errors",
+        "worker_ids",
+        "_return_value",
+    ):
         _set(result, name, getattr(holder, name))
 
 

@@ -27,10 +27,20 @@ __all__ = ["PostgresBroker", "PostgresTaskBackend"]
 # Keys of DATABASES[...]["OPTIONS"] that are Django's or psycopg's own, not libpq connection
 # settings (Django pops or passes them to psycopg.connect() as Python arguments). client_encoding:
 # the native pool always speaks UTF-8, as Django does.
-_NOT_CONNINFO = frozenset({
-    "assume_role", "isolation_level", "pool", "server_side_binding", "cursor_factory", "context",
-    "prepare_threshold", "autocommit", "row_factory", "client_encoding",
-})
+_NOT_CONNINFO = frozenset(
+    {
+        "assume_role",
+        "isolation_level",
+        "pool",
+        "server_side_binding",
+        "cursor_factory",
+        "context",
+        "prepare_threshold",
+        "autocommit",
+        "row_factory",
+        "client_encoding",
+    }
+)
 
 
 def _dsn_from_django(settings_dict: dict) -> str:
@@ -41,20 +51,27 @@ def _dsn_from_django(settings_dict: dict) -> str:
     PASSWORD, HOST and PORT over them. A key the native pool does not support is refused with a
     clear error when the pool is made, rather than dropped.
     """
+
     def q(v) -> str:
         v = str(v)
         return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    params = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items()
-              if k not in _NOT_CONNINFO and v is not None}
+    params = {
+        k: v
+        for k, v in (settings_dict.get("OPTIONS") or {}).items()
+        if k not in _NOT_CONNINFO and v is not None
+    }
     name = settings_dict.get("NAME")
     params["dbname"] = "postgres" if name is None else name
-    for key, param in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"),
-                       ("PORT", "port")):
+    for key, param in (
+        ("USER", "user"),
+        ("PASSWORD", "password"),
+        ("HOST", "host"),
+        ("PORT", "port"),
+    ):
         if settings_dict.get(key):
             params[param] = settings_dict[key]
     return " ".join(f"{k}={q(v)}" for k, v in params.items() if v != "")
-
 
 
 class PostgresTaskBackend(VTasksBackend):
@@ -77,8 +94,11 @@ class PostgresTaskBackend(VTasksBackend):
 
                 dsn += ("&" if "?" in dsn else "?") + "password=" + quote(str(password), safe="")
             elif password:
-                dsn = f"{dsn} password='" + str(password).replace("\\", "\\\\").replace(
-                    "'", "\\'") + "'"
+                dsn = (
+                    f"{dsn} password='"
+                    + str(password).replace("\\", "\\\\").replace("'", "\\'")
+                    + "'"
+                )
             return dsn
         return _dsn_from_django(connections[self.database].settings_dict)
 
@@ -86,8 +106,12 @@ class PostgresTaskBackend(VTasksBackend):
         return (self.dsn, self.pool_size, self.notify, int(settings.VTASKS_DLQ_CAP))
 
     def _make_broker(self):
-        return PostgresBroker(self.dsn, pool_size=self.pool_size,
-                              dlq_cap=int(settings.VTASKS_DLQ_CAP), notify=self.notify)
+        return PostgresBroker(
+            self.dsn,
+            pool_size=self.pool_size,
+            dlq_cap=int(settings.VTASKS_DLQ_CAP),
+            notify=self.notify,
+        )
 
     def _write(self, results, requests):
         broker = self.broker
@@ -95,8 +119,10 @@ class PostgresTaskBackend(VTasksBackend):
         ids: list[str | None] = [None] * len(requests)
         connection = connections[self.database]
         # several statements (queues) commit together or not at all
-        with transaction.atomic(using=self.database, savepoint=False), \
-                connection.cursor() as cursor:
+        with (
+            transaction.atomic(using=self.database, savepoint=False),
+            connection.cursor() as cursor,
+        ):
             for sql, params, idxs in statements:
                 cursor.execute(sql, params)
                 inserted = {row[0] for row in cursor.fetchall()}
@@ -107,8 +133,10 @@ class PostgresTaskBackend(VTasksBackend):
         if connection.in_atomic_block:
             # (the rows are written but only this connection sees them before the commit: the
             # callback carries the results for get_result() inside the block)
-            transaction.on_commit(self._after_commit(lambda: self._sent(results, ids, requests),
-                                                     results), using=self.database)
+            transaction.on_commit(
+                self._after_commit(lambda: self._sent(results, ids, requests), results),
+                using=self.database,
+            )
         else:
             self._sent(results, ids, requests)
 
@@ -116,8 +144,11 @@ class PostgresTaskBackend(VTasksBackend):
         # on Django's connection: it also sees a holder enqueued earlier in the caller's
         # transaction
         with connections[self.database].cursor() as cursor:
-            cursor.execute("SELECT task_id FROM vtasks_unique WHERE queue = %s AND key = %s "
-                           "AND expires_at > now()", [request.queue, request.unique[0]])
+            cursor.execute(
+                "SELECT task_id FROM vtasks_unique WHERE queue = %s AND key = %s "
+                "AND expires_at > now()",
+                [request.queue, request.unique[0]],
+            )
             row = cursor.fetchone()
         return row[0] if row else None
 
@@ -132,16 +163,24 @@ class PostgresTaskBackend(VTasksBackend):
         try:
             connection = connections[self.database]
         except Exception:
-            errors.append(checks.Error(
-                f"Task backend {self.alias!r}: database {self.database!r} is not configured.",
-                obj=self, id="django_vtasks.E011"))
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r}: database {self.database!r} is not configured.",
+                    obj=self,
+                    id="django_vtasks.E011",
+                )
+            )
             return errors
         if connection.vendor != "postgresql":
-            errors.append(checks.Error(
-                f"Task backend {self.alias!r} needs a PostgreSQL database; "
-                f"{self.database!r} is {connection.vendor}.",
-                hint="Point OPTIONS['DATABASE'] at a PostgreSQL database.",
-                obj=self, id="django_vtasks.E012"))
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r} needs a PostgreSQL database; "
+                    f"{self.database!r} is {connection.vendor}.",
+                    hint="Point OPTIONS['DATABASE'] at a PostgreSQL database.",
+                    obj=self,
+                    id="django_vtasks.E012",
+                )
+            )
             return errors
         from django.apps import apps
 
@@ -149,25 +188,37 @@ class PostgresTaskBackend(VTasksBackend):
 
         dsn_option = self.options.get("DSN")
         if dsn_option and redact_url(dsn_option) != dsn_option:
-            errors.append(checks.Warning(
-                f"Task backend {self.alias!r}: OPTIONS['DSN'] contains a password, which "
-                "Django's DEBUG error page and any settings dump show in clear.",
-                hint="Move it to OPTIONS['PASSWORD'] (key/value DSNs) or to the PGPASSWORD "
-                     "environment variable (the workers do not read .pgpass).",
-                obj=self, id="django_vtasks.W014"))
+            errors.append(
+                checks.Warning(
+                    f"Task backend {self.alias!r}: OPTIONS['DSN'] contains a password, which "
+                    "Django's DEBUG error page and any settings dump show in clear.",
+                    hint="Move it to OPTIONS['PASSWORD'] (key/value DSNs) or to the PGPASSWORD "
+                    "environment variable (the workers do not read .pgpass).",
+                    obj=self,
+                    id="django_vtasks.W014",
+                )
+            )
         if not apps.is_installed("django_vtasks.postgres"):
-            errors.append(checks.Error(
-                f"Task backend {self.alias!r} needs 'django_vtasks.postgres' in INSTALLED_APPS "
-                "(its migration creates the queue tables).",
-                obj=self, id="django_vtasks.E013"))
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r} needs 'django_vtasks.postgres' in INSTALLED_APPS "
+                    "(its migration creates the queue tables).",
+                    obj=self,
+                    id="django_vtasks.E013",
+                )
+            )
         try:
             # the workers' own pool and settings; it reports a dead server within connect_timeout
             self.broker.ping()
         except BrokerError as e:
-            errors.append(checks.Warning(
-                f"Task backend {self.alias!r}: {e}",
-                hint="Is Postgres running, and has `manage.py migrate` run?",
-                obj=self, id="django_vtasks.W012"))
+            errors.append(
+                checks.Warning(
+                    f"Task backend {self.alias!r}: {e}",
+                    hint="Is Postgres running, and has `manage.py migrate` run?",
+                    obj=self,
+                    id="django_vtasks.W012",
+                )
+            )
             return errors
         from django_vtasks.postgres import schema
 
@@ -178,9 +229,18 @@ class PostgresTaskBackend(VTasksBackend):
         else:
             problem = ""
         if missing or problem:
-            errors.append(checks.Warning(
-                f"Task backend {self.alias!r}: " + (problem or (
-                    f"the queue schema lacks {len(missing)} migration(s) ({', '.join(missing)})")),
-                hint="Run `manage.py migrate`: workers of this release use what they add.",
-                obj=self, id="django_vtasks.W013"))
+            errors.append(
+                checks.Warning(
+                    f"Task backend {self.alias!r}: "
+                    + (
+                        problem
+                        or (
+                            f"the queue schema lacks {len(missing)} migration(s) ({', '.join(missing)})"
+                        )
+                    ),
+                    hint="Run `manage.py migrate`: workers of this release use what they add.",
+                    obj=self,
+                    id="django_vtasks.W013",
+                )
+            )
         return errors

@@ -1,11 +1,10 @@
 """Valkey backend: the VT.* commands of the vtasks module (PROTOCOL.md).
 
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "OPTIONS": {"BROKER_URL": "valkey://localhost:6379/0"},
-    }}
+TASKS = {"default": {
+    "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+    "OPTIONS": {"BROKER_URL": "valkey://localhost:6379/0"},
+}}
 """
-
 
 from __future__ import annotations
 
@@ -46,6 +45,7 @@ __all__ = [
     "server_words",
 ]
 
+
 def connection_options(url: str | None, options: dict | None = None) -> dict[str, Any]:
     """Keyword arguments for valkey-py's ``from_url`` besides the URL, from a backend's OPTIONS:
 
@@ -67,7 +67,6 @@ def connection_options(url: str | None, options: dict | None = None) -> dict[str
     return kwargs
 
 
-
 def durable_option(value) -> tuple[int, bool, int] | None:
     """OPTIONS["DURABLE"] = {"replicas": N, "aof": bool, "timeout": seconds} as
     (replicas, aof, timeout ms); None when absent or asking for nothing."""
@@ -81,7 +80,6 @@ def durable_option(value) -> tuple[int, bool, int] | None:
     if replicas < 0:
         raise ValueError("OPTIONS['DURABLE']['replicas'] must be >= 0")
     return (replicas, aof, timeout_ms) if (replicas or aof) else None
-
 
 
 class ValkeyTaskBackend(VTasksBackend):
@@ -109,15 +107,29 @@ class ValkeyTaskBackend(VTasksBackend):
         self.durable = durable_option(self.options.get("DURABLE"))
 
     def _broker_key(self):
-        return (self.broker_url, id(self.connection_pool), self.prefix, self.max_connections,
-                self.cluster, tuple(sorted(self.connect_options.items())), self.durable)
+        return (
+            self.broker_url,
+            id(self.connection_pool),
+            self.prefix,
+            self.max_connections,
+            self.cluster,
+            tuple(sorted(self.connect_options.items())),
+            self.durable,
+        )
 
     def _make_broker(self):
         if self.cluster:
-            return ValkeyClusterBroker(self.broker_url, self.prefix, self.max_connections,
-                                       self.connect_options)
-        return ValkeyBroker(self.broker_url, self.connection_pool, self.prefix,
-                            self.max_connections, self.connect_options, self.durable)
+            return ValkeyClusterBroker(
+                self.broker_url, self.prefix, self.max_connections, self.connect_options
+            )
+        return ValkeyBroker(
+            self.broker_url,
+            self.connection_pool,
+            self.prefix,
+            self.max_connections,
+            self.connect_options,
+            self.durable,
+        )
 
     def _write(self, results, requests):
         def write():
@@ -142,70 +154,107 @@ class ValkeyTaskBackend(VTasksBackend):
         errors = list(super().check(**kwargs))
         errors += queue_checks(self)
         if not self.broker_url and self.connection_pool is None:
-            errors.append(checks.Error(
-                f"Task backend {self.alias!r} has no OPTIONS['BROKER_URL'].",
-                hint="Set OPTIONS = {'BROKER_URL': 'valkey://localhost:6379/0'}.",
-                obj=self, id="django_vtasks.E001"))
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r} has no OPTIONS['BROKER_URL'].",
+                    hint="Set OPTIONS = {'BROKER_URL': 'valkey://localhost:6379/0'}.",
+                    obj=self,
+                    id="django_vtasks.E001",
+                )
+            )
             return errors
         if self.cluster and self.durable:
-            errors.append(checks.Error(
-                f"Task backend {self.alias!r}: OPTIONS['DURABLE'] is not supported with CLUSTER "
-                "(WAIT must follow the enqueue on the shard's own connection).",
-                hint="Remove OPTIONS['DURABLE'], or use a primary with replicas (no cluster).",
-                obj=self, id="django_vtasks.E007"))
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r}: OPTIONS['DURABLE'] is not supported with CLUSTER "
+                    "(WAIT must follow the enqueue on the shard's own connection).",
+                    hint="Remove OPTIONS['DURABLE'], or use a primary with replicas (no cluster).",
+                    obj=self,
+                    id="django_vtasks.E007",
+                )
+            )
         if self.cluster:
             if self.connection_pool is not None or not self.broker_url:
-                errors.append(checks.Error(
-                    f"Task backend {self.alias!r}: CLUSTER takes BROKER_URL (any node of the "
-                    "cluster), not CONNECTION_POOL (the cluster client keeps a pool per node).",
-                    hint="Remove OPTIONS['CONNECTION_POOL'] and set OPTIONS['BROKER_URL'].",
-                    obj=self, id="django_vtasks.E005"))
+                errors.append(
+                    checks.Error(
+                        f"Task backend {self.alias!r}: CLUSTER takes BROKER_URL (any node of the "
+                        "cluster), not CONNECTION_POOL (the cluster client keeps a pool per node).",
+                        hint="Remove OPTIONS['CONNECTION_POOL'] and set OPTIONS['BROKER_URL'].",
+                        obj=self,
+                        id="django_vtasks.E005",
+                    )
+                )
                 return errors
             queues = sorted(set(self.queues) | set(settings.VTASKS_QUEUES or []))
             if not in_one_slot(self.prefix, queues):
-                errors.append(checks.Error(
-                    f"Task backend {self.alias!r}: the queues {queues} fall in different "
-                    f"cluster slots with the prefix {self.prefix!r}.",
-                    hint=CROSSSLOT_HINT, obj=self, id="django_vtasks.E004"))
+                errors.append(
+                    checks.Error(
+                        f"Task backend {self.alias!r}: the queues {queues} fall in different "
+                        f"cluster slots with the prefix {self.prefix!r}.",
+                        hint=CROSSSLOT_HINT,
+                        obj=self,
+                        id="django_vtasks.E004",
+                    )
+                )
         if self.broker_url and redact_url(self.broker_url) != self.broker_url:
-            errors.append(checks.Warning(
-                f"Task backend {self.alias!r}: OPTIONS['BROKER_URL'] contains a password, which "
-                "Django's DEBUG error page and any settings dump show in clear.",
-                hint="Move it to OPTIONS['PASSWORD'] (and OPTIONS['USERNAME']): Django hides "
-                     "settings named like *PASS*; read it from the environment.",
-                obj=self, id="django_vtasks.W004"))
+            errors.append(
+                checks.Warning(
+                    f"Task backend {self.alias!r}: OPTIONS['BROKER_URL'] contains a password, which "
+                    "Django's DEBUG error page and any settings dump show in clear.",
+                    hint="Move it to OPTIONS['PASSWORD'] (and OPTIONS['USERNAME']): Django hides "
+                    "settings named like *PASS*; read it from the environment.",
+                    obj=self,
+                    id="django_vtasks.W004",
+                )
+            )
         if isinstance(self.connection_pool, avalkey.ConnectionPool) and not self.broker_url:
             return errors  # an async-only pool cannot be probed from a sync check
         try:
             self.broker.ping()
         except ModuleMissing as e:
-            errors.append(checks.Error(
-                f"Valkey for task backend {self.alias!r} does not have the vtasks module "
-                f"loaded ({e}).",
-                hint=f"Start valkey-server with --loadmodule {module_path_hint()} "
-                     f"(or MODULE LOAD it); `manage.py` dev command: see the README.",
-                obj=self, id="django_vtasks.E003"))
+            errors.append(
+                checks.Error(
+                    f"Valkey for task backend {self.alias!r} does not have the vtasks module "
+                    f"loaded ({e}).",
+                    hint=f"Start valkey-server with --loadmodule {module_path_hint()} "
+                    f"(or MODULE LOAD it); `manage.py` dev command: see the README.",
+                    obj=self,
+                    id="django_vtasks.E003",
+                )
+            )
             return errors
         except AccessDenied as e:
-            errors.append(checks.Error(
-                f"Task backend {self.alias!r}: {e}",
-                hint="Fix the credentials, or grant the Valkey user the VT.* commands and the keys "
-                     "of the prefix (ACL SETUSER).",
-                obj=self, id="django_vtasks.E006"))
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r}: {e}",
+                    hint="Fix the credentials, or grant the Valkey user the VT.* commands and the keys "
+                    "of the prefix (ACL SETUSER).",
+                    obj=self,
+                    id="django_vtasks.E006",
+                )
+            )
             return errors
         except BrokerError as e:
-            errors.append(checks.Warning(
-                f"Task backend {self.alias!r}: {e}",
-                hint="Start Valkey (with the vtasks module) or fix OPTIONS['BROKER_URL'].",
-                obj=self, id="django_vtasks.W002"))
+            errors.append(
+                checks.Warning(
+                    f"Task backend {self.alias!r}: {e}",
+                    hint="Start Valkey (with the vtasks module) or fix OPTIONS['BROKER_URL'].",
+                    obj=self,
+                    id="django_vtasks.W002",
+                )
+            )
             return errors
         policy = self.broker.eviction_policy()
         if policy and policy.startswith("allkeys-"):
-            errors.append(checks.Warning(
-                f"Task backend {self.alias!r}: Valkey's maxmemory-policy is {policy!r}: under "
-                "memory pressure it evicts whole queue keys (every task of a queue at once).",
-                hint="Use noeviction, or a volatile-* policy (volatile-lru, volatile-ttl...): "
-                     "queue keys carry no TTL so only results (which do) are evicted. "
-                     "README, 'Memory policy'.",
-                obj=self, id="django_vtasks.W003"))
+            errors.append(
+                checks.Warning(
+                    f"Task backend {self.alias!r}: Valkey's maxmemory-policy is {policy!r}: under "
+                    "memory pressure it evicts whole queue keys (every task of a queue at once).",
+                    hint="Use noeviction, or a volatile-* policy (volatile-lru, volatile-ttl...): "
+                    "queue keys carry no TTL so only results (which do) are evicted. "
+                    "README, 'Memory policy'.",
+                    obj=self,
+                    id="django_vtasks.W003",
+                )
+            )
         return errors

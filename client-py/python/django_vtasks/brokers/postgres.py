@@ -19,7 +19,6 @@ from ..broker import (
 )
 from ..redact import redact
 
-
 _DSN_PASSWORD = re.compile(r"password='((?:[^'\\]|\\.)*)'")
 
 
@@ -34,11 +33,23 @@ class PostgresBroker(Broker):
     supports_server_timers = False
     client_errors = (_native.PgError,)
 
-    def __init__(self, dsn: str, pool_size: int = 10, dlq_cap: int = 1000, max_attempts: int = 3,
-                 default_lease_ms: int = 30000, notify: bool = True):
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 10,
+        dlq_cap: int = 1000,
+        max_attempts: int = 3,
+        default_lease_ms: int = 30000,
+        notify: bool = True,
+    ):
         self.dsn = dsn
-        self._kwargs = dict(pool_size=pool_size, dlq_cap=dlq_cap, max_attempts=max_attempts,
-                            default_lease_ms=default_lease_ms, notify=notify)
+        self._kwargs = dict(
+            pool_size=pool_size,
+            dlq_cap=dlq_cap,
+            max_attempts=max_attempts,
+            default_lease_ms=default_lease_ms,
+            notify=notify,
+        )
         self.max_attempts = max_attempts
         self._q = None
         self._aqs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -49,8 +60,7 @@ class PostgresBroker(Broker):
             try:
                 self._q = _native.PgQueue(self.dsn, **self._kwargs)
             except Exception as e:
-                raise BrokerError(
-                    f"cannot connect to Postgres: {redact(e, self._password)}") from e
+                raise BrokerError(f"cannot connect to Postgres: {redact(e, self._password)}") from e
         return self._q
 
     @property
@@ -76,8 +86,14 @@ class PostgresBroker(Broker):
     def _groups(requests):
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            key = (r.queue, r.priority, r.at_ms, r.max_attempts, r.unique,
-                   r.id if r.unique else None)
+            key = (
+                r.queue,
+                r.priority,
+                r.at_ms,
+                r.max_attempts,
+                r.unique,
+                r.id if r.unique else None,
+            )
             groups.setdefault(key, []).append(i)
         return groups
 
@@ -88,9 +104,15 @@ class PostgresBroker(Broker):
             # arguments were refused (payload too large, name too long ...): Valkey's module
             # refuses the same ones, and the Broker contract raises BrokerError for both.
             try:
-                ids = self.q.enqueue(queue, [requests[i].payload for i in idxs],
-                                     ids=[requests[i].id for i in idxs], priority=prio,
-                                     at_ms=at_ms, unique=unique, max_attempts=max_att)
+                ids = self.q.enqueue(
+                    queue,
+                    [requests[i].payload for i in idxs],
+                    ids=[requests[i].id for i in idxs],
+                    priority=prio,
+                    at_ms=at_ms,
+                    unique=unique,
+                    max_attempts=max_att,
+                )
             except (_native.PgError, ValueError) as e:
                 raise BrokerError(f"enqueue failed: {e}") from e
             for i, rid in zip(idxs, ids, strict=True):
@@ -103,12 +125,21 @@ class PostgresBroker(Broker):
         aq = self.aq
         # one statement per queue/options, each atomic, not atomic together: a refused group
         # leaves the others enqueued, which EnqueueFailed reports per task
-        replies = await asyncio.gather(*[
-            aq.enqueue(queue, [requests[i].payload for i in idxs],
-                       ids=[requests[i].id for i in idxs], priority=prio, at_ms=at_ms,
-                       unique=unique, max_attempts=max_att)
-            for (queue, prio, at_ms, max_att, unique, _), idxs in groups],
-            return_exceptions=True)
+        replies = await asyncio.gather(
+            *[
+                aq.enqueue(
+                    queue,
+                    [requests[i].payload for i in idxs],
+                    ids=[requests[i].id for i in idxs],
+                    priority=prio,
+                    at_ms=at_ms,
+                    unique=unique,
+                    max_attempts=max_att,
+                )
+                for (queue, prio, at_ms, max_att, unique, _), idxs in groups
+            ],
+            return_exceptions=True,
+        )
         refused: dict[int, str] = {}
         first_error = None
         for (_, idxs), ids in zip(groups, replies, strict=True):
@@ -133,9 +164,16 @@ class PostgresBroker(Broker):
         for (queue, prio, at_ms, max_att, unique, _), idxs in self._groups(requests).items():
             try:
                 sql, params = _native.PgQueue.enqueue_sql(
-                    queue, [requests[i].payload for i in idxs], [requests[i].id for i in idxs],
-                    priority=prio, at_ms=at_ms, unique=unique, max_attempts=max_att,
-                    max_attempts_default=self.max_attempts, notify=self._kwargs["notify"])
+                    queue,
+                    [requests[i].payload for i in idxs],
+                    [requests[i].id for i in idxs],
+                    priority=prio,
+                    at_ms=at_ms,
+                    unique=unique,
+                    max_attempts=max_att,
+                    max_attempts_default=self.max_attempts,
+                    notify=self._kwargs["notify"],
+                )
             except ValueError as e:  # as in enqueue()
                 raise BrokerError(f"enqueue refused: {e}") from e
             out.append((sql, params, idxs))
@@ -147,8 +185,9 @@ class PostgresBroker(Broker):
         return [_delivery(t) for t in r or []]
 
     async def afetch(self, queues, worker, count, lease_ms=None, block_ms=None):
-        r = await self.aq.fetch(list(queues), worker, int(count), lease_ms=lease_ms,
-                                block_ms=block_ms)
+        r = await self.aq.fetch(
+            list(queues), worker, int(count), lease_ms=lease_ms, block_ms=block_ms
+        )
         return [_delivery(t) for t in r or []]
 
     def ack(self, queue, pairs):
@@ -211,8 +250,10 @@ class PostgresBroker(Broker):
         return sorted(await self.aq.queues())
 
     def peek(self, queue, state, offset=0, count=10):
-        return [TaskRecord.from_fields(d, queue) for d in
-                self.q.peek(queue, state.lower(), offset, count)]
+        return [
+            TaskRecord.from_fields(d, queue)
+            for d in self.q.peek(queue, state.lower(), offset, count)
+        ]
 
     def get(self, queue, id):
         d = self.q.get(queue, id)
@@ -233,12 +274,12 @@ class PostgresBroker(Broker):
 
     # ---- schedules ------------------------------------------------------------------------------
     def schedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
-        self.q.schedule_set(queue, name, payload, cron=cron, every_ms=every_ms,
-                            priority=priority)
+        self.q.schedule_set(queue, name, payload, cron=cron, every_ms=every_ms, priority=priority)
 
     async def aschedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
-        await self.aq.schedule_set(queue, name, payload, cron=cron, every_ms=every_ms,
-                                   priority=priority)
+        await self.aq.schedule_set(
+            queue, name, payload, cron=cron, every_ms=every_ms, priority=priority
+        )
 
     def schedule_del(self, queue, name):
         return bool(self.q.schedule_del(queue, name))

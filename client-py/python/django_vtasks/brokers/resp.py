@@ -9,15 +9,17 @@ from __future__ import annotations
 import valkey
 from valkey._parsers.encoders import Encoder
 
+
 def plain_utf8(pool) -> bool:
     """The pool's connections encode str arguments as strict UTF-8 (what the packers assume)."""
     kwargs = pool.connection_kwargs
-    return (kwargs.get("encoding", "utf-8") in ("utf-8", "utf8")
-            and kwargs.get("encoding_errors", "strict") == "strict")
+    return (
+        kwargs.get("encoding", "utf-8") in ("utf-8", "utf8")
+        and kwargs.get("encoding_errors", "strict") == "strict"
+    )
 
 
-async def send_packed(pool, packed: bytes, n: int, name: str, raise_on_error: bool = True
-                       ) -> list:
+async def send_packed(pool, packed: bytes, n: int, name: str, raise_on_error: bool = True) -> list:
     """Send pre-packed commands on one pooled connection and read their ``n`` replies; an error
     reply raises after all replies are read (or, with raise_on_error=False, is returned in its
     place). Retried on connection errors like a pipeline (the connection's Retry policy)."""
@@ -95,8 +97,10 @@ def pack_ack_results(result_prefix: str, key: str, pairs, results) -> tuple[byte
         if ttl > 0 and data is not None:
             k = prefix + rid.encode()
             t = b"%d" % int(ttl)
-            out.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
-                       % (len(k), k, len(data), data, len(t), t))
+            out.append(
+                b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
+                % (len(k), k, len(data), data, len(t), t)
+            )
             n += 1
     if pairs:
         out.append(b"*%d\r\n$6\r\nVT.ACK\r\n" % (2 + 2 * len(pairs)))
@@ -106,4 +110,3 @@ def pack_ack_results(result_prefix: str, key: str, pairs, results) -> tuple[byte
             out.append(bulk(t.encode() if isinstance(t, str) else bytes(t)))
         n += 1
     return b"".join(out), n
-

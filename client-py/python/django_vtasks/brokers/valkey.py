@@ -21,8 +21,9 @@ from ..broker import (
     TaskRecord,
 )
 from ..redact import redact, redact_url
-from .resp import pack_ack_results, pack_enqueue, plain_utf8, send_packed, arg, bulk
+from .resp import arg, bulk, pack_ack_results, pack_enqueue, plain_utf8, send_packed
 from .valkey_errors import CLIENT_ERRORS, NotDurable, describe_error
+
 
 def _s(v) -> str:
     if isinstance(v, bytes):
@@ -57,9 +58,15 @@ class ValkeyBroker(Broker):
     #: pool. A cluster client routes per node: the same commands then go through pipelines.
     packs_commands = True
 
-    def __init__(self, url: str | None = None, connection_pool=None, prefix: str = "vt:",
-                 max_connections: int = 50, connect_options: dict | None = None,
-                 durable: tuple[int, bool, int] | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        connection_pool=None,
+        prefix: str = "vt:",
+        max_connections: int = 50,
+        connect_options: dict | None = None,
+        durable: tuple[int, bool, int] | None = None,
+    ):
         self.url = url
         #: (replicas, aof, timeout ms): what enqueue waits for (OPTIONS["DURABLE"])
         self.durable = durable
@@ -91,7 +98,7 @@ class ValkeyBroker(Broker):
 
     def queue_name(self, key) -> str:
         key = _s(key)
-        inner = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        inner = key[len(self.prefix) :] if key.startswith(self.prefix) else key
         if inner.startswith("{") and inner.endswith("}"):
             return inner[1:-1]
         return inner
@@ -117,12 +124,16 @@ class ValkeyBroker(Broker):
                 # bounded: a burst of aenqueue() calls waits for a connection instead of
                 # opening one each
                 pool = avalkey.BlockingConnectionPool.from_url(
-                    self.url, max_connections=self.max_connections, timeout=None,
-                    **self.connect_options)
+                    self.url,
+                    max_connections=self.max_connections,
+                    timeout=None,
+                    **self.connect_options,
+                )
                 client = avalkey.Valkey(connection_pool=pool)
             else:
                 raise BrokerError(
-                    "ValkeyTaskBackend needs OPTIONS['BROKER_URL'] or CONNECTION_POOL")
+                    "ValkeyTaskBackend needs OPTIONS['BROKER_URL'] or CONNECTION_POOL"
+                )
             self._aclients[loop] = client
         return client
 
@@ -168,8 +179,15 @@ class ValkeyBroker(Broker):
         return out
 
     def _fetch_args(self, queues, worker, count, lease_ms, block_ms):
-        args: list[Any] = ["VT.FETCHBATCH", len(queues), *[self.key(q) for q in queues],
-                           "WORKER", worker, "COUNT", max(1, int(count))]
+        args: list[Any] = [
+            "VT.FETCHBATCH",
+            len(queues),
+            *[self.key(q) for q in queues],
+            "WORKER",
+            worker,
+            "COUNT",
+            max(1, int(count)),
+        ]
         if lease_ms is not None:
             args += ["LEASE", int(lease_ms)]
         if block_ms is not None:
@@ -179,14 +197,16 @@ class ValkeyBroker(Broker):
     def _deliveries(self, reply) -> list[Delivery]:
         if not reply:
             return []
-        return [Delivery(self.queue_name(q), _s(i), _s(t), int(a), bytes(p))
-                for q, i, t, a, p in reply]
+        return [
+            Delivery(self.queue_name(q), _s(i), _s(t), int(a), bytes(p)) for q, i, t, a, p in reply
+        ]
 
     @staticmethod
     def _info(reply) -> dict[str, int]:
         d = _pairs(reply)
         return {f: int(d.get(f, 0) or 0) for f in INFO_FIELDS} | {
-            k: int(v) for k, v in d.items() if k not in INFO_FIELDS and _is_int(v)}
+            k: int(v) for k, v in d.items() if k not in INFO_FIELDS and _is_int(v)
+        }
 
     def _record(self, reply, queue) -> TaskRecord | None:
         if reply is None:
@@ -195,8 +215,10 @@ class ValkeyBroker(Broker):
 
     @staticmethod
     def _schedules(reply) -> list[ScheduleRecord]:
-        return [ScheduleRecord(_s(n), _s(k), _s(s), int(nr or 0), bytes(p or b""))
-                for n, k, s, nr, p in reply or []]
+        return [
+            ScheduleRecord(_s(n), _s(k), _s(s), int(nr or 0), bytes(p or b""))
+            for n, k, s, nr, p in reply or []
+        ]
 
     @staticmethod
     def _schedule_set_args(key, name, payload, cron, every_ms, priority):
@@ -227,9 +249,9 @@ class ValkeyBroker(Broker):
             for args in [a for a, _ in commands] + waits:
                 pipe.execute_command(*args)
             replies = pipe.execute(raise_on_error=False)
-        ids = self._map_enqueue(requests, commands, replies[:len(commands)])
+        ids = self._map_enqueue(requests, commands, replies[: len(commands)])
         if waits:
-            self._check_durable(replies[len(commands):], ids)
+            self._check_durable(replies[len(commands) :], ids)
         return ids
 
     # ---- durable enqueue (OPTIONS["DURABLE"]) ---------------------------------------------------
@@ -264,7 +286,8 @@ class ValkeyBroker(Broker):
                 f"not confirmed durable within {timeout_ms} ms ({'; '.join(problems)}): they "
                 "may run, or be lost if the primary fails now; check the replicas "
                 "(INFO replication) and appendonly, or raise OPTIONS['DURABLE']['timeout']",
-                enqueued)
+                enqueued,
+            )
 
     async def aenqueue_now(self, requests):
         client = self.aclient
@@ -274,11 +297,16 @@ class ValkeyBroker(Broker):
             commands, packed = pack_enqueue(self, requests)
             waits = self._durable_commands()
             if waits:
-                packed += b"".join(b"*%d\r\n" % len(w) + b"".join(bulk(arg(a)) for a in w)
-                                   for w in waits)
-            replies = await send_packed(client.connection_pool, packed,
-                                         len(commands) + len(waits), "VT.ENQUEUE",
-                                         raise_on_error=False)
+                packed += b"".join(
+                    b"*%d\r\n" % len(w) + b"".join(bulk(arg(a)) for a in w) for w in waits
+                )
+            replies = await send_packed(
+                client.connection_pool,
+                packed,
+                len(commands) + len(waits),
+                "VT.ENQUEUE",
+                raise_on_error=False,
+            )
         else:
             commands = self._enqueue_commands(requests)
             waits = self._durable_commands()
@@ -289,31 +317,41 @@ class ValkeyBroker(Broker):
                     for args in [a for a, _ in commands] + waits:
                         pipe.execute_command(*args)
                     replies = await pipe.execute(raise_on_error=False)
-        ids = self._map_enqueue(requests, commands, replies[:len(commands)])
+        ids = self._map_enqueue(requests, commands, replies[: len(commands)])
         if waits:
-            self._check_durable(replies[len(commands):], ids)
+            self._check_durable(replies[len(commands) :], ids)
         return ids
 
     # ---- consumer -------------------------------------------------------------------------------
     def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):
-        return self._deliveries(self.client.execute_command(
-            *self._fetch_args(queues, worker, count, lease_ms, block_ms)))
+        return self._deliveries(
+            self.client.execute_command(
+                *self._fetch_args(queues, worker, count, lease_ms, block_ms)
+            )
+        )
 
     async def afetch(self, queues, worker, count, lease_ms=None, block_ms=None):
-        return self._deliveries(await self.aclient.execute_command(
-            *self._fetch_args(queues, worker, count, lease_ms, block_ms)))
+        return self._deliveries(
+            await self.aclient.execute_command(
+                *self._fetch_args(queues, worker, count, lease_ms, block_ms)
+            )
+        )
 
     def ack(self, queue, pairs):
         if not pairs:
             return 0
-        return int(self.client.execute_command(
-            "VT.ACK", self.key(queue), *[x for p in pairs for x in p]))
+        return int(
+            self.client.execute_command("VT.ACK", self.key(queue), *[x for p in pairs for x in p])
+        )
 
     async def aack(self, queue, pairs):
         if not pairs:
             return 0
-        return int(await self.aclient.execute_command(
-            "VT.ACK", self.key(queue), *[x for p in pairs for x in p]))
+        return int(
+            await self.aclient.execute_command(
+                "VT.ACK", self.key(queue), *[x for p in pairs for x in p]
+            )
+        )
 
     def _ack_results_pipe(self, pipe, queue, pairs, results):
         prefix = f"{self.prefix}result:"
@@ -358,13 +396,15 @@ class ValkeyBroker(Broker):
         return args
 
     def fail(self, queue, id, token, error, retry_ms=None):
-        r = self.client.execute_command(*self._fail_args(self.key(queue), id, token, error,
-                                                         retry_ms))
+        r = self.client.execute_command(
+            *self._fail_args(self.key(queue), id, token, error, retry_ms)
+        )
         return _s(r) if r is not None else None
 
     async def afail(self, queue, id, token, error, retry_ms=None):
-        r = await self.aclient.execute_command(*self._fail_args(self.key(queue), id, token,
-                                                                error, retry_ms))
+        r = await self.aclient.execute_command(
+            *self._fail_args(self.key(queue), id, token, error, retry_ms)
+        )
         return _s(r) if r is not None else None
 
     def rescue(self, queue, worker=None):
@@ -376,12 +416,12 @@ class ValkeyBroker(Broker):
         return int(await self.aclient.execute_command(*args))
 
     def extend(self, queue, worker, lease_ms):
-        return int(self.client.execute_command("VT.EXTEND", self.key(queue), worker,
-                                               int(lease_ms)))
+        return int(self.client.execute_command("VT.EXTEND", self.key(queue), worker, int(lease_ms)))
 
     async def aextend(self, queue, worker, lease_ms):
-        return int(await self.aclient.execute_command("VT.EXTEND", self.key(queue), worker,
-                                                      int(lease_ms)))
+        return int(
+            await self.aclient.execute_command("VT.EXTEND", self.key(queue), worker, int(lease_ms))
+        )
 
     # ---- operator -------------------------------------------------------------------------------
     def info(self, queue):
@@ -405,37 +445,48 @@ class ValkeyBroker(Broker):
         return self._queues(await self.aclient.execute_command("VT.QUEUES"))
 
     def peek(self, queue, state, offset=0, count=10):
-        reply = self.client.execute_command("VT.PEEK", self.key(queue), state.upper(),
-                                            "OFFSET", int(offset), "COUNT", int(count))
+        reply = self.client.execute_command(
+            "VT.PEEK", self.key(queue), state.upper(), "OFFSET", int(offset), "COUNT", int(count)
+        )
         return [self._record(r, queue) for r in reply or []]
 
     async def apeek(self, queue, state, offset=0, count=10):
-        reply = await self.aclient.execute_command("VT.PEEK", self.key(queue), state.upper(),
-                                                   "OFFSET", int(offset), "COUNT", int(count))
+        reply = await self.aclient.execute_command(
+            "VT.PEEK", self.key(queue), state.upper(), "OFFSET", int(offset), "COUNT", int(count)
+        )
         return [self._record(r, queue) for r in reply or []]
 
     def get(self, queue, id):
         return self._record(self.client.execute_command("VT.GET", self.key(queue), id), queue)
 
     async def aget(self, queue, id):
-        return self._record(await self.aclient.execute_command("VT.GET", self.key(queue), id),
-                            queue)
+        return self._record(
+            await self.aclient.execute_command("VT.GET", self.key(queue), id), queue
+        )
 
     def unique_holder(self, queue, key):
-        return self._record(self.client.execute_command("VT.GET", self.key(queue), "UNIQUE", key),
-                            queue)
+        return self._record(
+            self.client.execute_command("VT.GET", self.key(queue), "UNIQUE", key), queue
+        )
 
     async def aunique_holder(self, queue, key):
-        return self._record(await self.aclient.execute_command("VT.GET", self.key(queue),
-                                                               "UNIQUE", key), queue)
+        return self._record(
+            await self.aclient.execute_command("VT.GET", self.key(queue), "UNIQUE", key), queue
+        )
 
     def retry_dead(self, queue, ids=None):
-        return int(self.client.execute_command("VT.RETRYDEAD", self.key(queue),
-                                               *(ids if ids is not None else ["ALL"])))
+        return int(
+            self.client.execute_command(
+                "VT.RETRYDEAD", self.key(queue), *(ids if ids is not None else ["ALL"])
+            )
+        )
 
     async def aretry_dead(self, queue, ids=None):
-        return int(await self.aclient.execute_command("VT.RETRYDEAD", self.key(queue),
-                                                      *(ids if ids is not None else ["ALL"])))
+        return int(
+            await self.aclient.execute_command(
+                "VT.RETRYDEAD", self.key(queue), *(ids if ids is not None else ["ALL"])
+            )
+        )
 
     def delete(self, queue, ids):
         if not ids:
@@ -451,33 +502,32 @@ class ValkeyBroker(Broker):
         return int(self.client.execute_command("VT.CLEAR", self.key(queue), what.upper()))
 
     async def aclear(self, queue, what):
-        return int(await self.aclient.execute_command("VT.CLEAR", self.key(queue),
-                                                      what.upper()))
+        return int(await self.aclient.execute_command("VT.CLEAR", self.key(queue), what.upper()))
 
     # ---- schedules ------------------------------------------------------------------------------
     def schedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
-        self.client.execute_command(*self._schedule_set_args(self.key(queue), name, payload,
-                                                             cron, every_ms, priority))
+        self.client.execute_command(
+            *self._schedule_set_args(self.key(queue), name, payload, cron, every_ms, priority)
+        )
 
     async def aschedule_set(self, queue, name, payload, cron=None, every_ms=None, priority=0):
-        await self.aclient.execute_command(*self._schedule_set_args(self.key(queue), name,
-                                                                    payload, cron, every_ms,
-                                                                    priority))
+        await self.aclient.execute_command(
+            *self._schedule_set_args(self.key(queue), name, payload, cron, every_ms, priority)
+        )
 
     def schedule_del(self, queue, name):
         return bool(self.client.execute_command("VT.SCHEDULE", "DEL", self.key(queue), name))
 
     async def aschedule_del(self, queue, name):
-        return bool(await self.aclient.execute_command("VT.SCHEDULE", "DEL", self.key(queue),
-                                                       name))
+        return bool(await self.aclient.execute_command("VT.SCHEDULE", "DEL", self.key(queue), name))
 
     def schedule_list(self, queue):
-        return self._schedules(self.client.execute_command("VT.SCHEDULE", "LIST",
-                                                           self.key(queue)))
+        return self._schedules(self.client.execute_command("VT.SCHEDULE", "LIST", self.key(queue)))
 
     async def aschedule_list(self, queue):
-        return self._schedules(await self.aclient.execute_command("VT.SCHEDULE", "LIST",
-                                                                  self.key(queue)))
+        return self._schedules(
+            await self.aclient.execute_command("VT.SCHEDULE", "LIST", self.key(queue))
+        )
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):
@@ -553,4 +603,3 @@ def _is_int(v) -> bool:
         return True
     except (TypeError, ValueError):
         return False
-

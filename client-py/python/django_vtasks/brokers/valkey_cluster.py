@@ -27,9 +27,11 @@ from ..broker import BrokerError
 from ..redact import redact_url
 from .valkey import ValkeyBroker, queue_key
 
-CROSSSLOT_HINT = ("one VT.FETCHBATCH can only read queues in one hash slot: give the prefix a "
-                  "hash tag, e.g. VTASKS_VALKEY_PREFIX = 'vt:{myapp}:' (or OPTIONS['PREFIX']), "
-                  "or run one worker per queue")
+CROSSSLOT_HINT = (
+    "one VT.FETCHBATCH can only read queues in one hash slot: give the prefix a "
+    "hash tag, e.g. VTASKS_VALKEY_PREFIX = 'vt:{myapp}:' (or OPTIONS['PREFIX']), "
+    "or run one worker per queue"
+)
 
 
 def in_one_slot(prefix: str, queues) -> bool:
@@ -40,21 +42,28 @@ def in_one_slot(prefix: str, queues) -> bool:
 class ValkeyClusterBroker(ValkeyBroker):
     packs_commands = False  # one pool per node: ValkeyBroker's pipeline paths
 
-    def __init__(self, url: str, prefix: str = "vt:", max_connections: int = 50,
-                 connect_options: dict | None = None):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "vt:",
+        max_connections: int = 50,
+        connect_options: dict | None = None,
+    ):
         super().__init__(None, None, prefix, max_connections, connect_options)
         self.url = url
         self.safe_url = redact_url(url)
         try:
-            self._client = ValkeyCluster.from_url(url, max_connections=max_connections,
-                                                  **self.connect_options)
+            self._client = ValkeyCluster.from_url(
+                url, max_connections=max_connections, **self.connect_options
+            )
         except (valkey.ValkeyError, ValkeyClusterException) as e:
             error = self.error(e, "connect")
             if type(error) is BrokerError and "unreachable" in str(error):
                 error = BrokerError(
                     f"cannot reach the Valkey cluster at {self.safe_url} "
                     f"({self._redact(e)}); is valkey-server running there in cluster mode "
-                    "(with --loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?")
+                    "(with --loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?"
+                )
             raise error from e
 
     # ---- clients --------------------------------------------------------------------------------
@@ -63,15 +72,18 @@ class ValkeyClusterBroker(ValkeyBroker):
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
-            client = acluster.ValkeyCluster.from_url(self.url, max_connections=self.max_connections,
-                                                     **self.connect_options)
+            client = acluster.ValkeyCluster.from_url(
+                self.url, max_connections=self.max_connections, **self.connect_options
+            )
             self._aclients[loop] = client
         return client
 
     def check_queues(self, queues):
         if not in_one_slot(self.prefix, queues):
-            raise BrokerError(f"queues {sorted(queues)} are in different cluster slots with the "
-                              f"prefix {self.prefix!r}: {CROSSSLOT_HINT}")
+            raise BrokerError(
+                f"queues {sorted(queues)} are in different cluster slots with the "
+                f"prefix {self.prefix!r}: {CROSSSLOT_HINT}"
+            )
 
     # ---- enqueue: one cluster pipeline (split per node), each command's refusal reported per
     # request (EnqueueFailed), also when there is one command -------------------------------
@@ -97,13 +109,19 @@ class ValkeyClusterBroker(ValkeyBroker):
 
     async def aqueues(self):
         replies = await self.aclient.execute_command(
-            "VT.QUEUES", target_nodes=acluster.ValkeyCluster.PRIMARIES)
+            "VT.QUEUES", target_nodes=acluster.ValkeyCluster.PRIMARIES
+        )
         return self._queues([k for keys in replies.values() for k in keys or []])
 
     async def aset_dlq_cap(self, cap: int) -> None:
         # replicas too: the cap must hold on whichever node a failover promotes
-        await self.aclient.execute_command("CONFIG", "SET", "vtasks.dlq-cap", int(cap),
-                                           target_nodes=acluster.ValkeyCluster.ALL_NODES)
+        await self.aclient.execute_command(
+            "CONFIG",
+            "SET",
+            "vtasks.dlq-cap",
+            int(cap),
+            target_nodes=acluster.ValkeyCluster.ALL_NODES,
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self):  # (aclose: ValkeyBroker's closes this loop's cluster client)

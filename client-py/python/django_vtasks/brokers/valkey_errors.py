@@ -12,8 +12,12 @@ from ..broker import BrokerError
 from ..redact import redact
 
 #: what a dead or module-less Valkey raises under a command (cluster clients: their own type)
-CLIENT_ERRORS = (valkey.ConnectionError, valkey.TimeoutError, valkey.ResponseError,
-                 ValkeyClusterException)
+CLIENT_ERRORS = (
+    valkey.ConnectionError,
+    valkey.TimeoutError,
+    valkey.ResponseError,
+    ValkeyClusterException,
+)
 
 
 class ModuleMissing(BrokerError):
@@ -29,7 +33,6 @@ class NotDurable(BrokerError):
         super().__init__(message)
         self.ids = ids
         self.results: list = []
-
 
 
 class AccessDenied(BrokerError):
@@ -58,27 +61,39 @@ def describe_error(e: BaseException, doing: str, where: str, redact_text=redact)
         return e
     words = redact_text(server_words(e))
     upper = words.upper()
-    if isinstance(e, valkey.AuthenticationError) or upper.startswith(("WRONGPASS", "NOAUTH")) \
-            or "INVALID PASSWORD" in upper or "INVALID USERNAME-PASSWORD" in upper:
+    if (
+        isinstance(e, valkey.AuthenticationError)
+        or upper.startswith(("WRONGPASS", "NOAUTH"))
+        or "INVALID PASSWORD" in upper
+        or "INVALID USERNAME-PASSWORD" in upper
+    ):
         return AccessDenied(
             f"cannot {doing}: Valkey at {where} refused the credentials ({words}); check the user "
-            "and password (OPTIONS['PASSWORD'] / OPTIONS['USERNAME'] or BROKER_URL)")
+            "and password (OPTIONS['PASSWORD'] / OPTIONS['USERNAME'] or BROKER_URL)"
+        )
     if upper.startswith("NOPERM") or isinstance(e, valkey.exceptions.NoPermissionError):
         return AccessDenied(
             f"cannot {doing}: the Valkey user of {where} lacks an ACL permission ({words}); grant "
-            "it the VT.* commands it needs and the queue and result keys of the prefix")
-    if isinstance(e, valkey.ResponseError) and "unknown command" in words.lower() \
-            and "'vt." in words.lower():
+            "it the VT.* commands it needs and the queue and result keys of the prefix"
+        )
+    if (
+        isinstance(e, valkey.ResponseError)
+        and "unknown command" in words.lower()
+        and "'vt." in words.lower()
+    ):
         return ModuleMissing(
             f"cannot {doing}: Valkey at {where} does not have the vtasks module ({words}); start "
-            f"it with --loadmodule {module_path_hint()} (or MODULE LOAD it)")
+            f"it with --loadmodule {module_path_hint()} (or MODULE LOAD it)"
+        )
     if isinstance(e, valkey.ResponseError):  # e.g. OOM: the server's own words
         return BrokerError(f"Valkey at {where} refused the {doing}: {words}")
-    if isinstance(e, (valkey.ConnectionError, valkey.TimeoutError, ValkeyClusterException,
-                      OSError)):
+    if isinstance(
+        e, (valkey.ConnectionError, valkey.TimeoutError, ValkeyClusterException, OSError)
+    ):
         return BrokerError(
             f"cannot {doing}: Valkey at {where} is unreachable ({words}); is valkey-server "
-            "running there (with --loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?")
+            "running there (with --loadmodule libvtasks.so), and is OPTIONS['BROKER_URL'] right?"
+        )
     return BrokerError(f"cannot {doing} on Valkey at {where}: {type(e).__name__}: {words}")
 
 

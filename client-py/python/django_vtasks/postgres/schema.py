@@ -48,11 +48,16 @@ def pending(dsn: str) -> list[str]:
     with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
         if conn.execute("SELECT to_regclass('vtasks_schema')").fetchone()[0] is None:
             applied = []
-        elif conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = "
-                          "'vtasks_schema' AND column_name = 'checksum'").fetchone():
+        elif conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = "
+            "'vtasks_schema' AND column_name = 'checksum'"
+        ).fetchone():
             applied = conn.execute("SELECT version, checksum FROM vtasks_schema").fetchall()
         else:  # written by a release before checksums
             applied = [(v, None) for (v,) in conn.execute("SELECT version FROM vtasks_schema")]
     versions = {v for v, _ in applied}
-    return [f"{v:04d}_{name}" for v, name, _sql, _rec in _native.migration_plan(applied)
-            if v not in versions or dict(applied)[v] is None]
+    return [
+        f"{v:04d}_{name}"
+        for v, name, _sql, _rec in _native.migration_plan(applied)
+        if v not in versions or dict(applied)[v] is None
+    ]

@@ -61,8 +61,9 @@ class AckBatcher:
             try:
                 items.append((job.delivery.id, result_to_json(job.result), w.result_ttl_ms))
             except (TypeError, ValueError):
-                logger.warning("the RUNNING result of %s cannot be encoded", job.delivery.id,
-                               exc_info=True)
+                logger.warning(
+                    "the RUNNING result of %s cannot be encoded", job.delivery.id, exc_info=True
+                )
         if not items:
             return
         write = self.running_write = asyncio.ensure_future(w.broker.astore_results(items))
@@ -105,8 +106,9 @@ class AckBatcher:
                 self._acks[:0] = [i for items in by_queue.values() for i in items]
                 logger.error("ack failed: %s (retrying in %.1fs)", e, backoff)
                 if final and backoff > 5:
-                    logger.error("giving up on %d ack(s); the tasks will be redelivered",
-                                 len(self._acks))
+                    logger.error(
+                        "giving up on %d ack(s); the tasks will be redelivered", len(self._acks)
+                    )
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -126,15 +128,19 @@ class AckBatcher:
         broker does not answer, the error propagates and the rest are retried later."""
         w = self.w
         await w.broker.ainfo(queue)  # raises when the broker is unreachable: retry later
-        logger.warning("acking %d task(s) of %s together failed (%s): acking them one by one",
-                       len(items), queue, error)
+        logger.warning(
+            "acking %d task(s) of %s together failed (%s): acking them one by one",
+            len(items),
+            queue,
+            error,
+        )
         while items:
             item = items[0]
             try:
                 await self._ack(queue, [item])
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception:
                 await w.broker.ainfo(queue)  # raises when the broker is unreachable
                 try:  # the broker answers: once more, in case that was a passing failure
                     await self._ack(queue, [item])
@@ -149,7 +155,8 @@ class AckBatcher:
                     f"the result of task {rid} ({len(data or b''):,} bytes) could not be stored "
                     f"while the broker took the others ({e}): a result larger than the broker "
                     "accepts (Valkey's proto-max-bulk-len, say)? Return less (e.g. store large "
-                    "data elsewhere and return its key)")
+                    "data elsewhere and return its key)"
+                )
                 logger.error("task %s on %s failed: %s", rid, queue, reason)
                 w.failed += 1
                 await w.broker.afail(queue, rid, token, reason, None)

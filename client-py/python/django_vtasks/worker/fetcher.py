@@ -45,8 +45,9 @@ class Fetcher:
                 continue
             sent = time.monotonic()
             try:
-                deliveries = await w.broker.afetch(queues, w.worker_id, free, w.lease_ms,
-                                                   self.fetch_block_ms)
+                deliveries = await w.broker.afetch(
+                    queues, w.worker_id, free, w.lease_ms, self.fetch_block_ms
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -80,8 +81,14 @@ class Fetcher:
         logger.warning(
             "dropping %d %s task(s) (%s): their fetch was sent %.1fs ago, longer than the lease "
             "(%.1fs) minus %.1fs: the broker re-queues them on lease expiry",
-            len(deliveries), what, ", ".join(f"{d.queue}/{d.id}" for d in deliveries[:5])
-            + (" ..." if len(deliveries) > 5 else ""), elapsed, lease_s, self.lease_margin)
+            len(deliveries),
+            what,
+            ", ".join(f"{d.queue}/{d.id}" for d in deliveries[:5])
+            + (" ..." if len(deliveries) > 5 else ""),
+            elapsed,
+            lease_s,
+            self.lease_margin,
+        )
         self.dropped_stale += len(deliveries)
         return True
 
@@ -97,8 +104,7 @@ class Fetcher:
                 continue
             deliveries: list[Delivery] = []
             try:
-                got = await w.broker.afetch([queue], w.worker_id, count, w.lease_ms,
-                                            self.block_ms)
+                got = await w.broker.afetch([queue], w.worker_id, count, w.lease_ms, self.block_ms)
                 w.progress()
                 if not got:
                     continue
@@ -109,8 +115,9 @@ class Fetcher:
                     remaining = int((deadline - time.monotonic()) * 1000)
                     if remaining < 1:
                         break
-                    more = await w.broker.afetch([queue], w.worker_id, count - len(deliveries),
-                                                 w.lease_ms, remaining)
+                    more = await w.broker.afetch(
+                        [queue], w.worker_id, count - len(deliveries), w.lease_ms, remaining
+                    )
                     if more:
                         deliveries.extend(more)
                         slots.inflight[queue] += len(more)

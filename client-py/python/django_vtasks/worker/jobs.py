@@ -28,7 +28,7 @@ from ..conf import settings
 from ..envelope import decode_envelope
 from ..result_store import count_not_stored
 from ..result_store import read as read_stored
-from ..results import make_result, result_to_json, resolve_task
+from ..results import make_result, resolve_task, result_to_json
 from ..retry import RetryPolicy
 from ..signals import asend_many, schedule_run
 from .reasons import clean_text, fail_reason
@@ -96,8 +96,11 @@ class JobRunner:
                 continue
             if job is not None:
                 jobs.append(job)
-        if jobs and sent is not None and w.fetcher.lease_lapsed(
-                sent, [j.delivery for j in jobs], "prepared"):
+        if (
+            jobs
+            and sent is not None
+            and w.fetcher.lease_lapsed(sent, [j.delivery for j in jobs], "prepared")
+        ):
             for j in jobs:
                 w.slots.settled(j.delivery.queue)
             w.slots.release(len(jobs))
@@ -107,13 +110,12 @@ class JobRunner:
             (running if w.track_running or j.delivery.attempt > 1 else lazy).append(j)
         if lazy and w.result_ttl_ms > 0:
             # one timer per fetch (not per task): those still running then are recorded RUNNING
-            asyncio.get_running_loop().call_later(RUNNING_RECORD_AFTER, w.acks.running_is_due,
-                                                  lazy)
+            asyncio.get_running_loop().call_later(RUNNING_RECORD_AFTER, w.acks.running_is_due, lazy)
         if running and w.result_ttl_ms > 0:
             try:
                 await w.broker.astore_results(
-                    [(j.delivery.id, result_to_json(j.result), w.result_ttl_ms)
-                     for j in running])
+                    [(j.delivery.id, result_to_json(j.result), w.result_ttl_ms) for j in running]
+                )
             except Exception as e:
                 count_not_stored(len(running), f"RUNNING results: {e}")
         for job in jobs:
@@ -144,13 +146,24 @@ class JobRunner:
             if envelope.get("run_after"):
                 run_after = datetime.fromisoformat(envelope["run_after"])
             options = envelope.get("options")
-            key = (func_path, d.queue, envelope.get("priority"), envelope.get("run_after"),
-                   tuple(sorted(options.items())) if options else None)
+            key = (
+                func_path,
+                d.queue,
+                envelope.get("priority"),
+                envelope.get("run_after"),
+                tuple(sorted(options.items())) if options else None,
+            )
             task = self._task_cache.get(key)
             if task is None:
-                task = resolve_task(func_path, queue=d.queue, priority=envelope.get("priority"),
-                                    run_after=run_after, backend=w.alias, strict=True,
-                                    options=options)
+                task = resolve_task(
+                    func_path,
+                    queue=d.queue,
+                    priority=envelope.get("priority"),
+                    run_after=run_after,
+                    backend=w.alias,
+                    strict=True,
+                    options=options,
+                )
                 if len(self._task_cache) > 10_000:
                     self._task_cache.clear()
                 self._task_cache[key] = task
@@ -166,8 +179,9 @@ class JobRunner:
                 reason = self._unknown_reason(reason, e)
             placeholder = resolve_task(func_path, queue=d.queue, backend=w.alias, strict=False)
             result = self._new_result(d, envelope, placeholder, None)
-            result.errors.append(TaskError(exception_class_path=_exception_path(e),
-                                           traceback=clean_text(reason)))
+            result.errors.append(
+                TaskError(exception_class_path=_exception_path(e), traceback=clean_text(reason))
+            )
             _set(result, "status", TaskResultStatus.FAILED)
             _set(result, "finished_at", timezone.now())
             await self._dead_letter(d, reason, result, own_slot)
@@ -220,31 +234,49 @@ class JobRunner:
         worker_ids.append(w.worker_id)
         if enqueued_at is not None and not django_settings.USE_TZ:
             enqueued_at = timezone.make_naive(enqueued_at)
-        return make_result(task, d.id, TaskResultStatus.RUNNING, enqueued_at or now, started_at,
-                           now, None, envelope.get("args") or [],
-                           envelope.get("kwargs") or {}, w.alias, errors, worker_ids)
+        return make_result(
+            task,
+            d.id,
+            TaskResultStatus.RUNNING,
+            enqueued_at or now,
+            started_at,
+            now,
+            None,
+            envelope.get("args") or [],
+            envelope.get("kwargs") or {},
+            w.alias,
+            errors,
+            worker_ids,
+        )
 
     # ---- running --------------------------------------------------------------------------------
     async def _send_task_signal(self, signal, *results: TaskResult) -> None:
         """task_started / task_finished: user sync receivers run in the task threads (where the
         ORM works), Django's log receivers and async receivers on the loop."""
         loop = asyncio.get_running_loop()
-        await asend_many(signal, type(self.w.backend), results,
-                         lambda fn: loop.run_in_executor(self.w.executor, _call_sync, fn, (), {}))
+        await asend_many(
+            signal,
+            type(self.w.backend),
+            results,
+            lambda fn: loop.run_in_executor(self.w.executor, _call_sync, fn, (), {}),
+        )
 
     async def _signal(self, signal, *results: TaskResult) -> None:
         try:
             await self._send_task_signal(signal, *results)
         except Exception:
-            logger.exception("a %s receiver failed",
-                             "task_started" if signal is task_started else "task_finished")
+            logger.exception(
+                "a %s receiver failed",
+                "task_started" if signal is task_started else "task_finished",
+            )
 
     async def _call(self, func, args, kwargs):
         """Run a task function: async ones on the loop, sync ones on the worker's threads."""
         if iscoroutinefunction(func):
             return await func(*args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(
-            self.w.executor, _call_sync, func, args, kwargs)
+            self.w.executor, _call_sync, func, args, kwargs
+        )
 
     async def run(self, job: Job) -> None:
         """Run one task in its slot and settle it (the hot path: no helper coroutines)."""
@@ -254,8 +286,9 @@ class JobRunner:
         try:
             if job.envelope.get("schedule"):
                 try:
-                    schedule_run.send(type(w.backend), queue=d.queue,
-                                      schedule=job.envelope["schedule"])
+                    schedule_run.send(
+                        type(w.backend), queue=d.queue, schedule=job.envelope["schedule"]
+                    )
                 except Exception:
                     logger.exception("a schedule_run receiver failed")
             try:
@@ -270,7 +303,8 @@ class JobRunner:
                     value = await task.func(*args, **result.kwargs)
                 else:
                     value = await asyncio.get_running_loop().run_in_executor(
-                        w.executor, _call_sync, task.func, args, result.kwargs)
+                        w.executor, _call_sync, task.func, args, result.kwargs
+                    )
                 value = normalize_json(value)
                 _set(result, "_return_value", value)
                 _set(result, "status", TaskResultStatus.SUCCESSFUL)
@@ -349,8 +383,9 @@ class JobRunner:
             await self._signal(task_finished, *results)
             for job in jobs:
                 job.done = True
-                w.acks.add(job.delivery, self._result_json(job.result)
-                           if w.result_ttl_ms > 0 else None)
+                w.acks.add(
+                    job.delivery, self._result_json(job.result) if w.result_ttl_ms > 0 else None
+                )
 
     async def _batch_failed(self, task, jobs: list[Job], e: BaseException) -> None:
         """Called inside the except: task_finished receivers see the exception."""
@@ -367,7 +402,8 @@ class JobRunner:
             raise ResultNotStorable(
                 f"the return value of {result.task.module_path} cannot be stored as JSON ({e}): "
                 "return integers within 64 bits and strings that are valid Unicode (no lone "
-                "surrogates), or convert them (e.g. str(value))") from e
+                "surrogates), or convert them (e.g. str(value))"
+            ) from e
 
     @staticmethod
     def _unfinish(job: Job) -> None:
@@ -387,8 +423,14 @@ class JobRunner:
         retry_ms = RetryPolicy.of(job.task, d.queue).retry_ms(d.attempt)
         if retry_ms is not None:
             _set(result, "status", TaskResultStatus.READY)
-            logger.warning("task %s %s failed (attempt %d), retrying in %dms: %s", d.id,
-                           job.task.module_path, d.attempt, retry_ms, e)
+            logger.warning(
+                "task %s %s failed (attempt %d), retrying in %dms: %s",
+                d.id,
+                job.task.module_path,
+                d.attempt,
+                retry_ms,
+                e,
+            )
         else:
             _set(result, "status", TaskResultStatus.FAILED)
             w.failed += 1
@@ -430,15 +472,15 @@ class JobRunner:
             return False
         return True
 
-    async def _fail(self, d: Delivery, error: str, retry_ms: int | None,
-                    result: TaskResult | None) -> str | None:
+    async def _fail(
+        self, d: Delivery, error: str, retry_ms: int | None, result: TaskResult | None
+    ) -> str | None:
         """Store the result, then VT.FAIL (the reason under fail_reason's rule); retried until
         the broker answers. A result that cannot be stored does not hold the task: its failure
         still reaches the broker (get_result then reads the broker's record)."""
         w = self.w
         error = fail_reason(error)
-        data = (self._result_json(result)
-                if result is not None and w.result_ttl_ms > 0 else None)
+        data = self._result_json(result) if result is not None and w.result_ttl_ms > 0 else None
         backoff = 0.1
         while True:
             if data is not None and await self._store_raw(d.id, data):
@@ -458,8 +500,9 @@ class JobRunner:
         w.slots.settled(d.queue)
         return outcome
 
-    async def _dead_letter(self, d: Delivery, reason: str, result: TaskResult | None,
-                           own_slot: bool) -> None:
+    async def _dead_letter(
+        self, d: Delivery, reason: str, result: TaskResult | None, own_slot: bool
+    ) -> None:
         reason = fail_reason(reason)
         logger.error("task %s on %s dead-lettered: %s", d.id, d.queue, reason)
         self.w.failed += 1
@@ -471,8 +514,10 @@ class JobRunner:
 
     def _unknown_reason(self, reason: str, e: Exception) -> str:
         if isinstance(e, ImportError) and self.unknown_task_grace > 0:
-            return (f"{reason} (still unknown after VTASKS_UNKNOWN_TASK_GRACE="
-                    f"{self.unknown_task_grace:g}s)")
+            return (
+                f"{reason} (still unknown after VTASKS_UNKNOWN_TASK_GRACE="
+                f"{self.unknown_task_grace:g}s)"
+            )
         return reason
 
     async def _retry_unknown(self, d: Delivery, envelope: dict, reason: str) -> bool:
@@ -496,9 +541,16 @@ class JobRunner:
         if left <= 0 or attempts_left <= 0:
             return False
         retry_ms = max(1, int(left * 1000 / attempts_left))
-        logger.warning("task %s on %s: %s; retrying in %.1fs (a deploy in progress? "
-                       "VTASKS_UNKNOWN_TASK_GRACE leaves %.0fs)", d.id, d.queue, reason,
-                       retry_ms / 1000, left)
-        await self._fail(d, f"{reason} (retried for VTASKS_UNKNOWN_TASK_GRACE={grace:g}s)",
-                         retry_ms, None)
+        logger.warning(
+            "task %s on %s: %s; retrying in %.1fs (a deploy in progress? "
+            "VTASKS_UNKNOWN_TASK_GRACE leaves %.0fs)",
+            d.id,
+            d.queue,
+            reason,
+            retry_ms / 1000,
+            left,
+        )
+        await self._fail(
+            d, f"{reason} (retried for VTASKS_UNKNOWN_TASK_GRACE={grace:g}s)", retry_ms, None
+        )
         return True

@@ -51,8 +51,7 @@ class ScheduleRegistrar:
         entries = self.entries()
         await self._set(entries)
         # entries removed from settings (or moved to another queue) stop firing
-        queues = set(await broker.aqueues()) | set(self.w.queues) | {
-            e[0] for e in entries.values()}
+        queues = set(await broker.aqueues()) | set(self.w.queues) | {e[0] for e in entries.values()}
         for queue in sorted(queues):
             for s in await broker.aschedule_list(queue):
                 if s.name not in entries or entries[s.name][0] != queue:
@@ -74,15 +73,21 @@ class ScheduleRegistrar:
                 spec = cron if cron is not None else str(every_ms)
                 if have is not None and have.payload == payload and have.spec == spec:
                     continue
-                await broker.aschedule_set(queue, name, payload, cron=cron,
-                                           every_ms=every_ms, priority=priority)
+                await broker.aschedule_set(
+                    queue, name, payload, cron=cron, every_ms=every_ms, priority=priority
+                )
                 n += 1
                 what = f"cron {cron}" if cron else f"every {every_ms}ms"
                 if reconcile:
-                    logger.warning("schedule %s was %s on %s (the broker lost its data, or "
-                                   "another scheduler has other settings): registered again "
-                                   "(%s)", name, "missing" if have is None else "different",
-                                   queue, what)
+                    logger.warning(
+                        "schedule %s was %s on %s (the broker lost its data, or "
+                        "another scheduler has other settings): registered again "
+                        "(%s)",
+                        name,
+                        "missing" if have is None else "different",
+                        queue,
+                        what,
+                    )
                 else:
                     logger.info("schedule %s registered on %s (%s)", name, queue, what)
         return n

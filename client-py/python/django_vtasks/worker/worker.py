@@ -30,15 +30,25 @@ logger = logging.getLogger("django_vtasks.worker")
 
 
 def default_worker_id() -> str:
-    return settings.VTASKS_WORKER_ID or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return (
+        settings.VTASKS_WORKER_ID or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
 
 
 class Worker:
-    def __init__(self, backend_alias: str | None = None, queues: list[str] | None = None,
-                 concurrency: int | None = None, worker_id: str | None = None,
-                 scheduler: bool = False, health_check_file: str | None = None,
-                 batch_config: dict | None = None, lease: float | None = None,
-                 block_ms: int = 1000, flush_interval: float = 0.002):
+    def __init__(
+        self,
+        backend_alias: str | None = None,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        scheduler: bool = False,
+        health_check_file: str | None = None,
+        batch_config: dict | None = None,
+        lease: float | None = None,
+        block_ms: int = 1000,
+        flush_interval: float = 0.002,
+    ):
         self.alias = backend_alias or settings.VTASKS_BACKEND or "default"
         self.backend = task_backends[self.alias]
         self.broker = self.backend.broker
@@ -47,14 +57,16 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.scheduler = scheduler
         self.health_check_file = health_check_file or settings.VTASKS_HEALTH_CHECK_FILE
-        self.batch_config = dict(batch_config if batch_config is not None
-                                 else settings.VTASKS_BATCH_QUEUES or {})
+        self.batch_config = dict(
+            batch_config if batch_config is not None else settings.VTASKS_BATCH_QUEUES or {}
+        )
         self.lease = float(lease or settings.VTASKS_LEASE)
         self.lease_ms = max(100, int(self.lease * 1000))
         self.result_ttl_ms = self.backend.result_ttl_ms
         threads = int(settings.VTASKS_SYNC_THREADS or self.concurrency)
-        self.executor = ThreadPoolExecutor(max_workers=max(1, threads),
-                                           thread_name_prefix="vtasks-sync")
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="vtasks-sync"
+        )
         self.batch_queues = [q for q in self.queues if q in self.batch_config]
         self.plain_queues = [q for q in self.queues if q not in self.batch_config]
         self.broker.check_queues(self.plain_queues)  # one fetch reads them all
@@ -67,8 +79,9 @@ class Worker:
         self.fetcher = Fetcher(self, block_ms)
         self.jobs = JobRunner(self)
         self.acks = AckBatcher(self, flush_interval)
-        self.heartbeat = Heartbeat(self.broker, self.worker_id, self.lease, self.lease_ms,
-                                   self.slots)
+        self.heartbeat = Heartbeat(
+            self.broker, self.worker_id, self.lease, self.lease_ms, self.slots
+        )
         self.schedules = ScheduleRegistrar(self)
 
         self._tasks: set[asyncio.Task] = set()
@@ -93,9 +106,16 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
-        logger.info("worker %s starting: backend=%s (%s) queues=%s concurrency=%d lease=%.1fs%s",
-                    self.worker_id, self.alias, self.broker.kind, self.queues, self.concurrency,
-                    self.lease, " scheduler" if self.scheduler else "")
+        logger.info(
+            "worker %s starting: backend=%s (%s) queues=%s concurrency=%d lease=%.1fs%s",
+            self.worker_id,
+            self.alias,
+            self.broker.kind,
+            self.queues,
+            self.concurrency,
+            self.lease,
+            " scheduler" if self.scheduler else "",
+        )
         self.heartbeat.start()
         background = [asyncio.create_task(self.acks.run(), name="vtasks-acks")]
         try:
@@ -106,17 +126,26 @@ class Worker:
                 background.append(asyncio.create_task(self.schedules.reconcile()))
             consumers = []
             if self.plain_queues:
-                consumers.append(asyncio.create_task(self.fetcher.run(self.plain_queues),
-                                                     name="vtasks-fetch"))
+                consumers.append(
+                    asyncio.create_task(self.fetcher.run(self.plain_queues), name="vtasks-fetch")
+                )
             for queue in self.batch_queues:
                 conf = self.batch_config.get(queue) or {}
-                consumers.append(asyncio.create_task(self.fetcher.run_batch(
-                    queue, max(1, int(conf.get("count", 100))), float(conf.get("timeout", 1.0)))))
+                consumers.append(
+                    asyncio.create_task(
+                        self.fetcher.run_batch(
+                            queue,
+                            max(1, int(conf.get("count", 100))),
+                            float(conf.get("timeout", 1.0)),
+                        )
+                    )
+                )
             await asyncio.gather(*consumers)
             # drain: in-flight tasks, then their acks
             if self._tasks:
-                logger.info("worker %s draining %d in-flight task(s)", self.worker_id,
-                            len(self._tasks))
+                logger.info(
+                    "worker %s draining %d in-flight task(s)", self.worker_id, len(self._tasks)
+                )
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             flusher = background.pop(0)
             flusher.cancel()
@@ -136,8 +165,12 @@ class Worker:
             except Exception:
                 logger.debug("closing the broker failed", exc_info=True)
             self._done.set()
-            logger.info("worker %s stopped (%d processed, %d failed)", self.worker_id,
-                        self.processed, self.failed)
+            logger.info(
+                "worker %s stopped (%d processed, %d failed)",
+                self.worker_id,
+                self.processed,
+                self.failed,
+            )
 
     def request_stop(self) -> None:
         """Stop fetching; run() returns once in-flight tasks finished and were acked.
@@ -154,8 +187,11 @@ class Worker:
     def _on_signal(self, sig) -> None:
         self._signals += 1
         if self._signals == 1:
-            logger.info("worker %s: %s received, finishing in-flight tasks (again to exit now)",
-                        self.worker_id, signal.Signals(sig).name)
+            logger.info(
+                "worker %s: %s received, finishing in-flight tasks (again to exit now)",
+                self.worker_id,
+                signal.Signals(sig).name,
+            )
             self.request_stop()
             return
         logger.warning("worker %s: second signal, exiting now", self.worker_id)
@@ -166,6 +202,7 @@ class Worker:
 
     def _abandon(self) -> None:
         """Best effort: hand this worker's tasks back to the queue before exiting."""
+
         def rescue():
             # a fetch still parked in the broker may take a handed-back task again: repeat
             # (the event loop is held by this handler, so no new fetch can start)
@@ -213,7 +250,9 @@ class Worker:
         try:
             await self.broker.aset_dlq_cap(django_settings.VTASKS_DLQ_CAP)
         except Exception as e:  # e.g. CONFIG disabled on a managed server
-            logger.warning("could not apply VTASKS_DLQ_CAP=%s: %s", django_settings.VTASKS_DLQ_CAP, e)
+            logger.warning(
+                "could not apply VTASKS_DLQ_CAP=%s: %s", django_settings.VTASKS_DLQ_CAP, e
+            )
 
     # ---- what the parts share -------------------------------------------------------------------
     @property

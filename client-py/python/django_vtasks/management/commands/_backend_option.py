@@ -14,9 +14,14 @@ STEALTH = ("backend_alias",)
 
 
 def add_backend_argument(parser) -> None:
-    parser.add_argument("--backend", "--backend-alias", dest="backend", default=None,
-                        help="TASKS alias of the backend (default: VTASKS_BACKEND, 'default'); "
-                             "--backend-alias is the same option")
+    parser.add_argument(
+        "--backend",
+        "--backend-alias",
+        dest="backend",
+        default=None,
+        help="TASKS alias of the backend (default: VTASKS_BACKEND, 'default'); "
+        "--backend-alias is the same option",
+    )
 
 
 def backend_alias(options: dict) -> str:
@@ -34,9 +39,10 @@ def vtasks_backend(alias: str):
     try:
         backend = task_backends[alias]
     except InvalidTaskBackend as e:
-        raise CommandError(f"Backend {alias!r} not found in TASKS: {e} Pass --backend with one "
-                           f"of: {', '.join(sorted(task_backends.settings))}.") from e
+        raise CommandError(
+            f"Backend {alias!r} not found in TASKS: {e} Pass --backend with one "
+            f"of: {', '.join(sorted(task_backends.settings))}."
+        ) from e
     if getattr(backend, "broker", None) is None:
-        raise CommandError(f"Backend {alias!r} ({type(backend).__name__}) is not a vtasks "
-                           "backend.")
+        raise CommandError(f"Backend {alias!r} ({type(backend).__name__}) is not a vtasks backend.")
     return backend

@@ -96,8 +96,10 @@ class Progress:
         frac = min(1.0, done / self.total)
         filled = int(frac * self.width)
         elapsed = max(now - self.start, 1e-9)
-        return (f"{self.label:<8} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{done}/{self.total} {frac * 100:5.1f}% {done / elapsed:,.0f}/s")
+        return (
+            f"{self.label:<8} [{'#' * filled}{'.' * (self.width - filled)}] "
+            f"{done}/{self.total} {frac * 100:5.1f}% {done / elapsed:,.0f}/s"
+        )
 
 
 class Command(BaseCommand):
@@ -106,24 +108,48 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--count", type=int, default=1000, help="tasks to run (default 1000)")
-        parser.add_argument("--concurrency", type=int, default=50,
-                            help="worker concurrency (default 50)")
+        parser.add_argument(
+            "--concurrency", type=int, default=50, help="worker concurrency (default 50)"
+        )
         add_backend_argument(parser)
-        parser.add_argument("--queue", default="vtasks-benchmark",
-                            help="queue used (emptied before and after; default vtasks-benchmark)")
+        parser.add_argument(
+            "--queue",
+            default="vtasks-benchmark",
+            help="queue used (emptied before and after; default vtasks-benchmark)",
+        )
         parser.add_argument("--task-type", choices=["noop", "sleep"], default="noop")
-        parser.add_argument("--sleep", type=float, default=0.01,
-                            help="seconds a 'sleep' task waits (default 0.01)")
-        parser.add_argument("--sync", action="store_true",
-                            help="use sync task functions (run on the worker's thread pool)")
-        parser.add_argument("--payload-size", type=int, default=0,
-                            help="bytes of dummy payload per task (default 0)")
-        parser.add_argument("--producers", type=int, default=None,
-                            help="concurrent aenqueue() callers (default: --concurrency)")
-        parser.add_argument("--batch", type=int, default=0,
-                            help="enqueue with aenqueue_many in batches of this size instead")
-        parser.add_argument("--timeout", type=float, default=600.0,
-                            help="give up processing after this many seconds (default 600)")
+        parser.add_argument(
+            "--sleep", type=float, default=0.01, help="seconds a 'sleep' task waits (default 0.01)"
+        )
+        parser.add_argument(
+            "--sync",
+            action="store_true",
+            help="use sync task functions (run on the worker's thread pool)",
+        )
+        parser.add_argument(
+            "--payload-size",
+            type=int,
+            default=0,
+            help="bytes of dummy payload per task (default 0)",
+        )
+        parser.add_argument(
+            "--producers",
+            type=int,
+            default=None,
+            help="concurrent aenqueue() callers (default: --concurrency)",
+        )
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=0,
+            help="enqueue with aenqueue_many in batches of this size instead",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=600.0,
+            help="give up processing after this many seconds (default 600)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args, **options):
@@ -204,14 +230,22 @@ class Command(BaseCommand):
         if bar:
             bar.update(done, final=True)
         enqueue_rate = count / enqueue_s
-        mode = f"enqueue_many x{options['batch']}" if options["batch"] > 0 else \
-            f"{min(producers, count)} concurrent aenqueue()"
+        mode = (
+            f"enqueue_many x{options['batch']}"
+            if options["batch"] > 0
+            else f"{min(producers, count)} concurrent aenqueue()"
+        )
         out(f"enqueued {count} tasks in {enqueue_s:.2f}s ({mode})")
 
         # ---- phase 2: process ---------------------------------------------------------------
-        worker = Worker(backend_alias=alias, queues=[queue], concurrency=concurrency,
-                        worker_id=f"benchmark-{uuid.uuid4().hex[:8]}", scheduler=False,
-                        batch_config={})
+        worker = Worker(
+            backend_alias=alias,
+            queues=[queue],
+            concurrency=concurrency,
+            worker_id=f"benchmark-{uuid.uuid4().hex[:8]}",
+            scheduler=False,
+            batch_config={},
+        )
         bar = Progress(progress_stream, "process", count) if progress_stream else None
         start = time.monotonic()
         run = asyncio.create_task(worker.run(handle_signals=False))
@@ -227,8 +261,9 @@ class Command(BaseCommand):
                     run.result()  # raises what stopped the worker
                     raise CommandError("the worker stopped before the benchmark finished")
                 if time.monotonic() > deadline:
-                    raise CommandError(f"timed out after {options['timeout']}s: "
-                                       f"{finished}/{count} tasks finished")
+                    raise CommandError(
+                        f"timed out after {options['timeout']}s: {finished}/{count} tasks finished"
+                    )
                 await asyncio.sleep(0.005)
             process_s = time.monotonic() - start
         finally:
@@ -240,8 +275,10 @@ class Command(BaseCommand):
         if bar:
             bar.update(worker.processed + worker.failed, final=True)
         process_rate = count / process_s
-        out(f"processed {count} tasks in {process_s:.2f}s "
-            f"({worker.processed} ok, {worker.failed} failed; acks flushed after {total_s:.2f}s)")
+        out(
+            f"processed {count} tasks in {process_s:.2f}s "
+            f"({worker.processed} ok, {worker.failed} failed; acks flushed after {total_s:.2f}s)"
+        )
         try:
             await broker.aclear(queue, "all")
         finally:

@@ -23,13 +23,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         add_backend_argument(parser)
-        parser.add_argument("--queue", default=None,
-                            help="queue to clear (default: default; with --failed and no --queue: "
-                                 "every queue's dead-letter queue)")
-        parser.add_argument("--all-queues", action="store_true",
-                            help="clear every queue of the backend")
-        parser.add_argument("--failed", action="store_true",
-                            help="clear failed tasks (the dead-letter queue) instead of queued ones")
+        parser.add_argument(
+            "--queue",
+            default=None,
+            help="queue to clear (default: default; with --failed and no --queue: "
+            "every queue's dead-letter queue)",
+        )
+        parser.add_argument(
+            "--all-queues", action="store_true", help="clear every queue of the backend"
+        )
+        parser.add_argument(
+            "--failed",
+            action="store_true",
+            help="clear failed tasks (the dead-letter queue) instead of queued ones",
+        )
         parser.add_argument("--force", action="store_true", help="skip the confirmation prompt")
 
     def handle(self, *args, **options):
@@ -52,13 +59,18 @@ class Command(BaseCommand):
         total = sum(counts.values())
         where = f"on backend {alias!r} ({type(backend).__name__})"
         if total == 0:
-            self.stdout.write(f"No {label} tasks in {'any queue' if scope == 'all queues' else scope} "
-                              f"{where}: nothing to clear.")
+            self.stdout.write(
+                f"No {label} tasks in {'any queue' if scope == 'all queues' else scope} "
+                f"{where}: nothing to clear."
+            )
             return
         if not options["force"]:
             detail = ", ".join(f"{q}: {n}" for q, n in counts.items() if n)
-            self.stdout.write(self.style.WARNING(
-                f"This will delete {total} {label} task(s) from {scope} {where} ({detail})."))
+            self.stdout.write(
+                self.style.WARNING(
+                    f"This will delete {total} {label} task(s) from {scope} {where} ({detail})."
+                )
+            )
             try:
                 answer = input("Are you sure? Type 'yes' to continue: ")
             except EOFError:
@@ -66,10 +78,13 @@ class Command(BaseCommand):
                 # "nothing happened" as success
                 raise CommandError(
                     f"Not clearing {total} {label} task(s): no confirmation could be read "
-                    "(stdin is not a terminal); pass --force to clear without asking.") from None
+                    "(stdin is not a terminal); pass --force to clear without asking."
+                ) from None
             if answer.strip().lower() != "yes":
-                raise CommandError("Operation cancelled: nothing was cleared (pass --force to "
-                                   "clear without asking).")
+                raise CommandError(
+                    "Operation cancelled: nothing was cleared (pass --force to "
+                    "clear without asking)."
+                )
         cleared = 0
         try:
             for q in queues:
@@ -77,8 +92,9 @@ class Command(BaseCommand):
                     cleared += broker.clear(q, what)
         except BrokerError as e:
             raise CommandError(f"Backend {alias!r}: {e} ({cleared} task(s) cleared so far)") from e
-        self.stdout.write(self.style.SUCCESS(
-            f"Cleared {cleared} {label} task(s) from {scope} {where}."))
+        self.stdout.write(
+            self.style.SUCCESS(f"Cleared {cleared} {label} task(s) from {scope} {where}.")
+        )
 
     @staticmethod
     def _count(info: dict, failed: bool) -> int:

