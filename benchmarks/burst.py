@@ -17,6 +17,7 @@ deadlock was found or worst/median < 0.7.
 
 Uses benchmarks/benchproj (BENCH_SYSTEM=vtasks-pg, database ``bench_burst``) on $VTASKS_PG_DSN.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=30000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--concurrency", default="50,200,100")
-    ap.add_argument("--stall", type=float, default=1.0, help="gap (s) without acks counted as a stall")
+    ap.add_argument(
+        "--stall", type=float, default=1.0, help="gap (s) without acks counted as a stall"
+    )
     ap.add_argument("--timeout", type=float, default=300.0, help="give up a run after this many s")
     ap.add_argument("--pg-log", default=None, help="Postgres log file to scan for deadlocks")
     ap.add_argument("--logs", default="/tmp/vtasks-burst", help="directory for the worker logs")
@@ -50,8 +53,14 @@ def main() -> int:
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
 
-    env = dict(os.environ, BENCH_SYSTEM="vtasks-pg", BENCH_PG_DSN=dsn, BENCH_DONE_DIR=str(logs / "done"),
-               DJANGO_SETTINGS_MODULE="benchproj.settings", BENCH_PG_DB="bench_burst")
+    env = dict(
+        os.environ,
+        BENCH_SYSTEM="vtasks-pg",
+        BENCH_PG_DSN=dsn,
+        BENCH_DONE_DIR=str(logs / "done"),
+        DJANGO_SETTINGS_MODULE="benchproj.settings",
+        BENCH_PG_DB="bench_burst",
+    )
     env["PYTHONPATH"] = str(BENCH) + os.pathsep + env.get("PYTHONPATH", "")
     py = sys.executable
     db_dsn = dsn.rsplit("/", 1)[0] + "/bench_burst"
@@ -66,12 +75,18 @@ def main() -> int:
     for run in range(args.runs):
         c = concs[run % len(concs)]
         before = _acked(q)
-        subprocess.run([py, "-c", ENQUEUE, str(args.count), str(args.batch)], cwd=BENCH, env=env,
-                       check=True)
+        subprocess.run(
+            [py, "-c", ENQUEUE, str(args.count), str(args.batch)], cwd=BENCH, env=env, check=True
+        )
         log = logs / f"worker-{run:03d}.log"
         with open(log, "w") as lf:
-            w = subprocess.Popen([py, "manage.py", "runworker", "--concurrency", str(c)], cwd=BENCH,
-                                 env=env, stdout=lf, stderr=subprocess.STDOUT)
+            w = subprocess.Popen(
+                [py, "manage.py", "runworker", "--concurrency", str(c)],
+                cwd=BENCH,
+                env=env,
+                stdout=lf,
+                stderr=subprocess.STDOUT,
+            )
         try:
             load0, pg0 = os.getloadavg()[0], _pg_cpu()
             rate, stalls, longest = _watch(q, before, args)
@@ -89,10 +104,13 @@ def main() -> int:
         deadlocks += dl
         results = _count(q, "SELECT count(*) FROM vtasks_result")
         cpu_rates.append(args.count / max(cpu + pg_cpu, 1e-3))
-        print(f"run {run + 1:3d}  c={c:<4d} {rate:9,.0f} acked/s  stalls={stalls} "
-              f"(longest {longest:.1f}s)  deadlocks={dl}  results={results:,}  "
-              f"cpu: worker {cpu:.2f}s + postgres {pg_cpu:.2f}s = {cpu_rates[-1]:,.0f} tasks/cpu-s  "
-              f"load {load:.1f}", flush=True)
+        print(
+            f"run {run + 1:3d}  c={c:<4d} {rate:9,.0f} acked/s  stalls={stalls} "
+            f"(longest {longest:.1f}s)  deadlocks={dl}  results={results:,}  "
+            f"cpu: worker {cpu:.2f}s + postgres {pg_cpu:.2f}s = {cpu_rates[-1]:,.0f} tasks/cpu-s  "
+            f"load {load:.1f}",
+            flush=True,
+        )
     if args.pg_log:
         with open(args.pg_log, errors="replace") as f:
             f.seek(pg_log_start)
@@ -102,14 +120,20 @@ def main() -> int:
     for c in concs:
         mine = [r for i, r in enumerate(rates) if concs[i % len(concs)] == c]
         if mine:
-            print(f"c={c}: median {statistics.median(mine):,.0f}/s, worst {min(mine):,.0f}/s "
-                  f"({min(mine) / statistics.median(mine):.2f}x), {len(mine)} runs")
+            print(
+                f"c={c}: median {statistics.median(mine):,.0f}/s, worst {min(mine):,.0f}/s "
+                f"({min(mine) / statistics.median(mine):.2f}x), {len(mine)} runs"
+            )
     med, worst = statistics.median(rates), min(rates)
-    print(f"cpu per burst (worker + postgres): median {statistics.median(cpu_rates):,.0f} tasks/cpu-s, "
-          f"worst {min(cpu_rates):,.0f}")
-    print(f"runs={len(rates)} median={med:,.0f}/s worst={worst:,.0f}/s best={max(rates):,.0f}/s "
-          f"worst/median={worst / med:.2f} stalls={stalls_total} deadlocks_in_worker_logs={deadlocks}"
-          + ("" if deadlocks_pg is None else f" deadlocks_in_pg_log={deadlocks_pg}"))
+    print(
+        f"cpu per burst (worker + postgres): median {statistics.median(cpu_rates):,.0f} tasks/cpu-s, "
+        f"worst {min(cpu_rates):,.0f}"
+    )
+    print(
+        f"runs={len(rates)} median={med:,.0f}/s worst={worst:,.0f}/s best={max(rates):,.0f}/s "
+        f"worst/median={worst / med:.2f} stalls={stalls_total} deadlocks_in_worker_logs={deadlocks}"
+        + ("" if deadlocks_pg is None else f" deadlocks_in_pg_log={deadlocks_pg}")
+    )
     ok = deadlocks == 0 and not deadlocks_pg and worst / med >= 0.7
     return 0 if ok else 1
 
@@ -160,8 +184,10 @@ def _pg_cpu() -> float:
     return total
 
 
-_ACKED_SQL = ("SELECT coalesce((SELECT sum(acked_total) FROM vtasks_stats WHERE queue = %(q)s), 0)"
-              " + coalesce((SELECT sum(acked) FROM vtasks_stats_delta WHERE queue = %(q)s), 0)")
+_ACKED_SQL = (
+    "SELECT coalesce((SELECT sum(acked_total) FROM vtasks_stats WHERE queue = %(q)s), 0)"
+    " + coalesce((SELECT sum(acked) FROM vtasks_stats_delta WHERE queue = %(q)s), 0)"
+)
 _conn = None
 
 

@@ -52,9 +52,25 @@ def main() -> None:
     a = ap.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as work:
-        proc = subprocess.Popen([server_bin(), "--port", str(port), "--bind", "127.0.0.1", "--dir", work,
-                                 "--save", "", "--loadmodule", a.module, "--vtasks.dlq-cap", str(a.dead)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                server_bin(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                work,
+                "--save",
+                "",
+                "--loadmodule",
+                a.module,
+                "--vtasks.dlq-cap",
+                str(a.dead),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         try:
             c = valkey.Valkey(port=port, socket_timeout=120)
             for _ in range(200):
@@ -69,9 +85,15 @@ def main() -> None:
             base = c.info("memory")["used_memory"]
             ids = [f"task-{i:07d}" for i in range(a.dead)]
             for start in range(0, a.dead, 10_000):
-                chunk = ids[start:start + 10_000]
-                c.execute_command("VT.ENQUEUE", q, "MAXATTEMPTS", 1, "ENTRIES",
-                                  *[x for i in chunk for x in (i, b"payload")])
+                chunk = ids[start : start + 10_000]
+                c.execute_command(
+                    "VT.ENQUEUE",
+                    q,
+                    "MAXATTEMPTS",
+                    1,
+                    "ENTRIES",
+                    *[x for i in chunk for x in (i, b"payload")],
+                )
                 got = c.execute_command("VT.FETCHBATCH", 1, q, "WORKER", "w", "COUNT", 10_000)
                 p = c.pipeline(transaction=False)
                 for _, tid, tok, _, _ in got:
@@ -83,7 +105,11 @@ def main() -> None:
             reported = c.memory_usage(q) / dead
             rng = random.Random(1)
             picked = rng.sample(ids, 3 * a.ids)
-            del_ids, retry_ids, get_ids = picked[:a.ids], picked[a.ids:2 * a.ids], picked[2 * a.ids:]
+            del_ids, retry_ids, get_ids = (
+                picked[: a.ids],
+                picked[a.ids : 2 * a.ids],
+                picked[2 * a.ids :],
+            )
             c.config_resetstat()
             n_del = c.execute_command("VT.DELETE", q, *del_ids)
             n_retry = c.execute_command("VT.RETRYDEAD", q, *retry_ids)
@@ -92,10 +118,14 @@ def main() -> None:
                 p.execute_command("VT.GET", q, i)
             found = sum(1 for r in p.execute() if r)
             print(f"dead entries: {dead}, ids per operation: {a.ids}")
-            print(f"memory per dead entry (ids {len(ids[0])} B, payload 7 B, error 4 B): "
-                  f"{real:.0f} B (used_memory), MEMORY USAGE says {reported:.0f} B")
+            print(
+                f"memory per dead entry (ids {len(ids[0])} B, payload 7 B, error 4 B): "
+                f"{real:.0f} B (used_memory), MEMORY USAGE says {reported:.0f} B"
+            )
             print(f"VT.DELETE {a.ids} ids: {usec(c, 'vt.delete') / 1000:.1f} ms (removed {n_del})")
-            print(f"VT.RETRYDEAD {a.ids} ids: {usec(c, 'vt.retrydead') / 1000:.1f} ms (revived {n_retry})")
+            print(
+                f"VT.RETRYDEAD {a.ids} ids: {usec(c, 'vt.retrydead') / 1000:.1f} ms (revived {n_retry})"
+            )
             print(f"VT.GET x {a.ids}: {usec(c, 'vt.get') / 1000:.1f} ms total (found {found})")
         finally:
             proc.terminate()

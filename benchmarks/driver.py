@@ -17,6 +17,7 @@ Actions (each prints one JSON object on the last line of stdout):
 
 Every task gets its enqueue time (time.time()) as its argument.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,10 @@ def make_async_enqueue(task):
         async def one(enq):
             await delay(enq)
     else:
+
         async def one(enq):
             await task.aenqueue(enq)
+
     return one
 
 
@@ -91,6 +94,7 @@ async def bulk(task, n: int, batch: int) -> None:
                     for _ in range(k):
                         task.apply_async((now,), producer=producer)
                 sent += k
+
         await asyncio.to_thread(run)
     else:
         from django.db import transaction
@@ -103,6 +107,7 @@ async def bulk(task, n: int, batch: int) -> None:
                     for _ in range(k):
                         task.enqueue(time.time())
                 sent += k
+
         await asyncio.to_thread(run)
 
 
@@ -168,8 +173,19 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("django", "django-vtasks", "django-vcache", "celery", "kombu", "redis", "valkey",
-                "django-tasks-db", "psycopg", "orjson", "libvalkey"):
+    for pkg in (
+        "django",
+        "django-vtasks",
+        "django-vcache",
+        "celery",
+        "kombu",
+        "redis",
+        "valkey",
+        "django-tasks-db",
+        "psycopg",
+        "orjson",
+        "libvalkey",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -184,14 +200,21 @@ def versions() -> dict:
             from django_vtasks import _native
 
             native = getattr(_native, "__file__", None)
-            out["_native"] = ("stub" if getattr(_native, "BENCH_DEV_STUB", False) else
-                              time.strftime("built %Y-%m-%d %H:%M UTC",
-                                            time.gmtime(os.path.getmtime(native))) if native else "?")
+            out["_native"] = (
+                "stub"
+                if getattr(_native, "BENCH_DEV_STUB", False)
+                else time.strftime(
+                    "built %Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(native))
+                )
+                if native
+                else "?"
+            )
         except ImportError:
             pass
         try:
-            out["git"] = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-                                        capture_output=True, text=True).stdout.strip()
+            out["git"] = subprocess.run(
+                ["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
         except OSError:
             pass
     return out
@@ -203,8 +226,11 @@ async def amain(args) -> dict:
         if args.action == "enqueue-single":
             return await enqueue_single(task, args.n, args.views)
         if args.action in ("enqueue-bulk", "prefill"):
-            return await enqueue_bulk(task, args.n, args.batch) if args.action == "enqueue-bulk" \
+            return (
+                await enqueue_bulk(task, args.n, args.batch)
+                if args.action == "enqueue-bulk"
                 else await _prefill(task, args.n, args.batch)
+            )
         if args.action == "paced":
             return await paced(task, args.n, args.rate)
         raise SystemExit(f"unknown action {args.action}")

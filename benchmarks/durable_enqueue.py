@@ -7,6 +7,7 @@ ports (stopped by PID), then times N enqueue() calls (and N/100 enqueue_many of 
 option, with {"replicas": 1}, and with {"replicas": 1, "aof": True}. Prints mean microseconds per
 call. Loopback only: a real network adds its round trip to the WAIT.
 """
+
 import os
 import sys
 import tempfile
@@ -36,8 +37,11 @@ def main(n: int) -> None:
         from django_vtasks.backends.valkey import ValkeyTaskBackend
         from tests.testapp.tasks import add
 
-        modes = {"none": None, "replicas=1": {"replicas": 1, "timeout": 5},
-                 "replicas=1+aof": {"replicas": 1, "aof": True, "timeout": 5}}
+        modes = {
+            "none": None,
+            "replicas=1": {"replicas": 1, "timeout": 5},
+            "replicas=1+aof": {"replicas": 1, "aof": True, "timeout": 5},
+        }
         for name, durable in modes.items():
             options = {"BROKER_URL": url, "RESULT_TTL": 60}
             if durable:
@@ -54,8 +58,10 @@ def main(n: int) -> None:
             for _ in range(max(1, n // 100)):
                 backend.enqueue_many(items)
             many = (time.perf_counter() - start) / max(1, n // 100) * 1e6
-            print(f"{name:16} enqueue(): {single:8.1f} us/call   enqueue_many(100): "
-                  f"{many:9.1f} us/call")
+            print(
+                f"{name:16} enqueue(): {single:8.1f} us/call   enqueue_many(100): "
+                f"{many:9.1f} us/call"
+            )
     finally:
         stop_process(replica)
         stop_process(primary)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """manage.py of the benchmark project: one Django project, configured per system by BENCH_SYSTEM."""
+
 import os
 import sys
 

@@ -61,8 +61,16 @@ def used(c) -> int:
 
 def dvt320_entry(task_id: str) -> bytes:
     """django-vtasks 3.2.0's list entry for a no-op task (its JSON wire payload)."""
-    return json.dumps({"func": "benchproj.tasks.noop", "args": [], "kwargs": {}, "queue": "default",
-                       "ts": time.time(), "id": task_id}).encode()
+    return json.dumps(
+        {
+            "func": "benchproj.tasks.noop",
+            "args": [],
+            "kwargs": {},
+            "queue": "default",
+            "ts": time.time(),
+            "id": task_id,
+        }
+    ).encode()
 
 
 def measure(c, n: int) -> dict[str, float]:
@@ -70,7 +78,9 @@ def measure(c, n: int) -> dict[str, float]:
     # plain list of id + payload
     base = used(c)
     for start in range(0, n, BATCH):
-        c.lpush("plain", *[str(uuid.uuid4()).encode() + PAYLOAD for _ in range(min(BATCH, n - start))])
+        c.lpush(
+            "plain", *[str(uuid.uuid4()).encode() + PAYLOAD for _ in range(min(BATCH, n - start))]
+        )
     out["plain list (id+payload)"] = (used(c) - base) / n
     c.delete("plain")
     base = used(c)
@@ -89,13 +99,15 @@ def measure(c, n: int) -> dict[str, float]:
     out["vtasks ready: MEMORY USAGE"] = c.memory_usage(q, samples=0) / n
     leased = []
     while len(leased) < n:
-        got = c.execute_command("VT.FETCHBATCH", 1, q, "WORKER", "w", "COUNT", BATCH, "LEASE", 3_600_000)
+        got = c.execute_command(
+            "VT.FETCHBATCH", 1, q, "WORKER", "w", "COUNT", BATCH, "LEASE", 3_600_000
+        )
         leased += [(e[1], e[2]) for e in got]
     out["vtasks in flight"] = (used(c) - base) / n
     out["vtasks in flight: MEMORY USAGE"] = c.memory_usage(q, samples=0) / n
     for start in range(0, n, BATCH):
         p = c.pipeline(transaction=False)
-        for tid, tok in leased[start:start + BATCH]:
+        for tid, tok in leased[start : start + BATCH]:
             p.execute_command("VT.ACK", q, tid, tok)
         p.execute()
     del leased
@@ -115,9 +127,25 @@ def main() -> None:
     a = ap.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as work:
-        proc = subprocess.Popen([server_bin(), "--port", str(port), "--bind", "127.0.0.1", "--dir", work,
-                                 "--save", "", "--appendonly", "no", "--loadmodule", a.module],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                server_bin(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                work,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loadmodule",
+                a.module,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         try:
             c = valkey.Valkey(port=port, socket_timeout=300)
             for _ in range(200):

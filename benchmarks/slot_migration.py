@@ -27,25 +27,57 @@ def main():
     ap.add_argument("--tasks", type=int, default=1_000_000)
     n = ap.parse_args().tasks
     with tempfile.TemporaryDirectory() as tmp:
-        nodes = [Server(pathlib.Path(tmp) / f"n{i}", [
-            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", "3000", "--cluster-port", str(free_port())]).start() for i in range(3)]
+        nodes = [
+            Server(
+                pathlib.Path(tmp) / f"n{i}",
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "3000",
+                    "--cluster-port",
+                    str(free_port()),
+                ],
+            ).start()
+            for i in range(3)
+        ]
         try:
             cs = [s.client() for s in nodes]
             for i, c in enumerate(cs):
-                c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460)
+                c.execute_command(
+                    "CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460
+                )
             for s in nodes[1:]:
-                cs[0].execute_command("CLUSTER", "MEET", "127.0.0.1", s.port,
-                                      int(s.client().config_get("cluster-port")["cluster-port"]))
-            wait_until(lambda: all("cluster_state:ok" in c.execute_command("CLUSTER", "INFO").decode()
-                                   for c in cs), timeout=30, msg="cluster ok")
-            q = next(f"vt:{{m{i}}}" for i in range(100)
-                     if cs[0].execute_command("CLUSTER", "KEYSLOT", f"vt:{{m{i}}}") < 5461)
+                cs[0].execute_command(
+                    "CLUSTER",
+                    "MEET",
+                    "127.0.0.1",
+                    s.port,
+                    int(s.client().config_get("cluster-port")["cluster-port"]),
+                )
+            wait_until(
+                lambda: all(
+                    "cluster_state:ok" in c.execute_command("CLUSTER", "INFO").decode() for c in cs
+                ),
+                timeout=30,
+                msg="cluster ok",
+            )
+            q = next(
+                f"vt:{{m{i}}}"
+                for i in range(100)
+                if cs[0].execute_command("CLUSTER", "KEYSLOT", f"vt:{{m{i}}}") < 5461
+            )
             slot = cs[0].execute_command("CLUSTER", "KEYSLOT", q)
             p = cs[0].pipeline(transaction=False)
             for i in range(0, n, 1000):
-                p.execute_command("VT.ENQUEUE", q, "ENTRIES",
-                                  *[x for j in range(i, min(i + 1000, n)) for x in (f"t{j}", "p" * 16)])
+                p.execute_command(
+                    "VT.ENQUEUE",
+                    q,
+                    "ENTRIES",
+                    *[x for j in range(i, min(i + 1000, n)) for x in (f"t{j}", "p" * 16)],
+                )
             p.execute()
             want = cs[0].execute_command("DEBUG", "DIGEST-VALUE", q)
             target = cs[1].execute_command("CLUSTER", "MYID").decode()
@@ -55,12 +87,20 @@ def main():
                 return dict(zip(job, job))[b"state"].decode()
 
             t0 = time.monotonic()
-            cs[0].execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", target)
-            wait_until(lambda: state() in ("success", "failed", "cancelled"), timeout=600, interval=0.01,
-                       msg="migration finished")
+            cs[0].execute_command(
+                "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", target
+            )
+            wait_until(
+                lambda: state() in ("success", "failed", "cancelled"),
+                timeout=600,
+                interval=0.01,
+                msg="migration finished",
+            )
             dt = time.monotonic() - t0
             same = cs[1].execute_command("DEBUG", "DIGEST-VALUE", q) == want
-            print(f"tasks={n} state={state()} seconds={dt:.2f} tasks_per_second={n / dt:,.0f} digest_equal={same}")
+            print(
+                f"tasks={n} state={state()} seconds={dt:.2f} tasks_per_second={n / dt:,.0f} digest_equal={same}"
+            )
         finally:
             for s in nodes:
                 s.stop()

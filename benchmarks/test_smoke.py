@@ -5,6 +5,7 @@ against real servers (Valkey + throwaway Postgres), checking that real numbers c
 
 Skipped when the peer's venv or the servers' binaries are missing (scripts/bench creates the venvs).
 """
+
 import json
 import shutil
 import subprocess
@@ -16,17 +17,43 @@ import pytest
 BENCH = Path(__file__).resolve().parent
 
 
-@pytest.mark.skipif(not (BENCH / ".venvs" / "dvt320" / "bin" / "python").exists()
-                    or not (BENCH / ".venvs" / "runner" / "bin" / "python").exists(),
-                    reason="run scripts/bench --quick once to create the venvs")
+@pytest.mark.skipif(
+    not (BENCH / ".venvs" / "dvt320" / "bin" / "python").exists()
+    or not (BENCH / ".venvs" / "runner" / "bin" / "python").exists(),
+    reason="run scripts/bench --quick once to create the venvs",
+)
 @pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="redis-tools missing")
 def test_quick_run_of_one_peer_produces_numbers():
     out = "smoke"
     r = subprocess.run(
-        [sys.executable, str(BENCH / "run_suite.py"), "--quick", "--no-install", "--systems", "dvt320",
-         "--n", "60", "--enqueue-n", "60", "--bulk-n", "200", "--latency-n", "10", "--rate", "50",
-         "--tasks", "noop", "--raw-n", "2000", "--out", out],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(BENCH / "run_suite.py"),
+            "--quick",
+            "--no-install",
+            "--systems",
+            "dvt320",
+            "--n",
+            "60",
+            "--enqueue-n",
+            "60",
+            "--bulk-n",
+            "200",
+            "--latency-n",
+            "10",
+            "--rate",
+            "50",
+            "--tasks",
+            "noop",
+            "--raw-n",
+            "2000",
+            "--out",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((BENCH / "results" / f"{out}.json").read_text())
     assert not doc["errors"], doc["errors"]

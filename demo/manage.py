@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The vtasks demo project (see scripts/demo)."""
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """The benchmark Django project: a no-op task and a 10 ms sleep task, for every system."""
+
 import os
 
 if os.environ.get("BENCH_SYSTEM") == "celery":

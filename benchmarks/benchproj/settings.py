@@ -9,6 +9,7 @@
 Every system runs with its shipped defaults except the broker location and the concurrency the
 harness passes on the worker's command line.
 """
+
 import os
 from urllib.parse import unquote, urlparse
 
@@ -41,32 +42,40 @@ def _pg(dbname: str) -> dict:
     }
 
 
-_SQLITE = {"ENGINE": "django.db.backends.sqlite3",
-           "NAME": os.environ.get("BENCH_SQLITE", "/tmp/vtasks-bench.sqlite3")}
+_SQLITE = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": os.environ.get("BENCH_SQLITE", "/tmp/vtasks-bench.sqlite3"),
+}
 
 if SYSTEM == "vtasks":
     INSTALLED_APPS += ["django_vtasks"]
     DATABASES = {"default": _SQLITE}
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "QUEUES": [],
-        "OPTIONS": {"BROKER_URL": VALKEY.replace("redis://", "valkey://") + "/0"},
-    }}
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+            "QUEUES": [],
+            "OPTIONS": {"BROKER_URL": VALKEY.replace("redis://", "valkey://") + "/0"},
+        }
+    }
 elif SYSTEM == "vtasks-pg":
     INSTALLED_APPS += ["django_vtasks", "django_vtasks.postgres"]
     DATABASES = {"default": _pg(os.environ.get("BENCH_PG_DB", "bench_vtasks"))}
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
-        "QUEUES": [],
-    }}
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+            "QUEUES": [],
+        }
+    }
 elif SYSTEM == "dvt320":
     INSTALLED_APPS += ["django_vtasks"]
     DATABASES = {"default": _SQLITE}
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "QUEUES": [],
-        "OPTIONS": {"BROKER_URL": VALKEY + "/1"},
-    }}
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+            "QUEUES": [],
+            "OPTIONS": {"BROKER_URL": VALKEY + "/1"},
+        }
+    }
 elif SYSTEM == "celery":
     DATABASES = {"default": _SQLITE}
     CELERY_BROKER_URL = VALKEY + "/2"

@@ -5,6 +5,7 @@ a per-process file in $BENCH_DONE_DIR. The harness counts lines and computes rat
 asyncio workers (vtasks, django-vtasks 3.2.0) get `async def` tasks, their native and documented
 form; the thread/process workers (Celery threads pool, django-tasks-db) get `def` tasks.
 """
+
 import asyncio
 import os
 import time
@@ -20,8 +21,11 @@ def _record(enq: float, start: float) -> None:
     pid = os.getpid()
     if _fd is None or _fd_pid != pid:
         os.makedirs(_DONE_DIR, exist_ok=True)
-        _fd = os.open(os.path.join(_DONE_DIR, f"done-{pid}.txt"),
-                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _fd = os.open(
+            os.path.join(_DONE_DIR, f"done-{pid}.txt"),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+            0o644,
+        )
         _fd_pid = pid
     os.write(_fd, b"%.6f %.6f %.6f\n" % (enq, start, time.time()))
 

@@ -1,4 +1,5 @@
 """ASGI entry point with the vtasks worker embedded (uvicorn demo_project.asgi:application)."""
+
 import os
 
 from django.core.asgi import get_asgi_application

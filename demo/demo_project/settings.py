@@ -46,35 +46,53 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 ROOT_URLCONF = "demo_project.urls"
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 STATIC_URL = "static/"
 STATIC_ROOT = RUN_DIR / "static"  # `manage.py collectstatic` target when served by a web server
 
 if BACKEND == "postgres":
     _u = urlparse(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))
-    DATABASES = {"default": {
-        "ENGINE": "django.db.backends.postgresql", "NAME": _u.path.lstrip("/") or "postgres",
-        "USER": unquote(_u.username or "postgres"), "PASSWORD": unquote(_u.password or ""),
-        "HOST": _u.hostname or "127.0.0.1", "PORT": str(_u.port or 5432)}}
-    TASKS = {"default": {"BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
-                         "QUEUES": ["default", "emails", "vtasks-benchmark"]}}
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _u.path.lstrip("/") or "postgres",
+            "USER": unquote(_u.username or "postgres"),
+            "PASSWORD": unquote(_u.password or ""),
+            "HOST": _u.hostname or "127.0.0.1",
+            "PORT": str(_u.port or 5432),
+        }
+    }
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+            "QUEUES": ["default", "emails", "vtasks-benchmark"],
+        }
+    }
 else:
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                             "NAME": RUN_DIR / "demo.sqlite3"}}
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "QUEUES": ["default", "emails", "vtasks-benchmark"],
-        "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_DEMO_BROKER_URL",
-                                                 "valkey://127.0.0.1:6379/0")},
-    }}
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": RUN_DIR / "demo.sqlite3"}
+    }
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+            "QUEUES": ["default", "emails", "vtasks-benchmark"],
+            "OPTIONS": {
+                "BROKER_URL": os.environ.get("VTASKS_DEMO_BROKER_URL", "valkey://127.0.0.1:6379/0")
+            },
+        }
+    }
 
 VTASKS_VALKEY_PREFIX = "demo"
 VTASKS_QUEUES = ["default", "emails"]
@@ -83,7 +101,10 @@ VTASKS_SCHEDULE = {
     # every 2 seconds (the broker fires it: exactly once per tick, whatever the number of workers)
     "heartbeat": {"task": "shop.tasks.heartbeat", "schedule": 2},
     # a cron entry: every day at 03:00 UTC
-    "nightly-report": {"task": "shop.tasks.nightly_report", "schedule": crontab(hour="3", minute="0")},
+    "nightly-report": {
+        "task": "shop.tasks.nightly_report",
+        "schedule": crontab(hour="3", minute="0"),
+    },
 }
 
 LOGGING = {

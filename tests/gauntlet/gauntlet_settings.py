@@ -21,24 +21,36 @@ INSTALLED_APPS = ["django_vtasks", "gauntlet_app"]
 if BACKEND == "postgres":
     INSTALLED_APPS.append("django_vtasks.postgres")
     u = urlparse(os.environ["GAUNTLET_PG_DSN"])
-    DATABASES = {"default": {
-        "ENGINE": "django.db.backends.postgresql", "NAME": u.path.lstrip("/") or "postgres",
-        "USER": u.username or "postgres", "PASSWORD": u.password or "", "HOST": u.hostname,
-        "PORT": str(u.port or 5432), "CONN_MAX_AGE": 0,
-    }}
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
-        "QUEUES": [],
-        "OPTIONS": {"DSN": os.environ["GAUNTLET_PG_DSN"]},
-    }}
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": u.path.lstrip("/") or "postgres",
+            "USER": u.username or "postgres",
+            "PASSWORD": u.password or "",
+            "HOST": u.hostname,
+            "PORT": str(u.port or 5432),
+            "CONN_MAX_AGE": 0,
+        }
+    }
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
+            "QUEUES": [],
+            "OPTIONS": {"DSN": os.environ["GAUNTLET_PG_DSN"]},
+        }
+    }
 else:
     DATABASES = {}
-    TASKS = {"default": {
-        "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
-        "QUEUES": [],
-        "OPTIONS": {"BROKER_URL": os.environ.get("GAUNTLET_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
-                    "CLUSTER": os.environ.get("GAUNTLET_VALKEY_CLUSTER") == "1"},
-    }}
+    TASKS = {
+        "default": {
+            "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
+            "QUEUES": [],
+            "OPTIONS": {
+                "BROKER_URL": os.environ.get("GAUNTLET_VALKEY_URL", "valkey://127.0.0.1:6379/0"),
+                "CLUSTER": os.environ.get("GAUNTLET_VALKEY_CLUSTER") == "1",
+            },
+        }
+    }
 
 VTASKS_QUEUES = [QUEUE]
 VTASKS_CONCURRENCY = int(os.environ.get("GAUNTLET_CONCURRENCY", "8"))

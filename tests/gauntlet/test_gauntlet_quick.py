@@ -40,7 +40,9 @@ QUICK = [
 def _need(backend):
     if not paths.MODULE_SO.exists() and backend == "valkey":
         pytest.fail(f"module not built: {paths.MODULE_SO} (scripts/setup builds it)")
-    if backend == "postgres" and not (shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
+    if backend == "postgres" and not (
+        shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    ):
         pytest.skip("PostgreSQL binaries (initdb) not installed")
 
 

@@ -50,7 +50,10 @@ def wait_until(fn, timeout=5.0, interval=0.005, msg="condition"):
             last = fn()
             if last:
                 return last
-        except (valkey.exceptions.ConnectionError, valkey.exceptions.BusyLoadingError) as e:  # server (re)starting
+        except (
+            valkey.exceptions.ConnectionError,
+            valkey.exceptions.BusyLoadingError,
+        ) as e:  # server (re)starting
             last = e
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {msg} (last: {last!r})")
@@ -69,13 +72,20 @@ class Server:
     def start(self):
         cmd = [
             SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--enable-debug-command", "yes",
-            "--repl-diskless-sync-delay", "0",
-            "--loadmodule", MODULE,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--enable-debug-command",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--loadmodule",
+            MODULE,
             *self.args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
@@ -84,7 +94,9 @@ class Server:
 
     def _ready(self):
         if self.proc.poll() is not None:
-            raise RuntimeError(f"valkey-server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"valkey-server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
+            )
         try:
             return self.client().ping()
         except valkey.exceptions.BusyLoadingError:
@@ -168,6 +180,7 @@ def replica_pair(server_factory):
 
 # ------------------------------------------------------------------ helpers shared by tests
 
+
 def rec(flat) -> dict:
     """A VT.PEEK / VT.GET record (flat field-value array) as a dict with str keys."""
     if flat is None:
@@ -186,8 +199,10 @@ def info(c, q) -> dict:
 
 def snapshot(c, q) -> dict:
     """Everything observable about a queue (for equality across reload/restart/replica)."""
-    snap = {s: [rec(x) for x in c.execute_command("VT.PEEK", q, s, "COUNT", 1000)]
-            for s in ("READY", "DELAYED", "INFLIGHT", "DEAD")}
+    snap = {
+        s: [rec(x) for x in c.execute_command("VT.PEEK", q, s, "COUNT", 1000)]
+        for s in ("READY", "DELAYED", "INFLIGHT", "DEAD")
+    }
     i = info(c, q)
     i.pop("unique_keys")  # counted against the local clock
     snap["info"] = i

@@ -66,9 +66,14 @@ def test_every_command_has_its_categories(r):
 def test_minus_write_forbids_every_change(server):
     server.client().execute_command("VT.ENQUEUE", Q, "PAYLOAD", "x")
     c = user(server, "nowrite", "~*", "+@all", "-@write")
-    for argv in (["VT.ENQUEUE", Q, "PAYLOAD", "x"], ["VT.CLEAR", Q, "ALL"], ["VT.ACK", Q, "i", "0" * 16],
-                 ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1],
-                 ["VT.SCHEDULE", "SET", Q, "n", "EVERY", 1000, "PAYLOAD", "p"], ["VT.RETRYDEAD", Q, "ALL"]):
+    for argv in (
+        ["VT.ENQUEUE", Q, "PAYLOAD", "x"],
+        ["VT.CLEAR", Q, "ALL"],
+        ["VT.ACK", Q, "i", "0" * 16],
+        ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1],
+        ["VT.SCHEDULE", "SET", Q, "n", "EVERY", 1000, "PAYLOAD", "p"],
+        ["VT.RETRYDEAD", Q, "ALL"],
+    ):
         refused(c, *argv)
     assert info(c, Q)["ready"] == 1  # reads stay allowed, and nothing changed
 
@@ -131,9 +136,12 @@ def test_queues_lists_only_readable_keys(server):
 
 # ------------------------------------------------------------------ the users of PROTOCOL.md
 
+
 def documented_users() -> dict[str, list[str]]:
     text = (ROOT / "PROTOCOL.md").read_text()
-    block = re.search(r"<!-- acl-users: begin -->\n```\n(.*?)```\n<!-- acl-users: end -->", text, re.S).group(1)
+    block = re.search(
+        r"<!-- acl-users: begin -->\n```\n(.*?)```\n<!-- acl-users: end -->", text, re.S
+    ).group(1)
     users = {}
     for line in block.strip().splitlines():
         words = line.split()
@@ -201,7 +209,7 @@ def test_worker_runs_tasks_but_cannot_destroy_them(server, roles):
 def test_operator_manages_queues_but_not_internals(server, roles):
     o = roles["operator"]
     o.execute_command("VT.ENQUEUE", Q, "ID", "t1", "MAXATTEMPTS", 1, "PAYLOAD", "x")
-    (_, i, tok, _, _), = fetch(o, Q)
+    ((_, i, tok, _, _),) = fetch(o, Q)
     assert o.execute_command("VT.FAIL", Q, i, tok, "boom") == b"dead"
     assert len(o.execute_command("VT.PEEK", Q, "DEAD")) == 1
     assert o.execute_command("VT.RETRYDEAD", Q, "t1") == 1
@@ -225,8 +233,15 @@ def test_dashboard_reads_everything_and_changes_nothing(server, roles):
     assert len(d.execute_command("VT.PEEK", Q, "READY")) == 1
     assert d.execute_command("VT.GET", Q, "t1")
     assert len(d.execute_command("VT.SCHEDULE", "LIST", Q)) == 1
-    for argv in (["VT.ENQUEUE", Q, "PAYLOAD", "x"], ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1],
-                 ["VT.CLEAR", Q, "ALL"], ["VT.DELETE", Q, "t1"], ["VT.RETRYDEAD", Q, "ALL"],
-                 ["VT.SCHEDULE", "DEL", Q, "n"], ["SET", "vt:result:x", "y"], ["VT._ALIGNCHECK", 10]):
+    for argv in (
+        ["VT.ENQUEUE", Q, "PAYLOAD", "x"],
+        ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1],
+        ["VT.CLEAR", Q, "ALL"],
+        ["VT.DELETE", Q, "t1"],
+        ["VT.RETRYDEAD", Q, "ALL"],
+        ["VT.SCHEDULE", "DEL", Q, "n"],
+        ["SET", "vt:result:x", "y"],
+        ["VT._ALIGNCHECK", 10],
+    ):
         refused(d, *argv)
     assert admin.execute_command("VT.GET", Q, "t1")

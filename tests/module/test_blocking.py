@@ -93,6 +93,7 @@ def test_waiters_served_fifo_one_task_each(server):
 
 def rec_worker(r, tid):
     from conftest import rec
+
     return rec(r.execute_command("VT.GET", Q, tid))["worker"]
 
 
@@ -161,7 +162,11 @@ def test_no_blocking_inside_multi_or_lua(server):
     assert p.execute() == [None]
     assert time.monotonic() - t0 < 1
     t0 = time.monotonic()
-    out = r.eval("return redis.call('VT.FETCHBATCH', 1, KEYS[1], 'WORKER', 'w', 'COUNT', 1, 'BLOCK', 0)", 1, Q)
+    out = r.eval(
+        "return redis.call('VT.FETCHBATCH', 1, KEYS[1], 'WORKER', 'w', 'COUNT', 1, 'BLOCK', 0)",
+        1,
+        Q,
+    )
     assert out is None
     assert time.monotonic() - t0 < 1
     # and inside MULTI a ready task is fetched normally
@@ -181,5 +186,10 @@ def test_blocked_fetch_replicates(replica_pair):
     w.join(5)
     token = w.reply[0][2]
     from conftest import rec
-    wait_until(lambda: (rec(replica.client().execute_command("VT.GET", Q, "x")) or {}).get("token") == token,
-               msg="replica sees the lease")
+
+    wait_until(
+        lambda: (
+            (rec(replica.client().execute_command("VT.GET", Q, "x")) or {}).get("token") == token
+        ),
+        msg="replica sees the lease",
+    )

@@ -16,6 +16,7 @@ def ids(reply):
 
 # ------------------------------------------------------------------ ENQUEUE
 
+
 def test_enqueue_payloads_generate_uuid7_ids(r):
     out = r.execute_command("VT.ENQUEUE", Q, "PAYLOAD", "a", "b", "c")
     assert len(out) == 3
@@ -64,7 +65,9 @@ def test_delay_and_at(r):
 
 
 def test_unique(r):
-    assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k1", 60000, "ID", "u1", "PAYLOAD", "x")) == ["u1"]
+    assert ids(
+        r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k1", 60000, "ID", "u1", "PAYLOAD", "x")
+    ) == ["u1"]
     assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k1", 60000, "PAYLOAD", "y")) == [None]
     # several payloads: only the first may take the key
     out = ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k2", 60000, "PAYLOAD", "a", "b"))
@@ -74,19 +77,26 @@ def test_unique(r):
     e = fetch(r, Q, count=1)[0]
     assert e[1] == b"u1"
     assert r.execute_command("VT.ACK", Q, e[1], e[2]) == 1
-    assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k1", 60000, "ID", "u2", "PAYLOAD", "z")) == ["u2"]
+    assert ids(
+        r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k1", 60000, "ID", "u2", "PAYLOAD", "z")
+    ) == ["u2"]
     # expires by ttl
     r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "short", 50, "PAYLOAD", "x")
     assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "short", 50, "PAYLOAD", "x")) == [None]
     time.sleep(0.08)
-    assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "short", 50, "PAYLOAD", "x"))[0] is not None
+    assert (
+        ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "short", 50, "PAYLOAD", "x"))[0]
+        is not None
+    )
 
 
 def test_unique_released_on_dead_letter(r):
     r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k", 60000, "ID", "t", "PAYLOAD", "x")
     e = fetch(r, Q)[0]
     assert r.execute_command("VT.FAIL", Q, "t", e[2], "boom") == b"dead"
-    assert ids(r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k", 60000, "ID", "t2", "PAYLOAD", "x")) == ["t2"]
+    assert ids(
+        r.execute_command("VT.ENQUEUE", Q, "UNIQUE", "k", 60000, "ID", "t2", "PAYLOAD", "x")
+    ) == ["t2"]
 
 
 def test_get_unique_names_the_holder(r):
@@ -123,23 +133,26 @@ def test_max_payload(r):
     assert r.execute_command("VT.ENQUEUE", Q, "PAYLOAD", "x" * 10)
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    [Q],
-    [Q, "PAYLOAD"],
-    [Q, "ENTRIES", "a"],
-    [Q, "PRIORITY", 101, "PAYLOAD", "x"],
-    [Q, "PRIORITY", "x", "PAYLOAD", "x"],
-    [Q, "DELAY", -1, "PAYLOAD", "x"],
-    [Q, "DELAY", 1, "AT", 1, "PAYLOAD", "x"],
-    [Q, "ID", "a", "PAYLOAD", "x", "y"],
-    [Q, "ID", "a", "ENTRIES", "b", "x"],
-    [Q, "ID", "x" * 129, "PAYLOAD", "x"],
-    [Q, "UNIQUE", "k", 0, "PAYLOAD", "x"],
-    [Q, "MAXATTEMPTS", 0, "PAYLOAD", "x"],
-    [Q, "BOGUS", "PAYLOAD", "x"],
-    [Q, "ID", "a"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        [Q],
+        [Q, "PAYLOAD"],
+        [Q, "ENTRIES", "a"],
+        [Q, "PRIORITY", 101, "PAYLOAD", "x"],
+        [Q, "PRIORITY", "x", "PAYLOAD", "x"],
+        [Q, "DELAY", -1, "PAYLOAD", "x"],
+        [Q, "DELAY", 1, "AT", 1, "PAYLOAD", "x"],
+        [Q, "ID", "a", "PAYLOAD", "x", "y"],
+        [Q, "ID", "a", "ENTRIES", "b", "x"],
+        [Q, "ID", "x" * 129, "PAYLOAD", "x"],
+        [Q, "UNIQUE", "k", 0, "PAYLOAD", "x"],
+        [Q, "MAXATTEMPTS", 0, "PAYLOAD", "x"],
+        [Q, "BOGUS", "PAYLOAD", "x"],
+        [Q, "ID", "a"],
+    ],
+)
 def test_enqueue_errors(r, args):
     with pytest.raises(valkey.ResponseError):
         r.execute_command("VT.ENQUEUE", *args)
@@ -148,8 +161,13 @@ def test_enqueue_errors(r, args):
 
 def test_wrongtype(r):
     r.set("plain", "x")
-    for cmd in (["VT.ENQUEUE", "plain", "PAYLOAD", "x"], ["VT.INFO", "plain"], ["VT.ACK", "plain", "a", "b"],
-                ["VT.PEEK", "plain", "READY"], ["VT.FETCHBATCH", 1, "plain", "WORKER", "w", "COUNT", 1]):
+    for cmd in (
+        ["VT.ENQUEUE", "plain", "PAYLOAD", "x"],
+        ["VT.INFO", "plain"],
+        ["VT.ACK", "plain", "a", "b"],
+        ["VT.PEEK", "plain", "READY"],
+        ["VT.FETCHBATCH", 1, "plain", "WORKER", "w", "COUNT", 1],
+    ):
         with pytest.raises(valkey.ResponseError, match="WRONGTYPE"):
             r.execute_command(*cmd)
     # a failing queue in a multi-queue fetch leases nothing
@@ -165,6 +183,7 @@ def test_type_name(r):
 
 
 # ------------------------------------------------------------------ FETCHBATCH
+
 
 def test_fetch_entry_shape_and_lease(r):
     r.execute_command("VT.ENQUEUE", Q, "ID", "a", "PAYLOAD", b"\x00\xffbin")
@@ -203,19 +222,22 @@ def test_fetch_multi_queue_order(r):
     assert [(e[0], e[1]) for e in got] == [(a.encode(), b"a1"), (b.encode(), b"b1")]
 
 
-@pytest.mark.parametrize("args", [
-    [0, Q, "WORKER", "w", "COUNT", 1],
-    [2, Q, "WORKER", "w", "COUNT", 1],
-    [1, Q, "WORKER", "w", "COUNT", 0],
-    [1, Q, "WORKER", "w", "COUNT", 10001],
-    [1, Q, "COUNT", 1, "LEASE", 5],
-    [1, Q, "WORKER", "w", "LEASE", 5],
-    [1, Q, "WORKER", "w", "COUNT", 1, "LEASE", 0],
-    [1, Q, "WORKER", "w", "COUNT", 1, "BLOCK", -1],
-    [1, Q, "WORKER", "w", "COUNT", 1, "BLOCK"],
-    [1, Q, "WORKER", "w", "COUNT", 1, "NOPE", 1],
-    ["x", Q, "WORKER", "w", "COUNT", 1],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [0, Q, "WORKER", "w", "COUNT", 1],
+        [2, Q, "WORKER", "w", "COUNT", 1],
+        [1, Q, "WORKER", "w", "COUNT", 0],
+        [1, Q, "WORKER", "w", "COUNT", 10001],
+        [1, Q, "COUNT", 1, "LEASE", 5],
+        [1, Q, "WORKER", "w", "LEASE", 5],
+        [1, Q, "WORKER", "w", "COUNT", 1, "LEASE", 0],
+        [1, Q, "WORKER", "w", "COUNT", 1, "BLOCK", -1],
+        [1, Q, "WORKER", "w", "COUNT", 1, "BLOCK"],
+        [1, Q, "WORKER", "w", "COUNT", 1, "NOPE", 1],
+        ["x", Q, "WORKER", "w", "COUNT", 1],
+    ],
+)
 def test_fetch_errors(r, args):
     r.execute_command("VT.ENQUEUE", Q, "PAYLOAD", "x")
     with pytest.raises(valkey.ResponseError):
@@ -230,11 +252,17 @@ def test_fetch_count_max_is_10000(r):
 
 # ------------------------------------------------------------------ ACK / FAIL
 
+
 def test_ack_pairs_stale_unknown(r):
     r.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "x", "b", "x", "c", "x")
     es = fetch(r, Q, count=3)
     tok = {e[1]: e[2] for e in es}
-    assert r.execute_command("VT.ACK", Q, "a", tok[b"a"], "b", "0000000000000000", "zz", tok[b"c"], "c", "nothex") == 1
+    assert (
+        r.execute_command(
+            "VT.ACK", Q, "a", tok[b"a"], "b", "0000000000000000", "zz", tok[b"c"], "c", "nothex"
+        )
+        == 1
+    )
     assert r.execute_command("VT.ACK", Q, "a", tok[b"a"]) == 0  # already acked
     assert r.execute_command("VT.ACK", "vt:{nokey}", "a", tok[b"a"]) == 0
     assert r.execute_command("VT.ACK", Q, "b", tok[b"b"], "c", tok[b"c"]) == 2
@@ -258,7 +286,9 @@ def test_fail_dead(r):
     assert r.execute_command("VT.FAIL", Q, "a", e[2], "again") is None
     [d] = [rec(x) for x in r.execute_command("VT.PEEK", Q, "DEAD")]
     assert d["id"] == b"a" and d["state"] == b"dead" and d["error"] == b"Traceback: boom"
-    assert d["attempt"] == 1 and d["payload"] == b"pay" and d["priority"] == 3 and d["failed_at"] > 0
+    assert (
+        d["attempt"] == 1 and d["payload"] == b"pay" and d["priority"] == 3 and d["failed_at"] > 0
+    )
     i = info(r, Q)
     assert (i["dead"], i["failed_total"], i["dead_total"], i["inflight"]) == (1, 1, 1, 0)
 
@@ -285,12 +315,18 @@ def test_fail_retry_delay(r):
 
 
 def test_fail_errors(r):
-    for args in ([Q, "a", "t"], [Q, "a", "t", "e", "RETRY"], [Q, "a", "t", "e", "RETRY", -1], [Q, "a", "t", "e", "X", 1]):
+    for args in (
+        [Q, "a", "t"],
+        [Q, "a", "t", "e", "RETRY"],
+        [Q, "a", "t", "e", "RETRY", -1],
+        [Q, "a", "t", "e", "X", 1],
+    ):
         with pytest.raises(valkey.ResponseError):
             r.execute_command("VT.FAIL", *args)
 
 
 # ------------------------------------------------------------------ RESCUE / EXTEND
+
 
 def test_rescue_worker_and_expired(r):
     r.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "x", "b", "x", "c", "x")
@@ -335,10 +371,24 @@ def test_extend(r):
 
 # ------------------------------------------------------------------ INFO / operator commands
 
+
 def test_info_missing_key_is_zeros(r):
     i = info(r, "vt:{missing}")
-    assert set(i) >= {"ready", "delayed", "inflight", "dead", "dead_evicted", "enqueued_total", "acked_total",
-                      "failed_total", "retried_total", "rescued_total", "dead_total", "schedules", "unique_keys"}
+    assert set(i) >= {
+        "ready",
+        "delayed",
+        "inflight",
+        "dead",
+        "dead_evicted",
+        "enqueued_total",
+        "acked_total",
+        "failed_total",
+        "retried_total",
+        "rescued_total",
+        "dead_total",
+        "schedules",
+        "unique_keys",
+    }
     assert all(v == 0 for v in i.values())
 
 
@@ -370,7 +420,9 @@ def test_queues_per_db(server):
 
 
 def test_peek_offset_count_limits(r):
-    r.execute_command("VT.ENQUEUE", Q, "ENTRIES", *[x for i in range(20) for x in (f"t{i:02}", "x")])
+    r.execute_command(
+        "VT.ENQUEUE", Q, "ENTRIES", *[x for i in range(20) for x in (f"t{i:02}", "x")]
+    )
     page = [rec(x)["id"] for x in r.execute_command("VT.PEEK", Q, "READY", "OFFSET", 5, "COUNT", 3)]
     assert page == [b"t05", b"t06", b"t07"]
     assert len(r.execute_command("VT.PEEK", Q, "ready")) == 10  # default count, case-insensitive
@@ -388,8 +440,20 @@ def test_record_fields(r):
     r.execute_command("VT.ENQUEUE", Q, "ID", "a", "PAYLOAD", "x")
     g = r.execute_command("VT.GET", Q, "a")
     assert [g[i] for i in range(0, len(g), 2)] == [
-        b"id", b"state", b"priority", b"attempt", b"max_attempts", b"enqueued_at", b"run_at", b"worker",
-        b"token", b"deadline", b"error", b"failed_at", b"payload"]
+        b"id",
+        b"state",
+        b"priority",
+        b"attempt",
+        b"max_attempts",
+        b"enqueued_at",
+        b"run_at",
+        b"worker",
+        b"token",
+        b"deadline",
+        b"error",
+        b"failed_at",
+        b"payload",
+    ]
     assert r.execute_command("VT.GET", Q, "nope") is None
     assert r.execute_command("VT.GET", "vt:{none}", "a") is None
 
@@ -441,6 +505,7 @@ def test_clear(r):
         r.execute_command("VT.ENQUEUE", Q, "DELAY", 60000, "PAYLOAD", "e")
         es = fetch(r, Q, count=2)
         r.execute_command("VT.FAIL", Q, es[0][1], es[0][2], "x")
+
     fill()
     r.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 3600000, "PAYLOAD", "p")
     assert r.execute_command("VT.CLEAR", Q, "READY") == 3
@@ -459,11 +524,15 @@ def test_info_vtasks_section(r):
     r.execute_command("VT.ENQUEUE", Q, "PAYLOAD", "a", "b")
     fetch(r, Q, count=1)
     s = r.info("vtasks")
-    assert s["vtasks_queues"] == 1 and s["vtasks_tasks_ready"] == 1 and s["vtasks_tasks_inflight"] == 1
+    assert (
+        s["vtasks_queues"] == 1 and s["vtasks_tasks_ready"] == 1 and s["vtasks_tasks_inflight"] == 1
+    )
     assert s["vtasks_config_dlq_cap"] == 1000 and s["vtasks_config_max_attempts"] == 3
     r.delete(Q)
     s = r.info("vtasks")
-    assert s["vtasks_queues"] == 0 and s["vtasks_tasks_ready"] == 0 and s["vtasks_tasks_inflight"] == 0
+    assert (
+        s["vtasks_queues"] == 0 and s["vtasks_tasks_ready"] == 0 and s["vtasks_tasks_inflight"] == 0
+    )
 
 
 def test_configs_bounds_and_startup_args(server_factory):
@@ -508,7 +577,12 @@ def test_deny_oom(server):
 
 def test_acl_key_patterns(r):
     r.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~vt:{ok}*", "+@all")
-    c = valkey.Valkey(host="127.0.0.1", port=r.connection_pool.connection_kwargs["port"], username="worker", password="pw")
+    c = valkey.Valkey(
+        host="127.0.0.1",
+        port=r.connection_pool.connection_kwargs["port"],
+        username="worker",
+        password="pw",
+    )
     assert c.execute_command("VT.ENQUEUE", "vt:{ok}", "PAYLOAD", "x")
     with pytest.raises(valkey.exceptions.NoPermissionError):
         c.execute_command("VT.ENQUEUE", "vt:{no}", "PAYLOAD", "x")
@@ -560,13 +634,23 @@ def test_acl_read_only_key_permissions(r):
     """Key specs mark read commands RO: a user with read-only key access can inspect, not change."""
     r.execute_command("VT.ENQUEUE", Q, "ID", "a", "PAYLOAD", "x")
     r.execute_command("ACL", "SETUSER", "viewer", "on", ">pw", "%R~vt:*", "+@all")
-    c = valkey.Valkey(host="127.0.0.1", port=r.connection_pool.connection_kwargs["port"], username="viewer", password="pw")
+    c = valkey.Valkey(
+        host="127.0.0.1",
+        port=r.connection_pool.connection_kwargs["port"],
+        username="viewer",
+        password="pw",
+    )
     assert info(c, Q)["ready"] == 1
     assert rec(c.execute_command("VT.GET", Q, "a"))["id"] == b"a"
     assert len(c.execute_command("VT.PEEK", Q, "READY")) == 1
     assert c.execute_command("VT.SCHEDULE", "LIST", Q) == []
-    for cmd in (["VT.ENQUEUE", Q, "PAYLOAD", "x"], ["VT.ACK", Q, "a", "t"], ["VT.CLEAR", Q, "ALL"],
-                ["VT.SCHEDULE", "SET", Q, "n", "EVERY", 10, "PAYLOAD", "p"], ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1]):
+    for cmd in (
+        ["VT.ENQUEUE", Q, "PAYLOAD", "x"],
+        ["VT.ACK", Q, "a", "t"],
+        ["VT.CLEAR", Q, "ALL"],
+        ["VT.SCHEDULE", "SET", Q, "n", "EVERY", 10, "PAYLOAD", "p"],
+        ["VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1],
+    ):
         with pytest.raises(valkey.exceptions.NoPermissionError):
             c.execute_command(*cmd)
 
@@ -596,7 +680,10 @@ def test_queue_names_outside_1_to_1024_bytes_are_refused(r, size):
     ]
     r.execute_command("VT.ENQUEUE", "vt:ok", "ID", "keep", "PAYLOAD", "x")
     for call in calls:
-        with pytest.raises(valkey.exceptions.ResponseError, match=rf"queue name must be 1 to 1024 bytes \(got {size}\)"):
+        with pytest.raises(
+            valkey.exceptions.ResponseError,
+            match=rf"queue name must be 1 to 1024 bytes \(got {size}\)",
+        ):
             r.execute_command(*call)
     assert r.execute_command("DBSIZE") == 1  # nothing stored
     assert info(r, "vt:ok")["ready"] == 1  # the valid queue of the multi-queue fetch kept its task

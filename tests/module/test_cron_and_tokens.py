@@ -20,12 +20,26 @@ def next_run(c, name):
 
 
 def test_five_field_day_of_week_is_crontab(r):
-    for name, expr in [("mon", "0 9 * * 1"), ("sun0", "0 9 * * 0"), ("sun7", "0 9 * * 7"), ("sat", "0 9 * * 6"),
-                       ("fri", "0 9 * * fri"), ("secs", "0 0 9 * * 1")]:
-        assert r.execute_command("VT.SCHEDULE", "SET", Q, name, "CRON", expr, "PAYLOAD", "p") == b"OK"
+    for name, expr in [
+        ("mon", "0 9 * * 1"),
+        ("sun0", "0 9 * * 0"),
+        ("sun7", "0 9 * * 7"),
+        ("sat", "0 9 * * 6"),
+        ("fri", "0 9 * * fri"),
+        ("secs", "0 0 9 * * 1"),
+    ]:
+        assert (
+            r.execute_command("VT.SCHEDULE", "SET", Q, name, "CRON", expr, "PAYLOAD", "p") == b"OK"
+        )
     m = next_run(r, "mon")
     assert weekday(m) == 1 and m % DAY == 9 * 3_600_000, "0 9 * * 1 fires on Monday at 09:00 UTC"
-    assert [weekday(next_run(r, n)) for n in ("sun0", "sun7", "sat", "fri", "secs")] == [0, 0, 6, 5, 1]
+    assert [weekday(next_run(r, n)) for n in ("sun0", "sun7", "sat", "fri", "secs")] == [
+        0,
+        0,
+        6,
+        5,
+        1,
+    ]
     with pytest.raises(valkey.ResponseError, match="out of range"):
         r.execute_command("VT.SCHEDULE", "SET", Q, "bad", "CRON", "0 9 * * 8", "PAYLOAD", "p")
 
@@ -69,7 +83,11 @@ def test_only_canonical_tokens_are_accepted(r):
     lettered = next(i for i, t in got.items() if any(ch in "abcdef" for ch in t))
     cases = [(lettered, got[lettered].upper())]
     if zero is not None:
-        cases += [(zero, "+" + got[zero][1:]), (zero, " " + got[zero][1:]), (zero, "0x" + got[zero][2:])]
+        cases += [
+            (zero, "+" + got[zero][1:]),
+            (zero, " " + got[zero][1:]),
+            (zero, "0x" + got[zero][2:]),
+        ]
     for i, v in cases:
         assert r.execute_command("VT.ACK", Q, i, v) == 0, v
         assert r.execute_command("VT.FAIL", Q, i, v, "e") is None, v

@@ -13,23 +13,30 @@ def kill(c, *ids, error="boom", worker="w"):
     """Enqueues these ids (MAXATTEMPTS 1) and fails each once: one dead entry per id, in order."""
     for i in ids:
         c.execute_command("VT.ENQUEUE", Q, "MAXATTEMPTS", 1, "ID", i, "PAYLOAD", f"p-{i}")
-        (_, tid, tok, _, _), = fetch(c, Q, count=1, worker=worker)
+        ((_, tid, tok, _, _),) = fetch(c, Q, count=1, worker=worker)
         assert tid == i.encode()
         assert c.execute_command("VT.FAIL", Q, tid, tok, f"{error}-{i}") == b"dead"
 
 
 def dead_ids(c):
     """The dead list, oldest first, as (id, error) pairs."""
-    return [(x["id"].decode(), x["error"].decode())
-            for x in reversed([rec(y) for y in c.execute_command("VT.PEEK", Q, "DEAD", "COUNT", 1000)])]
+    return [
+        (x["id"].decode(), x["error"].decode())
+        for x in reversed([rec(y) for y in c.execute_command("VT.PEEK", Q, "DEAD", "COUNT", 1000)])
+    ]
 
 
 def test_duplicate_ids_get_newest_delete_all_retry_newest(r):
     kill(r, "a", "b", error="first")
     kill(r, "a", "c", error="second")
     kill(r, "a", error="third")
-    assert dead_ids(r) == [("a", "first-a"), ("b", "first-b"), ("a", "second-a"), ("c", "second-c"),
-                           ("a", "third-a")]
+    assert dead_ids(r) == [
+        ("a", "first-a"),
+        ("b", "first-b"),
+        ("a", "second-a"),
+        ("c", "second-c"),
+        ("a", "third-a"),
+    ]
     assert rec(r.execute_command("VT.GET", Q, "a"))["error"] == b"third-a"
     # RETRYDEAD revives the newest entry of an id; its older entries stay dead (the id is live)
     assert r.execute_command("VT.RETRYDEAD", Q, "a", "a", "nope") == 1
@@ -75,7 +82,9 @@ def test_many_ids_over_a_large_list(r):
     n = 3000
     r.config_set("vtasks.dlq-cap", n)
     ids = [f"t{i:05d}" for i in range(n)]
-    r.execute_command("VT.ENQUEUE", Q, "MAXATTEMPTS", 1, "ENTRIES", *[x for i in ids for x in (i, "p")])
+    r.execute_command(
+        "VT.ENQUEUE", Q, "MAXATTEMPTS", 1, "ENTRIES", *[x for i in ids for x in (i, "p")]
+    )
     p = r.pipeline(transaction=False)
     for _, tid, tok, _, _ in fetch(r, Q, count=n):
         p.execute_command("VT.FAIL", Q, tid, tok, "x")
@@ -115,8 +124,13 @@ def test_index_rebuilt_from_aof(server_factory, preamble):
     c = s.client()
     scenario(c)
     c.bgrewriteaof()
-    wait_until(lambda: c.info("persistence")["aof_rewrite_in_progress"] == 0
-               and c.info("persistence")["aof_rewrite_scheduled"] == 0, timeout=10)
+    wait_until(
+        lambda: (
+            c.info("persistence")["aof_rewrite_in_progress"] == 0
+            and c.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=10,
+    )
     s.restart()
     check_after_load(s.client())
 

@@ -33,7 +33,9 @@ def fill(c, q=Q, n=N):
 def lease_all(c, q=Q, n=N):
     got = []
     while len(got) < n:
-        got += c.execute_command("VT.FETCHBATCH", 1, q, "WORKER", "w", "COUNT", BATCH, "LEASE", 3_600_000)
+        got += c.execute_command(
+            "VT.FETCHBATCH", 1, q, "WORKER", "w", "COUNT", BATCH, "LEASE", 3_600_000
+        )
     return [(e[1], e[2]) for e in got]
 
 
@@ -53,13 +55,15 @@ def test_drain_and_clear_give_memory_back(server):
     leases = lease_all(c)
     for start in range(0, N, 1000):
         p = c.pipeline(transaction=False)
-        for tid, tok in leases[start:start + 1000]:
+        for tid, tok in leases[start : start + 1000]:
             p.execute_command("VT.ACK", Q, tid, tok)
         assert all(r == 1 for r in p.execute())
     del leases
     left = used(c) - base
     # the old module kept every map at its peak size (~70 B a task); a drained queue holds ~nothing
-    assert left < max(256 * 1024, peak // 50), f"after draining {N} tasks {left} B stay (peak {peak} B)"
+    assert left < max(256 * 1024, peak // 50), (
+        f"after draining {N} tasks {left} B stay (peak {peak} B)"
+    )
     fill(c)
     assert c.execute_command("VT.CLEAR", Q, "ALL") == N
     left = used(c) - base
@@ -74,7 +78,9 @@ def test_memory_usage_tells_the_real_cost(server):
     for state in ("ready", "in flight"):
         real = used(c) - base
         reported = c.memory_usage(Q, samples=0)
-        assert 0.8 * real <= reported <= 1.25 * real, f"{state}: MEMORY USAGE {reported} B, used_memory delta {real} B"
+        assert 0.8 * real <= reported <= 1.25 * real, (
+            f"{state}: MEMORY USAGE {reported} B, used_memory delta {real} B"
+        )
         if state == "ready":
             lease_all(c)
 
@@ -109,7 +115,9 @@ def test_deleted_queues_leave_no_registry_entries(server):
     c.delete("vt:{moved}")
     c.execute_command("SELECT", 0)
     wait_until(lambda: c.dbsize() == 0, timeout=30, msg="expired keys gone")
-    wait_until(lambda: registry_keys(c) == 0, timeout=10, msg="registry forgets every deleted queue")
+    wait_until(
+        lambda: registry_keys(c) == 0, timeout=10, msg="registry forgets every deleted queue"
+    )
     left = used(c) - base
     assert left < 256 * 1024, f"{n} deleted queues left {left} B behind"
 
@@ -119,8 +127,13 @@ def test_aof_load_without_preamble_leaves_no_loader_state(server_factory):
     c = s.client()
     fill(c)
     c.execute_command("BGREWRITEAOF")
-    wait_until(lambda: c.info("persistence")["aof_rewrite_in_progress"] == 0
-               and c.info("persistence")["aof_rewrite_scheduled"] == 0, timeout=30)
+    wait_until(
+        lambda: (
+            c.info("persistence")["aof_rewrite_in_progress"] == 0
+            and c.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=30,
+    )
     s.restart()
     c = s.client()
     assert int(dict(zip(*[iter(c.execute_command("VT.INFO", Q))] * 2))[b"ready"]) == N
@@ -128,4 +141,6 @@ def test_aof_load_without_preamble_leaves_no_loader_state(server_factory):
     # the loader's duplicate-detection set (~10 B a task) used to stay until the queue's next write
     c.execute_command("VT.ENQUEUE", Q, "PAYLOAD", PAYLOAD)
     after_write = used(c)
-    assert after_write > loaded - 64 * 1024, f"a write freed {loaded - after_write} B of leftover loader state"
+    assert after_write > loaded - 64 * 1024, (
+        f"a write freed {loaded - after_write} B of leftover loader state"
+    )

@@ -31,7 +31,7 @@ def watch_survives(server, action) -> bool:
 def test_no_op_commands_keep_watch_and_changes_break_it(server):
     c = server.client()
     c.execute_command("VT.ENQUEUE", Q, "ID", "t1", "PAYLOAD", "x")
-    (_, tid, tok, _, _), = fetch(c, Q, count=1)
+    ((_, tid, tok, _, _),) = fetch(c, Q, count=1)
     no_ops = [
         lambda o: o.execute_command("VT.ACK", Q, "unknown", "0" * 16),
         lambda o: o.execute_command("VT.ACK", Q, tid, "f" * 16),  # stale token
@@ -66,8 +66,11 @@ def test_timer_changes_break_watch(server):
     c.execute_command("VT.ENQUEUE", Q, "DELAY", 300, "PAYLOAD", "x")
     p = c.pipeline(transaction=True)
     p.watch(Q)
-    wait_until(lambda: server.client().execute_command("VT.PEEK", Q, "READY"), timeout=10,
-               msg="the timer promoted the delayed task")
+    wait_until(
+        lambda: server.client().execute_command("VT.PEEK", Q, "READY"),
+        timeout=10,
+        msg="the timer promoted the delayed task",
+    )
     p.multi()
     p.set("side-effect", "1")
     try:
@@ -109,11 +112,13 @@ def test_keyspace_notifications(server):
     got = messages(ps, time.monotonic() + 20)
     ks = f"__keyspace@0__:{Q}"
     assert got == [
-        (ks, "vt.enqueue"), ("__keyevent@0__:vt.enqueue", Q),
+        (ks, "vt.enqueue"),
+        ("__keyevent@0__:vt.enqueue", Q),
         (ks, "vt.fetchbatch"),
         (ks, "vt.schedule.set"),
         (ks, "vt.clear"),
-        (ks, "vt.enqueue"), ("__keyevent@0__:vt.enqueue", Q),
+        (ks, "vt.enqueue"),
+        ("__keyevent@0__:vt.enqueue", Q),
         (ks, "vt.timer"),
         (ks, "end"),
     ], got

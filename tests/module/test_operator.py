@@ -25,12 +25,18 @@ from conftest import fetch, free_port, info, snapshot, wait_until
 Q = "vt:{op}"
 # Errors a client sees while the server pauses, restarts, fails over or refuses (READONLY, MOVED,
 # UNBLOCKED, LOADING, OOM): the load retries; anything else stays visible in `errors`.
-TRANSIENT = (valkey.exceptions.ConnectionError, valkey.exceptions.TimeoutError, valkey.exceptions.ResponseError)
+TRANSIENT = (
+    valkey.exceptions.ConnectionError,
+    valkey.exceptions.TimeoutError,
+    valkey.exceptions.ResponseError,
+)
 
 
 def assert_alive(*servers):
     for s in servers:
-        assert s.alive(), f"server {s.port} died (exit {s.proc.returncode}):\n{s.log.read_text()[-3000:]}"
+        assert s.alive(), (
+            f"server {s.port} died (exit {s.proc.returncode}):\n{s.log.read_text()[-3000:]}"
+        )
 
 
 def role(s) -> str:
@@ -49,7 +55,13 @@ class Load:
     """
 
     def __init__(self, primary, q=Q, every=10, lease=1000, durable=False):
-        self.primary, self.q, self.every, self.lease, self.durable = primary, q, every, lease, durable
+        self.primary, self.q, self.every, self.lease, self.durable = (
+            primary,
+            q,
+            every,
+            lease,
+            durable,
+        )
         self.enqueued: set[str] = set()
         self.acks: Counter = Counter()
         self.unsure: set[str] = set()
@@ -57,8 +69,10 @@ class Load:
         self.sched_window = [0.0, 0.0]
         self._producing = threading.Event()
         self._running = threading.Event()
-        self._threads = [threading.Thread(target=self._produce, daemon=True),
-                         threading.Thread(target=self._consume, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._produce, daemon=True),
+            threading.Thread(target=self._consume, daemon=True),
+        ]
 
     def _client(self):
         return self.primary.client(socket_timeout=20)
@@ -92,8 +106,19 @@ class Load:
         while self._running.is_set():
             try:
                 c = c or self._client()
-                got = c.execute_command("VT.FETCHBATCH", 1, self.q, "WORKER", "w", "COUNT", 50,
-                                        "LEASE", self.lease, "BLOCK", 100)
+                got = c.execute_command(
+                    "VT.FETCHBATCH",
+                    1,
+                    self.q,
+                    "WORKER",
+                    "w",
+                    "COUNT",
+                    50,
+                    "LEASE",
+                    self.lease,
+                    "BLOCK",
+                    100,
+                )
             except TRANSIENT as e:
                 c = None
                 self._retry(e)
@@ -124,7 +149,9 @@ class Load:
     def start(self):
         c = self._client()
         self.sched_window[0] = time.monotonic()
-        c.execute_command("VT.SCHEDULE", "SET", self.q, "tick", "EVERY", self.every, "PAYLOAD", "tick")
+        c.execute_command(
+            "VT.SCHEDULE", "SET", self.q, "tick", "EVERY", self.every, "PAYLOAD", "tick"
+        )
         self._producing.set()
         self._running.set()
         for t in self._threads:
@@ -135,8 +162,11 @@ class Load:
     def wait_progress(self, n=100, timeout=30):
         """Waits until `n` more tasks were acked (traffic flows on the current primary)."""
         target = sum(self.acks.values()) + n
-        wait_until(lambda: sum(self.acks.values()) >= target, timeout=timeout,
-                   msg=f"{n} more acks (errors so far: {dict(self.errors)})")
+        wait_until(
+            lambda: sum(self.acks.values()) >= target,
+            timeout=timeout,
+            msg=f"{n} more acks (errors so far: {dict(self.errors)})",
+        )
 
     def finish(self, timeout=40):
         """Stops producing and the schedule, lets the consumer drain the queue, returns VT.INFO."""
@@ -179,8 +209,11 @@ class Load:
 def start_replica(server_factory, primary, *args, name):
     rep = server_factory(*args, name=name)
     rep.client().execute_command("REPLICAOF", "127.0.0.1", primary.port)
-    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up",
-               timeout=20, msg="replica link up")
+    wait_until(
+        lambda: rep.client().info("replication").get("master_link_status") == "up",
+        timeout=20,
+        msg="replica link up",
+    )
     return rep
 
 
@@ -188,14 +221,20 @@ def in_sync(primary, replica, q=Q):
     """Waits until the replica processed everything the primary sent; both snapshots."""
     p, rp = primary.client(), replica.client()
     off = p.info("replication")["master_repl_offset"]
-    wait_until(lambda: rp.info("replication").get("slave_repl_offset", -1) >= off, timeout=20,
-               msg="replica offset")
+    wait_until(
+        lambda: rp.info("replication").get("slave_repl_offset", -1) >= off,
+        timeout=20,
+        msg="replica offset",
+    )
     # the whole value, as the server digests it (tasks, leases, dead entries, schedules, counters)
-    assert p.execute_command("DEBUG", "DIGEST-VALUE", q) == rp.execute_command("DEBUG", "DIGEST-VALUE", q)
+    assert p.execute_command("DEBUG", "DIGEST-VALUE", q) == rp.execute_command(
+        "DEBUG", "DIGEST-VALUE", q
+    )
     return snapshot(p, q), snapshot(rp, q)
 
 
 # ------------------------------------------------------------------ timers and wake-ups, exactly
+
 
 def test_paused_timer_changes_nothing_then_catches_up(server_factory):
     """AOF on, no replica: the issue's one-line repro, plus a lease and a schedule."""
@@ -213,8 +252,15 @@ def test_paused_timer_changes_nothing_then_catches_up(server_factory):
     assert info(c, Q) == before  # nothing promoted, rescued or fired
     assert c.info("persistence")["aof_current_size"] == aof  # nothing propagated
     # afterwards it catches up: promoted, rescued, fired (late, once)
-    wait_until(lambda: (i := info(c, Q))["delayed"] == 0 and i["rescued_total"] == 1
-               and i["enqueued_total"] > before["enqueued_total"], timeout=10, msg="catch-up")
+    wait_until(
+        lambda: (
+            (i := info(c, Q))["delayed"] == 0
+            and i["rescued_total"] == 1
+            and i["enqueued_total"] > before["enqueued_total"]
+        ),
+        timeout=10,
+        msg="catch-up",
+    )
     assert info(c, Q)["ready"] >= 3
     assert_alive(s)
 
@@ -281,6 +327,7 @@ def test_client_unblock_while_paused(server_factory):
 
 # ------------------------------------------------------------------ live traffic
 
+
 @pytest.mark.parametrize("variant", ["aof", "replica"])
 def test_client_pause_write_under_load(server_factory, variant):
     """CLIENT PAUSE WRITE for 2 s: AOF on without a replica, or AOF off with a replica."""
@@ -339,19 +386,24 @@ def test_failover_with_old_primary_alive(server_factory, aof):
     new = start_replica(server_factory, old, "--appendonly", aof, name="r")
     load = Load(old).start()
     assert old.client().execute_command("FAILOVER") == b"OK"
-    wait_until(lambda: role(new) == "master" and role(old) == "slave", timeout=20, msg="roles swapped")
+    wait_until(
+        lambda: role(new) == "master" and role(old) == "slave", timeout=20, msg="roles swapped"
+    )
     load.primary = new
     load.wait_progress(200)
     assert_alive(old, new)
     final = load.finish()
     load.check(final)
-    wait_until(lambda: old.client().info("replication").get("master_link_status") == "up", timeout=20)
+    wait_until(
+        lambda: old.client().info("replication").get("master_link_status") == "up", timeout=20
+    )
     a, b = in_sync(new, old)
     assert a == b
     assert_alive(old, new)
 
 
 # ------------------------------------------------------------------ cluster
+
 
 def cluster_node_id(s) -> str:
     return s.client().execute_command("CLUSTER", "MYID").decode()
@@ -362,31 +414,66 @@ def test_cluster_failover_then_takeover(server_factory, aof):
     """3 primaries + 1 replica. CLUSTER FAILOVER (coordinated: the old primary pauses writes and
     stays alive as a replica), then CLUSTER FAILOVER TAKEOVER back (uncoordinated). The load uses
     WAIT, so "acknowledged" means "on the replica" (a takeover may drop the rest)."""
-    nodes = [server_factory("--appendonly", aof,
-                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "3000", "--cluster-port", str(free_port()),
-                            name=f"n{i}") for i in range(4)]
+    nodes = [
+        server_factory(
+            "--appendonly",
+            aof,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "3000",
+            "--cluster-port",
+            str(free_port()),
+            name=f"n{i}",
+        )
+        for i in range(4)
+    ]
     cs = [n.client() for n in nodes]
     for i, c in enumerate(cs[:3]):
-        c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460)
+        c.execute_command(
+            "CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460
+        )
     for n in nodes[1:]:
-        cs[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port,
-                              int(n.client().config_get("cluster-port")["cluster-port"]))
-    wait_until(lambda: all(c.execute_command("CLUSTER", "INFO").decode().count("cluster_known_nodes:4")
-                           for c in cs), timeout=30, msg="nodes met")
+        cs[0].execute_command(
+            "CLUSTER",
+            "MEET",
+            "127.0.0.1",
+            n.port,
+            int(n.client().config_get("cluster-port")["cluster-port"]),
+        )
+    wait_until(
+        lambda: all(
+            c.execute_command("CLUSTER", "INFO").decode().count("cluster_known_nodes:4") for c in cs
+        ),
+        timeout=30,
+        msg="nodes met",
+    )
     a, b = nodes[0], nodes[3]
     a_id = cluster_node_id(a)
     cs[3].execute_command("CLUSTER", "REPLICATE", a_id)
-    wait_until(lambda: all(f"slave {a_id}" in c.execute_command("CLUSTER", "NODES").decode() for c in cs)
-               and "cluster_state:ok" in cs[0].execute_command("CLUSTER", "INFO").decode()
-               and role(b) == "slave"
-               and b.client().info("replication").get("master_link_status") == "up",
-               timeout=30, msg="cluster ok with a replica")
-    q = next(f"vt:{{op{i}}}" for i in range(100) if cs[0].execute_command("CLUSTER", "KEYSLOT", f"vt:{{op{i}}}") < 5461)
+    wait_until(
+        lambda: (
+            all(f"slave {a_id}" in c.execute_command("CLUSTER", "NODES").decode() for c in cs)
+            and "cluster_state:ok" in cs[0].execute_command("CLUSTER", "INFO").decode()
+            and role(b) == "slave"
+            and b.client().info("replication").get("master_link_status") == "up"
+        ),
+        timeout=30,
+        msg="cluster ok with a replica",
+    )
+    q = next(
+        f"vt:{{op{i}}}"
+        for i in range(100)
+        if cs[0].execute_command("CLUSTER", "KEYSLOT", f"vt:{{op{i}}}") < 5461
+    )
     load = Load(a, q=q, durable=True).start()
 
     b.client().execute_command("CLUSTER", "FAILOVER")
-    wait_until(lambda: role(b) == "master" and role(a) == "slave", timeout=30, msg="coordinated failover")
+    wait_until(
+        lambda: role(b) == "master" and role(a) == "slave", timeout=30, msg="coordinated failover"
+    )
     load.primary = b
     load.wait_progress(200)
     assert_alive(*nodes)
@@ -401,6 +488,7 @@ def test_cluster_failover_then_takeover(server_factory, aof):
 
 
 # ------------------------------------------------------------------ maxmemory
+
 
 def test_schedule_ticks_obey_maxmemory(server_factory):
     """A 10 ms schedule of 256 KiB payloads under maxmemory 30 MB (noeviction): the ticks that

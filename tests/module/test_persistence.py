@@ -13,17 +13,34 @@ def populate(c, q=Q):
     """A queue in every state: ready (priorities), delayed, in flight, dead (with eviction),
     retried, unique keys, schedules and counters."""
     c.config_set("vtasks.dlq-cap", 2)
-    c.execute_command("VT.ENQUEUE", q, "ENTRIES", *[x for i in range(6) for x in (f"t{i}", f"payload-{i}")])
+    c.execute_command(
+        "VT.ENQUEUE", q, "ENTRIES", *[x for i in range(6) for x in (f"t{i}", f"payload-{i}")]
+    )
     c.execute_command("VT.ENQUEUE", q, "PRIORITY", 9, "ID", "hi", "PAYLOAD", b"\x00binary\xff")
     c.execute_command("VT.ENQUEUE", q, "DELAY", 3_600_000, "ID", "later", "PAYLOAD", "d")
-    c.execute_command("VT.ENQUEUE", q, "UNIQUE", "uk", 3_600_000, "ID", "uniq", "MAXATTEMPTS", 9, "PAYLOAD", "u")
+    c.execute_command(
+        "VT.ENQUEUE", q, "UNIQUE", "uk", 3_600_000, "ID", "uniq", "MAXATTEMPTS", 9, "PAYLOAD", "u"
+    )
     es = fetch(c, q, worker="wA", count=5, lease=3_600_000)
     for e in es[:3]:
-        c.execute_command("VT.FAIL", q, e[1], e[2], f"boom {e[1].decode()}")  # 3 dead, cap 2 -> 1 evicted
+        c.execute_command(
+            "VT.FAIL", q, e[1], e[2], f"boom {e[1].decode()}"
+        )  # 3 dead, cap 2 -> 1 evicted
     c.execute_command("VT.FAIL", q, es[3][1], es[3][2], "retry me", "RETRY", 3_600_000)
     c.execute_command("VT.ACK", q, es[4][1], es[4][2])
     fetch(c, q, worker="wB", count=1, lease=3_600_000)
-    c.execute_command("VT.SCHEDULE", "SET", q, "hourly", "CRON", "0 0 * * * *", "PRIORITY", 3, "PAYLOAD", "cronjob")
+    c.execute_command(
+        "VT.SCHEDULE",
+        "SET",
+        q,
+        "hourly",
+        "CRON",
+        "0 0 * * * *",
+        "PRIORITY",
+        3,
+        "PAYLOAD",
+        "cronjob",
+    )
     c.execute_command("VT.SCHEDULE", "SET", q, "every", "EVERY", 3_600_000, "PAYLOAD", "everyjob")
     s = snapshot(c, q)
     assert all(s[k] for k in ("READY", "DELAYED", "INFLIGHT", "DEAD")), s
@@ -62,13 +79,20 @@ def test_restart_from_rdb(server):
 
 @pytest.mark.parametrize("preamble", ["yes", "no"])
 def test_restart_from_aof(server_factory, preamble):
-    s = server_factory("--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", preamble)
+    s = server_factory(
+        "--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", preamble
+    )
     c = s.client()
     populate(c)
     # rewrite (exercises the aof_rewrite callback), then more incremental writes on top
     c.bgrewriteaof()
-    wait_until(lambda: c.info("persistence")["aof_rewrite_in_progress"] == 0
-               and c.info("persistence")["aof_rewrite_scheduled"] == 0, timeout=10)
+    wait_until(
+        lambda: (
+            c.info("persistence")["aof_rewrite_in_progress"] == 0
+            and c.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=10,
+    )
     c.execute_command("VT.ENQUEUE", Q, "ID", "after-rewrite", "PAYLOAD", "x")
     e = fetch(c, "vt:{p}", worker="wC", count=1, lease=3_600_000)
     c.execute_command("VT.EXTEND", Q, "wC", 7_200_000)
@@ -97,8 +121,13 @@ def test_aof_contains_explicit_effects_not_commands(server_factory, tmp_path):
     c.execute_command("VT.ENQUEUE", Q, "PAYLOAD", "x")
     fetch(c, Q)
     c.execute_command("BGREWRITEAOF")
-    wait_until(lambda: c.info("persistence")["aof_rewrite_in_progress"] == 0
-               and c.info("persistence")["aof_rewrite_scheduled"] == 0, timeout=10)
+    wait_until(
+        lambda: (
+            c.info("persistence")["aof_rewrite_in_progress"] == 0
+            and c.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=10,
+    )
     c.execute_command("VT.ENQUEUE", Q, "DELAY", 10, "PAYLOAD", "y")
     time.sleep(0.05)
     text = b"".join(p.read_bytes() for p in (s.dir / "appendonlydir").glob("*.aof"))
@@ -128,13 +157,13 @@ def _resp_commands(data: bytes):
     """Parses RESP arrays of bulk strings (an AOF file) into argument lists."""
     i, out = 0, []
     while i < len(data):
-        assert data[i:i + 1] == b"*", data[i:i + 20]
+        assert data[i : i + 1] == b"*", data[i : i + 20]
         j = data.index(b"\r\n", i)
-        n, i, args = int(data[i + 1:j]), j + 2, []
+        n, i, args = int(data[i + 1 : j]), j + 2, []
         for _ in range(n):
             j = data.index(b"\r\n", i)
-            ln = int(data[i + 1:j])
-            args.append(data[j + 2:j + 2 + ln])
+            ln = int(data[i + 1 : j])
+            args.append(data[j + 2 : j + 2 + ln])
             i = j + 2 + ln + 2
         out.append(args)
     return out
@@ -148,17 +177,26 @@ def test_aof_rejected_header_leaves_queue_unchanged(server_factory):
     """gauntlet F1b: a VT._LOAD header record that the loader rejects (next_seq out of range) used
     to reset the queue and keep the bad next_seq, so every later save wrote a header that no longer
     loads. Now the queue is left as it was and saves/reloads keep working."""
-    s = server_factory("--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", "no")
+    s = server_factory(
+        "--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", "no"
+    )
     c = s.client()
     c.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "1", "b", "2")
     c.bgrewriteaof()
-    wait_until(lambda: c.info("persistence")["aof_rewrite_in_progress"] == 0
-               and c.info("persistence")["aof_rewrite_scheduled"] == 0, timeout=10)
+    wait_until(
+        lambda: (
+            c.info("persistence")["aof_rewrite_in_progress"] == 0
+            and c.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=10,
+    )
     before = snapshot(c, Q)
     s.stop()
     aofdir = s.dir / "appendonlydir"
     base = next(aofdir.glob("*.base.aof")).read_bytes()
-    header = next(a[2] for a in _resp_commands(base) if a[0].upper() == b"VT._LOAD" and a[2][:1] == b"H")
+    header = next(
+        a[2] for a in _resp_commands(base) if a[0].upper() == b"VT._LOAD" and a[2][:1] == b"H"
+    )
     bad = header[:9] + (18446744065119617034).to_bytes(8, "little") + header[17:]
     incr = next(aofdir.glob("*.incr.aof"))
     with open(incr, "ab") as f:

@@ -26,7 +26,11 @@ def synced(primary, replica, q=Q):
     p = primary.client()
     rp = replica.client()
     off = p.info("replication")["master_repl_offset"]
-    wait_until(lambda: rp.info("replication").get("slave_repl_offset", -1) >= off, timeout=10, msg="replica offset")
+    wait_until(
+        lambda: rp.info("replication").get("slave_repl_offset", -1) >= off,
+        timeout=10,
+        msg="replica offset",
+    )
     assert digest(p, q) == digest(rp, q), "primary and replica hold different queue values"
     assert p.execute_command("DEBUG", "DIGEST") == rp.execute_command("DEBUG", "DIGEST")
     return snapshot(p, q), snapshot(rp, q)
@@ -47,7 +51,7 @@ def test_digest_follows_every_change(server):
     step()
     c.execute_command("VT.ENQUEUE", Q, "ID", "b", "PAYLOAD", "y")
     step()
-    (_q, _id, tok, _n, _p), = fetch(c, Q, count=1)
+    ((_q, _id, tok, _n, _p),) = fetch(c, Q, count=1)
     step()
     c.execute_command("VT.FAIL", Q, "a", tok, "boom")  # dead-lettered
     step()
@@ -76,7 +80,9 @@ def test_full_sync_of_existing_state(server_factory):
     populate(primary.client(), Q)
     replica = server_factory(name="r")
     replica.client().execute_command("REPLICAOF", "127.0.0.1", primary.port)
-    wait_until(lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=15)
+    wait_until(
+        lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=15
+    )
     a, b = synced(primary, replica)
     assert a == b
 
@@ -88,7 +94,9 @@ def test_timer_effects_replicated(replica_pair):
     p.execute_command("VT.ENQUEUE", Q, "ID", "f", "PAYLOAD", "x")
     fetch(p, Q, lease=150)
     p.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 100, "PAYLOAD", "tick")
-    wait_until(lambda: info(p, Q)["enqueued_total"] >= 5 and info(p, Q)["rescued_total"] == 1, timeout=5)
+    wait_until(
+        lambda: info(p, Q)["enqueued_total"] >= 5 and info(p, Q)["rescued_total"] == 1, timeout=5
+    )
     p.execute_command("VT.SCHEDULE", "DEL", Q, "s")
     a, b = synced(primary, replica)
     assert a == b
@@ -132,7 +140,9 @@ def test_replica_own_aof_matches(server_factory):
     primary = server_factory(name="p2")
     replica = server_factory("--appendonly", "yes", "--appendfsync", "always", name="r2")
     replica.client().execute_command("REPLICAOF", "127.0.0.1", primary.port)
-    wait_until(lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=15)
+    wait_until(
+        lambda: replica.client().info("replication").get("master_link_status") == "up", timeout=15
+    )
     populate(primary.client(), Q)
     a, b = synced(primary, replica)
     assert a == b

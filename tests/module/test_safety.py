@@ -12,21 +12,96 @@ import valkey
 from conftest import fetch, free_port, info, wait_until
 
 COMMANDS = [
-    "VT.ENQUEUE", "VT.FETCHBATCH", "VT.ACK", "VT.FAIL", "VT.RESCUE", "VT.EXTEND", "VT.INFO", "VT.QUEUES",
-    "VT.PEEK", "VT.GET", "VT.RETRYDEAD", "VT.DELETE", "VT.CLEAR", "VT.SCHEDULE", "VT._FX", "VT._LOAD",
+    "VT.ENQUEUE",
+    "VT.FETCHBATCH",
+    "VT.ACK",
+    "VT.FAIL",
+    "VT.RESCUE",
+    "VT.EXTEND",
+    "VT.INFO",
+    "VT.QUEUES",
+    "VT.PEEK",
+    "VT.GET",
+    "VT.RETRYDEAD",
+    "VT.DELETE",
+    "VT.CLEAR",
+    "VT.SCHEDULE",
+    "VT._FX",
+    "VT._LOAD",
     "VT._ALIGNCHECK",
 ]
 WORDS = [
-    "ID", "PRIORITY", "DELAY", "AT", "UNIQUE", "MAXATTEMPTS", "PAYLOAD", "ENTRIES", "WORKER", "COUNT", "LEASE",
-    "BLOCK", "OFFSET", "READY", "DELAYED", "INFLIGHT", "DEAD", "ALL", "RETRY", "SET", "DEL", "LIST", "CRON",
-    "EVERY", "ENQ", "FETCH", "PROMOTE", "SCHEDSET", "H", "T", "payload", "id",
+    "ID",
+    "PRIORITY",
+    "DELAY",
+    "AT",
+    "UNIQUE",
+    "MAXATTEMPTS",
+    "PAYLOAD",
+    "ENTRIES",
+    "WORKER",
+    "COUNT",
+    "LEASE",
+    "BLOCK",
+    "OFFSET",
+    "READY",
+    "DELAYED",
+    "INFLIGHT",
+    "DEAD",
+    "ALL",
+    "RETRY",
+    "SET",
+    "DEL",
+    "LIST",
+    "CRON",
+    "EVERY",
+    "ENQ",
+    "FETCH",
+    "PROMOTE",
+    "SCHEDSET",
+    "H",
+    "T",
+    "payload",
+    "id",
 ]
-NUMBERS = ["0", "1", "-1", "2", "3", "100", "101", "-100", "10000", "10001", "1000", "1001",
-           "9223372036854775807", "-9223372036854775808", "9223372036854775808", "18446744073709551616",
-           "1e3", "0x10", " 1", "+1", "", "00", "-0", "3.5"]
+NUMBERS = [
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "100",
+    "101",
+    "-100",
+    "10000",
+    "10001",
+    "1000",
+    "1001",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "9223372036854775808",
+    "18446744073709551616",
+    "1e3",
+    "0x10",
+    " 1",
+    "+1",
+    "",
+    "00",
+    "-0",
+    "3.5",
+]
 QUEUES = ["vt:{p}", "vt:{p}2", "plainkey", ""]
-CRONS = ["* * * * * *", "*/5 * * * *", "0 0 30 2 *", "61 * * * * *", "a b c d e f", "* * * * * * * *",
-         "0 0 0 1 1 * 2020", "@daily", "1-2/0 * * * * *"]
+CRONS = [
+    "* * * * * *",
+    "*/5 * * * *",
+    "0 0 30 2 *",
+    "61 * * * * *",
+    "a b c d e f",
+    "* * * * * * * *",
+    "0 0 0 1 1 * 2020",
+    "@daily",
+    "1-2/0 * * * * *",
+]
 
 
 def random_arg(rng: random.Random):
@@ -118,7 +193,9 @@ def test_specific_hostile_vectors(server):
         assert server.alive() and c.ping(), argv
     # a client blocked forever and then disconnected is cleaned up
     s = socket.create_connection(("127.0.0.1", server.port))
-    s.sendall(b"*8\r\n$13\r\nVT.FETCHBATCH\r\n$1\r\n1\r\n$1\r\nz\r\n$6\r\nWORKER\r\n$1\r\nw\r\n$5\r\nCOUNT\r\n$1\r\n1\r\n")
+    s.sendall(
+        b"*8\r\n$13\r\nVT.FETCHBATCH\r\n$1\r\n1\r\n$1\r\nz\r\n$6\r\nWORKER\r\n$1\r\nw\r\n$5\r\nCOUNT\r\n$1\r\n1\r\n"
+    )
     s.sendall(b"")
     time.sleep(0.05)
     s.close()
@@ -143,14 +220,25 @@ def test_alignment_regression(server):
 
 def test_crossslot_in_cluster_mode(server_factory):
     # The bus port defaults to port + 10000, which overflows for ephemeral ports above 55535.
-    s = server_factory("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                       "--cluster-port", str(free_port()))
+    s = server_factory(
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        str(free_port()),
+    )
     c = s.client()
     c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-    wait_until(lambda: c.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0, timeout=10)
+    wait_until(
+        lambda: c.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0,
+        timeout=10,
+    )
     c.execute_command("VT.ENQUEUE", "vt:{a}1", "PAYLOAD", "x")
     c.execute_command("VT.ENQUEUE", "vt:{a}2", "PAYLOAD", "y")
     assert len(fetch(c, "vt:{a}1", "vt:{a}2")) == 2  # same hash tag: one slot
     with pytest.raises(valkey.ResponseError, match="CROSSSLOT"):
         fetch(c, "vt:{a}1", "vt:{b}1")
-    assert c.execute_command("CLUSTER", "KEYSLOT", "vt:{a}1") == c.execute_command("CLUSTER", "KEYSLOT", "vt:{a}2")
+    assert c.execute_command("CLUSTER", "KEYSLOT", "vt:{a}1") == c.execute_command(
+        "CLUSTER", "KEYSLOT", "vt:{a}2"
+    )

@@ -22,35 +22,80 @@ from test_operator import Load, assert_alive
 
 
 def make_cluster(server_factory, n=3, *args):
-    nodes = [server_factory(*args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", "3000", "--cluster-port", str(free_port()),
-                            name=f"n{i}") for i in range(n)]
+    nodes = [
+        server_factory(
+            *args,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "3000",
+            "--cluster-port",
+            str(free_port()),
+            name=f"n{i}",
+        )
+        for i in range(n)
+    ]
     cs = [s.client() for s in nodes]
     per = 16384 // n
     for i, c in enumerate(cs):
-        c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, 16383 if i == n - 1 else (i + 1) * per - 1)
+        c.execute_command(
+            "CLUSTER", "ADDSLOTSRANGE", i * per, 16383 if i == n - 1 else (i + 1) * per - 1
+        )
     for s in nodes[1:]:
-        cs[0].execute_command("CLUSTER", "MEET", "127.0.0.1", s.port,
-                              int(s.client().config_get("cluster-port")["cluster-port"]))
-    wait_until(lambda: all("cluster_state:ok" in c.execute_command("CLUSTER", "INFO").decode()
-                           and c.execute_command("CLUSTER", "INFO").decode().count(f"cluster_known_nodes:{n}")
-                           for c in cs), timeout=30, msg="cluster ok")
+        cs[0].execute_command(
+            "CLUSTER",
+            "MEET",
+            "127.0.0.1",
+            s.port,
+            int(s.client().config_get("cluster-port")["cluster-port"]),
+        )
+    wait_until(
+        lambda: all(
+            "cluster_state:ok" in c.execute_command("CLUSTER", "INFO").decode()
+            and c.execute_command("CLUSTER", "INFO").decode().count(f"cluster_known_nodes:{n}")
+            for c in cs
+        ),
+        timeout=30,
+        msg="cluster ok",
+    )
     return nodes
 
 
 def add_replica(server_factory, nodes, primary):
     """A 4th node, replica of `primary`, link up."""
-    rep = server_factory("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                         "--cluster-node-timeout", "3000", "--cluster-port", str(free_port()), name="rep")
+    rep = server_factory(
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "3000",
+        "--cluster-port",
+        str(free_port()),
+        name="rep",
+    )
     c0 = nodes[0].client()
-    c0.execute_command("CLUSTER", "MEET", "127.0.0.1", rep.port,
-                       int(rep.client().config_get("cluster-port")["cluster-port"]))
+    c0.execute_command(
+        "CLUSTER",
+        "MEET",
+        "127.0.0.1",
+        rep.port,
+        int(rep.client().config_get("cluster-port")["cluster-port"]),
+    )
     pid = primary.client().execute_command("CLUSTER", "MYID").decode()
-    wait_until(lambda: pid.encode() in rep.client().execute_command("CLUSTER", "NODES"), timeout=30,
-               msg="replica knows the primary")
+    wait_until(
+        lambda: pid.encode() in rep.client().execute_command("CLUSTER", "NODES"),
+        timeout=30,
+        msg="replica knows the primary",
+    )
     rep.client().execute_command("CLUSTER", "REPLICATE", pid)
-    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up", timeout=30,
-               msg="replica link up")
+    wait_until(
+        lambda: rep.client().info("replication").get("master_link_status") == "up",
+        timeout=30,
+        msg="replica link up",
+    )
     return rep
 
 
@@ -62,8 +107,7 @@ def registry_keys(c) -> int:
 def queue_on(node, prefix="vt:{m") -> str:
     """A queue name whose slot `node` serves."""
     c = node.client()
-    mine = {tuple(r[:2]) for r in c.execute_command("CLUSTER", "SLOTS")
-            if r[2][1] == node.port}
+    mine = {tuple(r[:2]) for r in c.execute_command("CLUSTER", "SLOTS") if r[2][1] == node.port}
     for i in range(10_000):
         q = f"{prefix}{i}}}"
         slot = c.execute_command("CLUSTER", "KEYSLOT", q)
@@ -87,10 +131,16 @@ def migrate(source, target, q, hold=False):
     slot = c.execute_command("CLUSTER", "KEYSLOT", q)
     c.execute_command("DEBUG", "SLOTMIGRATION", "PREVENT-PAUSE", 1 if hold else 0)
     tid = target.client().execute_command("CLUSTER", "MYID").decode()
-    assert c.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", tid) == b"OK"
+    assert (
+        c.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", tid) == b"OK"
+    )
     if hold:
-        wait_until(lambda: migration(c).get("state") in ("replicating", "waiting-to-pause"), timeout=30,
-                   interval=0.05, msg=f"streaming (job: {migration(c)})")
+        wait_until(
+            lambda: migration(c).get("state") in ("replicating", "waiting-to-pause"),
+            timeout=30,
+            interval=0.05,
+            msg=f"streaming (job: {migration(c)})",
+        )
 
 
 def release(source):
@@ -99,12 +149,23 @@ def release(source):
 
 def finished(source, target, q):
     c = source.client()
-    wait_until(lambda: migration(c).get("state") in ("success", "failed", "cancelled"), timeout=30,
-               interval=0.05, msg="migration finished")
+    wait_until(
+        lambda: migration(c).get("state") in ("success", "failed", "cancelled"),
+        timeout=30,
+        interval=0.05,
+        msg="migration finished",
+    )
     assert migration(c)["state"] == "success", migration(c)
-    wait_until(lambda: target.client().execute_command("CLUSTER", "COUNTKEYSINSLOT",
-                                                       c.execute_command("CLUSTER", "KEYSLOT", q)) >= 1,
-               timeout=10, msg="target owns the queue")
+    wait_until(
+        lambda: (
+            target.client().execute_command(
+                "CLUSTER", "COUNTKEYSINSLOT", c.execute_command("CLUSTER", "KEYSLOT", q)
+            )
+            >= 1
+        ),
+        timeout=10,
+        msg="target owns the queue",
+    )
 
 
 class Blocked(threading.Thread):
@@ -131,8 +192,12 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     rep = add_replica(server_factory, nodes, dst)
     q = queue_on(src)
     c = src.client()
-    c.execute_command("VT.ENQUEUE", q, "ENTRIES", *[x for i in range(40) for x in (f"r{i}", "x" * 32)])
-    c.execute_command("VT.ENQUEUE", q, "DELAY", 600, "ENTRIES", *[x for i in range(5) for x in (f"d{i}", "d")])
+    c.execute_command(
+        "VT.ENQUEUE", q, "ENTRIES", *[x for i in range(40) for x in (f"r{i}", "x" * 32)]
+    )
+    c.execute_command(
+        "VT.ENQUEUE", q, "DELAY", 600, "ENTRIES", *[x for i in range(5) for x in (f"d{i}", "d")]
+    )
     got = fetch(c, q, count=10, lease=500)
     for _q, tid, tok, _a, _p in got[:3]:
         c.execute_command("VT.FAIL", q, tid, tok, "boom")  # dead-lettered
@@ -150,9 +215,15 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     waiter.join(10)
     assert waiter.reply[0][1] == b"w1", (waiter.reply, waiter.error)
     # the source keeps serving the slot while it streams; its timer does the work
-    wait_until(lambda: (i := info(c, q))["delayed"] == 0 and i["inflight"] == 0
-               and i["enqueued_total"] >= before["enqueued_total"] + 10, timeout=20,
-               msg="promotions, rescues and ticks on the source during the migration")
+    wait_until(
+        lambda: (
+            (i := info(c, q))["delayed"] == 0
+            and i["inflight"] == 0
+            and i["enqueued_total"] >= before["enqueued_total"] + 10
+        ),
+        timeout=20,
+        msg="promotions, rescues and ticks on the source during the migration",
+    )
     c.execute_command("VT.ENQUEUE", q, "ID", "during", "PAYLOAD", "x")  # a client write, streamed
     c.execute_command("VT.SCHEDULE", "DEL", q, "tick")
     c.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # freezes the source (timer included)
@@ -174,8 +245,11 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     # the target's replica got the same value through the target's replication stream
     off = d.info("replication")["master_repl_offset"]
     rc = rep.client()
-    wait_until(lambda: rc.info("replication").get("slave_repl_offset", -1) >= off, timeout=20,
-               msg="target's replica in sync")
+    wait_until(
+        lambda: rc.info("replication").get("slave_repl_offset", -1) >= off,
+        timeout=20,
+        msg="target's replica in sync",
+    )
     assert rc.execute_command("DEBUG", "DIGEST-VALUE", q) == want_digest
     # the source dropped the moved key, and its timer registry forgot it; the target knows it
     assert c.execute_command("DBSIZE") == 0
@@ -201,8 +275,15 @@ def test_target_takes_over_the_timers(server_factory):
     migrate(src, dst, q)
     finished(src, dst, q)
     d = dst.client()
-    wait_until(lambda: (i := info(d, q))["delayed"] == 0 and i["rescued_total"] == 1
-               and i["enqueued_total"] >= 4, timeout=15, msg="timers on the target")
+    wait_until(
+        lambda: (
+            (i := info(d, q))["delayed"] == 0
+            and i["rescued_total"] == 1
+            and i["enqueued_total"] >= 4
+        ),
+        timeout=15,
+        msg="timers on the target",
+    )
     assert info(d, q)["inflight"] == 0
     d.execute_command("VT.SCHEDULE", "DEL", q, "tick")
     want = d.execute_command("DEBUG", "DIGEST-VALUE", q)
@@ -257,15 +338,22 @@ def test_cancelled_migration_leaves_the_source_in_charge_then_a_retry_moves_it(s
     own = queue_on(dst, prefix="vt:{own")  # a queue the target owns all along
     d.execute_command("VT.ENQUEUE", own, "DELAY", 1500, "ID", "later", "PAYLOAD", "x")
     migrate(src, dst, q, hold=True)
-    wait_until(lambda: vtasks_info(d, "queues") == 2 and registry_keys(d) == 2, timeout=10,
-               msg="snapshot applied on the target")
+    wait_until(
+        lambda: vtasks_info(d, "queues") == 2 and registry_keys(d) == 2,
+        timeout=10,
+        msg="snapshot applied on the target",
+    )
     assert c.execute_command("CLUSTER", "CANCELSLOTMIGRATIONS") == b"OK"
     wait_until(lambda: migration(c).get("state") == "cancelled", timeout=10, msg="cancelled")
-    wait_until(lambda: vtasks_info(d, "queues") == 1, timeout=10, msg="the target dropped its partial copy")
+    wait_until(
+        lambda: vtasks_info(d, "queues") == 1, timeout=10, msg="the target dropped its partial copy"
+    )
     assert d.execute_command("DBSIZE") == 1
     assert registry_keys(d) == 1
     # the target's own queue kept its timer: its delayed task falls due
-    wait_until(lambda: info(d, own)["ready"] == 1, timeout=10, msg="the target's own queue promoted")
+    wait_until(
+        lambda: info(d, own)["ready"] == 1, timeout=10, msg="the target's own queue promoted"
+    )
     release(src)
     # the source is still in charge: its timer fires a schedule on the queue
     c.execute_command("VT.SCHEDULE", "SET", q, "tick", "EVERY", 100, "PAYLOAD", "t")
@@ -275,8 +363,11 @@ def test_cancelled_migration_leaves_the_source_in_charge_then_a_retry_moves_it(s
     migrate(src, dst, q)
     finished(src, dst, q)
     n = info(d, q)["enqueued_total"]
-    wait_until(lambda: (i := info(d, q))["delayed"] == 0 and i["enqueued_total"] >= n + 3, timeout=10,
-               msg="the target promotes and ticks")
+    wait_until(
+        lambda: (i := info(d, q))["delayed"] == 0 and i["enqueued_total"] >= n + 3,
+        timeout=10,
+        msg="the target promotes and ticks",
+    )
     assert registry_keys(c) == 0
     assert_alive(*nodes)
 
@@ -300,7 +391,10 @@ def test_legacy_resharding_with_setslot_and_migrate(server_factory):
     for x in (d, c):
         x.execute_command("CLUSTER", "SETSLOT", slot, "NODE", did)
     assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want
-    wait_until(lambda: (i := info(d, q))["delayed"] == 0 and i["rescued_total"] == 2, timeout=10,
-               msg="the target's timer promotes and rescues")
+    wait_until(
+        lambda: (i := info(d, q))["delayed"] == 0 and i["rescued_total"] == 2,
+        timeout=10,
+        msg="the target's timer promotes and rescues",
+    )
     assert info(d, q)["ready"] == 11
     assert_alive(*nodes)

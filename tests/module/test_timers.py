@@ -67,7 +67,11 @@ def test_delayed_promoted_on_time(r):
     r.execute_command("VT.ENQUEUE", Q, "DELAY", 60000, "ID", "later", "PAYLOAD", "x")
     assert info(r, Q)["delayed"] == 2
     # poll VT.GET (read-only: it cannot promote by itself) until the server's timer moved it
-    wait_until(lambda: rec(r.execute_command("VT.GET", Q, "a"))["state"] == b"ready", timeout=3, interval=0.002)
+    wait_until(
+        lambda: rec(r.execute_command("VT.GET", Q, "a"))["state"] == b"ready",
+        timeout=3,
+        interval=0.002,
+    )
     late = now_ms() - t
     assert -5 <= late < 50, late
     i = info(r, Q)
@@ -83,7 +87,12 @@ def test_many_delayed_promoted_in_order(r):
 
 
 def test_schedule_every_fires_once_per_tick(r):
-    assert r.execute_command("VT.SCHEDULE", "SET", Q, "tick", "EVERY", 200, "PRIORITY", 7, "PAYLOAD", "job") == b"OK"
+    assert (
+        r.execute_command(
+            "VT.SCHEDULE", "SET", Q, "tick", "EVERY", 200, "PRIORITY", 7, "PAYLOAD", "job"
+        )
+        == b"OK"
+    )
     [[name, kind, spec, next_run, payload]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
     assert (name, kind, spec, payload) == (b"tick", b"every", b"200", b"job")
     assert abs(next_run - (now_ms() + 200)) < 100
@@ -144,7 +153,9 @@ def test_schedule_replace(r):
 def test_timers_survive_rename(r):
     r.execute_command("VT.ENQUEUE", Q, "DELAY", 200, "ID", "a", "PAYLOAD", "x")
     r.rename(Q, "vt:{tm}new")
-    wait_until(lambda: rec(r.execute_command("VT.GET", "vt:{tm}new", "a"))["state"] == b"ready", timeout=3)
+    wait_until(
+        lambda: rec(r.execute_command("VT.GET", "vt:{tm}new", "a"))["state"] == b"ready", timeout=3
+    )
 
 
 def test_timers_handle_deleted_and_flushed_keys(r):

@@ -59,8 +59,15 @@ class Skip(Exception):
 class Ctx:
     """Everything one scenario run owns; ``close()`` stops it all (by PID)."""
 
-    def __init__(self, name: str, backend: str, seed: int, quick: bool, workdir: Path | None = None,
-                 keep: bool = False):
+    def __init__(
+        self,
+        name: str,
+        backend: str,
+        seed: int,
+        quick: bool,
+        workdir: Path | None = None,
+        keep: bool = False,
+    ):
         self.name = name
         self.backend = backend
         self.seed = seed
@@ -98,16 +105,27 @@ class Ctx:
 
     def worker_env(self, lease: float, concurrency: int = 8) -> dict[str, str]:
         self.lease = lease
-        env = {"GAUNTLET_BACKEND": self.backend, "GAUNTLET_LEDGER": str(self.ledger.dir),
-               "GAUNTLET_QUEUE": QUEUE, "GAUNTLET_LEASE": str(lease), "GAUNTLET_CONCURRENCY": str(concurrency)}
+        env = {
+            "GAUNTLET_BACKEND": self.backend,
+            "GAUNTLET_LEDGER": str(self.ledger.dir),
+            "GAUNTLET_QUEUE": QUEUE,
+            "GAUNTLET_LEASE": str(lease),
+            "GAUNTLET_CONCURRENCY": str(concurrency),
+        }
         if self.valkey:
             env["GAUNTLET_VALKEY_URL"] = self.valkey.url
         if self.pg:
             env["GAUNTLET_PG_DSN"] = self.pg.dsn
         return env
 
-    def start_fleet(self, n: int, lease: float, concurrency: int = 8, args: list[str] | None = None,
-                    env: dict | None = None) -> Fleet:
+    def start_fleet(
+        self,
+        n: int,
+        lease: float,
+        concurrency: int = 8,
+        args: list[str] | None = None,
+        env: dict | None = None,
+    ) -> Fleet:
         e = self.worker_env(lease, concurrency)
         e.update(env or {})
         self.fleet = Fleet(e, self.dir, args)
@@ -115,17 +133,42 @@ class Ctx:
             self.fleet.spawn()
         return self.fleet
 
-    def feeder(self, rate: float, ms: int = 0, batch: int = 10, limit: int | None = None, max_attempts: int | None = 10,
-               func: str = "gauntlet_app.tasks.record", tag: str = "", unique: bool = False) -> Feeder:
-        f = Feeder(self.hb, QUEUE, self.run_id + tag, rate=rate, batch=batch, ms=ms, func=func,
-                   max_attempts=max_attempts, limit=limit, unique=unique)
+    def feeder(
+        self,
+        rate: float,
+        ms: int = 0,
+        batch: int = 10,
+        limit: int | None = None,
+        max_attempts: int | None = 10,
+        func: str = "gauntlet_app.tasks.record",
+        tag: str = "",
+        unique: bool = False,
+    ) -> Feeder:
+        f = Feeder(
+            self.hb,
+            QUEUE,
+            self.run_id + tag,
+            rate=rate,
+            batch=batch,
+            ms=ms,
+            func=func,
+            max_attempts=max_attempts,
+            limit=limit,
+            unique=unique,
+        )
         self.feeders.append(f)
         f.start()
         return f
 
     def enqueue_raw(self, items: list[tuple[str, bytes]], max_attempts: int | None = None) -> list:
-        return wait_until(lambda: self.hb.enqueue(QUEUE, items, max_attempts=max_attempts) or True, 20,
-                          what="a raw enqueue") and None
+        return (
+            wait_until(
+                lambda: self.hb.enqueue(QUEUE, items, max_attempts=max_attempts) or True,
+                20,
+                what="a raw enqueue",
+            )
+            and None
+        )
 
     def task_payload(self, func: str, args: list, gid: str) -> bytes:
         return encode(envelope(func, args, gid, QUEUE))
@@ -139,8 +182,12 @@ class Ctx:
 
     def wait_flowing(self, timeout: float = 60.0, n: int = 20):
         """Bounded wait until workers have finished ``n`` tasks (they boot in a second or two)."""
-        wait_until(lambda: len(self.ledger.completions()) >= n, timeout, interval=0.1,
-                   what=f"{n} completed tasks (are the workers running? see {self.dir}/worker-*.log)")
+        wait_until(
+            lambda: len(self.ledger.completions()) >= n,
+            timeout,
+            interval=0.1,
+            what=f"{n} completed tasks (are the workers running? see {self.dir}/worker-*.log)",
+        )
 
     def rate(self, t_from: float, t_to: float, ends: list[float] | None = None) -> float:
         ends = self.ledger.completions() if ends is None else ends
@@ -150,12 +197,21 @@ class Ctx:
     def baseline(self, seconds: float) -> float:
         """Completion rate over the next ``seconds`` (steady state, before any fault): first a
         bounded wait until the workers caught up with the start-up backlog."""
+
         def caught_up():
             i = self.hb.info(QUEUE)
             return i.get("ready", 0) + i.get("delayed", 0) <= 50
-        wait_until(caught_up, 60, interval=0.1, what="workers to catch up with the feed before the baseline")
+
+        wait_until(
+            caught_up,
+            60,
+            interval=0.1,
+            what="workers to catch up with the feed before the baseline",
+        )
         t0 = time.time()
-        wait_until(lambda: time.time() >= t0 + seconds, seconds + 5, interval=0.05, what="baseline window")
+        wait_until(
+            lambda: time.time() >= t0 + seconds, seconds + 5, interval=0.05, what="baseline window"
+        )
         b = self.rate(t0, t0 + seconds)
         feed = sum(f.rate for f in self.feeders if f.limit is None)
         if feed:
@@ -169,7 +225,13 @@ class Ctx:
         self.result.faults += 1
         self.result.notes.setdefault("fault_log", []).append(f"{time.time() - self.t0:.2f}s {what}")
 
-    def recovery(self, baseline: float, bound: float, window: float = 1.0, fault_times: list[float] | None = None):
+    def recovery(
+        self,
+        baseline: float,
+        bound: float,
+        window: float = 1.0,
+        fault_times: list[float] | None = None,
+    ):
         """Per fault: seconds from the fault until a ``window`` of completions reaches 80 % of the
         baseline. Returns the worst; records a violation when one is above ``bound``."""
         ends = self.ledger.completions()
@@ -185,13 +247,16 @@ class Ctx:
                 t += 0.1
             if rec is None:
                 self.result.violations.append(
-                    f"throughput did not recover to 80% of baseline {baseline:.0f}/s within {bound:.0f}s of the fault at +{tf - self.t0:.1f}s")
+                    f"throughput did not recover to 80% of baseline {baseline:.0f}/s within {bound:.0f}s of the fault at +{tf - self.t0:.1f}s"
+                )
                 rec = float("inf")
             worst = max(worst, rec)
         self.result.recovery_s = None if worst == float("inf") else round(worst, 2)
         return worst
 
-    def wait_recovery_window(self, bound: float, baseline: float | None = None, window: float = 1.0):
+    def wait_recovery_window(
+        self, bound: float, baseline: float | None = None, window: float = 1.0
+    ):
         """Keep feeding until throughput after the last fault is back to 80 % of the baseline (or
         the bound passed: recovery() then reports it), plus a short tail."""
         if not self.fault_times:
@@ -206,6 +271,7 @@ class Ctx:
             if now - window < tf:
                 return False
             return self.rate(now - window, now) >= 0.8 * b
+
         wait_until(recovered, bound + window + 10, interval=0.1, what="recovery window")
         end = time.time() + 0.5
         wait_until(lambda: time.time() >= end, 5, interval=0.05, what="tail")
@@ -241,8 +307,14 @@ class Ctx:
             self.result.violations.append(f"no quiescence within {timeout:.0f}s: {state}")
             self.result.notes["quiescence_error"] = str(e)[:300]
 
-    def check(self, expected_done: set[str], expect_dead: dict[str, str] | None = None,
-              explained_dup=None, allow_dup_pids: bool = True, leak_check: bool = True):
+    def check(
+        self,
+        expected_done: set[str],
+        expect_dead: dict[str, str] | None = None,
+        explained_dup=None,
+        allow_dup_pids: bool = True,
+        leak_check: bool = True,
+    ):
         """Conservation, duplicates (+ lease overlap), DLQ honesty, leaked state."""
         r = self.result
         expect_dead = dict(expect_dead or {})
@@ -272,8 +344,10 @@ class Ctx:
                 if nkind == "stop" and nxt.start > ntf + 0.5 and prev.pid != nxt.pid:
                     # a SIGSTOPped worker, once resumed, started a delivery it got before the stop:
                     # its lease had expired meanwhile and the task was redelivered (and ran) elsewhere
-                    stale.append(f"{g}: started by the resumed worker (pid {nxt.pid}) {nxt.start - ntf:.1f}s after its stop, "
-                                 f"lease {self.lease}s; already run by pid {prev.pid}")
+                    stale.append(
+                        f"{g}: started by the resumed worker (pid {nxt.pid}) {nxt.start - ntf:.1f}s after its stop, "
+                        f"lease {self.lease}s; already run by pid {prev.pid}"
+                    )
                     continue
                 tf, kind = faulted.get(prev.pid, (None, None))
                 running = prev.end is None or nxt.start < prev.end
@@ -282,24 +356,36 @@ class Ctx:
                 if kind == "stop" and tf >= prev.start - 0.5:
                     # a stopped holder keeps its lease until it expires (>= 0.75 lease after its last extend)
                     if nxt.start < tf + 0.7 * self.lease:
-                        overlap.append(f"{g}: exec {nxt.n} started {nxt.start - tf:.2f}s after its holder (pid {prev.pid}) was stopped; lease {self.lease}s")
+                        overlap.append(
+                            f"{g}: exec {nxt.n} started {nxt.start - tf:.2f}s after its holder (pid {prev.pid}) was stopped; lease {self.lease}s"
+                        )
                     continue
                 if explained_dup and explained_dup(prev, nxt):
                     continue
                 if running:
-                    overlap.append(f"{g}: exec {nxt.n} (pid {nxt.pid}) overlapped exec {prev.n} of a live worker (pid {prev.pid}) that extends its lease")
+                    overlap.append(
+                        f"{g}: exec {nxt.n} (pid {nxt.pid}) overlapped exec {prev.n} of a live worker (pid {prev.pid}) that extends its lease"
+                    )
                 else:
-                    unexplained.append(f"{g}: executed again (pid {nxt.pid}) after a finished execution by unfaulted pid {prev.pid}")
+                    unexplained.append(
+                        f"{g}: executed again (pid {nxt.pid}) after a finished execution by unfaulted pid {prev.pid}"
+                    )
         r.duplicated = dups
         r.dup_unexplained = len(unexplained)
         if overlap:
-            r.violations.append(f"{len(overlap)} second execution(s) while a lease was valid, e.g. {overlap[:3]}")
+            r.violations.append(
+                f"{len(overlap)} second execution(s) while a lease was valid, e.g. {overlap[:3]}"
+            )
         if unexplained:
-            r.violations.append(f"{len(unexplained)} unexplained duplicate(s), e.g. {unexplained[:3]}")
+            r.violations.append(
+                f"{len(unexplained)} unexplained duplicate(s), e.g. {unexplained[:3]}"
+            )
         if stale:
             r.notes["stale_starts_after_resume"] = len(stale)
-            r.violations.append(f"{len(stale)} duplicate(s) from a resumed worker starting deliveries whose lease had "
-                                f"expired while it was stopped (see tests/gauntlet/FINDINGS.md F3), e.g. {stale[:2]}")
+            r.violations.append(
+                f"{len(stale)} duplicate(s) from a resumed worker starting deliveries whose lease had "
+                f"expired while it was stopped (see tests/gauntlet/FINDINGS.md F3), e.g. {stale[:2]}"
+            )
         # DLQ honesty
         try:
             dead = self.hb.peek(QUEUE, "dead")
@@ -311,20 +397,26 @@ class Ctx:
         dead_by_id = {d.get("id"): d for d in dead}
         spurious = [i for i in dead_by_id if i not in expect_dead]
         if spurious:
-            r.violations.append(f"{len(spurious)} spurious DLQ entries (tasks that did not fail), e.g. "
-                                f"{[(i, dead_by_id[i].get('error', '')[:120]) for i in spurious[:3]]}")
+            r.violations.append(
+                f"{len(spurious)} spurious DLQ entries (tasks that did not fail), e.g. "
+                f"{[(i, dead_by_id[i].get('error', '')[:120]) for i in spurious[:3]]}"
+            )
         for i, needle in expect_dead.items():
             d = dead_by_id.get(i)
             if d is None:
                 r.violations.append(f"real failure {i} is not in the DLQ")
             elif needle and needle not in d.get("error", ""):
-                r.violations.append(f"DLQ entry {i} lacks its error ({needle!r}): {d.get('error', '')[:200]!r}")
+                r.violations.append(
+                    f"DLQ entry {i} lacks its error ({needle!r}): {d.get('error', '')[:200]!r}"
+                )
         # conservation
         fin = {g for g, exs in ledger.items() if any(e.finished for e in exs)}
         lost = sorted(g for g in expected_done if g not in fin and g not in dead_by_id)
         r.lost = len(lost)
         if lost:
-            r.violations.append(f"{len(lost)} task(s) lost (fed, never finished, not dead), e.g. {lost[:5]}")
+            r.violations.append(
+                f"{len(lost)} task(s) lost (fed, never finished, not dead), e.g. {lost[:5]}"
+            )
         # leaked state
         if leak_check:
             try:

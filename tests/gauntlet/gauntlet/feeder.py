@@ -14,8 +14,19 @@ from .hbroker import encode, envelope
 
 
 class Feeder(threading.Thread):
-    def __init__(self, hb, queue: str, run_id: str, rate: float = 200.0, batch: int = 10, ms: int = 0,
-                 func: str = "gauntlet_app.tasks.record", max_attempts: int | None = 10, limit: int | None = None, unique: bool = False):
+    def __init__(
+        self,
+        hb,
+        queue: str,
+        run_id: str,
+        rate: float = 200.0,
+        batch: int = 10,
+        ms: int = 0,
+        func: str = "gauntlet_app.tasks.record",
+        max_attempts: int | None = 10,
+        limit: int | None = None,
+        unique: bool = False,
+    ):
         super().__init__(daemon=True, name="gauntlet-feeder")
         self.hb = hb
         self.queue = queue
@@ -63,13 +74,19 @@ class Feeder(threading.Thread):
                 if self.unique:
                     k = 1
                 gids = [self.gid(self.n + i) for i in range(k)]
-                items = [(g, encode(envelope(self.func, [g, self.ms], g, self.queue))) for g in gids]
+                items = [
+                    (g, encode(envelope(self.func, [g, self.ms], g, self.queue))) for g in gids
+                ]
                 t_fail = None
                 while True:
                     try:
                         if self.unique:
-                            ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts,
-                                                  unique=(f"u:{gids[0]}", 600_000))
+                            ids = self.hb.enqueue(
+                                self.queue,
+                                items,
+                                max_attempts=self.max_attempts,
+                                unique=(f"u:{gids[0]}", 600_000),
+                            )
                         else:
                             ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts)
                         break

@@ -12,8 +12,18 @@ PREFIX = "vt:"
 
 def envelope(func: str, args: list, id: str, queue: str, kwargs: dict | None = None) -> dict:
     """The task envelope (django_vtasks.envelope), as the Django backend builds it."""
-    return {"func": func, "args": args, "kwargs": kwargs or {}, "queue": queue, "ts": time.time(), "id": id,
-            "priority": 0, "run_after": None, "backend": "default", "takes_context": False}
+    return {
+        "func": func,
+        "args": args,
+        "kwargs": kwargs or {},
+        "queue": queue,
+        "ts": time.time(),
+        "id": id,
+        "priority": 0,
+        "run_after": None,
+        "backend": "default",
+        "takes_context": False,
+    }
 
 
 def encode(env: dict) -> bytes:
@@ -52,13 +62,20 @@ class ValkeyHB:
 
         self.c.close()
         self.port = port
-        self.c = valkey.Valkey(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2)
+        self.c = valkey.Valkey(
+            host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=2
+        )
 
     def key(self, queue: str) -> str:
         return f"{PREFIX}{{{queue}}}"
 
-    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None,
-                unique: tuple[str, int] | None = None) -> list:
+    def enqueue(
+        self,
+        queue: str,
+        items: list[tuple[str, bytes]],
+        max_attempts: int | None = None,
+        unique: tuple[str, int] | None = None,
+    ) -> list:
         argv = ["VT.ENQUEUE", self.key(queue)]
         if unique:
             argv += ["UNIQUE", unique[0], unique[1]]
@@ -70,12 +87,16 @@ class ValkeyHB:
         return [_s(x) if x is not None else None for x in self.c.execute_command(*argv)]
 
     def info(self, queue: str) -> dict[str, int]:
-        return {k: int(v) for k, v in _pairs(self.c.execute_command("VT.INFO", self.key(queue))).items()}
+        return {
+            k: int(v) for k, v in _pairs(self.c.execute_command("VT.INFO", self.key(queue))).items()
+        }
 
     def peek(self, queue: str, state: str, count: int = 1000) -> list[dict]:
         out, off = [], 0
         while True:
-            rows = self.c.execute_command("VT.PEEK", self.key(queue), state.upper(), "OFFSET", off, "COUNT", count)
+            rows = self.c.execute_command(
+                "VT.PEEK", self.key(queue), state.upper(), "OFFSET", off, "COUNT", count
+            )
             for r in rows or []:
                 d = _pairs(r)
                 out.append({k: (v if k == "payload" else _s(v)) for k, v in d.items()})
@@ -118,10 +139,20 @@ class PgHB:
             self.reset()  # the pool may hold killed connections: one retry on a fresh pool
             return getattr(self.q, name)(*a, **kw)
 
-    def enqueue(self, queue: str, items: list[tuple[str, bytes]], max_attempts: int | None = None,
-                unique: tuple[str, int] | None = None) -> list:
-        return self.q.enqueue(queue, [p for _, p in items], ids=[i for i, _ in items], max_attempts=max_attempts,
-                              unique=unique)
+    def enqueue(
+        self,
+        queue: str,
+        items: list[tuple[str, bytes]],
+        max_attempts: int | None = None,
+        unique: tuple[str, int] | None = None,
+    ) -> list:
+        return self.q.enqueue(
+            queue,
+            [p for _, p in items],
+            ids=[i for i, _ in items],
+            max_attempts=max_attempts,
+            unique=unique,
+        )
 
     def info(self, queue: str) -> dict[str, int]:
         return {k: int(v) for k, v in self._call("info", queue).items()}

@@ -14,20 +14,106 @@ import time
 from collections import deque
 from pathlib import Path
 
-COMMANDS = ["VT.ENQUEUE", "VT.FETCHBATCH", "VT.ACK", "VT.FAIL", "VT.RESCUE", "VT.EXTEND", "VT.INFO",
-            "VT.QUEUES", "VT.PEEK", "VT.GET", "VT.RETRYDEAD", "VT.DELETE", "VT.CLEAR", "VT.SCHEDULE",
-            # internal commands (replication stream / AOF only): must be refused to clients
-            "VT._FX", "VT._LOAD", "VT._ALIGNCHECK"]
-CONFIGS = [b"vtasks.dlq-cap", b"vtasks.max-attempts", b"vtasks.default-lease", b"vtasks.max-payload"]
-KEYWORDS = [b"ID", b"PRIORITY", b"DELAY", b"AT", b"UNIQUE", b"MAXATTEMPTS", b"PAYLOAD", b"ENTRIES",
-            b"WORKER", b"COUNT", b"LEASE", b"BLOCK", b"READY", b"DELAYED", b"INFLIGHT", b"DEAD", b"ALL",
-            b"OFFSET", b"SET", b"DEL", b"LIST", b"CRON", b"EVERY", b"RETRY", b"payload", b"worker", b"count"]
-NUMBERS = [b"0", b"1", b"-1", b"2", b"3", b"10", b"100", b"-100", b"101", b"-101", b"10000", b"10001",
-           b"9223372036854775807", b"-9223372036854775808", b"9223372036854775808", b"18446744073709551615",
-           b"99999999999999999999999", b"1e3", b"0x10", b" 1", b"1 ", b"+5", b"nan", b"inf", b"", b"00",
-           b"4294967296", b"-0", b"3.5"]
-CRONS = [b"* * * * * *", b"*/1 * * * * *", b"0 0 31 2 *", b"61 * * * * *", b"* * *", b"", b"@daily",
-         b"0 0 0 1 1 ? 2099", b"*/0 * * * * *", b"1-0 * * * * *", b"\xff\xfe", b"* * * * * * * *"]
+COMMANDS = [
+    "VT.ENQUEUE",
+    "VT.FETCHBATCH",
+    "VT.ACK",
+    "VT.FAIL",
+    "VT.RESCUE",
+    "VT.EXTEND",
+    "VT.INFO",
+    "VT.QUEUES",
+    "VT.PEEK",
+    "VT.GET",
+    "VT.RETRYDEAD",
+    "VT.DELETE",
+    "VT.CLEAR",
+    "VT.SCHEDULE",
+    # internal commands (replication stream / AOF only): must be refused to clients
+    "VT._FX",
+    "VT._LOAD",
+    "VT._ALIGNCHECK",
+]
+CONFIGS = [
+    b"vtasks.dlq-cap",
+    b"vtasks.max-attempts",
+    b"vtasks.default-lease",
+    b"vtasks.max-payload",
+]
+KEYWORDS = [
+    b"ID",
+    b"PRIORITY",
+    b"DELAY",
+    b"AT",
+    b"UNIQUE",
+    b"MAXATTEMPTS",
+    b"PAYLOAD",
+    b"ENTRIES",
+    b"WORKER",
+    b"COUNT",
+    b"LEASE",
+    b"BLOCK",
+    b"READY",
+    b"DELAYED",
+    b"INFLIGHT",
+    b"DEAD",
+    b"ALL",
+    b"OFFSET",
+    b"SET",
+    b"DEL",
+    b"LIST",
+    b"CRON",
+    b"EVERY",
+    b"RETRY",
+    b"payload",
+    b"worker",
+    b"count",
+]
+NUMBERS = [
+    b"0",
+    b"1",
+    b"-1",
+    b"2",
+    b"3",
+    b"10",
+    b"100",
+    b"-100",
+    b"101",
+    b"-101",
+    b"10000",
+    b"10001",
+    b"9223372036854775807",
+    b"-9223372036854775808",
+    b"9223372036854775808",
+    b"18446744073709551615",
+    b"99999999999999999999999",
+    b"1e3",
+    b"0x10",
+    b" 1",
+    b"1 ",
+    b"+5",
+    b"nan",
+    b"inf",
+    b"",
+    b"00",
+    b"4294967296",
+    b"-0",
+    b"3.5",
+]
+CRONS = [
+    b"* * * * * *",
+    b"*/1 * * * * *",
+    b"0 0 31 2 *",
+    b"61 * * * * *",
+    b"* * *",
+    b"",
+    b"@daily",
+    b"0 0 0 1 1 ? 2099",
+    b"*/0 * * * * *",
+    b"1-0 * * * * *",
+    b"\xff\xfe",
+    b"* * * * * * * *",
+]
 N_KEYS = 6
 
 
@@ -128,27 +214,52 @@ class Hostile:
         elif c == 1:
             ks = [r.choice(keys()) for _ in range(r.randrange(1, 3))]
             ks = [key] * len(ks)  # same slot
-            argv = [b"VT.FETCHBATCH", str(len(ks)).encode(), *ks, b"WORKER", b"w%d" % r.randrange(3),
-                    b"COUNT", r.choice([b"1", b"5", b"100", b"0", b"10001", b"-1"])]
+            argv = [
+                b"VT.FETCHBATCH",
+                str(len(ks)).encode(),
+                *ks,
+                b"WORKER",
+                b"w%d" % r.randrange(3),
+                b"COUNT",
+                r.choice([b"1", b"5", b"100", b"0", b"10001", b"-1"]),
+            ]
             if r.random() < 0.5:
                 argv += [b"LEASE", r.choice([b"1", b"50", b"1000", b"0", b"-5"])]
             if r.random() < 0.2:
                 argv += [b"BLOCK", r.choice([b"1", b"10", b"50"])]
         elif c == 2:
-            argv = [b"VT.ACK", key] + [x for _ in range(r.randrange(1, 3)) for x in (r.choice(self.ids), r.choice(self.tokens))]
+            argv = [b"VT.ACK", key] + [
+                x
+                for _ in range(r.randrange(1, 3))
+                for x in (r.choice(self.ids), r.choice(self.tokens))
+            ]
         elif c == 3:
             argv = [b"VT.FAIL", key, r.choice(self.ids), r.choice(self.tokens), r.randbytes(20)]
             if r.random() < 0.5:
                 argv += [b"RETRY", r.choice(NUMBERS)]
         elif c == 4:
-            argv = [b"VT.RESCUE", key] + ([b"WORKER", b"w%d" % r.randrange(3)] if r.random() < 0.5 else [])
+            argv = [b"VT.RESCUE", key] + (
+                [b"WORKER", b"w%d" % r.randrange(3)] if r.random() < 0.5 else []
+            )
         elif c == 5:
             argv = [b"VT.EXTEND", key, b"w%d" % r.randrange(3), r.choice(NUMBERS)]
         elif c == 6:
-            argv = [b"VT.PEEK", key, r.choice([b"READY", b"DELAYED", b"INFLIGHT", b"DEAD", b"x"]),
-                    b"OFFSET", r.choice(NUMBERS), b"COUNT", r.choice(NUMBERS)]
+            argv = [
+                b"VT.PEEK",
+                key,
+                r.choice([b"READY", b"DELAYED", b"INFLIGHT", b"DEAD", b"x"]),
+                b"OFFSET",
+                r.choice(NUMBERS),
+                b"COUNT",
+                r.choice(NUMBERS),
+            ]
         elif c == 7:
-            argv = [b"VT.SCHEDULE", r.choice([b"SET", b"DEL", b"LIST", b"set"]), key, b"s%d" % r.randrange(3)]
+            argv = [
+                b"VT.SCHEDULE",
+                r.choice([b"SET", b"DEL", b"LIST", b"set"]),
+                key,
+                b"s%d" % r.randrange(3),
+            ]
             if argv[1].upper() == b"SET":
                 if r.random() < 0.5:
                     argv += [b"CRON", r.choice(CRONS)]
@@ -262,7 +373,9 @@ class Hostile:
         return p
 
 
-def run_hostile(server, seed: int, duration: float, workdir: Path, mem_limit: int = 512 << 20) -> dict:
+def run_hostile(
+    server, seed: int, duration: float, workdir: Path, mem_limit: int = 512 << 20
+) -> dict:
     """Drive the hostile client for ``duration`` s; check liveness every ~50 sends. Returns stats
     and a list of violations (empty = pass)."""
     h = Hostile(server.port, seed, workdir)
@@ -285,16 +398,22 @@ def run_hostile(server, seed: int, duration: float, workdir: Path, mem_limit: in
             step += 1
             if step % 50 == 0:
                 if not server.alive():
-                    violations.append(f"server crashed (exit {server.proc.returncode}); repro: {h.dump_repro()}; log: {server.log_tail(15)}")
+                    violations.append(
+                        f"server crashed (exit {server.proc.returncode}); repro: {h.dump_repro()}; log: {server.log_tail(15)}"
+                    )
                     break
                 t0 = time.monotonic()
                 try:
                     ctl.ping()
                 except Exception as e:  # noqa: BLE001
                     if not server.alive():
-                        violations.append(f"server crashed; repro: {h.dump_repro()}; log: {server.log_tail(15)}")
+                        violations.append(
+                            f"server crashed; repro: {h.dump_repro()}; log: {server.log_tail(15)}"
+                        )
                     else:
-                        violations.append(f"server did not answer PING within 3 s (hang?): {e!r}; repro: {h.dump_repro()}")
+                        violations.append(
+                            f"server did not answer PING within 3 s (hang?): {e!r}; repro: {h.dump_repro()}"
+                        )
                     break
                 max_ping = max(max_ping, time.monotonic() - t0)
                 mem = int(ctl.info("memory")["used_memory"])
@@ -328,14 +447,24 @@ def run_hostile(server, seed: int, duration: float, workdir: Path, mem_limit: in
             end_mem = wait_until_mem(ctl, base_mem + (16 << 20))
             extra_stats["keys_at_end"] = dbsize
             if end_mem > base_mem + (16 << 20):
-                violations.append(f"used_memory {end_mem} after FLUSHALL, baseline {base_mem}: leak?")
+                violations.append(
+                    f"used_memory {end_mem} after FLUSHALL, baseline {base_mem}: leak?"
+                )
         except Exception as e:  # noqa: BLE001
             violations.append(f"control connection failed after the run: {e!r}")
     ctl.close()
     return {
-        "sends": h.sent, "error_replies": h.errors, "other_replies": h.ok, "garbage_frames": h.garbage,
-        "connections": h.reconnects, "base_used_memory": base_mem, "peak_used_memory": peak_mem,
-        "end_used_memory": end_mem, "peak_rss": peak_rss, "max_ping_s": round(max_ping, 4), "violations": violations,
+        "sends": h.sent,
+        "error_replies": h.errors,
+        "other_replies": h.ok,
+        "garbage_frames": h.garbage,
+        "connections": h.reconnects,
+        "base_used_memory": base_mem,
+        "peak_used_memory": peak_mem,
+        "end_used_memory": end_mem,
+        "peak_rss": peak_rss,
+        "max_ping_s": round(max_ping, 4),
+        "violations": violations,
         **extra_stats,
     }
 

@@ -108,7 +108,13 @@ class Ledger:
             head = json.loads(lines[0])
         except ValueError:
             return None
-        ex = Execution(gid=head.pop("gid"), n=head.pop("n"), pid=head.pop("pid"), start=head.pop("start"), extra=head)
+        ex = Execution(
+            gid=head.pop("gid"),
+            n=head.pop("n"),
+            pid=head.pop("pid"),
+            start=head.pop("start"),
+            extra=head,
+        )
         for line in lines[1:]:
             try:
                 rec = json.loads(line)

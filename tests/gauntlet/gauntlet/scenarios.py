@@ -25,23 +25,29 @@ def pace(seconds: float):
 
 
 def _running_on(ctx: Ctx, pid: int) -> list[str]:
-    return [g for g, exs in ctx.ledger.read().items() for e in exs if e.pid == pid and not e.finished]
+    return [
+        g for g, exs in ctx.ledger.read().items() for e in exs if e.pid == pid and not e.finished
+    ]
 
 
 def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
     """A duplicate is explained when its previous execution ended around a server fault (the ack
     was in flight when the connection/server died) or the fault hit while it ran."""
+
     def explained(prev, nxt):
         for tf in ctx.fault_times:
             end = prev.end if prev.end is not None else nxt.start
             if prev.start - margin <= tf <= end + margin:
                 return True
         return False
+
     return explained
 
 
 # ---------------------------------------------------------------------------------------------------
-def _check_after_server_fault(ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0):
+def _check_after_server_fault(
+    ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0
+):
     """After a server-side fault: throughput back within ``bound``, drain (two leases + slack for
     redeliveries), then every invariant, re-executions near a fault being explained by it."""
     ctx.wait_recovery_window(bound, base)
@@ -67,7 +73,9 @@ def sigkill(ctx: Ctx):
     for i in range(kills):
         w = ctx.rng.choice(fleet.live())
         try:  # aim mid-batch: bounded wait until the victim runs something
-            running = wait_until(lambda: _running_on(ctx, w.pid), 3.0, interval=0.02, what="victim busy")
+            running = wait_until(
+                lambda: _running_on(ctx, w.pid), 3.0, interval=0.02, what="victim busy"
+            )
         except Exception:  # noqa: BLE001
             running = []
         mid += bool(running)
@@ -82,10 +90,13 @@ def sigkill(ctx: Ctx):
     ctx.quiesce(expected, timeout=lease * 3 + 40)
     ctx.recovery(base, bound)
     ctx.check(expected)
-    redelivered = sum(1 for exs in ctx.ledger.read().values()
-                      if len(exs) > 1 and exs[0].pid in fleet.faulted)
+    redelivered = sum(
+        1 for exs in ctx.ledger.read().values() if len(exs) > 1 and exs[0].pid in fleet.faulted
+    )
     rescued = ctx.result.notes.get("final_info", {}).get("rescued_total", 0)
-    ctx.result.notes.update(kills_mid_task=mid, redelivered_after_kill=redelivered, rescued_total=rescued)
+    ctx.result.notes.update(
+        kills_mid_task=mid, redelivered_after_kill=redelivered, rescued_total=rescued
+    )
     if mid == 0 and redelivered == 0 and not rescued:
         raise Vacuous("no kill hit a worker with tasks in flight")
 
@@ -101,7 +112,11 @@ def sigterm(ctx: Ctx):
     drained = 0
     for i in range(1 if ctx.quick else 3):
         # a drain test needs a worker that is up (signal handlers installed): one that ran tasks
-        ready = lambda: [x for x in fleet.live() if any(e.pid == x.pid for v in ctx.ledger.read().values() for e in v)]  # noqa: E731
+        ready = lambda: [
+            x
+            for x in fleet.live()
+            if any(e.pid == x.pid for v in ctx.ledger.read().values() for e in v)
+        ]  # noqa: E731
         w = ctx.rng.choice(wait_until(ready, 30, what="a booted worker"))
         running = _running_on(ctx, w.pid)
         drained += len(running)
@@ -109,17 +124,28 @@ def sigterm(ctx: Ctx):
         ctx.fault(f"SIGTERM {w.tag} pid {w.pid} with {len(running)} task(s) running")
         rc = w.wait(lease + 15)
         if rc is None:
-            ctx.result.violations.append(f"{w.tag} did not exit within {lease + 15:.0f}s of SIGTERM")
+            ctx.result.violations.append(
+                f"{w.tag} did not exit within {lease + 15:.0f}s of SIGTERM"
+            )
             w.kill()
         elif rc != 0:
-            ctx.result.violations.append(f"{w.tag} exited {rc} after SIGTERM (expected 0); log: {w.log_tail(5)}")
+            ctx.result.violations.append(
+                f"{w.tag} exited {rc} after SIGTERM (expected 0); log: {w.log_tail(5)}"
+            )
         unfinished = [g for g in running if g not in ctx.ledger.finished_gids()]
         if unfinished and rc == 0:
             # its tasks must have finished (drained) by the time it exited
-            mine = {g for g, exs in ctx.ledger.read().items() for e in exs if e.pid == w.pid and e.finished}
+            mine = {
+                g
+                for g, exs in ctx.ledger.read().items()
+                for e in exs
+                if e.pid == w.pid and e.finished
+            }
             left = [g for g in running if g not in mine]
             if left:
-                ctx.result.violations.append(f"{len(left)} task(s) running at SIGTERM were not finished by the draining worker: {left[:3]}")
+                ctx.result.violations.append(
+                    f"{len(left)} task(s) running at SIGTERM were not finished by the draining worker: {left[:3]}"
+                )
         fleet.spawn()
         pace(1.0)
     bound = 10.0
@@ -171,17 +197,22 @@ def rename(ctx: Ctx):
     def redelivery_delay(gids, t):
         ds = []
         for g in gids:
-            after = [e.start - t for e in led.get(g, []) if e.start > t]  # executions after the kill
+            after = [
+                e.start - t for e in led.get(g, []) if e.start > t
+            ]  # executions after the kill
             if after:
                 ds.append(min(after))
         return (round(min(ds), 2), round(max(ds), 2), len(ds)) if ds else None
+
     notes["same_id_redelivery_s(min,max,n)"] = redelivery_delay(running_b, t_b)
     notes["new_id_redelivery_s(min,max,n)"] = redelivery_delay(running_a, t_a)
     if not running_a and not running_b:
         raise Vacuous("neither killed worker had tasks running")
     d = redelivery_delay(running_a, t_a)
     if d and d[0] < 0.7 * lease:
-        ctx.result.violations.append(f"tasks of the renamed worker came back after {d[0]}s, before their lease ({lease}s) could expire")
+        ctx.result.violations.append(
+            f"tasks of the renamed worker came back after {d[0]}s, before their lease ({lease}s) could expire"
+        )
 
 
 def sigstop(ctx: Ctx):
@@ -222,7 +253,9 @@ def sigstop(ctx: Ctx):
     led = ctx.ledger.read()
     redelivered = [g for g in held if any(e.pid != w.pid for e in led.get(g, []))]
     rescued = ctx.result.notes.get("final_info", {}).get("rescued_total", 0)
-    ctx.result.notes.update(held_when_stopped=len(held), redelivered=len(redelivered), rescued_total=rescued)
+    ctx.result.notes.update(
+        held_when_stopped=len(held), redelivered=len(redelivered), rescued_total=rescued
+    )
     if not w.alive():
         ctx.result.violations.append(f"the stopped worker died after SIGCONT: {w.log_tail(5)}")
     if not redelivered and not rescued:
@@ -259,7 +292,9 @@ def poison(ctx: Ctx):
     ctx.fault("poison batch enqueued (unknown path, undecodable x2, raises, sys.exit)")
     big = f"{rid}-p-big"
     blob = base64.b64encode(ctx.rng.randbytes(7_500_000)).decode()  # 10 MB of incompressible text
-    ctx.hb.enqueue(QUEUE, [(big, ctx.task_payload("gauntlet_app.tasks.big", [big, blob], big))], max_attempts=3)
+    ctx.hb.enqueue(
+        QUEUE, [(big, ctx.task_payload("gauntlet_app.tasks.big", [big, blob], big))], max_attempts=3
+    )
     ctx.fault("10 MB payload enqueued")
     ctx.result.notes["fed_extra"] = len(items) + 1
     bound = 10.0
@@ -276,7 +311,9 @@ def poison(ctx: Ctx):
             ctx.result.violations.append(f"{g} ran {n} times (fail-fast: once)")
     dead_workers = [w.tag for w in fleet.workers if not w.alive()]
     if dead_workers:
-        ctx.result.violations.append(f"worker(s) died on poison: {dead_workers}: {fleet.workers[0].log_tail(5)}")
+        ctx.result.violations.append(
+            f"worker(s) died on poison: {dead_workers}: {fleet.workers[0].log_tail(5)}"
+        )
     size = (led.get(big) or [None])[0]
     ctx.result.notes["big_payload_ran"] = bool(size and size.finished)
 
@@ -305,10 +342,16 @@ def valkey_restart(ctx: Ctx):
     age_down = time.time() - hfile.stat().st_mtime if hfile.exists() else None
     ctx.valkey.start()
     ctx.result.notes["downtime_s"] = round(time.time() - t_down, 2)
-    wait_until(lambda: time.time() - hfile.stat().st_mtime < 2.5, 20, what="health file fresh after restart")
+    wait_until(
+        lambda: time.time() - hfile.stat().st_mtime < 2.5,
+        20,
+        what="health file fresh after restart",
+    )
     ctx.result.notes["health_age_at_end_of_outage_s"] = round(age_down or -1, 2)
     if age_down is None or age_down < down - 2.5:
-        ctx.result.violations.append(f"health check dishonest: file touched {age_down}s before the end of a {down}s outage")
+        ctx.result.violations.append(
+            f"health check dishonest: file touched {age_down}s before the end of a {down}s outage"
+        )
     _check_after_server_fault(ctx, base, lease, bound=10.0)
     if not info.get("inflight"):
         ctx.result.notes["warning"] = "no task in flight at the crash"
@@ -334,7 +377,9 @@ def debug_reload(ctx: Ctx):
         ctx.fault(f"DEBUG RELOAD (inflight {before.get('inflight')})")
         for k in ("enqueued_total", "acked_total"):
             if after.get(k, 0) < before.get(k, 0):
-                ctx.result.violations.append(f"counter {k} went back across DEBUG RELOAD: {before[k]} -> {after[k]}")
+                ctx.result.violations.append(
+                    f"counter {k} went back across DEBUG RELOAD: {before[k]} -> {after[k]}"
+                )
         pace(ctx.rng.uniform(0.5, 1.0))
     c.close()
     bound = 5.0
@@ -419,10 +464,15 @@ def pg_xmin(ctx: Ctx):
     conn.close()
     t1 = time.time()
     during = ctx.rate(t0 + 1, t1)
-    ctx.result.notes.update(held_s=round(t1 - t0, 1), rate_during_hold=round(during, 1),
-                            ratio_during_hold=round(during / max(base, 1e-6), 2))
+    ctx.result.notes.update(
+        held_s=round(t1 - t0, 1),
+        rate_during_hold=round(during, 1),
+        ratio_during_hold=round(during / max(base, 1e-6), 2),
+    )
     if during < 0.5 * base:
-        ctx.result.violations.append(f"throughput {during:.0f}/s while xmin was held, below 50% of baseline {base:.0f}/s")
+        ctx.result.violations.append(
+            f"throughput {during:.0f}/s while xmin was held, below 50% of baseline {base:.0f}/s"
+        )
     bound = 10.0
     ctx.fault_times = [t1]
     ctx.wait_recovery_window(bound)
@@ -445,16 +495,26 @@ def scheduler(ctx: Ctx):
 
     every = 0.5
     ctx.start_backend()
-    fleet = ctx.start_fleet(0, lease=5.0, concurrency=4, args=["--scheduler"],
-                            env={"GAUNTLET_SCHEDULE_EVERY": str(every)})
+    fleet = ctx.start_fleet(
+        0,
+        lease=5.0,
+        concurrency=4,
+        args=["--scheduler"],
+        env={"GAUNTLET_SCHEDULE_EVERY": str(every)},
+    )
     skews = ["+3600", "-1800"] if os.path.exists(FAKETIME) else []
     ctx.result.notes["clock_skews"] = skews or "libfaketime not installed: clocks not skewed"
 
     def skewed_env(i):
         if i >= len(skews):
             return {}
-        return {"LD_PRELOAD": FAKETIME, "FAKETIME": skews[i], "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-                "FAKETIME_NO_CACHE": "1"}
+        return {
+            "LD_PRELOAD": FAKETIME,
+            "FAKETIME": skews[i],
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_NO_CACHE": "1",
+        }
+
     for i in range(3):
         fleet.spawn(extra_env=skewed_env(i))
 
@@ -464,6 +524,7 @@ def scheduler(ctx: Ctx):
             if g.startswith("tick-"):
                 out.append((exs[0].extra.get("mono", exs[0].start), g, len(exs)))
         return sorted(out)
+
     wait_until(lambda: len(ticks()) >= 3, 60, what="the schedule to fire (workers --scheduler)")
     t_first = time.monotonic()
     pace(3.0 if ctx.quick else 8.0)
@@ -479,25 +540,35 @@ def scheduler(ctx: Ctx):
     # ticks fired after the last stop may stay queued: only judge [t_first, t_last)
     tk = [t for t in ticks() if t_first <= t[0] < t_last]
     led = ctx.ledger.read()
-    dup_exec = [g for (_, g, n) in ticks() if n > 1 and not any(
-        e.pid in fleet.faulted for e in led[g][:-1])]
+    dup_exec = [
+        g for (_, g, n) in ticks() if n > 1 and not any(e.pid in fleet.faulted for e in led[g][:-1])
+    ]
     expected = (t_last - t_first) / every
     gaps = [b[0] - a[0] for a, b in zip(tk, tk[1:])]
     close = [round(gap, 3) for gap in gaps if gap < every * 0.3]
     ctx.result.fed = len(tk)
     ctx.result.executed = len(tk)
-    ctx.result.notes.update(ticks=len(tk), expected_ticks=round(expected, 1),
-                            min_gap_s=round(min(gaps), 3) if gaps else None,
-                            max_gap_s=round(max(gaps), 3) if gaps else None)
+    ctx.result.notes.update(
+        ticks=len(tk),
+        expected_ticks=round(expected, 1),
+        min_gap_s=round(min(gaps), 3) if gaps else None,
+        max_gap_s=round(max(gaps), 3) if gaps else None,
+    )
     if dup_exec:
         ctx.result.violations.append(f"tick(s) executed twice: {dup_exec[:3]}")
     if len(tk) > expected + 3:
-        ctx.result.violations.append(f"{len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: double fire ({len(close)} gaps < {every * 0.3}s: {close[:5]})")
+        ctx.result.violations.append(
+            f"{len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: double fire ({len(close)} gaps < {every * 0.3}s: {close[:5]})"
+        )
     if len(tk) < expected * 0.8 - 2:
-        ctx.result.violations.append(f"only {len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: ticks missed")
+        ctx.result.violations.append(
+            f"only {len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: ticks missed"
+        )
     big_gap = [g for g in gaps if g > every * 2 + 4.0]
     if big_gap:
-        ctx.result.violations.append(f"schedule stalled for {max(big_gap):.1f}s after a scheduler worker died")
+        ctx.result.violations.append(
+            f"schedule stalled for {max(big_gap):.1f}s after a scheduler worker died"
+        )
     ctx.result.duplicated = len(dup_exec)
 
 
@@ -535,15 +606,22 @@ class TimerWork:
         self.ctx = ctx
         p = client.pipeline(transaction=False)
         for i in range(self.DELAYED):
-            p.execute_command("VT.ENQUEUE", TIMER_KEY, "DELAY", 100 * i, "ID", f"d{i}", "PAYLOAD", "d")
+            p.execute_command(
+                "VT.ENQUEUE", TIMER_KEY, "DELAY", 100 * i, "ID", f"d{i}", "PAYLOAD", "d"
+            )
         p.execute()
         self.t0 = time.monotonic()
-        client.execute_command("VT.SCHEDULE", "SET", TIMER_KEY, "tick", "EVERY", self.EVERY_MS, "PAYLOAD", "t")
+        client.execute_command(
+            "VT.SCHEDULE", "SET", TIMER_KEY, "tick", "EVERY", self.EVERY_MS, "PAYLOAD", "t"
+        )
 
     def check(self, client):
         fired_before = int(self._info(client)["enqueued_total"])
-        wait_until(lambda: int(self._info(client)["enqueued_total"]) > fired_before + 5, 20,
-                   what="schedule ticks after the faults")
+        wait_until(
+            lambda: int(self._info(client)["enqueued_total"]) > fired_before + 5,
+            20,
+            what="schedule ticks after the faults",
+        )
         client.execute_command("VT.SCHEDULE", "DEL", TIMER_KEY, "tick")
         span_ms = (time.monotonic() - self.t0) * 1000
         i = self._info(client)
@@ -551,9 +629,13 @@ class TimerWork:
         held = int(i["ready"]) + int(i["delayed"])
         self.ctx.result.notes["timer_ticks"] = ticks
         if held != int(i["enqueued_total"]):
-            self.ctx.result.violations.append(f"timer side queue lost tasks: {held} held of {i['enqueued_total']} enqueued")
+            self.ctx.result.violations.append(
+                f"timer side queue lost tasks: {held} held of {i['enqueued_total']} enqueued"
+            )
         if ticks > span_ms / self.EVERY_MS + 2:
-            self.ctx.result.violations.append(f"schedule fired {ticks} ticks in {span_ms:.0f} ms: ticks doubled")
+            self.ctx.result.violations.append(
+                f"schedule fired {ticks} ticks in {span_ms:.0f} ms: ticks doubled"
+            )
 
     @staticmethod
     def _info(client):
@@ -572,10 +654,18 @@ def _server_alive(ctx: Ctx, srv, what: str):
 def _start_replica(ctx: Ctx, prim, aof: bool = False):
     from .servers import ValkeyServer
 
-    rep = ValkeyServer(ctx.dir / "replica", aof=aof, extra=["--replicaof", "127.0.0.1", str(prim.port)],
-                       name="replica").start()
+    rep = ValkeyServer(
+        ctx.dir / "replica",
+        aof=aof,
+        extra=["--replicaof", "127.0.0.1", str(prim.port)],
+        name="replica",
+    ).start()
     ctx.replica = rep
-    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up", 20, what="replica link up")
+    wait_until(
+        lambda: rep.client().info("replication").get("master_link_status") == "up",
+        20,
+        what="replica link up",
+    )
     return rep
 
 
@@ -639,7 +729,9 @@ def shutdown_replica(ctx: Ctx):
             return
         prim.start()
         ctx.wait_recovery_window(10.0, base)
-    if "Waiting for replicas before shutting down" not in (prim.dir / f"{prim.name}.log").read_text(errors="replace"):
+    if "Waiting for replicas before shutting down" not in (prim.dir / f"{prim.name}.log").read_text(
+        errors="replace"
+    ):
         raise Vacuous("the primary never waited for its replica (writes were not paused)")
     _check_after_server_fault(ctx, base, lease, bound=10.0)
     tw.check(prim.client())
@@ -671,14 +763,23 @@ def failover_alive(ctx: Ctx):
     pace(0.5 + ctx.rng.random())
     prim.client(timeout=30).execute_command("FAILOVER")
     ctx.fault("FAILOVER (old primary kept alive)")
-    wait_until(lambda: rep.client().info("replication").get("role") == "master"
-               and prim.client().info("replication").get("role") == "slave", 30, what="the roles to swap")
+    wait_until(
+        lambda: (
+            rep.client().info("replication").get("role") == "master"
+            and prim.client().info("replication").get("role") == "slave"
+        ),
+        30,
+        what="the roles to swap",
+    )
     px.switch(rep.port)
     _check_after_server_fault(ctx, base, lease, bound=10.0)
     tw.check(rep.client())
     if _server_alive(ctx, prim, "old primary"):
-        wait_until(lambda: prim.client().info("replication").get("master_link_status") == "up", 20,
-                   what="the old primary to replicate the new one")
+        wait_until(
+            lambda: prim.client().info("replication").get("master_link_status") == "up",
+            20,
+            what="the old primary to replicate the new one",
+        )
     _server_alive(ctx, rep, "new primary")
 
 
@@ -694,9 +795,15 @@ def failover(ctx: Ctx):
     lease = 10.0
     ctx.start_backend()
     prim = ctx.valkey
-    rep = ValkeyServer(ctx.dir / "replica", extra=["--replicaof", "127.0.0.1", str(prim.port)], name="replica").start()
+    rep = ValkeyServer(
+        ctx.dir / "replica", extra=["--replicaof", "127.0.0.1", str(prim.port)], name="replica"
+    ).start()
     ctx.replica = rep
-    wait_until(lambda: rep.client().info("replication").get("master_link_status") == "up", 20, what="replica link up")
+    wait_until(
+        lambda: rep.client().info("replication").get("master_link_status") == "up",
+        20,
+        what="replica link up",
+    )
     px = Proxy(prim.port)
     ctx.extra_closers.append(px.close)
     ctx.hb.retarget(px.port)
@@ -712,8 +819,11 @@ def failover(ctx: Ctx):
     pc.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
     ctx.fault(f"failover: primary paused (inflight {info.get('inflight')})")
     target = int(pc.info("replication")["master_repl_offset"])
-    wait_until(lambda: int(rc.info("replication").get("master_repl_offset", 0)) >= target, 10,
-               what="the replica to catch up")
+    wait_until(
+        lambda: int(rc.info("replication").get("master_repl_offset", 0)) >= target,
+        10,
+        what="the replica to catch up",
+    )
     rc.execute_command("REPLICAOF", "NO", "ONE")
     px.switch(rep.port)
     prim.kill(signal.SIGKILL)
@@ -743,33 +853,59 @@ def cluster_failover(ctx: Ctx, kill_old: bool = True):
     nodes = []
     for i in range(4):
         bus = free_port()
-        extra = ["--cluster-enabled", "yes", "--cluster-port", str(bus),
-                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+        extra = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            str(bus),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]
         n = ValkeyServer(ctx.dir / f"node{i}", extra=extra, name=f"node{i}").start()
         n.bus = bus
         nodes.append(n)
         ctx.extra_closers.append(n.stop)
     clients = [n.client() for n in nodes]
     for i, c in enumerate(clients[:3]):
-        c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460)
+        c.execute_command(
+            "CLUSTER", "ADDSLOTSRANGE", i * 5461, 16383 if i == 2 else i * 5461 + 5460
+        )
     for n in nodes[1:]:
         clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, n.bus)
     slot = key_slot(f"{PREFIX}{{{QUEUE}}}".encode())
     owner = min(slot // 5461, 2)
-    wait_until(lambda: all(b"cluster_known_nodes:4" in c.execute_command("CLUSTER", "INFO") for c in clients),
-               30, what="the cluster to know its 4 nodes")
+    wait_until(
+        lambda: all(
+            b"cluster_known_nodes:4" in c.execute_command("CLUSTER", "INFO") for c in clients
+        ),
+        30,
+        what="the cluster to know its 4 nodes",
+    )
     owner_id = clients[owner].execute_command("CLUSTER", "MYID").decode()
     # gossip may not have told node3 about the owner yet ("Unknown node"): retry until it has
-    wait_until(lambda: clients[3].execute_command("CLUSTER", "REPLICATE", owner_id), 30,
-               what="node3 to replicate the queue's shard")
-    wait_until(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients)
-               and clients[3].info("replication").get("master_link_status") == "up",
-               30, what="cluster ok, replica linked")
+    wait_until(
+        lambda: clients[3].execute_command("CLUSTER", "REPLICATE", owner_id),
+        30,
+        what="node3 to replicate the queue's shard",
+    )
+    wait_until(
+        lambda: (
+            all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients)
+            and clients[3].info("replication").get("master_link_status") == "up"
+        ),
+        30,
+        what="cluster ok, replica linked",
+    )
     prim, rep = nodes[owner], nodes[3]
     ctx.hb = ValkeyHB(nodes[(owner + 1) % 3].port, cluster=True)  # enters through another node
-    fleet = ctx.start_fleet(0, lease=lease, concurrency=8,
-                            env={"GAUNTLET_VALKEY_URL": nodes[(owner + 2) % 3].url,
-                                 "GAUNTLET_VALKEY_CLUSTER": "1"})
+    fleet = ctx.start_fleet(
+        0,
+        lease=lease,
+        concurrency=8,
+        env={"GAUNTLET_VALKEY_URL": nodes[(owner + 2) % 3].url, "GAUNTLET_VALKEY_CLUSTER": "1"},
+    )
     fleet.spawn()
     fleet.spawn()
     ctx.feeder(rate=150, ms=20)
@@ -780,15 +916,25 @@ def cluster_failover(ctx: Ctx, kill_old: bool = True):
     pace(0.5 + ctx.rng.random())
     ctx.fault(f"cluster failover of slot {slot}'s shard (inflight {info.get('inflight')})")
     clients[3].execute_command("CLUSTER", "FAILOVER")
-    wait_until(lambda: clients[3].info("replication").get("role") == "master", 20,
-               what="the replica to become primary")
+    wait_until(
+        lambda: clients[3].info("replication").get("role") == "master",
+        20,
+        what="the replica to become primary",
+    )
     if kill_old:
         prim.kill(signal.SIGKILL)
     else:
-        wait_until(lambda: not _server_alive(ctx, prim, "old primary")
-                   or clients[owner].info("replication").get("master_link_status") == "up", 30,
-                   what="the old primary to replicate the new one")
-    ctx.result.notes["failover"] = f"node{owner} -> node3, slot {slot}" + ("" if kill_old else ", old primary alive")
+        wait_until(
+            lambda: (
+                not _server_alive(ctx, prim, "old primary")
+                or clients[owner].info("replication").get("master_link_status") == "up"
+            ),
+            30,
+            what="the old primary to replicate the new one",
+        )
+    ctx.result.notes["failover"] = f"node{owner} -> node3, slot {slot}" + (
+        "" if kill_old else ", old primary alive"
+    )
     _check_after_server_fault(ctx, base, lease, bound=10.0)
     tw.check(clients[3])
     for n in ([] if kill_old else [prim]) + [rep]:

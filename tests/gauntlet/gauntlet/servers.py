@@ -15,8 +15,15 @@ from .util import free_port, wait_until
 class ValkeyServer:
     """valkey-server --loadmodule libvtasks.so on a free loopback port, in its own dir."""
 
-    def __init__(self, workdir: Path, port: int | None = None, aof: bool = False,
-                 appendfsync: str = "always", extra: list[str] | None = None, name: str = "valkey"):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        aof: bool = False,
+        appendfsync: str = "always",
+        extra: list[str] | None = None,
+        name: str = "valkey",
+    ):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -33,18 +40,39 @@ class ValkeyServer:
 
     def argv(self) -> list[str]:
         if not paths.MODULE_SO.exists():
-            raise RuntimeError(f"module not built: {paths.MODULE_SO} (cargo build --release -p vtasks-module)")
-        a = [paths.valkey_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--save", "", "--protected-mode", "no",
-             "--enable-debug-command", "yes", "--logfile", str(self.dir / f"{self.name}.log"),
-             "--loadmodule", str(paths.MODULE_SO)]
+            raise RuntimeError(
+                f"module not built: {paths.MODULE_SO} (cargo build --release -p vtasks-module)"
+            )
+        a = [
+            paths.valkey_server_bin(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--enable-debug-command",
+            "yes",
+            "--logfile",
+            str(self.dir / f"{self.name}.log"),
+            "--loadmodule",
+            str(paths.MODULE_SO),
+        ]
         if self.aof:
             a += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         return a + self.extra
 
     def start(self, timeout: float = 15.0) -> "ValkeyServer":
-        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=open(self.dir / f"{self.name}.stderr", "ab"),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / f"{self.name}.stderr", "ab"),
+            start_new_session=True,
+        )
         self.starts += 1
         wait_until(self.ping, timeout, what=f"{self.name} to answer PING on :{self.port}")
         return self
@@ -52,7 +80,9 @@ class ValkeyServer:
     def client(self, timeout: float = 5.0):
         import valkey
 
-        return valkey.Valkey(host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return valkey.Valkey(
+            host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
 
     def ping(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -131,14 +161,21 @@ class PgServer:
 
     def start(self) -> "PgServer":
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run([str(paths.PG_SERVER), "start", str(self.dir)], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(paths.PG_SERVER), "start", str(self.dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"pg-server start failed: {out.stderr[-2000:]}")
         self.dsn = out.stdout.strip().splitlines()[-1]
         return self
 
     def stop(self):
-        subprocess.run([str(paths.PG_SERVER), "stop", str(self.dir)], capture_output=True, timeout=60)
+        subprocess.run(
+            [str(paths.PG_SERVER), "stop", str(self.dir)], capture_output=True, timeout=60
+        )
 
     def connect(self, **kw):
         import psycopg
@@ -152,8 +189,26 @@ class PgServer:
     def restart(self, mode: str = "immediate") -> float:
         """Restart the cluster (``immediate`` = crash-like, recovery on start); seconds of downtime."""
         t0 = time.monotonic()
-        r = subprocess.run(_as_pg(["pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "-t", "60", "restart",
-                                   "-l", str(self.dir / "postgres.log")]), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            _as_pg(
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(self.dir / "data"),
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    "60",
+                    "restart",
+                    "-l",
+                    str(self.dir / "postgres.log"),
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"pg_ctl restart failed: {r.stdout} {r.stderr}")
         wait_until(self.ping, 30, what="postgres to accept connections after restart")
@@ -167,7 +222,9 @@ class PgServer:
             # a per-database setting beats the postmaster's command-line -c synchronous_commit=off
             dbname = c.execute("SELECT current_database()").fetchone()[0]
             c.execute(f'ALTER DATABASE "{dbname}" SET synchronous_commit = on')
-        wait_until(lambda: self._setting("synchronous_commit") == "on", 10, what="synchronous_commit on")
+        wait_until(
+            lambda: self._setting("synchronous_commit") == "on", 10, what="synchronous_commit on"
+        )
 
     def _setting(self, name: str) -> str:
         with self.connect() as c:

@@ -20,7 +20,10 @@ def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condit
         except Exception as e:  # noqa: BLE001 - a probe may fail while a server restarts
             last_exc = e
         if time.monotonic() >= deadline:
-            raise Timeout(f"timed out after {timeout:.1f}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+            raise Timeout(
+                f"timed out after {timeout:.1f}s waiting for {what}"
+                + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
         time.sleep(interval)
 
 

@@ -29,9 +29,15 @@ class Worker:
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("PYTEST_CURRENT_TEST", None)
         log = open(self.logdir / f"worker-{self.tag}.log", "ab")
-        self.proc = subprocess.Popen([paths.PYTHON, "-m", "django", "runworker", *self.args], env=env,
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, cwd=str(paths.GAUNTLET_DIR))
+        self.proc = subprocess.Popen(
+            [paths.PYTHON, "-m", "django", "runworker", *self.args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(paths.GAUNTLET_DIR),
+        )
         log.close()
         self.pids.append(self.proc.pid)
         return self
@@ -72,7 +78,11 @@ class Worker:
 
     def log_tail(self, n: int = 20) -> str:
         try:
-            return "\n".join((self.logdir / f"worker-{self.tag}.log").read_text(errors="replace").splitlines()[-n:])
+            return "\n".join(
+                (self.logdir / f"worker-{self.tag}.log")
+                .read_text(errors="replace")
+                .splitlines()[-n:]
+            )
         except OSError:
             return ""
 
@@ -89,7 +99,12 @@ class Fleet:
         # pid -> (time, "kill"|"stop"): when the process stopped making progress, for duplicate judgement
         self.faulted: dict[int, tuple[float, str]] = {}
 
-    def spawn(self, extra_env: dict[str, str] | None = None, args: list[str] | None = None, tag: str | None = None) -> Worker:
+    def spawn(
+        self,
+        extra_env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        tag: str | None = None,
+    ) -> Worker:
         self.n += 1
         env = dict(self.env)
         env.update(extra_env or {})

@@ -66,5 +66,7 @@ def big(gid, blob):
 def tick(context, name):
     """Fired by a schedule: one ledger entry per task id (a double fire = two ids, same slot)."""
     tr = context.task_result
-    path = _start(f"tick-{name}-{tr.id}", enqueued_at=tr.enqueued_at.timestamp() if tr.enqueued_at else None)
+    path = _start(
+        f"tick-{name}-{tr.id}", enqueued_at=tr.enqueued_at.timestamp() if tr.enqueued_at else None
+    )
     record_end(path)

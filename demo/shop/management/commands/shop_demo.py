@@ -45,15 +45,21 @@ class Command(BaseCommand):
         start = time.monotonic()
         # enqueue_many: one round trip per queue
         results = default_task_backend.enqueue_many(
-            [(place_order, [i, 10.0 + i], {}) for i in range(ORDERS)])
+            [(place_order, [i, 10.0 + i], {}) for i in range(ORDERS)]
+        )
         ids["plain"] = [r.id for r in results]
-        ids["emails"] = [r.id for r in default_task_backend.enqueue_many(
-            [(send_newsletter, [u], {}) for u in range(NEWSLETTERS)])]
+        ids["emails"] = [
+            r.id
+            for r in default_task_backend.enqueue_many(
+                [(send_newsletter, [u], {}) for u in range(NEWSLETTERS)]
+            )
+        ]
         # enqueued after the orders, but priority 90: they run first
         ids["priority"] = [send_receipt.enqueue(i).id for i in range(RECEIPTS)]
         run_after = timezone.now() + timedelta(seconds=DELAY_S)
-        ids["delayed"] = [place_order.using(run_after=run_after).enqueue(1000 + i, 1.0).id
-                          for i in range(DELAYED)]
+        ids["delayed"] = [
+            place_order.using(run_after=run_after).enqueue(1000 + i, 1.0).id for i in range(DELAYED)
+        ]
         ids["failing"] = [charge_card.enqueue(4242).id]
         elapsed = time.monotonic() - start
         ids["enqueued_at"] = time.time()
@@ -62,16 +68,21 @@ class Command(BaseCommand):
         self.stdout.write(
             f"enqueued {total} tasks in {elapsed * 1000:.0f} ms: {ORDERS} orders (enqueue_many), "
             f"{NEWSLETTERS} newsletters on queue 'emails', {RECEIPTS} priority-90 receipts, "
-            f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails")
+            f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails"
+        )
         broker = get_broker()
         for name in ("heartbeat", "nightly-report"):
             entry = settings.VTASKS_SCHEDULE[name]
-            self.stdout.write(f"schedule {name!r}: {entry['task']} "
-                              f"{'every %ss' % entry['schedule'] if isinstance(entry['schedule'], int) else 'cron ' + str(entry['schedule'])}"
-                              f" (registered by `runworker --scheduler`)")
+            self.stdout.write(
+                f"schedule {name!r}: {entry['task']} "
+                f"{'every %ss' % entry['schedule'] if isinstance(entry['schedule'], int) else 'cron ' + str(entry['schedule'])}"
+                f" (registered by `runworker --scheduler`)"
+            )
         self.stdout.write(f"queue 'default' now: {self._short_info(broker.info('default'))}")
-        head = [f"{(r.envelope or {}).get('func', '?').rsplit('.', 1)[-1]}(p={r.priority})"
-                for r in broker.peek("default", "ready", 0, 12)]
+        head = [
+            f"{(r.envelope or {}).get('func', '?').rsplit('.', 1)[-1]}(p={r.priority})"
+            for r in broker.peek("default", "ready", 0, 12)
+        ]
         self.stdout.write(f"head of 'default' in fetch order: {' '.join(head)} ...")
 
     # ------------------------------------------------------------------------------------------
@@ -96,16 +107,20 @@ class Command(BaseCommand):
             if not pending and beats >= 2:
                 break
             if time.monotonic() > deadline:
-                raise CommandError(f"timed out: {len(pending)} task(s) unfinished, "
-                                   f"{beats} heartbeat(s)")
+                raise CommandError(
+                    f"timed out: {len(pending)} task(s) unfinished, {beats} heartbeat(s)"
+                )
             time.sleep(0.05)
         bar.update(len(all_ids), final=True)
         elapsed = time.monotonic() - start
         ok = sum(1 for s in statuses.values() if s == TaskResultStatus.SUCCESSFUL)
         failed = len(statuses) - ok
-        self.stdout.write(self.style.SUCCESS(
-            f"all {len(all_ids)} tasks finished in {elapsed:.1f}s: {ok} succeeded, "
-            f"{failed} failed"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"all {len(all_ids)} tasks finished in {elapsed:.1f}s: {ok} succeeded, "
+                f"{failed} failed"
+            )
+        )
 
         log = events()
         work = [e for e in log if e[1] in ("order", "receipt")]
@@ -114,11 +129,13 @@ class Command(BaseCommand):
         delayed = [e for e in log if e[1] == "order" and int(e[2]) >= 1000]
         if delayed:
             lag = min(float(e[0]) for e in delayed) - enqueued_at
-            self.stdout.write(f"delayed orders ran {lag:.1f}s after they were enqueued "
-                              f"(run_after = +{DELAY_S}s)")
+            self.stdout.write(
+                f"delayed orders ran {lag:.1f}s after they were enqueued (run_after = +{DELAY_S}s)"
+            )
         result = backend.get_result(ids["priority"][0])
-        self.stdout.write(f"a result: send_receipt -> {result.return_value!r} "
-                          f"(worker {result.worker_ids[0]})")
+        self.stdout.write(
+            f"a result: send_receipt -> {result.return_value!r} (worker {result.worker_ids[0]})"
+        )
         beats = [e for e in log if e[1] == "heartbeat"]
         self.stdout.write(f"schedule 'heartbeat' fired {len(beats)} time(s) so far")
 
@@ -126,13 +143,18 @@ class Command(BaseCommand):
         for rec in broker.peek("default", "dead", 0, 10):
             env = rec.envelope or {}
             last = rec.error.strip().splitlines()[-1] if rec.error.strip() else ""
-            self.stdout.write(self.style.WARNING(
-                f"dead-letter queue: {env.get('func')}{tuple(env.get('args', []))} "
-                f"after {rec.attempt} attempt(s): {last}"))
+            self.stdout.write(
+                self.style.WARNING(
+                    f"dead-letter queue: {env.get('func')}{tuple(env.get('args', []))} "
+                    f"after {rec.attempt} attempt(s): {last}"
+                )
+            )
         failed_result = backend.get_result(ids["failing"][0])
         if failed_result.errors:
-            self.stdout.write(f"its TaskResult: {failed_result.status}, "
-                              f"{failed_result.errors[0].exception_class_path}")
+            self.stdout.write(
+                f"its TaskResult: {failed_result.status}, "
+                f"{failed_result.errors[0].exception_class_path}"
+            )
 
     # ------------------------------------------------------------------------------------------
     def info(self, timeout):
@@ -140,9 +162,11 @@ class Command(BaseCommand):
         for queue in broker.queues():
             self.stdout.write(f"{queue}: {json.dumps(broker.info(queue))}")
             for s in broker.schedule_list(queue):
-                self.stdout.write(f"  schedule {s.name}: {s.kind} {s.spec}, next run "
-                                  f"{time.strftime('%H:%M:%S', time.gmtime(s.next_run_ms / 1000))}"
-                                  f" UTC")
+                self.stdout.write(
+                    f"  schedule {s.name}: {s.kind} {s.spec}, next run "
+                    f"{time.strftime('%H:%M:%S', time.gmtime(s.next_run_ms / 1000))}"
+                    f" UTC"
+                )
 
     @staticmethod
     def _short_info(info):
