@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client-py"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-import django  # noqa: E402
+import django
 
-from tests.vtasks_servers import start_valkey, stop_process  # noqa: E402
+from tests.vtasks_servers import start_valkey, stop_process
 
 
 def main(n: int) -> None:

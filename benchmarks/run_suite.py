@@ -243,7 +243,7 @@ class Servers:
         if self.module_loaded:
             try:
                 self.client(RAW_DB).execute_command("VT.INFO", "vt:{probe}")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self.module_loaded, self.module_error = False, f"VT.INFO failed: {e}"
         if self.want_pg:
             self.pg_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +273,7 @@ class Servers:
             out["valkey"] = self.client(0).info("server").get("valkey_version") or self.client(
                 0
             ).info("server").get("redis_version")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if self.pg_dsn:
             import psycopg
@@ -595,7 +595,7 @@ class System:
             while not stop.is_set():
                 try:
                     conns[0] = max(conns[0], self.connections(set()))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 stop.wait(0.25)
 
@@ -987,7 +987,7 @@ def update_readmes(doc: dict, update_root: bool = False) -> list[Path]:
         ),
         *(
             [
-                f"Not measured: "
+                "Not measured: "
                 + "; ".join(f"{SYSTEMS[k]['label']} ({v})" for k, v in doc["skipped"].items()),
                 "",
             ]
@@ -1408,7 +1408,7 @@ def main(argv=None) -> int:
             if why is None:
                 try:
                     sysobj.prepare()
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     why = f"setup failed: {e}"
             if why:
                 doc["skipped"][s] = why
@@ -1444,7 +1444,7 @@ def main(argv=None) -> int:
                                 f"{s} {step}: timed out after {args.timeout:.0f}s "
                                 f"({res.get('done')}/{res.get('n')} done)"
                             )
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         doc["errors"].append(
                             {"rep": rep, "system": s, "step": step, "error": str(e)}
                         )
@@ -1454,7 +1454,7 @@ def main(argv=None) -> int:
                     bar.set_postfix_str(f"rep {rep + 1}/{args.reps} redis-benchmark")
                     try:
                         run["raw"] = redis_benchmark(servers, args)
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         doc["errors"].append({"rep": rep, "step": "raw", "error": str(e)})
                     bar.update(1)
                 run["metrics"] = {s: flatten(sc) for s, sc in run["scenarios"].items()}

@@ -3,9 +3,6 @@
 import threading
 import time
 
-import pytest
-import valkey
-
 from conftest import fetch, info, wait_until
 
 Q = "vt:{b}"
@@ -28,7 +25,7 @@ class Waiter(threading.Thread):
     def run(self):
         try:
             self.reply = fetch(self.c, *self.queues, **self.args)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.error = e
         self.done_at = time.monotonic()
 

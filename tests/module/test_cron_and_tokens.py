@@ -4,7 +4,7 @@ crontab reads them, and only the canonical lease-token form is accepted."""
 import pytest
 import valkey
 
-from conftest import fetch, info, rec
+from conftest import fetch, info
 
 Q = "vt:{c}"
 DAY = 86_400_000

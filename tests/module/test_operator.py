@@ -276,7 +276,7 @@ class Waiter(threading.Thread):
     def run(self):
         try:
             self.reply = fetch(self.c, Q, count=1, block=self.block)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.error = e
         self.done_at = time.monotonic()
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 import valkey
+from test_persistence import populate
 
 from conftest import fetch, info, rec, snapshot, wait_until
-from test_persistence import populate
 
 Q = "vt:{r}"
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import valkey
 
-from conftest import fetch, free_port, info, wait_until
+from conftest import fetch, free_port, wait_until
 
 COMMANDS = [
     "VT.ENQUEUE",

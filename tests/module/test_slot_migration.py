@@ -16,9 +16,9 @@ import time
 
 import pytest
 import valkey
+from test_operator import Load, assert_alive
 
 from conftest import fetch, free_port, info, snapshot, wait_until
-from test_operator import Load, assert_alive
 
 
 def make_cluster(server_factory, n=3, *args):
@@ -177,7 +177,7 @@ class Blocked(threading.Thread):
     def run(self):
         try:
             self.reply = fetch(self.c, self.q, count=1, block=0)  # forever
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self.error = e
 
 

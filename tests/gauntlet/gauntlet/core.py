@@ -389,7 +389,7 @@ class Ctx:
         # DLQ honesty
         try:
             dead = self.hb.peek(QUEUE, "dead")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             dead = []
             r.violations.append(f"could not read the DLQ: {e!r}")
         r.dlq = len(dead)
@@ -425,7 +425,7 @@ class Ctx:
                 for k in ("ready", "delayed", "inflight", "unique_keys"):
                     if info.get(k, 0):
                         r.violations.append(f"leaked state after drain: {k}={info[k]}")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 r.violations.append(f"could not read VT.INFO after drain: {e!r}")
 
     # ---- teardown -------------------------------------------------------------------------------
@@ -435,12 +435,12 @@ class Ctx:
         if self.fleet:
             try:
                 self.result.notes["worker_exit"] = self.fleet.stop_all(timeout=10)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         for c in self.extra_closers:
             try:
                 c()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         for s in (self.valkey, self.replica):
             if s:
@@ -448,7 +448,7 @@ class Ctx:
         if self.hb:
             try:
                 self.hb.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         if self.pg:
             self.pg.stop()

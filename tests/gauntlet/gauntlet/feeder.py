@@ -90,7 +90,7 @@ class Feeder(threading.Thread):
                         else:
                             ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts)
                         break
-                    except Exception as e:  # noqa: BLE001 - retried with the same ids
+                    except Exception as e:  # retried with the same ids
                         self.errors += 1
                         self.last_error = repr(e)[:300]
                         t_fail = t_fail or time.monotonic()
@@ -114,5 +114,5 @@ class Feeder(threading.Thread):
                     self._stop.wait(d)
                 else:
                     next_t = time.monotonic()
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             self.exc = e

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -18,7 +17,6 @@ import traceback
 from pathlib import Path
 
 from .core import Ctx, Result, Skip, Vacuous
-from .paths import GAUNTLET_DIR
 from .scenarios import SCENARIOS
 
 
@@ -44,7 +42,7 @@ def run_one(
     except Skip as e:
         r.verdict = "SKIP"
         r.notes["skip"] = str(e)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         r.verdict = "ERROR"
         r.violations.append(f"harness error: {e!r}")
         r.notes["traceback"] = traceback.format_exc()[-3000:]
@@ -56,7 +54,7 @@ def run_one(
         r.duration_s = round(time.time() - t0, 1)
         try:
             ctx.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             r.notes["close_error"] = repr(e)
     r.repro = f"scripts/gauntlet --seed {seed} --scenario {name} --backend {backend}" + (
         " --quick" if quick else ""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import signal
-import threading
 import time
 
 from .core import QUEUE, Ctx, Skip, Vacuous
@@ -76,7 +75,7 @@ def sigkill(ctx: Ctx):
             running = wait_until(
                 lambda: _running_on(ctx, w.pid), 3.0, interval=0.02, what="victim busy"
             )
-        except Exception:  # noqa: BLE001
+        except Exception:
             running = []
         mid += bool(running)
         fleet.sigkill(w)
@@ -116,7 +115,7 @@ def sigterm(ctx: Ctx):
             x
             for x in fleet.live()
             if any(e.pid == x.pid for v in ctx.ledger.read().values() for e in v)
-        ]  # noqa: E731
+        ]
         w = ctx.rng.choice(wait_until(ready, 30, what="a booted worker"))
         running = _running_on(ctx, w.pid)
         drained += len(running)

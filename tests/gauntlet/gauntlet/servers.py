@@ -66,7 +66,7 @@ class ValkeyServer:
             a += ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         return a + self.extra
 
-    def start(self, timeout: float = 15.0) -> "ValkeyServer":
+    def start(self, timeout: float = 15.0) -> ValkeyServer:
         self.proc = subprocess.Popen(
             self.argv(),
             stdout=subprocess.DEVNULL,
@@ -159,7 +159,7 @@ class PgServer:
         self.dir = Path(workdir)
         self.dsn: str | None = None
 
-    def start(self) -> "PgServer":
+    def start(self) -> PgServer:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         out = subprocess.run(
             [str(paths.PG_SERVER), "start", str(self.dir)],

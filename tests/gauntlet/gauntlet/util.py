@@ -17,7 +17,7 @@ def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condit
             v = pred()
             if v:
                 return v
-        except Exception as e:  # noqa: BLE001 - a probe may fail while a server restarts
+        except Exception as e:  # a probe may fail while a server restarts
             last_exc = e
         if time.monotonic() >= deadline:
             raise Timeout(

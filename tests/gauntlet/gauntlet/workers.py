@@ -20,7 +20,7 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self.pids: list[int] = []
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         env = dict(os.environ)
         env.update(self.env)
         env["GAUNTLET_WORKER_TAG"] = self.tag

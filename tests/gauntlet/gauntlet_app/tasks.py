@@ -6,7 +6,6 @@ import sys
 import time
 
 from django.tasks import task
-
 from gauntlet.ledger import record_end, record_start
 
 LEDGER = os.environ.get("GAUNTLET_LEDGER", "/tmp/gauntlet-ledger")
