@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# the admin and subprocess fixtures (admin_stack, superuser_client, procs), for every test module
+pytest_plugins = ["tests.tools_helpers"]
+
 CLIENT_DIR = Path(__file__).resolve().parents[1]
 BACKENDS = ["valkey", "valkey_cluster", "postgres"]
 
@@ -107,7 +110,7 @@ class WorkerProc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker did not exit in {timeout}s:\n{self.output()}")
+            raise AssertionError(f"worker did not exit in {timeout}s:\n{self.output()}") from None
 
     def stop(self, timeout=20):
         self.signal(signal.SIGTERM)

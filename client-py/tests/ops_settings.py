@@ -1,7 +1,7 @@
 """Settings of the real-browser admin test's runserver: the test settings plus the admin stack,
 static files and tests.ops_urls (admin + metrics)."""
 
-from tests.settings import *
+from tests.settings import *  # noqa: F403 - these settings extend the test settings
 from tests.settings import INSTALLED_APPS as _BASE_APPS
 from tests.tools_helpers import ADMIN_APPS
 

@@ -9,7 +9,6 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.testapp.tasks import add
-from tests.tools_helpers import admin_stack, superuser_client  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

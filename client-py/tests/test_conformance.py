@@ -38,7 +38,7 @@ def finished(backend, rid):
     return check
 
 
-# ---- enqueue: the Django contract -----------------------------------------------------------------
+# ---- enqueue: the Django contract ----------------------------------------------------------------
 
 
 def test_enqueue_returns_ready_result(backend, broker, alias, queue):
@@ -143,7 +143,7 @@ def test_enqueued_signal_from_async_code_and_async_receivers(alias, queue):
     assert seen_sync == ids and seen_async == ids
 
 
-# ---- running: results, statuses, signals ----------------------------------------------------------
+# ---- running: results, statuses, signals ---------------------------------------------------------
 
 
 def test_run_sync_and_async_tasks_and_results(backend, broker, alias, queue, workers):
@@ -183,7 +183,7 @@ def test_failures_are_dead_lettered_with_tracebacks(backend, broker, alias, queu
     assert "boom" in f.errors[0].traceback and "Traceback" in f.errors[0].traceback
     assert f.errors[0].exception_class is ValueError
     with pytest.raises(ValueError, match="Task failed"):
-        f.return_value
+        f.return_value  # noqa: B018 - the property raises
     assert x.status == TaskResultStatus.FAILED
     assert x.errors[0].exception_class_path == "builtins.SystemExit"
     assert n.status == TaskResultStatus.FAILED
@@ -240,7 +240,7 @@ def test_retry_setting_per_queue(backend, alias, queue, workers):
     assert d.status == TaskResultStatus.FAILED and len(d.errors) == 2 and d.attempts == 2
 
 
-# ---- ordering, deferral, transactions, bulk ---------------------------------------------------------
+# ---- ordering, deferral, transactions, bulk ------------------------------------------------------
 
 
 def test_priority_order(alias, queue, workers, out):
@@ -307,7 +307,7 @@ def test_unique_lock_taken_after_commit(broker, alias, queue):
     with pytest.raises(ZeroDivisionError):
         with transaction.atomic():
             task.enqueue(1, 2)
-            1 / 0
+            raise ZeroDivisionError
     # the rolled-back enqueue left no unique key behind
     task.enqueue(1, 2)
     task.enqueue(1, 2)  # suppressed: key held
@@ -349,7 +349,7 @@ def test_payload_over_compression_threshold(backend, broker, alias, queue, worke
     assert wait_for(finished(backend, r.id)).return_value == 5000
 
 
-# ---- bad payloads ---------------------------------------------------------------------------------
+# ---- bad payloads --------------------------------------------------------------------------------
 
 
 def test_unknown_task_path_and_garbage_payload(backend, broker, alias, queue, workers):
@@ -388,7 +388,7 @@ def test_unknown_task_path_and_garbage_payload(backend, broker, alias, queue, wo
     assert w.proc.poll() is None
 
 
-# ---- crashes and shutdown ---------------------------------------------------------------------------
+# ---- crashes and shutdown ------------------------------------------------------------------------
 
 
 def test_sigkill_tasks_come_back_after_lease(backend, broker, alias, queue, workers, out):
@@ -508,7 +508,7 @@ def test_health_check_file(alias, queue, workers, tmp_path):
     wait_for(lambda: path.stat().st_mtime > first, timeout=5, message="health file touched again")
 
 
-# ---- batch queues -----------------------------------------------------------------------------------
+# ---- batch queues --------------------------------------------------------------------------------
 
 
 def test_batch_queue(backend, broker, alias, queue, workers, out, tmp_path):
@@ -554,7 +554,7 @@ def test_batch_retry_keeps_the_first_attempts_errors(backend, broker, alias, que
         assert result.worker_ids == [w.worker_id, w.worker_id]
 
 
-# ---- schedules ----------------------------------------------------------------------------------------
+# ---- schedules -----------------------------------------------------------------------------------
 
 
 def test_schedule_fires_once_per_tick_with_two_schedulers(broker, alias, queue, workers, out):
@@ -605,7 +605,7 @@ def test_cron_schedule_registered(broker, alias, queue, workers, out):
     w.stop()
 
 
-# ---- checks -------------------------------------------------------------------------------------------
+# ---- checks --------------------------------------------------------------------------------------
 
 
 def test_check_ok(backend):

@@ -18,13 +18,7 @@ from django_vtasks import activity
 from tests.conftest import schedule_env, wait_for
 from tests.testapp.ops_tasks import fails_unless, gated
 from tests.testapp.tasks import add
-from tests.tools_helpers import (  # noqa: F401 - admin_stack, procs: fixtures
-    PYTHON,
-    admin_stack,
-    free_port,
-    procs,
-    subprocess_env,
-)
+from tests.tools_helpers import PYTHON, free_port, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,13 +19,7 @@ from django.core.management.base import CommandError
 
 from tests.conftest import WorkerProc, wait_for
 from tests.testapp.tasks import add
-from tests.tools_helpers import (  # noqa: F401 - fixtures
-    PYTHON,
-    admin_stack,
-    procs,
-    subprocess_env,
-    superuser_client,
-)
+from tests.tools_helpers import PYTHON, subprocess_env
 from tests.vtasks_servers import free_port, start_valkey, stop_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,7 +31,8 @@ CARD = "4111111111111111"
 
 @pytest.fixture
 def valkey_server(tmp_path):
-    """Start a private valkey-server: valkey_server(extra=[...], with_module=True) -> (url, port)."""
+    """Start a private valkey-server:
+    valkey_server(extra=[...], with_module=True) -> (url, port)."""
     started = []
 
     def start(extra=(), with_module=True, password=None):
@@ -775,7 +770,7 @@ def test_admin_attempt_column_and_bounded_previews(superuser_client):
     assert r.status_code == 200 and "cut: only the first" in html and len(html) < 1_000_000
 
 
-# ---- diagnostics (Postgres) -----------------------------------------------------------------------
+# ---- diagnostics (Postgres) ----------------------------------------------------------------------
 def test_worker_against_a_dead_postgres_logs_one_line(add_backend, caplog):
     """A worker whose Postgres is not there: one ERROR line (no traceback), backoff, a clean
     stop; not one line per retry."""
@@ -805,7 +800,7 @@ def test_worker_against_a_dead_postgres_logs_one_line(add_backend, caplog):
     assert all(SECRET not in r.getMessage() for r in caplog.records)
 
 
-# ---- durable enqueue ------------------------------------------------------------------------------
+# ---- durable enqueue -----------------------------------------------------------------------------
 def test_durable_enqueue_waits_for_a_replica_and_the_aof(valkey_server, add_backend):
     """OPTIONS["DURABLE"]: enqueue returns once the replica (WAIT) and the primary's AOF fsync
     (WAITAOF) confirmed it; asking for more replicas than there are raises NotDurable naming the

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.tools_helpers import PYTHON, free_port, procs, subprocess_env  # noqa: F401 - fixtures
+from tests.tools_helpers import PYTHON, free_port, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_vtasks_valkey_refuses_a_public_bind_without_password(tmp_path):
     assert not (tmp_path / "valkey.log").exists()  # no server was started
 
 
-def test_vtasks_valkey_with_password_on_a_public_bind(procs, tmp_path):  # noqa: F811
+def test_vtasks_valkey_with_password_on_a_public_bind(procs, tmp_path):
     import valkey
 
     module = _module_or_skip()

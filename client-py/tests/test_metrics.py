@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import schedule_env, wait_for
 from tests.testapp.ops_tasks import gated
 from tests.testapp.tasks import add, fail
-from tests.tools_helpers import admin_stack, free_port  # noqa: F401 - admin_stack: fixture
+from tests.tools_helpers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,7 +157,7 @@ def test_metrics_endpoint_during_a_real_run(
 
 
 @pytest.mark.parametrize("alias", ["valkey"], indirect=True)
-def test_metrics_view(alias, broker, queue, admin_stack, client):  # noqa: F811
+def test_metrics_view(alias, broker, queue, admin_stack, client):
     admin_stack.ROOT_URLCONF = "tests.ops_urls"
     for _ in range(3):
         add.using(backend=alias, queue_name=queue).enqueue(1, 1)

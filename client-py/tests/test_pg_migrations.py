@@ -4,6 +4,7 @@ its queued tasks kept."""
 
 import os
 import uuid
+from itertools import pairwise
 
 import psycopg
 import pytest
@@ -23,11 +24,11 @@ def test_one_django_migration_per_native_migration_in_order():
     ours = sorted((name, m) for (app, name), m in loader.disk_migrations.items() if app == APP)
     native = _native.migrations()
     assert [name for name, _ in ours] == [f"{v:04d}_{n}" for v, n, _ in native]
-    for (name, m), (v, _, _) in zip(ours, native):
+    for (name, m), (v, _, _) in zip(ours, native, strict=True):
         codes = [op.code for op in m.operations]
         assert len(codes) == 1 and isinstance(codes[0], ApplyNative) and codes[0].version == v, name
     # a straight line: each depends on the one before
-    for (name, m), (prev, _) in zip(ours[1:], ours):
+    for (prev, _), (name, m) in pairwise(ours):
         assert m.dependencies == [(APP, prev)], name
 
 

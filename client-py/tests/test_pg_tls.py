@@ -121,7 +121,8 @@ def test_worker_runs_a_task_over_tls_with_settings_from_database_options(tls_dir
                 sslkey=str(t / "client.key"),
             ) as c:
                 rows = c.execute(
-                    "SELECT s.ssl, a.usename FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+                    "SELECT s.ssl, a.usename FROM pg_stat_activity a "
+                    "JOIN pg_stat_ssl s USING (pid) "
                     "WHERE a.application_name = 'vtasks-tls-test' AND a.pid <> pg_backend_pid()"
                 ).fetchall()
             assert rows and all(ssl and user == "vtcert" for ssl, user in rows), rows

@@ -137,7 +137,7 @@ def test_children_stop_when_the_supervisor_is_killed(alias, queue, workers):
         )
     pids = [child_pid(sup.output(), wid) for wid in ids]
     sup.kill()  # SIGKILL: no chance to stop the children
-    for pid, wid in zip(pids, ids):
+    for pid, wid in zip(pids, ids, strict=True):
         wait_for(
             lambda pid=pid: exited(pid),
             timeout=60,

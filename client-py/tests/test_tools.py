@@ -14,14 +14,7 @@ from django.core.management.base import CommandError
 
 from tests.conftest import read_lines, wait_for
 from tests.testapp.tasks import add, record, sleep_record
-from tests.tools_helpers import (  # noqa: F401 - fixtures
-    PYTHON,
-    admin_stack,
-    free_port,
-    procs,
-    subprocess_env,
-    superuser_client,
-)
+from tests.tools_helpers import PYTHON, free_port, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -41,7 +41,7 @@ def finished(backend, rid):
     return check
 
 
-# ---- what enqueue() returns is what everyone reads --------------------------------------------------
+# ---- what enqueue() returns is what everyone reads -----------------------------------------------
 
 
 def test_enqueue_result_reads_the_same_everywhere(backend, broker, alias, queue):
@@ -98,7 +98,7 @@ def test_get_result_inside_the_enqueuing_atomic_block(backend, broker, alias, qu
     assert [rec.id for rec in broker.peek(queue, "ready")] == [r.id]
 
 
-# ---- a task whose worker died reads what the broker knows -------------------------------------------
+# ---- a task whose worker died reads what the broker knows ----------------------------------------
 
 
 def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, workers, out):
@@ -147,7 +147,7 @@ def test_result_of_a_task_whose_workers_died(backend, broker, alias, queue, work
     assert r.status == TaskResultStatus.FAILED and r.errors == failed.errors
 
 
-# ---- tasks that used to take workers down or get stuck ------------------------------------------------
+# ---- tasks that used to take workers down or get stuck -------------------------------------------
 
 
 def test_tasks_that_cannot_be_stored_or_that_interrupt_end_failed(
@@ -278,7 +278,7 @@ def test_one_result_the_broker_refuses_does_not_hold_the_others(
         client.config_set("proto-max-bulk-len", old)
 
 
-# ---- rolling deploys, schedules -------------------------------------------------------------------
+# ---- rolling deploys, schedules ------------------------------------------------------------------
 
 
 def test_unknown_task_path_waits_for_the_new_code(backend, broker, alias, queue, workers, tmp_path):

@@ -1,4 +1,5 @@
-"""ASGI app of the embedded-worker test: Django + vtasks worker (alias/queue from the environment)."""
+"""ASGI app of the embedded-worker test: Django + vtasks worker (alias/queue from the
+environment)."""
 
 import os
 

@@ -1,4 +1,5 @@
-"""Fixtures and helpers of test_tools.py (kept apart from the core's conftest.py)."""
+"""Fixtures and helpers of the admin and tool tests (kept apart from the core's conftest.py, which
+loads this module as a pytest plugin: its fixtures need no import)."""
 
 import os
 import signal
@@ -102,7 +103,7 @@ class Proc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"process did not exit in {timeout}s:\n{self.output()}")
+            raise AssertionError(f"process did not exit in {timeout}s:\n{self.output()}") from None
 
     def kill(self):
         if self.proc.poll() is None:

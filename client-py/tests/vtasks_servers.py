@@ -108,7 +108,7 @@ def start_valkey_cluster(tmpdir: str, nodes: int = 3) -> tuple[list[subprocess.P
         for i, c in enumerate(clients):
             last = 16383 if i == nodes - 1 else (i + 1) * per - 1
             c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
-        for p, bus in zip(ports[1:], bus_ports[1:]):
+        for p, bus in zip(ports[1:], bus_ports[1:], strict=True):
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p, bus)
         deadline = time.monotonic() + 30
         while True:

@@ -10,8 +10,8 @@ Postgres, with no extra table or key type):
   failed, started, seen}}``; entries not refreshed for ``FORGET_AFTER`` seconds are dropped.
 - ``vtasks:activity:samples`` — ``[{"t": unix seconds, "c": [acked_total, dead_total,
   retried_total]}]``, the broker's cumulative counters (VT.INFO) summed over its queues (a few
-  KiB, whatever the number of queues), sampled at most every
-  2 x ``VTASKS_ACTIVITY_INTERVAL`` seconds by whichever worker comes first, ``KEEP_SAMPLES_FOR`` seconds kept. The
+  KiB, whatever the number of queues), sampled at most every 2 x ``VTASKS_ACTIVITY_INTERVAL``
+  seconds by whichever worker comes first, ``KEEP_SAMPLES_FOR`` seconds kept. The
   dashboard charts their differences: tasks succeeded / failed / retried per interval, over every
   worker.
 
@@ -132,7 +132,7 @@ def rates(found: list[dict]) -> list[dict]:
     "retried"} (a counter that went down, e.g. a queue was deleted, counts as 0)."""
     out = []
     for prev, cur in pairwise(found):
-        totals = [max(0, c - p) for c, p in zip(cur["c"], prev["c"])]
+        totals = [max(0, c - p) for c, p in zip(cur["c"], prev["c"], strict=False)]
         out.append(
             {
                 "t": cur["t"],

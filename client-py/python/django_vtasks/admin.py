@@ -35,7 +35,7 @@ from django.urls import path, reverse
 
 from .broker import LIMITS, BrokerError, TaskRecord, vtasks_backends
 from .envelope import preview
-from .models import FailedTask, QueuedTask, RunningTask
+from .models import BrokerTask, FailedTask, QueuedTask, RunningTask
 from .result_store import document as result_document
 from .results import ms_to_dt
 
@@ -145,22 +145,20 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         return False
 
     def get_urls(self):
-        info = self.opts.app_label, self.opts.model_name
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
-            path(
-                "", self.admin_site.admin_view(self.changelist_view), name="%s_%s_changelist" % info
-            ),
+            path("", self.admin_site.admin_view(self.changelist_view), name=f"{prefix}_changelist"),
             path(
                 "<str:backend>/<str:queue>/<str:task_id>/",
                 self.admin_site.admin_view(self.detail_view),
-                name="%s_%s_detail" % info,
+                name=f"{prefix}_detail",
             ),
         ]
 
     # ---- helpers ------------------------------------------------------------------------------
     def _url(self, **params) -> str:
         base = reverse(
-            "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name),
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist",
             current_app=self.admin_site.name,
         )
         params = {k: v for k, v in params.items() if v not in (None, "")}
@@ -268,7 +266,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             logger.exception("reading the broker of %r failed", alias)
             error = f"{type(e).__name__}: {e}"
         pages = max(1, -(-total // PER_PAGE))
-        detail_name = "admin:%s_%s_detail" % (self.opts.app_label, self.opts.model_name)
+        detail_name = f"admin:{self.opts.app_label}_{self.opts.model_name}_detail"
         for row in rows:
             row.url = reverse(
                 detail_name,
@@ -465,7 +463,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
 
 
 #: the model (page, permissions) a task in each broker state belongs to
-_OWNER_MODELS = {
+_OWNER_MODELS: dict[str, type[BrokerTask]] = {
     "ready": QueuedTask,
     "delayed": QueuedTask,
     "inflight": RunningTask,

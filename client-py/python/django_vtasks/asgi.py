@@ -19,9 +19,9 @@ lifespan, hypercorn, daphne ≥ 4). Some servers deliver the lifespan shutdown o
 HTTP connection closed; to stop taking new tasks at once, SIGTERM/SIGINT are chained (the
 server's own handler still runs) so the worker stops fetching as soon as the signal arrives.
 
-Settings: the worker's usual ones (``VTASKS_QUEUES``, default the backend's ``TASKS[...]["QUEUES"]``,
-``VTASKS_CONCURRENCY``, ``VTASKS_BACKEND``,
-``VTASKS_BATCH_QUEUES``...), ``VTASKS_RUN_SCHEDULER`` (register ``VTASKS_SCHEDULE``; the broker fires
+Settings: the worker's usual ones (``VTASKS_QUEUES``, default the backend's
+``TASKS[...]["QUEUES"]``, ``VTASKS_CONCURRENCY``, ``VTASKS_BACKEND``, ``VTASKS_BATCH_QUEUES``...),
+``VTASKS_RUN_SCHEDULER`` (register ``VTASKS_SCHEDULE``; the broker fires
 each tick exactly once whatever the number of processes) and ``VTASKS_SHUTDOWN_TIMEOUT`` (seconds
 to wait for the drain before cancelling what is still running; default: wait).
 

@@ -226,7 +226,7 @@ class Broker(ABC):
         phrase: "fetch", "read a task" ...): what is wrong and what to do, without secrets."""
         return BrokerError(f"cannot {doing}: {e}")
 
-    def check_queues(self, queues: list[str]) -> None:
+    def check_queues(self, queues: list[str]) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Raise BrokerError if one worker cannot fetch from all ``queues`` at once (a Valkey
         cluster needs them in one hash slot). Called when a worker starts."""
 
@@ -419,12 +419,12 @@ class Broker(ABC):
     async def atick(self) -> int:
         return 0
 
-    def maintain(self) -> None:
+    def maintain(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Client-driven timer duties besides schedules: return expired leases to ready on every
         queue, purge expired unique keys and results (brokers without
         ``supports_server_timers``); a no-op where the server does it."""
 
-    async def amaintain(self) -> None:
+    async def amaintain(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """See maintain()."""
 
     async def aset_dlq_cap(self, cap: int) -> None:
@@ -459,10 +459,10 @@ class Broker(ABC):
     async def aping(self) -> None:
         self.ping()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections (sync side)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections of the async side bound to the running loop."""
 
 

@@ -1,4 +1,5 @@
-"""Settings of django-vtasks, read lazily from Django settings (names and shapes of the original)."""
+"""Settings of django-vtasks, read lazily from Django settings (names and shapes of the
+original)."""
 
 from django.conf import settings as django_settings
 
@@ -11,7 +12,8 @@ DEFAULTS = {
     # {"queue": {"count": 100, "timeout": 2.0}}: the worker collects up to `count` tasks (waiting at
     # most `timeout` seconds) and calls each task function once with the list of task dicts
     "VTASKS_BATCH_QUEUES": {},
-    # {"name": {"task": "app.tasks.fn", "schedule": crontab(...) | seconds, "args": [], "kwargs": {}}}
+    # {"name": {"task": "app.tasks.fn", "schedule": crontab(...) | seconds,
+    #           "args": [], "kwargs": {}}}
     "VTASKS_SCHEDULE": {},
     "VTASKS_RUN_SCHEDULER": True,
     "VTASKS_COMPRESS_THRESHOLD": 1024,
@@ -95,8 +97,8 @@ def queue_checks(backend) -> list:
         checks.Warning(
             f"Task backend {backend.alias!r}: its QUEUES {missing} are not in VTASKS_QUEUES, so a "
             "worker started without --queue does not serve them: their tasks would never run.",
-            hint="Add them to VTASKS_QUEUES (or remove the setting: workers then serve the backend's "
-            "QUEUES), or start a worker with --queue for them.",
+            hint="Add them to VTASKS_QUEUES (or remove the setting: workers then serve the "
+            "backend's QUEUES), or start a worker with --queue for them.",
             obj=backend,
             id="django_vtasks.W005",
         )

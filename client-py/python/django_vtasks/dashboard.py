@@ -60,7 +60,7 @@ def bar_chart(points: list[dict], key: str, color: str, now: float, label: str) 
         return pad + (max(t, start) - start) / (CHART_MINUTES * 60) * (width - pad)
 
     bars = []
-    for p, v in zip(shown, per_min):
+    for p, v in zip(shown, per_min, strict=True):
         x0, x1 = x(p["t"] - p["seconds"]), x(p["t"])
         h = v / top * (height - 20)
         stamp = datetime.fromtimestamp(p["t"], UTC).strftime("%H:%M:%S")
@@ -177,12 +177,8 @@ class DashboardAdmin(admin.ModelAdmin):
         return False
 
     def get_urls(self):
-        info = self.opts.app_label, self.opts.model_name
-        return [
-            path(
-                "", self.admin_site.admin_view(self.changelist_view), name="%s_%s_changelist" % info
-            )
-        ]
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
 
     def _list_url(self, model, alias: str, queue: str) -> str:
         return (

@@ -60,7 +60,9 @@ def parse_processes(value: str | int | None) -> int:
         try:
             n = int(value)
         except ValueError:
-            raise ValueError(f"--processes must be a positive integer or 'auto', not {value!r}")
+            raise ValueError(
+                f"--processes must be a positive integer or 'auto', not {value!r}"
+            ) from None
     if n < 1:
         raise ValueError(f"--processes must be at least 1, not {n}")
     return n

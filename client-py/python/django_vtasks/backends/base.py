@@ -330,7 +330,7 @@ class VTasksBackend(BaseTaskBackend):
     def _suppressed(results, ids, requests):
         return [
             (result, request)
-            for result, rid, request in zip(results, ids, requests)
+            for result, rid, request in zip(results, ids, requests, strict=True)
             if rid is None and request.unique is not None
         ]
 

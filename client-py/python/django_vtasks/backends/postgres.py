@@ -235,7 +235,8 @@ class PostgresTaskBackend(VTasksBackend):
                     + (
                         problem
                         or (
-                            f"the queue schema lacks {len(missing)} migration(s) ({', '.join(missing)})"
+                            f"the queue schema lacks {len(missing)} migration(s) "
+                            f"({', '.join(missing)})"
                         )
                     ),
                     hint="Run `manage.py migrate`: workers of this release use what they add.",

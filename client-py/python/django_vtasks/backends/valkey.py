@@ -96,7 +96,8 @@ class ValkeyTaskBackend(VTasksBackend):
         self.connection_pool = pool
         #: OPTIONS["CLUSTER"]: BROKER_URL names one node of a Valkey Cluster (valkey_cluster.py)
         self.cluster = bool(self.options.get("CLUSTER", False))
-        #: OPTIONS["PREFIX"] overrides VTASKS_VALKEY_PREFIX for this backend (normalised to end in ':')
+        #: OPTIONS["PREFIX"] overrides VTASKS_VALKEY_PREFIX for this backend (normalised to end
+        #: in ':')
         self.prefix = valkey_prefix(self.options.get("PREFIX"))
         #: async connections per event loop (the worker's parked fetch holds one)
         self.max_connections = int(self.options.get("MAX_CONNECTIONS", 50))
@@ -166,8 +167,8 @@ class ValkeyTaskBackend(VTasksBackend):
         if self.cluster and self.durable:
             errors.append(
                 checks.Error(
-                    f"Task backend {self.alias!r}: OPTIONS['DURABLE'] is not supported with CLUSTER "
-                    "(WAIT must follow the enqueue on the shard's own connection).",
+                    f"Task backend {self.alias!r}: OPTIONS['DURABLE'] is not supported with "
+                    "CLUSTER (WAIT must follow the enqueue on the shard's own connection).",
                     hint="Remove OPTIONS['DURABLE'], or use a primary with replicas (no cluster).",
                     obj=self,
                     id="django_vtasks.E007",
@@ -199,8 +200,8 @@ class ValkeyTaskBackend(VTasksBackend):
         if self.broker_url and redact_url(self.broker_url) != self.broker_url:
             errors.append(
                 checks.Warning(
-                    f"Task backend {self.alias!r}: OPTIONS['BROKER_URL'] contains a password, which "
-                    "Django's DEBUG error page and any settings dump show in clear.",
+                    f"Task backend {self.alias!r}: OPTIONS['BROKER_URL'] contains a password, "
+                    "which Django's DEBUG error page and any settings dump show in clear.",
                     hint="Move it to OPTIONS['PASSWORD'] (and OPTIONS['USERNAME']): Django hides "
                     "settings named like *PASS*; read it from the environment.",
                     obj=self,
@@ -227,8 +228,8 @@ class ValkeyTaskBackend(VTasksBackend):
             errors.append(
                 checks.Error(
                     f"Task backend {self.alias!r}: {e}",
-                    hint="Fix the credentials, or grant the Valkey user the VT.* commands and the keys "
-                    "of the prefix (ACL SETUSER).",
+                    hint="Fix the credentials, or grant the Valkey user the VT.* commands and the "
+                    "keys of the prefix (ACL SETUSER).",
                     obj=self,
                     id="django_vtasks.E006",
                 )

@@ -6,7 +6,8 @@ differs from a single server:
 
 - one VT.FETCHBATCH reads queues of one hash slot only: a worker consuming several queues needs
   a prefix with a hash tag (``VTASKS_VALKEY_PREFIX = "vt:{myapp}:"`` puts every queue key,
-  ``vt:{myapp}:{queue}``, in the slot of ``myapp``); ``check_queues`` says so before a worker starts;
+  ``vt:{myapp}:{queue}``, in the slot of ``myapp``); ``check_queues`` says so before a worker
+  starts;
 - commands without a key go to every primary (VT.QUEUES) or every node (CONFIG SET vtasks.*);
 - the packed single-connection fast paths of ValkeyBroker need one connection pool: here
   (``packs_commands = False``) the same commands go through cluster pipelines, which split them
