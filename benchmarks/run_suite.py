@@ -237,7 +237,7 @@ class Servers:
                 if time.time() > deadline:
                     raise SystemExit(
                         "valkey-server did not start: see " + str(self.work / "valkey.log")
-                    )
+                    ) from None
                 time.sleep(0.1)
         self.module_loaded = bool(mod) and mod.exists() and self.module_error is None
         if self.module_loaded:
@@ -1118,23 +1118,24 @@ def render_markdown(doc: dict) -> str:
     lines += ["", "## Setup", ""]
     cfg = doc["config"]
     lines += [
-        f"- enqueue, single: {cfg['enqueue_n']:,} enqueues from {cfg['views']} concurrent coroutines, "
-        "each awaiting one enqueue at a time (`aenqueue`; Celery: `delay` through "
+        f"- enqueue, single: {cfg['enqueue_n']:,} enqueues from {cfg['views']} concurrent "
+        "coroutines, each awaiting one enqueue at a time (`aenqueue`; Celery: `delay` through "
         "`sync_to_async(thread_sensitive=False)`).",
         f"- enqueue, bulk: {cfg['bulk_n']:,} tasks in batches of 1,000 (`aenqueue_many`; Celery: "
         "`apply_async` reusing one producer; django-tasks-db has no bulk API: `enqueue` in one "
         "transaction per batch).",
         f"- process: {cfg['n']:,} tasks enqueued, then one worker process at concurrency c "
-        f"(django-tasks-db: min(c, {cfg['dtdb_procs']}) `db_worker` processes, it runs one task at a "
-        "time per process); rate = tasks / (last finish − first start).",
-        f"- latency: {cfg['latency_n']} tasks enqueued one by one at {cfg['rate']:.0f}/s into an idle "
-        "worker (c=50); enqueue→start measured inside the task.",
-        "- tasks: `async def` for the asyncio workers (vtasks, django-vtasks 3.2.0), `def` for Celery "
-        "and django-tasks-db; each appends one line to a file (the side channel).",
+        f"(django-tasks-db: min(c, {cfg['dtdb_procs']}) `db_worker` processes, it runs one task "
+        "at a time per process); rate = tasks / (last finish − first start).",
+        f"- latency: {cfg['latency_n']} tasks enqueued one by one at {cfg['rate']:.0f}/s into an "
+        "idle worker (c=50); enqueue→start measured inside the task.",
+        "- tasks: `async def` for the asyncio workers (vtasks, django-vtasks 3.2.0), `def` for "
+        "Celery and django-tasks-db; each appends one line to a file (the side channel).",
         (
             "- all systems run the same task counts."
             if cfg.get("no_scale")
-            else "- the slow peers run a fraction of the counts above (their rates are steady over a run): "
+            else "- the slow peers run a fraction of the counts above (their rates are steady "
+            "over a run): "
             + ", ".join(
                 f"{SYSTEMS[k]['label']} {int(v['scale'] * 100)}%"
                 for k, v in SYSTEMS.items()

@@ -84,7 +84,7 @@ def main():
 
             def state():
                 job = iter(cs[0].execute_command("CLUSTER", "GETSLOTMIGRATIONS")[0])
-                return dict(zip(job, job))[b"state"].decode()
+                return dict(zip(job, job, strict=True))[b"state"].decode()
 
             t0 = time.monotonic()
             cs[0].execute_command(
@@ -99,7 +99,8 @@ def main():
             dt = time.monotonic() - t0
             same = cs[1].execute_command("DEBUG", "DIGEST-VALUE", q) == want
             print(
-                f"tasks={n} state={state()} seconds={dt:.2f} tasks_per_second={n / dt:,.0f} digest_equal={same}"
+                f"tasks={n} state={state()} seconds={dt:.2f} tasks_per_second={n / dt:,.0f} "
+                f"digest_equal={same}"
             )
         finally:
             for s in nodes:

@@ -42,7 +42,8 @@ def free_port() -> int:
 
 
 def wait_until(fn, timeout=5.0, interval=0.005, msg="condition"):
-    """Polls fn() until it returns a truthy value (returned) or the timeout expires (AssertionError)."""
+    """Polls fn() until it returns a truthy value (returned) or the timeout expires
+    (AssertionError)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -186,7 +187,7 @@ def rec(flat) -> dict:
     if flat is None:
         return None
     it = iter(flat)
-    return {k.decode(): v for k, v in zip(it, it)}
+    return {k.decode(): v for k, v in zip(it, it, strict=True)}
 
 
 def info(c, q) -> dict:
@@ -194,7 +195,7 @@ def info(c, q) -> dict:
     if isinstance(v, dict):
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in v.items()}
     it = iter(v)
-    return {k.decode(): val for k, val in zip(it, it)}
+    return {k.decode(): val for k, val in zip(it, it, strict=True)}
 
 
 def snapshot(c, q) -> dict:

@@ -72,7 +72,7 @@ def test_waiters_served_fifo_one_task_each(server):
     for i in range(3):
         w = Waiter(server, Q, block=5000, worker=f"w{i}")
         w.start()
-        wait_until(lambda: blocked_count(r) == i + 1)
+        wait_until(lambda i=i: blocked_count(r) == i + 1)
         ws.append(w)
     r.execute_command("VT.ENQUEUE", Q, "ID", "t1", "PAYLOAD", "x")
     ws[0].join(5)
@@ -99,7 +99,7 @@ def test_bulk_enqueue_serves_several_waiters(server):
     ws = [Waiter(server, Q, block=5000, count=2, worker=f"w{i}") for i in range(2)]
     for i, w in enumerate(ws):
         w.start()
-        wait_until(lambda: blocked_count(r) == i + 1)
+        wait_until(lambda i=i: blocked_count(r) == i + 1)
     r.execute_command("VT.ENQUEUE", Q, "PAYLOAD", "a", "b", "c")
     for w in ws:
         w.join(5)

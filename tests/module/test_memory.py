@@ -136,7 +136,7 @@ def test_aof_load_without_preamble_leaves_no_loader_state(server_factory):
     )
     s.restart()
     c = s.client()
-    assert int(dict(zip(*[iter(c.execute_command("VT.INFO", Q))] * 2))[b"ready"]) == N
+    assert int(dict(zip(*[iter(c.execute_command("VT.INFO", Q))] * 2, strict=True))[b"ready"]) == N
     loaded = used(c)
     # the loader's duplicate-detection set (~10 B a task) used to stay until the queue's next write
     c.execute_command("VT.ENQUEUE", Q, "PAYLOAD", PAYLOAD)

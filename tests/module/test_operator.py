@@ -136,7 +136,7 @@ class Load:
                 for tid, tok in todo:
                     p.execute_command("VT.ACK", self.q, tid, tok)
                 res = p.execute(raise_on_error=False)
-                ok = [tid for (tid, _), n in zip(todo, res) if n == 1]
+                ok = [tid for (tid, _), n in zip(todo, res, strict=True) if n == 1]
                 if self.durable and ok and c.execute_command("WAIT", 1, 2000) < 1:
                     self.unsure.update(ok)
                 for tid in ok:

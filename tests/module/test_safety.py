@@ -115,7 +115,7 @@ def random_arg(rng: random.Random):
     if k < 0.75:
         return rng.choice(CRONS)
     if k < 0.8:
-        return "%016x" % rng.getrandbits(64)
+        return f"{rng.getrandbits(64):016x}"
     if k < 0.97:
         return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 40)))
     return os.urandom(rng.choice([129, 300, 5000]))
@@ -204,8 +204,8 @@ def test_specific_hostile_vectors(server):
 
 
 def test_alignment_regression(server):
-    """Over-aligned allocations (32..4096 bytes) inside the server: the crate allocator alone returns
-    misaligned blocks on this libc-malloc server; the module's wrapper must not."""
+    """Over-aligned allocations (32..4096 bytes) inside the server: the crate allocator alone
+    returns misaligned blocks on this libc-malloc server; the module's wrapper must not."""
     c = server.client()
     assert c.info("memory")["mem_allocator"].startswith("libc")
     for _ in range(40):

@@ -121,7 +121,9 @@ def migration(c) -> dict:
     if not jobs:
         return {}
     it = iter(jobs[0])
-    return {k.decode(): (v.decode() if isinstance(v, bytes) else v) for k, v in zip(it, it)}
+    return {
+        k.decode(): (v.decode() if isinstance(v, bytes) else v) for k, v in zip(it, it, strict=True)
+    }
 
 
 def migrate(source, target, q, hold=False):
@@ -263,7 +265,8 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
 def test_target_takes_over_the_timers(server_factory):
     """Once it owns the slot the target arms the timers of the queues it imported: a delayed
     task falls due, a lease expires and a schedule ticks, with no client touching the queue.
-    With AOF on, the target's AOF holds the imported queue: a reload from it gives the same value."""
+    With AOF on, the target's AOF holds the imported queue: a reload from it gives the same
+    value."""
     nodes = make_cluster(server_factory, 3, "--appendonly", "yes", "--aof-use-rdb-preamble", "no")
     src, dst = nodes[0], nodes[2]
     q = queue_on(src)

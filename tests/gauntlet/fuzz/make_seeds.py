@@ -4,9 +4,19 @@ kind byte, u64 LE, bytes = u64 LE length + data, opt = 0 | 1 + bytes), framed [u
 import struct
 from pathlib import Path
 
-u64 = lambda v: struct.pack("<Q", v & (2**64 - 1))
-b = lambda x: u64(len(x)) + x
-opt = lambda x: b"\0" if x is None else b"\1" + b(x)
+
+def u64(v):
+    return struct.pack("<Q", v & (2**64 - 1))
+
+
+def b(x):
+    return u64(len(x)) + x
+
+
+def opt(x):
+    return b"\0" if x is None else b"\1" + b(x)
+
+
 now = 1_764_000_000_000
 
 

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from .feeder import Feeder
@@ -247,7 +248,8 @@ class Ctx:
                 t += 0.1
             if rec is None:
                 self.result.violations.append(
-                    f"throughput did not recover to 80% of baseline {baseline:.0f}/s within {bound:.0f}s of the fault at +{tf - self.t0:.1f}s"
+                    f"throughput did not recover to 80% of baseline {baseline:.0f}/s within "
+                    f"{bound:.0f}s of the fault at +{tf - self.t0:.1f}s"
                 )
                 rec = float("inf")
             worst = max(worst, rec)
@@ -325,7 +327,8 @@ class Ctx:
         finished_all = {g for g, exs in ledger.items() if any(e.finished for e in exs)}
         r.executed = len(finished_all & judged)
         if finished_all - judged:
-            # e.g. a batch whose enqueue was never confirmed (broker unreachable when feeding stopped)
+            # e.g. a batch whose enqueue was never confirmed (broker unreachable when feeding
+            # stopped)
             r.notes["executed_unconfirmed"] = len(finished_all - judged)
         r.executions = sum(len(v) for v in ledger.values())
         faulted = self.fleet.faulted if self.fleet else {}
@@ -339,36 +342,44 @@ class Ctx:
             if len(fin) > 1:
                 dups += 1
             exs = sorted(exs, key=lambda e: e.start)  # claim order (n) can differ from start order
-            for prev, nxt in zip(exs, exs[1:]):
+            for prev, nxt in pairwise(exs):
                 ntf, nkind = faulted.get(nxt.pid, (None, None))
                 if nkind == "stop" and nxt.start > ntf + 0.5 and prev.pid != nxt.pid:
                     # a SIGSTOPped worker, once resumed, started a delivery it got before the stop:
-                    # its lease had expired meanwhile and the task was redelivered (and ran) elsewhere
+                    # its lease had expired meanwhile and the task was redelivered (and ran)
+                    # elsewhere
                     stale.append(
-                        f"{g}: started by the resumed worker (pid {nxt.pid}) {nxt.start - ntf:.1f}s after its stop, "
+                        f"{g}: started by the resumed worker (pid {nxt.pid}) "
+                        f"{nxt.start - ntf:.1f}s after its stop, "
                         f"lease {self.lease}s; already run by pid {prev.pid}"
                     )
                     continue
                 tf, kind = faulted.get(prev.pid, (None, None))
                 running = prev.end is None or nxt.start < prev.end
                 if kind == "kill" and tf >= prev.start - 0.5:
-                    continue  # its holder died: redelivery is the point (restart-with-same-id rescues at once)
+                    # its holder died: redelivery is the point (restart-with-same-id rescues at
+                    # once)
+                    continue
                 if kind == "stop" and tf >= prev.start - 0.5:
-                    # a stopped holder keeps its lease until it expires (>= 0.75 lease after its last extend)
+                    # a stopped holder keeps its lease until it expires (>= 0.75 lease after its
+                    # last extend)
                     if nxt.start < tf + 0.7 * self.lease:
                         overlap.append(
-                            f"{g}: exec {nxt.n} started {nxt.start - tf:.2f}s after its holder (pid {prev.pid}) was stopped; lease {self.lease}s"
+                            f"{g}: exec {nxt.n} started {nxt.start - tf:.2f}s after its holder "
+                            f"(pid {prev.pid}) was stopped; lease {self.lease}s"
                         )
                     continue
                 if explained_dup and explained_dup(prev, nxt):
                     continue
                 if running:
                     overlap.append(
-                        f"{g}: exec {nxt.n} (pid {nxt.pid}) overlapped exec {prev.n} of a live worker (pid {prev.pid}) that extends its lease"
+                        f"{g}: exec {nxt.n} (pid {nxt.pid}) overlapped exec {prev.n} of a live "
+                        f"worker (pid {prev.pid}) that extends its lease"
                     )
                 else:
                     unexplained.append(
-                        f"{g}: executed again (pid {nxt.pid}) after a finished execution by unfaulted pid {prev.pid}"
+                        f"{g}: executed again (pid {nxt.pid}) after a finished execution by "
+                        f"unfaulted pid {prev.pid}"
                     )
         r.duplicated = dups
         r.dup_unexplained = len(unexplained)
@@ -383,8 +394,9 @@ class Ctx:
         if stale:
             r.notes["stale_starts_after_resume"] = len(stale)
             r.violations.append(
-                f"{len(stale)} duplicate(s) from a resumed worker starting deliveries whose lease had "
-                f"expired while it was stopped (see tests/gauntlet/FINDINGS.md F3), e.g. {stale[:2]}"
+                f"{len(stale)} duplicate(s) from a resumed worker starting deliveries whose lease "
+                "had expired while it was stopped (see tests/gauntlet/FINDINGS.md F3), "
+                f"e.g. {stale[:2]}"
             )
         # DLQ honesty
         try:

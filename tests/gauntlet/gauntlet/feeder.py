@@ -95,10 +95,11 @@ class Feeder(threading.Thread):
                         self.last_error = repr(e)[:300]
                         t_fail = t_fail or time.monotonic()
                         if self._stop.is_set() and time.monotonic() - t_fail > 15:
-                            return  # give up on confirming this batch (it may still run: "unconfirmed")
+                            # give up on confirming this batch (it may still run: "unconfirmed")
+                            return
                         time.sleep(0.05)
                 t = time.time()
-                for g, rid in zip(gids, ids):
+                for g, rid in zip(gids, ids, strict=True):
                     if rid is None:
                         # None after a retry = the first attempt landed (duplicate id): fed.
                         if self.errors:

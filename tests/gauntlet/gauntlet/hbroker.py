@@ -43,7 +43,7 @@ def _pairs(reply) -> dict:
     if isinstance(reply, dict):
         return {_s(k): v for k, v in reply.items()}
     it = iter(reply or [])
-    return {_s(k): v for k, v in zip(it, it)}
+    return {_s(k): v for k, v in zip(it, it, strict=True)}
 
 
 class ValkeyHB:

@@ -399,7 +399,8 @@ def run_hostile(
             if step % 50 == 0:
                 if not server.alive():
                     violations.append(
-                        f"server crashed (exit {server.proc.returncode}); repro: {h.dump_repro()}; log: {server.log_tail(15)}"
+                        f"server crashed (exit {server.proc.returncode}); repro: {h.dump_repro()}; "
+                        f"log: {server.log_tail(15)}"
                     )
                     break
                 t0 = time.monotonic()
@@ -412,7 +413,8 @@ def run_hostile(
                         )
                     else:
                         violations.append(
-                            f"server did not answer PING within 3 s (hang?): {e!r}; repro: {h.dump_repro()}"
+                            f"server did not answer PING within 3 s (hang?): {e!r}; "
+                            f"repro: {h.dump_repro()}"
                         )
                     break
                 max_ping = max(max_ping, time.monotonic() - t0)

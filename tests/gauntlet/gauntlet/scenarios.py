@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import signal
 import time
+from itertools import pairwise
 
 from .core import QUEUE, Ctx, Skip, Vacuous
 from .hbroker import PREFIX
@@ -43,7 +44,7 @@ def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
     return explained
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def _check_after_server_fault(
     ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0
 ):
@@ -69,11 +70,11 @@ def sigkill(ctx: Ctx):
     base = ctx.baseline(2.0 if q else 5.0)
     kills = 3 if q else 10
     mid = 0
-    for i in range(kills):
+    for _ in range(kills):
         w = ctx.rng.choice(fleet.live())
         try:  # aim mid-batch: bounded wait until the victim runs something
             running = wait_until(
-                lambda: _running_on(ctx, w.pid), 3.0, interval=0.02, what="victim busy"
+                lambda w=w: _running_on(ctx, w.pid), 3.0, interval=0.02, what="victim busy"
             )
         except Exception:
             running = []
@@ -109,13 +110,15 @@ def sigterm(ctx: Ctx):
     ctx.wait_flowing(n=10)
     base = ctx.baseline(3.0)
     drained = 0
-    for i in range(1 if ctx.quick else 3):
+    for _ in range(1 if ctx.quick else 3):
         # a drain test needs a worker that is up (signal handlers installed): one that ran tasks
-        ready = lambda: [
-            x
-            for x in fleet.live()
-            if any(e.pid == x.pid for v in ctx.ledger.read().values() for e in v)
-        ]
+        def ready():
+            return [
+                x
+                for x in fleet.live()
+                if any(e.pid == x.pid for v in ctx.ledger.read().values() for e in v)
+            ]
+
         w = ctx.rng.choice(wait_until(ready, 30, what="a booted worker"))
         running = _running_on(ctx, w.pid)
         drained += len(running)
@@ -143,7 +146,8 @@ def sigterm(ctx: Ctx):
             left = [g for g in running if g not in mine]
             if left:
                 ctx.result.violations.append(
-                    f"{len(left)} task(s) running at SIGTERM were not finished by the draining worker: {left[:3]}"
+                    f"{len(left)} task(s) running at SIGTERM were not finished by the draining "
+                    f"worker: {left[:3]}"
                 )
         fleet.spawn()
         pace(1.0)
@@ -210,7 +214,8 @@ def rename(ctx: Ctx):
     d = redelivery_delay(running_a, t_a)
     if d and d[0] < 0.7 * lease:
         ctx.result.violations.append(
-            f"tasks of the renamed worker came back after {d[0]}s, before their lease ({lease}s) could expire"
+            f"tasks of the renamed worker came back after {d[0]}s, before their lease ({lease}s) "
+            "could expire"
         )
 
 
@@ -362,13 +367,13 @@ def debug_reload(ctx: Ctx):
     if ctx.backend != "valkey":
         raise Skip("Valkey only")
     ctx.start_backend()
-    fleet = ctx.start_fleet(2, lease=10.0, concurrency=8)
+    ctx.start_fleet(2, lease=10.0, concurrency=8)
     ctx.feeder(rate=150, ms=20)
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
     c = ctx.valkey.client(timeout=30)
     hit = 0
-    for i in range(3 if ctx.quick else 10):
+    for _ in range(3 if ctx.quick else 10):
         before = ctx.hb.info(QUEUE)
         c.execute_command("DEBUG", "RELOAD")
         after = ctx.hb.info(QUEUE)
@@ -400,12 +405,12 @@ def pg_terminate(ctx: Ctx):
         raise Skip("Postgres only")
     lease = 10.0
     ctx.start_backend()
-    fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.start_fleet(2, lease=lease, concurrency=8)
     ctx.feeder(rate=150, ms=20)
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
     total = 0
-    for i in range(3 if ctx.quick else 8):
+    for _ in range(3 if ctx.quick else 8):
         n = ctx.pg.terminate_clients()
         total += n
         ctx.fault(f"pg_terminate_backend x{n}")
@@ -428,11 +433,11 @@ def pg_restart(ctx: Ctx):
     # synchronous_commit=off, and the feeder's last acknowledged enqueues would die with them
     ctx.hb.reset()
     ctx.result.notes["synchronous_commit"] = "on"
-    fleet = ctx.start_fleet(2, lease=lease, concurrency=8)
+    ctx.start_fleet(2, lease=lease, concurrency=8)
     ctx.feeder(rate=150, ms=20)
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
-    for i in range(1 if ctx.quick else 3):
+    for _ in range(1 if ctx.quick else 3):
         ctx.fault("postgres restart -m immediate")
         d = ctx.pg.restart("immediate")
         ctx.result.notes.setdefault("downtime_s", []).append(round(d, 2))
@@ -448,7 +453,7 @@ def pg_xmin(ctx: Ctx):
         raise Skip("Postgres only")
     hold = 10.0 if ctx.quick else 60.0
     ctx.start_backend()
-    fleet = ctx.start_fleet(2, lease=10.0, concurrency=16)
+    ctx.start_fleet(2, lease=10.0, concurrency=16)
     ctx.feeder(rate=300, ms=0, batch=20)
     ctx.wait_flowing()
     base = ctx.baseline(3.0)
@@ -527,7 +532,7 @@ def scheduler(ctx: Ctx):
     wait_until(lambda: len(ticks()) >= 3, 60, what="the schedule to fire (workers --scheduler)")
     t_first = time.monotonic()
     pace(3.0 if ctx.quick else 8.0)
-    for i in range(1 if ctx.quick else 3):
+    for _ in range(1 if ctx.quick else 3):
         w = ctx.rng.choice(fleet.live())
         fleet.sigkill(w)
         ctx.fault(f"SIGKILL scheduler worker {w.tag}")
@@ -543,7 +548,7 @@ def scheduler(ctx: Ctx):
         g for (_, g, n) in ticks() if n > 1 and not any(e.pid in fleet.faulted for e in led[g][:-1])
     ]
     expected = (t_last - t_first) / every
-    gaps = [b[0] - a[0] for a, b in zip(tk, tk[1:])]
+    gaps = [b[0] - a[0] for a, b in pairwise(tk)]
     close = [round(gap, 3) for gap in gaps if gap < every * 0.3]
     ctx.result.fed = len(tk)
     ctx.result.executed = len(tk)
@@ -557,11 +562,13 @@ def scheduler(ctx: Ctx):
         ctx.result.violations.append(f"tick(s) executed twice: {dup_exec[:3]}")
     if len(tk) > expected + 3:
         ctx.result.violations.append(
-            f"{len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: double fire ({len(close)} gaps < {every * 0.3}s: {close[:5]})"
+            f"{len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: double fire "
+            f"({len(close)} gaps < {every * 0.3}s: {close[:5]})"
         )
     if len(tk) < expected * 0.8 - 2:
         ctx.result.violations.append(
-            f"only {len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: ticks missed"
+            f"only {len(tk)} ticks in {t_last - t_first:.1f}s, expected ~{expected:.0f}: "
+            "ticks missed"
         )
     big_gap = [g for g in gaps if g > every * 2 + 4.0]
     if big_gap:
@@ -586,7 +593,7 @@ def hostile(ctx: Ctx):
         raise Vacuous("the hostile client sent almost nothing")
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Operator actions that pause writes (issue 11): the module must change nothing while Valkey pauses
 # writes, or the server aborts on its propagation assertion.
 
@@ -639,7 +646,7 @@ class TimerWork:
     @staticmethod
     def _info(client):
         v = client.execute_command("VT.INFO", TIMER_KEY)
-        d = v if isinstance(v, dict) else dict(zip(v[::2], v[1::2]))
+        d = v if isinstance(v, dict) else dict(zip(v[::2], v[1::2], strict=True))
         return {(k.decode() if isinstance(k, bytes) else k): x for k, x in d.items()}
 
 

@@ -187,7 +187,8 @@ class PgServer:
             return c.execute("select 1").fetchone()[0] == 1
 
     def restart(self, mode: str = "immediate") -> float:
-        """Restart the cluster (``immediate`` = crash-like, recovery on start); seconds of downtime."""
+        """Restart the cluster (``immediate`` = crash-like, recovery on start); seconds of
+        downtime."""
         t0 = time.monotonic()
         r = subprocess.run(
             _as_pg(
@@ -235,12 +236,14 @@ class PgServer:
         with self.connect() as c:
             rows = c.execute(
                 "select pg_terminate_backend(pid) from pg_stat_activity "
-                "where pid <> pg_backend_pid() and backend_type = 'client backend' and datname is not null"
+                "where pid <> pg_backend_pid() and backend_type = 'client backend' "
+                "and datname is not null"
             ).fetchall()
         return sum(1 for (ok,) in rows if ok)
 
     def client_connections(self) -> int:
         with self.connect() as c:
             return c.execute(
-                "select count(*) from pg_stat_activity where pid <> pg_backend_pid() and backend_type = 'client backend'"
+                "select count(*) from pg_stat_activity "
+                "where pid <> pg_backend_pid() and backend_type = 'client backend'"
             ).fetchone()[0]

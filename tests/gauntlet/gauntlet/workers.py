@@ -96,7 +96,8 @@ class Fleet:
         self.args = list(args or [])
         self.workers: list[Worker] = []
         self.n = 0
-        # pid -> (time, "kill"|"stop"): when the process stopped making progress, for duplicate judgement
+        # pid -> (time, "kill"|"stop"): when the process stopped making progress, for duplicate
+        # judgement
         self.faulted: dict[int, tuple[float, str]] = {}
 
     def spawn(

@@ -73,10 +73,10 @@ class Command(BaseCommand):
         broker = get_broker()
         for name in ("heartbeat", "nightly-report"):
             entry = settings.VTASKS_SCHEDULE[name]
+            every = entry["schedule"]
+            when = f"every {every}s" if isinstance(every, int) else f"cron {every}"
             self.stdout.write(
-                f"schedule {name!r}: {entry['task']} "
-                f"{'every %ss' % entry['schedule'] if isinstance(entry['schedule'], int) else 'cron ' + str(entry['schedule'])}"
-                f" (registered by `runworker --scheduler`)"
+                f"schedule {name!r}: {entry['task']} {when} (registered by `runworker --scheduler`)"
             )
         self.stdout.write(f"queue 'default' now: {self._short_info(broker.info('default'))}")
         head = [
