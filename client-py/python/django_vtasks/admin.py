@@ -78,6 +78,9 @@ def _runs_allowed(func: str, queue: str, cache: dict) -> int | None:
 class _Row:
     """A TaskRecord shaped for the templates, from a bounded preview of its payload."""
 
+    #: the task's detail page (set by the changelist, which knows the admin's URL names)
+    url: str
+
     def __init__(self, record: TaskRecord, detail: bool = False, runs_cache: dict | None = None):
         self.record = record
         text, cut = preview(record.payload, DETAIL_PREVIEW_BYTES if detail else LIST_PREVIEW_BYTES)
@@ -209,7 +212,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": self.opts.verbose_name_plural.capitalize(),
+            "title": str(self.opts.verbose_name_plural).capitalize(),
             "subtitle": None,
             "has_view_permission": True,
             "backends": [],
@@ -435,7 +438,9 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         # the page a task shows on is the state it is in now, whichever list linked here
         owner = _OWNER_MODELS.get(record.state, self.model)
         owner_admin = self.admin_site._registry.get(owner)
-        if owner_admin is None or not owner_admin.has_view_or_change_permission(request):
+        if not isinstance(
+            owner_admin, BrokerTaskAdmin
+        ) or not owner_admin.has_view_or_change_permission(request):
             raise PermissionDenied
         row = _Row(record, detail=True)
         result = None

@@ -36,6 +36,10 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when the worker starts (after Django's setup)
+    from .worker import Worker
 
 logger = logging.getLogger("django_vtasks.asgi")
 
@@ -118,7 +122,7 @@ class _EmbeddedWorker:
 
     def __init__(self, options: dict):
         self.options = options
-        self.worker = None
+        self.worker: Worker | None = None
         self.task: asyncio.Task | None = None
         self.stopping = False
         self._stop_task: asyncio.Task | None = None
@@ -131,18 +135,18 @@ class _EmbeddedWorker:
         opts = dict(self.options)
         if opts.get("scheduler") is None:
             opts["scheduler"] = bool(settings.VTASKS_RUN_SCHEDULER and settings.VTASKS_SCHEDULE)
-        self.worker = Worker(**opts)
+        self.worker = worker = Worker(**opts)
         self.task = asyncio.create_task(
-            self.worker.run(handle_signals=False), name="vtasks-embedded-worker"
+            worker.run(handle_signals=False), name="vtasks-embedded-worker"
         )
         self.task.add_done_callback(self._on_exit)
         self._chain_signals(asyncio.get_running_loop())
         logger.info(
             "embedded vtasks worker %s started (queues=%s, concurrency=%d%s)",
-            self.worker.worker_id,
-            self.worker.queues,
-            self.worker.concurrency,
-            ", scheduler" if self.worker.scheduler else "",
+            worker.worker_id,
+            worker.queues,
+            worker.concurrency,
+            ", scheduler" if worker.scheduler else "",
         )
 
     def _on_exit(self, task: asyncio.Task) -> None:
@@ -300,5 +304,5 @@ def get_worker_application(
         else:
             await asgi_app(scope, receive, send)
 
-    application.wrapped_app = asgi_app
+    application.wrapped_app = asgi_app  # type: ignore[attr-defined]  # a function attribute
     return application

@@ -522,7 +522,7 @@ class _EnqueueBatcher:
             i += len(reqs)
 
 
-_BATCHERS: weakref.WeakKeyDictionary = None  # loop -> {id(broker): _EnqueueBatcher}
+_BATCHERS: weakref.WeakKeyDictionary | None = None  # loop -> {id(broker): _EnqueueBatcher}
 
 
 async def coalesced_enqueue(broker: Broker, requests) -> list[str | None]:
@@ -606,7 +606,7 @@ def _translate_errors(cls) -> None:
                     except self.client_errors as e:
                         raise self.error(e, _doing) from e
 
-            wrapper._translated = True
+            wrapper._translated = True  # type: ignore[attr-defined]  # a function attribute
             setattr(cls, attr, wrapper)
 
 

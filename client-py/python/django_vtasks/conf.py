@@ -1,9 +1,11 @@
 """Settings of django-vtasks, read lazily from Django settings (names and shapes of the
 original)."""
 
+from typing import Any
+
 from django.conf import settings as django_settings
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     # queues a worker consumes when no --queue is given, in priority order; unset: the backend's
     # TASKS[alias]["QUEUES"] (see default_queues)
     "VTASKS_QUEUES": ["default"],

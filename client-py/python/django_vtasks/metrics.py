@@ -159,7 +159,7 @@ def _on_schedule_run(sender, queue, schedule, **kwargs) -> None:
 
 # They only touch in-memory (or mmap'ed) values: the worker may call them on its event loop.
 for _receiver in (_on_started, _on_finished, _on_schedule_run):
-    _receiver.vtasks_loop_safe = True
+    _receiver.vtasks_loop_safe = True  # type: ignore[union-attr]  # a function attribute
 
 
 def connect() -> None:
@@ -264,8 +264,8 @@ class BrokerCollector:
                     info = broker.info(queue)
                     for f, family in gauges.items():
                         family.add_metric([alias, queue], int(info.get(f, 0)))
-                    for f, family in counters.items():
-                        family.add_metric([alias, queue], int(info.get(f, 0)))
+                    for f, counter in counters.items():
+                        counter.add_metric([alias, queue], int(info.get(f, 0)))
                     if info.get("schedules"):
                         for s in broker.schedule_list(queue):
                             next_run.add_metric([alias, queue, s.name], s.next_run_ms / 1000)

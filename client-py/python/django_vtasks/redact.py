@@ -37,8 +37,9 @@ def redact_url(url: str | None) -> str:
     return _KV_PASSWORD.sub(lambda m: m["head"] + MASK, url)
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with URL passwords, ``password=`` fields and each given secret masked."""
+def redact(text: object, *secrets: str | None) -> str:
+    """``text`` (str() of it: an exception, say) with URL passwords, ``password=`` fields and
+    each given secret masked."""
     text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK, str(text))
     text = _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)
     for secret in secrets:

@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from django.tasks import Task
@@ -25,9 +25,9 @@ def _normalize_args(args) -> list:
     if type(args) is list or type(args) is tuple:
         for a in args:
             if type(a) not in _PLAIN:
-                return normalize_json(args)
+                return cast(list, normalize_json(args))
         return list(args)
-    return normalize_json(args)
+    return cast(list, normalize_json(args))
 
 
 def _normalize_kwargs(kwargs) -> dict:
@@ -35,9 +35,9 @@ def _normalize_kwargs(kwargs) -> dict:
     if type(kwargs) is dict:
         for k, v in kwargs.items():
             if type(k) is not str or type(v) not in _PLAIN:
-                return normalize_json(kwargs)
+                return cast(dict, normalize_json(kwargs))
         return dict(kwargs)
-    return normalize_json(kwargs)
+    return cast(dict, normalize_json(kwargs))
 
 
 # TaskResult is a frozen dataclass with slots: writing through the slot descriptors directly is
@@ -192,7 +192,7 @@ def result_to_dict(result: TaskResult) -> dict[str, Any]:
             for e in result.errors
         ],
         "worker_ids": list(result.worker_ids),
-        "return_value": result._return_value,
+        "return_value": result._return_value,  # type: ignore[attr-defined]  # Django's private field, not in django-stubs
     }
 
 
@@ -236,7 +236,7 @@ def _result_json(result: TaskResult, keep_args: bool = True, max_traceback: int 
         if errors
         else [],
         "worker_ids": list(result.worker_ids),
-        "return_value": result._return_value,
+        "return_value": result._return_value,  # type: ignore[attr-defined]  # Django's private field, not in django-stubs
     }
     options = task_options(task)
     if options:
@@ -291,7 +291,7 @@ def resolve_task(
         }.items():
             object.__setattr__(task, k, v)
         return task
-    changes = {}
+    changes: dict[str, Any] = {}
     if queue is not None and queue != obj.queue_name:
         changes["queue_name"] = queue
     if priority is not None and priority != obj.priority:
@@ -335,7 +335,7 @@ def result_from_dict(data: dict[str, Any], backend_alias: str | None = None) -> 
         strict=False,
         options=data.get("options"),
     )
-    result = TaskResult(
+    result: TaskResult = TaskResult(
         task=task,
         id=data["id"],
         status=TaskResultStatus(data["status"]),

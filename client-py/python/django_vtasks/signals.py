@@ -68,7 +68,8 @@ async def asend_many(
     if not results:
         return
     sync_receivers, async_receivers = _receivers(signal, sender)
-    inline, off_loop = [], []
+    inline: list[Callable] = []
+    off_loop: list[Callable] = []
     for receiver in sync_receivers:
         (inline if _loop_safe(receiver) else off_loop).append(receiver)
     for result in results:

@@ -155,10 +155,11 @@ class Supervisor:
         child.restart_at = None
         logger.info("worker %s started (pid %d)", child.worker_id, child.proc.pid)
 
-    def _reap(self, child: _Child) -> None:
-        """Handle a child that exited: restart it later, unless the set is stopping."""
-        code = child.proc.returncode
-        pid = child.proc.pid
+    def _reap(self, child: _Child, proc: subprocess.Popen) -> None:
+        """Handle a child that exited (``proc``, its process): restart it later, unless the set
+        is stopping."""
+        code = proc.returncode
+        pid = proc.pid
         child.exit_codes.append(code)
         child.proc = None
         self._metrics_process_dead(pid)
@@ -211,7 +212,7 @@ class Supervisor:
             return
         times = []
         for child in self.children:
-            if child.proc is None:
+            if child.proc is None or child.health_file is None:
                 return
             try:
                 times.append(os.stat(child.health_file).st_mtime)
@@ -272,7 +273,7 @@ class Supervisor:
                 now = time.monotonic()
                 for child in self.children:
                     if child.proc is not None and child.proc.poll() is not None:
-                        self._reap(child)
+                        self._reap(child, child.proc)
                     if (
                         child.proc is None
                         and child.restart_at is not None

@@ -38,7 +38,7 @@ class VTask(Task):
         retries=_UNSET,
         retry_backoff=_UNSET,
     ):
-        new = Task.using(
+        new: Task = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
         changes = {}
@@ -58,15 +58,10 @@ def task_options(task: Task) -> dict[str, Any] | None:
     envelope ("options"), or None when they are all VTask's defaults (an envelope without options
     runs with the module-level task's own). What ``.using(retries=0)`` asked for travels with the
     task: the worker re-imports the task by path, whose module-level options may differ."""
-    try:  # (per task on the enqueue and result paths: no dict unless an option is set)
-        unique, ttl, retries, backoff = (
-            task.unique,
-            task.unique_ttl,
-            task.retries,
-            task.retry_backoff,
-        )
-    except AttributeError:  # a plain django.tasks Task
+    # (per task on the enqueue and result paths: no dict unless an option is set)
+    if not isinstance(task, VTask):  # a plain django.tasks Task
         return None
+    unique, ttl, retries, backoff = task.unique, task.unique_ttl, task.retries, task.retry_backoff
     if unique is False and ttl == 3600 and retries is None and backoff is None:
         return None
     return {"unique": unique, "unique_ttl": ttl, "retries": retries, "retry_backoff": backoff}

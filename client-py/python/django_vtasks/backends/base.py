@@ -167,8 +167,8 @@ class VTasksBackend(BaseTaskBackend):
         payload = _native.encode_payload(data, ctx["threshold"])
 
         unique = None
-        if getattr(task, "unique", False):
-            key = task.unique
+        key = getattr(task, "unique", False)
+        if key:
             if key is True:
                 digest = hashlib.sha1(
                     orjson.dumps(
@@ -200,7 +200,8 @@ class VTasksBackend(BaseTaskBackend):
         return task, kwargs
 
     def _prepare_many(self, items: Iterable) -> tuple[list[TaskResult], list[EnqueueRequest]]:
-        results, requests = [], []
+        results: list[TaskResult] = []
+        requests: list[EnqueueRequest] = []
         items = list(items)
         ctx = self._context()
         # one timestamp and one os.urandom() call for the tasks of one enqueue_many call
@@ -228,10 +229,11 @@ class VTasksBackend(BaseTaskBackend):
             task, args, kwargs = item
             if type(kwargs) is not dict:
                 kwargs = dict(kwargs or {})
-            spec = None
+            spec: tuple | None = None
             if "queue_name" not in kwargs:  # else _split_options may route it elsewhere
-                spec = specs.get(id(task), False)
-                if spec is False:
+                if id(task) in specs:
+                    spec = specs[id(task)]
+                else:
                     if id(task) not in validated:
                         self.validate_task(task)
                         validated.add(id(task))
@@ -319,10 +321,14 @@ class VTasksBackend(BaseTaskBackend):
     # task has (get_result raises TaskResultDoesNotExist). Inside atomic() on Valkey the send
     # happens at commit, so the result changes at commit.
     def _unique_holder(self, request: EnqueueRequest) -> str | None:
+        if request.unique is None:
+            return None
         record = self.broker.unique_holder(request.queue, request.unique[0])
         return record.id if record is not None else None
 
     async def _aunique_holder(self, request: EnqueueRequest) -> str | None:
+        if request.unique is None:
+            return None
         record = await self.broker.aunique_holder(request.queue, request.unique[0])
         return record.id if record is not None else None
 
@@ -460,7 +466,7 @@ class VTasksBackend(BaseTaskBackend):
             if env.get("ts")
             else _local(ms_to_dt(record.enqueued_at))
         )
-        result = TaskResult(
+        result: TaskResult = TaskResult(
             task=task,
             id=record.id,
             status=TaskResultStatus.READY,
@@ -596,7 +602,7 @@ def _copy(result: TaskResult) -> TaskResult:
         list(result.errors),
         list(result.worker_ids),
     )
-    _set(copy, "_return_value", result._return_value)
+    _set(copy, "_return_value", result._return_value)  # type: ignore[attr-defined]  # Django's private field, not in django-stubs
     return copy
 
 

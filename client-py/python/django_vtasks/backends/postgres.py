@@ -115,6 +115,7 @@ class PostgresTaskBackend(VTasksBackend):
 
     def _write(self, results, requests):
         broker = self.broker
+        assert isinstance(broker, PostgresBroker)  # what _make_broker makes
         statements = broker.enqueue_statements(requests)
         ids: list[str | None] = [None] * len(requests)
         connection = connections[self.database]

@@ -120,6 +120,11 @@ class ValkeyTaskBackend(VTasksBackend):
 
     def _make_broker(self):
         if self.cluster:
+            if not self.broker_url:  # (system check E005)
+                raise BrokerError(
+                    f"Task backend {self.alias!r}: CLUSTER takes OPTIONS['BROKER_URL'] (any node "
+                    "of the cluster), not CONNECTION_POOL."
+                )
             return ValkeyClusterBroker(
                 self.broker_url, self.prefix, self.max_connections, self.connect_options
             )
@@ -245,7 +250,9 @@ class ValkeyTaskBackend(VTasksBackend):
                 )
             )
             return errors
-        policy = self.broker.eviction_policy()
+        broker = self.broker
+        assert isinstance(broker, ValkeyBroker)  # what _make_broker makes
+        policy = broker.eviction_policy()
         if policy and policy.startswith("allkeys-"):
             errors.append(
                 checks.Warning(

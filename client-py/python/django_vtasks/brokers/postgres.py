@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
+from typing import Any
 
 from .. import _native
 from ..broker import (
@@ -43,7 +44,7 @@ class PostgresBroker(Broker):
         notify: bool = True,
     ):
         self.dsn = dsn
-        self._kwargs = dict(
+        self._kwargs: dict[str, Any] = dict(
             pool_size=pool_size,
             dlq_cap=dlq_cap,
             max_attempts=max_attempts,
@@ -51,7 +52,7 @@ class PostgresBroker(Broker):
             notify=notify,
         )
         self.max_attempts = max_attempts
-        self._q = None
+        self._q: _native.PgQueue | None = None
         self._aqs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @property

@@ -76,6 +76,7 @@ class ValkeyBroker(Broker):
         self.max_connections = max_connections
         self.prefix = prefix
         self._shared_pool = connection_pool
+        self._client: valkey.Valkey | None
         if isinstance(connection_pool, valkey.ConnectionPool):
             self._client = valkey.Valkey(connection_pool=connection_pool)
         elif url:
@@ -269,6 +270,8 @@ class ValkeyBroker(Broker):
         return out
 
     def _check_durable(self, replies, ids) -> None:
+        if self.durable is None:  # no WAIT was sent
+            return
         replicas, aof, timeout_ms = self.durable
         enqueued = [i for i in ids if i]
         problems = []
@@ -573,9 +576,11 @@ class ValkeyBroker(Broker):
             info = self.client.info("memory")
         except Exception:
             return None
-        if isinstance(info, dict) and "maxmemory_policy" in info:  # cluster: {node: info}
+        if not isinstance(info, dict):
+            return None
+        if "maxmemory_policy" in info:  # cluster: {node: info}
             return _s(info["maxmemory_policy"])
-        for node in (info or {}).values():
+        for node in info.values():
             if isinstance(node, dict) and "maxmemory_policy" in node:
                 return _s(node["maxmemory_policy"])
         return None

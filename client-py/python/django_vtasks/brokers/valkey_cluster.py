@@ -42,6 +42,7 @@ def in_one_slot(prefix: str, queues) -> bool:
 
 class ValkeyClusterBroker(ValkeyBroker):
     packs_commands = False  # one pool per node: ValkeyBroker's pipeline paths
+    url: str  # always given (ValkeyBroker's may be None with a CONNECTION_POOL)
 
     def __init__(
         self,
@@ -68,8 +69,10 @@ class ValkeyClusterBroker(ValkeyBroker):
             raise error from e
 
     # ---- clients --------------------------------------------------------------------------------
+    # a cluster client, not a Valkey one: the same commands, routed per slot (packs_commands =
+    # False keeps ValkeyBroker's single-pool paths away from it)
     @property
-    def aclient(self) -> acluster.ValkeyCluster:
+    def aclient(self) -> acluster.ValkeyCluster:  # type: ignore[override]
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
@@ -126,4 +129,5 @@ class ValkeyClusterBroker(ValkeyBroker):
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self):  # (aclose: ValkeyBroker's closes this loop's cluster client)
-        self._client.close()
+        if self._client is not None:
+            self._client.close()

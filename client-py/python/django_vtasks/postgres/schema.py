@@ -46,7 +46,9 @@ def pending(dsn: str) -> list[str]:
     from django_vtasks import _native
 
     with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('vtasks_schema')").fetchone()[0] is None:
+        applied: list[tuple[int, str | None]]
+        row = conn.execute("SELECT to_regclass('vtasks_schema')").fetchone()
+        if row is None or row[0] is None:
             applied = []
         elif conn.execute(
             "SELECT 1 FROM information_schema.columns WHERE table_name = "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -105,7 +104,8 @@ class JobRunner:
                 w.slots.settled(j.delivery.queue)
             w.slots.release(len(jobs))
             return
-        running, lazy = [], []
+        running: list[Job] = []
+        lazy: list[Job] = []
         for j in jobs:
             (running if w.track_running or j.delivery.attempt > 1 else lazy).append(j)
         if lazy and w.result_ttl_ms > 0:
@@ -140,7 +140,7 @@ class JobRunner:
         except Exception as e:
             await self._dead_letter(d, f"undecodable payload: {e}", None, own_slot)
             return None
-        func_path = envelope.get("func")
+        func_path = envelope["func"]  # a str (decode_envelope checked)
         run_after = None
         try:
             if envelope.get("run_after"):
@@ -310,12 +310,12 @@ class JobRunner:
                 _set(result, "status", TaskResultStatus.SUCCESSFUL)
                 _set(result, "finished_at", timezone.now())
                 data = self._success_json(result) if w.result_ttl_ms > 0 else None
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as e:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
                 self._unfinish(job)
-                await self._task_failed(job, sys.exc_info()[1])
+                await self._task_failed(job, e)
             except BaseException as e:
                 # any exception of the task is its failure: SystemExit (like Django's immediate
                 # backend) and KeyboardInterrupt too, which would otherwise take down this
@@ -367,11 +367,11 @@ class JobRunner:
         await self._signal(task_started, *results)
         try:
             await self._call(task.func, [[j.envelope for j in jobs]], {})
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            await self._batch_failed(task, jobs, sys.exc_info()[1])
+            await self._batch_failed(task, jobs, e)
         except BaseException as e:  # KeyboardInterrupt/SystemExit too: see run()
             await self._batch_failed(task, jobs, e)
         else:
@@ -395,7 +395,7 @@ class JobRunner:
             await self._task_failed(job, e)
 
     @staticmethod
-    def _success_json(result: TaskResult) -> bytes:
+    def _success_json(result: TaskResult) -> bytes | None:
         try:
             return result_to_json(result)
         except (TypeError, ValueError) as e:  # orjson: ints over 64 bits, lone surrogates

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import cast
 
 from django.utils.json import normalize_json
 
@@ -33,8 +34,8 @@ class ScheduleRegistrar:
                 task = resolve_task(entry["task"], backend=alias, strict=True)
                 queue = entry.get("queue") or task.queue_name
                 priority = int(entry.get("priority", task.priority))
-                args = normalize_json(list(entry.get("args") or []))
-                kwargs = normalize_json(dict(entry.get("kwargs") or {}))
+                args = cast(list, normalize_json(list(entry.get("args") or [])))
+                kwargs = cast(dict, normalize_json(dict(entry.get("kwargs") or {})))
                 env = build_envelope(task, args, kwargs, "", alias)
                 env["queue"] = queue
                 env["priority"] = priority

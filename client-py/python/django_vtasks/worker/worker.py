@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings as django_settings
 from django.tasks import task_backends
 
+from ..backends.base import VTasksBackend
 from ..conf import default_queues, settings
 from ..diagnostics import RetryLog
 from .acks import AckBatcher
@@ -50,8 +51,15 @@ class Worker:
         flush_interval: float = 0.002,
     ):
         self.alias = backend_alias or settings.VTASKS_BACKEND or "default"
-        self.backend = task_backends[self.alias]
-        self.broker = self.backend.broker
+        backend = task_backends[self.alias]
+        if not isinstance(backend, VTasksBackend):
+            raise TypeError(
+                f"Task backend {self.alias!r} ({type(backend).__name__}) is not a vtasks backend: "
+                "a worker needs TASKS[...]['BACKEND'] = django_vtasks.backends.valkey."
+                "ValkeyTaskBackend or django_vtasks.backends.postgres.PostgresTaskBackend."
+            )
+        self.backend = backend
+        self.broker = backend.broker
         self.queues = list(queues or default_queues(self.alias))
         self.concurrency = max(1, int(concurrency or settings.VTASKS_CONCURRENCY))
         self.worker_id = worker_id or default_worker_id()
