@@ -13,7 +13,12 @@ SECRET_KEY = "vtasks-tests"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"
-INSTALLED_APPS = ["django_vtasks", "django_vtasks.postgres", "tests.testapp"]
+INSTALLED_APPS = [
+    "django_vtasks",
+    "django_vtasks.postgres",
+    "django_vtasks.outbox",
+    "tests.testapp",
+]
 
 
 def _pg(dsn: str) -> dict:
@@ -58,11 +63,19 @@ _POSTGRES = {
     "QUEUES": [],
     "OPTIONS": {"RESULT_TTL": 600, "POOL_SIZE": 4},
 }
+# the same servers with the transactional outbox (test_outbox.py)
+_VALKEY_OUTBOX = {**_VALKEY, "OPTIONS": {**_VALKEY["OPTIONS"], "OUTBOX": True}}
+_VALKEY_CLUSTER_OUTBOX = {
+    **_VALKEY_CLUSTER,
+    "OPTIONS": {**_VALKEY_CLUSTER["OPTIONS"], "OUTBOX": True},
+}
 TASKS = {
     "default": _POSTGRES if os.environ.get("VTASKS_TEST_BACKEND") == "postgres" else _VALKEY,
     "valkey": _VALKEY,
     "valkey_cluster": _VALKEY_CLUSTER,
     "postgres": _POSTGRES,
+    "valkey_outbox": _VALKEY_OUTBOX,
+    "valkey_cluster_outbox": _VALKEY_CLUSTER_OUTBOX,
 }
 
 VTASKS_VALKEY_PREFIX = os.environ.get("VTASKS_TEST_PREFIX", "vtt")  # normalised to "vtt:"

@@ -220,7 +220,9 @@ def test_tasks_md_examples_run_with_a_worker(alias, tmp_path):
                 broker.clear(q, "all")
             env = subprocess_env(
                 {
-                    "PYTHONPATH": f"{project.dir}{os.pathsep}{CLIENT_DIR}",
+                    "PYTHONPATH": os.pathsep.join(
+                        [str(project.dir), str(CLIENT_DIR), os.environ.get("PYTHONPATH", "")]
+                    ),
                     "DJANGO_SETTINGS_MODULE": "docs_worker_settings",
                 }
             )

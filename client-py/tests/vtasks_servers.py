@@ -44,9 +44,9 @@ def module_path() -> str:
 
 
 def start_valkey(
-    tmpdir: str, with_module: bool = True, extra: list[str] = ()
+    tmpdir: str, with_module: bool = True, extra: list[str] = (), port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port = port or free_port()
     args = [
         valkey_binary(),
         "--port",

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, transaction
@@ -76,6 +77,9 @@ class VTasksBackend(BaseTaskBackend):
     supports_async_task = True
     supports_get_result = True
     supports_priority = True
+    #: tasks enqueued inside atomic() go through a transactional outbox (the Valkey backend's
+    #: OPTIONS["OUTBOX"]; Postgres writes them in the caller's transaction anyway)
+    outbox = False
 
     def __init__(self, alias, params):
         super().__init__(alias, params)
@@ -440,6 +444,11 @@ class VTasksBackend(BaseTaskBackend):
                     return _copy(result)
         return None
 
+    def _unsent_result(self, result_id: str) -> TaskResult | None:
+        """The result of a task committed but not yet in the broker (a transactional outbox's
+        row), or None."""
+        return None
+
     def _after_commit(self, func, results: list[TaskResult]) -> AfterCommit:
         return AfterCommit(func, results)
 
@@ -545,7 +554,10 @@ class VTasksBackend(BaseTaskBackend):
         # the task may have finished between the two lookups
         raw = broker.get_result(rid)
         if raw is None:
-            raise TaskResultDoesNotExist(result_id)
+            unsent = self._unsent_result(rid)
+            if unsent is None:
+                raise TaskResultDoesNotExist(result_id)
+            return unsent
         return result_from_json(raw, self.alias)
 
     async def aget_result(self, result_id):
@@ -566,7 +578,10 @@ class VTasksBackend(BaseTaskBackend):
                 return self._stored_or_live(await broker.aget_result(rid), record)
         raw = await broker.aget_result(rid)
         if raw is None:
-            raise TaskResultDoesNotExist(result_id)
+            unsent = await sync_to_async(self._unsent_result)(rid)
+            if unsent is None:
+                raise TaskResultDoesNotExist(result_id)
+            return unsent
         return result_from_json(raw, self.alias)
 
 

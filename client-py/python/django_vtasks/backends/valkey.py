@@ -8,13 +8,15 @@ TASKS = {"default": {
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import valkey.asyncio as avalkey
+from django.apps import apps
 from django.core import checks
 from django.db import transaction
 
-from ..broker import BrokerError, EnqueueFailed
+from ..broker import BrokerError, EnqueueFailed, TaskRecord
 from ..brokers.valkey import ValkeyBroker, queue_key
 from ..brokers.valkey_cluster import CROSSSLOT_HINT, ValkeyClusterBroker, in_one_slot
 from ..brokers.valkey_errors import (
@@ -28,6 +30,8 @@ from ..brokers.valkey_errors import (
 from ..conf import queue_checks, settings, valkey_prefix
 from ..redact import redact_url
 from .base import VTasksBackend
+
+logger = logging.getLogger("django_vtasks")
 
 # the Django backend, its OPTIONS parsers, and the names this module always had (the broker and
 # its errors now live in django_vtasks.brokers)
@@ -106,6 +110,10 @@ class ValkeyTaskBackend(VTasksBackend):
         #: OPTIONS["DURABLE"]: enqueue() returns once N replicas / the AOF fsync confirmed the
         #: tasks (WAIT / WAITAOF on the enqueue's connection), else raises NotDurable
         self.durable = durable_option(self.options.get("DURABLE"))
+        #: OPTIONS["OUTBOX"]: inside atomic(), tasks are written to the database's
+        #: vtasks_outbox table in the caller's transaction and relayed after the commit
+        #: (django_vtasks.outbox)
+        self.outbox = bool(self.options.get("OUTBOX", False))
 
     def _broker_key(self):
         return (
@@ -150,11 +158,64 @@ class ValkeyTaskBackend(VTasksBackend):
             self._sent(results, ids, requests)
             self._adopt_holders(results, ids, requests)
 
-        if self._in_atomic_block():
+        if not self._in_atomic_block():
+            write()
+        elif self.outbox:
+            from ..outbox import relay
+
+            relay.store(self, requests)  # committed or rolled back with the caller's rows
+            transaction.on_commit(
+                self._after_commit(lambda: self._relay_committed(results, requests), results),
+                using=self.database,
+            )
+        else:
             # every side effect (unique keys included) happens after the commit
             transaction.on_commit(self._after_commit(write, results), using=self.database)
-        else:
-            write()
+
+    def _relay_committed(self, results, requests) -> None:
+        """After the commit of an outbox enqueue: relay its rows now; when Valkey cannot take
+        them, they stay in the outbox for the backend's workers (the commit already made them
+        safe, so nothing is raised into the caller's request)."""
+        from ..outbox import relay
+
+        try:
+            outcome = relay.relay(self, [r.id for r in requests])
+        except Exception as e:
+            logger.warning(
+                "%d task(s) committed to the outbox of backend %r are not in Valkey yet (%s); "
+                "a worker of this backend relays them when Valkey is reachable",
+                len(requests),
+                self.alias,
+                e,
+            )
+            outcome = {}
+        # a row another relay took is enqueued by it; a task Valkey did not add (unique key
+        # held) reads as its holder
+        ids = [None if outcome.get(r.id) is False else r.id for r in requests]
+        self._sent(results, ids, requests)
+        if outcome:
+            self._adopt_holders(results, ids, requests)
+
+    def _unsent_result(self, result_id: str):
+        """A task committed to the outbox but not relayed yet reads READY."""
+        if not self.outbox:
+            return None
+        from ..outbox import relay
+
+        row = relay.pending(self, result_id)
+        if row is None:
+            return None
+        request = row.request()
+        record = TaskRecord(
+            id=row.id,
+            state="delayed" if request.at_ms else "ready",
+            priority=row.priority,
+            enqueued_at=int(row.created_at.timestamp() * 1000),
+            run_at=request.at_ms or 0,
+            payload=request.payload,
+            queue=row.queue,
+        )
+        return self._from_record(record)
 
     def check(self, **kwargs):
         errors = list(super().check(**kwargs))
@@ -169,6 +230,16 @@ class ValkeyTaskBackend(VTasksBackend):
                 )
             )
             return errors
+        if self.outbox and not apps.is_installed("django_vtasks.outbox"):
+            errors.append(
+                checks.Error(
+                    f"Task backend {self.alias!r}: OPTIONS['OUTBOX'] needs the outbox table, but "
+                    "'django_vtasks.outbox' is not in INSTALLED_APPS.",
+                    hint="Add 'django_vtasks.outbox' to INSTALLED_APPS and run manage.py migrate.",
+                    obj=self,
+                    id="django_vtasks.E020",
+                )
+            )
         if self.cluster and self.durable:
             errors.append(
                 checks.Error(

@@ -3,6 +3,7 @@ BrokerError that says what is wrong and what to do (never a secret or a command 
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import valkey
@@ -87,6 +88,13 @@ def describe_error(e: BaseException, doing: str, where: str, redact_text=redact)
         )
     if isinstance(e, valkey.ResponseError):  # e.g. OOM: the server's own words
         return BrokerError(f"Valkey at {where} refused the {doing}: {words}")
+    if _tls_failure(e, words):
+        return BrokerError(
+            f"cannot {doing}: the TLS handshake with Valkey at {where} failed ({words}); the "
+            "server's certificate must chain to a CA you trust (add ?ssl_ca_certs=/path/ca.pem to "
+            "BROKER_URL for a private CA) and name the host of BROKER_URL (connect by that name, "
+            "or set OPTIONS['SSL_CHECK_HOSTNAME'] = False for a server reached by IP address)"
+        )
     if isinstance(
         e, (valkey.ConnectionError, valkey.TimeoutError, ValkeyClusterException, OSError)
     ):
@@ -108,3 +116,16 @@ def module_path_hint() -> str:
     except Exception:
         pass
     return "/path/to/libvtasks.so"
+
+
+def _tls_failure(e: BaseException, words: str) -> bool:
+    """A TLS handshake failure (untrusted certificate, host name mismatch), which valkey-py
+    reports as a ConnectionError like an unreachable server."""
+    seen: BaseException | None = e
+    for _ in range(4):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in words or "[SSL:" in words

@@ -24,6 +24,7 @@ from .fetcher import Fetcher
 from .heartbeat import Heartbeat
 from .jobs import JobRunner
 from .maintenance import Maintenance
+from .outbox_relay import OutboxRelay
 from .schedules import ScheduleRegistrar
 from .slots import Slots
 
@@ -130,6 +131,8 @@ class Worker:
             await self._startup()
             if not self.broker.supports_server_timers:
                 background.append(asyncio.create_task(Maintenance(self).run()))
+            if self.backend.outbox:
+                background.append(asyncio.create_task(OutboxRelay(self).run()))
             if self.scheduler and self.schedules.reconcile_every > 0:
                 background.append(asyncio.create_task(self.schedules.reconcile()))
             consumers = []
