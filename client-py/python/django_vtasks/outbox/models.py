@@ -1,6 +1,11 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.db import models
 
-from ..broker import EnqueueRequest
+if TYPE_CHECKING:  # the app registry imports models early: no native extension at import time
+    from ..broker import EnqueueRequest
 
 
 class OutboxTask(models.Model):
@@ -22,7 +27,7 @@ class OutboxTask(models.Model):
         indexes = [models.Index(fields=["backend", "created_at"], name="vtasks_outbox_relay")]
 
     @classmethod
-    def of(cls, alias: str, request: EnqueueRequest, now) -> "OutboxTask":
+    def of(cls, alias: str, request: EnqueueRequest, now) -> OutboxTask:
         unique = request.unique
         return cls(
             id=request.id,
@@ -38,6 +43,8 @@ class OutboxTask(models.Model):
         )
 
     def request(self) -> EnqueueRequest:
+        from ..broker import EnqueueRequest
+
         unique = None
         if self.unique_key is not None:
             unique = (self.unique_key, int(self.unique_ttl_ms or 1))
