@@ -64,11 +64,8 @@ _POSTGRES = {
     "OPTIONS": {"RESULT_TTL": 600, "POOL_SIZE": 4},
 }
 # the same servers with the transactional outbox (test_outbox.py)
-_VALKEY_OUTBOX = {**_VALKEY, "OPTIONS": {**_VALKEY["OPTIONS"], "OUTBOX": True}}
-_VALKEY_CLUSTER_OUTBOX = {
-    **_VALKEY_CLUSTER,
-    "OPTIONS": {**_VALKEY_CLUSTER["OPTIONS"], "OUTBOX": True},
-}
+_VALKEY_OUTBOX = dict(_VALKEY, OPTIONS=dict(_VALKEY["OPTIONS"], OUTBOX=True))
+_VALKEY_CLUSTER_OUTBOX = dict(_VALKEY_CLUSTER, OPTIONS=dict(_VALKEY_CLUSTER["OPTIONS"], OUTBOX=True))
 TASKS = {
     "default": _POSTGRES if os.environ.get("VTASKS_TEST_BACKEND") == "postgres" else _VALKEY,
     "valkey": _VALKEY,
