@@ -7,6 +7,7 @@ valkey if unset). Servers come from the environment (see vtasks_servers.py); per
 
 import json
 import os
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 SECRET_KEY = "vtasks-tests"
@@ -38,7 +39,7 @@ DATABASES = {
     "default": _pg(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))
 }
 
-_VALKEY = {
+_VALKEY: dict[str, Any] = {
     "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
     "QUEUES": [],
     "OPTIONS": {
@@ -48,7 +49,7 @@ _VALKEY = {
 }
 # Queue keys without a hash tag spread over the 3 nodes; test_enqueue_many's worker reads two
 # queues of one slot.
-_VALKEY_CLUSTER = {
+_VALKEY_CLUSTER: dict[str, Any] = {
     "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
     "QUEUES": [],
     "OPTIONS": {
@@ -65,7 +66,9 @@ _POSTGRES = {
 }
 # the same servers with the transactional outbox (test_outbox.py)
 _VALKEY_OUTBOX = dict(_VALKEY, OPTIONS=dict(_VALKEY["OPTIONS"], OUTBOX=True))
-_VALKEY_CLUSTER_OUTBOX = dict(_VALKEY_CLUSTER, OPTIONS=dict(_VALKEY_CLUSTER["OPTIONS"], OUTBOX=True))
+_VALKEY_CLUSTER_OUTBOX = dict(
+    _VALKEY_CLUSTER, OPTIONS=dict(_VALKEY_CLUSTER["OPTIONS"], OUTBOX=True)
+)
 TASKS = {
     "default": _POSTGRES if os.environ.get("VTASKS_TEST_BACKEND") == "postgres" else _VALKEY,
     "valkey": _VALKEY,
