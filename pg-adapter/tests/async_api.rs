@@ -51,9 +51,10 @@ async fn flow(db: &TestDb) {
     assert_eq!(q.peek("aq", "ready", 0, 10).await.unwrap().len(), 1);
     assert!(q.get("aq", &got[2].id).await.unwrap().is_some());
     assert_eq!(q.clear("aq", "all").await.unwrap(), 1);
-    q.schedule_set("aq", "s", b"p".to_vec(), None, Some(50), 0).await.unwrap();
+    // every 1 s: the second tick comes well within the period even on a loaded machine
+    q.schedule_set("aq", "s", b"p".to_vec(), None, Some(1000), 0).await.unwrap();
     assert_eq!(q.schedule_list("aq").await.unwrap().len(), 1);
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(Duration::from_millis(1010)).await;
     assert_eq!(q.schedule_tick().await.unwrap(), 1);
     assert_eq!(q.schedule_tick().await.unwrap(), 0);
     assert!(q.schedule_del("aq", "s").await.unwrap());
