@@ -323,7 +323,15 @@ def test_unknown_task_path_waits_for_the_new_code(backend, broker, alias, queue,
     assert backend.get_result(r.id).status == TaskResultStatus.READY
     assert broker.info(queue)["dead"] == 0
     old.stop()  # (its hand-back waits 3 s: the new code takes the next attempt)
-    workers([queue], env={**grace, "PYTHONPATH": f"{CLIENT_DIR}{os.pathsep}{code}"})  # new code
+    workers(
+        [queue],
+        env={
+            **grace,
+            "PYTHONPATH": os.pathsep.join(
+                [str(CLIENT_DIR), str(code), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
+    )  # new code
     done = wait_for(finished(backend, r.id), timeout=30)
     assert done.status == TaskResultStatus.SUCCESSFUL and done.return_value == "hello deploy"
     # a path no code knows is dead-lettered once the grace is over
