@@ -1,0 +1,120 @@
+"""VT.CANCEL and VT.EXTEND ... WITHCANCELLED (PROTOCOL.md): a waiting task is dead-lettered at once,
+a running one is flagged (its lease no longer extended, never retried nor run again); the flag
+replicates, persists and is refused nothing by a paused server's rules."""
+
+import threading
+import time
+
+import pytest
+import valkey
+
+from conftest import fetch, info, rec, wait_until
+from test_replication import synced
+
+Q = "vt:{c}"
+
+
+def get(c, id):
+    return rec(c.execute_command("VT.GET", Q, id))
+
+
+def test_waiting_tasks_are_dead_lettered_with_the_reason(r):
+    r.execute_command("VT.ENQUEUE", Q, "ID", "ready", "PAYLOAD", "x")
+    r.execute_command("VT.ENQUEUE", Q, "ID", "later", "DELAY", 3_600_000, "PAYLOAD", "y")
+    assert r.execute_command("VT.CANCEL", Q, "ready", "REASON", "not needed") == b"removed"
+    assert r.execute_command("VT.CANCEL", Q, "later") == b"removed"
+    assert get(r, "ready")["state"] == b"dead" and get(r, "ready")["error"] == b"cancelled: not needed"
+    assert get(r, "later")["error"] == b"cancelled"
+    i = info(r, Q)
+    assert (i["ready"], i["delayed"], i["dead"], i["dead_total"]) == (0, 0, 2, 2)
+    assert r.execute_command("VT.CANCEL", Q, "ready") is None  # dead: nothing to cancel
+    assert r.execute_command("VT.CANCEL", Q, "nope") is None
+    assert r.execute_command("VT.CANCEL", "vt:{c}missing", "nope") is None
+
+
+def test_running_task_is_flagged_and_extend_leaves_it(r):
+    r.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "1", "b", "2")
+    got = {e[1]: e[2] for e in fetch(r, Q, worker="w", lease=60_000)}
+    deadline = get(r, "a")["deadline"]
+    assert r.execute_command("VT.CANCEL", Q, "a", "REASON", "stop") == b"flagged"
+    assert r.execute_command("VT.CANCEL", Q, "a") == b"flagged"
+    assert r.execute_command("VT.EXTEND", Q, "w", 120_000) == 1  # b only
+    assert r.execute_command("VT.EXTEND", Q, "w", 120_000, "WITHCANCELLED") == [1, [b"a"]]
+    assert r.execute_command("VT.EXTEND", Q, "w", 1, "withcancelled") == [1, [b"a"]]
+    assert get(r, "a")["deadline"] == deadline
+    # FAIL ... RETRY of a cancelled task dead-letters it
+    assert r.execute_command("VT.FAIL", Q, "a", got[b"a"], "TaskCancelled", "RETRY", 0) == b"dead"
+    assert get(r, "a")["state"] == b"dead"
+    assert r.execute_command("VT.EXTEND", Q, "w", 60_000, "WITHCANCELLED") == [1, []]
+
+
+def test_expired_cancelled_lease_is_dead_lettered_by_the_timer(r):
+    r.execute_command("VT.ENQUEUE", Q, "ID", "t", "MAXATTEMPTS", 9, "PAYLOAD", "x")
+    fetch(r, Q, lease=100)
+    assert r.execute_command("VT.CANCEL", Q, "t", "REASON", "bye") == b"flagged"
+    wait_until(lambda: get(r, "t")["state"] == b"dead", timeout=10, msg="timer buried it")
+    assert get(r, "t")["error"] == b"cancelled: bye"
+    assert info(r, Q)["rescued_total"] == 0 and info(r, Q)["ready"] == 0
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["VT.CANCEL", Q], "syntax"),
+        (["VT.CANCEL", Q, "t", "REASON"], "syntax"),
+        (["VT.CANCEL", Q, "t", "WHY", "x"], "unknown option"),
+        (["VT.CANCEL", Q, "i" * 129], "task id"),
+        (["VT.CANCEL", Q, "t", "REASON", "x" * 70_000], "reason"),
+        (["VT.EXTEND", Q, "w", 100, "WITHSOMETHING"], "unknown option"),
+    ],
+)
+def test_bad_arguments_are_refused_and_change_nothing(r, argv, msg):
+    r.execute_command("VT.ENQUEUE", Q, "ID", "t", "PAYLOAD", "x")
+    with pytest.raises(valkey.exceptions.ResponseError, match=msg):
+        r.execute_command(*argv)
+    assert get(r, "t")["state"] == b"ready"
+
+
+def test_wrong_type_key(r):
+    r.set("vt:{c}str", "x")
+    with pytest.raises(valkey.exceptions.ResponseError, match="WRONGTYPE"):
+        r.execute_command("VT.CANCEL", "vt:{c}str", "t")
+
+
+def test_flag_replicates_and_persists(replica_pair):
+    primary, replica = replica_pair
+    p = primary.client()
+    p.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "1", "b", "2", "c", "3")
+    fetch(p, Q, worker="w", count=2, lease=3_600_000)
+    assert p.execute_command("VT.CANCEL", Q, "a", "REASON", "r") == b"flagged"
+    assert p.execute_command("VT.CANCEL", Q, "c") == b"removed"
+    a, b = synced(primary, replica, Q)
+    assert a == b
+    # the replica holds the flag: its EXTEND (were it promoted) leaves the lease alone
+    rp = replica.client()
+    rp.execute_command("REPLICAOF", "NO", "ONE")
+    assert rp.execute_command("VT.EXTEND", Q, "w", 1000, "WITHCANCELLED") == [1, [b"a"]]
+    # and a reload keeps it
+    p.execute_command("DEBUG", "RELOAD")
+    assert p.execute_command("VT.EXTEND", Q, "w", 1000, "WITHCANCELLED") == [1, [b"a"]]
+
+
+def test_cancel_waits_while_writes_are_paused(server):
+    """A write command: the server holds it back during CLIENT PAUSE WRITE (nothing is
+    propagated inside a pause), then it runs."""
+    c = server.client()
+    c.execute_command("VT.ENQUEUE", Q, "ID", "t", "PAYLOAD", "x")
+    out = {}
+
+    def cancel():
+        out["reply"] = server.client().execute_command("VT.CANCEL", Q, "t")
+        out["at"] = time.monotonic()
+
+    c.execute_command("CLIENT", "PAUSE", 800, "WRITE")
+    paused = time.monotonic()
+    th = threading.Thread(target=cancel, daemon=True)
+    th.start()
+    time.sleep(0.3)
+    assert "reply" not in out and get(c, "t")["state"] == b"ready"
+    th.join(10)
+    assert out["reply"] == b"removed" and out["at"] - paused >= 0.7
