@@ -143,3 +143,28 @@ def test_retry_on_and_retry_exception(backend, alias, queue, workers, tmp_path):
         "attempt 1 prev None",
         "attempt 2 prev django_vtasks.exceptions.Retry",
     ]
+
+
+def test_a_run_the_loop_cannot_end_loses_its_lease(backend, broker, alias, queue, workers, out):
+    """An async task blocking the event loop past its time limit cannot be cancelled by the
+    loop: the heartbeat thread cancels it in the broker, so its lease is extended no more and it
+    is dead-lettered when the lease runs out; its late success is not stored."""
+    r = on(ct.blocks_the_loop, alias, queue).enqueue(out, 5)
+    workers([queue], lease=1, concurrency=1)
+    wait_for(lambda: read_lines(out), message="started")
+
+    def buried():
+        broker.maintain()  # (Postgres: what another worker's maintenance does; Valkey: no-op)
+        record = broker.get(queue, r.id)
+        return record is not None and record.state == "dead" and record
+
+    record = wait_for(buried, timeout=20, message="dead-lettered while the loop is blocked")
+    assert record.error == "cancelled: time limit of 0.3s exceeded"
+    assert read_lines(out) == ["start"]  # still blocked: the broker acted, not the worker
+    # once unblocked, the worker settles it (without storing its success) and runs the next task
+    after = on(ct.quick, alias, queue).enqueue(1, 2)
+    assert wait_for(finished(backend, after.id), timeout=20).return_value == 3
+    assert read_lines(out) == ["start", "unblocked"]
+    done = backend.get_result(r.id)
+    assert done.status == TaskResultStatus.FAILED
+    assert done.errors[-1].exception_class_path == CANCELLED

@@ -13,13 +13,24 @@ class RunControl:
     """The worker's side of one run, shared with the task (set by the worker's loop, read by
     the task's thread: plain attribute writes and reads)."""
 
-    __slots__ = ("cancel_reason", "cancel_requested", "deadline", "soft_deadline", "soft_reached")
+    __slots__ = (
+        "cancel_reason",
+        "cancel_requested",
+        "deadline",
+        "limit",
+        "overdue",
+        "soft_deadline",
+        "soft_reached",
+    )
 
     def __init__(self, time_limit: float | None = None, soft_time_limit: float | None = None):
         now = time.monotonic()
         self.cancel_requested = False
         self.cancel_reason = ""
+        self.limit = time_limit
         self.deadline = now + time_limit if time_limit else None
+        #: set by the heartbeat when the run outlived its hard limit (see Heartbeat)
+        self.overdue = False
         self.soft_deadline = now + soft_time_limit if soft_time_limit else None
         self.soft_reached = False
 

@@ -82,3 +82,12 @@ def asks_retry(context, path):
     if context.attempt == 1:
         raise Retry(delay=0.1, reason="not yet")
     return context.attempt
+
+
+@django_vtasks.task(time_limit=0.3)
+async def blocks_the_loop(path, seconds):
+    """An async task that never yields: the worker's loop cannot cancel it at its limit."""
+    _append(path, "start")
+    time.sleep(seconds)
+    _append(path, "unblocked")
+    return "late"

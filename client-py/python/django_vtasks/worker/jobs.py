@@ -92,6 +92,25 @@ class JobRunner:
         #: (queue, id) -> the job running it, for cancel requests (see cancel_requested)
         self.running: dict[tuple[str, str], Job] = {}
 
+    def overdue(self, grace: float) -> list[tuple[str, str, float]]:
+        """(queue, id, limit) of the runs still going ``grace`` seconds after their hard time
+        limit: the loop that should have ended them is blocked (an async task that does not
+        yield). Called by the heartbeat thread; each run is reported once."""
+        now = time.monotonic()
+        out = []
+        try:
+            jobs = list(self.running.values())
+        except RuntimeError:  # changed while copied (the loop's thread): next beat
+            return out
+        for job in jobs:
+            c = job.control
+            if c is None or c.deadline is None or c.overdue or job.done:
+                continue
+            if now > c.deadline + grace:
+                c.overdue = True
+                out.append((job.delivery.queue, job.delivery.id, c.limit))
+        return out
+
     def cancel_requested(self, queue: str, ids: list[str]) -> None:
         """The broker reported these tasks of ``queue`` cancelled (the heartbeat's extend): a
         running async task is cancelled now, a sync task sees ``context.cancel_requested`` (its
@@ -385,11 +404,14 @@ class JobRunner:
                     await self._send_task_signal(task_finished, result)
                 except Exception:
                     logger.exception("a task_finished receiver failed")
-                w.slots.release()
-                released = True
-                if control.cancel_requested:
+                if control.cancel_requested or control.overdue:
+                    # (overdue: set by the heartbeat thread, seen even before the loop ran)
                     await self._ack_after_cancel(d, data)
+                    w.slots.release()
+                    released = True
                 else:
+                    w.slots.release()
+                    released = True
                     w.acks.add(d, data)
                 w.progress()
         finally:

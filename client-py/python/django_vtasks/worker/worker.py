@@ -86,6 +86,7 @@ class Worker:
             self.lease_ms,
             self.slots,
             self.jobs.cancel_requested,
+            self.jobs.overdue,
         )
         self.schedules = ScheduleRegistrar(self)
 
