@@ -15,6 +15,9 @@ from tests.testapp import tasks as t
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CANCELLED = "django_vtasks.exceptions.TaskCancelled"
+#: the worker-side features (time limits, retry control) are the same on any Valkey: the
+#: cluster runs the cancel tests (VT.CANCEL is a keyed command), the others run on one node
+ONE_NODE = pytest.mark.parametrize("alias", ["valkey", "postgres"], indirect=True)
 TIME_LIMIT = "django_vtasks.exceptions.TimeLimitExceeded"
 
 
@@ -73,7 +76,7 @@ def test_cancel_running_tasks(backend, broker, alias, queue, workers, out, tmp_p
     a_out, s_out, o_out = (str(tmp_path / n) for n in ("a", "s", "o"))
     ra = on(ct.async_until_cancelled, alias, queue).enqueue(a_out, 60)
     rs = on(ct.sync_until_cancelled, alias, queue).enqueue(s_out, 60)
-    ro = on(t.sleep_record, alias, queue).enqueue(o_out, "x", 4)
+    ro = on(t.sleep_record, alias, queue).enqueue(o_out, "x", 3)
     workers([queue], lease=1)
     for path in (a_out, s_out, o_out):
         wait_for(lambda p=path: read_lines(p), message=f"{path} started")
@@ -95,11 +98,12 @@ def test_cancel_running_tasks(backend, broker, alias, queue, workers, out, tmp_p
     assert broker.get(queue, ro.id).state == "dead"
 
 
+@ONE_NODE
 def test_time_limits(backend, broker, alias, queue, workers, tmp_path):
     """Hard limit: an async task is cancelled, a sync task abandoned (its thread runs on, its
     late result is discarded); both fail with TimeLimitExceeded. The soft limit shows first."""
     s_out, a_out = str(tmp_path / "s"), str(tmp_path / "a")
-    rs = on(ct.sync_overrun, alias, queue).enqueue(s_out, 3)
+    rs = on(ct.sync_overrun, alias, queue).enqueue(s_out, 2)
     ra = on(ct.async_overrun, alias, queue).enqueue(a_out)
     # a per-call limit travels with the task (.using): 60 s is never reached
     ok = on(ct.quick, alias, queue).using(time_limit=60).enqueue(1, 2)
@@ -116,6 +120,7 @@ def test_time_limits(backend, broker, alias, queue, workers, tmp_path):
     assert broker.info(queue)["inflight"] == 0
 
 
+@ONE_NODE
 def test_queue_time_limit_setting(backend, alias, queue, workers, tmp_path):
     path = str(tmp_path / "o")
     r = on(t.sleep_record, alias, queue).enqueue(path, "x", 3)
@@ -125,6 +130,7 @@ def test_queue_time_limit_setting(backend, alias, queue, workers, tmp_path):
     assert done.errors[-1].exception_class_path == TIME_LIMIT
 
 
+@ONE_NODE
 def test_retry_on_and_retry_exception(backend, alias, queue, workers, tmp_path):
     path = str(tmp_path / "o")
     conn = on(ct.fails_with, alias, queue).enqueue("connection")
@@ -145,11 +151,12 @@ def test_retry_on_and_retry_exception(backend, alias, queue, workers, tmp_path):
     ]
 
 
+@ONE_NODE
 def test_a_run_the_loop_cannot_end_loses_its_lease(backend, broker, alias, queue, workers, out):
     """An async task blocking the event loop past its time limit cannot be cancelled by the
     loop: the heartbeat thread cancels it in the broker, so its lease is extended no more and it
     is dead-lettered when the lease runs out; its late success is not stored."""
-    r = on(ct.blocks_the_loop, alias, queue).enqueue(out, 5)
+    r = on(ct.blocks_the_loop, alias, queue).enqueue(out, 4)
     workers([queue], lease=1, concurrency=1)
     wait_for(lambda: read_lines(out), message="started")
 
