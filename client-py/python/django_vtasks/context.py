@@ -14,7 +14,6 @@ class RunControl:
     the task's thread: plain attribute writes and reads)."""
 
     __slots__ = (
-        "cancel_reason",
         "cancel_requested",
         "deadline",
         "limit",
@@ -24,14 +23,15 @@ class RunControl:
     )
 
     def __init__(self, time_limit: float | None = None, soft_time_limit: float | None = None):
-        now = time.monotonic()
         self.cancel_requested = False
-        self.cancel_reason = ""
         self.limit = time_limit
-        self.deadline = now + time_limit if time_limit else None
+        self.deadline = self.soft_deadline = None
+        if time_limit or soft_time_limit:
+            now = time.monotonic()
+            self.deadline = now + time_limit if time_limit else None
+            self.soft_deadline = now + soft_time_limit if soft_time_limit else None
         #: set by the heartbeat when the run outlived its hard limit (see Heartbeat)
         self.overdue = False
-        self.soft_deadline = now + soft_time_limit if soft_time_limit else None
         self.soft_reached = False
 
 
@@ -54,10 +54,6 @@ class VTaskContext(TaskContext):
         """True once ``backend.cancel()`` asked this running task to stop (its lease is no
         longer extended: finish or raise ``TaskCancelled`` soon)."""
         return self.control.cancel_requested
-
-    @property
-    def cancel_reason(self) -> str:
-        return self.control.cancel_reason
 
     @property
     def soft_time_limit_exceeded(self) -> bool:

@@ -91,6 +91,21 @@ class JobRunner:
         self.unknown_task_grace = float(settings.VTASKS_UNKNOWN_TASK_GRACE or 0)
         #: (queue, id) -> the job running it, for cancel requests (see cancel_requested)
         self.running: dict[tuple[str, str], Job] = {}
+        #: VTASKS_TIME_LIMITS, read once; (id(task), queue) -> (task, its TimeLimits)
+        self.time_limits_setting = settings.VTASKS_TIME_LIMITS or {}
+        self._limits: dict[tuple[int, str], tuple[object, TimeLimits]] = {}
+
+    def limits(self, task, queue: str) -> TimeLimits:
+        """TimeLimits.of(task, queue), once per task object and queue (the hot path)."""
+        key = (id(task), queue)
+        hit = self._limits.get(key)
+        if hit is not None and hit[0] is task:
+            return hit[1]
+        limits = TimeLimits.of(task, queue, self.time_limits_setting)
+        if len(self._limits) > 10_000:
+            self._limits.clear()
+        self._limits[key] = (task, limits)
+        return limits
 
     def overdue(self, grace: float) -> list[tuple[str, str, float]]:
         """(queue, id, limit) of the runs still going ``grace`` seconds after their hard time
@@ -337,7 +352,7 @@ class JobRunner:
             except Exception:
                 logger.exception("a task_started receiver failed")
             args = list(result.args)
-            limits = TimeLimits.of(task, d.queue)
+            limits = self.limits(task, d.queue)
             control = job.control = RunControl(limits.hard, limits.soft)
             if task.takes_context:
                 args.insert(0, VTaskContext(task_result=result, control=control))
