@@ -267,10 +267,15 @@ def test_a_cancelled_lease_ends_dead_not_ready(b, queue):
     dead-lettered with the cancel reason: it never runs again, whatever attempts it has left."""
     import time
 
-    rid = enqueue_one(b, queue, max_attempts=5)
-    b.fetch([queue], "w", 1, lease_ms=50)
-    assert b.cancel(queue, rid, "bye") == "flagged"
-    time.sleep(0.1)
+    # the cancel must land inside the lease: a longer one when the machine is too slow for it
+    for lease_ms in (100, 1000, 5000):
+        rid = enqueue_one(b, queue, max_attempts=5)
+        b.fetch([queue], "w", 1, lease_ms=lease_ms)
+        if b.cancel(queue, rid, "bye") == "flagged":
+            break
+    else:
+        pytest.fail("the lease expired before the cancel every time")
+    time.sleep(lease_ms / 1000 + 0.05)
     b.rescue(queue)  # (the module's timer may have done it already)
     record = b.get(queue, rid)
     assert (record.state, record.error) == ("dead", "cancelled: bye")

@@ -156,7 +156,7 @@ def test_a_run_the_loop_cannot_end_loses_its_lease(backend, broker, alias, queue
     """An async task blocking the event loop past its time limit cannot be cancelled by the
     loop: the heartbeat thread cancels it in the broker, so its lease is extended no more and it
     is dead-lettered when the lease runs out; its late success is not stored."""
-    r = on(ct.blocks_the_loop, alias, queue).enqueue(out, 4)
+    r = on(ct.blocks_the_loop, alias, queue).enqueue(out, 6)
     workers([queue], lease=1, concurrency=1)
     wait_for(lambda: read_lines(out), message="started")
 
