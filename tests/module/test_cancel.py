@@ -40,7 +40,7 @@ def test_running_task_is_flagged_and_extend_leaves_it(r):
     assert r.execute_command("VT.CANCEL", Q, "a") == b"flagged"
     assert r.execute_command("VT.EXTEND", Q, "w", 120_000) == 1  # b only
     assert r.execute_command("VT.EXTEND", Q, "w", 120_000, "WITHCANCELLED") == [1, [b"a"]]
-    assert r.execute_command("VT.EXTEND", Q, "w", 1, "withcancelled") == [1, [b"a"]]
+    assert r.execute_command("VT.EXTEND", Q, "w", 90_000, "withcancelled") == [1, [b"a"]]
     assert get(r, "a")["deadline"] == deadline
     # FAIL ... RETRY of a cancelled task dead-letters it
     assert r.execute_command("VT.FAIL", Q, "a", got[b"a"], "TaskCancelled", "RETRY", 0) == b"dead"
@@ -104,6 +104,32 @@ def test_flag_replicates_and_persists(replica_pair):
     # and a reload keeps it
     p.execute_command("DEBUG", "RELOAD")
     assert p.execute_command("VT.EXTEND", Q, "w", 1000, "WITHCANCELLED") == [1, [b"a"]]
+
+
+@pytest.mark.parametrize("preamble", ["yes", "no"])
+def test_flag_survives_a_restart_from_rdb_and_aof(server_factory, preamble):
+    """The flag is in the task's record (RDB, AOF rewrite as VT._LOAD) and in the effect
+    replayed from the AOF (VT._FX ... CANCEL)."""
+    s = server_factory("--appendonly", "yes", "--appendfsync", "always", "--aof-use-rdb-preamble", preamble)
+    c = s.client()
+    c.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "1", "b", "2", "c", "3")
+    fetch(c, Q, worker="w", count=3, lease=3_600_000)
+    c.execute_command("VT.CANCEL", Q, "a", "REASON", "before the rewrite")
+    c.bgrewriteaof()
+    wait_until(lambda: c.info("persistence")["aof_rewrite_in_progress"] == 0
+               and c.info("persistence")["aof_rewrite_scheduled"] == 0, timeout=10)
+    c.execute_command("VT.CANCEL", Q, "b")  # after it: an incremental effect
+    s.restart()
+    c = s.client()
+    assert c.execute_command("VT.EXTEND", Q, "w", 1000, "WITHCANCELLED") == [1, [b"a", b"b"]]
+    c.save()
+    s.restart()
+    c = s.client()
+    assert c.execute_command("VT.EXTEND", Q, "w", 1000, "WITHCANCELLED") == [1, [b"a", b"b"]]
+    # a restarted worker hands its leases back: the cancelled ones end dead, the other is ready
+    assert c.execute_command("VT.RESCUE", Q, "WORKER", "w") == 1
+    assert get(c, "a")["error"] == b"cancelled: before the rewrite"
+    assert (get(c, "b")["state"], get(c, "c")["state"]) == (b"dead", b"ready")
 
 
 def test_cancel_waits_while_writes_are_paused(server):
