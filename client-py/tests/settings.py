@@ -101,6 +101,7 @@ def _schedule():
 VTASKS_SCHEDULE = _schedule()
 VTASKS_BATCH_QUEUES = json.loads(os.environ.get("VTASKS_TEST_BATCH_QUEUES", "{}"))
 VTASKS_RETRIES = json.loads(os.environ.get("VTASKS_TEST_RETRIES", "{}"))
+VTASKS_TIME_LIMITS = json.loads(os.environ.get("VTASKS_TEST_TIME_LIMITS", "{}"))
 # tests see an unknown task path dead-lettered at once unless they ask for a grace
 VTASKS_RESULT_MAX_BYTES = int(os.environ.get("VTASKS_TEST_RESULT_MAX_BYTES", str(1024 * 1024)))
 # task modules outside installed apps that tests create on the fly (test_truth's "new code")

@@ -79,8 +79,10 @@ def test_migrate_creates_the_task_permissions(admin_stack):
     )
     assert got == {
         "view_queuedtask",
+        "change_queuedtask",
         "delete_queuedtask",
         "view_runningtask",
+        "change_runningtask",
         "view_failedtask",
         "change_failedtask",
         "delete_failedtask",
@@ -248,3 +250,39 @@ def test_slash_in_queue_name_and_task_id(alias, broker, queue, superuser_client)
     assert states(broker, queue, dead_id) == ["ready"]
     assert post(client, "queuedtask", alias, queue, "delete", [dead_id]).status_code == 302
     assert states(broker, queue, dead_id, queued) == [None, "ready"]
+
+
+def test_cancel_needs_change_and_is_logged(alias, broker, backend, queue, admin_stack, client):
+    """*Cancel* on the queued page fails a waiting task at once (its result reads FAILED,
+    TaskCancelled); on the running page it flags the task. It needs the change permission."""
+    from django.contrib.admin.models import CHANGE
+
+    client, user = staff_client(client, "view_queuedtask", "change_runningtask")
+    t = add.using(backend=alias, queue_name=queue)
+    queued = t.enqueue(1, 2).id
+    running = t.enqueue(3, 4).id
+    got = broker.fetch([queue], "admin-test", 1, 60_000)
+    assert [d.id for d in got] == [queued]
+    queued, running = running, queued  # the first one is in flight now
+    r = page(client, "queuedtask", alias, queue)
+    assert "Cancel selected tasks" not in r.content.decode()  # view only
+    assert post(client, "queuedtask", alias, queue, "cancel", [queued]).status_code == 403
+    assert states(broker, queue, queued) == ["ready"]
+    r = client.get(f"{ADMIN}/runningtask/{alias}/{queue}/{running}/")
+    assert "Cancel this task" in r.content.decode()
+    r = post(client, "runningtask", alias, queue, "cancel", [running])
+    assert r.status_code == 302
+    assert "1 running task(s) asked to stop" in client.get(r["Location"]).content.decode()
+    assert broker.extend_cancelled(queue, "admin-test", 60_000) == (0, [running])
+    # select-across is refused for cancel, whatever the permission
+    client2, user2 = staff_client(client, "change_queuedtask")
+    post(client2, "queuedtask", alias, queue, "cancel", select_across="1")
+    assert states(broker, queue, queued) == ["ready"]
+    r = post(client2, "queuedtask", alias, queue, "cancel", [queued])
+    assert r.status_code == 302
+    result = backend.get_result(queued)
+    assert result.status.name == "FAILED"
+    assert result.errors[-1].exception_class_path == "django_vtasks.exceptions.TaskCancelled"
+    assert "in the admin" in result.errors[-1].traceback
+    assert [(e.object_id, e.action_flag) for e in log_entries(user)] == [(running, CHANGE)]
+    assert [(e.object_id, e.action_flag) for e in log_entries(user2)] == [(queued, CHANGE)]

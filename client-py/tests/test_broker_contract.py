@@ -209,6 +209,112 @@ def test_client_errors_reach_the_caller_as_broker_errors(engine):
     asyncio.run(run())
 
 
+# ---- VT.CANCEL (PROTOCOL.md) ---------------------------------------------------------------------
+
+
+def test_cancel_dead_letters_ready_and_delayed_tasks(b, queue):
+    import time
+
+    ready = enqueue_one(b, queue)
+    delayed = enqueue_one(b, queue, at_ms=int(time.time() * 1000) + 3_600_000)
+    assert b.cancel(queue, ready, "no longer needed") == "removed"
+    assert b.cancel(queue, delayed) == "removed"
+    assert b.get(queue, ready).state == "dead"
+    assert b.get(queue, ready).error == "cancelled: no longer needed"
+    assert b.get(queue, delayed).error == "cancelled"
+    info = b.info(queue)
+    assert (info["ready"], info["delayed"], info["dead"], info["dead_total"]) == (0, 0, 2, 2)
+    assert b.fetch([queue], "w", 10) == []
+    # dead, or unknown: nothing to cancel
+    assert b.cancel(queue, ready) is None
+    assert b.cancel(queue, "no-such-id") is None
+    # a cancelled task can be brought back like any dead one
+    assert b.retry_dead(queue, [ready]) == 1
+    assert b.get(queue, ready).state == "ready"
+
+
+def test_cancel_flags_a_running_task_and_extend_leaves_its_lease(b, queue):
+    rid = enqueue_one(b, queue)
+    other = enqueue_one(b, queue)
+    got = {d.id: d for d in b.fetch([queue], "w", 2, lease_ms=60_000)}
+    before = b.get(queue, rid).deadline
+    assert b.cancel(queue, rid, "stop") == "flagged"
+    assert b.cancel(queue, rid, "again") == "flagged"  # idempotent: the first reason stays
+    assert b.get(queue, rid).state == "inflight"
+    # extend moves the other lease only, and names the cancelled one
+    assert b.extend_cancelled(queue, "w", 120_000) == (1, [rid])
+    assert b.extend(queue, "w", 120_000) == 1
+    assert b.get(queue, rid).deadline == before
+    assert b.get(queue, other).deadline > before
+    assert b.extend_cancelled(queue, "someone-else", 1000) == (0, [])
+    # a failure asking for a retry is dead-lettered instead
+    assert b.fail(queue, rid, got[rid].token, "TaskCancelled: stop", 0) == "dead"
+    assert b.get(queue, rid).state == "dead"
+    assert b.extend_cancelled(queue, "w", 1000) == (1, [])
+    assert b.ack(queue, [(other, got[other].token)]) == 1
+
+
+def test_a_cancelled_task_finishing_is_acked(b, queue):
+    rid = enqueue_one(b, queue)
+    (d,) = b.fetch([queue], "w", 1, lease_ms=60_000)
+    assert b.cancel(queue, rid) == "flagged"
+    assert b.ack(queue, [(rid, d.token)]) == 1
+    assert b.get(queue, rid) is None and b.info(queue)["acked_total"] == 1
+
+
+def test_a_cancelled_lease_ends_dead_not_ready(b, queue):
+    """A flagged task whose lease ends (its worker stopped extending it, or died) is
+    dead-lettered with the cancel reason: it never runs again, whatever attempts it has left."""
+    import time
+
+    # the cancel must land inside the lease: a longer one when the machine is too slow for it
+    for lease_ms in (100, 1000, 5000):
+        rid = enqueue_one(b, queue, max_attempts=5)
+        b.fetch([queue], "w", 1, lease_ms=lease_ms)
+        if b.cancel(queue, rid, "bye") == "flagged":
+            break
+    else:
+        pytest.fail("the lease expired before the cancel every time")
+    time.sleep(lease_ms / 1000 + 0.05)
+    b.rescue(queue)  # (the module's timer may have done it already)
+    record = b.get(queue, rid)
+    assert (record.state, record.error) == ("dead", "cancelled: bye")
+    # a restarted worker's rescue of its own leases does the same
+    rid2 = enqueue_one(b, queue, max_attempts=5)
+    b.fetch([queue], "w2", 1, lease_ms=60_000)
+    b.cancel(queue, rid2)
+    assert b.rescue(queue, "w2") == 0
+    assert b.get(queue, rid2).state == "dead"
+
+
+def test_cancel_refuses_bad_input(b, queue):
+    rid = enqueue_one(b, queue)
+    with pytest.raises(BrokerError, match="(?i)reason"):
+        b.cancel(queue, rid, "x" * 70_000)
+    with pytest.raises(BrokerError, match="(?i)id"):
+        b.cancel(queue, "i" * 129)
+    assert b.get(queue, rid).state == "ready"
+
+
+def test_cancel_async_forms(b, queue):
+    import asyncio
+
+    rid = enqueue_one(b, queue)
+    held = enqueue_one(b, queue)
+
+    async def run():
+        try:
+            (d,) = await b.afetch([queue], "w", 1, lease_ms=60_000)
+            assert d.id == rid
+            assert await b.acancel(queue, rid, "a") == "flagged"
+            assert await b.acancel(queue, held) == "removed"
+            assert await b.aextend_cancelled(queue, "w", 60_000) == (0, [rid])
+        finally:
+            await b.aclose()
+
+    asyncio.run(run())
+
+
 def test_capabilities_are_declared_not_probed():
     """The worker asks the flags (server timers, DLQ cap) instead of testing a broker's type."""
     from django_vtasks.broker import Broker
@@ -220,3 +326,5 @@ def test_capabilities_are_declared_not_probed():
     assert ValkeyBroker.supports_server_timers and ValkeyBroker.supports_dlq_cap
     assert ValkeyClusterBroker.supports_dlq_cap
     assert not PostgresBroker.supports_server_timers and not PostgresBroker.supports_dlq_cap
+    assert not Broker.supports_cancel
+    assert ValkeyBroker.supports_cancel and PostgresBroker.supports_cancel

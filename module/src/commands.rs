@@ -14,11 +14,11 @@ pub const MAX_ERROR_LEN: usize = 64 * 1024;
 
 type Res = Result<Reply, Reply>;
 
-fn eq(a: &[u8], b: &str) -> bool {
+pub(crate) fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-fn int(b: &[u8], what: &str) -> Result<i64, Reply> {
+pub(crate) fn int(b: &[u8], what: &str) -> Result<i64, Reply> {
     std::str::from_utf8(b)
         .ok()
         .filter(|s| !s.is_empty() && s.len() <= 20 && !s.starts_with('+'))
@@ -34,7 +34,7 @@ fn int_in(b: &[u8], what: &str, lo: i64, hi: i64) -> Result<i64, Reply> {
     Ok(v)
 }
 
-fn check_id(id: &[u8]) -> Result<(), Reply> {
+pub(crate) fn check_id(id: &[u8]) -> Result<(), Reply> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return err(format!("ERR task id must be 1 to {MAX_ID_LEN} bytes"));
     }
@@ -106,11 +106,11 @@ fn new_token() -> u64 {
     rand::random::<u64>()
 }
 
-fn s(v: impl ToString) -> Vec<u8> {
+pub(crate) fn s(v: impl ToString) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-fn replicate_owned(ctx: Ctx, args: &[Vec<u8>]) {
+pub(crate) fn replicate_owned(ctx: Ctx, args: &[Vec<u8>]) {
     let refs: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
     replicate(ctx, "VT._FX", &refs);
 }
@@ -542,20 +542,28 @@ pub fn rescue(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     Ok(Reply::Int(n as i64))
 }
 
-pub fn parse_extend(a: &[&[u8]]) -> Result<i64, Reply> {
-    if a.len() != 4 {
+/// Parses `VT.EXTEND`: (lease ms, WITHCANCELLED given).
+pub fn parse_extend(a: &[&[u8]]) -> Result<(i64, bool), Reply> {
+    if a.len() != 4 && a.len() != 5 {
         return err("ERR wrong number of arguments");
     }
     check_len(a[2], "worker id", MAX_WORKER_LEN)?;
-    int_in(a[3], "lease", 1, i64::MAX / 4)
+    let lease = int_in(a[3], "lease", 1, i64::MAX / 4)?;
+    if a.len() == 5 && !eq(a[4], "WITHCANCELLED") {
+        return err(format!("ERR unknown option '{}'", String::from_utf8_lossy(a[4])));
+    }
+    Ok((lease, a.len() == 5))
 }
 
 pub fn extend(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
-    let lease = parse_extend(a)?;
+    let (lease, with_cancelled) = parse_extend(a)?;
     let deadline = now_ms().saturating_add(lease);
-    let n = with_queue(ctx, argv[1], false, |q| q.extend(a[2], deadline))?.unwrap_or(0);
+    let (n, cancelled) = with_queue(ctx, argv[1], false, |q| q.extend(a[2], deadline))?.unwrap_or_default();
     if n > 0 {
         replicate_owned(ctx, &[a[1].to_vec(), b"EXTEND".to_vec(), a[2].to_vec(), s(deadline)]);
+    }
+    if with_cancelled {
+        return Ok(Reply::Array(vec![Reply::Int(n as i64), Reply::Array(cancelled.iter().map(bulk).collect())]));
     }
     Ok(Reply::Int(n as i64))
 }
@@ -944,6 +952,8 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             q.extend(r[0], deadline);
         })
         .map(|_| ())
+    } else if eq(op, "CANCEL") {
+        crate::cancel::replay(ctx, argv[1], r)
     } else if eq(op, "PROMOTE") {
         if r.len() != 1 {
             return Err(bad());
@@ -1071,6 +1081,7 @@ pub fn parse_command(a: &[&[u8]]) -> Result<(), String> {
         "VT.FAIL" => parse_fail(a).map(|_| ()),
         "VT.RESCUE" => parse_rescue(a).map(|_| ()),
         "VT.EXTEND" => parse_extend(a).map(|_| ()),
+        "VT.CANCEL" => crate::cancel::parse(a).map(|_| ()),
         "VT.INFO" | "VT.QUEUES" | "VT.GET" => {
             let want = match name.as_str() {
                 "VT.INFO" => 2,

@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod alloc;
+pub mod cancel;
 pub mod codec;
 pub mod commands;
 pub mod dead;
@@ -226,6 +227,7 @@ trampoline!(t_ack, commands::ack, "VT.ACK");
 trampoline!(t_fail, commands::fail, "VT.FAIL");
 trampoline!(t_rescue, commands::rescue, "VT.RESCUE");
 trampoline!(t_extend, commands::extend, "VT.EXTEND");
+trampoline!(t_cancel, cancel::cancel, "VT.CANCEL");
 trampoline!(t_info, commands::info, "VT.INFO");
 trampoline!(t_queues, commands::queues, "VT.QUEUES");
 trampoline!(t_peek, commands::peek, "VT.PEEK");
@@ -476,6 +478,15 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "vt.extend",
         handler: t_extend,
+        flags: "write fast",
+        keys: Keys::At(1, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    // dead-letters a waiting task (RETRYDEAD brings it back) or flags a running one
+    Command {
+        name: "vt.cancel",
+        handler: t_cancel,
         flags: "write fast",
         keys: Keys::At(1, KEY_RW),
         arity: 0,

@@ -40,19 +40,24 @@ pub struct TaskView<'a> {
     pub error: &'a [u8],
     pub failed_at: i64,
     pub unique: Option<&'a [u8]>,
+    /// Set on an in-flight task by `VT.CANCEL`: the error it is dead-lettered with.
+    pub cancel: Option<&'a [u8]>,
 }
 
-/// What few tasks have (a last error, a failure time, a unique key): kept beside the slab.
+/// What few tasks have (a last error, a failure time, a unique key, a cancellation request):
+/// kept beside the slab.
 #[derive(Default, Debug)]
 struct Extra {
     error: Box<[u8]>,
     failed_at: i64,
     unique: Option<Box<[u8]>>,
+    /// `VT.CANCEL` of an in-flight task: the error it ends with (see `vtasks_protocol::cancel`).
+    cancel: Option<Box<[u8]>>,
 }
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.error.is_empty() && self.failed_at == 0 && self.unique.is_none()
+        self.error.is_empty() && self.failed_at == 0 && self.unique.is_none() && self.cancel.is_none()
     }
 }
 
@@ -378,6 +383,7 @@ impl Queue {
             error: x.map(|x| &x.error[..]).unwrap_or(b""),
             failed_at: x.map(|x| x.failed_at).unwrap_or(0),
             unique: x.and_then(|x| x.unique.as_deref()),
+            cancel: x.and_then(|x| x.cancel.as_deref()),
         }
     }
 
@@ -863,8 +869,9 @@ impl Queue {
             let t = self.slab.get(h);
             (t.attempt, t.max_attempts)
         };
+        let cancelled = self.cancel_of(h).is_some();
         let r = match retry {
-            Some(ms) if attempt < max => {
+            Some(ms) if attempt < max && !cancelled => {
                 self.unindex(h);
                 let x = self.extra_mut(h);
                 x.error = error.into();
@@ -891,6 +898,12 @@ impl Queue {
             return false;
         }
         let attempt = t.attempt;
+        if let Some(e) = self.cancel_of(h) {
+            // a cancelled task never runs again: its lease ended, so does the task
+            let e = e.to_vec();
+            self.dead_letter(h, e, now, cap);
+            return false;
+        }
         if attempt >= t.max_attempts {
             let err = if by_worker {
                 let w = String::from_utf8_lossy(self.worker_name(t)).into_owned();
@@ -929,15 +942,47 @@ impl Queue {
         n
     }
 
-    pub fn extend(&mut self, worker: &[u8], deadline: i64) -> usize {
-        let hs = self.worker_handles(worker);
-        for h in &hs {
-            Heap::remove(&mut self.inflight, &mut self.slab, inflight_key, *h);
-            self.slab.get_mut(*h).deadline = deadline;
-            Heap::push(&mut self.inflight, &mut self.slab, inflight_key, *h);
+    /// Moves the deadline of every lease `worker` holds to `deadline`, except cancelled tasks'
+    /// (VT.CANCEL): those keep theirs and are listed (ids, in sequence order).
+    pub fn extend(&mut self, worker: &[u8], deadline: i64) -> (usize, Vec<Id>) {
+        let mut n = 0;
+        let mut cancelled = Vec::new();
+        for h in self.worker_handles(worker) {
+            if self.cancel_of(h).is_some() {
+                cancelled.push(self.slab.get(h).id().to_vec());
+                continue;
+            }
+            Heap::remove(&mut self.inflight, &mut self.slab, inflight_key, h);
+            self.slab.get_mut(h).deadline = deadline;
+            Heap::push(&mut self.inflight, &mut self.slab, inflight_key, h);
+            n += 1;
         }
-        self.modified |= !hs.is_empty();
-        hs.len()
+        self.modified |= n > 0;
+        (n, cancelled)
+    }
+
+    fn cancel_of(&self, h: Handle) -> Option<&[u8]> {
+        self.extras.get(&h).and_then(|x| x.cancel.as_deref())
+    }
+
+    /// `VT.CANCEL`: a ready or delayed task is dead-lettered with `error` at once (`removed`); an
+    /// in-flight one is flagged (`flagged`): its lease is no longer extended, a `FAIL ... RETRY`
+    /// dead-letters it, and a rescue dead-letters it with `error` instead of running it again.
+    /// None when no live task has this id.
+    pub fn cancel(&mut self, now: i64, cap: usize, id: &[u8], error: &[u8]) -> Option<&'static str> {
+        let h = self.ids.get(id, &self.slab)?;
+        let r = if self.slab.get(h).state == State::Inflight {
+            if self.cancel_of(h).is_none() {
+                self.extra_mut(h).cancel = Some(error.into());
+                self.modified = true;
+            }
+            "flagged"
+        } else {
+            self.dead_letter(h, error.to_vec(), now, cap);
+            "removed"
+        };
+        self.tidy();
+        Some(r)
     }
 
     fn revive(&mut self, d: Dead) {
@@ -1160,6 +1205,11 @@ impl Queue {
                 .bytes(t.error)
                 .i64(t.failed_at)
                 .opt(t.unique);
+            // optional trailing field (absent unless cancelled, so such a queue still loads in
+            // older modules)
+            if let Some(c) = t.cancel {
+                w.bytes(c);
+            }
             out(&w.buf);
         }
         for d in self.dead.iter() {
@@ -1266,7 +1316,11 @@ impl Queue {
                 let error = r.bytes()?;
                 let failed_at = r.i64()?;
                 let unique = r.opt()?;
+                let cancel = if r.done().is_ok() { None } else { Some(r.bytes()?) };
                 r.done()?;
+                if cancel.is_some() && state != State::Inflight {
+                    return Err("cancellation of a task not in flight");
+                }
                 if max_attempts == 0 || seq >= MAX_SEQ || id.len() > MAX_STORED_ID {
                     return Err("task field out of range");
                 }
@@ -1290,8 +1344,14 @@ impl Queue {
                 t.deadline = deadline;
                 let h = self.slab.insert(t);
                 self.ids.insert(&id, h);
-                if !error.is_empty() || failed_at != 0 || unique.is_some() {
-                    self.extras.insert(h, Extra { error: error.into(), failed_at, unique: unique.map(Into::into) });
+                if !error.is_empty() || failed_at != 0 || unique.is_some() || cancel.is_some() {
+                    let x = Extra {
+                        error: error.into(),
+                        failed_at,
+                        unique: unique.map(Into::into),
+                        cancel: cancel.map(Into::into),
+                    };
+                    self.extras.insert(h, x);
                 }
                 // a worker is only kept for a task in flight (others have none)
                 let w = if state == State::Inflight { self.intern_worker(&worker) } else { NIL };
@@ -1372,6 +1432,7 @@ impl Queue {
         n += self.extras.capacity() * (std::mem::size_of::<(Handle, Extra)>() + MAP_ENTRY_OVERHEAD);
         for x in self.extras.values() {
             n += alloc_size(x.error.len()) + x.unique.as_ref().map(|u| alloc_size(u.len())).unwrap_or(0);
+            n += x.cancel.as_ref().map(|c| alloc_size(c.len())).unwrap_or(0);
         }
         n += self.dead.mem_usage();
         for (k, u) in &self.uniques {
@@ -1754,6 +1815,37 @@ mod tests {
         assert_eq!((q.task_count(), q.slab.capacity(), q.ids.mem_usage()), (0, 0, 0));
         assert!(q.ready.is_empty() && q.delayed.capacity() == 0 && q.inflight.capacity() == 0);
         assert!(q.worker_ids.is_empty() && q.leases.is_empty() && q.extras.is_empty());
+    }
+
+    #[test]
+    fn cancel_removes_waiting_and_flags_running_tasks() {
+        let mut q = Queue::default();
+        let delayed = EnqOpts { run_at: 1_000, ..opts(1) };
+        q.enqueue(&opts(1), vec![(b"r".to_vec(), b"1".to_vec()), (b"f".to_vec(), b"2".to_vec())]);
+        q.enqueue(&delayed, vec![(b"d".to_vec(), b"3".to_vec())]);
+        assert_eq!(q.cancel(2, 10, b"r", b"cancelled"), Some("removed"));
+        assert_eq!(q.cancel(2, 10, b"d", b"cancelled: x"), Some("removed"));
+        assert_eq!(q.dead.newest(b"d").map(|d| d.error.clone()), Some(b"cancelled: x".to_vec()));
+        let mut tok = || 7u64;
+        let got = q.fetch(3, b"w", 5, 100, &mut tok);
+        assert_eq!(got.len(), 1);
+        assert_eq!(q.cancel(4, 10, b"f", b"cancelled"), Some("flagged"));
+        assert_eq!(q.cancel(4, 10, b"nope", b"cancelled"), None);
+        // the flag survives a save and a load
+        let mut back = Queue::default();
+        for r in q.records() {
+            back.apply_record(&r).unwrap();
+        }
+        back.finish_load();
+        assert_eq!(back.records(), q.records());
+        assert_eq!(back.get_task(b"f").and_then(|t| t.cancel.map(|c| c.to_vec())), Some(b"cancelled".to_vec()));
+        // extend skips it and names it; a retry dead-letters it
+        assert_eq!(q.extend(b"w", 500), (0, vec![b"f".to_vec()]));
+        assert_eq!(q.fail(5, 10, b"f", Some(7), b"boom", Some(0)), Some("dead"));
+        // an expired cancelled lease is dead-lettered with the cancel error, not run again
+        assert_eq!(back.rescue_expired(200, 10), 0);
+        assert_eq!(back.dead.newest(b"f").map(|d| d.error.clone()), Some(b"cancelled".to_vec()));
+        assert_eq!(back.task_count(), 0);
     }
 
     #[test]

@@ -212,6 +212,14 @@ impl AsyncPgQueue {
         ops::one_i64(&self.run(&ops::extend_stmt(queue, worker, lease_ms)?).await?)
     }
 
+    pub async fn extend_cancelled(&self, queue: &str, worker: &str, lease_ms: i64) -> Result<(i64, Vec<String>)> {
+        ops::extend_cancelled_decode(&self.run(&ops::extend_cancelled_stmt(queue, worker, lease_ms)?).await?)
+    }
+
+    pub async fn cancel(&self, queue: &str, id: &str, reason: &str) -> Result<Option<String>> {
+        ops::one_opt_string(&self.run(&ops::cancel_stmt(queue, id, reason, self.cfg.dlq_cap)?).await?)
+    }
+
     pub async fn info(&self, queue: &str) -> Result<Vec<(&'static str, i64)>> {
         ops::info_decode(&self.run(&ops::info_stmt(queue)).await?)
     }

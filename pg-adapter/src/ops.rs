@@ -497,6 +497,48 @@ pub fn extend_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
         .p(lease_ms, Type::INT8))
 }
 
+/// `vtasks_cancel` (migration 4; PROTOCOL.md "VT.CANCEL"): dead-letters a ready/delayed task with
+/// the cancel error (`removed`) or flags an in-flight one (`flagged`); NULL for no live task.
+pub fn cancel_stmt(queue: &str, id: &str, reason: &str, cap: i32) -> Result<Stmt> {
+    check_queue(queue)?;
+    check_id(id)?;
+    if reason.len() > MAX_CANCEL_REASON {
+        return invalid(format!("reason must be at most {MAX_CANCEL_REASON} bytes"));
+    }
+    let error = String::from_utf8_lossy(&vtasks_protocol::cancel::cancel_error(reason.as_bytes())).into_owned();
+    Ok(Stmt::new("SELECT vtasks_cancel($1::text, $2::text, $3::text, $4::int4)")
+        .p(queue.to_string(), Type::TEXT)
+        .p(id.to_string(), Type::TEXT)
+        .p(error, Type::TEXT)
+        .p(cap, Type::INT4))
+}
+
+/// Longest cancel reason (the module's: the error `cancelled: <reason>` stays within 64 KiB).
+pub const MAX_CANCEL_REASON: usize = 64 * 1024 - 16;
+
+/// `vtasks_extend_cancelled` (migration 4): extends the worker's leases except cancelled ones,
+/// and names those (`VT.EXTEND ... WITHCANCELLED`). One row `(extended, cancelled[])`.
+pub fn extend_cancelled_stmt(queue: &str, worker: &str, lease_ms: i64) -> Result<Stmt> {
+    check_queue(queue)?;
+    if lease_ms < 1 {
+        return invalid("lease_ms must be >= 1");
+    }
+    Ok(Stmt::new("SELECT extended, cancelled FROM vtasks_extend_cancelled($1::text, $2::text, $3::int8)")
+        .p(queue.to_string(), Type::TEXT)
+        .p(worker.to_string(), Type::TEXT)
+        .p(lease_ms, Type::INT8))
+}
+
+pub fn extend_cancelled_decode(rows: &[Row]) -> Result<(i64, Vec<String>)> {
+    match rows.first() {
+        Some(r) => Ok((
+            r.try_get::<_, Option<i64>>(0)?.unwrap_or(0),
+            r.try_get::<_, Option<Vec<String>>>(1)?.unwrap_or_default(),
+        )),
+        None => Ok((0, Vec::new())),
+    }
+}
+
 /// First column of the first row as i64 (0 when absent/NULL).
 pub fn one_i64(rows: &[Row]) -> Result<i64> {
     match rows.first() {

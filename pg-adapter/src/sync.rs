@@ -288,6 +288,14 @@ impl PgQueue {
         ops::one_i64(&self.run(&ops::extend_stmt(queue, worker, lease_ms)?)?)
     }
 
+    pub fn extend_cancelled(&self, queue: &str, worker: &str, lease_ms: i64) -> Result<(i64, Vec<String>)> {
+        ops::extend_cancelled_decode(&self.run(&ops::extend_cancelled_stmt(queue, worker, lease_ms)?)?)
+    }
+
+    pub fn cancel(&self, queue: &str, id: &str, reason: &str) -> Result<Option<String>> {
+        ops::one_opt_string(&self.run(&ops::cancel_stmt(queue, id, reason, self.cfg.dlq_cap)?)?)
+    }
+
     pub fn info(&self, queue: &str) -> Result<Vec<(&'static str, i64)>> {
         ops::info_decode(&self.run(&ops::info_stmt(queue))?)
     }

@@ -19,6 +19,7 @@ CATEGORIES = {
     "vt.fail": {"write", "fast"},
     "vt.rescue": {"write", "slow"},
     "vt.extend": {"write", "fast"},
+    "vt.cancel": {"write", "fast"},
     "vt.info": {"read", "fast"},
     "vt.queues": {"read", "slow", "keyspace"},
     "vt.peek": {"read", "slow"},
@@ -169,6 +170,7 @@ def test_producer_enqueues_and_reads_its_results_only(server, roles):
     p.execute_command("VT.ENQUEUE", Q, "ID", "t1", "PAYLOAD", "x")
     assert p.execute_command("VT.GET", Q, "t1")
     assert p.execute_command("VT.INFO", Q)
+    assert p.execute_command("VT.CANCEL", Q, "t1") == b"removed"
     server.client().set("vt:result:t1", "done")
     assert p.get("vt:result:t1") == b"done"
     refused(p, "VT.FETCHBATCH", 1, Q, "WORKER", "w", "COUNT", 1)

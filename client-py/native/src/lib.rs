@@ -351,6 +351,23 @@ impl PgQueue {
         py.detach(|| q.extend(queue, worker, lease_ms)).map_err(to_py)
     }
 
+    fn extend_cancelled(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        worker: &str,
+        lease_ms: i64,
+    ) -> PyResult<(i64, Vec<String>)> {
+        let q = &self.inner;
+        py.detach(|| q.extend_cancelled(queue, worker, lease_ms)).map_err(to_py)
+    }
+
+    #[pyo3(signature = (queue, id, reason = ""))]
+    fn cancel(&self, py: Python<'_>, queue: &str, id: &str, reason: &str) -> PyResult<Option<String>> {
+        let q = &self.inner;
+        py.detach(|| q.cancel(queue, id, reason)).map_err(to_py)
+    }
+
     fn info(&self, py: Python<'_>, queue: &str) -> PyResult<Pairs> {
         let q = &self.inner;
         py.detach(|| q.info(queue)).map(Pairs).map_err(to_py)
@@ -603,6 +620,23 @@ impl AsyncPgQueue {
         fut!(py, q, q.extend(&queue, &worker, lease_ms).await.map_err(to_py))
     }
 
+    fn extend_cancelled<'py>(
+        &self,
+        py: Python<'py>,
+        queue: String,
+        worker: String,
+        lease_ms: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let q = self;
+        fut!(py, q, q.extend_cancelled(&queue, &worker, lease_ms).await.map_err(to_py))
+    }
+
+    #[pyo3(signature = (queue, id, reason = String::new()))]
+    fn cancel<'py>(&self, py: Python<'py>, queue: String, id: String, reason: String) -> PyResult<Bound<'py, PyAny>> {
+        let q = self;
+        fut!(py, q, q.cancel(&queue, &id, &reason).await.map_err(to_py))
+    }
+
     fn info<'py>(&self, py: Python<'py>, queue: String) -> PyResult<Bound<'py, PyAny>> {
         let q = self;
         fut!(py, q, q.info(&queue).await.map(Pairs).map_err(to_py))
@@ -760,6 +794,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("LIMITS", limits)?;
     m.add("INFO_FIELDS", pyo3::types::PyTuple::new(m.py(), vtasks_protocol::limits::INFO_FIELDS)?)?;
+    m.add("CANCELLED", vtasks_protocol::cancel::CANCELLED)?;
     bridge::init(m)?;
     Ok(())
 }

@@ -11,4 +11,8 @@ def __getattr__(name):
         from . import tasks
 
         return getattr(tasks, name)
+    if name in ("Retry", "TaskCancelled", "TimeLimitExceeded"):
+        from . import exceptions
+
+        return getattr(exceptions, name)
     raise AttributeError(name)

@@ -3,14 +3,16 @@
 Three entries appear under "vtasks" in the admin index: *Queued tasks* (ready and delayed),
 *Running tasks* (in flight under a worker's lease) and *Failed tasks* (the dead-letter queue).
 Each page lists one backend + queue at a time (a summary table of every queue links to the
-others), with checkboxes and actions: *retry* (failed tasks go back to ready) and *delete*
+others), with checkboxes and actions: *retry* (failed tasks go back to ready), *delete*
 (queued or failed tasks; running tasks cannot be deleted, they finish or come back when their
-worker dies). A task's id opens its detail: the decoded envelope, attempts, lease, error.
+worker dies) and *cancel* (queued tasks fail at once as cancelled; running tasks are asked to
+stop, see the backend's ``cancel``). A task's id opens its detail: the decoded envelope,
+attempts, lease, error.
 
 No database table is involved: the three models (:mod:`django_vtasks.models`) are unmanaged
 placeholders whose permissions ``migrate`` creates, and every page reads the broker through
 ``django_vtasks.broker`` (peek/get/info/retry_dead/delete). Each page checks the permissions of its
-own model: listing needs view, retry needs change (failed tasks only), delete needs delete; an
+own model: listing needs view, retry and cancel need change, delete needs delete; an
 action only touches tasks that are in its page's states, and a task's detail needs the view
 permission of the state the task is in. Retries and deletions are written to the admin's log
 (LogEntry, with the task id, queue and backend). Queue names, backend aliases and task ids go
@@ -312,7 +314,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
         return TemplateResponse(request, self.change_list_template, context)
 
     def _allowed(self, request, action: str) -> bool:
-        if action == "retry":
+        if action in ("retry", "cancel"):
             return self.has_change_permission(request)
         if action == "delete":
             return self.has_delete_permission(request)
@@ -333,6 +335,9 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(back)
         if not ids and not everything:
             messages.warning(request, "Select tasks to act on (nothing was changed).")
+            return HttpResponseRedirect(back)
+        if everything and action == "cancel":
+            messages.error(request, "Select the tasks to cancel (nothing was changed).")
             return HttpResponseRedirect(back)
         try:
             if everything:
@@ -366,6 +371,19 @@ class BrokerTaskAdmin(admin.ModelAdmin):
             n = broker.retry_dead(queue, owned)
             self._log(request, CHANGE, [(i, f"Retried failed task {i} {where}.") for i in owned])
             messages.success(request, f"{n} task(s) of {queue!r} moved back to the queue.")
+        elif action == "cancel":
+            backend = dict(vtasks_backends())[alias]
+            reason = f"by {request.user.get_username() or 'an admin'} in the admin"
+            outcomes = {i: backend.cancel(i, reason, queue=queue) for i in owned}
+            done = [i for i, o in outcomes.items() if o]
+            self._log(request, CHANGE, [(i, f"Cancelled task {i} {where}.") for i in done])
+            removed = sum(1 for o in outcomes.values() if o == "removed")
+            flagged = sum(1 for o in outcomes.values() if o == "flagged")
+            messages.success(
+                request,
+                f"{removed} queued task(s) of {queue!r} cancelled, {flagged} running task(s) "
+                "asked to stop.",
+            )
         else:
             n = broker.delete(queue, owned)
             self._log(
@@ -479,13 +497,13 @@ _OWNER_MODELS: dict[str, type[BrokerTask]] = {
 @admin.register(QueuedTask)
 class QueuedTaskAdmin(BrokerTaskAdmin):
     states = ("ready", "delayed")
-    task_actions = ("delete",)
+    task_actions = ("cancel", "delete")
 
 
 @admin.register(RunningTask)
 class RunningTaskAdmin(BrokerTaskAdmin):
     states = ("inflight",)
-    task_actions = ()
+    task_actions = ("cancel",)
 
 
 @admin.register(FailedTask)

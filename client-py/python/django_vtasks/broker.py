@@ -214,6 +214,10 @@ class Broker(ABC):
     #: VTASKS_DLQ_CAP at start). False: the cap is given when the broker is built (Postgres).
     supports_dlq_cap: bool = False
 
+    #: ``cancel(queue, id)`` cancels a task atomically (PROTOCOL.md VT.CANCEL) and
+    #: ``extend_cancelled`` names the cancelled leases it did not extend.
+    supports_cancel: bool = False
+
     #: the client library's exceptions that contract methods turn into BrokerError (error())
     client_errors: tuple[type[BaseException], ...] = ()
 
@@ -315,6 +319,26 @@ class Broker(ABC):
 
     @abstractmethod
     async def aextend(self, queue: str, worker: str, lease_ms: int) -> int: ...
+
+    def extend_cancelled(self, queue: str, worker: str, lease_ms: int) -> tuple[int, list[str]]:
+        """``extend``, except the leases of cancelled tasks (``cancel``), whose ids it returns:
+        (leases extended, ids of the worker's cancelled tasks on ``queue``)."""
+        return self.extend(queue, worker, lease_ms), []
+
+    async def aextend_cancelled(
+        self, queue: str, worker: str, lease_ms: int
+    ) -> tuple[int, list[str]]:
+        return await self.aextend(queue, worker, lease_ms), []
+
+    def cancel(self, queue: str, id: str, reason: str = "") -> str | None:
+        """Cancel task ``id``, atomically (``supports_cancel``): "removed" (it was ready or
+        delayed: now dead-lettered with the error ``cancelled[: reason]``), "flagged" (it is
+        running: its lease is no longer extended, it is never retried nor run again), or None
+        (no live task has that id: finished, dead, or unknown)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support cancel")
+
+    async def acancel(self, queue: str, id: str, reason: str = "") -> str | None:
+        return await _in_thread(self.cancel)(queue, id, reason)
 
     # ---- operator -----------------------------------------------------------------------------
     @abstractmethod
@@ -556,6 +580,8 @@ TRANSLATED = {
     "fail": "fail a task",
     "rescue": "rescue",
     "extend": "extend leases",
+    "extend_cancelled": "extend leases",
+    "cancel": "cancel a task",
     "info": "read queue info",
     "queues": "list queues",
     "peek": "list tasks",

@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     # per-queue retry policy: {"queue": {"retries": 3, "backoff": 1.0}} (a task's own
     # @task(retries=..., retry_backoff=...) wins); default fail-fast like the original
     "VTASKS_RETRIES": {},
+    # per-queue time limits in seconds: {"queue": {"time_limit": 300, "soft_time_limit": 240}}
+    # (a task's own @task(time_limit=..., soft_time_limit=...) wins); default: no limit
+    "VTASKS_TIME_LIMITS": {},
     # lease of a fetched task in seconds; the worker extends it every lease/4 while the task runs
     "VTASKS_LEASE": 30.0,
     # threads for sync tasks (default: VTASKS_CONCURRENCY)

@@ -5,8 +5,9 @@ creates their content types and permissions: Django's post_migrate handlers skip
 without a models module. All are unmanaged (no table, no migration needed). Each state group has
 only the permissions that mean something on its admin page:
 
-- ``QueuedTask`` (ready and delayed): view, delete.
-- ``RunningTask`` (in flight under a worker's lease): view (running tasks cannot be deleted).
+- ``QueuedTask`` (ready and delayed): view, change (= cancel), delete.
+- ``RunningTask`` (in flight under a worker's lease): view, change (= cancel: ask it to stop);
+  running tasks cannot be deleted.
 - ``FailedTask`` (the dead-letter queue): view, change (= retry), delete.
 - ``Dashboard``: none of its own; the dashboard opens for anyone who may view one of the three.
 """
@@ -33,7 +34,7 @@ class QueuedTask(BrokerTask):
         app_label = "django_vtasks"
         verbose_name = "queued task"
         verbose_name_plural = "queued tasks"
-        default_permissions = ("view", "delete")
+        default_permissions = ("view", "change", "delete")
 
 
 class RunningTask(BrokerTask):
@@ -42,7 +43,7 @@ class RunningTask(BrokerTask):
         app_label = "django_vtasks"
         verbose_name = "running task"
         verbose_name_plural = "running tasks"
-        default_permissions = ("view",)
+        default_permissions = ("view", "change")
 
 
 class FailedTask(BrokerTask):

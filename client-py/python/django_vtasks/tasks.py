@@ -25,6 +25,13 @@ class VTask(Task):
     retry_backoff: float | None = None
     #: store no result for this task (like Celery's ignore_result; result_store.py)
     ignore_result: bool = False
+    #: only these exceptions are retried (None: every exception; retry.RetryPolicy)
+    retry_on: tuple[type[BaseException], ...] | None = None
+    #: seconds a run may take: then an async task is cancelled, a sync one abandoned, and the
+    #: run fails with TimeLimitExceeded (None: VTASKS_TIME_LIMITS[queue], else no limit)
+    time_limit: float | None = None
+    #: seconds after which ``context.soft_time_limit_exceeded`` turns True (None: the queue's)
+    soft_time_limit: float | None = None
 
     def using(
         self,
@@ -37,6 +44,8 @@ class VTask(Task):
         unique_ttl=None,
         retries=_UNSET,
         retry_backoff=_UNSET,
+        time_limit=_UNSET,
+        soft_time_limit=_UNSET,
     ):
         new: Task = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
@@ -50,21 +59,39 @@ class VTask(Task):
             changes["retries"] = retries
         if retry_backoff is not _UNSET:
             changes["retry_backoff"] = retry_backoff
+        if time_limit is not _UNSET:
+            changes["time_limit"] = time_limit
+        if soft_time_limit is not _UNSET:
+            changes["soft_time_limit"] = soft_time_limit
         return replace(new, **changes) if changes else new
 
 
 def task_options(task: Task) -> dict[str, Any] | None:
-    """The VTask options (unique, unique_ttl, retries, retry_backoff) an enqueue records in its
-    envelope ("options"), or None when they are all VTask's defaults (an envelope without options
-    runs with the module-level task's own). What ``.using(retries=0)`` asked for travels with the
+    """The VTask options (unique, unique_ttl, retries, retry_backoff, and time_limit /
+    soft_time_limit when set) an enqueue records in its envelope ("options"), or None when they
+    are all VTask's defaults (an envelope without options runs with the module-level task's
+    own). What ``.using(retries=0)`` asked for travels with the
     task: the worker re-imports the task by path, whose module-level options may differ."""
     # (per task on the enqueue and result paths: no dict unless an option is set)
     if not isinstance(task, VTask):  # a plain django.tasks Task
         return None
     unique, ttl, retries, backoff = task.unique, task.unique_ttl, task.retries, task.retry_backoff
-    if unique is False and ttl == 3600 and retries is None and backoff is None:
+    limit, soft = task.time_limit, task.soft_time_limit
+    if (
+        unique is False
+        and ttl == 3600
+        and retries is None
+        and backoff is None
+        and limit is None
+        and soft is None
+    ):
         return None
-    return {"unique": unique, "unique_ttl": ttl, "retries": retries, "retry_backoff": backoff}
+    options = {"unique": unique, "unique_ttl": ttl, "retries": retries, "retry_backoff": backoff}
+    if limit is not None:
+        options["time_limit"] = limit
+    if soft is not None:
+        options["soft_time_limit"] = soft
+    return options
 
 
 def task(

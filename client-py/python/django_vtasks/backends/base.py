@@ -25,6 +25,7 @@ from .. import _native
 from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import check_size, max_payload, run_at_ms, template_for
+from ..exceptions import TaskCancelled, is_cancel_error
 from ..results import (
     _normalize_args,
     _normalize_kwargs,
@@ -33,12 +34,15 @@ from ..results import (
     ms_to_dt,
     resolve_task,
     result_from_json,
+    result_to_json,
 )
 from ..retry import RetryPolicy
 from ..signals import asend_many, send_many
 from ..tasks import VTask
 
 logger = logging.getLogger("django_vtasks")
+
+_CANCELLED_PATH = f"{TaskCancelled.__module__}.{TaskCancelled.__qualname__}"
 
 # Brokers are shared by every backend instance with the same configuration: Django keeps one
 # backend instance per thread/context, and each must not open its own pool.
@@ -517,7 +521,11 @@ class VTasksBackend(BaseTaskBackend):
             _set(result, "finished_at", _local(ms_to_dt(record.failed_at)) or timezone.now())
             result.errors.append(
                 TaskError(
-                    exception_class_path="builtins.RuntimeError",
+                    exception_class_path=(
+                        _CANCELLED_PATH
+                        if is_cancel_error(record.error)
+                        else "builtins.RuntimeError"
+                    ),
                     traceback=record.error or "dead-lettered",
                 )
             )
@@ -583,6 +591,75 @@ class VTasksBackend(BaseTaskBackend):
                 raise TaskResultDoesNotExist(result_id)
             return unsent
         return result_from_json(raw, self.alias)
+
+    # ---- cancel -------------------------------------------------------------------------------
+    #
+    # The broker cancels atomically (VT.CANCEL / vtasks_cancel): a waiting task is dead-lettered
+    # with "cancelled[: reason]", so get_result() reads FAILED (TaskCancelled) from then on; the
+    # FAILED result is also stored, so it outlives the dead-letter cap for RESULT_TTL. A running
+    # task is flagged: its worker sees it at its next heartbeat (lease/4), cancels an async task
+    # and shows context.cancel_requested to a sync one; the lease is no longer extended, and a
+    # task whose lease ends is dead-lettered as cancelled, never run again.
+
+    def _queue_of(self, rid: str) -> str | None:
+        broker = self.broker
+        raw = broker.get_result(rid)
+        if raw is not None:
+            return result_from_json(raw, self.alias).task.queue_name
+        for queue in self._search_queues(broker.queues()):
+            record = broker.get(queue, rid)
+            if record is not None and record.state != "dead":
+                return queue
+        return None
+
+    async def _aqueue_of(self, rid: str) -> str | None:
+        broker = self.broker
+        raw = await broker.aget_result(rid)
+        if raw is not None:
+            return result_from_json(raw, self.alias).task.queue_name
+        for queue in self._search_queues(await broker.aqueues()):
+            record = await broker.aget(queue, rid)
+            if record is not None and record.state != "dead":
+                return queue
+        return None
+
+    def _store_cancelled(self, result: TaskResult) -> None:
+        data = result_to_json(result) if self.result_ttl_ms > 0 else None
+        if data is not None:
+            self.broker.store_result(result.id, data, self.result_ttl_ms)
+
+    def cancel(self, result_id, reason: str = "", queue: str | None = None) -> str | None:
+        """Cancel the task of ``result_id``: "removed" (it was waiting; its result now reads
+        FAILED with a TaskCancelled error), "flagged" (it is running: its worker is told at its
+        next heartbeat), or None (no such task waits or runs: it finished, or never existed).
+        ``queue``: where it is, when the caller knows (else it is looked up)."""
+        rid = str(result_id)
+        queue = queue or self._queue_of(rid)
+        if queue is None:
+            return None
+        outcome = self.broker.cancel(queue, rid, reason)
+        if outcome == "removed":
+            try:
+                self._store_cancelled(self.get_result(rid))
+            except Exception:  # the broker's dead entry says it anyway (get_result reads it)
+                logger.warning("storing the cancelled result of %s failed", rid, exc_info=True)
+        return outcome
+
+    async def acancel(self, result_id, reason: str = "", queue: str | None = None) -> str | None:
+        rid = str(result_id)
+        queue = queue or await self._aqueue_of(rid)
+        if queue is None:
+            return None
+        outcome = await self.broker.acancel(queue, rid, reason)
+        if outcome == "removed":
+            try:
+                result = await self.aget_result(rid)
+                data = result_to_json(result) if self.result_ttl_ms > 0 else None
+                if data is not None:
+                    await self.broker.astore_result(rid, data, self.result_ttl_ms)
+            except Exception:
+                logger.warning("storing the cancelled result of %s failed", rid, exc_info=True)
+        return outcome
 
 
 class AfterCommit:

@@ -32,6 +32,7 @@ class PostgresBroker(Broker):
     kind = "postgres"
     #: no server-side timers: the worker calls atick() / amaintain()
     supports_server_timers = False
+    supports_cancel = True  # vtasks_cancel (migration 4)
     client_errors = (_native.PgError,)
 
     def __init__(
@@ -236,6 +237,26 @@ class PostgresBroker(Broker):
 
     async def aextend(self, queue, worker, lease_ms):
         return await self.aq.extend(queue, worker, int(lease_ms))
+
+    def extend_cancelled(self, queue, worker, lease_ms):
+        n, ids = self.q.extend_cancelled(queue, worker, int(lease_ms))
+        return n, list(ids)
+
+    async def aextend_cancelled(self, queue, worker, lease_ms):
+        n, ids = await self.aq.extend_cancelled(queue, worker, int(lease_ms))
+        return n, list(ids)
+
+    def cancel(self, queue, id, reason=""):
+        try:
+            return self.q.cancel(queue, id, reason)
+        except ValueError as e:  # a refused argument: a BrokerError, as Valkey's refusal is
+            raise BrokerError(f"cannot cancel a task: {e}") from e
+
+    async def acancel(self, queue, id, reason=""):
+        try:
+            return await self.aq.cancel(queue, id, reason)
+        except ValueError as e:
+            raise BrokerError(f"cannot cancel a task: {e}") from e
 
     # ---- operator -------------------------------------------------------------------------------
     def info(self, queue):

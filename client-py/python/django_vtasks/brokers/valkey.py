@@ -53,6 +53,7 @@ def queue_key(prefix: str, queue: str) -> str:
 class ValkeyBroker(Broker):
     kind = "valkey"
     supports_dlq_cap = True  # the module's vtasks.dlq-cap (CONFIG SET)
+    supports_cancel = True  # VT.CANCEL
     client_errors = CLIENT_ERRORS
     #: the packed single-connection fast paths (resp.py) apply: the client has one connection
     #: pool. A cluster client routes per node: the same commands then go through pipelines.
@@ -425,6 +426,36 @@ class ValkeyBroker(Broker):
         return int(
             await self.aclient.execute_command("VT.EXTEND", self.key(queue), worker, int(lease_ms))
         )
+
+    @staticmethod
+    def _extended(reply) -> tuple[int, list[str]]:
+        return int(reply[0]), [_s(i) for i in reply[1] or []]
+
+    def extend_cancelled(self, queue, worker, lease_ms):
+        return self._extended(
+            self.client.execute_command(
+                "VT.EXTEND", self.key(queue), worker, int(lease_ms), "WITHCANCELLED"
+            )
+        )
+
+    async def aextend_cancelled(self, queue, worker, lease_ms):
+        return self._extended(
+            await self.aclient.execute_command(
+                "VT.EXTEND", self.key(queue), worker, int(lease_ms), "WITHCANCELLED"
+            )
+        )
+
+    @staticmethod
+    def _cancel_args(key, id, reason):
+        return ("VT.CANCEL", key, id, *(("REASON", reason) if reason else ()))
+
+    def cancel(self, queue, id, reason=""):
+        r = self.client.execute_command(*self._cancel_args(self.key(queue), id, reason))
+        return None if r is None else _s(r)
+
+    async def acancel(self, queue, id, reason=""):
+        r = await self.aclient.execute_command(*self._cancel_args(self.key(queue), id, reason))
+        return None if r is None else _s(r)
 
     # ---- operator -------------------------------------------------------------------------------
     def info(self, queue):

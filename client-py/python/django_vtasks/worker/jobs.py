@@ -16,7 +16,7 @@ from traceback import format_exception
 import orjson
 from django.conf import settings as django_settings
 from django.db import close_old_connections
-from django.tasks.base import TaskContext, TaskError, TaskResult, TaskResultStatus
+from django.tasks.base import TaskError, TaskResult, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
@@ -24,12 +24,15 @@ from django.utils.json import normalize_json
 from ..allowlist import TaskRefused
 from ..broker import Delivery
 from ..conf import settings
+from ..context import RunControl, VTaskContext
 from ..envelope import decode_envelope
+from ..exceptions import TaskCancelled, TimeLimitExceeded
 from ..result_store import count_not_stored
 from ..result_store import read as read_stored
 from ..results import make_result, resolve_task, result_to_json
 from ..retry import RetryPolicy
 from ..signals import asend_many, schedule_run
+from ..time_limits import TimeLimits
 from .reasons import clean_text, fail_reason
 
 logger = logging.getLogger("django_vtasks.worker")
@@ -65,7 +68,7 @@ def _exception_path(e: BaseException) -> str:
 class Job:
     """A fetched task, decoded and ready to run."""
 
-    __slots__ = ("delivery", "envelope", "task", "result", "done")
+    __slots__ = ("delivery", "envelope", "task", "result", "done", "control", "runner")
 
     def __init__(self, delivery: Delivery, envelope, task, result):
         self.delivery = delivery
@@ -73,6 +76,10 @@ class Job:
         self.task = task
         self.result = result
         self.done = False  # finished (its final or retry result is on its way)
+        #: what the task observes of its run (cancellation, soft limit; context.py)
+        self.control: RunControl | None = None
+        #: the asyncio task running an async task function (cancelled on a cancel request)
+        self.runner: asyncio.Task | None = None
 
 
 class JobRunner:
@@ -81,6 +88,55 @@ class JobRunner:
         self._task_cache: dict[tuple, object] = {}
         #: seconds a task whose path this code does not know is retried before dead-lettering
         self.unknown_task_grace = float(settings.VTASKS_UNKNOWN_TASK_GRACE or 0)
+        #: (queue, id) -> the job running it, for cancel requests (see cancel_requested)
+        self.running: dict[tuple[str, str], Job] = {}
+        #: VTASKS_TIME_LIMITS, read once; (id(task), queue) -> (task, its TimeLimits)
+        self.time_limits_setting = settings.VTASKS_TIME_LIMITS or {}
+        self._limits: dict[tuple[int, str], tuple[object, TimeLimits]] = {}
+
+    def limits(self, task, queue: str) -> TimeLimits:
+        """TimeLimits.of(task, queue), once per task object and queue (the hot path)."""
+        key = (id(task), queue)
+        hit = self._limits.get(key)
+        if hit is not None and hit[0] is task:
+            return hit[1]
+        limits = TimeLimits.of(task, queue, self.time_limits_setting)
+        if len(self._limits) > 10_000:
+            self._limits.clear()
+        self._limits[key] = (task, limits)
+        return limits
+
+    def overdue(self, grace: float) -> list[tuple[str, str, float]]:
+        """(queue, id, limit) of the runs still going ``grace`` seconds after their hard time
+        limit: the loop that should have ended them is blocked (an async task that does not
+        yield). Called by the heartbeat thread; each run is reported once."""
+        now = time.monotonic()
+        out: list[tuple[str, str, float]] = []
+        try:
+            jobs = list(self.running.values())
+        except RuntimeError:  # changed while copied (the loop's thread): next beat
+            return out
+        for job in jobs:
+            c = job.control
+            if c is None or c.deadline is None or c.limit is None or c.overdue or job.done:
+                continue
+            if now > c.deadline + grace:
+                c.overdue = True
+                out.append((job.delivery.queue, job.delivery.id, c.limit))
+        return out
+
+    def cancel_requested(self, queue: str, ids: list[str]) -> None:
+        """The broker reported these tasks of ``queue`` cancelled (the heartbeat's extend): a
+        running async task is cancelled now, a sync task sees ``context.cancel_requested`` (its
+        lease is no longer extended). Runs on the loop."""
+        for id in ids:
+            job = self.running.get((queue, id))
+            if job is None or job.control is None or job.control.cancel_requested:
+                continue
+            job.control.cancel_requested = True
+            logger.info("task %s on %s: cancel requested", id, queue)
+            if job.runner is not None:
+                job.runner.cancel(msg="vtasks: cancel requested")
 
     # ---- start ----------------------------------------------------------------------------------
     async def start(self, deliveries: list[Delivery], sent: float | None = None) -> None:
@@ -296,30 +352,64 @@ class JobRunner:
             except Exception:
                 logger.exception("a task_started receiver failed")
             args = list(result.args)
+            limits = self.limits(task, d.queue)
+            control = job.control = RunControl(limits.hard, limits.soft)
             if task.takes_context:
-                args.insert(0, TaskContext(task_result=result))
+                args.insert(0, VTaskContext(task_result=result, control=control))
+            self.running[(d.queue, d.id)] = job
             try:
                 if iscoroutinefunction(task.func):
-                    value = await task.func(*args, **result.kwargs)
+                    job.runner = asyncio.current_task()
+                    if limits.hard:
+                        value = await self._call_async_limited(
+                            task.func(*args, **result.kwargs), limits.hard
+                        )
+                    else:
+                        value = await task.func(*args, **result.kwargs)
+                    job.runner = None
                 else:
-                    value = await asyncio.get_running_loop().run_in_executor(
+                    fut = asyncio.get_running_loop().run_in_executor(
                         w.executor, _call_sync, task.func, args, result.kwargs
                     )
+                    if limits.hard:
+                        done, _ = await asyncio.wait([fut], timeout=limits.hard)
+                        if not done:
+                            # a thread cannot be killed: it keeps its slot until it returns
+                            released = True
+                            fut.add_done_callback(self._abandoned_done)
+                            logger.warning(
+                                "task %s %s ran past its time limit (%gs): abandoned, its "
+                                "thread keeps a slot until it returns",
+                                d.id,
+                                task.module_path,
+                                limits.hard,
+                            )
+                            raise TimeLimitExceeded(
+                                f"{task.module_path} ran past its time limit of {limits.hard:g}s"
+                            )
+                    value = await fut
                 value = normalize_json(value)
                 _set(result, "_return_value", value)
                 _set(result, "status", TaskResultStatus.SUCCESSFUL)
                 _set(result, "finished_at", timezone.now())
                 data = self._success_json(result) if w.result_ttl_ms > 0 else None
             except asyncio.CancelledError as e:
+                job.runner = None
                 current = asyncio.current_task()
-                if current is not None and current.cancelling():
+                if control.cancel_requested and current is not None and current.cancelling():
+                    current.uncancel()  # our own cancel (cancel_requested), not the worker's
+                    self._unfinish(job)
+                    await self._task_failed(job, TaskCancelled(f"task {d.id} was cancelled"))
+                elif current is not None and current.cancelling():
                     raise
-                self._unfinish(job)
-                await self._task_failed(job, e)
+                else:
+                    self._unfinish(job)
+                    await self._task_failed(job, e)
             except BaseException as e:
                 # any exception of the task is its failure: SystemExit (like Django's immediate
                 # backend) and KeyboardInterrupt too, which would otherwise take down this
                 # worker, then the next one that runs the task again
+                job.runner = None
                 self._unfinish(job)
                 await self._task_failed(job, e)
             else:
@@ -329,14 +419,53 @@ class JobRunner:
                     await self._send_task_signal(task_finished, result)
                 except Exception:
                     logger.exception("a task_finished receiver failed")
-                w.slots.release()
-                released = True
-                w.acks.add(d, data)
+                if control.cancel_requested or control.overdue:
+                    # (overdue: set by the heartbeat thread, seen even before the loop ran)
+                    await self._ack_after_cancel(d, data)
+                    w.slots.release()
+                    released = True
+                else:
+                    w.slots.release()
+                    released = True
+                    w.acks.add(d, data)
                 w.progress()
         finally:
             job.done = True
+            self.running.pop((d.queue, d.id), None)
             if not released:
                 w.slots.release()
+
+    @staticmethod
+    async def _call_async_limited(coro, seconds: float):
+        """Await ``coro`` at most ``seconds``: then it is cancelled and TimeLimitExceeded
+        raised (a TimeoutError the task raises itself passes as it is)."""
+        try:
+            async with asyncio.timeout(seconds) as cm:
+                return await coro
+        except TimeoutError:
+            if cm.expired():
+                raise TimeLimitExceeded(f"ran past its time limit of {seconds:g}s") from None
+            raise
+
+    def _abandoned_done(self, fut) -> None:
+        """The thread of an abandoned sync task returned: its slot is free; its result (or
+        error) is discarded."""
+        if not fut.cancelled():
+            fut.exception()  # retrieved, so asyncio does not log it
+        self.w.slots.release()
+
+    async def _ack_after_cancel(self, d: Delivery, data: bytes | None) -> None:
+        """A task finished after a cancel request: it stays a success only if the broker still
+        holds its lease (else it was dead-lettered as cancelled, and that is its result)."""
+        w = self.w
+        try:
+            acked = await w.broker.aack(d.queue, [(d.id, d.token)])
+        except Exception as e:
+            logger.warning("acking cancelled task %s failed: %s", d.id, e)
+            acked = 0
+        w.slots.settled(d.queue)
+        if acked and data is not None:
+            await self._store_raw(d.id, data)
 
     async def run_batch(self, queue: str, deliveries: list[Delivery]) -> None:
         """Run the deliveries of a batch queue in one slot: prepared like single tasks, then
@@ -420,7 +549,8 @@ class JobRunner:
         tb = clean_text("".join(format_exception(e)))
         result.errors.append(TaskError(exception_class_path=_exception_path(e), traceback=tb))
         _set(result, "finished_at", timezone.now())
-        retry_ms = RetryPolicy.of(job.task, d.queue).retry_ms(d.attempt)
+        cancelled = job.control is not None and job.control.cancel_requested
+        retry_ms = RetryPolicy.of(job.task, d.queue).retry_ms_after(d.attempt, e, cancelled)
         if retry_ms is not None:
             _set(result, "status", TaskResultStatus.READY)
             logger.warning(

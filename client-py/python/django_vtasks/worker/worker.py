@@ -89,7 +89,13 @@ class Worker:
         self.jobs = JobRunner(self)
         self.acks = AckBatcher(self, flush_interval)
         self.heartbeat = Heartbeat(
-            self.broker, self.worker_id, self.lease, self.lease_ms, self.slots
+            self.broker,
+            self.worker_id,
+            self.lease,
+            self.lease_ms,
+            self.slots,
+            self.jobs.cancel_requested,
+            self.jobs.overdue,
         )
         self.schedules = ScheduleRegistrar(self)
 

@@ -41,7 +41,14 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------------------------------
     def enqueue(self, timeout):
         (settings.RUN_DIR / "events.log").unlink(missing_ok=True)
-        ids = {"plain": [], "priority": [], "emails": [], "delayed": [], "failing": []}
+        ids = {
+            "plain": [],
+            "priority": [],
+            "emails": [],
+            "delayed": [],
+            "failing": [],
+            "cancelled": [],
+        }
         start = time.monotonic()
         # enqueue_many: one round trip per queue
         results = default_task_backend.enqueue_many(
@@ -61,6 +68,10 @@ class Command(BaseCommand):
             place_order.using(run_after=run_after).enqueue(1000 + i, 1.0).id for i in range(DELAYED)
         ]
         ids["failing"] = [charge_card.enqueue(4242).id]
+        # changed our mind: cancelled by id before it ran (one atomic broker command)
+        doomed = place_order.using(run_after=run_after).enqueue(9999, 1.0)
+        outcome = default_task_backend.cancel(doomed.id, "customer cancelled the order")
+        ids["cancelled"] = [doomed.id]
         elapsed = time.monotonic() - start
         ids["enqueued_at"] = time.time()
         (settings.RUN_DIR / IDS_FILE).write_text(json.dumps(ids))
@@ -68,7 +79,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"enqueued {total} tasks in {elapsed * 1000:.0f} ms: {ORDERS} orders (enqueue_many), "
             f"{NEWSLETTERS} newsletters on queue 'emails', {RECEIPTS} priority-90 receipts, "
-            f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails"
+            f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails, 1 order cancelled "
+            f"({outcome})"
         )
         broker = get_broker()
         for name in ("heartbeat", "nightly-report"):
@@ -149,6 +161,8 @@ class Command(BaseCommand):
                     f"after {rec.attempt} attempt(s): {last}"
                 )
             )
+        cancelled = backend.get_result(ids["cancelled"][0])
+        self.stdout.write(f"cancelled order: {cancelled.status}, {cancelled.errors[-1].traceback}")
         failed_result = backend.get_result(ids["failing"][0])
         if failed_result.errors:
             self.stdout.write(
