@@ -12,11 +12,14 @@ from django.tasks.base import TaskResultStatus
 from django.utils import timezone
 
 from django_vtasks.broker import get_broker
+from django_vtasks.flows import group, step
 from django_vtasks.management.commands.benchmark_vtasks import Progress
-from shop.tasks import charge_card, place_order, send_newsletter, send_receipt
+from shop.tasks import (charge_card, notify_customer, pack_item, place_order, send_newsletter,
+                        send_receipt, ship_order)
 
 IDS_FILE = "enqueued.json"
 ORDERS, RECEIPTS, NEWSLETTERS, DELAYED = 200, 10, 20, 3
+ITEMS = ("book", "lamp", "mug")
 DELAY_S = 3
 
 
@@ -41,7 +44,7 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------------------------------
     def enqueue(self, timeout):
         (settings.RUN_DIR / "events.log").unlink(missing_ok=True)
-        ids = {"plain": [], "priority": [], "emails": [], "delayed": [], "failing": []}
+        ids = {"plain": [], "priority": [], "emails": [], "delayed": [], "failing": [], "flow": []}
         start = time.monotonic()
         # enqueue_many: one round trip per queue
         results = default_task_backend.enqueue_many(
@@ -55,6 +58,10 @@ class Command(BaseCommand):
         ids["delayed"] = [place_order.using(run_after=run_after).enqueue(1000 + i, 1.0).id
                           for i in range(DELAYED)]
         ids["failing"] = [charge_card.enqueue(4242).id]
+        # a flow: the items packed in parallel, then ship (once all are packed), then notify;
+        # the broker holds ship and notify until the tasks they wait for are acked
+        flow = group([step(pack_item, 77, item) for item in ITEMS]).then(step(ship_order, 77))
+        ids["flow"] = [r.id for r in flow.then(notify_customer).enqueue()]
         elapsed = time.monotonic() - start
         ids["enqueued_at"] = time.time()
         (settings.RUN_DIR / IDS_FILE).write_text(json.dumps(ids))
@@ -62,7 +69,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"enqueued {total} tasks in {elapsed * 1000:.0f} ms: {ORDERS} orders (enqueue_many), "
             f"{NEWSLETTERS} newsletters on queue 'emails', {RECEIPTS} priority-90 receipts, "
-            f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails")
+            f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails, and a flow: "
+            f"{len(ITEMS)} items packed in parallel, then ship_order, then notify_customer")
         broker = get_broker()
         for name in ("heartbeat", "nightly-report"):
             entry = settings.VTASKS_SCHEDULE[name]
@@ -119,6 +127,12 @@ class Command(BaseCommand):
         result = backend.get_result(ids["priority"][0])
         self.stdout.write(f"a result: send_receipt -> {result.return_value!r} "
                           f"(worker {result.worker_ids[0]})")
+        packed = [float(e[0]) for e in log if e[1] == "pack"]
+        shipped = [float(e[0]) for e in log if e[1] == "ship"]
+        told = backend.get_result(ids["flow"][-1])
+        self.stdout.write(f"flow: {len(packed)} item(s) packed in parallel, ship_order started "
+                          f"{(shipped[0] - max(packed)) * 1000:.0f} ms after the last one, then "
+                          f"notify_customer -> {told.return_value!r}")
         beats = [e for e in log if e[1] == "heartbeat"]
         self.stdout.write(f"schedule 'heartbeat' fired {len(beats)} time(s) so far")
 
