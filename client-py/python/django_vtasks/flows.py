@@ -191,7 +191,9 @@ class Flow:
 
     def __repr__(self) -> str:
         names = ", ".join(n.step.task.module_path for n in self.nodes[:5])
-        return f"<Flow of {len(self.nodes)} task(s): {names}{', ...' if len(self.nodes) > 5 else ''}>"
+        return (
+            f"<Flow of {len(self.nodes)} task(s): {names}{', ...' if len(self.nodes) > 5 else ''}>"
+        )
 
 
 def chain(*parts: Flow | Step | Task) -> Flow:

@@ -218,7 +218,9 @@ class JobRunner:
         for i in range(0, len(after), 500):
             ids = after[i : i + 500]
             raws = await asyncio.gather(*(self.w.broker.aget_result(p) for p in ids))
-            stored.update({p: document(raw) for p, raw in zip(ids, raws) if raw is not None})
+            stored.update(
+                {p: document(raw) for p, raw in zip(ids, raws, strict=True) if raw is not None}
+            )
         return parent_values(after, bool(envelope.get("collect")), stored)
 
     async def _fill_enqueued_at(self, d: Delivery, envelope: dict) -> None:
