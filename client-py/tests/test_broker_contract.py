@@ -236,6 +236,7 @@ def test_flow_waits_and_each_ack_releases_the_next(b, queue):
     reqs, parents = flow_of(queue, ("a", ()), ("b", ("a",)), ("c", ("a", "b")))
     assert b.enqueue_flow(reqs, parents) == ["a", "b", "c"]
     assert [b.get(queue, i).state for i in "abc"] == ["ready", "waiting", "waiting"]
+    assert (b.info(queue)["ready"], b.info(queue)["waiting"]) == (1, 2)
     assert b.get(queue, "c").payload == b"p-c"
     # an id a waiting task holds is taken, for a flow (nothing added) and for an enqueue
     assert b.enqueue_flow(*flow_of(queue, ("new", ()), ("c", ("new",)))) is None
@@ -252,7 +253,7 @@ def test_flow_waits_and_each_ack_releases_the_next(b, queue):
     b.ack(queue, [(d.id, d.token)])
     info = b.info(queue)
     assert (info["ready"], info["inflight"], info["dead"], info["enqueued_total"]) == (0, 0, 0, 3)
-    assert info["acked_total"] == 3
+    assert (info["acked_total"], info["waiting"]) == (3, 0)
 
 
 def test_flow_failed_parent_dead_letters_deleted_parent_removes(b, queue):

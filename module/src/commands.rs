@@ -595,13 +595,13 @@ pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             q.dead_total as i64,
             q.schedules.len() as i64,
             live_uniques as i64,
-            q.schedule_ticks_skipped_total as i64,
             q.flows.len() as i64,
+            q.schedule_ticks_skipped_total as i64,
         ]
     })?
     .unwrap_or([0; 15]);
     // the fields both engines report (vtasks-protocol), then the module's own
-    let names = vtasks_protocol::limits::INFO_FIELDS.iter().copied().chain(["schedule_ticks_skipped_total", "waiting"]);
+    let names = vtasks_protocol::limits::INFO_FIELDS.iter().copied().chain(["schedule_ticks_skipped_total"]);
     Ok(Reply::Map(names.zip(v).map(|(k, v)| (k, Reply::Int(v))).collect()))
 }
 

@@ -172,7 +172,7 @@ impl FromStr for ClearWhat {
 }
 
 /// Field names of `info()`, in `VT.INFO` order.
-pub const INFO_FIELDS: [&str; 13] = limits::INFO_FIELDS;
+pub const INFO_FIELDS: [&str; 14] = limits::INFO_FIELDS;
 
 /// Field names of `maintain()`.
 pub const MAINTAIN_FIELDS: [&str; 7] =
@@ -533,7 +533,8 @@ SELECT t.r, t.d, t.i,
        coalesce((SELECT evicted FROM vtasks_dlq WHERE queue = $1::text), 0)::int8,
        s.e, s.a, s.f, s.r, s.s, s.x,
        (SELECT count(*) FROM vtasks_schedule WHERE queue = $1::text),
-       (SELECT count(*) FROM vtasks_unique WHERE queue = $1::text AND expires_at > now())
+       (SELECT count(*) FROM vtasks_unique WHERE queue = $1::text AND expires_at > now()),
+       (SELECT count(*) FROM vtasks_waiting WHERE queue = $1::text)
   FROM t, s"#;
 
 pub fn info_stmt(queue: &str) -> Stmt {

@@ -45,7 +45,7 @@ pub const LIMITS: [(&str, i64); 13] = [
 ];
 
 /// Field names of `VT.INFO` (and of `info()` on Postgres), in reply order.
-pub const INFO_FIELDS: [&str; 13] = [
+pub const INFO_FIELDS: [&str; 14] = [
     "ready",
     "delayed",
     "inflight",
@@ -59,6 +59,7 @@ pub const INFO_FIELDS: [&str; 13] = [
     "dead_total",
     "schedules",
     "unique_keys",
+    "waiting",
 ];
 
 #[cfg(test)]
