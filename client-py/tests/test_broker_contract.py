@@ -295,3 +295,37 @@ def test_flow_refusals_change_nothing(b, queue):
     with pytest.raises(BrokerError, match="payload"):
         b.enqueue_flow([EnqueueRequest(queue, "p", b"x" * (MAX_PAYLOAD + 1))], [()])
     assert b.info(queue)["enqueued_total"] == 0
+
+
+def test_flow_parents_acked_at_once_release_the_callback_once(b, queue):
+    """Two workers ack the two parents of a callback at the same moment (Postgres: two
+    transactions, each decrementing the callback's pending count under its row lock): every
+    callback is released exactly once, never zero or two times."""
+    import threading
+
+    n = 60
+    for k in range(n):
+        b.enqueue_flow(
+            *flow_of(queue, (f"a{k}", ()), (f"b{k}", ()), (f"cb{k}", (f"a{k}", f"b{k}")))
+        )
+    got = {d.id: d for d in b.fetch([queue], "w", 2 * n)}
+    assert len(got) == 2 * n
+    barrier = threading.Barrier(2)
+    acked = {"a": 0, "b": 0}
+
+    def ack_all(side):
+        for k in range(n):
+            barrier.wait()
+            d = got[f"{side}{k}"]
+            acked[side] += b.ack(queue, [(d.id, d.token)])
+
+    threads = [threading.Thread(target=ack_all, args=(s,)) for s in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert acked == {"a": n, "b": n}
+    released = b.fetch([queue], "w", 10 * n)
+    assert sorted(d.id for d in released) == sorted(f"cb{k}" for k in range(n))
+    info = b.info(queue)
+    assert (info["ready"], info["waiting"], info["inflight"]) == (0, 0, n)
