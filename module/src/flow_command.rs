@@ -60,6 +60,7 @@ pub fn parse_flow(a: &[&[u8]], from: usize, now: Option<i64>) -> Result<ParsedFl
             return Err(missing());
         }
         let mut parents = Vec::with_capacity(np);
+        let mut mine: HashSet<&[u8]> = HashSet::default();
         for p in &a[i..i + np] {
             // parents are earlier tasks of this flow: the graph is acyclic by construction
             if !seen.contains(p) || *p == id {
@@ -69,7 +70,7 @@ pub fn parse_flow(a: &[&[u8]], from: usize, now: Option<i64>) -> Result<ParsedFl
                     String::from_utf8_lossy(id)
                 ));
             }
-            if parents.iter().any(|q: &Vec<u8>| q == p) {
+            if np > 1 && !mine.insert(p) {
                 return err(format!(
                     "ERR task '{}' names parent '{}' twice",
                     String::from_utf8_lossy(id),
@@ -113,22 +114,32 @@ pub fn flow(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let now = now_ms();
     let ParsedFlow { nodes, payload_at } = parse_flow(a, 2, Some(now))?;
     let n = nodes.len();
-    let ids: Vec<Vec<u8>> = nodes.iter().map(|x| x.id.clone()).collect();
+    // the replicated effect shares the command's own argument strings (ids, parents, payloads)
     let mut rep = Rep::with_capacity(4 + nodes.iter().map(|x| 6 + x.parents.len()).sum::<usize>());
     rep.arg(argv[1]).bytes(b"FLOW").int(now).int(n as i64);
-    for (x, at) in nodes.iter().zip(&payload_at) {
-        rep.bytes(&x.id).int(x.priority as i64).int(x.max_attempts as i64).int(x.run_at).int(x.parents.len() as i64);
-        for p in &x.parents {
-            rep.bytes(p);
+    let mut idbuf: Vec<u8> = Vec::with_capacity(n * 36);
+    let mut spans = Vec::with_capacity(n);
+    for (x, &at) in nodes.iter().zip(&payload_at) {
+        let id_at = at - x.parents.len() - 5;
+        rep.arg(argv[id_at])
+            .int(x.priority as i64)
+            .int(x.max_attempts as i64)
+            .int(x.run_at)
+            .int(x.parents.len() as i64);
+        for p in &argv[id_at + 5..at] {
+            rep.arg(*p);
         }
-        rep.arg(argv[*at]);
+        rep.arg(argv[at]);
+        let st = idbuf.len();
+        idbuf.extend_from_slice(&x.id);
+        spans.push(Some((st, idbuf.len())));
     }
     let added = with_queue(ctx, argv[1], true, |q| q.add_flow(now, nodes))?.unwrap_or(false);
     if !added {
         return Ok(Reply::Array((0..n).map(|_| Reply::Nil).collect()));
     }
     rep.send(ctx, c"VT._FX");
-    Ok(Reply::Array(ids.into_iter().map(Reply::Bulk).collect()))
+    Ok(Reply::Bulks(idbuf, spans))
 }
 
 /// `VT._FX <queue> FLOW <now> <n> <task> ...` (values final).
@@ -163,6 +174,6 @@ pub fn waiting_record(id: &[u8], w: &Waiting) -> Reply {
     put("error", bulk(b""));
     put("failed_at", Reply::Int(0));
     put("payload", bulk(&w.payload));
-    put("waiting_for", Reply::Array(w.pending.iter().map(bulk).collect()));
+    put("waiting_for", Reply::Array(w.pending().map(bulk).collect()));
     Reply::Array(f)
 }

@@ -38,16 +38,41 @@ pub struct Waiting {
     pub enqueued_at: i64,
     /// Earliest run time once released (the flow's enqueue time when it gave none).
     pub run_at: i64,
-    /// The parents not acked yet (never empty while waiting), in the order the flow named them.
-    pub pending: Vec<Id>,
+    /// The parents, in the order the flow named them, and which of them were acked: an ack
+    /// marks its place in O(1) (the children index holds it), so a group callback's N acks cost
+    /// O(N), not O(N²).
+    parents: Vec<Id>,
+    acked: Vec<bool>,
+    /// Parents not acked yet (never 0 while waiting).
+    left: u32,
+}
+
+impl Waiting {
+    pub fn new(
+        payload: Vec<u8>,
+        priority: i32,
+        max_attempts: u32,
+        enqueued_at: i64,
+        run_at: i64,
+        parents: Vec<Id>,
+    ) -> Waiting {
+        let n = parents.len();
+        Waiting { payload, priority, max_attempts, enqueued_at, run_at, acked: vec![false; n], left: n as u32, parents }
+    }
+
+    /// The parents not acked yet, in flow order.
+    pub fn pending(&self) -> impl Iterator<Item = &Id> {
+        self.parents.iter().zip(&self.acked).filter(|(_, a)| !**a).map(|(p, _)| p)
+    }
 }
 
 #[derive(Default)]
 pub struct Flows {
     /// Waiting tasks by id (ordered: records and releases are deterministic).
     waiting: BTreeMap<Id, Waiting>,
-    /// Parent id → ids of the waiting tasks that still wait for it.
-    children: HashMap<Id, Vec<Id>>,
+    /// Parent id → (id of a waiting task that still waits for it, the parent's place in that
+    /// task's parents).
+    children: HashMap<Id, Vec<(Id, u32)>>,
 }
 
 impl Flows {
@@ -79,8 +104,10 @@ impl Flows {
 
     /// Adds a waiting task (the caller checked that the id is free and `pending` is not empty).
     pub fn insert(&mut self, id: Id, w: Waiting) {
-        for p in &w.pending {
-            self.children.entry(p.clone()).or_default().push(id.clone());
+        for (i, p) in w.parents.iter().enumerate() {
+            if !w.acked[i] {
+                self.children.entry(p.clone()).or_default().push((id.clone(), i as u32));
+            }
         }
         self.waiting.insert(id, w);
     }
@@ -91,10 +118,14 @@ impl Flows {
         let Some(mut kids) = self.children.remove(parent) else { return Vec::new() };
         kids.sort_unstable();
         let mut out = Vec::new();
-        for k in kids {
+        for (k, at) in kids {
             let Some(w) = self.waiting.get_mut(&k) else { continue };
-            w.pending.retain(|p| p != parent);
-            if w.pending.is_empty() {
+            match w.acked.get_mut(at as usize) {
+                Some(a) if !*a => *a = true,
+                _ => continue,
+            }
+            w.left -= 1;
+            if w.left == 0 {
                 let w = self.waiting.remove(&k).expect("present");
                 out.push((k, w));
             }
@@ -108,7 +139,7 @@ impl Flows {
     pub fn remove_descendants(&mut self, parent: &[u8]) -> Vec<(Id, Waiting)> {
         let mut out = Vec::new();
         let mut next: Vec<Id> = match self.children.remove(parent) {
-            Some(k) => k,
+            Some(k) => k.into_iter().map(|(k, _)| k).collect(),
             None => return out,
         };
         while !next.is_empty() {
@@ -118,7 +149,7 @@ impl Flows {
             for k in next {
                 if let Some(w) = self.remove(&k) {
                     if let Some(kk) = self.children.remove(&k) {
-                        level.extend(kk);
+                        level.extend(kk.into_iter().map(|(k, _)| k));
                     }
                     out.push((k, w));
                 }
@@ -133,9 +164,9 @@ impl Flows {
     /// children are left to the caller).
     pub fn remove(&mut self, id: &[u8]) -> Option<Waiting> {
         let w = self.waiting.remove(id)?;
-        for p in &w.pending {
+        for p in w.pending() {
             if let Some(kids) = self.children.get_mut(p) {
-                kids.retain(|k| k != id);
+                kids.retain(|(k, _)| k != id);
                 if kids.is_empty() {
                     self.children.remove(p);
                 }
@@ -160,7 +191,8 @@ impl Flows {
 
     // ---------- persistence ----------
 
-    /// The 'W' record of a waiting task.
+    /// The 'W' record of a waiting task: its fields and the parents it still waits for (the
+    /// acked ones are not kept).
     pub fn record(id: &[u8], w: &Waiting) -> Vec<u8> {
         let mut r = W::new(b'W');
         r.bytes(id)
@@ -169,8 +201,8 @@ impl Flows {
             .u64(w.max_attempts as u64)
             .i64(w.enqueued_at)
             .i64(w.run_at)
-            .u64(w.pending.len() as u64);
-        for p in &w.pending {
+            .u64(w.left as u64);
+        for p in w.pending() {
             r.bytes(p);
         }
         r.buf
@@ -195,32 +227,30 @@ impl Flows {
         {
             return Err("waiting task field out of range");
         }
-        let mut pending = Vec::with_capacity(n as usize);
+        let mut parents = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            pending.push(r.bytes()?);
+            parents.push(r.bytes()?);
         }
         r.done()?;
-        let w = Waiting {
-            payload,
-            priority: priority as i32,
-            max_attempts: max_attempts as u32,
-            enqueued_at,
-            run_at,
-            pending,
-        };
-        Ok((id, w))
+        let mut sorted: Vec<&Id> = parents.iter().collect();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|x| x[0] == x[1]) {
+            return Err("waiting task names a parent twice");
+        }
+        Ok((id, Waiting::new(payload, priority as i32, max_attempts as u32, enqueued_at, run_at, parents)))
     }
 
     /// Bytes held (MEMORY USAGE).
     pub fn mem_usage(&self) -> usize {
         let mut n = 0;
         for (id, w) in &self.waiting {
-            n += 64 + alloc_size(id.len()) + alloc_size(w.payload.len().max(1)) + alloc_size(w.pending.capacity() * 24);
-            n += w.pending.iter().map(|p| alloc_size(p.len())).sum::<usize>();
+            n += 80 + alloc_size(id.len()) + alloc_size(w.payload.len().max(1));
+            n += alloc_size(w.parents.capacity() * 24) + alloc_size(w.acked.capacity().max(1));
+            n += w.parents.iter().map(|p| alloc_size(p.len())).sum::<usize>();
         }
         for (p, kids) in &self.children {
-            n += 48 + alloc_size(p.len()) + alloc_size(kids.capacity() * 24);
-            n += kids.iter().map(|k| alloc_size(k.len())).sum::<usize>();
+            n += 48 + alloc_size(p.len()) + alloc_size(kids.capacity() * 32);
+            n += kids.iter().map(|(k, _)| alloc_size(k.len())).sum::<usize>();
         }
         n
     }
@@ -231,14 +261,7 @@ mod tests {
     use super::*;
 
     fn w(pending: &[&str]) -> Waiting {
-        Waiting {
-            payload: b"p".to_vec(),
-            priority: 0,
-            max_attempts: 3,
-            enqueued_at: 1,
-            run_at: 1,
-            pending: pending.iter().map(|p| p.as_bytes().to_vec()).collect(),
-        }
+        Waiting::new(b"p".to_vec(), 0, 3, 1, 1, pending.iter().map(|p| p.as_bytes().to_vec()).collect())
     }
 
     #[test]
@@ -275,7 +298,16 @@ mod tests {
         let mut r = R::new(&rec);
         assert_eq!(r.u8().unwrap(), b'W');
         assert_eq!(Flows::read_record(&mut r).unwrap(), (b"id".to_vec(), x.clone()));
-        let bad = Flows::record(b"id", &Waiting { pending: vec![], ..x.clone() });
+        // an acked parent is not kept: the record reads back as a task waiting for the others
+        let mut f = Flows::default();
+        f.insert(b"id".to_vec(), x);
+        f.parent_done(b"a");
+        let rec = Flows::record(b"id", f.get(b"id").unwrap());
+        let mut r = R::new(&rec);
+        r.u8().unwrap();
+        let (_, back) = Flows::read_record(&mut r).unwrap();
+        assert_eq!(back.pending().collect::<Vec<_>>(), vec![&b"b".to_vec()]);
+        let bad = Flows::record(b"id", &w(&[]));
         let mut r = R::new(&bad);
         r.u8().unwrap();
         assert!(Flows::read_record(&mut r).is_err());

@@ -849,14 +849,7 @@ impl Queue {
                     EnqOpts { now, priority: n.priority, run_at: n.run_at, max_attempts: n.max_attempts, unique: None };
                 self.enqueue(&o, vec![(n.id, n.payload)]);
             } else {
-                let w = Waiting {
-                    payload: n.payload,
-                    priority: n.priority,
-                    max_attempts: n.max_attempts,
-                    enqueued_at: now,
-                    run_at: n.run_at,
-                    pending: n.parents,
-                };
+                let w = Waiting::new(n.payload, n.priority, n.max_attempts, now, n.run_at, n.parents);
                 self.flows.insert(n.id, w);
                 self.enqueued_total += 1;
             }
