@@ -179,3 +179,29 @@ def test_flows_survive_an_aof_restart(server_factory, preamble):
     assert state(c, "c") == "waiting"
     assert run_one(c) == "b"
     assert run_one(c) == "c"
+
+
+def test_slot_migration_moves_waiting_tasks_and_streams_flow_effects(server_factory):
+    """CLUSTER MIGRATESLOTS: the snapshot carries waiting tasks (W records), the stream carries
+    a VT.FLOW and an ack that releases (VT._FX FLOW / ACK); the target holds the identical queue
+    and its acks release what waits."""
+    from test_slot_migration import finished, make_cluster, migrate, queue_on, release
+
+    nodes = make_cluster(server_factory, 3)
+    src, dst = nodes[0], nodes[2]
+    q = queue_on(src)
+    c = src.client()
+    flow(c, node("a"), node("b", ["a"]), node("c", ["b"]), q=q)
+    migrate(src, dst, q, hold=True)  # the source streams until released
+    flow(c, node("x"), node("y", ["x"]), q=q)
+    got = {e[1].decode(): e for e in fetch(c, q, count=10)}
+    c.execute_command("VT.ACK", q, "a", got["a"][2])  # releases b, streamed as VT._FX ACK
+    before = c.execute_command("DEBUG", "DIGEST-VALUE", q)
+    release(src)
+    finished(src, dst, q)
+    d = dst.client()
+    assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == before
+    assert (state(d, "b", q), state(d, "c", q), state(d, "y", q)) == ("ready", "waiting", "waiting")
+    assert d.execute_command("VT.ACK", q, "x", got["x"][2]) == 1
+    assert state(d, "y", q) == "ready"
+    assert [run_one(d, q) for _ in range(3)] == ["b", "y", "c"]  # c is released by b's ack
