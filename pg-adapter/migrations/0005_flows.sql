@@ -39,31 +39,41 @@ CREATE OR REPLACE FUNCTION vtasks_enqueue_flow(p_queue text, p_ids text[], p_pri
                                                p_payloads bytea[], p_notify boolean)
 RETURNS SETOF text LANGUAGE plpgsql AS $fn$
 DECLARE
-    i int;
-    k int := 0;
-    ra timestamptz;
-    ready boolean := false;
+    ready boolean;
 BEGIN
     IF EXISTS (SELECT 1 FROM vtasks_task t WHERE t.queue = p_queue AND t.id = ANY (p_ids))
        OR EXISTS (SELECT 1 FROM vtasks_waiting w WHERE w.queue = p_queue AND w.id = ANY (p_ids)) THEN
         RETURN;
     END IF;
-    FOR i IN 1 .. cardinality(p_ids) LOOP
-        ra := CASE WHEN p_at_ms[i] > 0 THEN to_timestamp(p_at_ms[i] / 1000.0) ELSE now() END;
-        IF p_nparents[i] = 0 THEN
-            INSERT INTO vtasks_task (queue, id, state, priority, run_after, max_attempts, payload)
-                VALUES (p_queue, p_ids[i], CASE WHEN ra > now() THEN 'd' ELSE 'r' END::"char",
-                        p_priorities[i], ra, p_max_attempts[i], p_payloads[i]);
-            ready := ready OR ra <= now();
-        ELSE
-            INSERT INTO vtasks_waiting (queue, id, priority, max_attempts, run_after, pending, payload)
-                VALUES (p_queue, p_ids[i], p_priorities[i], p_max_attempts[i], ra, p_nparents[i],
-                        p_payloads[i]);
-            INSERT INTO vtasks_flow_edge (queue, parent, child)
-                SELECT p_queue, p, p_ids[i] FROM unnest(p_parents[k + 1 : k + p_nparents[i]]) AS p;
-        END IF;
-        k := k + p_nparents[i];
-    END LOOP;
+    -- set-based, one statement: one INSERT per table (data-modifying CTEs always run). Roots:
+    -- seq drawn in the flow's order, rows inserted in id order (the lock order), as
+    -- vtasks_enqueue does; edges from the flat parents list by each task's offset in it.
+    WITH f AS MATERIALIZED (
+        SELECT u.ord, u.id, u.priority, u.max_attempts,
+               CASE WHEN u.at_ms > 0 THEN to_timestamp(u.at_ms / 1000.0) ELSE now() END AS ra,
+               u.np, (sum(u.np) OVER (ORDER BY u.ord) - u.np)::int AS off, u.payload
+          FROM unnest(p_ids, p_priorities, p_max_attempts, p_at_ms, p_nparents, p_payloads)
+               WITH ORDINALITY AS u(id, priority, max_attempts, at_ms, np, payload, ord)
+    ), roots AS (
+        INSERT INTO vtasks_task (queue, id, state, priority, run_after, max_attempts, payload, seq)
+            OVERRIDING SYSTEM VALUE
+            SELECT p_queue, x.id, CASE WHEN x.ra > now() THEN 'd' ELSE 'r' END::"char",
+                   x.priority, x.ra, x.max_attempts, x.payload, x.seq
+              FROM (SELECT r.*, nextval(pg_get_serial_sequence('vtasks_task', 'seq')) AS seq
+                      FROM (SELECT * FROM f WHERE f.np = 0 ORDER BY f.ord) r) x
+             ORDER BY x.id
+        RETURNING 1
+    ), waiting AS (
+        INSERT INTO vtasks_waiting (queue, id, priority, max_attempts, run_after, pending, payload)
+            SELECT p_queue, f.id, f.priority, f.max_attempts, f.ra, f.np, f.payload
+              FROM f WHERE f.np > 0 ORDER BY f.id
+        RETURNING 1
+    ), edges AS (
+        INSERT INTO vtasks_flow_edge (queue, parent, child)
+            SELECT p_queue, p_parents[f.off + g], f.id FROM f, generate_series(1, f.np) AS g
+        RETURNING 1
+    )
+    SELECT coalesce(bool_or(f.np = 0 AND f.ra <= now()), false) INTO ready FROM f;
     INSERT INTO vtasks_stats_delta (queue, enqueued) VALUES (p_queue, cardinality(p_ids));
     IF p_notify AND ready THEN
         PERFORM pg_notify('vtasks', p_queue);
