@@ -845,9 +845,8 @@ impl Queue {
         }
         for n in nodes {
             if n.parents.is_empty() {
-                let o =
-                    EnqOpts { now, priority: n.priority, run_at: n.run_at, max_attempts: n.max_attempts, unique: None };
-                self.enqueue(&o, vec![(n.id, n.payload)]);
+                self.insert_task(&n.id, &n.payload, n.priority, n.max_attempts, now, n.run_at, now);
+                self.enqueued_total += 1;
             } else {
                 let w = Waiting::new(n.payload, n.priority, n.max_attempts, now, n.run_at, n.parents);
                 self.flows.insert(n.id, w);
@@ -863,13 +862,28 @@ impl Queue {
         if self.ids.get(&id, &self.slab).is_some() {
             return; // (only a corrupt load could hold the id twice)
         }
-        let mut t = Task::new(&id, &w.payload);
-        t.priority = w.priority as i8;
-        t.max_attempts = w.max_attempts;
-        t.enqueued_at = w.enqueued_at;
-        t.run_at = w.run_at;
+        self.insert_task(&id, &w.payload, w.priority, w.max_attempts, w.enqueued_at, w.run_at, now);
+    }
+
+    /// Adds a task (its id is new) as ready, or delayed when `run_at` is after `now`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_task(
+        &mut self,
+        id: &[u8],
+        payload: &[u8],
+        priority: i32,
+        max_attempts: u32,
+        enqueued_at: i64,
+        run_at: i64,
+        now: i64,
+    ) {
+        let mut t = Task::new(id, payload);
+        t.priority = priority as i8;
+        t.max_attempts = max_attempts;
+        t.enqueued_at = enqueued_at;
+        t.run_at = run_at;
         let h = self.slab.insert(t);
-        self.ids.insert(&id, h);
+        self.ids.insert(id, h);
         self.place(h, now);
     }
 
