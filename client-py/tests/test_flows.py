@@ -105,3 +105,18 @@ def test_refused_flows_send_nothing(alias, broker, queue):
         group([step(add, i, 0) for i in range(limit)]).then(on(t.total, alias, queue)).enqueue()
     for q in (queue, queue + "x"):
         assert broker.info(q)["enqueued_total"] == 0
+
+
+def test_a_flow_inside_atomic_is_sent_at_commit(alias, backend, broker, queue):
+    from django.db import transaction
+
+    add = on(t.add, alias, queue)
+    with transaction.atomic():
+        results = chain(step(add, 1, 1), step(add, 1)).enqueue()
+        assert broker.get(queue, results[0].id) is None  # not sent yet
+        assert backend.get_result(results[1].id).status == TaskResultStatus.READY
+    assert [broker.get(queue, r.id).state for r in results] == ["ready", "waiting"]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        rolled = chain(step(add, 2, 2), step(add, 2)).enqueue()
+        raise RuntimeError("rolled back")
+    assert all(broker.get(queue, r.id) is None for r in rolled)
