@@ -328,3 +328,112 @@ def test_capabilities_are_declared_not_probed():
     assert not PostgresBroker.supports_server_timers and not PostgresBroker.supports_dlq_cap
     assert not Broker.supports_cancel
     assert ValkeyBroker.supports_cancel and PostgresBroker.supports_cancel
+
+
+# ---- flows (PROTOCOL.md "Flows"): VT.FLOW and vtasks_enqueue_flow answer alike ----------------
+
+
+def flow_of(queue, *nodes):
+    """(requests, parents) of a flow given as (id, parent ids) pairs."""
+    reqs = [EnqueueRequest(queue, i, f"p-{i}".encode()) for i, _ in nodes]
+    return reqs, [tuple(ps) for _, ps in nodes]
+
+
+def test_flow_waits_and_each_ack_releases_the_next(b, queue):
+    assert b.supports_flows
+    reqs, parents = flow_of(queue, ("a", ()), ("b", ("a",)), ("c", ("a", "b")))
+    assert b.enqueue_flow(reqs, parents) == ["a", "b", "c"]
+    assert [b.get(queue, i).state for i in "abc"] == ["ready", "waiting", "waiting"]
+    assert (b.info(queue)["ready"], b.info(queue)["waiting"]) == (1, 2)
+    assert b.get(queue, "c").payload == b"p-c"
+    # an id a waiting task holds is taken, for a flow (nothing added) and for an enqueue
+    assert b.enqueue_flow(*flow_of(queue, ("new", ()), ("c", ("new",)))) is None
+    assert b.get(queue, "new") is None
+    assert b.enqueue([EnqueueRequest(queue, "b", b"x")]) == [None]
+    (d,) = b.fetch([queue], "w", 10)
+    assert d.id == "a" and b.fetch([queue], "w", 10) == []
+    assert b.ack(queue, [(d.id, d.token)]) == 1
+    assert b.get(queue, "b").state == "ready" and b.get(queue, "c").state == "waiting"
+    (d,) = b.fetch([queue], "w", 10)
+    b.ack(queue, [(d.id, d.token)])
+    (d,) = b.fetch([queue], "w", 10)
+    assert d.id == "c" and d.payload == b"p-c"
+    b.ack(queue, [(d.id, d.token)])
+    info = b.info(queue)
+    assert (info["ready"], info["inflight"], info["dead"], info["enqueued_total"]) == (0, 0, 0, 3)
+    assert (info["acked_total"], info["waiting"]) == (3, 0)
+
+
+def test_flow_failed_parent_dead_letters_deleted_parent_removes(b, queue):
+    b.enqueue_flow(*flow_of(queue, ("m1", ()), ("m2", ()), ("cb", ("m1", "m2")), ("z", ("cb",))))
+    got = {d.id: d for d in b.fetch([queue], "w", 10)}
+    assert set(got) == {"m1", "m2"}
+    assert b.fail(queue, "m1", got["m1"].token, "boom") == "dead"
+    for i in ("cb", "z"):
+        rec = b.get(queue, i)
+        assert rec.state == "dead" and "task m1 that it waits for failed" in rec.error
+    assert b.info(queue)["dead"] == 3
+    assert b.ack(queue, [("m2", got["m2"].token)]) == 1
+    assert b.fetch([queue], "w", 10) == []
+    # a deleted task takes what waits for it; a retried failure does not
+    b.enqueue_flow(*flow_of(queue, ("x", ()), ("y", ("x",)), ("q", ()), ("r", ("q",))))
+    assert b.delete(queue, ["x"]) == 2
+    assert b.get(queue, "y") is None
+    (d,) = b.fetch([queue], "w", 10)
+    assert b.fail(queue, "q", d.token, "again", retry_ms=0) == "retry"
+    assert b.get(queue, "r").state == "waiting"
+    assert b.clear(queue, "ready") == 2  # q and the waiting r
+
+
+def test_flow_refusals_change_nothing(b, queue):
+    bad = [
+        (flow_of(queue, ("a", ()), ("b", ("zz",))), "not an earlier task"),
+        (flow_of(queue, ("a", ()), ("a", ())), "appears twice"),
+    ]
+    reqs, parents = flow_of(queue, ("a", ()), ("b", ("a",)))
+    mixed = [reqs[0], reqs[1]._replace(queue=queue + "x")]
+    with pytest.raises(BrokerError, match="a flow lives in one queue"):
+        b.enqueue_flow(mixed, parents)
+    for (reqs, parents), msg in bad:
+        with pytest.raises(BrokerError, match=msg):
+            b.enqueue_flow(reqs, parents)
+    big = [EnqueueRequest(queue, f"m{i}", b"x") for i in range(10_001)]
+    with pytest.raises(BrokerError, match="over the limit of 10000"):
+        b.enqueue_flow(big, [()] * len(big))
+    with pytest.raises(BrokerError, match="payload"):
+        b.enqueue_flow([EnqueueRequest(queue, "p", b"x" * (MAX_PAYLOAD + 1))], [()])
+    assert b.info(queue)["enqueued_total"] == 0
+
+
+def test_flow_parents_acked_at_once_release_the_callback_once(b, queue):
+    """Two workers ack the two parents of a callback at the same moment (Postgres: two
+    transactions, each decrementing the callback's pending count under its row lock): every
+    callback is released exactly once, never zero or two times."""
+    import threading
+
+    n = 60
+    for k in range(n):
+        b.enqueue_flow(
+            *flow_of(queue, (f"a{k}", ()), (f"b{k}", ()), (f"cb{k}", (f"a{k}", f"b{k}")))
+        )
+    got = {d.id: d for d in b.fetch([queue], "w", 2 * n)}
+    assert len(got) == 2 * n
+    barrier = threading.Barrier(2)
+    acked = {"a": 0, "b": 0}
+
+    def ack_all(side):
+        for k in range(n):
+            barrier.wait()
+            d = got[f"{side}{k}"]
+            acked[side] += b.ack(queue, [(d.id, d.token)])
+
+    threads = [threading.Thread(target=ack_all, args=(s,)) for s in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert acked == {"a": n, "b": n}
+    released = b.fetch([queue], "w", 10 * n)
+    assert sorted(d.id for d in released) == sorted(f"cb{k}" for k in range(n))
+    info = b.info(queue)
+    assert (info["ready"], info["waiting"], info["inflight"]) == (0, 0, n)

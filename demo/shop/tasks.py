@@ -50,3 +50,24 @@ def heartbeat():
 @task
 def nightly_report():
     record("nightly-report")
+
+
+@task
+def pack_item(order_id, item):
+    """A member of the shipping group: the items are packed in parallel."""
+    record("pack", order_id, item)
+    return item
+
+
+@task
+def ship_order(packed, order_id):
+    """The group's callback: the broker runs it once every item is packed, with their list."""
+    record("ship", order_id, *packed)
+    return f"order {order_id} shipped with {', '.join(packed)}"
+
+
+@task
+def notify_customer(message):
+    """The chain's last step: gets ship_order's return value."""
+    record("notify", message.replace(" ", "_"))
+    return f"customer told: {message}"

@@ -457,9 +457,21 @@ pub fn ack(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     if !(a.len() - 2).is_multiple_of(2) {
         return err("ERR wrong number of arguments: <id> <token> pairs expected");
     }
-    let n = with_queue(ctx, argv[1], false, |q| a[2..].chunks(2).filter(|p| q.ack(p[0], parse_token(p[1]))).count())?
-        .unwrap_or(0);
-    if n > 0 {
+    let now = now_ms();
+    let r = with_queue(ctx, argv[1], false, |q| {
+        // an ack that may release waiting tasks depends on the clock (ready or delayed)
+        let flows = !q.flows.is_empty();
+        (a[2..].chunks(2).filter(|p| q.ack_at(now, p[0], parse_token(p[1]))).count(), flows)
+    })?;
+    let (n, flows) = r.unwrap_or((0, false));
+    if n > 0 && flows {
+        let mut rep = Rep::with_capacity(a.len() + 1);
+        rep.arg(argv[1]).bytes(b"ACK").int(now);
+        for x in &argv[2..] {
+            rep.arg(*x);
+        }
+        rep.send(ctx, c"VT._FX");
+    } else if n > 0 {
         replicate_verbatim(ctx);
     }
     Ok(Reply::Int(n as i64))
@@ -591,10 +603,11 @@ pub fn info(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             q.dead_total as i64,
             q.schedules.len() as i64,
             live_uniques as i64,
+            q.flows.len() as i64,
             q.schedule_ticks_skipped_total as i64,
         ]
     })?
-    .unwrap_or([0; 14]);
+    .unwrap_or([0; 15]);
     // the fields both engines report (vtasks-protocol), then the module's own
     let names = vtasks_protocol::limits::INFO_FIELDS.iter().copied().chain(["schedule_ticks_skipped_total"]);
     Ok(Reply::Map(names.zip(v).map(|(k, v)| (k, Reply::Int(v))).collect()))
@@ -723,6 +736,8 @@ pub fn get(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let r = read_queue(ctx, argv[1], |q| {
         if let Some(t) = q.get_task(a[2]) {
             Some(record(a[2], Some(&t), None))
+        } else if let Some(w) = q.flows.get(a[2]) {
+            Some(crate::flow_command::waiting_record(a[2], w))
         } else {
             q.dead.newest(a[2]).map(|d| record(&d.id, None, Some(d)))
         }
@@ -901,6 +916,20 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             q.enqueue(&o, items);
         })
         .map(|_| ())
+    } else if eq(op, "FLOW") {
+        crate::flow_command::apply_fx_flow(ctx, argv, a)
+    } else if eq(op, "ACK") {
+        // now [id token]... (an ack that released waiting tasks)
+        if r.len() < 3 || !(r.len() - 1).is_multiple_of(2) {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        with_queue(ctx, argv[1], true, |q| {
+            for p in r[1..].chunks(2) {
+                q.ack_at(now, p[0], parse_token(p[1]));
+            }
+        })
+        .map(|_| ())
     } else if eq(op, "FETCH") {
         // now worker deadline [id token]...
         if r.len() < 3 || !(r.len() - 3).is_multiple_of(2) {
@@ -1071,6 +1100,7 @@ pub fn parse_command(a: &[&[u8]]) -> Result<(), String> {
     let r: Result<(), Reply> = match name.as_str() {
         "VT.ENQUEUE" => parse_enqueue(a).map(|_| ()),
         "VT.FETCHBATCH" => parse_fetch(a).map(|_| ()),
+        "VT.FLOW" => arity(a, 3).and_then(|_| crate::flow_command::parse_flow(a, 2, Some(0)).map(|_| ())),
         "VT.ACK" => arity(a, 4).and_then(|_| {
             if !(a.len() - 2).is_multiple_of(2) {
                 err("ERR wrong number of arguments")

@@ -14,6 +14,8 @@ pub mod codec;
 pub mod commands;
 pub mod dead;
 pub mod digest;
+pub mod flow_command;
+pub mod flows;
 pub mod queue;
 pub mod server;
 pub mod slots;
@@ -119,6 +121,16 @@ pub mod fuzzing {
             cron: crate::queue::parse_cron("*/5 * * * * *").ok(),
         };
         q.schedule_set(b"s1", sched);
+        // a chain root -> a -> b, waiting for the root (leased above or not)
+        let node = |id: &str, parents: &[&str]| crate::queue::FlowNode {
+            id: format!("{id}{seed}").into_bytes(),
+            priority: 0,
+            max_attempts: 2,
+            run_at: now,
+            parents: parents.iter().map(|p| format!("{p}{seed}").into_bytes()).collect(),
+            payload: b"f".to_vec(),
+        };
+        q.add_flow(now, vec![node("root", &[]), node("a", &["root"]), node("b", &["a", "root"])]);
         q
     }
 
@@ -238,6 +250,7 @@ trampoline!(t_clear, commands::clear, "VT.CLEAR");
 trampoline!(t_sched_set, commands::schedule_set, "VT.SCHEDULE SET");
 trampoline!(t_sched_del, commands::schedule_del, "VT.SCHEDULE DEL");
 trampoline!(t_sched_list, commands::schedule_list, "VT.SCHEDULE LIST");
+trampoline!(t_flow, flow_command::flow, "VT.FLOW");
 trampoline!(t_fx, commands::fx, "VT._FX");
 trampoline!(t_load, commands::load, "VT._LOAD");
 trampoline!(t_align, commands::aligncheck, "VT._ALIGNCHECK");
@@ -341,7 +354,7 @@ unsafe extern "C" fn free_value(value: *mut c_void) {
 unsafe extern "C" fn free_effort(_key: *mut raw::RedisModuleString, value: *const c_void) -> usize {
     guard(std::ptr::null_mut(), "free_effort", || {
         let q = &(*(value as *const QueueBox)).0;
-        q.task_count() + q.dead.len() + 1
+        q.task_count() + q.dead.len() + q.flows.len() + 1
     })
     .unwrap_or(1)
 }
@@ -442,6 +455,15 @@ const COMMANDS: &[Command] = &[
         keys: Keys::At(1, KEY_INS),
         arity: 0,
         acl: "write fast",
+    },
+    // O(tasks of the flow); one queue key, so one slot: a flow never spans queues
+    Command {
+        name: "vt.flow",
+        handler: t_flow,
+        flags: "write deny-oom",
+        keys: Keys::At(1, KEY_INS),
+        arity: 0,
+        acl: "write slow",
     },
     Command {
         name: "vt.fetchbatch",

@@ -11,6 +11,7 @@
 
 use crate::codec::{CResult, R, W};
 pub use crate::dead::{Dead, DeadList};
+pub use crate::flows::{FlowNode, Flows, Waiting};
 pub use crate::tasks::State;
 use crate::tasks::{alloc_size, Handle, IdIndex, Slab, Task, MAX_STORED_ID, NIL};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -276,6 +277,8 @@ pub struct Queue {
     pub uniques: HashMap<Vec<u8>, Unique>,
     pub unique_exp: BTreeSet<(i64, Vec<u8>)>,
     pub schedules: BTreeMap<Vec<u8>, Schedule>,
+    /// Tasks waiting for other tasks of this queue (chains, group callbacks; see flows.rs).
+    pub flows: Flows,
     pub next_seq: u64,
     pub enqueued_total: u64,
     pub acked_total: u64,
@@ -329,8 +332,9 @@ impl Queue {
         self.slab.len()
     }
 
+    /// Whether `id` names a live task (ready, delayed, in flight) or a waiting one.
     pub fn contains(&self, id: &[u8]) -> bool {
-        self.ids.get(id, &self.slab).is_some()
+        self.ids.get(id, &self.slab).is_some() || self.flows.contains(id)
     }
 
     /// Whether a delayed task is due at `now`.
@@ -710,7 +714,7 @@ impl Queue {
             if o.unique.is_some() && (i > 0 || unique_held) {
                 continue;
             }
-            if self.ids.get(&id, &self.slab).is_some() {
+            if self.contains(&id) {
                 continue;
             }
             let seq = self.take_seq();
@@ -816,13 +820,105 @@ impl Queue {
     }
 
     pub fn ack(&mut self, id: &[u8], token: Option<u64>) -> bool {
+        self.ack_at(0, id, token)
+    }
+
+    /// Acks a task at `now`: the tasks that waited only for it are released in the same step
+    /// (ready, or delayed until their run time).
+    pub fn ack_at(&mut self, now: i64, id: &[u8], token: Option<u64>) -> bool {
         let Some(h) = token.and_then(|t| self.holds(id, t)) else { return false };
         self.unindex(h);
         self.release_unique(h);
         self.free(h);
         self.acked_total += 1;
+        if self.flows.has_children(id) {
+            for (cid, w) in self.flows.parent_done(id) {
+                self.release(cid, w, now);
+            }
+        }
         self.tidy();
         true
+    }
+
+    // ---------- flows (the store is flows.rs) ----------
+
+    /// Adds a flow at `now`: nodes without parents as tasks, the others waiting. The flow is
+    /// added whole or not at all: false (nothing added) when one of its ids is already a live or
+    /// waiting task. The caller checked the nodes (ids unique, parents are earlier nodes).
+    pub fn add_flow(&mut self, now: i64, nodes: Vec<FlowNode>) -> bool {
+        if nodes.iter().any(|n| self.contains(&n.id)) {
+            return false;
+        }
+        for n in nodes {
+            if n.parents.is_empty() {
+                self.insert_task(&n.id, &n.payload, n.priority, n.max_attempts, now, n.run_at, now);
+                self.enqueued_total += 1;
+            } else {
+                let w = Waiting::new(n.payload, n.priority, n.max_attempts, now, n.run_at, n.parents);
+                self.flows.insert(n.id, w);
+                self.enqueued_total += 1;
+            }
+        }
+        self.modified = true;
+        true
+    }
+
+    /// Moves a released waiting task into the queue.
+    fn release(&mut self, id: Id, w: Waiting, now: i64) {
+        if self.ids.get(&id, &self.slab).is_some() {
+            return; // (only a corrupt load could hold the id twice)
+        }
+        self.insert_task(&id, &w.payload, w.priority, w.max_attempts, w.enqueued_at, w.run_at, now);
+    }
+
+    /// Adds a task (its id is new) as ready, or delayed when `run_at` is after `now`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_task(
+        &mut self,
+        id: &[u8],
+        payload: &[u8],
+        priority: i32,
+        max_attempts: u32,
+        enqueued_at: i64,
+        run_at: i64,
+        now: i64,
+    ) {
+        let mut t = Task::new(id, payload);
+        t.priority = priority as i8;
+        t.max_attempts = max_attempts;
+        t.enqueued_at = enqueued_at;
+        t.run_at = run_at;
+        let h = self.slab.insert(t);
+        self.ids.insert(id, h);
+        self.place(h, now);
+    }
+
+    /// A task left the queue without succeeding: every task that waits for it (transitively)
+    /// is dead-lettered with a reason naming it (`dead`) or removed (`!dead`). Returns how many.
+    fn drop_dependents(&mut self, id: &[u8], dead: bool, now: i64, cap: usize) -> usize {
+        if !self.flows.has_children(id) {
+            return 0;
+        }
+        let gone = self.flows.remove_descendants(id);
+        let n = gone.len();
+        let why = format!("not run: task {} that it waits for failed", String::from_utf8_lossy(id));
+        for (cid, w) in gone {
+            if dead {
+                let d = Dead {
+                    id: cid,
+                    payload: w.payload,
+                    priority: w.priority,
+                    attempt: 0,
+                    max_attempts: w.max_attempts,
+                    enqueued_at: w.enqueued_at,
+                    error: why.clone().into_bytes(),
+                    failed_at: now,
+                };
+                self.push_dead(d, cap);
+            }
+        }
+        self.modified = true;
+        n
     }
 
     fn push_dead(&mut self, d: Dead, cap: usize) {
@@ -851,7 +947,9 @@ impl Queue {
             failed_at: now,
         };
         self.free(h);
+        let id = d.id.clone();
         self.push_dead(d, cap);
+        self.drop_dependents(&id, true, now, cap);
     }
 
     pub fn fail(
@@ -1036,6 +1134,7 @@ impl Queue {
         let mut doomed: Vec<Handle> = Vec::new();
         let mut n = 0;
         for id in ids {
+            let mut removed = false;
             if let Some(h) = self.ids.get(id, &self.slab) {
                 let t = self.slab.get_mut(h);
                 if batch && t.state == State::Ready {
@@ -1044,12 +1143,22 @@ impl Queue {
                         doomed.push(h);
                         n += 1;
                     }
+                    removed = true;
                 } else if t.state != State::Inflight {
                     self.unindex(h);
                     self.release_unique(h);
                     self.free(h);
                     n += 1;
+                    removed = true;
                 }
+            } else if self.flows.remove(id).is_some() {
+                self.modified = true;
+                n += 1;
+                removed = true;
+            }
+            if removed {
+                // what waits for a deleted task can never run: removed with it
+                n += self.drop_dependents(id, false, 0, 0);
             }
             let dead = self.dead.remove_all(id);
             self.modified |= dead > 0;
@@ -1094,6 +1203,11 @@ impl Queue {
             self.unindex(h);
             self.release_unique(h);
             self.free(h);
+        }
+        if ready && !self.flows.is_empty() {
+            // waiting tasks are not ready yet, but wait for tasks a READY clear may remove
+            n += self.flows.clear();
+            self.modified = true;
         }
         if dead && !self.dead.is_empty() {
             n += self.dead.len();
@@ -1153,7 +1267,7 @@ impl Queue {
     // ---------- persistence: the queue as a sequence of self-describing records ----------
 
     pub fn record_count(&self) -> usize {
-        1 + self.slab.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len()
+        1 + self.slab.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len() + self.flows.len()
     }
 
     pub fn records(&self) -> Vec<Vec<u8>> {
@@ -1240,6 +1354,9 @@ impl Queue {
                 .bytes(&s.payload)
                 .i64(s.next_run);
             out(&w.buf);
+        }
+        for (id, w) in self.flows.iter() {
+            out(&Flows::record(id, w));
         }
     }
 
@@ -1409,6 +1526,16 @@ impl Queue {
                 r.done()?;
                 self.schedules.insert(name, Schedule { kind, spec, every, priority, payload, next_run, cron });
             }
+            b'W' => {
+                let (id, w) = Flows::read_record(&mut r)?;
+                if self.load_seqs.is_none() {
+                    return Err("waiting task record outside a load (no header)");
+                }
+                if self.contains(&id) {
+                    return Err("duplicate task id");
+                }
+                self.flows.insert(id, w);
+            }
             _ => return Err("unknown record kind"),
         }
         r.done()
@@ -1434,7 +1561,7 @@ impl Queue {
             n += alloc_size(x.error.len()) + x.unique.as_ref().map(|u| alloc_size(u.len())).unwrap_or(0);
             n += x.cancel.as_ref().map(|c| alloc_size(c.len())).unwrap_or(0);
         }
-        n += self.dead.mem_usage();
+        n += self.dead.mem_usage() + self.flows.mem_usage();
         for (k, u) in &self.uniques {
             n += 2 * alloc_size(k.len()) + u.task.as_ref().map(|t| alloc_size(t.len())).unwrap_or(0) + 80;
         }
@@ -1565,7 +1692,7 @@ mod tests {
                 assert_eq!(q3.records(), srecs, "rejected record {} changed the queue", r[0] as char);
             }
         }
-        assert_eq!(kinds.into_iter().collect::<Vec<u8>>(), b"DHSTU".to_vec());
+        assert_eq!(kinds.into_iter().collect::<Vec<u8>>(), b"DHSTUW".to_vec());
     }
 
     /// Save and load agree on the sequence bound: a task with seq MAX_SEQ - 1 loads and makes

@@ -130,6 +130,13 @@ impl AsyncPgQueue {
         ops::enqueue_decode(&ids, &rows)
     }
 
+    /// As [`crate::PgQueue::enqueue_flow`].
+    pub async fn enqueue_flow(&self, queue: &str, tasks: Vec<crate::FlowTask>) -> Result<Option<Vec<String>>> {
+        let notify = self.cfg.notify && self.debounce.should(queue);
+        let st = crate::flows::enqueue_flow_stmt(queue, tasks, self.cfg.max_attempts, notify)?;
+        crate::flows::enqueue_flow_decode(&self.run(&st).await?)
+    }
+
     /// As [`crate::PgQueue::fetch`].
     pub async fn fetch(
         &self,

@@ -8,12 +8,14 @@
 
 mod asynch;
 mod connect;
+pub mod flows;
 pub mod migrate;
 pub mod ops;
 mod sync;
 
 pub use asynch::AsyncPgQueue;
 pub use connect::DEFAULT_CONNECT_TIMEOUT;
+pub use flows::FlowTask;
 pub use ops::{
     ClearWhat, Config, Delivery, EnqueueOpts, PeekState, ScheduleEntry, TaskRecord, INFO_FIELDS, MAINTAIN_FIELDS,
 };
@@ -26,6 +28,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "enqueue_ack_functions", include_str!("../migrations/0002_enqueue_ack_functions.sql")),
     (3, "lock_order_and_stable_plans", include_str!("../migrations/0003_lock_order_and_stable_plans.sql")),
     (4, "cancel", include_str!("../migrations/0004_cancel.sql")),
+    (5, "flows", include_str!("../migrations/0005_flows.sql")),
 ];
 
 /// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.

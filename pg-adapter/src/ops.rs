@@ -172,7 +172,7 @@ impl FromStr for ClearWhat {
 }
 
 /// Field names of `info()`, in `VT.INFO` order.
-pub const INFO_FIELDS: [&str; 13] = limits::INFO_FIELDS;
+pub const INFO_FIELDS: [&str; 14] = limits::INFO_FIELDS;
 
 /// Field names of `maintain()`.
 pub const MAINTAIN_FIELDS: [&str; 7] =
@@ -187,14 +187,14 @@ pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T> {
 /// payload (8,000 bytes), so a long name is a clear error here, never a raw index error.
 pub const MAX_NAME: usize = limits::MAX_NAME_LEN;
 
-fn check_queue(q: &str) -> Result<()> {
+pub(crate) fn check_queue(q: &str) -> Result<()> {
     if q.is_empty() || q.len() > MAX_NAME {
         return invalid(format!("queue name must be 1..{MAX_NAME} bytes"));
     }
     Ok(())
 }
 
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > MAX_ID {
         return invalid(format!("task id must be 1..{MAX_ID} bytes"));
     }
@@ -575,7 +575,8 @@ SELECT t.r, t.d, t.i,
        coalesce((SELECT evicted FROM vtasks_dlq WHERE queue = $1::text), 0)::int8,
        s.e, s.a, s.f, s.r, s.s, s.x,
        (SELECT count(*) FROM vtasks_schedule WHERE queue = $1::text),
-       (SELECT count(*) FROM vtasks_unique WHERE queue = $1::text AND expires_at > now())
+       (SELECT count(*) FROM vtasks_unique WHERE queue = $1::text AND expires_at > now()),
+       (SELECT count(*) FROM vtasks_waiting WHERE queue = $1::text)
   FROM t, s"#;
 
 pub fn info_stmt(queue: &str) -> Stmt {
@@ -653,6 +654,10 @@ pub fn get_stmt(queue: &str, id: &str) -> Result<Stmt> {
     const SQL: &str = concat!(
         "(",
         live_sql!("AND id = $2::text"),
+        ") UNION ALL (",
+        // a flow's task waiting for its parents (migration 5)
+        "SELECT id, 'waiting', priority::int4, 0, max_attempts, vtasks_ms(enqueued_at), vtasks_ms(run_after), \
+         '', '', 0::int8, '', 0::int8, payload FROM vtasks_waiting WHERE queue = $1::text AND id = $2::text",
         ") UNION ALL (",
         dead_sql!("AND id = $2::text ORDER BY seq DESC LIMIT 1"),
         ") LIMIT 1"

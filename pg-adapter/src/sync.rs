@@ -201,6 +201,14 @@ impl PgQueue {
         ops::enqueue_decode(&ids, &rows)
     }
 
+    /// Adds a flow (a chain or a group with its callback) in one statement; the ids in order, or
+    /// None when one of its ids was already a live or waiting task (nothing added).
+    pub fn enqueue_flow(&self, queue: &str, tasks: Vec<crate::FlowTask>) -> Result<Option<Vec<String>>> {
+        let notify = self.cfg.notify && self.debounce.should(queue);
+        let st = crate::flows::enqueue_flow_stmt(queue, tasks, self.cfg.max_attempts, notify)?;
+        crate::flows::enqueue_flow_decode(&self.run(&st)?)
+    }
+
     /// Fetches up to `count` tasks from `queues` (in order). `block_ms`: None = never wait
     /// (returns `Some(vec)`, maybe empty); `Some(0)` = wait forever; `Some(ms)` = wait at most
     /// that long and return `None` when nothing came.

@@ -24,9 +24,11 @@ pub const MAX_ENQUEUE_ITEMS: usize = 100_000;
 pub const MAX_FETCH_QUEUES: i64 = 1_000;
 /// `MAXATTEMPTS` is in `1..=MAX_ATTEMPTS`.
 pub const MAX_ATTEMPTS: i64 = 1_000_000;
+/// Most tasks one flow (`VT.FLOW`, a chain or a group with its callback) adds.
+pub const MAX_FLOW_TASKS: usize = 10_000;
 
 /// (name, value) of every limit above, for the native extension and the PROTOCOL.md check.
-pub const LIMITS: [(&str, i64); 12] = [
+pub const LIMITS: [(&str, i64); 13] = [
     ("max_fetch", MAX_FETCH),
     ("max_id_len", MAX_ID_LEN as i64),
     ("max_name_len", MAX_NAME_LEN as i64),
@@ -39,10 +41,11 @@ pub const LIMITS: [(&str, i64); 12] = [
     ("max_fetch_queues", MAX_FETCH_QUEUES),
     ("max_attempts", MAX_ATTEMPTS),
     ("min_attempts", 1),
+    ("max_flow_tasks", MAX_FLOW_TASKS as i64),
 ];
 
 /// Field names of `VT.INFO` (and of `info()` on Postgres), in reply order.
-pub const INFO_FIELDS: [&str; 13] = [
+pub const INFO_FIELDS: [&str; 14] = [
     "ready",
     "delayed",
     "inflight",
@@ -56,6 +59,7 @@ pub const INFO_FIELDS: [&str; 13] = [
     "dead_total",
     "schedules",
     "unique_keys",
+    "waiting",
 ];
 
 #[cfg(test)]

@@ -105,6 +105,22 @@ fn bytes_vec(v: Vec<PyBackedBytes>) -> Vec<Vec<u8>> {
     v.iter().map(|b| b.to_vec()).collect()
 }
 
+/// One task of a flow from Python: (id, priority, max_attempts, at_ms, parents, payload).
+type FlowTaskT = (String, i32, Option<i32>, Option<i64>, Vec<String>, PyBackedBytes);
+
+fn flow_tasks(v: Vec<FlowTaskT>) -> Vec<vtasks_pg::FlowTask> {
+    v.into_iter()
+        .map(|(id, priority, max_attempts, at_ms, parents, payload)| vtasks_pg::FlowTask {
+            id,
+            priority,
+            max_attempts,
+            at_ms,
+            parents,
+            payload: payload.to_vec(),
+        })
+        .collect()
+}
+
 fn result_rows(v: Vec<(String, PyBackedBytes, i64)>) -> Vec<vtasks_pg::ops::ResultRow> {
     v.into_iter().map(|(id, data, ttl)| (id, data.to_vec(), ttl)).collect()
 }
@@ -288,6 +304,12 @@ impl PgQueue {
         let p = bytes_vec(payloads);
         let q = &self.inner;
         py.detach(|| q.enqueue(queue, p, o)).map_err(to_py)
+    }
+
+    fn enqueue_flow(&self, py: Python<'_>, queue: &str, tasks: Vec<FlowTaskT>) -> PyResult<Option<Vec<String>>> {
+        let t = flow_tasks(tasks);
+        let q = &self.inner;
+        py.detach(|| q.enqueue_flow(queue, t)).map_err(to_py)
     }
 
     #[pyo3(signature = (queues, worker, count, lease_ms = None, block_ms = None))]
@@ -550,6 +572,12 @@ impl AsyncPgQueue {
         let p = bytes_vec(payloads);
         let q = self;
         fut!(py, q, q.enqueue(&queue, p, o).await.map_err(to_py))
+    }
+
+    fn enqueue_flow<'py>(&self, py: Python<'py>, queue: String, tasks: Vec<FlowTaskT>) -> PyResult<Bound<'py, PyAny>> {
+        let t = flow_tasks(tasks);
+        let q = self;
+        fut!(py, q, q.enqueue_flow(&queue, t).await.map_err(to_py))
     }
 
     #[pyo3(signature = (queues, worker, count, lease_ms = None, block_ms = None))]

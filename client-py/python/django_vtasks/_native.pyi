@@ -132,6 +132,12 @@ class PgQueue:
         unique: tuple[str, int] | None = None,
         max_attempts: int | None = None,
     ) -> list[str | None]: ...
+    def enqueue_flow(
+        self, queue: str, tasks: list[tuple[str, int, int | None, int | None, list[str], bytes]]
+    ) -> list[str] | None:
+        """Add a flow in one statement (PROTOCOL.md "Flows"): tasks as (id, priority,
+        max_attempts, at_ms, parent ids, payload), parents first. The ids in order, or None when
+        one of them is already a live or waiting task of the queue (nothing added)."""
     def fetch(
         self,
         queues: list[str],
@@ -230,6 +236,9 @@ class AsyncPgQueue:
         unique: tuple[str, int] | None = None,
         max_attempts: int | None = None,
     ) -> asyncio.Future[list[str | None]]: ...
+    def enqueue_flow(
+        self, queue: str, tasks: list[tuple[str, int, int | None, int | None, list[str], bytes]]
+    ) -> asyncio.Future[list[str] | None]: ...
     def fetch(
         self,
         queues: list[str],

@@ -53,11 +53,16 @@ __all__ = [
     "EnqueueRequest",
     "ScheduleRecord",
     "TaskRecord",
+    "check_flow",
     "get_broker",
 ]
 
 #: Task states a broker can list (``peek``).
 STATES = ("ready", "delayed", "inflight", "dead")
+
+#: The state of a task that waits in its flow for other tasks (``get``; brokers with
+#: ``supports_flows``).
+WAITING = "waiting"
 
 #: Keys of the ``info()`` dict: the VT.INFO fields both engines report, in reply order (one
 #: definition: the vtasks-protocol crate, through the native extension). A broker may add more
@@ -122,7 +127,7 @@ class TaskRecord:
     """A task as listed by ``peek``/``get`` (fields of a VT.PEEK record)."""
 
     id: str
-    state: str  # ready | delayed | inflight | dead
+    state: str  # ready | delayed | inflight | dead | waiting (a flow's task, see WAITING)
     priority: int = 0
     attempt: int = 0
     max_attempts: int = 0
@@ -217,6 +222,10 @@ class Broker(ABC):
     #: ``cancel(queue, id)`` cancels a task atomically (PROTOCOL.md VT.CANCEL) and
     #: ``extend_cancelled`` names the cancelled leases it did not extend.
     supports_cancel: bool = False
+    #: ``enqueue_flow()`` adds chains and groups that the broker itself releases (a waiting task
+    #: runs once the tasks it waits for are acked, in the same atomic step; PROTOCOL.md
+    #: "Flows"). False: ``enqueue_flow`` raises BrokerError.
+    supports_flows: bool = False
 
     #: the client library's exceptions that contract methods turn into BrokerError (error())
     client_errors: tuple[type[BaseException], ...] = ()
@@ -249,6 +258,25 @@ class Broker(ABC):
     async def aenqueue_now(self, requests: list[EnqueueRequest]) -> list[str | None]:
         """``enqueue`` on the running loop, at once (no coalescing). When some queues refused
         their tasks and others took theirs, raise EnqueueFailed with the outcome of each."""
+
+    def enqueue_flow(
+        self, requests: list[EnqueueRequest], parents: list[tuple[str, ...]]
+    ) -> list[str] | None:
+        """Add a flow atomically (brokers with ``supports_flows``): ``requests[i]`` waits in the
+        broker until every task of ``parents[i]`` (ids of earlier requests) is acked, then runs
+        (ready, or delayed until its ``at_ms``); a parent that is dead-lettered takes the tasks
+        waiting for it to the dead-letter list. All requests are in one queue (see
+        check_flow). Returns the ids in order, or None when one of the ids is already in the
+        queue (nothing was added)."""
+        raise BrokerError(
+            f"{type(self).__name__} does not support flows (chains and groups): use a backend "
+            "whose broker has supports_flows (Valkey, Valkey Cluster, Postgres)"
+        )
+
+    async def aenqueue_flow(
+        self, requests: list[EnqueueRequest], parents: list[tuple[str, ...]]
+    ) -> list[str] | None:
+        return await _in_thread(self.enqueue_flow)(requests, parents)
 
     # ---- consumer -----------------------------------------------------------------------------
     @abstractmethod
@@ -562,6 +590,37 @@ async def coalesced_enqueue(broker: Broker, requests) -> list[str | None]:
     return await batcher.submit(list(requests))
 
 
+def check_flow(requests: list[EnqueueRequest], parents: list[tuple[str, ...]]) -> str:
+    """The queue of a flow, after the checks every broker applies before sending it: one queue
+    (one atomic command; on a cluster, one hash slot), at most LIMITS["max_flow_tasks"] tasks,
+    no unique keys, parents that are earlier tasks of the flow. Raises BrokerError (nothing is
+    sent)."""
+    if not requests or len(requests) != len(parents):
+        raise BrokerError("a flow needs at least one task, and one parents tuple per task")
+    limit = LIMITS["max_flow_tasks"]
+    if len(requests) > limit:
+        raise BrokerError(
+            f"a flow has {len(requests)} tasks, over the limit of {limit}: split the work into "
+            f"groups of at most {limit - 1} tasks (each with its callback)"
+        )
+    queues = sorted({r.queue for r in requests})
+    if len(queues) > 1:
+        raise BrokerError(
+            f"a flow lives in one queue, this one names {queues}: the broker releases the next "
+            "tasks in the same atomic step as the ack, which spans one queue (one cluster hash "
+            "slot); give every task of the flow the same queue_name"
+        )
+    seen: set[str] = set()
+    for r, ps in zip(requests, parents, strict=True):
+        if r.unique is not None:
+            raise BrokerError(f"task {r.id} of a flow has a unique key: flows take none")
+        for p in ps:
+            if p not in seen:
+                raise BrokerError(f"parent {p} of task {r.id} is not an earlier task of the flow")
+        seen.add(r.id)
+    return queues[0]
+
+
 def _in_thread(method):
     """``method`` (a broker's sync form) as a coroutine function run in a thread (the async
     default of the operator methods). Not thread-sensitive: the brokers' sync clients are
@@ -574,6 +633,7 @@ def _in_thread(method):
 TRANSLATED = {
     "enqueue": "enqueue",
     "enqueue_now": "enqueue",
+    "enqueue_flow": "enqueue a flow",
     "fetch": "fetch",
     "ack": "ack",
     "ack_with_results": "ack",

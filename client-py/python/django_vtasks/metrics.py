@@ -111,6 +111,7 @@ _INFO_GAUGES = {
     "inflight": "Tasks leased to a worker.",
     "dead": "Tasks in the dead-letter list.",
     "schedules": "Schedules of the queue.",
+    "waiting": "Tasks of flows waiting for the tasks before them (chains, group callbacks).",
 }
 _INFO_COUNTERS = {
     "enqueued_total": "Tasks enqueued (incl. schedule ticks).",

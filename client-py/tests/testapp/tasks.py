@@ -145,3 +145,16 @@ def random_string(n):
     import os
 
     return base64.b64encode(os.urandom(n * 3 // 4)).decode()[:n]
+
+
+@task
+def total(values, plus=0):
+    """A group's callback: the sum of its members' values."""
+    return sum(values) + plus
+
+
+@task
+def note(value, path):
+    """A flow's step: appends the value the step before it returned."""
+    _append(path, value)
+    return value

@@ -17,6 +17,7 @@ from ..broker import (
     EnqueueFailed,
     ScheduleRecord,
     TaskRecord,
+    check_flow,
 )
 from ..redact import redact
 
@@ -33,6 +34,7 @@ class PostgresBroker(Broker):
     #: no server-side timers: the worker calls atick() / amaintain()
     supports_server_timers = False
     supports_cancel = True  # vtasks_cancel (migration 4)
+    supports_flows = True  # vtasks_enqueue_flow (migration 5)
     client_errors = (_native.PgError,)
 
     def __init__(
@@ -120,6 +122,29 @@ class PostgresBroker(Broker):
             for i, rid in zip(idxs, ids, strict=True):
                 out[i] = rid
         return out
+
+    @staticmethod
+    def _flow_tasks(requests, parents):
+        queue = check_flow(requests, parents)
+        tasks = [
+            (r.id, r.priority, r.max_attempts, r.at_ms, list(ps), r.payload)
+            for r, ps in zip(requests, parents, strict=True)
+        ]
+        return queue, tasks
+
+    def enqueue_flow(self, requests, parents):
+        queue, tasks = self._flow_tasks(requests, parents)
+        try:
+            return self.q.enqueue_flow(queue, tasks)
+        except ValueError as e:
+            raise BrokerError(f"enqueue of a flow refused: {e}") from e
+
+    async def aenqueue_flow(self, requests, parents):
+        queue, tasks = self._flow_tasks(requests, parents)
+        try:
+            return await self.aq.enqueue_flow(queue, tasks)
+        except ValueError as e:
+            raise BrokerError(f"enqueue of a flow refused: {e}") from e
 
     async def aenqueue_now(self, requests):
         out: list[str | None] = [None] * len(requests)

@@ -19,6 +19,7 @@ from ..broker import (
     EnqueueRequest,
     ScheduleRecord,
     TaskRecord,
+    check_flow,
 )
 from ..redact import redact, redact_url
 from .resp import arg, bulk, pack_ack_results, pack_enqueue, plain_utf8, send_packed
@@ -54,6 +55,7 @@ class ValkeyBroker(Broker):
     kind = "valkey"
     supports_dlq_cap = True  # the module's vtasks.dlq-cap (CONFIG SET)
     supports_cancel = True  # VT.CANCEL
+    supports_flows = True  # VT.FLOW
     client_errors = CLIENT_ERRORS
     #: the packed single-connection fast paths (resp.py) apply: the client has one connection
     #: pool. A cluster client routes per node: the same commands then go through pipelines.
@@ -325,6 +327,27 @@ class ValkeyBroker(Broker):
         if waits:
             self._check_durable(replies[len(commands) :], ids)
         return ids
+
+    # ---- flows ----------------------------------------------------------------------------------
+    def _flow_args(self, requests, parents) -> list[Any]:
+        args: list[Any] = ["VT.FLOW", self.key(check_flow(requests, parents)), len(requests)]
+        for r, ps in zip(requests, parents, strict=True):
+            args += [r.id, r.priority, r.max_attempts or 0, r.at_ms or 0, len(ps), *ps, r.payload]
+        return args
+
+    @staticmethod
+    def _flow_ids(reply) -> list[str] | None:
+        """The ids of an added flow, or None when nothing was added (an id was taken)."""
+        if not reply or any(i is None for i in reply):
+            return None
+        return [_s(i) for i in reply]
+
+    def enqueue_flow(self, requests, parents):
+        return self._flow_ids(self.client.execute_command(*self._flow_args(requests, parents)))
+
+    async def aenqueue_flow(self, requests, parents):
+        args = self._flow_args(requests, parents)
+        return self._flow_ids(await self.aclient.execute_command(*args))
 
     # ---- consumer -------------------------------------------------------------------------------
     def fetch(self, queues, worker, count, lease_ms=None, block_ms=None):

@@ -106,6 +106,18 @@ class ValkeyClusterBroker(ValkeyBroker):
             pipe.execute_command(*args)
         return self._map_enqueue(requests, commands, pipe.execute(raise_on_error=False))
 
+    # ---- acks with results: results first. A cluster pipeline sends each node its commands
+    # concurrently, so a VT.ACK could land before the SET of its result on another node; a
+    # flow's next task, released by the ack, must find the result (flows.py) ---------------------
+    def ack_with_results(self, queue, pairs, results):
+        for rid, data, ttl in results:
+            self.store_result(rid, data, ttl)
+        return self.ack(queue, pairs) if pairs else 0
+
+    async def aack_with_results(self, queue, pairs, results):
+        await self.astore_results(results)
+        return await self.aack(queue, pairs) if pairs else 0
+
     # ---- keyless commands: every primary --------------------------------------------------------
     def queues(self):
         replies = self.client.execute_command("VT.QUEUES", target_nodes=ValkeyCluster.PRIMARIES)

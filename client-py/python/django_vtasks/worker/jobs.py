@@ -27,7 +27,8 @@ from ..conf import settings
 from ..context import RunControl, VTaskContext
 from ..envelope import decode_envelope
 from ..exceptions import TaskCancelled, TimeLimitExceeded
-from ..result_store import count_not_stored
+from ..flows import parent_values
+from ..result_store import count_not_stored, document
 from ..result_store import read as read_stored
 from ..results import make_result, resolve_task, result_to_json
 from ..retry import RetryPolicy
@@ -243,6 +244,14 @@ class JobRunner:
             await self._dead_letter(d, reason, result, own_slot)
             return None
         await self._fill_enqueued_at(d, envelope)
+        if envelope.get("after"):
+            # a flow's task: the value of the tasks it waited for comes first (flows.py)
+            try:
+                value = await self._parent_values(envelope)
+            except LookupError as e:
+                await self._dead_letter(d, str(e), None, own_slot)
+                return None
+            envelope["args"] = [value, *(envelope.get("args") or [])]
         prior = None
         if d.attempt > 1 and w.result_ttl_ms > 0:
             try:
@@ -256,6 +265,19 @@ class JobRunner:
             await self._dead_letter(d, f"invalid task arguments: {e}", None, own_slot)
             return None
         return Job(d, envelope, task, result)
+
+    async def _parent_values(self, envelope: dict):
+        """The stored results of the tasks a flow's task waited for, as flows.parent_values
+        passes them (the broker released it after they were acked with their results)."""
+        after = [str(p) for p in envelope["after"]]
+        stored: dict = {}
+        for i in range(0, len(after), 500):
+            ids = after[i : i + 500]
+            raws = await asyncio.gather(*(self.w.broker.aget_result(p) for p in ids))
+            stored.update(
+                {p: document(raw) for p, raw in zip(ids, raws, strict=True) if raw is not None}
+            )
+        return parent_values(after, bool(envelope.get("collect")), stored)
 
     async def _fill_enqueued_at(self, d: Delivery, envelope: dict) -> None:
         """A task fired by a schedule has no client time ("ts"): its enqueued_at is the broker's

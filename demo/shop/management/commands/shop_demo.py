@@ -12,11 +12,21 @@ from django.tasks.base import TaskResultStatus
 from django.utils import timezone
 
 from django_vtasks.broker import get_broker
+from django_vtasks.flows import group, step
 from django_vtasks.management.commands.benchmark_vtasks import Progress
-from shop.tasks import charge_card, place_order, send_newsletter, send_receipt
+from shop.tasks import (
+    charge_card,
+    notify_customer,
+    pack_item,
+    place_order,
+    send_newsletter,
+    send_receipt,
+    ship_order,
+)
 
 IDS_FILE = "enqueued.json"
 ORDERS, RECEIPTS, NEWSLETTERS, DELAYED = 200, 10, 20, 3
+ITEMS = ("book", "lamp", "mug")
 DELAY_S = 3
 
 
@@ -48,6 +58,7 @@ class Command(BaseCommand):
             "delayed": [],
             "failing": [],
             "cancelled": [],
+            "flow": [],
         }
         start = time.monotonic()
         # enqueue_many: one round trip per queue
@@ -72,6 +83,10 @@ class Command(BaseCommand):
         doomed = place_order.using(run_after=run_after).enqueue(9999, 1.0)
         outcome = default_task_backend.cancel(doomed.id, "customer cancelled the order")
         ids["cancelled"] = [doomed.id]
+        # a flow: the items packed in parallel, then ship (once all are packed), then notify;
+        # the broker holds ship and notify until the tasks they wait for are acked
+        flow = group([step(pack_item, 77, item) for item in ITEMS]).then(step(ship_order, 77))
+        ids["flow"] = [r.id for r in flow.then(notify_customer).enqueue()]
         elapsed = time.monotonic() - start
         ids["enqueued_at"] = time.time()
         (settings.RUN_DIR / IDS_FILE).write_text(json.dumps(ids))
@@ -80,7 +95,8 @@ class Command(BaseCommand):
             f"enqueued {total} tasks in {elapsed * 1000:.0f} ms: {ORDERS} orders (enqueue_many), "
             f"{NEWSLETTERS} newsletters on queue 'emails', {RECEIPTS} priority-90 receipts, "
             f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails, 1 order cancelled "
-            f"({outcome})"
+            f"({outcome}), and a flow: {len(ITEMS)} items packed in parallel, then ship_order, "
+            "then notify_customer"
         )
         broker = get_broker()
         for name in ("heartbeat", "nightly-report"):
@@ -147,6 +163,14 @@ class Command(BaseCommand):
         result = backend.get_result(ids["priority"][0])
         self.stdout.write(
             f"a result: send_receipt -> {result.return_value!r} (worker {result.worker_ids[0]})"
+        )
+        packed = [float(e[0]) for e in log if e[1] == "pack"]
+        shipped = [float(e[0]) for e in log if e[1] == "ship"]
+        told = backend.get_result(ids["flow"][-1])
+        self.stdout.write(
+            f"flow: {len(packed)} item(s) packed in parallel, ship_order started "
+            f"{(shipped[0] - max(packed)) * 1000:.0f} ms after the last one, then "
+            f"notify_customer -> {told.return_value!r}"
         )
         beats = [e for e in log if e[1] == "heartbeat"]
         self.stdout.write(f"schedule 'heartbeat' fired {len(beats)} time(s) so far")
