@@ -14,6 +14,7 @@ pub mod commands;
 pub mod dead;
 pub mod digest;
 pub mod queue;
+pub mod ratelimit;
 pub mod server;
 pub mod slots;
 pub mod tasks;
@@ -29,7 +30,7 @@ pub mod fuzzing {
     pub fn parse_command(argv: &[&[u8]]) -> Result<(), String> {
         crate::commands::parse_command(argv)?;
         let mut name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        if name == "vt.schedule" {
+        if name == "vt.schedule" || name == "vt.ratelimit" {
             name = format!("vt.schedule|{}", String::from_utf8_lossy(argv[1]).to_ascii_lowercase());
         }
         let row = crate::COMMANDS.iter().find(|c| c.name == name);
@@ -116,8 +117,12 @@ pub mod fuzzing {
             payload: b"cron".to_vec(),
             next_run: now + 5000,
             cron: crate::queue::parse_cron("*/5 * * * * *").ok(),
+            paused: seed % 2 == 0,
         };
         q.schedule_set(b"s1", sched);
+        if seed % 3 == 0 {
+            q.rate_set(1 + (next() % 100) as i64, 1 + (next() % 10_000) as i64, 1 + (next() % 50) as i64, now);
+        }
         q
     }
 
@@ -236,6 +241,12 @@ trampoline!(t_clear, commands::clear, "VT.CLEAR");
 trampoline!(t_sched_set, commands::schedule_set, "VT.SCHEDULE SET");
 trampoline!(t_sched_del, commands::schedule_del, "VT.SCHEDULE DEL");
 trampoline!(t_sched_list, commands::schedule_list, "VT.SCHEDULE LIST");
+trampoline!(t_sched_pause, commands::schedule_pause, "VT.SCHEDULE PAUSE");
+trampoline!(t_sched_resume, commands::schedule_pause, "VT.SCHEDULE RESUME");
+trampoline!(t_sched_run, commands::schedule_run, "VT.SCHEDULE RUN");
+trampoline!(t_rate_set, ratelimit::set, "VT.RATELIMIT SET");
+trampoline!(t_rate_off, ratelimit::off, "VT.RATELIMIT OFF");
+trampoline!(t_rate_get, ratelimit::get, "VT.RATELIMIT GET");
 trampoline!(t_fx, commands::fx, "VT._FX");
 trampoline!(t_load, commands::load, "VT._LOAD");
 trampoline!(t_align, commands::aligncheck, "VT._ALIGNCHECK");
@@ -561,6 +572,54 @@ const COMMANDS: &[Command] = &[
         keys: Keys::At(2, KEY_RO),
         arity: 0,
         acl: "read slow",
+    },
+    Command {
+        name: "vt.schedule|pause",
+        handler: t_sched_pause,
+        flags: "write fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.schedule|resume",
+        handler: t_sched_resume,
+        flags: "write fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.schedule|run",
+        handler: t_sched_run,
+        flags: "write deny-oom fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.ratelimit|set",
+        handler: t_rate_set,
+        flags: "write deny-oom fast",
+        keys: Keys::At(2, KEY_INS),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.ratelimit|off",
+        handler: t_rate_off,
+        flags: "write fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.ratelimit|get",
+        handler: t_rate_get,
+        flags: "readonly fast",
+        keys: Keys::At(2, KEY_RO),
+        arity: 0,
+        acl: "read fast",
     },
     // Internal: refused to clients by the handlers too (replication stream / AOF only).
     Command {

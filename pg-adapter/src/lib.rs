@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "enqueue_ack_functions", include_str!("../migrations/0002_enqueue_ack_functions.sql")),
     (3, "lock_order_and_stable_plans", include_str!("../migrations/0003_lock_order_and_stable_plans.sql")),
+    (6, "rate_limits_and_schedule_pause", include_str!("../migrations/0006_rate_limits_and_schedule_pause.sql")),
 ];
 
 /// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.
