@@ -120,7 +120,7 @@ def test_missed_ticks_coalesce_after_downtime(server):
     t_load = int(time.time() * 1000)
     time.sleep(0.3)
     assert info(c, Q)["enqueued_total"] == 1  # once, not three times
-    [[_, _, _, next_run, _]] = c.execute_command("VT.SCHEDULE", "LIST", Q)
+    [[_, _, _, next_run, _, _]] = c.execute_command("VT.SCHEDULE", "LIST", Q)
     assert t_load + 500 < next_run <= t_load + 1100  # next tick computed from now
 
 
