@@ -13,10 +13,7 @@ use crate::commands::int_in;
 use crate::queue::Queue;
 use crate::server::*;
 
-/// Largest `limit` and `burst` (tokens).
-pub const MAX_TOKENS: i64 = 1_000_000;
-/// Longest period: a day.
-pub const MAX_PER_MS: i64 = 86_400_000;
+pub use vtasks_protocol::limits::{MAX_RATE_PERIOD_MS as MAX_PER_MS, MAX_RATE_TOKENS as MAX_TOKENS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {

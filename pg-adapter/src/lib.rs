@@ -10,6 +10,7 @@ mod asynch;
 mod connect;
 pub mod migrate;
 pub mod ops;
+pub mod ratelimit;
 mod sync;
 
 pub use asynch::AsyncPgQueue;
