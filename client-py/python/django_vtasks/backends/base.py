@@ -24,6 +24,7 @@ from .. import _native
 from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import check_size, max_payload, run_at_ms, template_for
+from ..ratelimits import rate_limit_checks
 from ..results import (
     _normalize_args,
     _normalize_kwargs,
@@ -34,6 +35,7 @@ from ..results import (
     result_from_json,
 )
 from ..retry import RetryPolicy
+from ..routes import route, route_checks
 from ..signals import asend_many, send_many
 from ..tasks import VTask
 
@@ -87,6 +89,9 @@ class VTasksBackend(BaseTaskBackend):
         #: Django database whose transactions enqueue follows
         self.database = self.options.get("DATABASE", DEFAULT_DB_ALIAS)
 
+    def check(self, **kwargs):
+        return [*super().check(**kwargs), *route_checks(self), *rate_limit_checks(self)]
+
     # ---- broker -------------------------------------------------------------------------------
     def _broker_key(self) -> tuple:
         raise NotImplementedError
@@ -127,6 +132,7 @@ class VTasksBackend(BaseTaskBackend):
     ) -> tuple[TaskResult, EnqueueRequest]:
         ctx = ctx if ctx is not None else self._context()
         validated = ctx["validated"]
+        task = route(task)
         # each distinct task object once per call (TASKS may change between); by identity, as
         # hashing a Task dataclass hashes all its fields (each result holds its task, so no id is
         # reused within one call)
@@ -226,6 +232,7 @@ class VTasksBackend(BaseTaskBackend):
         specs: dict[int, tuple | None] = {}
         for item in items:
             task, args, kwargs = item
+            task = route(task)
             if type(kwargs) is not dict:
                 kwargs = dict(kwargs or {})
             spec = None
