@@ -85,6 +85,8 @@ def test_migrate_creates_the_task_permissions(admin_stack):
         "view_failedtask",
         "change_failedtask",
         "delete_failedtask",
+        "view_schedule",
+        "change_schedule",
     }
 
 
@@ -127,7 +129,7 @@ def test_view_failed_only(alias, broker, queue, admin_stack, client):
 
 def test_no_vtasks_permission_no_page(admin_stack, client):
     client, _ = staff_client(client)
-    for model in ("queuedtask", "runningtask", "failedtask", "dashboard"):
+    for model in ("queuedtask", "runningtask", "failedtask", "dashboard", "schedule"):
         assert client.get(f"{ADMIN}/{model}/").status_code == 403, model
 
 
@@ -249,3 +251,54 @@ def test_slash_in_queue_name_and_task_id(alias, broker, queue, superuser_client)
     assert states(broker, queue, dead_id) == ["ready"]
     assert post(client, "queuedtask", alias, queue, "delete", [dead_id]).status_code == 302
     assert states(broker, queue, dead_id, queued) == [None, "ready"]
+
+
+# ---- the schedules page: view lists, change pauses / resumes / runs now ------------------------
+
+
+def _schedule_on(alias, broker, queue, settings):
+    name = f"s-{uuid.uuid4().hex[:6]}"
+    settings.VTASKS_SCHEDULE = {
+        name: {"task": "tests.testapp.tasks.add", "schedule": 3600, "queue": queue, "args": [1, 2]}
+    }
+    payload = broker.get(queue, add.using(backend=alias, queue_name=queue).enqueue(1, 2).id).payload
+    broker.clear(queue, "ready")
+    broker.schedule_set(queue, name, payload, every_ms=3_600_000)
+    return name
+
+
+def test_schedules_page_view_only(alias, broker, queue, admin_stack, client, settings):
+    name = _schedule_on(alias, broker, queue, settings)
+    client, _ = staff_client(client, "view_schedule")
+    r = client.get(f"{ADMIN}/schedule/")
+    body = r.content.decode()
+    assert r.status_code == 200 and name in body and "active" in body
+    assert "Run now" not in body and "Pause" not in body
+    form = {"backend": alias, "queue": queue, "name": name}
+    for action in ("pause", "run"):
+        assert client.post(f"{ADMIN}/schedule/", {**form, "action": action}).status_code == 403
+    [s] = broker.schedule_list(queue)
+    assert not s.paused and broker.info(queue)["ready"] == 0
+    assert client.get(f"{ADMIN}/failedtask/").status_code == 403
+
+
+def test_schedules_page_pause_run_resume_are_logged(
+    alias, broker, queue, admin_stack, client, settings
+):
+    name = _schedule_on(alias, broker, queue, settings)
+    client, user = staff_client(client, "view_schedule", "change_schedule")
+    form = {"backend": alias, "queue": queue, "name": name}
+    assert "Pause" in client.get(f"{ADMIN}/schedule/").content.decode()
+    assert client.post(f"{ADMIN}/schedule/", {**form, "action": "pause"}).status_code == 302
+    assert broker.schedule_list(queue)[0].paused
+    body = client.get(f"{ADMIN}/schedule/").content.decode()
+    assert "paused" in body and "Resume" in body
+    assert client.post(f"{ADMIN}/schedule/", {**form, "action": "run"}).status_code == 302
+    assert broker.info(queue)["ready"] == 1, "run now enqueues exactly one task"
+    assert client.post(f"{ADMIN}/schedule/", {**form, "action": "resume"}).status_code == 302
+    assert not broker.schedule_list(queue)[0].paused
+    logged = [e.change_message for e in log_entries(user, object_id=name)]
+    assert [m.split(" on ")[0] for m in logged] == ["paused", "run now", "resumed"]
+    # a schedule that is gone: a warning, nothing enqueued
+    r = client.post(f"{ADMIN}/schedule/", {**form, "name": "nope", "action": "run"}, follow=True)
+    assert "no longer" in r.content.decode() and broker.info(queue)["ready"] == 1

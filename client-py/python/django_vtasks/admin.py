@@ -492,3 +492,4 @@ class FailedTaskAdmin(BrokerTaskAdmin):
 
 
 from . import dashboard  # noqa: E402, F401 - registers the dashboard page
+from . import schedule_admin  # noqa: E402, F401 - registers the schedules page
