@@ -813,7 +813,16 @@ pub fn parse_schedule_set(a: &[&[u8]], now: i64) -> Result<Schedule, Reply> {
     if next == NEVER {
         return err("ERR cron expression never fires");
     }
-    Ok(Schedule { kind, spec, every, priority: prio as i32, payload: payload.to_vec(), next_run: next, cron, paused: false })
+    Ok(Schedule {
+        kind,
+        spec,
+        every,
+        priority: prio as i32,
+        payload: payload.to_vec(),
+        next_run: next,
+        cron,
+        paused: false,
+    })
 }
 
 pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {

@@ -117,10 +117,10 @@ pub mod fuzzing {
             payload: b"cron".to_vec(),
             next_run: now + 5000,
             cron: crate::queue::parse_cron("*/5 * * * * *").ok(),
-            paused: seed % 2 == 0,
+            paused: seed.is_multiple_of(2),
         };
         q.schedule_set(b"s1", sched);
-        if seed % 3 == 0 {
+        if seed.is_multiple_of(3) {
             q.rate_set(1 + (next() % 100) as i64, 1 + (next() % 10_000) as i64, 1 + (next() % 50) as i64, now);
         }
         q

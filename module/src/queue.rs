@@ -1153,7 +1153,11 @@ impl Queue {
     // ---------- persistence: the queue as a sequence of self-describing records ----------
 
     pub fn record_count(&self) -> usize {
-        1 + self.slab.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len() + self.rate.is_some() as usize
+        1 + self.slab.len()
+            + self.dead.len()
+            + self.unique_exp.len()
+            + self.schedules.len()
+            + self.rate.is_some() as usize
     }
 
     pub fn records(&self) -> Vec<Vec<u8>> {
