@@ -58,6 +58,9 @@ TEMPLATES = [{
 STATIC_URL = "static/"
 STATIC_ROOT = RUN_DIR / "static"  # `manage.py collectstatic` target when served by a web server
 
+# at most 100 newsletters start per second, across all workers (the broker enforces it)
+RATE_LIMITS = {"emails": "100/s"}
+
 if BACKEND == "postgres":
     _u = urlparse(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))
     DATABASES = {"default": {
@@ -65,7 +68,8 @@ if BACKEND == "postgres":
         "USER": unquote(_u.username or "postgres"), "PASSWORD": unquote(_u.password or ""),
         "HOST": _u.hostname or "127.0.0.1", "PORT": str(_u.port or 5432)}}
     TASKS = {"default": {"BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
-                         "QUEUES": ["default", "emails", "vtasks-benchmark"]}}
+                         "QUEUES": ["default", "emails", "vtasks-benchmark"],
+                         "OPTIONS": {"RATE_LIMITS": RATE_LIMITS}}}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
                              "NAME": RUN_DIR / "demo.sqlite3"}}
@@ -73,12 +77,15 @@ else:
         "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
         "QUEUES": ["default", "emails", "vtasks-benchmark"],
         "OPTIONS": {"BROKER_URL": os.environ.get("VTASKS_DEMO_BROKER_URL",
-                                                 "valkey://127.0.0.1:6379/0")},
+                                                 "valkey://127.0.0.1:6379/0"),
+                    "RATE_LIMITS": RATE_LIMITS},
     }}
 
 VTASKS_VALKEY_PREFIX = "demo"
 VTASKS_QUEUES = ["default", "emails"]
 VTASKS_CONCURRENCY = 20
+# task path patterns -> queue/priority: call sites need not repeat queue names
+VTASKS_ROUTES = {"shop.tasks.send_*letter": {"queue": "emails"}}
 VTASKS_SCHEDULE = {
     # every 2 seconds (the broker fires it: exactly once per tick, whatever the number of workers)
     "heartbeat": {"task": "shop.tasks.heartbeat", "schedule": 2},
