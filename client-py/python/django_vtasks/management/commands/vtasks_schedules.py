@@ -28,8 +28,10 @@ class Command(BaseCommand):
         add_backend_argument(parser)
         parser.add_argument(
             "action",
+            nargs="?",
+            default="list",
             choices=["list", "pause", "resume", "run"],
-            help="list the schedules, or pause / resume / run now the one named NAME",
+            help="list the schedules (the default), or pause / resume / run now the one named NAME",
         )
         parser.add_argument("name", nargs="?", help="the schedule (a key of VTASKS_SCHEDULE)")
         parser.add_argument(
