@@ -11,7 +11,7 @@ Q = "vt:{p}"
 
 def populate(c, q=Q):
     """A queue in every state: ready (priorities), delayed, in flight, dead (with eviction),
-    retried, unique keys, schedules and counters."""
+    retried, unique keys, schedules (one paused), a rate limit and counters."""
     c.config_set("vtasks.dlq-cap", 2)
     c.execute_command("VT.ENQUEUE", q, "ENTRIES", *[x for i in range(6) for x in (f"t{i}", f"payload-{i}")])
     c.execute_command("VT.ENQUEUE", q, "PRIORITY", 9, "ID", "hi", "PAYLOAD", b"\x00binary\xff")
@@ -22,12 +22,16 @@ def populate(c, q=Q):
         c.execute_command("VT.FAIL", q, e[1], e[2], f"boom {e[1].decode()}")  # 3 dead, cap 2 -> 1 evicted
     c.execute_command("VT.FAIL", q, es[3][1], es[3][2], "retry me", "RETRY", 3_600_000)
     c.execute_command("VT.ACK", q, es[4][1], es[4][2])
+    # a rate limit (1 a day, so the tokens left do not change during a test) with a token taken
+    c.execute_command("VT.RATELIMIT", "SET", q, 1, "PER", 86_400_000, "BURST", 50)
     fetch(c, q, worker="wB", count=1, lease=3_600_000)
     c.execute_command("VT.SCHEDULE", "SET", q, "hourly", "CRON", "0 0 * * * *", "PRIORITY", 3, "PAYLOAD", "cronjob")
     c.execute_command("VT.SCHEDULE", "SET", q, "every", "EVERY", 3_600_000, "PAYLOAD", "everyjob")
+    c.execute_command("VT.SCHEDULE", "PAUSE", q, "hourly")
     s = snapshot(c, q)
     assert all(s[k] for k in ("READY", "DELAYED", "INFLIGHT", "DEAD")), s
     assert s["info"]["dead_evicted"] == 1 and s["info"]["acked_total"] == 1
+    assert s["rate"] is not None and [row[5] for row in s["schedules"]] == [0, 1]  # every, hourly
     return s
 
 

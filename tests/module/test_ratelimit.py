@@ -143,3 +143,32 @@ def test_bucket_survives_aof_restart(server_factory):
     c = s.client()
     assert digest(c, Q) == before
     assert get(c)["tokens"] == 0
+
+
+def test_refill_during_client_pause_waits_for_the_pause_to_end(server_factory):
+    """Tokens that refill while writes are paused wake nobody then (a lease is a write, and
+    nothing may be propagated): the blocked fetcher is served once the pause ends."""
+    s = server_factory("--appendonly", "yes")
+    c = s.client()
+    c.execute_command("VT.RATELIMIT", "SET", Q, 1, "PER", 300)
+    enqueue(c, 2)
+    assert len(fetch(c, Q, count=2)) == 1
+    got = {}
+
+    def waiter():
+        got["reply"] = fetch(s.client(), Q, count=2, block=10_000)
+        got["at"] = time.monotonic()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    wait_until(lambda: c.info("clients")["blocked_clients"] == 1, msg="fetcher blocked")
+    c.execute_command("CLIENT", "PAUSE", 1200, "WRITE")
+    paused_at = time.monotonic()
+    aof = c.info("persistence")["aof_current_size"]
+    time.sleep(0.6)  # the token refills inside the pause
+    assert "reply" not in got and info(c, Q)["ready"] == 1, "leased while writes were paused"
+    assert c.info("persistence")["aof_current_size"] == aof, "propagated while paused"
+    t.join(15)
+    assert got["reply"] is not None and len(got["reply"]) == 1
+    assert got["at"] - paused_at >= 1.0, "served during the pause"
+    assert s.alive()
