@@ -302,3 +302,11 @@ def test_schedules_page_pause_run_resume_are_logged(
     # a schedule that is gone: a warning, nothing enqueued
     r = client.post(f"{ADMIN}/schedule/", {**form, "name": "nope", "action": "run"}, follow=True)
     assert "no longer" in r.content.decode() and broker.info(queue)["ready"] == 1
+
+
+def test_dashboard_shows_a_paused_schedule(alias, broker, queue, superuser_client, settings):  # noqa: F811
+    name = _schedule_on(alias, broker, queue, settings)
+    broker.schedule_pause(queue, name)
+    body = superuser_client.get(f"{ADMIN}/dashboard/", {"backend": alias}).content.decode()
+    row = re.search(rf"<th>{re.escape(name)}</th>.*?</tr>", body, re.S)
+    assert row and "paused" in row.group(0)

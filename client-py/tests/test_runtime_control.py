@@ -180,3 +180,20 @@ def test_pause_survives_a_scheduler_restart_and_run_enqueues_once(
         with pytest.raises(CommandError, match="NAME"):
             _cmd("run", alias=alias)
     w2.stop()
+
+
+def test_schedule_entries_without_a_queue_follow_the_routes(alias):
+    from types import SimpleNamespace
+
+    from django_vtasks.scheduler import schedule_queue
+    from django_vtasks.worker.schedules import ScheduleRegistrar
+
+    entry = {"task": "tests.testapp.tasks.record", "schedule": 5, "args": ["/dev/null", 1]}
+    routes = {"tests.testapp.tasks.rec*": {"queue": "routed", "priority": 4}}
+    with override_settings(
+        VTASKS_ROUTES=routes, VTASKS_SCHEDULE={"s": entry, "mine": {**entry, "queue": "own"}}
+    ):
+        assert schedule_queue(entry, alias) == "routed"
+        got = ScheduleRegistrar(SimpleNamespace(alias=alias)).entries()
+        assert (got["s"][0], got["s"][4]) == ("routed", 4)
+        assert got["mine"][0] == "own"

@@ -257,6 +257,7 @@ class DashboardAdmin(admin.ModelAdmin):
                                 else f"every {int(s.spec) / 1000:g}s",
                                 "next_run": datetime.fromtimestamp(next_run, UTC),
                                 "in": _ago(next_run - now),
+                                "paused": s.paused,
                             }
                         )
             points = activity.rates(activity.samples(broker))
