@@ -165,6 +165,12 @@ pub mod fuzzing {
                 &[b"VT.GET", b"q", b"id"],
                 &[b"VT.GET", b"q", b"unique", b"key"],
                 &[b"VT.INFO", &[b'q'; 1024]],
+                &[b"VT.RATELIMIT", b"SET", b"q", b"5", b"PER", b"1000"],
+                &[b"VT.RATELIMIT", b"set", b"q", b"5", b"per", b"1000", b"BURST", b"9"],
+                &[b"VT.RATELIMIT", b"GET", b"q"],
+                &[b"VT.RATELIMIT", b"OFF", b"q"],
+                &[b"VT.SCHEDULE", b"PAUSE", b"q", b"n"],
+                &[b"VT.SCHEDULE", b"RUN", b"q", b"n"],
             ];
             for a in ok {
                 assert_eq!(parse_command(a), Ok(()), "{a:?}");
@@ -179,6 +185,12 @@ pub mod fuzzing {
                 &[b"VT.ENQUEUE", &[b'q'; 1025], b"PAYLOAD", b"x"],
                 &[b"VT.FETCHBATCH", b"2", b"q", &[b'q'; 1025], b"WORKER", b"w"],
                 &[b"VT.SCHEDULE", b"LIST", &[b'q'; 1025]],
+                &[b"VT.RATELIMIT", b"SET", b"q", b"0", b"PER", b"1000"],
+                &[b"VT.RATELIMIT", b"SET", b"q", b"5", b"PER", b"86400001"],
+                &[b"VT.RATELIMIT", b"SET", &[b'q'; 1025], b"5", b"PER", b"1000"],
+                &[b"VT.RATELIMIT", b"NOPE", b"q"],
+                &[b"VT.RATELIMIT"],
+                &[b"VT.SCHEDULE", b"PAUSE", b"q"],
                 &[],
             ];
             for a in bad {
