@@ -310,3 +310,11 @@ def test_dashboard_shows_a_paused_schedule(alias, broker, queue, superuser_clien
     body = superuser_client.get(f"{ADMIN}/dashboard/", {"backend": alias}).content.decode()
     row = re.search(rf"<th>{re.escape(name)}</th>.*?</tr>", body, re.S)
     assert row and "paused" in row.group(0)
+
+
+def test_dashboard_shows_a_rate_limit(alias, broker, queue, superuser_client):  # noqa: F811
+    add.using(backend=alias, queue_name=queue).enqueue(1, 2)
+    broker.rate_limit_set(queue, 30, 1000, 5)
+    body = superuser_client.get(f"{ADMIN}/dashboard/", {"backend": alias}).content.decode()
+    row = re.search(rf'<tr data-queue="{re.escape(queue)}">.*?</tr>', body, re.S)
+    assert row and "rate limit 30/s, burst 5" in row.group(0)
