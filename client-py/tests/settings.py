@@ -59,10 +59,14 @@ _VALKEY_CLUSTER: dict[str, Any] = {
         "RESULT_TTL": 600,
     },
 }
+# OPTIONS["RATE_LIMITS"] of every backend (a worker applies them at start)
+_RATE_LIMITS = json.loads(os.environ.get("VTASKS_TEST_RATE_LIMITS", "{}"))
+_VALKEY["OPTIONS"]["RATE_LIMITS"] = _RATE_LIMITS
+_VALKEY_CLUSTER["OPTIONS"]["RATE_LIMITS"] = _RATE_LIMITS
 _POSTGRES = {
     "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
     "QUEUES": [],
-    "OPTIONS": {"RESULT_TTL": 600, "POOL_SIZE": 4},
+    "OPTIONS": {"RESULT_TTL": 600, "POOL_SIZE": 4, "RATE_LIMITS": _RATE_LIMITS},
 }
 # the same servers with the transactional outbox (test_outbox.py)
 _VALKEY_OUTBOX = dict(_VALKEY, OPTIONS=dict(_VALKEY["OPTIONS"], OUTBOX=True))

@@ -86,6 +86,8 @@ def test_migrate_creates_the_task_permissions(admin_stack):
         "view_failedtask",
         "change_failedtask",
         "delete_failedtask",
+        "view_schedule",
+        "change_schedule",
     }
 
 
@@ -128,7 +130,7 @@ def test_view_failed_only(alias, broker, queue, admin_stack, client):
 
 def test_no_vtasks_permission_no_page(admin_stack, client):
     client, _ = staff_client(client)
-    for model in ("queuedtask", "runningtask", "failedtask", "dashboard"):
+    for model in ("queuedtask", "runningtask", "failedtask", "dashboard", "schedule"):
         assert client.get(f"{ADMIN}/{model}/").status_code == 403, model
 
 
@@ -286,3 +288,70 @@ def test_cancel_needs_change_and_is_logged(alias, broker, backend, queue, admin_
     assert "in the admin" in result.errors[-1].traceback
     assert [(e.object_id, e.action_flag) for e in log_entries(user)] == [(running, CHANGE)]
     assert [(e.object_id, e.action_flag) for e in log_entries(user2)] == [(queued, CHANGE)]
+
+
+# ---- the schedules page: view lists, change pauses / resumes / runs now ------------------------
+
+
+def _schedule_on(alias, broker, queue, settings):
+    name = f"s-{uuid.uuid4().hex[:6]}"
+    settings.VTASKS_SCHEDULE = {
+        name: {"task": "tests.testapp.tasks.add", "schedule": 3600, "queue": queue, "args": [1, 2]}
+    }
+    payload = broker.get(queue, add.using(backend=alias, queue_name=queue).enqueue(1, 2).id).payload
+    broker.clear(queue, "ready")
+    broker.schedule_set(queue, name, payload, every_ms=3_600_000)
+    return name
+
+
+def test_schedules_page_view_only(alias, broker, queue, admin_stack, client, settings):
+    name = _schedule_on(alias, broker, queue, settings)
+    client, _ = staff_client(client, "view_schedule")
+    r = client.get(f"{ADMIN}/schedule/")
+    body = r.content.decode()
+    assert r.status_code == 200 and name in body and "active" in body
+    assert "Run now" not in body and "Pause" not in body
+    form = {"backend": alias, "queue": queue, "name": name}
+    for action in ("pause", "run"):
+        assert client.post(f"{ADMIN}/schedule/", {**form, "action": action}).status_code == 403
+    [s] = broker.schedule_list(queue)
+    assert not s.paused and broker.info(queue)["ready"] == 0
+    assert client.get(f"{ADMIN}/failedtask/").status_code == 403
+
+
+def test_schedules_page_pause_run_resume_are_logged(
+    alias, broker, queue, admin_stack, client, settings
+):
+    name = _schedule_on(alias, broker, queue, settings)
+    client, user = staff_client(client, "view_schedule", "change_schedule")
+    form = {"backend": alias, "queue": queue, "name": name}
+    assert "Pause" in client.get(f"{ADMIN}/schedule/").content.decode()
+    assert client.post(f"{ADMIN}/schedule/", {**form, "action": "pause"}).status_code == 302
+    assert broker.schedule_list(queue)[0].paused
+    body = client.get(f"{ADMIN}/schedule/").content.decode()
+    assert "paused" in body and "Resume" in body
+    assert client.post(f"{ADMIN}/schedule/", {**form, "action": "run"}).status_code == 302
+    assert broker.info(queue)["ready"] == 1, "run now enqueues exactly one task"
+    assert client.post(f"{ADMIN}/schedule/", {**form, "action": "resume"}).status_code == 302
+    assert not broker.schedule_list(queue)[0].paused
+    logged = [e.change_message for e in log_entries(user, object_id=name)]
+    assert [m.split(" on ")[0] for m in logged] == ["paused", "run now", "resumed"]
+    # a schedule that is gone: a warning, nothing enqueued
+    r = client.post(f"{ADMIN}/schedule/", {**form, "name": "nope", "action": "run"}, follow=True)
+    assert "no longer" in r.content.decode() and broker.info(queue)["ready"] == 1
+
+
+def test_dashboard_shows_a_paused_schedule(alias, broker, queue, superuser_client, settings):
+    name = _schedule_on(alias, broker, queue, settings)
+    broker.schedule_pause(queue, name)
+    body = superuser_client.get(f"{ADMIN}/dashboard/", {"backend": alias}).content.decode()
+    row = re.search(rf"<th>{re.escape(name)}</th>.*?</tr>", body, re.S)
+    assert row and "paused" in row.group(0)
+
+
+def test_dashboard_shows_a_rate_limit(alias, broker, queue, superuser_client):
+    add.using(backend=alias, queue_name=queue).enqueue(1, 2)
+    broker.rate_limit_set(queue, 30, 1000, 5)
+    body = superuser_client.get(f"{ADMIN}/dashboard/", {"backend": alias}).content.decode()
+    row = re.search(rf'<tr data-queue="{re.escape(queue)}">.*?</tr>', body, re.S)
+    assert row and "rate limit 30/s, burst 5" in row.group(0)

@@ -437,3 +437,116 @@ def test_flow_parents_acked_at_once_release_the_callback_once(b, queue):
     assert sorted(d.id for d in released) == sorted(f"cb{k}" for k in range(n))
     info = b.info(queue)
     assert (info["ready"], info["waiting"], info["inflight"]) == (0, 0, n)
+
+
+# ---- rate limits (PROTOCOL.md "Rate limits"): Valkey, Valkey Cluster and Postgres alike -------
+
+
+def _enqueue_n(b, queue, n):
+    b.enqueue([EnqueueRequest(queue, f"r-{name(10)}-{i}", b"x") for i in range(n)])
+
+
+def test_rate_limit_caps_fetches_and_wakes_a_blocked_fetcher(broker, queue):
+    _enqueue_n(broker, queue, 10)
+    assert broker.rate_limit_get(queue) is None
+    assert broker.rate_limit_set(queue, 3, 400) is True
+    assert broker.rate_limit_set(queue, 3, 400) is False, "the same limit again changes nothing"
+    assert broker.rate_limit_get(queue) == {"limit": 3, "per_ms": 400, "burst": 3, "tokens": 3}
+    assert len(broker.fetch([queue], "w", 10)) == 3
+    assert broker.fetch([queue], "w", 10) == []
+    assert broker.info(queue)["ready"] == 7
+    # a blocked fetch is answered when a token refills (without the wake-up it would time out
+    # with nothing)
+    got = broker.fetch([queue], "w", 10, block_ms=20_000)
+    assert 1 <= len(got) <= 3
+    assert broker.rate_limit_off(queue) is True
+    assert broker.rate_limit_off(queue) is False
+    assert len(broker.fetch([queue], "w", 10)) == 7 - len(got)
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        ((0, 1000), "(?i)limit|1\\.\\.|between"),
+        ((5, 0), "(?i)per|period|between"),
+        ((5, 1000, 0), "(?i)burst|between"),
+        ((5, 86_400_001), "(?i)per|period|between"),
+    ],
+)
+def test_rate_limit_bad_input_is_refused_and_sets_nothing(broker, queue, args, pattern):
+    with pytest.raises(BrokerError, match=pattern):
+        broker.rate_limit_set(queue, *args)
+    assert broker.rate_limit_get(queue) is None
+
+
+def test_rate_limit_holds_across_several_fetchers(broker, queue):
+    """Starts counted by the broker over a window never exceed limit x window + burst."""
+    import threading
+    import time
+
+    limit, per_ms = 20, 1000
+    _enqueue_n(broker, queue, 400)
+    broker.rate_limit_set(queue, limit, per_ms)
+    taken: list[int] = []
+    stop = threading.Event()
+
+    def fetcher(i):
+        while not stop.is_set():
+            taken.append(len(broker.fetch([queue], f"w{i}", 7, block_ms=200)))
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=fetcher, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    elapsed_ms = (time.monotonic() - start) * 1000
+    total = sum(taken)
+    assert total <= limit + limit * elapsed_ms / per_ms + 1, (total, elapsed_ms)
+    assert total > limit, "refilled tokens were handed out (not only the first burst)"
+    assert broker.info(queue)["inflight"] == total
+
+
+# ---- schedules at runtime: pause, resume, run now ---------------------------------------------
+
+
+def test_schedule_pause_resume_and_run(broker, queue):
+    broker.schedule_set(queue, "nightly", b"job", cron="0 3 * * *")
+    [s] = broker.schedule_list(queue)
+    assert s.paused is False
+    assert broker.schedule_pause(queue, "nightly") is True
+    # settings re-applied (a scheduler starting): the pause is runtime state and stays
+    broker.schedule_set(queue, "nightly", b"job2", cron="0 4 * * *")
+    [s] = broker.schedule_list(queue)
+    assert s.paused is True and s.spec == "0 4 * * *"
+    rid = broker.schedule_run(queue, "nightly")
+    assert rid and broker.get(queue, rid).payload == b"job2"
+    assert broker.info(queue)["ready"] == 1, "run now enqueues exactly one task"
+    assert broker.schedule_list(queue)[0].next_run_ms == s.next_run_ms, "run leaves ticks alone"
+    assert broker.schedule_resume(queue, "nightly") is True
+    assert broker.schedule_list(queue)[0].paused is False
+    assert broker.schedule_pause(queue, "nope") is False
+    assert broker.schedule_resume(queue, "nope") is False
+    assert broker.schedule_run(queue, "nope") is None
+    assert broker.info(queue)["ready"] == 1
+
+
+def test_paused_schedule_fires_no_tick(broker, queue):
+    import time
+
+    from .conftest import wait_for
+
+    broker.schedule_set(queue, "tick", b"t", every_ms=100)
+    broker.schedule_pause(queue, "tick")
+    time.sleep(0.6)  # six ticks would have been due
+    broker.tick()  # Postgres: the worker's tick (Valkey fires by itself: 0)
+    assert broker.info(queue)["ready"] == 0
+    broker.schedule_resume(queue, "tick")
+
+    def fired():
+        broker.tick()
+        return broker.info(queue)["ready"] >= 1
+
+    wait_for(fired, timeout=15, message="a tick after resume")

@@ -93,8 +93,12 @@ def test_pgqueue_flow(dsn):
     assert q.fetch(["empty"], "w1", 5) == []
     assert "nq" in q.queues()
     q.schedule_set("nq", "s", b"tick", every_ms=60_000)
-    ((name, kind, spec, next_ms, payload),) = q.schedule_list("nq")
-    assert (name, kind, spec, payload) == ("s", "every", "60000", b"tick") and next_ms > 0
+    ((name, kind, spec, next_ms, payload, paused),) = q.schedule_list("nq")
+    assert (
+        (name, kind, spec, payload) == ("s", "every", "60000", b"tick")
+        and next_ms > 0
+        and paused is False
+    )
     assert q.schedule_tick() == 0
     assert q.schedule_del("nq", "s") is True
     q.store_result("res-1", b'{"ok": true}', 60_000)

@@ -172,7 +172,7 @@ def test_check_requires_the_outbox_app(settings):
     )
     settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django_vtasks.outbox"]
     ids = [e.id for e in backend.check()]
-    assert "django_vtasks.E020" in ids
+    assert "django_vtasks.E022" in ids
 
 
 def test_unique_suppressed_in_the_outbox_reads_its_holder(outbox_alias, queue):

@@ -62,6 +62,9 @@ TEMPLATES = [
 STATIC_URL = "static/"
 STATIC_ROOT = RUN_DIR / "static"  # `manage.py collectstatic` target when served by a web server
 
+# at most 100 newsletters start per second, across all workers (the broker enforces it)
+RATE_LIMITS = {"emails": "100/s"}
+
 if BACKEND == "postgres":
     _u = urlparse(os.environ.get("VTASKS_PG_DSN", "postgres://postgres@127.0.0.1/postgres"))
     DATABASES = {
@@ -78,6 +81,7 @@ if BACKEND == "postgres":
         "default": {
             "BACKEND": "django_vtasks.backends.postgres.PostgresTaskBackend",
             "QUEUES": ["default", "emails", "vtasks-benchmark"],
+            "OPTIONS": {"RATE_LIMITS": RATE_LIMITS},
         }
     }
 else:
@@ -89,7 +93,8 @@ else:
             "BACKEND": "django_vtasks.backends.valkey.ValkeyTaskBackend",
             "QUEUES": ["default", "emails", "vtasks-benchmark"],
             "OPTIONS": {
-                "BROKER_URL": os.environ.get("VTASKS_DEMO_BROKER_URL", "valkey://127.0.0.1:6379/0")
+                "BROKER_URL": os.environ.get("VTASKS_DEMO_BROKER_URL", "valkey://127.0.0.1:6379/0"),
+                "RATE_LIMITS": RATE_LIMITS,
             },
         }
     }
@@ -97,6 +102,8 @@ else:
 VTASKS_VALKEY_PREFIX = "demo"
 VTASKS_QUEUES = ["default", "emails"]
 VTASKS_CONCURRENCY = 20
+# task path patterns -> queue/priority: call sites need not repeat queue names
+VTASKS_ROUTES = {"shop.tasks.send_*letter": {"queue": "emails"}}
 VTASKS_SCHEDULE = {
     # every 2 seconds (the broker fires it: exactly once per tick, whatever the number of workers)
     "heartbeat": {"task": "shop.tasks.heartbeat", "schedule": 2},

@@ -30,7 +30,7 @@ async def send_receipt(order_id):
     return f"receipt for order {order_id} sent"
 
 
-@task(queue_name="emails")
+@task  # on queue "emails": VTASKS_ROUTES (settings) sends it there
 def send_newsletter(user_id):
     record("newsletter", user_id)
 

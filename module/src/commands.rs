@@ -26,7 +26,7 @@ pub(crate) fn int(b: &[u8], what: &str) -> Result<i64, Reply> {
         .ok_or_else(|| Reply::Error(format!("ERR {what} is not an integer or out of range")))
 }
 
-fn int_in(b: &[u8], what: &str, lo: i64, hi: i64) -> Result<i64, Reply> {
+pub(crate) fn int_in(b: &[u8], what: &str, lo: i64, hi: i64) -> Result<i64, Reply> {
     let v = int(b, what)?;
     if v < lo || v > hi {
         return err(format!("ERR {what} must be between {lo} and {hi}"));
@@ -836,7 +836,16 @@ pub fn parse_schedule_set(a: &[&[u8]], now: i64) -> Result<Schedule, Reply> {
     if next == NEVER {
         return err("ERR cron expression never fires");
     }
-    Ok(Schedule { kind, spec, every, priority: prio as i32, payload: payload.to_vec(), next_run: next, cron })
+    Ok(Schedule {
+        kind,
+        spec,
+        every,
+        priority: prio as i32,
+        payload: payload.to_vec(),
+        next_run: next,
+        cron,
+        paused: false,
+    })
 }
 
 pub fn schedule_set(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
@@ -862,6 +871,52 @@ pub fn schedule_del(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     Ok(Reply::Int(n as i64))
 }
 
+/// `VT.SCHEDULE PAUSE|RESUME <queue> <name>`: 1 if the schedule exists (it is then paused /
+/// running), 0 if not. A resumed schedule whose tick passed while paused fires at its next tick
+/// after now (the ticks it missed are not made up).
+pub fn schedule_pause(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 4 {
+        return err("ERR wrong number of arguments");
+    }
+    let resume = eq(a[1], "RESUME");
+    let now = now_ms();
+    let r = with_queue(ctx, argv[2], false, |q| {
+        let s = q.schedules.get(a[3])?;
+        let next = if s.next_run > now {
+            s.next_run
+        } else {
+            match (&s.cron, s.kind) {
+                (Some(c), SchedKind::Cron) => cron_next(c, now),
+                _ => now.saturating_add(s.every),
+            }
+        };
+        q.schedule_pause(a[3], !resume, resume.then_some(next));
+        Some(next)
+    })?
+    .flatten();
+    let Some(next) = r else { return Ok(Reply::Int(0)) };
+    let op: &[u8] = if resume { b"SCHEDRESUME" } else { b"SCHEDPAUSE" };
+    replicate_owned(ctx, &[a[2].to_vec(), op.to_vec(), a[3].to_vec(), s(next)]);
+    Ok(Reply::Int(1))
+}
+
+/// `VT.SCHEDULE RUN <queue> <name>`: enqueues the schedule's task once, now (paused or not; its
+/// ticks are unchanged). Replies the new task id, or nil if there is no such schedule.
+pub fn schedule_run(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
+    if a.len() != 4 {
+        return err("ERR wrong number of arguments");
+    }
+    let now = now_ms();
+    let maxatt = max_attempts();
+    let id = new_id();
+    let ok = with_queue(ctx, argv[2], false, |q| q.schedule_run(a[3], id.clone(), now, maxatt))?.unwrap_or(false);
+    if !ok {
+        return Ok(Reply::Nil);
+    }
+    replicate_owned(ctx, &[a[2].to_vec(), b"SCHEDRUN".to_vec(), s(now), s(maxatt), a[3].to_vec(), id.clone()]);
+    Ok(Reply::Bulk(id))
+}
+
 pub fn schedule_list(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     if a.len() != 3 {
         return err("ERR wrong number of arguments");
@@ -876,6 +931,7 @@ pub fn schedule_list(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
                     bulk(&s.spec),
                     Reply::Int(s.next_run),
                     bulk(&s.payload),
+                    Reply::Int(s.paused as i64),
                 ])
             })
             .collect()
@@ -940,9 +996,11 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         let worker = r[1];
         with_queue(ctx, argv[1], true, |q| {
             q.promote(now);
+            let mut n = 0;
             for p in r[3..].chunks(2) {
-                q.lease(p[0], worker, parse_token(p[1]).unwrap_or(0), deadline);
+                n += q.lease(p[0], worker, parse_token(p[1]).unwrap_or(0), deadline).is_some() as usize;
             }
+            q.rate_take(now, n);
         })
         .map(|_| ())
     } else if eq(op, "FAIL") {
@@ -1013,8 +1071,29 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             payload: r[5].to_vec(),
             next_run: int(r[4], "next")?,
             cron,
+            paused: false,
         };
         with_queue(ctx, argv[1], true, |q| q.schedule_set(r[0], sched)).map(|_| ())
+    } else if eq(op, "RATE") {
+        // limit per burst credit at (all 0: no limit)
+        let bucket = crate::ratelimit::fx_args(r)?;
+        with_queue(ctx, argv[1], true, |q| q.rate_put(bucket)).map(|_| ())
+    } else if eq(op, "SCHEDPAUSE") || eq(op, "SCHEDRESUME") {
+        // name next (next: the resumed schedule's next tick; ignored by SCHEDPAUSE)
+        if r.len() != 2 {
+            return Err(bad());
+        }
+        let resume = eq(op, "SCHEDRESUME");
+        let next = int(r[1], "next")?;
+        with_queue(ctx, argv[1], false, |q| q.schedule_pause(r[0], !resume, resume.then_some(next))).map(|_| ())
+    } else if eq(op, "SCHEDRUN") {
+        // now maxatt name id
+        if r.len() != 4 {
+            return Err(bad());
+        }
+        let now = int(r[0], "now")?;
+        let maxatt = int(r[1], "maxatt")? as u32;
+        with_queue(ctx, argv[1], false, |q| q.schedule_run(r[2], r[3].to_vec(), now, maxatt)).map(|_| ())
     } else if eq(op, "SCHEDSKIP") {
         // now [name]... (ticks the primary skipped while over maxmemory)
         if r.len() < 2 {
@@ -1127,12 +1206,14 @@ pub fn parse_command(a: &[&[u8]]) -> Result<(), String> {
         "VT.PEEK" => parse_peek(a).map(|_| ()),
         "VT.RETRYDEAD" | "VT.DELETE" => arity(a, 3),
         "VT.CLEAR" => parse_clear(a).map(|_| ()),
+        "VT.RATELIMIT" => crate::ratelimit::parse(a),
         "VT.SCHEDULE" => {
             let sub = a.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_uppercase()).unwrap_or_default();
             match sub.as_str() {
                 "SET" => parse_schedule_set(a, 0).map(|_| ()),
                 "DEL" if a.len() == 4 => Ok(()),
                 "LIST" if a.len() == 3 => Ok(()),
+                "PAUSE" | "RESUME" | "RUN" if a.len() == 4 => Ok(()),
                 _ => err("ERR unknown subcommand or wrong number of arguments"),
             }
         }

@@ -17,6 +17,7 @@ pub mod digest;
 pub mod flow_command;
 pub mod flows;
 pub mod queue;
+pub mod ratelimit;
 pub mod server;
 pub mod slots;
 pub mod tasks;
@@ -32,7 +33,7 @@ pub mod fuzzing {
     pub fn parse_command(argv: &[&[u8]]) -> Result<(), String> {
         crate::commands::parse_command(argv)?;
         let mut name = String::from_utf8_lossy(argv[0]).to_ascii_lowercase();
-        if name == "vt.schedule" {
+        if name == "vt.schedule" || name == "vt.ratelimit" {
             name = format!("vt.schedule|{}", String::from_utf8_lossy(argv[1]).to_ascii_lowercase());
         }
         let row = crate::COMMANDS.iter().find(|c| c.name == name);
@@ -119,6 +120,7 @@ pub mod fuzzing {
             payload: b"cron".to_vec(),
             next_run: now + 5000,
             cron: crate::queue::parse_cron("*/5 * * * * *").ok(),
+            paused: seed.is_multiple_of(2),
         };
         q.schedule_set(b"s1", sched);
         // a chain root -> a -> b, waiting for the root (leased above or not)
@@ -131,6 +133,9 @@ pub mod fuzzing {
             payload: b"f".to_vec(),
         };
         q.add_flow(now, vec![node("root", &[]), node("a", &["root"]), node("b", &["a", "root"])]);
+        if seed.is_multiple_of(3) {
+            q.rate_set(1 + (next() % 100) as i64, 1 + (next() % 10_000) as i64, 1 + (next() % 50) as i64, now);
+        }
         q
     }
 
@@ -173,6 +178,12 @@ pub mod fuzzing {
                 &[b"VT.GET", b"q", b"id"],
                 &[b"VT.GET", b"q", b"unique", b"key"],
                 &[b"VT.INFO", &[b'q'; 1024]],
+                &[b"VT.RATELIMIT", b"SET", b"q", b"5", b"PER", b"1000"],
+                &[b"VT.RATELIMIT", b"set", b"q", b"5", b"per", b"1000", b"BURST", b"9"],
+                &[b"VT.RATELIMIT", b"GET", b"q"],
+                &[b"VT.RATELIMIT", b"OFF", b"q"],
+                &[b"VT.SCHEDULE", b"PAUSE", b"q", b"n"],
+                &[b"VT.SCHEDULE", b"RUN", b"q", b"n"],
             ];
             for a in ok {
                 assert_eq!(parse_command(a), Ok(()), "{a:?}");
@@ -187,6 +198,12 @@ pub mod fuzzing {
                 &[b"VT.ENQUEUE", &[b'q'; 1025], b"PAYLOAD", b"x"],
                 &[b"VT.FETCHBATCH", b"2", b"q", &[b'q'; 1025], b"WORKER", b"w"],
                 &[b"VT.SCHEDULE", b"LIST", &[b'q'; 1025]],
+                &[b"VT.RATELIMIT", b"SET", b"q", b"0", b"PER", b"1000"],
+                &[b"VT.RATELIMIT", b"SET", b"q", b"5", b"PER", b"86400001"],
+                &[b"VT.RATELIMIT", b"SET", &[b'q'; 1025], b"5", b"PER", b"1000"],
+                &[b"VT.RATELIMIT", b"NOPE", b"q"],
+                &[b"VT.RATELIMIT"],
+                &[b"VT.SCHEDULE", b"PAUSE", b"q"],
                 &[],
             ];
             for a in bad {
@@ -251,6 +268,12 @@ trampoline!(t_sched_set, commands::schedule_set, "VT.SCHEDULE SET");
 trampoline!(t_sched_del, commands::schedule_del, "VT.SCHEDULE DEL");
 trampoline!(t_sched_list, commands::schedule_list, "VT.SCHEDULE LIST");
 trampoline!(t_flow, flow_command::flow, "VT.FLOW");
+trampoline!(t_sched_pause, commands::schedule_pause, "VT.SCHEDULE PAUSE");
+trampoline!(t_sched_resume, commands::schedule_pause, "VT.SCHEDULE RESUME");
+trampoline!(t_sched_run, commands::schedule_run, "VT.SCHEDULE RUN");
+trampoline!(t_rate_set, ratelimit::set, "VT.RATELIMIT SET");
+trampoline!(t_rate_off, ratelimit::off, "VT.RATELIMIT OFF");
+trampoline!(t_rate_get, ratelimit::get, "VT.RATELIMIT GET");
 trampoline!(t_fx, commands::fx, "VT._FX");
 trampoline!(t_load, commands::load, "VT._LOAD");
 trampoline!(t_align, commands::aligncheck, "VT._ALIGNCHECK");
@@ -594,6 +617,54 @@ const COMMANDS: &[Command] = &[
         keys: Keys::At(2, KEY_RO),
         arity: 0,
         acl: "read slow",
+    },
+    Command {
+        name: "vt.schedule|pause",
+        handler: t_sched_pause,
+        flags: "write fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.schedule|resume",
+        handler: t_sched_resume,
+        flags: "write fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.schedule|run",
+        handler: t_sched_run,
+        flags: "write deny-oom fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.ratelimit|set",
+        handler: t_rate_set,
+        flags: "write deny-oom fast",
+        keys: Keys::At(2, KEY_INS),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.ratelimit|off",
+        handler: t_rate_off,
+        flags: "write fast",
+        keys: Keys::At(2, KEY_RW),
+        arity: 0,
+        acl: "write fast",
+    },
+    Command {
+        name: "vt.ratelimit|get",
+        handler: t_rate_get,
+        flags: "readonly fast",
+        keys: Keys::At(2, KEY_RO),
+        arity: 0,
+        acl: "read fast",
     },
     // Internal: refused to clients by the handlers too (replication stream / AOF only).
     Command {

@@ -92,6 +92,8 @@ pub struct Schedule {
     pub payload: Vec<u8>,
     pub next_run: i64,
     pub cron: Option<Cron>,
+    /// Paused at runtime (`VT.SCHEDULE PAUSE`): no ticks fire until `VT.SCHEDULE RESUME`.
+    pub paused: bool,
 }
 
 pub const NEVER: i64 = i64::MAX;
@@ -289,6 +291,11 @@ pub struct Queue {
     pub dead_evicted: u64,
     /// Schedule ticks skipped because the server was over maxmemory.
     pub schedule_ticks_skipped_total: u64,
+    /// The rate limit (`VT.RATELIMIT`, see ratelimit.rs), persisted and replicated.
+    pub rate: Option<crate::ratelimit::RateLimit>,
+    /// When a fetch left short of tokens wants blocked fetchers woken (primary only, not
+    /// persisted: a fetcher that comes back after a restart sets it again).
+    pub rate_wake: Option<i64>,
     /// Set whenever a task became ready; the command layer signals blocked clients and clears it.
     pub became_ready: bool,
     /// Set by every operation that changed the queue; the keyspace layer then signals the key as
@@ -356,8 +363,11 @@ impl Queue {
         if let Some((t, _)) = Heap::min(&self.inflight, &self.slab, inflight_key) {
             due = due.min(t);
         }
-        for s in self.schedules.values() {
+        for s in self.schedules.values().filter(|s| !s.paused) {
             due = due.min(s.next_run);
+        }
+        if let Some(t) = self.rate_wake {
+            due = due.min(t);
         }
         if due == NEVER {
             None
@@ -803,12 +813,20 @@ impl Queue {
         tok: &mut dyn FnMut() -> u64,
     ) -> Vec<Fetched> {
         self.promote(now);
+        let allowed = self.rate_allowance(now);
+        let short = count > allowed && self.ready_len > allowed;
+        let count = count.min(allowed);
         let mut out = Vec::new();
         while out.len() < count {
             let Some(h) = self.ready_first() else { break };
             let token = tok();
             let t = self.lease_handle(h, worker, token, deadline).expect("a ready task leases");
             out.push(Fetched { id: t.id().to_vec(), payload: t.payload().to_vec(), attempt: t.attempt, token });
+        }
+        self.rate_take(now, out.len());
+        if short {
+            // short of tokens: wake blocked fetchers when the next one is there
+            self.rate_wake = self.rate.map(|r| r.next_token_at(now).max(now + 1));
         }
         out
     }
@@ -1218,7 +1236,9 @@ impl Queue {
         n
     }
 
-    pub fn schedule_set(&mut self, name: &[u8], s: Schedule) {
+    /// Sets a schedule; a paused one stays paused (pause is runtime state, settings re-apply).
+    pub fn schedule_set(&mut self, name: &[u8], mut s: Schedule) {
+        s.paused |= self.schedules.get(name).is_some_and(|old| old.paused);
         self.schedules.insert(name.to_vec(), s);
         self.modified = true;
     }
@@ -1232,7 +1252,7 @@ impl Queue {
 
     /// Names of schedules due at `now`, in name order.
     pub fn due_schedules(&self, now: i64) -> Vec<Vec<u8>> {
-        self.schedules.iter().filter(|(_, s)| s.next_run <= now).map(|(n, _)| n.clone()).collect()
+        self.schedules.iter().filter(|(_, s)| !s.paused && s.next_run <= now).map(|(n, _)| n.clone()).collect()
     }
 
     /// Fires one schedule tick: enqueues its payload under `id` and computes the next tick.
@@ -1248,6 +1268,31 @@ impl Queue {
         }
         self.modified = true;
         added[0]
+    }
+
+    /// Pauses (or un-pauses) a schedule; `next` (resume) is its next tick. False if none.
+    pub fn schedule_pause(&mut self, name: &[u8], paused: bool, next: Option<i64>) -> bool {
+        match self.schedules.get_mut(name) {
+            Some(s) => {
+                s.paused = paused;
+                if let Some(n) = next {
+                    s.next_run = n;
+                }
+                self.modified = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Enqueues one task from schedule `name` now (`VT.SCHEDULE RUN`), leaving its ticks as they
+    /// are. False if there is no such schedule.
+    pub fn schedule_run(&mut self, name: &[u8], id: Id, now: i64, max_attempts: u32) -> bool {
+        let Some((prio, payload)) = self.schedules.get(name).map(|s| (s.priority, s.payload.clone())) else {
+            return false;
+        };
+        let o = EnqOpts { now, priority: prio, run_at: now, max_attempts, unique: None };
+        self.enqueue(&o, vec![(id, payload)])[0]
     }
 
     /// Skips a due tick of schedule `name` at `now` (nothing is enqueued): the schedule moves to
@@ -1267,7 +1312,12 @@ impl Queue {
     // ---------- persistence: the queue as a sequence of self-describing records ----------
 
     pub fn record_count(&self) -> usize {
-        1 + self.slab.len() + self.dead.len() + self.unique_exp.len() + self.schedules.len() + self.flows.len()
+        1 + self.slab.len()
+            + self.dead.len()
+            + self.unique_exp.len()
+            + self.schedules.len()
+            + self.flows.len()
+            + self.rate.is_some() as usize
     }
 
     pub fn records(&self) -> Vec<Vec<u8>> {
@@ -1353,6 +1403,15 @@ impl Queue {
                 .i64(s.priority as i64)
                 .bytes(&s.payload)
                 .i64(s.next_run);
+            // optional trailing flag (absent when not paused, as older modules write it)
+            if s.paused {
+                w.u64(1);
+            }
+            out(&w.buf);
+        }
+        if let Some(r) = &self.rate {
+            let mut w = W::new(b'R');
+            w.i64(r.limit).i64(r.per_ms).i64(r.burst).i64(r.credit).i64(r.at);
             out(&w.buf);
         }
         for (id, w) in self.flows.iter() {
@@ -1517,6 +1576,11 @@ impl Queue {
                 }
                 let payload = r.bytes()?;
                 let next_run = r.i64()?;
+                let paused = match if r.done().is_ok() { 0 } else { r.u64()? } {
+                    0 => false,
+                    1 => true,
+                    _ => return Err("bad schedule pause flag"),
+                };
                 let cron = if kind == SchedKind::Cron {
                     let s = std::str::from_utf8(&spec).map_err(|_| "bad cron spec")?;
                     Some(parse_cron(s).map_err(|_| "bad cron spec")?)
@@ -1524,7 +1588,21 @@ impl Queue {
                     None
                 };
                 r.done()?;
-                self.schedules.insert(name, Schedule { kind, spec, every, priority, payload, next_run, cron });
+                self.schedules.insert(name, Schedule { kind, spec, every, priority, payload, next_run, cron, paused });
+            }
+            b'R' => {
+                let rl = crate::ratelimit::RateLimit {
+                    limit: r.i64()?,
+                    per_ms: r.i64()?,
+                    burst: r.i64()?,
+                    credit: r.i64()?,
+                    at: r.i64()?,
+                };
+                r.done()?;
+                if !rl.valid() {
+                    return Err("rate limit out of range");
+                }
+                self.rate = Some(rl);
             }
             b'W' => {
                 let (id, w) = Flows::read_record(&mut r)?;
@@ -1692,7 +1770,7 @@ mod tests {
                 assert_eq!(q3.records(), srecs, "rejected record {} changed the queue", r[0] as char);
             }
         }
-        assert_eq!(kinds.into_iter().collect::<Vec<u8>>(), b"DHSTUW".to_vec());
+        assert_eq!(kinds.into_iter().collect::<Vec<u8>>(), b"DHRSTUW".to_vec());
     }
 
     /// Save and load agree on the sequence bound: a task with seq MAX_SEQ - 1 loads and makes
@@ -1793,6 +1871,7 @@ mod tests {
             payload: b"p".to_vec(),
             next_run: 1000,
             cron: None,
+            paused: false,
         };
         q.schedule_set(b"s", sched);
         let header_without = q.records()[0].clone();

@@ -1,4 +1,5 @@
-//! Server-side work without clients: promote delayed tasks, rescue expired leases, fire schedules.
+//! Server-side work without clients: promote delayed tasks, rescue expired leases, fire schedules,
+//! wake fetchers that waited for rate-limit tokens.
 //!
 //! A registry maps every known queue key (db, name) to its next due time, so the timer never scans
 //! the keyspace. Entries are hints: the timer re-opens each key and checks its type, so deleted,
@@ -293,6 +294,13 @@ fn run_timer(ctx: Ctx) {
 /// The timer's duties on one queue, each replicated with explicit values.
 fn work_queue(ctx: Ctx, q: &mut crate::queue::Queue, now: i64, key: &[u8]) {
     let now_s = now.to_string();
+    if q.rate_wake.is_some_and(|t| t <= now) {
+        // a fetch was short of tokens and the next one is there: let blocked fetchers try
+        // again (nothing changes, so nothing is replicated; a fetch that is short again asks
+        // for the next wake-up)
+        q.rate_wake = None;
+        q.became_ready = true;
+    }
     if q.has_due_delayed(now) {
         q.promote(now);
         replicate(ctx, "VT._FX", &[key, b"PROMOTE", now_s.as_bytes()]);

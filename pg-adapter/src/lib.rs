@@ -11,6 +11,7 @@ mod connect;
 pub mod flows;
 pub mod migrate;
 pub mod ops;
+pub mod ratelimit;
 mod sync;
 
 pub use asynch::AsyncPgQueue;
@@ -29,6 +30,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "lock_order_and_stable_plans", include_str!("../migrations/0003_lock_order_and_stable_plans.sql")),
     (4, "cancel", include_str!("../migrations/0004_cancel.sql")),
     (5, "flows", include_str!("../migrations/0005_flows.sql")),
+    (6, "rate_limits_and_schedule_pause", include_str!("../migrations/0006_rate_limits_and_schedule_pause.sql")),
 ];
 
 /// Advisory key held (transaction-scoped) while migrating, so concurrent migrators serialise.

@@ -127,6 +127,8 @@ pub struct ScheduleEntry {
     pub spec: String,
     pub next_run_ms: i64,
     pub payload: Vec<u8>,
+    /// Paused at runtime (`schedule_pause`): no ticks fire.
+    pub paused: bool,
 }
 
 /// Peek states.
@@ -838,7 +840,9 @@ pub fn schedule_del_stmt(queue: &str, name: &str) -> Stmt {
 }
 
 pub fn schedule_list_stmt(queue: &str) -> Stmt {
-    Stmt::new("SELECT name, kind, spec, next_run_ms, payload FROM vtasks_schedule WHERE queue = $1::text ORDER BY name")
+    Stmt::new(
+        "SELECT name, kind, spec, next_run_ms, payload, paused FROM vtasks_schedule WHERE queue = $1::text ORDER BY name",
+    )
         .p(queue.to_string(), Type::TEXT)
 }
 
@@ -851,16 +855,71 @@ pub fn schedule_list_decode(rows: &[Row]) -> Result<Vec<ScheduleEntry>> {
                 spec: r.try_get(2)?,
                 next_run_ms: r.try_get(3)?,
                 payload: r.try_get(4)?,
+                paused: r.try_get(5)?,
             })
         })
         .collect()
+}
+
+/// Pauses a schedule: 1 if it exists, else 0.
+pub fn schedule_pause_stmt(queue: &str, name: &str) -> Stmt {
+    Stmt::new(
+        "WITH u AS (UPDATE vtasks_schedule SET paused = true WHERE queue = $1::text AND name = $2::text RETURNING 1) \
+         SELECT count(*)::int8 FROM u",
+    )
+    .p(queue.to_string(), Type::TEXT)
+    .p(name.to_string(), Type::TEXT)
+}
+
+/// What resuming needs: (kind, spec, next_run_ms, now_ms) of the schedule, if it exists.
+pub fn schedule_state_stmt(queue: &str, name: &str) -> Stmt {
+    Stmt::new(
+        "SELECT kind, spec, next_run_ms, vtasks_ms(now()) FROM vtasks_schedule WHERE queue = $1::text AND name = $2::text",
+    )
+    .p(queue.to_string(), Type::TEXT)
+    .p(name.to_string(), Type::TEXT)
+}
+
+/// The next tick of a schedule resumed at the time in `rows` (of `schedule_state_stmt`): its
+/// next tick if still ahead, else the first one after now (the ticks missed while paused are not
+/// made up). None when there is no such schedule.
+pub fn resume_next(rows: &[Row]) -> Result<Option<i64>> {
+    let Some(r) = rows.first() else { return Ok(None) };
+    let (kind, spec): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+    let (next, now): (i64, i64) = (r.try_get(2)?, r.try_get(3)?);
+    if next > now {
+        return Ok(Some(next));
+    }
+    Ok(Some(Spec::parse(&kind, &spec)?.first(now)))
+}
+
+/// Resumes a schedule with its next tick `next_ms`: 1 if it exists, else 0.
+pub fn schedule_resume_stmt(queue: &str, name: &str, next_ms: i64) -> Stmt {
+    Stmt::new(
+        "WITH u AS (UPDATE vtasks_schedule SET paused = false, \
+         next_run_ms = CASE WHEN next_run_ms > vtasks_ms(now()) THEN next_run_ms ELSE $3::int8 END \
+         WHERE queue = $1::text AND name = $2::text RETURNING 1) SELECT count(*)::int8 FROM u",
+    )
+    .p(queue.to_string(), Type::TEXT)
+    .p(name.to_string(), Type::TEXT)
+    .p(next_ms, Type::INT8)
+}
+
+/// Enqueues one task from a schedule now, under `id` (`vtasks_schedule_run`): 1 if enqueued.
+pub fn schedule_run_stmt(queue: &str, name: &str, id: &str, max_attempts: i32, notify: bool) -> Stmt {
+    Stmt::new("SELECT vtasks_schedule_run($1::text, $2::text, $3::text, $4::int4, $5::bool)::int4::int8")
+        .p(queue.to_string(), Type::TEXT)
+        .p(name.to_string(), Type::TEXT)
+        .p(id.to_string(), Type::TEXT)
+        .p(max_attempts, Type::INT4)
+        .p(notify, Type::BOOL)
 }
 
 /// Due schedules (read without locks; `vtasks_fire` is the compare-and-set).
 pub fn due_schedules_stmt() -> Stmt {
     Stmt::new(
         "SELECT queue, name, kind, spec, next_run_ms, vtasks_ms(now()) FROM vtasks_schedule \
-         WHERE next_run_ms <= vtasks_ms(now()) ORDER BY next_run_ms LIMIT 1000",
+         WHERE next_run_ms <= vtasks_ms(now()) AND NOT paused ORDER BY next_run_ms LIMIT 1000",
     )
 }
 

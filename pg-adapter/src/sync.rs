@@ -359,6 +359,41 @@ impl PgQueue {
         ops::schedule_list_decode(&self.run(&ops::schedule_list_stmt(queue))?)
     }
 
+    /// Pauses a schedule (no ticks fire until `schedule_resume`); false if there is none.
+    pub fn schedule_pause(&self, queue: &str, name: &str) -> Result<bool> {
+        Ok(ops::one_i64(&self.run(&ops::schedule_pause_stmt(queue, name))?)? > 0)
+    }
+
+    /// Resumes a schedule at its next tick after now; false if there is none.
+    pub fn schedule_resume(&self, queue: &str, name: &str) -> Result<bool> {
+        let Some(next) = ops::resume_next(&self.run(&ops::schedule_state_stmt(queue, name))?)? else {
+            return Ok(false);
+        };
+        Ok(ops::one_i64(&self.run(&ops::schedule_resume_stmt(queue, name, next))?)? > 0)
+    }
+
+    /// Enqueues one task from a schedule now (paused or not; its ticks are unchanged): the task
+    /// id, or None if there is no such schedule.
+    pub fn schedule_run(&self, queue: &str, name: &str) -> Result<Option<String>> {
+        let id = ops::new_id();
+        let st = ops::schedule_run_stmt(queue, name, &id, self.cfg.max_attempts, self.cfg.notify);
+        Ok((ops::one_i64(&self.run(&st)?)? > 0).then_some(id))
+    }
+
+    /// Sets a queue's rate limit (see `crate::ratelimit`); false when it already had this one.
+    pub fn rate_set(&self, queue: &str, limit: i64, per_ms: i64, burst: Option<i64>) -> Result<bool> {
+        Ok(ops::one_i64(&self.run(&crate::ratelimit::set_stmt(queue, limit, per_ms, burst)?)?)? > 0)
+    }
+
+    /// Removes a queue's rate limit; false if it had none.
+    pub fn rate_off(&self, queue: &str) -> Result<bool> {
+        Ok(ops::one_i64(&self.run(&crate::ratelimit::off_stmt(queue)?)?)? > 0)
+    }
+
+    pub fn rate_get(&self, queue: &str) -> Result<Option<crate::ratelimit::RateLimit>> {
+        crate::ratelimit::get_decode(&self.run(&crate::ratelimit::get_stmt(queue)?)?)
+    }
+
     /// Fires every due tick exactly once across all callers; returns the tasks enqueued.
     pub fn schedule_tick(&self) -> Result<i64> {
         let due = ops::due_decode(&self.run(&ops::due_schedules_stmt())?)?;

@@ -26,9 +26,13 @@ pub const MAX_FETCH_QUEUES: i64 = 1_000;
 pub const MAX_ATTEMPTS: i64 = 1_000_000;
 /// Most tasks one flow (`VT.FLOW`, a chain or a group with its callback) adds.
 pub const MAX_FLOW_TASKS: usize = 10_000;
+/// A rate limit's tasks per period and its burst are in `1..=MAX_RATE_TOKENS`.
+pub const MAX_RATE_TOKENS: i64 = 1_000_000;
+/// A rate limit's period (ms) is in `1..=MAX_RATE_PERIOD_MS` (a day).
+pub const MAX_RATE_PERIOD_MS: i64 = 86_400_000;
 
 /// (name, value) of every limit above, for the native extension and the PROTOCOL.md check.
-pub const LIMITS: [(&str, i64); 13] = [
+pub const LIMITS: [(&str, i64); 15] = [
     ("max_fetch", MAX_FETCH),
     ("max_id_len", MAX_ID_LEN as i64),
     ("max_name_len", MAX_NAME_LEN as i64),
@@ -42,6 +46,8 @@ pub const LIMITS: [(&str, i64); 13] = [
     ("max_attempts", MAX_ATTEMPTS),
     ("min_attempts", 1),
     ("max_flow_tasks", MAX_FLOW_TASKS as i64),
+    ("max_rate_tokens", MAX_RATE_TOKENS),
+    ("max_rate_period_ms", MAX_RATE_PERIOD_MS),
 ];
 
 /// Field names of `VT.INFO` (and of `info()` on Postgres), in reply order.

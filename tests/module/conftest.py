@@ -208,6 +208,7 @@ def snapshot(c, q) -> dict:
     i.pop("unique_keys")  # counted against the local clock
     snap["info"] = i
     snap["schedules"] = c.execute_command("VT.SCHEDULE", "LIST", q)
+    snap["rate"] = c.execute_command("VT.RATELIMIT", "GET", q)
     return snap
 
 

@@ -11,7 +11,7 @@ Q = "vt:{p}"
 
 def populate(c, q=Q):
     """A queue in every state: ready (priorities), delayed, in flight, dead (with eviction),
-    retried, unique keys, schedules and counters."""
+    retried, unique keys, schedules (one paused), a rate limit and counters."""
     c.config_set("vtasks.dlq-cap", 2)
     c.execute_command(
         "VT.ENQUEUE", q, "ENTRIES", *[x for i in range(6) for x in (f"t{i}", f"payload-{i}")]
@@ -28,6 +28,8 @@ def populate(c, q=Q):
         )  # 3 dead, cap 2 -> 1 evicted
     c.execute_command("VT.FAIL", q, es[3][1], es[3][2], "retry me", "RETRY", 3_600_000)
     c.execute_command("VT.ACK", q, es[4][1], es[4][2])
+    # a rate limit (1 a day, so the tokens left do not change during a test) with a token taken
+    c.execute_command("VT.RATELIMIT", "SET", q, 1, "PER", 86_400_000, "BURST", 50)
     fetch(c, q, worker="wB", count=1, lease=3_600_000)
     c.execute_command(
         "VT.SCHEDULE",
@@ -42,9 +44,11 @@ def populate(c, q=Q):
         "cronjob",
     )
     c.execute_command("VT.SCHEDULE", "SET", q, "every", "EVERY", 3_600_000, "PAYLOAD", "everyjob")
+    c.execute_command("VT.SCHEDULE", "PAUSE", q, "hourly")
     s = snapshot(c, q)
     assert all(s[k] for k in ("READY", "DELAYED", "INFLIGHT", "DEAD")), s
     assert s["info"]["dead_evicted"] == 1 and s["info"]["acked_total"] == 1
+    assert s["rate"] is not None and [row[5] for row in s["schedules"]] == [0, 1]  # every, hourly
     return s
 
 
@@ -149,7 +153,7 @@ def test_missed_ticks_coalesce_after_downtime(server):
     t_load = int(time.time() * 1000)
     time.sleep(0.3)
     assert info(c, Q)["enqueued_total"] == 1  # once, not three times
-    [[_, _, _, next_run, _]] = c.execute_command("VT.SCHEDULE", "LIST", Q)
+    [[_, _, _, next_run, _, _]] = c.execute_command("VT.SCHEDULE", "LIST", Q)
     assert t_load + 500 < next_run <= t_load + 1100  # next tick computed from now
 
 

@@ -206,6 +206,10 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
     # a cancelled lease: the snapshot carries the flag, so the target buries it as the source does
     assert c.execute_command("VT.CANCEL", q, got[3][1], "REASON", "moving") == b"flagged"
     c.execute_command("VT.SCHEDULE", "SET", q, "tick", "EVERY", 50, "PAYLOAD", "t")
+    # runtime state moves with the queue: a rate limit's bucket and a paused schedule
+    c.execute_command("VT.RATELIMIT", "SET", q, 1, "PER", 86_400_000, "BURST", 1000)
+    c.execute_command("VT.SCHEDULE", "SET", q, "held", "EVERY", 50, "PAYLOAD", "h")
+    c.execute_command("VT.SCHEDULE", "PAUSE", q, "held")
     before = info(c, q)
 
     migrate(src, dst, q, hold=True)
@@ -242,6 +246,7 @@ def test_migration_carries_the_exact_queue_and_its_timer_effects(server_factory)
         c.execute_command("CLIENT", "UNPAUSE")
     d = dst.client()
     assert snapshot(d, q) == want
+    assert want["rate"] is not None and [r[5] for r in want["schedules"]] == [1]  # "held" paused
     assert d.execute_command("DEBUG", "DIGEST-VALUE", q) == want_digest
     assert d.execute_command("DEBUG", "DIGEST-VALUE", q2) == want2  # the wake-up's lease moved too
     assert info(d, q2)["inflight"] == 1

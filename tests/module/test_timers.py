@@ -93,7 +93,7 @@ def test_schedule_every_fires_once_per_tick(r):
         )
         == b"OK"
     )
-    [[name, kind, spec, next_run, payload]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
+    [[name, kind, spec, next_run, payload, _]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
     assert (name, kind, spec, payload) == (b"tick", b"every", b"200", b"job")
     assert abs(next_run - (now_ms() + 200)) < 100
     start = time.monotonic()
@@ -116,7 +116,7 @@ def test_schedule_every_fires_once_per_tick(r):
 
 def test_schedule_cron_every_second(r):
     r.execute_command("VT.SCHEDULE", "SET", Q, "sec", "CRON", "* * * * * *", "PAYLOAD", "c")
-    [[_, kind, spec, next_run, _]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
+    [[_, kind, spec, next_run, _, _]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
     assert kind == b"cron" and spec == b"* * * * * *"
     assert next_run % 1000 == 0 and next_run > now_ms() - 5
     wait_until(lambda: info(r, Q)["enqueued_total"] >= 2, timeout=5)
@@ -129,7 +129,7 @@ def test_schedule_cron_every_second(r):
 
 def test_schedule_cron_five_fields_and_errors(r):
     r.execute_command("VT.SCHEDULE", "SET", Q, "m", "CRON", "*/5 * * * *", "PAYLOAD", "x")
-    [[_, _, _, next_run, _]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
+    [[_, _, _, next_run, _, _]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
     assert next_run % 300000 == 0
     for bad in (["CRON", "nope"], ["CRON", "* * *"], ["EVERY", 0], ["EVERY", "x"], ["HOURLY", 1]):
         with pytest.raises(valkey.ResponseError):
@@ -146,7 +146,7 @@ def test_schedule_cron_five_fields_and_errors(r):
 def test_schedule_replace(r):
     r.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 3600000, "PAYLOAD", "a")
     r.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 7200000, "PAYLOAD", "b")
-    [[_, _, spec, _, payload]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
+    [[_, _, spec, _, payload, _]] = r.execute_command("VT.SCHEDULE", "LIST", Q)
     assert (spec, payload) == (b"7200000", b"b")
 
 

@@ -87,7 +87,7 @@ impl<'py> IntoPyObject<'py> for Rec {
 }
 
 type DeliveryT = (String, String, String, i32, Bytes);
-type ScheduleT = (String, String, String, i64, Bytes);
+type ScheduleT = (String, String, String, i64, Bytes, bool);
 
 fn delivery(d: Delivery) -> DeliveryT {
     (d.queue, d.id, d.token, d.attempt, Bytes(d.payload))
@@ -98,7 +98,7 @@ fn deliveries(v: Option<Vec<Delivery>>) -> Option<Vec<DeliveryT>> {
 }
 
 fn schedule(s: ScheduleEntry) -> ScheduleT {
-    (s.name, s.kind, s.spec, s.next_run_ms, Bytes(s.payload))
+    (s.name, s.kind, s.spec, s.next_run_ms, Bytes(s.payload), s.paused)
 }
 
 fn bytes_vec(v: Vec<PyBackedBytes>) -> Vec<Vec<u8>> {
@@ -459,6 +459,39 @@ impl PgQueue {
     fn schedule_tick(&self, py: Python<'_>) -> PyResult<i64> {
         let q = &self.inner;
         py.detach(|| q.schedule_tick()).map_err(to_py)
+    }
+
+    fn schedule_pause(&self, py: Python<'_>, queue: &str, name: &str) -> PyResult<bool> {
+        let q = &self.inner;
+        py.detach(|| q.schedule_pause(queue, name)).map_err(to_py)
+    }
+
+    fn schedule_resume(&self, py: Python<'_>, queue: &str, name: &str) -> PyResult<bool> {
+        let q = &self.inner;
+        py.detach(|| q.schedule_resume(queue, name)).map_err(to_py)
+    }
+
+    fn schedule_run(&self, py: Python<'_>, queue: &str, name: &str) -> PyResult<Option<String>> {
+        let q = &self.inner;
+        py.detach(|| q.schedule_run(queue, name)).map_err(to_py)
+    }
+
+    #[pyo3(signature = (queue, limit, per_ms, burst = None))]
+    fn rate_set(&self, py: Python<'_>, queue: &str, limit: i64, per_ms: i64, burst: Option<i64>) -> PyResult<bool> {
+        let q = &self.inner;
+        py.detach(|| q.rate_set(queue, limit, per_ms, burst)).map_err(to_py)
+    }
+
+    fn rate_off(&self, py: Python<'_>, queue: &str) -> PyResult<bool> {
+        let q = &self.inner;
+        py.detach(|| q.rate_off(queue)).map_err(to_py)
+    }
+
+    /// (limit, per_ms, burst, tokens now), or None without a limit.
+    fn rate_get(&self, py: Python<'_>, queue: &str) -> PyResult<Option<(i64, i64, i64, i64)>> {
+        let q = &self.inner;
+        let r = py.detach(|| q.rate_get(queue)).map_err(to_py)?;
+        Ok(r.map(|r| (r.limit, r.per_ms, r.burst, r.tokens)))
     }
 
     fn maintain(&self, py: Python<'_>) -> PyResult<Pairs> {

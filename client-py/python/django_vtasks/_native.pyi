@@ -85,7 +85,7 @@ def _drain() -> None:
 # (queue, id, token, attempt, payload)
 _Delivery = tuple[str, str, str, int, bytes]
 # (name, kind, spec, next_run_ms, payload)
-_Schedule = tuple[str, str, str, int, bytes]
+_Schedule = tuple[str, str, str, int, bytes, bool]  # name kind spec next_run_ms payload paused
 # (id, result_json, ttl_ms)
 _ResultRow = tuple[str, bytes, int]
 
@@ -186,6 +186,18 @@ class PgQueue:
     def schedule_list(self, queue: str) -> list[_Schedule]: ...
     def schedule_tick(self) -> int:
         """Fire every due tick exactly once across all callers; the tasks enqueued."""
+    def schedule_pause(self, queue: str, name: str) -> bool:
+        """Pause a schedule (no ticks fire until resumed); False if there is none."""
+    def schedule_resume(self, queue: str, name: str) -> bool:
+        """Resume a schedule at its next tick after now; False if there is none."""
+    def schedule_run(self, queue: str, name: str) -> str | None:
+        """Enqueue one task from the schedule now; its id, or None if there is no schedule."""
+    def rate_set(self, queue: str, limit: int, per_ms: int, burst: int | None = None) -> bool:
+        """At most ``limit`` fetches per ``per_ms`` on ``queue`` (bucket of ``burst``, default
+        ``limit``); False when the queue already had exactly this limit (tokens are kept)."""
+    def rate_off(self, queue: str) -> bool: ...
+    def rate_get(self, queue: str) -> tuple[int, int, int, int] | None:
+        """(limit, per_ms, burst, tokens now), or None without a limit."""
     def maintain(self) -> dict[str, int]:
         """The server-side timer duties (call it periodically; the worker does): rescue expired
         leases on all queues, purge expired unique keys, results and ticks, fold the counter

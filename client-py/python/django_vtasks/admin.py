@@ -512,4 +512,5 @@ class FailedTaskAdmin(BrokerTaskAdmin):
     task_actions = ("retry", "delete")
 
 
-from . import dashboard  # noqa: E402, F401 - registers the dashboard page
+# registers the dashboard and the schedules pages
+from . import dashboard, schedule_admin  # noqa: E402, F401

@@ -189,6 +189,8 @@ class ScheduleRecord:
     spec: str  # cron expression or interval ms
     next_run_ms: int
     payload: bytes = field(repr=False, default=b"")
+    #: paused at runtime (schedule_pause): no ticks fire until schedule_resume
+    paused: bool = False
 
 
 class Broker(ABC):
@@ -462,6 +464,58 @@ class Broker(ABC):
     async def aschedule_list(self, queue: str) -> list[ScheduleRecord]:
         return await _in_thread(self.schedule_list)(queue)
 
+    @abstractmethod
+    def schedule_pause(self, queue: str, name: str) -> bool:
+        """Pause a schedule: no ticks fire until ``schedule_resume``; the pause survives
+        restarts and ``schedule_set`` of the same name (settings re-applied). False if there is
+        no such schedule."""
+
+    async def aschedule_pause(self, queue: str, name: str) -> bool:
+        return await _in_thread(self.schedule_pause)(queue, name)
+
+    @abstractmethod
+    def schedule_resume(self, queue: str, name: str) -> bool:
+        """Resume a paused schedule at its next tick after now (missed ticks are not made
+        up). False if there is no such schedule."""
+
+    async def aschedule_resume(self, queue: str, name: str) -> bool:
+        return await _in_thread(self.schedule_resume)(queue, name)
+
+    @abstractmethod
+    def schedule_run(self, queue: str, name: str) -> str | None:
+        """Enqueue the schedule's task once, now (paused or not; its ticks are unchanged).
+        Returns the task id, or None if there is no such schedule."""
+
+    async def aschedule_run(self, queue: str, name: str) -> str | None:
+        return await _in_thread(self.schedule_run)(queue, name)
+
+    # ---- rate limits (PROTOCOL.md "Rate limits") ----------------------------------------------
+    @abstractmethod
+    def rate_limit_set(self, queue: str, limit: int, per_ms: int, burst: int | None = None) -> bool:
+        """At most ``limit`` tasks of ``queue`` start per ``per_ms`` ms across all fetchers,
+        with up to ``burst`` (default ``limit``) saved up. Returns False when the queue already
+        had exactly this limit (nothing changes, its tokens are kept)."""
+
+    async def arate_limit_set(
+        self, queue: str, limit: int, per_ms: int, burst: int | None = None
+    ) -> bool:
+        return await _in_thread(self.rate_limit_set)(queue, limit, per_ms, burst)
+
+    @abstractmethod
+    def rate_limit_off(self, queue: str) -> bool:
+        """Remove the queue's rate limit; False if it had none."""
+
+    async def arate_limit_off(self, queue: str) -> bool:
+        return await _in_thread(self.rate_limit_off)(queue)
+
+    @abstractmethod
+    def rate_limit_get(self, queue: str) -> dict[str, int] | None:
+        """``{"limit", "per_ms", "burst", "tokens"}`` (tokens: how many may start now), or
+        None when the queue has no limit."""
+
+    async def arate_limit_get(self, queue: str) -> dict[str, int] | None:
+        return await _in_thread(self.rate_limit_get)(queue)
+
     def tick(self) -> int:
         """Fire the schedules that are due, each tick exactly once whoever calls (brokers
         without ``supports_server_timers``); returns the number of tasks they enqueued. A no-op
@@ -653,6 +707,12 @@ TRANSLATED = {
     "schedule_set": "set a schedule",
     "schedule_del": "delete a schedule",
     "schedule_list": "list schedules",
+    "schedule_pause": "pause a schedule",
+    "schedule_resume": "resume a schedule",
+    "schedule_run": "run a schedule now",
+    "rate_limit_set": "set a rate limit",
+    "rate_limit_off": "remove a rate limit",
+    "rate_limit_get": "read a rate limit",
     "tick": "fire schedules",
     "maintain": "run maintenance",
     "store_result": "store a result",

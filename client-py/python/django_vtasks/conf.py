@@ -17,6 +17,8 @@ DEFAULTS: dict[str, Any] = {
     # {"name": {"task": "app.tasks.fn", "schedule": crontab(...) | seconds,
     #           "args": [], "kwargs": {}}}
     "VTASKS_SCHEDULE": {},
+    # task path pattern -> {"queue": ..., "priority": ...} (django_vtasks.routes)
+    "VTASKS_ROUTES": {},
     "VTASKS_RUN_SCHEDULER": True,
     "VTASKS_COMPRESS_THRESHOLD": 1024,
     # bytes a task envelope (its JSON: arguments included) may take *decoded*: enqueue refuses

@@ -33,6 +33,16 @@ logger = logging.getLogger("django_vtasks.dashboard")
 CHART_MINUTES = 30
 
 
+def _rate_text(limit: dict | None) -> str:
+    """A queue's rate limit as the dashboard shows it ("100/s, burst 100"), "" without one."""
+    if not limit:
+        return ""
+    per = limit["per_ms"]
+    period = f"{per // 1000}s" if per % 1000 == 0 else f"{per}ms"
+    period = "s" if period == "1s" else period
+    return f"{limit['limit']}/{period}, burst {limit['burst']}"
+
+
 def _ago(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 90:
@@ -230,6 +240,7 @@ class DashboardAdmin(admin.ModelAdmin):
                         "dead_evicted": int(i.get("dead_evicted", 0)),
                         "acked_total": int(i.get("acked_total", 0)),
                         "bar": depth_bar(i, scale),
+                        "rate": _rate_text(broker.rate_limit_get(q)),
                         **{
                             f"{key}_url": self._list_url(model, alias, q)
                             for key, model in listable.items()
@@ -253,6 +264,7 @@ class DashboardAdmin(admin.ModelAdmin):
                                 else f"every {int(s.spec) / 1000:g}s",
                                 "next_run": datetime.fromtimestamp(next_run, UTC),
                                 "in": _ago(next_run - now),
+                                "paused": s.paused,
                             }
                         )
             points = activity.rates(activity.samples(broker))

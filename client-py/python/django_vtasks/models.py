@@ -9,6 +9,8 @@ only the permissions that mean something on its admin page:
 - ``RunningTask`` (in flight under a worker's lease): view, change (= cancel: ask it to stop);
   running tasks cannot be deleted.
 - ``FailedTask`` (the dead-letter queue): view, change (= retry), delete.
+- ``Schedule`` (the periodic schedules the brokers hold): view, change (= pause, resume, run
+  now).
 - ``Dashboard``: none of its own; the dashboard opens for anyone who may view one of the three.
 """
 
@@ -64,3 +66,20 @@ class Dashboard(models.Model):
         verbose_name = "dashboard"
         verbose_name_plural = "dashboard"
         default_permissions = ()
+
+
+class Schedule(models.Model):
+    """A periodic schedule as the admin addresses it (VTASKS_SCHEDULE says which exist; the
+    broker holds them). ``view`` lists them; ``change`` pauses, resumes and runs them now."""
+
+    name = models.CharField(primary_key=True, max_length=1024)
+
+    class Meta:
+        managed = False
+        app_label = "django_vtasks"
+        verbose_name = "schedule"
+        verbose_name_plural = "schedules"
+        default_permissions = ("view", "change")
+
+    def __str__(self) -> str:
+        return f"schedule {self.name}"

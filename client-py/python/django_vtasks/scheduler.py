@@ -67,3 +67,30 @@ def schedule_spec(schedule) -> tuple[str | None, int | None]:
     if hasattr(schedule, "total_seconds"):
         return None, max(1, int(schedule.total_seconds() * 1000))
     raise ValueError(f"unsupported schedule {schedule!r}: use crontab(...) or seconds")
+
+
+def schedule_queue(entry: dict, alias: str) -> str:
+    """The queue a VTASKS_SCHEDULE entry enqueues on: its ``queue``, else its task's queue
+    (after VTASKS_ROUTES). Raises when the task cannot be resolved."""
+    from .results import resolve_task
+    from .routes import route
+
+    if entry.get("queue"):
+        return entry["queue"]
+    return route(resolve_task(entry["task"], backend=alias, strict=True)).queue_name
+
+
+def broker_schedules(broker, alias: str) -> list[tuple[str, object]]:
+    """(queue, ScheduleRecord) of every schedule the broker holds, by name: on the queues the
+    broker lists and the queues VTASKS_SCHEDULE names (a queue with nothing but a schedule may
+    not be listed)."""
+    from .conf import settings
+
+    queues = set(broker.queues())
+    for entry in (settings.VTASKS_SCHEDULE or {}).values():
+        try:
+            queues.add(schedule_queue(entry, alias))
+        except Exception:  # an invalid entry: the registrar logs it; here it names no queue
+            pass
+    out = [(q, s) for q in sorted(queues) for s in broker.schedule_list(q)]
+    return sorted(out, key=lambda qs: (qs[1].name, qs[0]))

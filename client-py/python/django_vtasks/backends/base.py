@@ -26,6 +26,7 @@ from ..broker import Broker, EnqueueFailed, EnqueueRequest, TaskRecord
 from ..conf import settings
 from ..envelope import check_size, max_payload, run_at_ms, template_for
 from ..exceptions import TaskCancelled, is_cancel_error
+from ..ratelimits import rate_limit_checks
 from ..results import (
     _normalize_args,
     _normalize_kwargs,
@@ -37,6 +38,7 @@ from ..results import (
     result_to_json,
 )
 from ..retry import RetryPolicy
+from ..routes import route, route_checks
 from ..signals import asend_many, send_many
 from ..tasks import VTask
 
@@ -95,6 +97,9 @@ class VTasksBackend(BaseTaskBackend):
         #: Django database whose transactions enqueue follows
         self.database = self.options.get("DATABASE", DEFAULT_DB_ALIAS)
 
+    def check(self, **kwargs):
+        return [*super().check(**kwargs), *route_checks(self), *rate_limit_checks(self)]
+
     # ---- broker -------------------------------------------------------------------------------
     def _broker_key(self) -> tuple:
         raise NotImplementedError
@@ -135,6 +140,7 @@ class VTasksBackend(BaseTaskBackend):
     ) -> tuple[TaskResult, EnqueueRequest]:
         ctx = ctx if ctx is not None else self._context()
         validated = ctx["validated"]
+        task = route(task)
         # each distinct task object once per call (TASKS may change between); by identity, as
         # hashing a Task dataclass hashes all its fields (each result holds its task, so no id is
         # reused within one call)
@@ -235,6 +241,7 @@ class VTasksBackend(BaseTaskBackend):
         specs: dict[int, tuple | None] = {}
         for item in items:
             task, args, kwargs = item
+            task = route(task)
             if type(kwargs) is not dict:
                 kwargs = dict(kwargs or {})
             spec: tuple | None = None

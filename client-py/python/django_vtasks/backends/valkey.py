@@ -237,7 +237,7 @@ class ValkeyTaskBackend(VTasksBackend):
                     "'django_vtasks.outbox' is not in INSTALLED_APPS.",
                     hint="Add 'django_vtasks.outbox' to INSTALLED_APPS and run manage.py migrate.",
                     obj=self,
-                    id="django_vtasks.E020",
+                    id="django_vtasks.E022",
                 )
             )
         if self.cluster and self.durable:

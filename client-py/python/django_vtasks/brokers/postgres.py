@@ -336,13 +336,41 @@ class PostgresBroker(Broker):
 
     @staticmethod
     def _schedules(rows):
-        return [ScheduleRecord(n, k, s, int(nr or 0), bytes(p or b"")) for n, k, s, nr, p in rows]
+        return [
+            ScheduleRecord(n, k, s, int(nr or 0), bytes(p or b""), bool(paused))
+            for n, k, s, nr, p, paused in rows
+        ]
 
     def schedule_list(self, queue):
         return self._schedules(self.q.schedule_list(queue))
 
     async def aschedule_list(self, queue):
         return self._schedules(await self.aq.schedule_list(queue))
+
+    def schedule_pause(self, queue, name):
+        return bool(self.q.schedule_pause(queue, name))
+
+    def schedule_resume(self, queue, name):
+        return bool(self.q.schedule_resume(queue, name))
+
+    def schedule_run(self, queue, name):
+        return self.q.schedule_run(queue, name)
+
+    # ---- rate limits ----------------------------------------------------------------------------
+    def rate_limit_set(self, queue, limit, per_ms, burst=None):
+        try:
+            return bool(self.q.rate_set(queue, int(limit), int(per_ms), burst))
+        except ValueError as e:  # refused arguments: a BrokerError, as Valkey's refusal is
+            raise BrokerError(f"cannot set a rate limit: {e}") from e
+
+    def rate_limit_off(self, queue):
+        return bool(self.q.rate_off(queue))
+
+    def rate_limit_get(self, queue):
+        r = self.q.rate_get(queue)
+        return (
+            None if r is None else dict(zip(("limit", "per_ms", "burst", "tokens"), r, strict=True))
+        )
 
     def tick(self):
         return int(self.q.schedule_tick() or 0)

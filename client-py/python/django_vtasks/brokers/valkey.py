@@ -220,8 +220,15 @@ class ValkeyBroker(Broker):
     @staticmethod
     def _schedules(reply) -> list[ScheduleRecord]:
         return [
-            ScheduleRecord(_s(n), _s(k), _s(s), int(nr or 0), bytes(p or b""))
-            for n, k, s, nr, p in reply or []
+            ScheduleRecord(
+                _s(row[0]),
+                _s(row[1]),
+                _s(row[2]),
+                int(row[3] or 0),
+                bytes(row[4] or b""),
+                bool(row[5]) if len(row) > 5 else False,
+            )
+            for row in reply or []
         ]
 
     @staticmethod
@@ -585,6 +592,43 @@ class ValkeyBroker(Broker):
         return self._schedules(
             await self.aclient.execute_command("VT.SCHEDULE", "LIST", self.key(queue))
         )
+
+    def schedule_pause(self, queue, name):
+        return bool(self.client.execute_command("VT.SCHEDULE", "PAUSE", self.key(queue), name))
+
+    def schedule_resume(self, queue, name):
+        return bool(self.client.execute_command("VT.SCHEDULE", "RESUME", self.key(queue), name))
+
+    def schedule_run(self, queue, name):
+        rid = self.client.execute_command("VT.SCHEDULE", "RUN", self.key(queue), name)
+        return _s(rid) if rid is not None else None
+
+    # ---- rate limits ----------------------------------------------------------------------------
+    @staticmethod
+    def _rate_set_args(key, limit, per_ms, burst):
+        args: list[Any] = ["VT.RATELIMIT", "SET", key, int(limit), "PER", int(per_ms)]
+        if burst is not None:
+            args += ["BURST", int(burst)]
+        return args
+
+    def rate_limit_set(self, queue, limit, per_ms, burst=None):
+        return bool(
+            self.client.execute_command(*self._rate_set_args(self.key(queue), limit, per_ms, burst))
+        )
+
+    async def arate_limit_set(self, queue, limit, per_ms, burst=None):
+        args = self._rate_set_args(self.key(queue), limit, per_ms, burst)
+        return bool(await self.aclient.execute_command(*args))
+
+    def rate_limit_off(self, queue):
+        return bool(self.client.execute_command("VT.RATELIMIT", "OFF", self.key(queue)))
+
+    async def arate_limit_off(self, queue):
+        return bool(await self.aclient.execute_command("VT.RATELIMIT", "OFF", self.key(queue)))
+
+    def rate_limit_get(self, queue):
+        reply = self.client.execute_command("VT.RATELIMIT", "GET", self.key(queue))
+        return None if reply is None else {_s(k): int(v) for k, v in _pairs(reply).items()}
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):

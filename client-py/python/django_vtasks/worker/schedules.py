@@ -14,6 +14,7 @@ from django.utils.json import normalize_json
 from ..conf import settings
 from ..envelope import build_envelope, encode_envelope
 from ..results import resolve_task
+from ..routes import route
 from ..scheduler import schedule_spec
 
 logger = logging.getLogger("django_vtasks.worker")
@@ -31,7 +32,7 @@ class ScheduleRegistrar:
         out = {}
         for name, entry in (settings.VTASKS_SCHEDULE or {}).items():
             try:
-                task = resolve_task(entry["task"], backend=alias, strict=True)
+                task = route(resolve_task(entry["task"], backend=alias, strict=True))
                 queue = entry.get("queue") or task.queue_name
                 priority = int(entry.get("priority", task.priority))
                 args = cast(list, normalize_json(list(entry.get("args") or [])))

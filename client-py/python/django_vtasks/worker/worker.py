@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings as django_settings
 from django.tasks import task_backends
 
+from .. import ratelimits
 from ..backends.base import VTasksBackend
 from ..conf import default_queues, settings
 from ..diagnostics import RetryLog
@@ -251,6 +252,7 @@ class Worker:
                 if self.scheduler:
                     await self.schedules.register()
                 await self._apply_dlq_cap()
+                await self._apply_rate_limits()
                 self.progress()
                 log.ok()
                 return
@@ -270,6 +272,12 @@ class Worker:
             logger.warning(
                 "could not apply VTASKS_DLQ_CAP=%s: %s", django_settings.VTASKS_DLQ_CAP, e
             )
+
+    async def _apply_rate_limits(self) -> None:
+        try:
+            await ratelimits.apply(self.broker, self.backend.options)
+        except Exception as e:  # e.g. an ACL user without VT.RATELIMIT: serve anyway, and say so
+            logger.warning("could not apply OPTIONS['RATE_LIMITS'] of %s: %s", self.alias, e)
 
     # ---- what the parts share -------------------------------------------------------------------
     @property

@@ -93,7 +93,8 @@ class Command(BaseCommand):
         total = sum(len(v) for v in ids.values() if isinstance(v, list))
         self.stdout.write(
             f"enqueued {total} tasks in {elapsed * 1000:.0f} ms: {ORDERS} orders (enqueue_many), "
-            f"{NEWSLETTERS} newsletters on queue 'emails', {RECEIPTS} priority-90 receipts, "
+            f"{NEWSLETTERS} newsletters on queue 'emails' (VTASKS_ROUTES; rate-limited to "
+            f"{settings.RATE_LIMITS['emails']}), {RECEIPTS} priority-90 receipts, "
             f"{DELAYED} orders delayed {DELAY_S}s, 1 card charge that fails, 1 order cancelled "
             f"({outcome}), and a flow: {len(ITEMS)} items packed in parallel, then ship_order, "
             "then notify_customer"
@@ -199,12 +200,21 @@ class Command(BaseCommand):
         broker = get_broker()
         for queue in broker.queues():
             self.stdout.write(f"{queue}: {json.dumps(broker.info(queue))}")
-            for s in broker.schedule_list(queue):
+            limit = broker.rate_limit_get(queue)
+            if limit:
                 self.stdout.write(
-                    f"  schedule {s.name}: {s.kind} {s.spec}, next run "
-                    f"{time.strftime('%H:%M:%S', time.gmtime(s.next_run_ms / 1000))}"
-                    f" UTC"
+                    f"  rate limit: {limit['limit']} per {limit['per_ms']} ms "
+                    f"(burst {limit['burst']}, {limit['tokens']} tokens now)"
                 )
+            for s in broker.schedule_list(queue):
+                when = (
+                    "paused"
+                    if s.paused
+                    else "next run "
+                    + time.strftime("%H:%M:%S", time.gmtime(s.next_run_ms / 1000))
+                    + " UTC"
+                )
+                self.stdout.write(f"  schedule {s.name}: {s.kind} {s.spec}, {when}")
 
     @staticmethod
     def _short_info(info):
