@@ -110,7 +110,8 @@ def main():
     if a.valkey_url:
         sc = valkey_server_cost(a.valkey_url)
         print(
-            f"valkey: VT.FETCHBATCH server time {sc['unlimited']} us unlimited, {sc['limited']} us limited"
+            f"valkey: VT.FETCHBATCH server time {sc['unlimited']} us unlimited, "
+            f"{sc['limited']} us limited"
         )
 
 

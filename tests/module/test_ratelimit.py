@@ -24,7 +24,7 @@ def get(c, q=Q):
     if r is None:
         return None
     if isinstance(r, list):
-        r = dict(zip(r[::2], r[1::2]))
+        r = dict(zip(r[::2], r[1::2], strict=True))
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in r.items()}
 
 

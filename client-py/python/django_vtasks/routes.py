@@ -18,6 +18,7 @@ route. The system check ``django_vtasks.E020`` refuses a malformed entry when Dj
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from typing import Any
 
 from django.core.signals import setting_changed
 from django.tasks import DEFAULT_TASK_QUEUE_NAME
@@ -96,7 +97,7 @@ def route(task):
     hit = match(task.module_path)
     if hit is not None:
         queue, priority = hit
-        changes = {}
+        changes: dict[str, Any] = {}
         if queue is not None and task.queue_name == DEFAULT_TASK_QUEUE_NAME:
             changes["queue_name"] = queue
         if priority is not None and task.priority == DEFAULT_TASK_PRIORITY:

@@ -46,7 +46,9 @@ class ScheduleAdmin(admin.ModelAdmin):
         info = self.opts.app_label, self.opts.model_name
         return [
             path(
-                "", self.admin_site.admin_view(self.changelist_view), name="%s_%s_changelist" % info
+                "",
+                self.admin_site.admin_view(self.changelist_view),
+                name=f"{info[0]}_{info[1]}_changelist",
             )
         ]
 
@@ -90,7 +92,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     def _url(self) -> str:
         return reverse(
-            "admin:%s_%s_changelist" % (self.opts.app_label, self.opts.model_name),
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist",
             current_app=self.admin_site.name,
         )
 
