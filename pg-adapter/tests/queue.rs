@@ -123,6 +123,31 @@ fn stale_ack_and_fail_are_noops() {
 }
 
 #[test]
+fn cancel_buries_waiting_tasks_and_flags_running_ones() {
+    let db = TestDb::new();
+    let q = db.queue(cfg());
+    let ids = q.enqueue("c", payloads(3, "t"), EnqueueOpts::default()).unwrap();
+    let ids: Vec<String> = ids.into_iter().map(Option::unwrap).collect();
+    let d = q.fetch(&qs("c"), "w", 2, Some(60_000), None).unwrap().unwrap();
+    assert_eq!(q.cancel("c", &ids[2], "gone").unwrap().as_deref(), Some("removed"));
+    assert_eq!(q.cancel("c", &ids[0], "").unwrap().as_deref(), Some("flagged"));
+    assert_eq!(q.cancel("c", &ids[0], "again").unwrap().as_deref(), Some("flagged"));
+    assert_eq!(q.cancel("c", &ids[2], "").unwrap(), None, "dead: nothing to cancel");
+    assert_eq!(q.get("c", &ids[2]).unwrap().unwrap().error, "cancelled: gone");
+    // extend leaves the flagged lease alone and names it; a retry of it is a burial
+    assert_eq!(q.extend_cancelled("c", "w", 60_000).unwrap(), (1, vec![ids[0].clone()]));
+    assert_eq!(q.extend("c", "w", 60_000).unwrap(), 1);
+    assert_eq!(q.fail("c", &ids[0], &d[0].token, "x", Some(0)).unwrap().as_deref(), Some("dead"));
+    assert_eq!(q.get("c", &ids[0]).unwrap().unwrap().state, "dead");
+    // a flagged task whose worker is rescued is buried with the cancel error, not made ready
+    assert_eq!(q.cancel("c", &ids[1], "bye").unwrap().as_deref(), Some("flagged"));
+    assert_eq!(q.rescue("c", Some("w")).unwrap(), 0);
+    assert_eq!(q.get("c", &ids[1]).unwrap().unwrap().error, "cancelled: bye");
+    let i = info(&q, "c");
+    assert_eq!((i["ready"], i["inflight"], i["dead"]), (0, 0, 3));
+}
+
+#[test]
 fn ack_with_results_stores_results_in_the_same_statement() {
     let db = TestDb::new();
     let q = db.queue(cfg());

@@ -443,6 +443,9 @@ class JobRunner:
                     logger.exception("a task_finished receiver failed")
                 if control.cancel_requested or control.overdue:
                     # (overdue: set by the heartbeat thread, seen even before the loop ran)
+                    current = asyncio.current_task()
+                    if control.cancel_requested and current is not None and current.cancelling():
+                        current.uncancel()  # the task swallowed our cancel and returned
                     await self._ack_after_cancel(d, data)
                     w.slots.release()
                     released = True
