@@ -784,8 +784,9 @@ def primary_kill(ctx: Ctx, durable: bool, delay: float = 0.0):
     ctx.feeder(rate=1000, ms=5, batch=50)
     # tasks that wait 2 s in the delayed set, enqueued every 4 ms: at a crash, an acknowledged one
     # the replica never got cannot have run yet (the fast feed is mostly fetched within a
-    # millisecond of its enqueue: it runs on the old primary)
-    ctx.feeder(rate=500, ms=0, batch=2, delay_ms=2000, tag="D")
+    # millisecond of its enqueue: it runs on the old primary). A durable enqueue waits a round
+    # trip to the replica (2 x the link delay), so that feed goes in batches of 10 every 40 ms.
+    ctx.feeder(rate=250 if durable else 500, ms=0, batch=10 if durable else 2, delay_ms=2000, tag="D")
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
     crashes = []
