@@ -86,7 +86,8 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
         note_keys = ("kills_mid_task", "redelivered", "redelivered_after_kill", "tasks_running_at_sigterm",
                      "same_id_redelivery_s(min,max,n)", "new_id_redelivery_s(min,max,n)", "ratio_during_hold",
                      "ticks", "expected_ticks", "sends", "peak_used_memory", "health_age_at_end_of_outage_s",
-                     "connections_terminated", "downtime_s")
+                     "connections_terminated", "downtime_s", "durable", "lost_per_crash", "lag_bytes_before_crash",
+                     "bursts", "rate_median", "worst_over_median", "stalls", "deadlocks_workers", "deadlocks_pg_log")
         notes = ", ".join(f"{k}={r.notes[k]}" for k in note_keys if k in r.notes)
         if r.violations:
             notes = (notes + "; " if notes else "") + " / ".join(v[:160] for v in r.violations[:2])
