@@ -33,7 +33,9 @@ QUICK = [
     ("hostile", "valkey"),
     ("cluster_failover", "valkey"),
     ("client_pause", "valkey"),
+    ("primary_kill_durable", "valkey"),  # issue 11: a crashed primary loses no durable enqueue
     ("sigkill", "postgres"),
+    ("pg_burst", "postgres"),  # issue 12: 3 bursts of 10,000, no stall, no deadlock (≈ 20 s)
 ]
 
 

@@ -1,8 +1,10 @@
 """Continuous producer: enqueues `record` tasks at a steady rate, with deterministic ids.
 
-A batch whose enqueue raised (the broker is restarting, connections were killed...) is retried
-with the *same* ids until it is confirmed (enqueue is idempotent by id), so `fed` is exactly the
-set of ids the broker acknowledged: conservation is checked against it.
+A batch whose enqueue raised (the broker is restarting, connections were killed, a durable
+enqueue's WAIT fell short...) is retried with the *same* ids until it is confirmed (enqueue is
+idempotent by id while the task exists), so `fed` is exactly the set of ids the broker
+acknowledged: conservation is checked against it. Such a task is in `resent`: if it already ran
+and was acked before the retry, the retry enqueues it again (a producer's at-least-once).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Feeder(threading.Thread):
         max_attempts: int | None = 10,
         limit: int | None = None,
         unique: bool = False,
+        delay_ms: int = 0,
     ):
         super().__init__(daemon=True, name="gauntlet-feeder")
         self.hb = hb
@@ -40,9 +43,13 @@ class Feeder(threading.Thread):
         #: enqueue each task alone under UNIQUE u:<gid> (held 10 min, released when acked): the
         #: leak check then proves keys are released through crashes and redeliveries
         self.unique = unique
+        #: run each task this long after its enqueue (it waits in the broker's delayed set)
+        self.delay_ms = delay_ms
         self.fed: dict[str, float] = {}
         self.suppressed: list[str] = []
         self.errors = 0
+        self.error_kinds: dict[str, int] = {}
+        self.resent: set[str] = set()
         self.last_error = ""
         self.n = 0
         self._stop = threading.Event()
@@ -87,11 +94,22 @@ class Feeder(threading.Thread):
                                 max_attempts=self.max_attempts,
                                 unique=(f"u:{gids[0]}", 600_000),
                             )
+                        elif self.delay_ms:
+                            ids = self.hb.enqueue(
+                                self.queue,
+                                items,
+                                max_attempts=self.max_attempts,
+                                at_ms=int(time.time() * 1000) + self.delay_ms,
+                            )
                         else:
                             ids = self.hb.enqueue(self.queue, items, max_attempts=self.max_attempts)
                         break
                     except Exception as e:  # retried with the same ids
                         self.errors += 1
+                        self.error_kinds[type(e).__name__] = (
+                            self.error_kinds.get(type(e).__name__, 0) + 1
+                        )
+                        self.resent.update(gids)
                         self.last_error = repr(e)[:300]
                         t_fail = t_fail or time.monotonic()
                         if self._stop.is_set() and time.monotonic() - t_fail > 15:

@@ -75,8 +75,11 @@ class ValkeyHB:
         items: list[tuple[str, bytes]],
         max_attempts: int | None = None,
         unique: tuple[str, int] | None = None,
+        at_ms: int | None = None,
     ) -> list:
         argv = ["VT.ENQUEUE", self.key(queue)]
+        if at_ms is not None:
+            argv += ["AT", at_ms]
         if unique:
             argv += ["UNIQUE", unique[0], unique[1]]
         if max_attempts:
@@ -109,6 +112,50 @@ class ValkeyHB:
 
     def close(self):
         self.c.close()
+
+
+class BrokerHB(ValkeyHB):
+    """A ValkeyHB whose enqueue is django_vtasks' own ValkeyBroker (the producer path a Django
+    backend takes), with its OPTIONS["DURABLE"] as ``durable`` = (replicas, aof, timeout ms) or
+    None. A NotDurable (the tasks went in, the WAIT/WAITAOF fell short) raises like any failed
+    enqueue: the feeder retries the batch with the same ids until it is confirmed."""
+
+    def __init__(self, port: int, durable: tuple[int, bool, int] | None):
+        super().__init__(port)
+        self.durable = durable
+        self._broker = None
+
+    @property
+    def broker(self):
+        if self._broker is None:
+            from django_vtasks.brokers.valkey import ValkeyBroker
+
+            self._broker = ValkeyBroker(
+                f"valkey://127.0.0.1:{self.port}/0",
+                durable=self.durable,
+                connect_options={"socket_timeout": 5, "socket_connect_timeout": 2},
+            )
+        return self._broker
+
+    def retarget(self, port: int):
+        super().retarget(port)
+        self._broker = None
+
+    def enqueue(
+        self,
+        queue: str,
+        items: list[tuple[str, bytes]],
+        max_attempts: int | None = None,
+        unique: tuple[str, int] | None = None,
+        at_ms: int | None = None,
+    ) -> list:
+        from django_vtasks.broker import EnqueueRequest
+
+        reqs = [
+            EnqueueRequest(queue, i, p, at_ms=at_ms, max_attempts=max_attempts, unique=unique)
+            for i, p in items
+        ]
+        return self.broker.enqueue(reqs)
 
 
 class PgHB:

@@ -4,8 +4,10 @@ open connection, forcing clients to reconnect."""
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
+import time
 
 from .util import free_port
 
@@ -52,15 +54,18 @@ class Proxy:
         except OSError:
             pass
         finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            with self.lock:
-                self.conns.discard(a)
-                self.conns.discard(b)
+            self._close_pair(a, b)
+
+    def _close_pair(self, a: socket.socket, b: socket.socket):
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        with self.lock:
+            self.conns.discard(a)
+            self.conns.discard(b)
 
     def drop_all(self):
         with self.lock:
@@ -82,3 +87,53 @@ class Proxy:
         except OSError:
             pass
         self.drop_all()
+
+
+class DelayProxy(Proxy):
+    """A Proxy whose bytes arrive ``delay_s`` after they were sent, both ways: a link with that
+    latency and the same throughput (e.g. a replica's link to its primary in another zone)."""
+
+    def __init__(self, upstream_port: int, delay_s: float):
+        self.delay = delay_s
+        self.severed = threading.Event()
+        super().__init__(upstream_port)
+
+    def sever(self):
+        """The link dies with what is in flight (a host crash, a partition): undelivered bytes
+        are dropped, every connection closed."""
+        self.severed.set()
+        self.close()
+
+    def _pipe(self, a: socket.socket, b: socket.socket):
+        q: queue.Queue = queue.Queue()
+
+        def deliver():
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                due, d = item
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                if self.severed.is_set():
+                    return
+                try:
+                    b.sendall(d)
+                except OSError:
+                    return
+
+        t = threading.Thread(target=deliver, daemon=True)
+        t.start()
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                q.put((time.monotonic() + self.delay, d))
+        except OSError:
+            pass
+        finally:
+            q.put(None)
+            t.join(self.delay + 5)
+            self._close_pair(a, b)

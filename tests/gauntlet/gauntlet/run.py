@@ -93,8 +93,7 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
         rec = (
             "-"
             if r.recovery_s is None and r.recovery_bound_s is None
-            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s "
-            f"({r.recovery_bound_s:.0f} s)"
+            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s ({r.recovery_bound_s:.0f} s)"
         )
         note_keys = (
             "kills_mid_task",
@@ -111,6 +110,15 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
             "health_age_at_end_of_outage_s",
             "connections_terminated",
             "downtime_s",
+            "durable",
+            "lost_per_crash",
+            "lag_bytes_before_crash",
+            "bursts",
+            "rate_median",
+            "worst_over_median",
+            "stalls",
+            "deadlocks_workers",
+            "deadlocks_pg_log",
         )
         notes = ", ".join(f"{k}={r.notes[k]}" for k in note_keys if k in r.notes)
         if r.violations:

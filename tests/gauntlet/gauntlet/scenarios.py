@@ -14,6 +14,7 @@ from itertools import pairwise
 from .core import QUEUE, Ctx, Skip, Vacuous
 from .hbroker import PREFIX
 from .hostile import run_hostile
+from .pg_burst import pg_burst
 from .util import wait_until
 
 
@@ -32,9 +33,14 @@ def _running_on(ctx: Ctx, pid: int) -> list[str]:
 
 def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
     """A duplicate is explained when its previous execution ended around a server fault (the ack
-    was in flight when the connection/server died) or the fault hit while it ran."""
+    was in flight when the connection/server died) or the fault hit while it ran, or when the
+    feeder re-sent the task after a failed enqueue and the previous execution had ended before
+    that re-send was acknowledged (the re-send enqueued it again: see feeder.py)."""
 
     def explained(prev, nxt):
+        for f in ctx.feeders:
+            if prev.gid in f.resent and prev.end is not None and prev.end <= f.fed.get(prev.gid, 0):
+                return True
         for tf in ctx.fault_times:
             end = prev.end if prev.end is not None else nxt.start
             if prev.start - margin <= tf <= end + margin:
@@ -44,16 +50,17 @@ def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
     return explained
 
 
-# --------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------
 def _check_after_server_fault(
-    ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0
+    ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0, lossy: bool = False
 ):
     """After a server-side fault: throughput back within ``bound``, drain (two leases + slack for
-    redeliveries), then every invariant, re-executions near a fault being explained by it."""
+    redeliveries), then every invariant, re-executions near a fault being explained by it.
+    ``lossy``: see Ctx.quiesce."""
     ctx.wait_recovery_window(bound, base)
     ctx.stop_feeding()
     expected = set(ctx.fed())
-    ctx.quiesce(expected, timeout=lease * 2 + 40)
+    ctx.quiesce(expected, timeout=lease * 2 + 40, lossy=lossy)
     ctx.recovery(base, bound)
     ctx.check(expected, explained_dup=_server_fault_explainer(ctx, margin=margin))
 
@@ -789,6 +796,200 @@ def failover_alive(ctx: Ctx):
     _server_alive(ctx, rep, "new primary")
 
 
+# OPTIONS["DURABLE"] = {"replicas": 1, "timeout": 1} as the broker takes it: (replicas, aof, ms)
+DURABLE = (1, False, 1000)
+#: an acknowledged enqueue lost at an unannounced primary crash must have been acknowledged
+#: within this many seconds before the crash (asynchronous replication's window); older = a bug
+LOSS_WINDOW_S = 1.0
+#: one-way latency of the replication link in the *_lagged / *_durable variants (a replica in
+#: another zone); on loopback the replica is microseconds behind and a crash rarely loses anything
+REPL_DELAY_S = 0.010
+
+
+def _repl_offset(client) -> int:
+    return int(client.info("replication").get("master_repl_offset", 0))
+
+
+def _link_to(ctx: Ctx, primary, delay: float):
+    """(port, link) a replica of ``primary`` connects to: the primary's own (link None), or a
+    DelayProxy's."""
+    if not delay:
+        return primary.port, None
+    from .proxy import DelayProxy
+
+    px = DelayProxy(primary.port, delay)
+    ctx.extra_closers.append(px.close)
+    return px.port, px
+
+
+def _restart_as_replica_of(ctx: Ctx, srv, primary, delay: float = 0.0):
+    """What an operator does with a crashed former primary: start it again as a replica of the
+    new primary, and wait until it is linked and in sync (state online on the primary)."""
+    argv, skip = [], 0
+    for x in srv.extra:  # drop a previous --replicaof <host> <port>
+        if skip:
+            skip -= 1
+        elif x == "--replicaof":
+            skip = 2
+        else:
+            argv.append(x)
+    port, link = _link_to(ctx, primary, delay)
+    srv.extra = argv + ["--replicaof", "127.0.0.1", str(port)]
+    srv.start()
+    pc, sc = primary.client(), srv.client()
+
+    def rejoined():
+        s0 = pc.info("replication").get("slave0")
+        return (
+            sc.info("replication").get("master_link_status") == "up"
+            and isinstance(s0, dict)
+            and s0.get("state") == "online"
+        )
+
+    try:
+        wait_until(
+            rejoined,
+            30,
+            what=f"{srv.name} to rejoin as a replica of :{primary.port} (state online)",
+        )
+    finally:
+        pc.close()
+        sc.close()
+    return link
+
+
+def primary_kill(ctx: Ctx, durable: bool, delay: float = 0.0):
+    """The primary SIGKILLed under load (feeder + workers), its replica promoted with REPLICAOF
+    NO ONE and clients moved to it (through a proxy), the killed server restarted as a replica of
+    the new primary; repeated (full: 3 crashes, the rejoined server is the next one promoted).
+    ``delay``: one-way latency of the replication link (a DelayProxy); the crash is then a host
+    crash: the link is severed with what was in flight, then the process SIGKILLed (a process
+    crash alone leaves the kernel to deliver what the primary had written).
+
+    ``durable``: the feeder enqueues through ValkeyBroker with OPTIONS["DURABLE"] (WAIT 1 replica
+    before enqueue returns): no acknowledged enqueue may be lost, and the feed must have overlapped
+    a crash (an enqueue lost its connection, or the replica was behind), else it proved nothing. Without it, the acknowledged enqueues lost at
+    each crash are counted with how far behind the replica was (the loss window of asynchronous
+    replication); a loss acknowledged more than LOSS_WINDOW_S before a crash is a violation."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    from .hbroker import BrokerHB
+    from .proxy import Proxy
+    from .servers import ValkeyServer
+
+    lease = 10.0
+    ctx.start_backend()
+    prim = ctx.valkey
+    port, link = _link_to(ctx, prim, delay)
+    rep = ValkeyServer(
+        ctx.dir / "replica", extra=["--replicaof", "127.0.0.1", str(port)], name="replica"
+    ).start()
+    ctx.replica = rep
+    ctx.extra_closers += [prim.stop, rep.stop]  # they swap roles: stop both whatever happens
+    wait_until(
+        lambda: rep.client().info("replication").get("master_link_status") == "up",
+        20,
+        what="replica link up",
+    )
+    px = Proxy(prim.port)
+    ctx.extra_closers.append(px.close)
+    ctx.hb.close()
+    ctx.hb = BrokerHB(px.port, DURABLE if durable else None)
+    ctx.result.notes["durable"] = "replicas=1, timeout=1s" if durable else "off"
+    ctx.result.notes["replication_link_delay_ms"] = delay * 1000
+    fleet = ctx.start_fleet(0, lease=lease, concurrency=16)
+    fleet.env["GAUNTLET_VALKEY_URL"] = f"valkey://127.0.0.1:{px.port}/0"
+    fleet.spawn()
+    fleet.spawn()
+    ctx.feeder(rate=1000, ms=5, batch=50)
+    # tasks that wait 2 s in the delayed set, enqueued every 4 ms: at a crash, an acknowledged one
+    # the replica never got cannot have run yet (the fast feed is mostly fetched within a
+    # millisecond of its enqueue: it runs on the old primary). A durable enqueue waits a round
+    # trip to the replica (2 x the link delay), so that feed goes in batches of 10 every 40 ms.
+    ctx.feeder(
+        rate=250 if durable else 500, ms=0, batch=10 if durable else 2, delay_ms=2000, tag="D"
+    )
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    crashes = []
+    # durable: enqueues wait for a replica, so the feed is slow until the crashed server rejoined
+    bound = 20.0 if durable else 10.0
+    for _ in range(1 if ctx.quick else 3):
+        pace(1.0 + ctx.rng.random())
+        inflight = wait_until(lambda: ctx.hb.info(QUEUE), 10, what="VT.INFO").get("inflight")
+        pc, rc = prim.client(), rep.client()
+        offset = _repl_offset(pc)
+        t_kill = time.time()
+        if link:
+            link.sever()
+        prim.kill(signal.SIGKILL)
+        pc.close()
+        # how much of the stream the primary had written just before the crash the replica missed
+        behind = offset - _repl_offset(rc)
+        ctx.fault(
+            f"{'host crash (link severed) + ' if link else ''}SIGKILL primary {prim.name} :{prim.port} "
+            f"(replica {behind} B behind, inflight {inflight})"
+        )
+        rc.execute_command("REPLICAOF", "NO", "ONE")
+        px.switch(rep.port)
+        t_promoted = time.time()
+        rc.close()
+        link = _restart_as_replica_of(ctx, prim, rep, delay)
+        crashes.append(
+            {
+                "t": t_kill,
+                "lag_bytes": behind,
+                "promoted_after_s": round(t_promoted - t_kill, 3),
+                "rejoined_after_s": round(time.time() - t_kill, 2),
+            }
+        )
+        prim, rep = rep, prim
+        ctx.wait_recovery_window(bound, base)
+    ctx.replica = rep  # both servers are stopped at close (ctx.valkey is the other one)
+    ctx.valkey = prim
+    _check_after_server_fault(ctx, base, lease, bound=bound, lossy=True)
+    _judge_crash_losses(ctx, crashes, durable)
+    ctx.result.notes["feeder_errors"] = {
+        k: v for f in ctx.feeders for k, v in f.error_kinds.items()
+    }
+    for s in (prim, rep):
+        _server_alive(ctx, s, s.name)
+    if (
+        durable
+        and not ctx.result.notes["feeder_errors"].get("BrokerError")
+        and not any(c["lag_bytes"] > 0 for c in crashes)
+    ):
+        raise Vacuous(
+            "the feed did not overlap a crash (no enqueue lost its connection, the replica was never behind)"
+        )
+
+
+def _judge_crash_losses(ctx: Ctx, crashes: list[dict], durable: bool):
+    """After ctx.check: the acknowledged enqueues lost, by crash (``crashes``: dicts with the
+    crash time ``t`` and ``lag_bytes``). Durable: a loss stays a violation. Otherwise a loss
+    acknowledged within LOSS_WINDOW_S before a crash is the measured window of asynchronous
+    replication (notes), any other loss a violation. ``lag_bytes``: how much of the replication
+    stream the primary had written just before the crash the replica never received."""
+    fed = ctx.fed()
+    lost = sorted(set(fed) - ctx.ledger.finished_gids())
+    for c in crashes:
+        mine = [g for g in lost if c["t"] - LOSS_WINDOW_S <= fed[g] <= c["t"] + 0.5]
+        c["lost"] = len(mine)
+        c["lost_acked_before_crash_ms"] = [round((c["t"] - fed[g]) * 1000, 1) for g in mine[:5]]
+        del c["t"]
+    ctx.result.notes["crashes"] = crashes
+    ctx.result.notes["lost_per_crash"] = [c["lost"] for c in crashes]
+    ctx.result.notes["lag_bytes_before_crash"] = [c["lag_bytes"] for c in crashes]
+    if not durable:
+        in_window = sum(c["lost"] for c in crashes)
+        ctx.result.violations = [v for v in ctx.result.violations if "task(s) lost" not in v]
+        if in_window != len(lost):
+            ctx.result.violations.append(
+                f"{len(lost) - in_window} acknowledged enqueue(s) lost outside the {LOSS_WINDOW_S}s before a crash "
+                f"(asynchronous replication does not explain them), e.g. {lost[:5]}"
+            )
+
+
 def failover(ctx: Ctx):
     """Failover to a replica: writes paused on the primary, the replica caught up, REPLICAOF NO
     ONE, workers (through a proxy) moved to it, the old primary killed. Nothing acknowledged is
@@ -841,21 +1042,16 @@ def failover(ctx: Ctx):
     rc.close()
 
 
-def cluster_failover(ctx: Ctx, kill_old: bool = True):
-    """A Valkey Cluster (3 primaries with the module, a replica for the queue's shard) under
-    load, with timer work due; `CLUSTER FAILOVER` on the replica (coordinated: the primary pauses
-    writes until the replica caught up), then the old primary is SIGKILLed (``kill_old``) or kept
-    alive as the new replica. Workers and the feeder use cluster clients that follow the MOVED
-    redirections; the new primary's timers take over leases."""
-    if ctx.backend != "valkey":
-        raise Skip("Valkey only")
+def _cluster_with_replica(ctx: Ctx, lease: float, concurrency: int = 8):
+    """A Valkey Cluster of 3 primaries with the module (node0-2) and node3 replicating the shard
+    of the gauntlet queue's slot; ctx.hb enters through another node and two workers through a
+    third, on cluster clients that follow MOVED. Returns (nodes, clients, owner index, slot)."""
     from valkey.crc import key_slot
 
     from .hbroker import ValkeyHB
     from .servers import ValkeyServer
     from .util import free_port
 
-    lease = 10.0
     nodes = []
     for i in range(4):
         bus = free_port()
@@ -904,16 +1100,29 @@ def cluster_failover(ctx: Ctx, kill_old: bool = True):
         30,
         what="cluster ok, replica linked",
     )
-    prim, rep = nodes[owner], nodes[3]
     ctx.hb = ValkeyHB(nodes[(owner + 1) % 3].port, cluster=True)  # enters through another node
     fleet = ctx.start_fleet(
         0,
         lease=lease,
-        concurrency=8,
+        concurrency=concurrency,
         env={"GAUNTLET_VALKEY_URL": nodes[(owner + 2) % 3].url, "GAUNTLET_VALKEY_CLUSTER": "1"},
     )
     fleet.spawn()
     fleet.spawn()
+    return nodes, clients, owner, slot
+
+
+def cluster_failover(ctx: Ctx, kill_old: bool = True):
+    """A Valkey Cluster (3 primaries with the module, a replica for the queue's shard) under
+    load, with timer work due; `CLUSTER FAILOVER` on the replica (coordinated: the primary pauses
+    writes until the replica caught up), then the old primary is SIGKILLed (``kill_old``) or kept
+    alive as the new replica. Workers and the feeder use cluster clients that follow the MOVED
+    redirections; the new primary's timers take over leases."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    lease = 10.0
+    nodes, clients, owner, slot = _cluster_with_replica(ctx, lease)
+    prim, rep = nodes[owner], nodes[3]
     ctx.feeder(rate=150, ms=20)
     ctx.wait_flowing()
     base = ctx.baseline(2.0)
@@ -951,6 +1160,65 @@ def cluster_failover(ctx: Ctx, kill_old: bool = True):
         c.close()
 
 
+def cluster_takeover(ctx: Ctx):
+    """Valkey Cluster: the primary of the queue's shard SIGKILLed under load (feeder + workers
+    on cluster clients), `CLUSTER FAILOVER TAKEOVER` on its replica at once (no agreement, no
+    catch-up: what an operator does when the primary is gone), then the killed node restarted
+    from its nodes.conf: it must rejoin as a replica of the new primary. OPTIONS["DURABLE"] is
+    refused with CLUSTER (django_vtasks.E007), so acknowledged enqueues may be lost: they are
+    counted by crash, as in ``primary_kill``; a loss outside the window is a violation."""
+    if ctx.backend != "valkey":
+        raise Skip("Valkey only")
+    lease = 10.0
+    nodes, clients, owner, slot = _cluster_with_replica(ctx, lease, concurrency=16)
+    prim = nodes[owner]
+    pc, rc = clients[owner], clients[3]
+    ctx.feeder(rate=1000, ms=5, batch=20)
+    ctx.feeder(rate=500, ms=0, batch=2, delay_ms=2000, tag="D")  # see primary_kill
+    ctx.wait_flowing()
+    base = ctx.baseline(2.0)
+    pace(1.0 + ctx.rng.random())
+    inflight = ctx.hb.info(QUEUE).get("inflight")
+    offset = _repl_offset(pc)
+    t_kill = time.time()
+    prim.kill(signal.SIGKILL)
+    lag = offset - _repl_offset(rc)
+    ctx.fault(
+        f"SIGKILL node{owner} (primary of slot {slot}; replica {lag} B behind, inflight {inflight})"
+    )
+    rc.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    wait_until(
+        lambda: rc.info("replication").get("role") == "master", 20, what="the replica to take over"
+    )
+    t_promoted = time.time()
+    prim.start()  # same dir: its nodes.conf; the cluster's newer epoch makes it a replica
+    wait_until(
+        lambda: (
+            pc.info("replication").get("role") == "slave"
+            and pc.info("replication").get("master_link_status") == "up"
+        ),
+        60,
+        what=f"node{owner} to rejoin as a replica of node3",
+    )
+    crashes = [
+        {
+            "t": t_kill,
+            "lag_bytes": lag,
+            "promoted_after_s": round(t_promoted - t_kill, 3),
+            "rejoined_after_s": round(time.time() - t_kill, 2),
+        }
+    ]
+    ctx.result.notes["takeover"] = (
+        f"node{owner} -> node3, slot {slot}, node{owner} rejoined as replica"
+    )
+    _check_after_server_fault(ctx, base, lease, bound=10.0, lossy=True)
+    _judge_crash_losses(ctx, crashes, durable=False)
+    for n in nodes:
+        _server_alive(ctx, n, n.name)
+    for c in clients:
+        c.close()
+
+
 # name -> (function, backends)
 SCENARIOS = {
     "sigkill": (sigkill, ("valkey", "postgres")),
@@ -966,9 +1234,20 @@ SCENARIOS = {
     "client_pause": (client_pause, ("valkey",)),
     "shutdown_replica": (shutdown_replica, ("valkey",)),
     "failover_alive": (failover_alive, ("valkey",)),
+    "primary_kill": (lambda ctx: primary_kill(ctx, durable=False), ("valkey",)),
+    "primary_kill_lagged": (
+        lambda ctx: primary_kill(ctx, durable=False, delay=REPL_DELAY_S),
+        ("valkey",),
+    ),
+    "primary_kill_durable": (
+        lambda ctx: primary_kill(ctx, durable=True, delay=REPL_DELAY_S),
+        ("valkey",),
+    ),
+    "cluster_takeover": (cluster_takeover, ("valkey",)),
     "pg_terminate": (pg_terminate, ("postgres",)),
     "pg_restart": (pg_restart, ("postgres",)),
     "pg_xmin": (pg_xmin, ("postgres",)),
+    "pg_burst": (pg_burst, ("postgres",)),
     "scheduler": (scheduler, ("valkey", "postgres")),
     "hostile": (hostile, ("valkey",)),
 }
