@@ -525,13 +525,16 @@ class Broker(ABC):
     async def atick(self) -> int:
         return 0
 
-    def maintain(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    def maintain(self) -> dict[str, int] | None:
         """Client-driven timer duties besides schedules: return expired leases to ready on every
         queue, purge expired unique keys and results (brokers without
-        ``supports_server_timers``); a no-op where the server does it."""
+        ``supports_server_timers``); a no-op where the server does it. Returns what one call
+        did (e.g. ``results_purged``), or None."""
+        return None
 
-    async def amaintain(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    async def amaintain(self) -> dict[str, int] | None:
         """See maintain()."""
+        return None
 
     async def aset_dlq_cap(self, cap: int) -> None:
         """Set the server's dead-letter cap (brokers with ``supports_dlq_cap``)."""

@@ -84,7 +84,7 @@ def schedule_queue(entry: dict, alias: str) -> str:
     return route(resolve_task(entry["task"], backend=alias, strict=True)).queue_name
 
 
-def broker_schedules(broker, alias: str) -> list[tuple[str, ScheduleRecord]]:
+def broker_schedules(broker, alias: str) -> "list[tuple[str, ScheduleRecord]]":
     """(queue, ScheduleRecord) of every schedule the broker holds, by name: on the queues the
     broker lists and the queues VTASKS_SCHEDULE names (a queue with nothing but a schedule may
     not be listed)."""

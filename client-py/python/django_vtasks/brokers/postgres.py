@@ -379,10 +379,10 @@ class PostgresBroker(Broker):
         return int(await self.aq.schedule_tick() or 0)
 
     def maintain(self):
-        self.q.maintain()
+        return self.q.maintain()
 
     async def amaintain(self):
-        await self.aq.maintain()
+        return await self.aq.maintain()
 
     # ---- results --------------------------------------------------------------------------------
     def store_result(self, id, data, ttl_ms):
