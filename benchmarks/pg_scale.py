@@ -8,11 +8,11 @@ bursts of churn cost the Postgres backend, through the client the worker uses
 
 1. **Backlog**: ``--ready`` ready tasks loaded with one ``INSERT ... SELECT generate_series``
    of the shape ``enqueue`` writes (a uuid4 id, a real encoded envelope as payload, the column
-   defaults), then ``VACUUM ANALYZE`` (what autovacuum does after a load) and a CHECKPOINT. Then ``--rounds``
-   rounds from one client: ``fetch(--batch)`` timed, then ``ack`` of that batch with its results
-   timed, p50/p99/max of each, and the shared-buffer pages the rounds touched (hit or read, from
-   pg_stat_database: the work done, which the box's load does not change). The same on a queue
-   of 2,000 rows is the baseline.
+   defaults), then ``VACUUM ANALYZE`` (what autovacuum does after a load) and a CHECKPOINT. Then
+   ``--rounds`` rounds from one client: ``fetch(--batch)`` timed, then ``ack`` of that batch with
+   its results timed, p50/p99/max of each, and the shared-buffer pages the rounds touched (hit or
+   read, from pg_stat_database: the work done, which the box's load does not change). The same on
+   a queue of 2,000 rows is the baseline.
 2. **Results**: ``--results`` expired results (``id`` uuid4, ~100 B of JSON, as ``ack`` stores
    them) loaded with SQL; ``ack`` with results timed next to them; then ``maintain()`` called
    until it purges nothing: calls, ms per call (p50/p99), total; table and index sizes before,
@@ -45,7 +45,10 @@ import orjson
 DB = "bench_scale"
 BIG, SMALL, CHURN = "big", "small", "churn"
 # result rows as the worker stores them (django_vtasks: the TaskResult's JSON)
-RESULT_JSON = b'{"status":"SUCCESSFUL","return_value":null,"errors":[],"started_at":1764590000.0,"finished_at":1764590000.01}'
+RESULT_JSON = (
+    b'{"status":"SUCCESSFUL","return_value":null,"errors":[],'
+    b'"started_at":1764590000.0,"finished_at":1764590000.01}'
+)
 TABLES = ("vtasks_task", "vtasks_result")
 # the `tuned` arm: vtasks_result vacuumed as early as vtasks_task is (a candidate migration)
 TUNED_RESULT = (
@@ -257,7 +260,8 @@ class Bench:
         t0 = time.perf_counter()
         self.sql.execute(
             "INSERT INTO vtasks_result (id, data, expires_at) "
-            "SELECT gen_random_uuid()::text, %s, now() - interval '1 second' FROM generate_series(1, %s)",
+            "SELECT gen_random_uuid()::text, %s, now() - interval '1 second' "
+            "FROM generate_series(1, %s)",
             (RESULT_JSON, n),
         )
         self.sql.execute("VACUUM ANALYZE vtasks_result")
@@ -352,8 +356,10 @@ class Bench:
                 samples.append(s)
                 t = s["vtasks_task"]
                 print(
-                    f"[{arm}] cycle {cycle}: task heap {t['heap_mb']} MB dead {t['dead']} autovac {t['autovacuums']} "
-                    f"vac {t['vacuums']}; result heap {s['vtasks_result']['heap_mb']} MB dead {s['vtasks_result']['dead']}; "
+                    f"[{arm}] cycle {cycle}: task heap {t['heap_mb']} MB dead {t['dead']} "
+                    f"autovac {t['autovacuums']} vac {t['vacuums']}; "
+                    f"result heap {s['vtasks_result']['heap_mb']} MB "
+                    f"dead {s['vtasks_result']['dead']}; "
                     f"probe fetch {probe['fetch']} ack {probe['ack']}; {s['cycle_rate']}/s",
                     flush=True,
                 )
@@ -384,7 +390,8 @@ def markdown(r: dict, args) -> str:
         L += [
             f"**Backlog** (fetch of {args.batch}, then its ack with results; p50 / p99 / max):",
             "",
-            "| ready rows | load (s) | fetch p50 | fetch p99 | fetch max | ack p50 | ack p99 | ack max | pages per round |",
+            "| ready rows | load (s) | fetch p50 | fetch p99 | fetch max "
+            "| ack p50 | ack p99 | ack max | pages per round |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for b in r["backlog"]:
@@ -399,22 +406,32 @@ def markdown(r: dict, args) -> str:
         sb, sa, sv = x["sizes_before"], x["sizes_after_purge"], x["sizes_after_vacuum"]
         ack = x["ack_with_results_next_to_them"]["ack"]
         L += [
-            f"**Results**: {x['rows']:,} expired results loaded in {x['load_s']} s (heap {sb['heap_mb']} MB, "
-            f"index on expires_at {sb.get('vtasks_result_expires')} MB). Ack of {args.batch} with results next to them: "
-            f"p50 {ack[0]}, p99 {ack[1]} ms. Purge by `maintain()`: {x['maintain_calls']} calls, {x['purged']:,} rows, "
-            f"{x['purge_total_s']} s in all, per call p50 {x['maintain_ms'][0]} / p99 {x['maintain_ms'][1]} / "
-            f"max {x['maintain_ms'][2]} ms. Heap after the purge {sa['heap_mb']} MB ({sa['dead']:,} dead rows), "
+            f"**Results**: {x['rows']:,} expired results loaded in {x['load_s']} s "
+            f"(heap {sb['heap_mb']} MB, "
+            f"index on expires_at {sb.get('vtasks_result_expires')} MB). "
+            f"Ack of {args.batch} with results next to them: "
+            f"p50 {ack[0]}, p99 {ack[1]} ms. "
+            f"Purge by `maintain()`: {x['maintain_calls']} calls, {x['purged']:,} rows, "
+            f"{x['purge_total_s']} s in all, per call p50 {x['maintain_ms'][0]} "
+            f"/ p99 {x['maintain_ms'][1]} / "
+            f"max {x['maintain_ms'][2]} ms. Heap after the purge {sa['heap_mb']} MB "
+            f"({sa['dead']:,} dead rows), "
             f"after VACUUM {sv['heap_mb']} MB (free space kept for new results).",
             "",
         ]
     for c in r.get("churn", []):
         L += [
-            f"**Churn, arm `{c['arm']}`{', maintain() until it purges less than a batch' if c['purge_all'] else ''}** (reloptions: task `{c['reloptions']['vtasks_task']}`, result "
-            f"`{c['reloptions']['vtasks_result']}`): {args.cycles} bursts of {args.cycle_size:,} next to "
+            f"**Churn, arm `{c['arm']}`"
+            f"{', maintain() until it purges less than a batch' if c['purge_all'] else ''}** "
+            f"(reloptions: task `{c['reloptions']['vtasks_task']}`, result "
+            f"`{c['reloptions']['vtasks_result']}`): "
+            f"{args.cycles} bursts of {args.cycle_size:,} next to "
             f"{args.churn_backlog:,} ready rows; probe = fetch/ack p50 of 100.",
             "",
-            "| after cycle | task heap MB | task indexes MB (pkey / ready / inflight / delayed) | task dead rows | "
-            "task vacuums (auto / manual) | result heap MB | result live / dead rows | result vacuums (auto / manual) | "
+            "| after cycle | task heap MB "
+            "| task indexes MB (pkey / ready / inflight / delayed) | task dead rows | "
+            "task vacuums (auto / manual) | result heap MB | result live / dead rows "
+            "| result vacuums (auto / manual) | "
             "probe fetch p50 | probe ack p50 | tasks/s |",
             "| ---: | ---: | --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: |",
         ]
@@ -430,8 +447,10 @@ def markdown(r: dict, args) -> str:
                 )
             )
             L.append(
-                f"| {s['cycle']} | {t['heap_mb']} | {ix} | {t['dead']:,} | {t['autovacuums']} / {t['vacuums']} | "
-                f"{rs['heap_mb']} | {rs['live']:,} / {rs['dead']:,} | {rs['autovacuums']} / {rs['vacuums']} | "
+                f"| {s['cycle']} | {t['heap_mb']} | {ix} | {t['dead']:,} "
+                f"| {t['autovacuums']} / {t['vacuums']} | "
+                f"{rs['heap_mb']} | {rs['live']:,} / {rs['dead']:,} "
+                f"| {rs['autovacuums']} / {rs['vacuums']} | "
                 f"{s['probe']['fetch'][0]} | {s['probe']['ack'][0]} | "
                 f"{s['cycle_rate']:,} |"
             )

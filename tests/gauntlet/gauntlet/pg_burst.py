@@ -26,7 +26,8 @@ from .hbroker import PgHB
 STALL_S = 2.0
 BURST_QUEUE = "default"  # benchmarks/benchproj's queue
 RUN_LINE = re.compile(
-    r"^run\s+(\d+)\s+c=(\d+)\s+([\d,]+) acked/s\s+stalls=(\d+) \(longest ([\d.]+)s\)\s+deadlocks=(\d+)"
+    r"^run\s+(\d+)\s+c=(\d+)\s+([\d,]+) acked/s\s+"
+    r"stalls=(\d+) \(longest ([\d.]+)s\)\s+deadlocks=(\d+)"
 )
 PG_DEADLOCKS = re.compile(r"deadlocks_in_pg_log=(\d+)")
 
@@ -68,9 +69,10 @@ def pg_burst(ctx: Ctx):
     (ctx.dir / "burst.out").write_text(out.stdout + out.stderr)
     r = ctx.result
     rows = [m.groups() for m in map(RUN_LINE.match, out.stdout.splitlines()) if m]
-    for run, c, rate, stalls, longest, dl in rows:
+    for run, c, rate, stalls, longest, _dl in rows:
         ctx.fault(
-            f"burst {run}: {count} tasks, runworker c={c}: {rate}/s, stalls {stalls}, longest gap {longest}s"
+            f"burst {run}: {count} tasks, runworker c={c}: {rate}/s, "
+            f"stalls {stalls}, longest gap {longest}s"
         )
     rates = [float(x[2].replace(",", "")) for x in rows]
     by_c = {}

@@ -93,7 +93,8 @@ def results_markdown(results: list[Result], seed: int, quick: bool, extra: str =
         rec = (
             "-"
             if r.recovery_s is None and r.recovery_bound_s is None
-            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s ({r.recovery_bound_s:.0f} s)"
+            else f"{r.recovery_s if r.recovery_s is not None else '∞'} s "
+            f"({r.recovery_bound_s:.0f} s)"
         )
         note_keys = (
             "kills_mid_task",

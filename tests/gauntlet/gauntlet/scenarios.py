@@ -50,7 +50,7 @@ def _server_fault_explainer(ctx: Ctx, margin: float = 2.0):
     return explained
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def _check_after_server_fault(
     ctx: Ctx, base: float, lease: float, bound: float, margin: float = 2.0, lossy: bool = False
 ):
@@ -868,9 +868,10 @@ def primary_kill(ctx: Ctx, durable: bool, delay: float = 0.0):
 
     ``durable``: the feeder enqueues through ValkeyBroker with OPTIONS["DURABLE"] (WAIT 1 replica
     before enqueue returns): no acknowledged enqueue may be lost, and the feed must have overlapped
-    a crash (an enqueue lost its connection, or the replica was behind), else it proved nothing. Without it, the acknowledged enqueues lost at
-    each crash are counted with how far behind the replica was (the loss window of asynchronous
-    replication); a loss acknowledged more than LOSS_WINDOW_S before a crash is a violation."""
+    a crash (an enqueue lost its connection, or the replica was behind), else it proved nothing.
+    Without it, the acknowledged enqueues lost at each crash are counted with how far behind the
+    replica was (the loss window of asynchronous replication); a loss acknowledged more than
+    LOSS_WINDOW_S before a crash is a violation."""
     if ctx.backend != "valkey":
         raise Skip("Valkey only")
     from .hbroker import BrokerHB
@@ -927,7 +928,8 @@ def primary_kill(ctx: Ctx, durable: bool, delay: float = 0.0):
         # how much of the stream the primary had written just before the crash the replica missed
         behind = offset - _repl_offset(rc)
         ctx.fault(
-            f"{'host crash (link severed) + ' if link else ''}SIGKILL primary {prim.name} :{prim.port} "
+            f"{'host crash (link severed) + ' if link else ''}"
+            f"SIGKILL primary {prim.name} :{prim.port} "
             f"(replica {behind} B behind, inflight {inflight})"
         )
         rc.execute_command("REPLICAOF", "NO", "ONE")
@@ -960,7 +962,8 @@ def primary_kill(ctx: Ctx, durable: bool, delay: float = 0.0):
         and not any(c["lag_bytes"] > 0 for c in crashes)
     ):
         raise Vacuous(
-            "the feed did not overlap a crash (no enqueue lost its connection, the replica was never behind)"
+            "the feed did not overlap a crash "
+            "(no enqueue lost its connection, the replica was never behind)"
         )
 
 
@@ -985,7 +988,8 @@ def _judge_crash_losses(ctx: Ctx, crashes: list[dict], durable: bool):
         ctx.result.violations = [v for v in ctx.result.violations if "task(s) lost" not in v]
         if in_window != len(lost):
             ctx.result.violations.append(
-                f"{len(lost) - in_window} acknowledged enqueue(s) lost outside the {LOSS_WINDOW_S}s before a crash "
+                f"{len(lost) - in_window} acknowledged enqueue(s) lost "
+                f"outside the {LOSS_WINDOW_S}s before a crash "
                 f"(asynchronous replication does not explain them), e.g. {lost[:5]}"
             )
 
