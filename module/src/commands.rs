@@ -461,7 +461,7 @@ pub fn ack(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let r = with_queue(ctx, argv[1], false, |q| {
         // an ack that may release waiting tasks depends on the clock (ready or delayed)
         let flows = !q.flows.is_empty();
-        (a[2..].chunks(2).filter(|p| q.ack_at(now, p[0], parse_token(p[1]))).count(), flows)
+        (a[2..].chunks(2).filter(|p| q.ack(now, p[0], parse_token(p[1]))).count(), flows)
     })?;
     let (n, flows) = r.unwrap_or((0, false));
     if n > 0 && flows {
@@ -918,7 +918,7 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         let now = int(r[0], "now")?;
         with_queue(ctx, argv[1], true, |q| {
             for p in r[1..].chunks(2) {
-                q.ack_at(now, p[0], parse_token(p[1]));
+                q.ack(now, p[0], parse_token(p[1]));
             }
         })
         .map(|_| ())
