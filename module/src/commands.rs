@@ -662,7 +662,7 @@ fn record(id: &[u8], t: Option<&TaskView>, d: Option<&Dead>) -> Reply {
     Reply::Array(f)
 }
 
-/// Parses `VT.PEEK`: (state 0..3, offset, count).
+/// Parses `VT.PEEK`: (state 0..4, offset, count).
 pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
     arity(a, 3)?;
     let st = a[2];
@@ -674,8 +674,10 @@ pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
         2
     } else if eq(st, "DEAD") {
         3
+    } else if eq(st, "WAITING") {
+        4
     } else {
-        return err("ERR state must be READY, DELAYED, INFLIGHT or DEAD");
+        return err("ERR state must be READY, DELAYED, INFLIGHT, DEAD or WAITING");
     };
     let (mut offset, mut count) = (0usize, 10usize);
     let mut i = 3;
@@ -703,7 +705,14 @@ pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             0 => q.peek(State::Ready, offset, count).into_iter().map(rec).collect(),
             1 => q.peek(State::Delayed, offset, count).into_iter().map(rec).collect(),
             2 => q.peek(State::Inflight, offset, count).into_iter().map(rec).collect(),
-            _ => q.dead.iter().rev().skip(offset).take(count).map(|d| record(&d.id, None, Some(d))).collect(),
+            3 => q.dead.iter().rev().skip(offset).take(count).map(|d| record(&d.id, None, Some(d))).collect(),
+            _ => q
+                .flows
+                .iter()
+                .skip(offset)
+                .take(count)
+                .map(|(id, w)| crate::flow_command::waiting_record(id, w))
+                .collect(),
         }
     })?
     .unwrap_or_default();
