@@ -468,6 +468,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
 _OWNER_MODELS = {
     "ready": QueuedTask,
     "delayed": QueuedTask,
+    "waiting": QueuedTask,
     "inflight": RunningTask,
     "dead": FailedTask,
 }
@@ -475,7 +476,8 @@ _OWNER_MODELS = {
 
 @admin.register(QueuedTask)
 class QueuedTaskAdmin(BrokerTaskAdmin):
-    states = ("ready", "delayed")
+    # waiting: a flow's tasks held by the broker until the tasks before them succeed
+    states = ("ready", "delayed", "waiting")
     task_actions = ("delete",)
 
 
