@@ -355,3 +355,22 @@ def test_dashboard_shows_a_rate_limit(alias, broker, queue, superuser_client):
     body = superuser_client.get(f"{ADMIN}/dashboard/", {"backend": alias}).content.decode()
     row = re.search(rf'<tr data-queue="{re.escape(queue)}">.*?</tr>', body, re.S)
     assert row and "rate limit 30/s, burst 5" in row.group(0)
+
+
+def test_queued_page_lists_a_flows_waiting_tasks_and_delete_takes_what_waits(
+    alias, broker, queue, admin_stack, client
+):
+    from django_vtasks.flows import chain, step
+
+    client, user = staff_client(client, "view_queuedtask", "delete_queuedtask")
+    t = add.using(backend=alias, queue_name=queue)
+    first, second, third = chain(step(t, 1, 2), step(t, 3), step(t, 4)).enqueue()
+    r = page(client, "queuedtask", alias, queue)
+    html = r.content.decode()
+    assert r.status_code == 200 and all(x.id in html for x in (first, second, third))
+    assert html.count(">waiting<") == 2
+    detail = client.get(f"{ADMIN}/queuedtask/{alias}/{queue}/{second.id}/")
+    assert detail.status_code == 200 and "waiting" in detail.content.decode()
+    # deleting a waiting task also removes the task that waits for it
+    assert post(client, "queuedtask", alias, queue, "delete", [second.id]).status_code == 302
+    assert states(broker, queue, first.id, second.id, third.id) == ["ready", None, None]

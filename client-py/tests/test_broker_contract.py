@@ -345,6 +345,8 @@ def test_flow_waits_and_each_ack_releases_the_next(b, queue):
     assert b.enqueue_flow(reqs, parents) == ["a", "b", "c"]
     assert [b.get(queue, i).state for i in "abc"] == ["ready", "waiting", "waiting"]
     assert (b.info(queue)["ready"], b.info(queue)["waiting"]) == (1, 2)
+    assert [r.id for r in b.peek(queue, "waiting", 0, 10)] == ["b", "c"]
+    assert [r.state for r in b.peek(queue, "waiting", 1, 1)] == ["waiting"]
     assert b.get(queue, "c").payload == b"p-c"
     # an id a waiting task holds is taken, for a flow (nothing added) and for an enqueue
     assert b.enqueue_flow(*flow_of(queue, ("new", ()), ("c", ("new",)))) is None

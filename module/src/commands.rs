@@ -461,7 +461,7 @@ pub fn ack(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
     let r = with_queue(ctx, argv[1], false, |q| {
         // an ack that may release waiting tasks depends on the clock (ready or delayed)
         let flows = !q.flows.is_empty();
-        (a[2..].chunks(2).filter(|p| q.ack_at(now, p[0], parse_token(p[1]))).count(), flows)
+        (a[2..].chunks(2).filter(|p| q.ack(now, p[0], parse_token(p[1]))).count(), flows)
     })?;
     let (n, flows) = r.unwrap_or((0, false));
     if n > 0 && flows {
@@ -670,7 +670,7 @@ fn record(id: &[u8], t: Option<&TaskView>, d: Option<&Dead>) -> Reply {
     Reply::Array(f)
 }
 
-/// Parses `VT.PEEK`: (state 0..3, offset, count).
+/// Parses `VT.PEEK`: (state 0..4, offset, count).
 pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
     arity(a, 3)?;
     let st = a[2];
@@ -682,8 +682,10 @@ pub fn parse_peek(a: &[&[u8]]) -> Result<(u8, usize, usize), Reply> {
         2
     } else if eq(st, "DEAD") {
         3
+    } else if eq(st, "WAITING") {
+        4
     } else {
-        return err("ERR state must be READY, DELAYED, INFLIGHT or DEAD");
+        return err("ERR state must be READY, DELAYED, INFLIGHT, DEAD or WAITING");
     };
     let (mut offset, mut count) = (0usize, 10usize);
     let mut i = 3;
@@ -711,7 +713,14 @@ pub fn peek(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
             0 => q.peek(State::Ready, offset, count).into_iter().map(rec).collect(),
             1 => q.peek(State::Delayed, offset, count).into_iter().map(rec).collect(),
             2 => q.peek(State::Inflight, offset, count).into_iter().map(rec).collect(),
-            _ => q.dead.iter().rev().skip(offset).take(count).map(|d| record(&d.id, None, Some(d))).collect(),
+            3 => q.dead.iter().rev().skip(offset).take(count).map(|d| record(&d.id, None, Some(d))).collect(),
+            _ => q
+                .flows
+                .iter()
+                .skip(offset)
+                .take(count)
+                .map(|(id, w)| crate::flow_command::waiting_record(id, w))
+                .collect(),
         }
     })?
     .unwrap_or_default();
@@ -982,7 +991,7 @@ pub fn fx(ctx: Ctx, argv: &[RStr], a: &[&[u8]]) -> Res {
         let now = int(r[0], "now")?;
         with_queue(ctx, argv[1], true, |q| {
             for p in r[1..].chunks(2) {
-                q.ack_at(now, p[0], parse_token(p[1]));
+                q.ack(now, p[0], parse_token(p[1]));
             }
         })
         .map(|_| ())

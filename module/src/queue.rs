@@ -837,13 +837,9 @@ impl Queue {
         (t.state == State::Inflight && t.token == token).then_some(h)
     }
 
-    pub fn ack(&mut self, id: &[u8], token: Option<u64>) -> bool {
-        self.ack_at(0, id, token)
-    }
-
     /// Acks a task at `now`: the tasks that waited only for it are released in the same step
     /// (ready, or delayed until their run time).
-    pub fn ack_at(&mut self, now: i64, id: &[u8], token: Option<u64>) -> bool {
+    pub fn ack(&mut self, now: i64, id: &[u8], token: Option<u64>) -> bool {
         let Some(h) = token.and_then(|t| self.holds(id, t)) else { return false };
         self.unindex(h);
         self.release_unique(h);
@@ -1676,12 +1672,12 @@ mod tests {
         assert_eq!(got.iter().map(|f| f.id.clone()).collect::<Vec<_>>(), vec![b"c".to_vec(), b"a".to_vec()]);
         // rescue then stale ack
         assert_eq!(q.rescue_expired(200, 10), 2);
-        assert!(!q.ack(b"c", Some(got[0].token)));
+        assert!(!q.ack(200, b"c", Some(got[0].token)));
         assert_eq!(q.task_count(), 3);
         let again = q.fetch(201, b"w", 1, 300, &mut tok);
         assert_eq!(again[0].id, b"c".to_vec());
         assert_eq!(again[0].attempt, 2);
-        assert!(q.ack(b"c", Some(again[0].token)));
+        assert!(q.ack(202, b"c", Some(again[0].token)));
         assert_eq!(q.task_count(), 2);
     }
 
@@ -1947,7 +1943,7 @@ mod tests {
             for (id, t) in tokens.drain(..) {
                 match rnd(6) {
                     0..=2 => {
-                        assert!(q.ack(&id, Some(t)) || !q.contains(&id) || q.get_task(&id).unwrap().token != t)
+                        assert!(q.ack(now, &id, Some(t)) || !q.contains(&id) || q.get_task(&id).unwrap().token != t)
                     }
                     3 => {
                         q.fail(now, 50, &id, Some(t), b"boom", (rnd(2) == 0).then_some(5));

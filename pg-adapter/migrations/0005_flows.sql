@@ -105,9 +105,12 @@ BEGIN
         CONTINUE WHEN FOUND;
         DELETE FROM vtasks_waiting x WHERE x.queue = p_queue AND x.id = r.child RETURNING * INTO w;
         CONTINUE WHEN NOT FOUND;
+        -- (an id is never live and waiting at once; should an operator's RETRYDEAD of a reused id
+        -- make it so, the ack still commits)
         INSERT INTO vtasks_task (queue, id, state, priority, run_after, max_attempts, enqueued_at, payload)
             VALUES (p_queue, w.id, CASE WHEN w.run_after > now() THEN 'd' ELSE 'r' END::"char",
-                    w.priority, w.run_after, w.max_attempts, w.enqueued_at, w.payload);
+                    w.priority, w.run_after, w.max_attempts, w.enqueued_at, w.payload)
+            ON CONFLICT (queue, id) DO NOTHING;
         ready := ready OR w.run_after <= now();
         n := n + 1;
     END LOOP;

@@ -138,6 +138,8 @@ pub enum PeekState {
     Delayed,
     Inflight,
     Dead,
+    /// A flow's tasks waiting for their parents (migration 5), in id order.
+    Waiting,
 }
 
 impl FromStr for PeekState {
@@ -148,7 +150,8 @@ impl FromStr for PeekState {
             "delayed" => Ok(PeekState::Delayed),
             "inflight" => Ok(PeekState::Inflight),
             "dead" => Ok(PeekState::Dead),
-            _ => invalid(format!("unknown state {s:?} (ready|delayed|inflight|dead)")),
+            "waiting" => Ok(PeekState::Waiting),
+            _ => invalid(format!("unknown state {s:?} (ready|delayed|inflight|dead|waiting)")),
         }
     }
 }
@@ -628,6 +631,17 @@ macro_rules! dead_sql {
     };
 }
 
+/// A flow's tasks waiting for their parents (migration 5) as task records.
+macro_rules! waiting_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, 'waiting', priority::int4, 0, max_attempts, vtasks_ms(enqueued_at), vtasks_ms(run_after), \
+             '', '', 0::int8, '', 0::int8, payload FROM vtasks_waiting WHERE queue = $1::text ",
+            $tail
+        )
+    };
+}
+
 pub fn peek_stmt(queue: &str, state: PeekState, offset: i64, count: i64) -> Result<Stmt> {
     check_queue(queue)?;
     if offset < 0 {
@@ -647,6 +661,7 @@ pub fn peek_stmt(queue: &str, state: PeekState, offset: i64, count: i64) -> Resu
         }
         PeekState::Inflight => live_sql!("AND state = 'i' ORDER BY deadline, seq OFFSET $2::int8 LIMIT $3::int8"),
         PeekState::Dead => dead_sql!("ORDER BY seq DESC OFFSET $2::int8 LIMIT $3::int8"),
+        PeekState::Waiting => waiting_sql!("ORDER BY id OFFSET $2::int8 LIMIT $3::int8"),
     };
     Ok(Stmt::new(sql).p(queue.to_string(), Type::TEXT).p(offset, Type::INT8).p(count, Type::INT8))
 }
@@ -657,9 +672,7 @@ pub fn get_stmt(queue: &str, id: &str) -> Result<Stmt> {
         "(",
         live_sql!("AND id = $2::text"),
         ") UNION ALL (",
-        // a flow's task waiting for its parents (migration 5)
-        "SELECT id, 'waiting', priority::int4, 0, max_attempts, vtasks_ms(enqueued_at), vtasks_ms(run_after), \
-         '', '', 0::int8, '', 0::int8, payload FROM vtasks_waiting WHERE queue = $1::text AND id = $2::text",
+        waiting_sql!("AND id = $2::text"),
         ") UNION ALL (",
         dead_sql!("AND id = $2::text ORDER BY seq DESC LIMIT 1"),
         ") LIMIT 1"

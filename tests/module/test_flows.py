@@ -38,6 +38,11 @@ def test_chain_runs_in_order_each_step_released_by_the_ack(r):
     assert g["waiting_for"] == [b"a"] and g["payload"] == b"p-b"
     i = info(r, Q)
     assert (i["ready"], i["waiting"], i["enqueued_total"]) == (1, 2, 3)
+    listed = [rec(x) for x in r.execute_command("VT.PEEK", Q, "WAITING", "COUNT", 10)]
+    assert [(x["id"], x["state"], x["waiting_for"]) for x in listed] == [
+        (b"b", b"waiting", [b"a"]),
+        (b"c", b"waiting", [b"b"]),
+    ]
     (a,) = fetch(r, Q, count=10)  # only the root is fetchable
     assert a[1] == b"a"
     assert fetch(r, Q, count=10) == []

@@ -489,6 +489,7 @@ class BrokerTaskAdmin(admin.ModelAdmin):
 _OWNER_MODELS: dict[str, type[BrokerTask]] = {
     "ready": QueuedTask,
     "delayed": QueuedTask,
+    "waiting": QueuedTask,
     "inflight": RunningTask,
     "dead": FailedTask,
 }
@@ -496,7 +497,8 @@ _OWNER_MODELS: dict[str, type[BrokerTask]] = {
 
 @admin.register(QueuedTask)
 class QueuedTaskAdmin(BrokerTaskAdmin):
-    states = ("ready", "delayed")
+    # waiting: a flow's tasks held by the broker until the tasks before them succeed
+    states = ("ready", "delayed", "waiting")
     task_actions = ("cancel", "delete")
 
 

@@ -57,12 +57,12 @@ __all__ = [
     "get_broker",
 ]
 
-#: Task states a broker can list (``peek``).
-STATES = ("ready", "delayed", "inflight", "dead")
-
-#: The state of a task that waits in its flow for other tasks (``get``; brokers with
+#: The state of a task that waits in its flow for other tasks (``get``, ``peek``; brokers with
 #: ``supports_flows``).
 WAITING = "waiting"
+
+#: Task states a broker can list (``peek``).
+STATES = ("ready", "delayed", "inflight", "dead", WAITING)
 
 #: Keys of the ``info()`` dict: the VT.INFO fields both engines report, in reply order (one
 #: definition: the vtasks-protocol crate, through the native extension). A broker may add more
@@ -387,7 +387,7 @@ class Broker(ABC):
 
     @abstractmethod
     def peek(self, queue: str, state: str, offset: int = 0, count: int = 10) -> list[TaskRecord]:
-        """List tasks in a state (STATES), in fetch/due/deadline/newest-first order."""
+        """List tasks in a state (STATES), in fetch/due/deadline/newest-first/id order."""
 
     async def apeek(
         self, queue: str, state: str, offset: int = 0, count: int = 10

@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => {
                 if let Some((id, t)) = held.pop() {
-                    q.ack(&id, Some(t));
+                    q.ack(now, &id, Some(t));
                 }
             }
             3 => {
