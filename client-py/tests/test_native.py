@@ -81,6 +81,7 @@ def test_pgqueue_flow(dsn):
         "dead_total",
         "schedules",
         "unique_keys",
+        "waiting",
     }
     rec = q.get("nq", got[1][1])
     assert rec["state"] == "ready" and rec["error"] == "boom" and rec["payload"] == b"a"
