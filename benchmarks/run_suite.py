@@ -840,9 +840,13 @@ def aggregate(doc: dict) -> None:
             for k in s:
                 if k not in metrics:
                     metrics.append(k)
-    metrics.sort(key=lambda m: (not m.startswith("enqueue"), not m.startswith("process"),
-                                m.replace("_acked", "") if m.startswith("process") else "",
-                                m.endswith("_acked")))
+    def order(m: str):
+        if m.startswith("process_"):
+            _, task, c, *acked = m.split("_")
+            return (1, task != "noop", int(c[1:]), bool(acked))
+        return (0 if m.startswith("enqueue") else 2, 0, 0, False)
+
+    metrics.sort(key=order)  # stable: enqueue, then processing by task and c, then the rest
     doc["metric_order"] = metrics
     doc["summary"] = {s: {m: median([r["metrics"].get(s, {}).get(m) for r in runs]) for m in metrics}
                       for s in systems}
@@ -1011,7 +1015,10 @@ def update_readmes(doc: dict, update_root: bool = False) -> list[Path]:
     """Replace the table between the BENCH-TABLE markers in the README (section) files."""
     m = doc["meta"]
     block = [TABLE_START, "",
-             f"Latest run: {m['date']}, {m['machine']['cores']} cores ({m['machine']['cpu']}), "
+             f"Latest run: {m['date']}, {m['machine']['cores']} cores ({m['machine']['cpu']}), load "
+             f"average {m['machine']['loadavg_start'].split()[0]} at the start and "
+             f"{m['machine'].get('loadavg_end', '?').split()[0]} at the end (other jobs: each "
+             "repetition's numbers are in results/latest.json), "
              f"{doc['config']['reps']} repetition(s), medians; (×r) = how many times better vtasks "
              "did than that peer configuration on the same server (> 1: vtasks ahead; for "
              "processing, vtasks' broker-counted acked rate against the peer's finished rate, "
@@ -1146,7 +1153,7 @@ def render_markdown(doc: dict) -> str:
         f"{SYSTEMS[s]['label']}: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].get(s, {}).items()
                                                if k != "system")
         for s in systems), ""]
-    lines += ["Reproduce: `scripts/bench` (full, ≈ 15 min on 2 cores) or `scripts/bench --quick`.", ""]
+    lines += ["Reproduce: `scripts/bench` (full, ≈ 35-45 min on 2 busy cores) or `scripts/bench --quick`.", ""]
     return "\n".join(lines)
 
 
@@ -1252,6 +1259,9 @@ def parse_args(argv=None):
     p.add_argument("--no-scale", action="store_true",
                    help="the same task counts for every system (default: django-vtasks 3.2.0 50%%, Celery threads 25%%, prefork 10%%, django-tasks-db 10%%)")
     p.add_argument("--no-install", action="store_true", help="do not create/update the peers' venvs")
+    p.add_argument("--rerender", metavar="JSON", default=None,
+                   help="no measuring: aggregate and render a saved run again (after why.json or the "
+                        "report code changed); writes next to it and refreshes the README tables")
     p.add_argument("--vtasks-dev-stub", action="store_true",
                    help="run vtasks from client-py/python with a pure-Python stand-in for its _native "
                         "codec (while the extension is not built; the report says so)")
@@ -1273,10 +1283,25 @@ def parse_args(argv=None):
     return a
 
 
+def rerender(path: Path, update_root: bool) -> int:
+    doc = json.loads(path.read_text())
+    aggregate(doc)
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    md = render_markdown(doc)
+    path.with_suffix(".md").write_text(md)
+    render_chart(doc, path.with_suffix(".png"))
+    for p in update_readmes(doc, update_root=update_root):
+        print(f"updated the table in {p}")
+    print(f"re-rendered {path.with_suffix('.md')} and .png")
+    return 0
+
+
 def main(argv=None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
+    if args.rerender:
+        return rerender(Path(args.rerender), args.update_readme)
     say = lambda m: tqdm.write("==> " + m, file=sys.stderr)  # noqa: E731
     if not args.no_install:
         for s in args.systems:
