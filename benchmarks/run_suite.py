@@ -388,6 +388,9 @@ class System:
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.seq = 0
+        # the harness's own connections reading acked_total (vtasks only)
+        self._acked_client = None
+        self._acked_conn = None
 
     # environment of every process of this system
     def env(self, done_dir: Path | None = None) -> dict:
@@ -474,7 +477,7 @@ class System:
         """acked_total of the default queue as the broker counts it (VT.INFO; on Postgres the
         counter tables INFO reads, without INFO's per-state row counts), None for the peers."""
         if self.spec["base"] == "vtasks":
-            if getattr(self, "_acked_client", None) is None:
+            if self._acked_client is None:
                 self._acked_client = valkey.Valkey(
                     port=self.servers.valkey_ports[self.spec["server"]], db=self.spec["db"],
                     socket_timeout=30, client_name=HARNESS_CLIENT)
@@ -486,7 +489,7 @@ class System:
         if self.spec["base"] == "vtasks-pg":
             import psycopg
 
-            if getattr(self, "_acked_conn", None) is None:
+            if self._acked_conn is None:
                 self._acked_conn = psycopg.connect(
                     pg_dsn_for(self.servers.pg_dsn(self.spec["server"]), self.spec["dbname"]),
                     autocommit=True)
@@ -569,7 +572,7 @@ class System:
                              (self.spec["dbname"], self.own_pg_pids())).fetchone()[0]
 
     def own_pg_pids(self) -> list[int]:
-        conn = getattr(self, "_acked_conn", None)
+        conn = self._acked_conn
         return [conn.info.backend_pid] if conn is not None and not conn.closed else []
 
     def run_workers_until(self, concurrency: int, done: DoneCounter, target: int, timeout: float,
@@ -990,7 +993,8 @@ TABLE_START, TABLE_END = "<!-- BENCH-TABLE:start -->", "<!-- BENCH-TABLE:end -->
 def render_best(doc: dict) -> list[str]:
     """Each peer at its best: the configuration that won each metric, and vtasks' ratio to it."""
     B = doc.get("best", {})
-    fams = [f for f in B if any(len([k for k in FAMILIES[f] if k in doc["summary"]]) > 1 for _ in [0])]
+    # only peers measured in more than one configuration have a choice to show
+    fams = [f for f in B if len([k for k in FAMILIES[f] if k in doc["summary"]]) > 1]
     if not fams:
         return []
     lines = ["| metric | " + " | ".join(f"{f}: best configuration" for f in fams) + " |",
