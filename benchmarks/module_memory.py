@@ -11,6 +11,7 @@ server-generated ids (UUIDv7, 36 characters):
 - a plain list: LPUSH of id + payload (the floor: the bytes themselves in Valkey's densest form);
 - django-vtasks 3.2.0's list entry for the same no-op task: its wire payload, a JSON object
   `func, args, kwargs, queue, ts, id`, LPUSHed as 3.2.0 does;
+- Celery 5.7's list entry for the same task (kombu's Redis transport message, captured);
 - vtasks ready (VT.ENQUEUE), in flight (VT.FETCHBATCH), and what is left after every task was
   acknowledged, and after VT.CLEAR of a refilled queue;
 - what MEMORY USAGE reports for the queue key, next to the real cost.
@@ -75,6 +76,27 @@ def dvt320_entry(task_id: str) -> bytes:
     ).encode()
 
 
+#: Celery 5.7 / kombu 5.7's Redis-transport list entry for `noop.delay()` (protocol 2, JSON,
+#: base64 body), captured from the bench project (`celery` venv) and LPUSHed as kombu does; the
+#: task id (id, root_id, correlation_id) and the delivery tag are fresh per entry.
+CELERY_ENTRY = (
+    '{"body": "W1tdLCB7fSwgeyJjYWxsYmFja3MiOiBudWxsLCAiZXJyYmFja3MiOiBudWxsLCAiY2hhaW4iOiBudW'
+    'xsLCAiY2hvcmQiOiBudWxsfV0=", "content-encoding": "utf-8", "content-type": "application/j'
+    'son", "headers": {"lang": "py", "task": "benchproj.tasks.noop", "id": "%(id)s", "shadow"'
+    ': null, "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0, '
+    '"timelimit": [null, null], "root_id": "%(id)s", "parent_id": null, "argsrepr": "()", "kw'
+    'argsrepr": "{}", "origin": "gen8036@vm", "ignore_result": true, "replaced_task_nesting":'
+    ' 0, "stamped_headers": null, "stamps": {}}, "properties": {"correlation_id": "%(id)s", "'
+    'reply_to": "7c894847-f138-3b25-9f67-0c82f331fc46", "delivery_mode": 2, "delivery_info": '
+    '{"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", "de'
+    'livery_tag": "%(tag)s"}}'
+)
+
+
+def celery_entry(task_id: str) -> bytes:
+    return (CELERY_ENTRY % {"id": task_id, "tag": uuid.uuid4()}).encode()
+
+
 def measure(c, n: int) -> dict[str, float]:
     out: dict[str, float] = {}
     # plain list of id + payload
@@ -90,6 +112,11 @@ def measure(c, n: int) -> dict[str, float]:
         c.lpush("dvt", *[dvt320_entry(str(uuid.uuid4())) for _ in range(min(BATCH, n - start))])
     out["django-vtasks 3.2.0 list entry"] = (used(c) - base) / n
     c.delete("dvt")
+    base = used(c)
+    for start in range(0, n, BATCH):
+        c.lpush("celery", *[celery_entry(str(uuid.uuid4())) for _ in range(min(BATCH, n - start))])
+    out["Celery 5 list entry (kombu, Redis transport)"] = (used(c) - base) / n
+    c.delete("celery")
 
     q = "vt:{mem}"
     c.execute_command("VT.ENQUEUE", q, "PAYLOAD", "x")  # the key itself, then empty it
@@ -118,7 +145,36 @@ def measure(c, n: int) -> dict[str, float]:
         c.execute_command("VT.ENQUEUE", q, "PAYLOAD", *[PAYLOAD] * min(BATCH, n - start))
     c.execute_command("VT.CLEAR", q, "ALL")
     out["vtasks after VT.CLEAR (total MB)"] = (used(c) - base) / 1e6
+    # the same no-op task as the list entries above: its real envelope (client id) as the payload
+    base = used(c)
+    for start in range(0, n, BATCH):
+        entries = []
+        for _ in range(min(BATCH, n - start)):
+            i = str(uuid.uuid4())
+            entries += [i, vtasks_envelope(i)]
+        c.execute_command("VT.ENQUEUE", q, "ENTRIES", *entries)
+    out["vtasks ready, the no-op task's real envelope as payload"] = (used(c) - base) / n
+    c.execute_command("VT.CLEAR", q, "ALL")
     return out
+
+
+def vtasks_envelope(task_id: str) -> bytes:
+    """vtasks' envelope of the bench project's no-op task (envelope.build_envelope's fields)."""
+    return json.dumps(
+        {
+            "func": "benchproj.tasks.noop",
+            "args": [],
+            "kwargs": {},
+            "queue": "default",
+            "ts": time.time(),
+            "id": task_id,
+            "priority": 0,
+            "run_after": None,
+            "backend": "default",
+            "takes_context": False,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def main() -> None:

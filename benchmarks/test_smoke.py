@@ -47,6 +47,7 @@ def test_quick_run_of_one_peer_produces_numbers():
             "noop",
             "--raw-n",
             "2000",
+            "--no-scale",
             "--out",
             out,
         ],

@@ -3,7 +3,8 @@
 - vtasks      vtasks on Valkey (our module), BENCH_VALKEY_URL db 0
 - vtasks-pg   vtasks on Postgres, BENCH_PG_DSN database bench_vtasks
 - dvt320      django-vtasks 3.2.0 from PyPI on Valkey, db 1
-- celery      Celery 5 (threads pool), Redis-protocol broker on the same Valkey, db 2
+- celery      Celery 5 (the pool is the worker's -P), Redis-protocol broker on the same Valkey,
+              db BENCH_VALKEY_DB (2)
 - dtdb        django-tasks-db DatabaseBackend, BENCH_PG_DSN database bench_dtdb
 
 Every system runs with its shipped defaults except the broker location and the concurrency the
@@ -78,7 +79,7 @@ elif SYSTEM == "dvt320":
     }
 elif SYSTEM == "celery":
     DATABASES = {"default": _SQLITE}
-    CELERY_BROKER_URL = VALKEY + "/2"
+    CELERY_BROKER_URL = VALKEY + "/" + os.environ.get("BENCH_VALKEY_DB", "2")
     CELERY_TASK_IGNORE_RESULT = True
     CELERY_WORKER_HIJACK_ROOT_LOGGER = False
     CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -12,6 +12,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 mod bridge;
+mod resp;
 
 use vtasks_pg::{Config, Delivery, EnqueueOpts, ScheduleEntry, TaskRecord};
 
@@ -844,6 +845,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cron_next, m)?)?;
     m.add_function(wrap_pyfunction!(migration_sql, m)?)?;
     m.add_function(wrap_pyfunction!(migration_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(resp::pack_ack_results, m)?)?;
     m.add_class::<PgQueue>()?;
     m.add_class::<AsyncPgQueue>()?;
     m.add("PgError", m.py().get_type::<PgError>())?;

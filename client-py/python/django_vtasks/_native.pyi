@@ -17,6 +17,7 @@ Keep in step with lib.rs: a method added there is added here (mypy reads only th
 """
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, TypedDict, final
 
 __all__ = [
@@ -78,6 +79,16 @@ def migration_plan(
     applied: list[tuple[int, str | None]], upto: int | None = None
 ) -> list[tuple[int, str, str, str]]:
     """(version, name, sql, record_sql) to apply; ValueError when a shipped migration was edited."""
+
+def pack_ack_results(
+    result_prefix: str,
+    key: str,
+    pairs: Iterable[tuple[str | bytes, str | bytes]],
+    results: Iterable[tuple[str | bytes, bytes | None, int]],
+) -> tuple[bytes, int]:
+    """(packed, n): the RESP of ``SET <result_prefix><id> <data> PX <ttl>`` for each result with
+    ``ttl > 0`` and data not None, then of ``VT.ACK <key> id token ...`` when ``pairs`` is not
+    empty; ``n`` commands (the replies to read). The worker's ack flush (brokers/resp.py)."""
 
 def _drain() -> None:
     """atexit hook: no tokio completion enters Python any more (registered on import)."""

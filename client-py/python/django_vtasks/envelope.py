@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from django.core.signals import setting_changed
 
 from . import _native
 from .conf import settings
@@ -20,8 +21,22 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
+#: settings read for every task (decode, encode): cached, cleared when a setting changes
+_CACHED: dict[str, int] = {}
+
+
+def _clear_cache(**kwargs) -> None:
+    _CACHED.clear()
+
+
+setting_changed.connect(_clear_cache, dispatch_uid="django_vtasks.envelope")
+
+
 def compress_threshold() -> int:
-    return int(settings.VTASKS_COMPRESS_THRESHOLD)
+    v = _CACHED.get("VTASKS_COMPRESS_THRESHOLD")
+    if v is None:
+        v = _CACHED["VTASKS_COMPRESS_THRESHOLD"] = int(settings.VTASKS_COMPRESS_THRESHOLD)
+    return v
 
 
 def build_envelope(
@@ -102,7 +117,10 @@ def run_at_ms(run_after: datetime) -> int:
 
 
 def max_payload() -> int:
-    return int(settings.VTASKS_MAX_PAYLOAD)
+    v = _CACHED.get("VTASKS_MAX_PAYLOAD")
+    if v is None:
+        v = _CACHED["VTASKS_MAX_PAYLOAD"] = int(settings.VTASKS_MAX_PAYLOAD)
+    return v
 
 
 class PayloadTooLarge(ValueError):
@@ -129,7 +147,9 @@ def encode_envelope(envelope: dict[str, Any], threshold: int | None = None) -> b
 def decode_envelope(payload: bytes) -> dict[str, Any]:
     """Decode a payload (inflating at most VTASKS_MAX_PAYLOAD bytes) and check its shape;
     raises ValueError saying what is wrong."""
-    data = _native.decode_payload(bytes(payload), max_payload())
+    data = _native.decode_payload(
+        payload if type(payload) is bytes else bytes(payload), max_payload()
+    )
     obj = orjson.loads(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("func"), str):
         raise ValueError("payload is not a task envelope (no 'func')")

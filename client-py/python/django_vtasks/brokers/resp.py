@@ -9,6 +9,8 @@ from __future__ import annotations
 import valkey
 from valkey._parsers.encoders import Encoder
 
+from .. import _native
+
 
 def plain_utf8(pool) -> bool:
     """The pool's connections encode str arguments as strict UTF-8 (what the packers assume)."""
@@ -87,26 +89,8 @@ def bulk(b: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(b), b)
 
 
-def pack_ack_results(result_prefix: str, key: str, pairs, results) -> tuple[bytes, int]:
-    """RESP for ``SET <result_prefix><id> <data> PX <ttl>`` per result with ttl > 0, then
-    ``VT.ACK <key> id token ...`` when there are pairs; and the number of commands."""
-    out = []
-    n = 0
-    prefix = result_prefix.encode()
-    for rid, data, ttl in results:
-        if ttl > 0 and data is not None:
-            k = prefix + rid.encode()
-            t = b"%d" % int(ttl)
-            out.append(
-                b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nPX\r\n$%d\r\n%b\r\n"
-                % (len(k), k, len(data), data, len(t), t)
-            )
-            n += 1
-    if pairs:
-        out.append(b"*%d\r\n$6\r\nVT.ACK\r\n" % (2 + 2 * len(pairs)))
-        out.append(bulk(key.encode()))
-        for i, t in pairs:
-            out.append(bulk(i.encode() if isinstance(i, str) else bytes(i)))
-            out.append(bulk(t.encode() if isinstance(t, str) else bytes(t)))
-        n += 1
-    return b"".join(out), n
+#: (result_prefix, key, pairs, results) -> (packed, n): RESP for ``SET <result_prefix><id> <data>
+#: PX <ttl>`` per result with ttl > 0, then ``VT.ACK <key> id token ...`` when there are pairs;
+#: n is the number of commands. Native (client-py/native/src/resp.rs): it ran once per finished
+#: task in Python.
+pack_ack_results = _native.pack_ack_results
