@@ -28,6 +28,7 @@ from .maintenance import Maintenance
 from .outbox_relay import OutboxRelay
 from .schedules import ScheduleRegistrar
 from .slots import Slots
+from .unprinted_logs import skip_unprinted_task_logs
 
 logger = logging.getLogger("django_vtasks.worker")
 
@@ -132,6 +133,8 @@ class Worker:
             self.lease,
             " scheduler" if self.scheduler else "",
         )
+        if skip_unprinted_task_logs():
+            logger.debug("django.tasks INFO records are printed by no handler: not built")
         self.heartbeat.start()
         background = [asyncio.create_task(self.acks.run(), name="vtasks-acks")]
         try:
