@@ -244,8 +244,10 @@ def test_paused_timer_changes_nothing_then_catches_up(server_factory):
     c.execute_command("VT.ENQUEUE", Q, "ID", "f", "PAYLOAD", "x")
     fetch(c, Q, lease=300)
     c.execute_command("VT.SCHEDULE", "SET", Q, "s", "EVERY", 100, "PAYLOAD", "tick")
+    # reads are served during a write pause: the state is taken once the pause holds, and the
+    # pause outlasts the sleep by far (a loaded machine can be slow between these commands)
+    c.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
     before = info(c, Q)
-    c.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
     aof = c.info("persistence")["aof_current_size"]
     time.sleep(0.8)  # the delay, the lease and several ticks fall due inside the pause
     assert_alive(s)
