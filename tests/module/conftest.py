@@ -219,3 +219,15 @@ def fetch(c, *queues, worker="w1", count=10, lease=None, block=None):
     if block is not None:
         args += ["BLOCK", block]
     return c.execute_command(*args)
+
+
+def rewrite_aof(c) -> None:
+    """BGREWRITEAOF and wait until the rewrite is done (writes after it are incremental)."""
+    c.bgrewriteaof()
+    wait_until(
+        lambda: (
+            c.info("persistence")["aof_rewrite_in_progress"] == 0
+            and c.info("persistence")["aof_rewrite_scheduled"] == 0
+        ),
+        timeout=10,
+    )

@@ -9,7 +9,7 @@ import pytest
 import valkey
 from test_replication import synced
 
-from conftest import fetch, info, rec, wait_until
+from conftest import fetch, info, rec, rewrite_aof, wait_until
 
 Q = "vt:{c}"
 
@@ -119,14 +119,7 @@ def test_flag_survives_a_restart_from_rdb_and_aof(server_factory, preamble):
     c.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "1", "b", "2", "c", "3")
     fetch(c, Q, worker="w", count=3, lease=3_600_000)
     c.execute_command("VT.CANCEL", Q, "a", "REASON", "before the rewrite")
-    c.bgrewriteaof()
-    wait_until(
-        lambda: (
-            c.info("persistence")["aof_rewrite_in_progress"] == 0
-            and c.info("persistence")["aof_rewrite_scheduled"] == 0
-        ),
-        timeout=10,
-    )
+    rewrite_aof(c)
     c.execute_command("VT.CANCEL", Q, "b")  # after it: an incremental effect
     s.restart()
     c = s.client()

@@ -4,7 +4,7 @@ is measured by benchmarks/dlq_ids.py, not asserted here.)"""
 
 import pytest
 
-from conftest import fetch, info, rec, wait_until
+from conftest import fetch, info, rec, rewrite_aof, wait_until
 
 Q = "vt:{dead}"
 
@@ -123,14 +123,7 @@ def test_index_rebuilt_from_aof(server_factory, preamble):
     s = server_factory("--appendonly", "yes", "--aof-use-rdb-preamble", preamble)
     c = s.client()
     scenario(c)
-    c.bgrewriteaof()
-    wait_until(
-        lambda: (
-            c.info("persistence")["aof_rewrite_in_progress"] == 0
-            and c.info("persistence")["aof_rewrite_scheduled"] == 0
-        ),
-        timeout=10,
-    )
+    rewrite_aof(c)
     s.restart()
     check_after_load(s.client())
 

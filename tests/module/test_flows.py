@@ -6,7 +6,7 @@ import pytest
 import valkey
 from test_replication import digest, synced
 
-from conftest import fetch, info, rec, wait_until
+from conftest import fetch, info, rec, rewrite_aof, wait_until
 
 Q = "vt:{f}"
 
@@ -175,14 +175,7 @@ def test_flows_survive_an_aof_restart(server_factory, preamble):
     )
     c = s.client()
     flow(c, node("a"), node("b", ["a"]), node("c", ["a", "b"]))
-    c.bgrewriteaof()
-    wait_until(
-        lambda: (
-            c.info("persistence")["aof_rewrite_in_progress"] == 0
-            and c.info("persistence")["aof_rewrite_scheduled"] == 0
-        ),
-        timeout=10,
-    )
+    rewrite_aof(c)
     assert run_one(c) == "a"  # an incremental effect on top of the rewrite
     before = digest(c, Q)
     s.restart()

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import fetch, info, rec, snapshot, wait_until
+from conftest import fetch, info, rec, rewrite_aof, snapshot, wait_until
 
 Q = "vt:{p}"
 
@@ -89,14 +89,7 @@ def test_restart_from_aof(server_factory, preamble):
     c = s.client()
     populate(c)
     # rewrite (exercises the aof_rewrite callback), then more incremental writes on top
-    c.bgrewriteaof()
-    wait_until(
-        lambda: (
-            c.info("persistence")["aof_rewrite_in_progress"] == 0
-            and c.info("persistence")["aof_rewrite_scheduled"] == 0
-        ),
-        timeout=10,
-    )
+    rewrite_aof(c)
     c.execute_command("VT.ENQUEUE", Q, "ID", "after-rewrite", "PAYLOAD", "x")
     e = fetch(c, "vt:{p}", worker="wC", count=1, lease=3_600_000)
     c.execute_command("VT.EXTEND", Q, "wC", 7_200_000)
@@ -186,14 +179,7 @@ def test_aof_rejected_header_leaves_queue_unchanged(server_factory):
     )
     c = s.client()
     c.execute_command("VT.ENQUEUE", Q, "ENTRIES", "a", "1", "b", "2")
-    c.bgrewriteaof()
-    wait_until(
-        lambda: (
-            c.info("persistence")["aof_rewrite_in_progress"] == 0
-            and c.info("persistence")["aof_rewrite_scheduled"] == 0
-        ),
-        timeout=10,
-    )
+    rewrite_aof(c)
     before = snapshot(c, Q)
     s.stop()
     aofdir = s.dir / "appendonlydir"

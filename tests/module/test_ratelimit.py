@@ -9,7 +9,7 @@ import pytest
 import valkey
 from test_replication import digest, synced
 
-from conftest import fetch, info, wait_until
+from conftest import fetch, info, rewrite_aof, wait_until
 
 Q = "vt:{rl}"
 
@@ -136,14 +136,7 @@ def test_bucket_survives_aof_restart(server_factory):
     c.execute_command("VT.RATELIMIT", "SET", Q, 4, "PER", 3_600_000)
     enqueue(c, 10)
     assert len(fetch(c, Q, count=3)) == 3
-    c.bgrewriteaof()
-    wait_until(
-        lambda: (
-            c.info("persistence")["aof_rewrite_in_progress"] == 0
-            and c.info("persistence")["aof_rewrite_scheduled"] == 0
-        ),
-        timeout=10,
-    )
+    rewrite_aof(c)
     assert len(fetch(c, Q, count=3)) == 1  # after the rewrite: an incremental effect
     before = digest(c, Q)
     s.restart()
