@@ -13,7 +13,7 @@ logger = logging.getLogger("django_vtasks.worker")
 
 
 #: rows one vtasks_maintain call purges at most, per kind (the LIMIT of its purges in the
-#: native migration that defines it; client-py/tests/test_pg_migrations.py checks they agree)
+#: native migration that defines it; client-py/tests/test_pg_maintenance.py checks they agree)
 PURGE_BATCH = 10_000
 #: extra calls per period while calls purge full batches (results expiring faster than one call
 #: a period purges: 10,000 per 5 s is below what one worker acks)

@@ -31,9 +31,10 @@ def printable(name: str, level: int) -> bool:
     """Whether a record of ``level`` on logger ``name`` could reach a handler that prints it
     (the loggers' levels and the handlers' levels and RequireDebugTrue filters; no handler at
     all means logging's last resort, which prints WARNING and above)."""
-    logger: logging.Logger | None = logging.getLogger(name)
-    if logger is None or not logger.isEnabledFor(level):
+    start = logging.getLogger(name)
+    if not start.isEnabledFor(level):
         return False
+    logger: logging.Logger | None = start
     found = False
     while logger is not None:
         for handler in logger.handlers:
